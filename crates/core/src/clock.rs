@@ -1,0 +1,488 @@
+//! The injectable time source.
+//!
+//! Every heijunka crate reads time through a [`Clock`]. In production that is the
+//! system clock; in tests it is a [`ManualClock`] the test advances explicitly, so a
+//! rule like "open for 60 s, then half-open" is tested in microseconds and never with
+//! a sleep.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub, SubAssign};
+use std::sync::Arc;
+// The manual clock deliberately uses std's atomic, not the loom shim's: it is advanced
+// by the test itself, and a loom model that reads it must not count those reads as
+// scheduling points of the code under test.
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A point in time read from a [`Clock`]: nanoseconds since that clock's origin.
+///
+/// Instants are `Copy`, totally ordered and fit in a `u64` ([`as_nanos`] /
+/// [`from_nanos`]), so they can be stored in an `AtomicU64` (a breaker's "open
+/// until", a limiter's theoretical arrival time). Compare only instants from the same
+/// clock: all system clocks share one origin, each [`ManualClock`] has its own.
+///
+/// Arithmetic saturates instead of panicking: `instant - duration` stops at the
+/// origin, `later - earlier` is zero if `earlier` is in fact later.
+///
+/// [`as_nanos`]: Instant::as_nanos
+/// [`from_nanos`]: Instant::from_nanos
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant {
+    nanos: u64,
+}
+
+impl Instant {
+    /// The clock's origin.
+    pub const ZERO: Instant = Instant { nanos: 0 };
+
+    /// Rebuilds an instant from [`Instant::as_nanos`].
+    #[inline]
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Self { nanos }
+    }
+
+    /// Nanoseconds since the clock's origin.
+    #[inline]
+    pub const fn as_nanos(self) -> u64 {
+        self.nanos
+    }
+
+    /// Time elapsed from `earlier` to `self`, or zero if `earlier` is later.
+    #[inline]
+    pub const fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.nanos.saturating_sub(earlier.nanos))
+    }
+
+    /// Same as [`saturating_duration_since`](Self::saturating_duration_since); named
+    /// like `std::time::Instant::duration_since`, which also saturates.
+    #[inline]
+    pub const fn duration_since(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+
+    /// Time elapsed from `earlier` to `self`, or `None` if `earlier` is later.
+    #[inline]
+    pub const fn checked_duration_since(self, earlier: Instant) -> Option<Duration> {
+        match self.nanos.checked_sub(earlier.nanos) {
+            Some(n) => Some(Duration::from_nanos(n)),
+            None => None,
+        }
+    }
+
+    /// `self + d`, or `None` on overflow (after about 584 years).
+    #[inline]
+    pub fn checked_add(self, d: Duration) -> Option<Instant> {
+        let d = u64::try_from(d.as_nanos()).ok()?;
+        self.nanos.checked_add(d).map(Instant::from_nanos)
+    }
+
+    /// `self - d`, or `None` if that is before the clock's origin.
+    #[inline]
+    pub fn checked_sub(self, d: Duration) -> Option<Instant> {
+        let d = u64::try_from(d.as_nanos()).ok()?;
+        self.nanos.checked_sub(d).map(Instant::from_nanos)
+    }
+
+    /// `self + d`, saturating at the largest instant.
+    #[inline]
+    pub fn saturating_add(self, d: Duration) -> Instant {
+        Instant::from_nanos(self.nanos.saturating_add(saturating_nanos(d)))
+    }
+
+    /// `self - d`, saturating at the clock's origin.
+    #[inline]
+    pub fn saturating_sub(self, d: Duration) -> Instant {
+        Instant::from_nanos(self.nanos.saturating_sub(saturating_nanos(d)))
+    }
+}
+
+#[inline]
+fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl fmt::Debug for Instant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instant({:?})", Duration::from_nanos(self.nanos))
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    #[inline]
+    fn add(self, d: Duration) -> Instant {
+        self.saturating_add(d)
+    }
+}
+
+impl AddAssign<Duration> for Instant {
+    #[inline]
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
+
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    #[inline]
+    fn sub(self, d: Duration) -> Instant {
+        self.saturating_sub(d)
+    }
+}
+
+impl SubAssign<Duration> for Instant {
+    #[inline]
+    fn sub_assign(&mut self, d: Duration) {
+        *self = *self - d;
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    #[inline]
+    fn sub(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+/// The process-wide system time source; every system [`Clock`] points at it.
+struct SystemSource {
+    #[cfg(not(miri))]
+    quanta: quanta::Clock,
+    #[cfg(not(miri))]
+    origin: u64,
+    // Miri cannot execute `rdtsc`/`cpuid`, so under miri the std clock stands in.
+    #[cfg(miri)]
+    origin: std::time::Instant,
+}
+
+impl SystemSource {
+    fn get() -> &'static SystemSource {
+        static SOURCE: OnceLock<SystemSource> = OnceLock::new();
+        SOURCE.get_or_init(|| {
+            #[cfg(not(miri))]
+            {
+                // `quanta::Clock::new` checks for an invariant TSC and calibrates it
+                // against the OS monotonic clock once per process; without one it
+                // reads the OS monotonic clock, the same source as std.
+                let quanta = quanta::Clock::new();
+                let origin = quanta.raw();
+                SystemSource { quanta, origin }
+            }
+            #[cfg(miri)]
+            SystemSource {
+                origin: std::time::Instant::now(),
+            }
+        })
+    }
+
+    #[inline]
+    fn now(&self) -> Instant {
+        #[cfg(not(miri))]
+        {
+            // `delta_as_nanos` returns 0 rather than wrapping if a core's counter is
+            // momentarily behind the origin.
+            Instant::from_nanos(self.quanta.delta_as_nanos(self.origin, self.quanta.raw()))
+        }
+        #[cfg(miri)]
+        {
+            Instant::from_nanos(saturating_nanos(self.origin.elapsed()))
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Source {
+    System(&'static SystemSource),
+    Manual(Arc<AtomicU64>),
+}
+
+/// A time source: the system's monotonic clock, or a [`ManualClock`] for tests.
+///
+/// Cheap to clone (a pointer copy for the system clock, an `Arc` clone for a manual
+/// one) and `Send + Sync`. The default is the system clock.
+///
+/// The system clock reads the CPU's invariant time-stamp counter through
+/// [`quanta`](https://docs.rs/quanta) where the CPU has one, which costs less than
+/// `std::time::Instant::now()` (see `docs/benchmarks.md`), and falls back to the OS
+/// monotonic clock elsewhere. The first system clock created in a process
+/// calibrates the counter once (a few milliseconds).
+///
+/// ```
+/// use heijunka_core::Clock;
+///
+/// let clock = Clock::system();
+/// let start = clock.now();
+/// let later = clock.now();
+/// assert!(later >= start);
+/// ```
+#[derive(Clone)]
+pub struct Clock {
+    source: Source,
+}
+
+impl Clock {
+    /// The system's monotonic clock. All system clocks share one origin, so their
+    /// instants compare with each other.
+    #[inline]
+    pub fn system() -> Clock {
+        Clock {
+            source: Source::System(SystemSource::get()),
+        }
+    }
+
+    /// The current time.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match &self.source {
+            Source::System(source) => source.now(),
+            // Acquire pairs with the Release in `ManualClock::advance`, so whatever a
+            // test wrote before advancing the clock is visible to a reader of the
+            // new time.
+            Source::Manual(nanos) => Instant::from_nanos(nanos.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Time elapsed since `earlier` (zero if `earlier` is in the future).
+    #[inline]
+    pub fn elapsed(&self, earlier: Instant) -> Duration {
+        self.now().saturating_duration_since(earlier)
+    }
+
+    /// Whether this clock is a [`ManualClock`].
+    pub fn is_manual(&self) -> bool {
+        matches!(self.source, Source::Manual(_))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Source::System(_) => f.write_str("Clock::System"),
+            Source::Manual(nanos) => f
+                .debug_tuple("Clock::Manual")
+                .field(&Duration::from_nanos(nanos.load(Ordering::Relaxed)))
+                .finish(),
+        }
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(manual: ManualClock) -> Clock {
+        manual.clock()
+    }
+}
+
+impl From<&ManualClock> for Clock {
+    fn from(manual: &ManualClock) -> Clock {
+        manual.clock()
+    }
+}
+
+/// A clock that only moves when told to: the time source for tests.
+///
+/// Starts at [`Instant::ZERO`]. Clones share the same time, so a test can hand
+/// [`clock()`](ManualClock::clock) to the code under test (on any thread) and keep the
+/// `ManualClock` to advance it.
+///
+/// ```
+/// use heijunka_core::{Clock, Instant, ManualClock};
+/// use std::time::Duration;
+///
+/// let manual = ManualClock::new();
+/// let clock: Clock = manual.clock();
+/// assert_eq!(clock.now(), Instant::ZERO);
+///
+/// manual.advance(Duration::from_secs(60));
+/// assert_eq!(clock.now(), Instant::ZERO + Duration::from_secs(60));
+///
+/// // Advancing is visible from every thread that holds a clone.
+/// let handle = std::thread::spawn({
+///     let clock = clock.clone();
+///     move || clock.now()
+/// });
+/// assert_eq!(handle.join().unwrap(), Instant::ZERO + Duration::from_secs(60));
+/// ```
+#[derive(Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A manual clock at [`Instant::ZERO`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A manual clock starting at `start`.
+    pub fn starting_at(start: Instant) -> Self {
+        Self {
+            nanos: Arc::new(AtomicU64::new(start.as_nanos())),
+        }
+    }
+
+    /// A [`Clock`] reading this manual clock's time.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            source: Source::Manual(Arc::clone(&self.nanos)),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Instant {
+        // Acquire: pairs with the Release in `advance`/`set`.
+        Instant::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+
+    /// Moves time forward by `d` (saturating at the largest instant) and returns the
+    /// new time. Safe to call from several threads: advances add up.
+    pub fn advance(&self, d: Duration) -> Instant {
+        let d = saturating_nanos(d);
+        // Release: publishes what the advancing thread did before, for readers that
+        // Acquire-load the new time. A CAS loop so that concurrent advances add up
+        // and saturate instead of wrapping.
+        let prev = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(d))
+            })
+            .unwrap_or_else(|n| n);
+        Instant::from_nanos(prev.saturating_add(d))
+    }
+
+    /// Moves time to `to`. Time never goes backwards: setting an earlier instant
+    /// leaves the clock where it is. Returns the clock's time afterwards.
+    pub fn set(&self, to: Instant) -> Instant {
+        // Release/Acquire as in `advance`.
+        let prev = self.nanos.fetch_max(to.as_nanos(), Ordering::AcqRel);
+        Instant::from_nanos(prev.max(to.as_nanos()))
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock")
+            .field(&Duration::from_nanos(self.nanos.load(Ordering::Relaxed)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_is_monotonic_and_shares_an_origin() {
+        let a = Clock::system();
+        let b = Clock::default();
+        let mut last = a.now();
+        for i in 0..1_000 {
+            let now = if i % 2 == 0 { a.now() } else { b.now() };
+            assert!(now >= last, "{now:?} went back from {last:?}");
+            last = now;
+        }
+        assert!(!a.is_manual());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // sleeps on a real clock; too slow and pointless under miri
+    fn system_clock_tracks_real_time() {
+        // The one test that must use real time: it checks the system clock itself.
+        let clock = Clock::system();
+        let std_start = std::time::Instant::now();
+        let start = clock.now();
+        std::thread::sleep(Duration::from_millis(20));
+        let ours = clock.elapsed(start);
+        let theirs = std_start.elapsed();
+        assert!(ours >= Duration::from_millis(19), "measured {ours:?}");
+        let diff = ours.abs_diff(theirs);
+        assert!(
+            diff < Duration::from_millis(5),
+            "ours {ours:?} std {theirs:?}"
+        );
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_advanced() {
+        let manual = ManualClock::new();
+        let clock = manual.clock();
+        assert!(clock.is_manual());
+        assert_eq!(clock.now(), Instant::ZERO);
+        assert_eq!(clock.now(), Instant::ZERO);
+        assert_eq!(
+            manual.advance(Duration::from_millis(1500)),
+            Instant::from_nanos(1_500_000_000)
+        );
+        assert_eq!(clock.elapsed(Instant::ZERO), Duration::from_millis(1500));
+        // set never goes back
+        assert_eq!(
+            manual.set(Instant::ZERO),
+            Instant::from_nanos(1_500_000_000)
+        );
+        assert_eq!(
+            manual.set(Instant::from_nanos(2_000_000_000)),
+            Instant::from_nanos(2_000_000_000)
+        );
+        assert_eq!(Clock::from(&manual).now(), manual.now());
+    }
+
+    #[test]
+    fn manual_clock_saturates_instead_of_wrapping() {
+        let manual = ManualClock::starting_at(Instant::from_nanos(u64::MAX - 10));
+        assert_eq!(
+            manual.advance(Duration::from_secs(1)),
+            Instant::from_nanos(u64::MAX)
+        );
+        assert_eq!(manual.advance(Duration::MAX), Instant::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn concurrent_advances_add_up() {
+        let manual = ManualClock::new();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = manual.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        m.advance(Duration::from_nanos(3));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(manual.now(), Instant::from_nanos(4 * 250 * 3));
+    }
+
+    #[test]
+    fn instant_arithmetic_saturates() {
+        let t = Instant::from_nanos(100);
+        assert_eq!(t - Duration::from_nanos(200), Instant::ZERO);
+        assert_eq!(t.checked_sub(Duration::from_nanos(200)), None);
+        assert_eq!(
+            t.checked_sub(Duration::from_nanos(40)),
+            Some(Instant::from_nanos(60))
+        );
+        assert_eq!(Instant::ZERO - t, Duration::ZERO);
+        assert_eq!(Instant::ZERO.checked_duration_since(t), None);
+        assert_eq!(
+            t.checked_duration_since(Instant::ZERO),
+            Some(Duration::from_nanos(100))
+        );
+        assert_eq!(t + Duration::MAX, Instant::from_nanos(u64::MAX));
+        assert_eq!(t.checked_add(Duration::MAX), None);
+        let mut u = t;
+        u += Duration::from_nanos(5);
+        u -= Duration::from_nanos(1);
+        assert_eq!(u.as_nanos(), 104);
+        assert_eq!(format!("{u:?}"), "Instant(104ns)");
+    }
+}

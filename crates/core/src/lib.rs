@@ -1,0 +1,63 @@
+//! The shared foundation of heijunka: time, synchronisation and the vocabulary every
+//! other heijunka crate speaks.
+//!
+//! ```
+//! use heijunka_core::{Clock, ConfigError, ManualClock, Rejection, validate};
+//! use std::time::Duration;
+//!
+//! // Time-dependent logic takes a `Clock`; tests hand it a manual one.
+//! let manual = ManualClock::new();
+//! let clock: Clock = manual.clock();
+//! let start = clock.now();
+//! manual.advance(Duration::from_secs(3));
+//! assert_eq!(clock.now().duration_since(start), Duration::from_secs(3));
+//!
+//! // Configuration errors name the field and the bad value.
+//! let err: ConfigError = validate::ratio("failure_rate_threshold", 1.5).unwrap_err();
+//! assert_eq!(err.to_string(), "failure_rate_threshold must be in (0, 1], got 1.5");
+//!
+//! // Rejections say what the caller can do.
+//! let rejected = Rejection::RateLimited { retry_after: Duration::from_millis(40) };
+//! assert_eq!(rejected.retry_after(), Some(Duration::from_millis(40)));
+//! ```
+//!
+//! # What is here
+//!
+//! - [`Clock`], [`ManualClock`] and [`Instant`]: the one injectable time source. Every
+//!   heijunka crate reads time through a [`Clock`], so every time-dependent rule is
+//!   tested with a [`ManualClock`] rather than with sleeps.
+//! - [`sync`]: the loom shim. Under `--cfg loom` the atomics, `Arc`, `Mutex`,
+//!   `Condvar`, `thread` and [`sync::UnsafeCell`] come from [`loom`]; otherwise from
+//!   `std`.
+//! - [`ConfigError`] and [`validate`]: builders return `Result<_, ConfigError>`, and
+//!   the error names the field, the rule and the value.
+//! - [`Rejection`]: the reason an item was not admitted, shared by every crate.
+//! - [`PressureLevel`]: normal / elevated / critical, shared by the memory monitor,
+//!   queues and the load shedder.
+//! - [`ShardedCounter`]: a statistics counter that many threads bump without sharing
+//!   a cache line, summed on read.
+//!
+//! [`loom`]: https://docs.rs/loom
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings), allow(dead_code, unused_variables))
+))]
+
+pub mod sync;
+
+mod clock;
+mod config;
+mod counter;
+mod pressure;
+mod rejection;
+pub mod validate;
+
+pub use crate::{
+    clock::{Clock, Instant, ManualClock},
+    config::ConfigError,
+    counter::ShardedCounter,
+    pressure::PressureLevel,
+    rejection::Rejection,
+};

@@ -1,0 +1,84 @@
+//! Keep servers standing under load: the heijunka stack in one crate.
+//!
+//! Heijunka (平準化, "levelling") is the Toyota Production System's word for smoothing
+//! load so that flow stays steady. This facade re-exports each heijunka crate under a
+//! short module name, each behind a default-on feature of the same name, so a user
+//! can turn parts off (`default-features = false, features = ["breaker"]`) or depend
+//! on a single crate such as `heijunka-breaker` directly.
+//!
+//! ```
+//! use heijunka::prelude::*;
+//! use std::time::Duration;
+//!
+//! // Every time-dependent part takes a `Clock`; tests use a manual one.
+//! let manual = ManualClock::new();
+//! let clock: Clock = manual.clock();
+//! let start = clock.now();
+//! manual.advance(Duration::from_millis(10));
+//! assert_eq!(clock.elapsed(start), Duration::from_millis(10));
+//!
+//! // Every admission decision speaks the same `Rejection` vocabulary.
+//! let no = Rejection::QueueFull { capacity: 64 };
+//! assert_eq!(no.kind(), "queue_full");
+//! ```
+//!
+//! | module | crate | what it gives |
+//! | --- | --- | --- |
+//! | [`core`] | `heijunka-core` | clock, loom sync shim, `ConfigError`, `Rejection` |
+//! | `shutdown` | `heijunka-shutdown` | signals, cancellation, in-flight tracking, drain |
+//! | `backpressure` | `heijunka-backpressure` | limits, queues, rate limiters, shedding |
+//! | `breaker` | `heijunka-breaker` | circuit breakers and a registry per dependency |
+//! | `recycler` | `heijunka-recycler` | object reuse with RAII return |
+//! | `memory` | `heijunka-memory` | memory sampling and pressure levels |
+//! | `pool` | `heijunka-pool` | thread and task pools, task groups, dispatcher |
+//! | `event_bus` | `heijunka-event-bus` | topics, bounded fan-out, handler runtime |
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings), allow(dead_code, unused_variables))
+))]
+
+#[doc(inline)]
+pub use heijunka_core as core;
+
+#[cfg(feature = "shutdown")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shutdown")))]
+#[doc(inline)]
+pub use heijunka_shutdown as shutdown;
+
+#[cfg(feature = "backpressure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "backpressure")))]
+#[doc(inline)]
+pub use heijunka_backpressure as backpressure;
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+#[doc(inline)]
+pub use heijunka_breaker as breaker;
+
+#[cfg(feature = "recycler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "recycler")))]
+#[doc(inline)]
+pub use heijunka_recycler as recycler;
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+#[doc(inline)]
+pub use heijunka_memory as memory;
+
+#[cfg(feature = "pool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
+#[doc(inline)]
+pub use heijunka_pool as pool;
+
+#[cfg(feature = "event-bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "event-bus")))]
+#[doc(inline)]
+pub use heijunka_event_bus as event_bus;
+
+/// The types most programs using heijunka need, for `use heijunka::prelude::*`.
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use heijunka_core::{Clock, ConfigError, Instant, ManualClock, PressureLevel, Rejection};
+}

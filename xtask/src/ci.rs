@@ -1,0 +1,73 @@
+//! `ci`, `test`, `lint`, `doc`: the checks CI runs.
+
+use crate::cmd::{cargo, env_with};
+
+/// Everything CI runs, in order, stopping at the first failure.
+pub(crate) fn ci() -> Result<(), String> {
+    let started = std::time::Instant::now();
+    lint()?;
+    test()?;
+    doc()?;
+    crate::loom::run()?;
+    crate::miri::run()?;
+    println!(
+        "xtask ci: all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Formatting and clippy with warnings denied, on every target.
+pub(crate) fn lint() -> Result<(), String> {
+    cargo().args(["fmt", "--all", "--check"]).run()?;
+    cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()
+}
+
+/// The unit, integration and example tests (nextest where installed), then doc tests.
+pub(crate) fn test() -> Result<(), String> {
+    if cargo().args(["nextest", "--version"]).succeeds_quietly() {
+        cargo()
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ])
+            .run()?;
+    } else {
+        println!("(cargo-nextest not installed: using cargo test)");
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--all-features",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--examples",
+            ])
+            .run()?;
+    }
+    cargo()
+        .args(["test", "--workspace", "--all-features", "--doc"])
+        .run()
+}
+
+/// API docs with warnings (broken links, missing docs) denied.
+pub(crate) fn doc() -> Result<(), String> {
+    cargo()
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", env_with("RUSTDOCFLAGS", "-D warnings"))
+        .run()
+}

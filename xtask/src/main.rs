@@ -1,0 +1,67 @@
+//! heijunka's task runner, in the style of rust-analyzer's xtask: `cargo xtask <task>`.
+//!
+//! Each task prints every command before running it and stops with a non-zero exit at
+//! the first failure. `ci` is exactly what CI runs.
+
+mod bench;
+mod ci;
+mod cmd;
+mod demo;
+mod loom;
+mod miri;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  ci                    everything CI runs: fmt, clippy, tests (+ doc tests), docs, loom, miri
+  test                  the tests: nextest (or cargo test) and the doc tests
+  lint                  cargo fmt --check and clippy -D warnings
+  doc                   cargo doc with warnings denied
+  loom                  the loom models (RUSTFLAGS=\"--cfg loom\", release, LOOM_MAX_PREEMPTIONS=2)
+  miri                  the crates marked for miri (installs nightly miri + rust-src if missing)
+  bench [--quick] [AREA]
+                        criterion benchmarks in benches/, then a table of heijunka/peer ratios
+  demo                  runs the facade's main example (or lists and runs the examples)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        eprint!("{HELP}");
+        return ExitCode::FAILURE;
+    };
+    let rest = &args[1..];
+    let result = match task.as_str() {
+        "ci" => no_args(task, rest).and_then(|()| ci::ci()),
+        "test" => no_args(task, rest).and_then(|()| ci::test()),
+        "lint" => no_args(task, rest).and_then(|()| ci::lint()),
+        "doc" => no_args(task, rest).and_then(|()| ci::doc()),
+        "loom" => no_args(task, rest).and_then(|()| loom::run()),
+        "miri" => no_args(task, rest).and_then(|()| miri::run()),
+        "bench" => bench::run(rest),
+        "demo" => no_args(task, rest).and_then(|()| demo::run()),
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(format!("unknown task `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn no_args(task: &str, rest: &[String]) -> Result<(), String> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("`{task}` takes no arguments, got {rest:?}"))
+    }
+}
