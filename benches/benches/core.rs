@@ -4,19 +4,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use heijunka_benches::{baselines, contended};
-use heijunka_core::{Clock, ManualClock};
+use heijunka_core::Clock;
 
 fn now(c: &mut Criterion) {
     let mut g = c.benchmark_group("core/now");
     let clock = Clock::system();
     g.bench_function("heijunka", |b| b.iter(|| black_box(&clock).now()));
-    g.bench_function("std", |b| b.iter(std::time::Instant::now));
-    g.finish();
-
-    // The manual clock is a test tool; its cost is reported for completeness.
-    let mut g = c.benchmark_group("core/now_manual");
-    let manual = ManualClock::new().clock();
-    g.bench_function("heijunka", |b| b.iter(|| black_box(&manual).now()));
     g.bench_function("std", |b| b.iter(std::time::Instant::now));
     g.finish();
 }
