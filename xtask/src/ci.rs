@@ -17,9 +17,10 @@ pub(crate) fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// Formatting and clippy with warnings denied, on every target.
+/// Formatting, the layer check, and clippy with warnings denied, on every target.
 pub(crate) fn lint() -> Result<(), String> {
     cargo().args(["fmt", "--all", "--check"]).run()?;
+    crate::layers::run()?;
     cargo()
         .args([
             "clippy",

@@ -7,6 +7,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod demo;
+mod layers;
 mod loom;
 mod miri;
 
@@ -18,7 +19,8 @@ usage: cargo xtask <task> [options]
 tasks:
   ci                    everything CI runs: fmt, clippy, tests (+ doc tests), docs, loom, miri
   test                  the tests: nextest (or cargo test) and the doc tests
-  lint                  cargo fmt --check and clippy -D warnings
+  lint                  cargo fmt --check, clippy -D warnings, and the layer check
+  layers                checks that no crate depends on one above its layer
   doc                   cargo doc with warnings denied
   loom                  the loom models (RUSTFLAGS=\"--cfg loom\", release, LOOM_MAX_PREEMPTIONS=2)
   miri                  the crates marked for miri (installs nightly miri + rust-src if missing)
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "ci" => no_args(task, rest).and_then(|()| ci::ci()),
         "test" => no_args(task, rest).and_then(|()| ci::test()),
+        "layers" => no_args(task, rest).and_then(|()| layers::run()),
         "lint" => no_args(task, rest).and_then(|()| ci::lint()),
         "doc" => no_args(task, rest).and_then(|()| ci::doc()),
         "loom" => no_args(task, rest).and_then(|()| loom::run()),
