@@ -173,6 +173,13 @@ fn table(results: &Results) -> String {
             continue;
         };
         let in_adds = fetch_add.map_or("-".to_string(), |f| format!("{:.1}", ours / f));
+        if functions.len() == 1 {
+            // Reported, not compared: no peer measures the same thing.
+            s.push_str(&format!(
+                "| {group} | {param} | {} | - | - | - | {in_adds} |\n",
+                fmt_ns(ours)
+            ));
+        }
         for (peer, &theirs) in functions.iter().filter(|(n, _)| *n != "heijunka") {
             s.push_str(&format!(
                 "| {group} | {param} | {} | {peer} | {} | {:.2} | {in_adds} |\n",

@@ -1,0 +1,446 @@
+//! The [`Shutdown`] coordinator: triggers, in-flight tracking, hooks and children.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+// The coordinator's plumbing uses std's Arc and Mutex directly: it is not part of the
+// atomic protocol (the gate, which takes its atomics from the loom shim), and
+// children are held through `Weak`, which loom's `Arc` does not offer.
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use heijunka_core::ConfigError;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ShutdownBuilder;
+use crate::gate::{Enter, Gate};
+use crate::{
+    InFlight, OwnedInFlight, Phase, ShutdownReport, ShutdownToken, ShuttingDown, SpawnError,
+    TriggerReason,
+};
+
+/// The error a stop hook may return.
+pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+type HookFuture = Pin<Box<dyn Future<Output = Result<(), HookError>> + Send + 'static>>;
+
+pub(crate) struct Hook {
+    pub(crate) name: String,
+    pub(crate) timeout: Duration,
+    pub(crate) run: Box<dyn FnOnce() -> HookFuture + Send + 'static>,
+}
+
+#[derive(Clone)]
+pub(crate) struct TriggerInfo {
+    pub(crate) reason: TriggerReason,
+    pub(crate) at: Instant,
+    pub(crate) in_flight: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) trigger: Option<TriggerInfo>,
+    pub(crate) hooks: Vec<Hook>,
+    pub(crate) hooks_started: bool,
+    pub(crate) driver_started: bool,
+    pub(crate) tasks: HashMap<u64, String>,
+    next_task: u64,
+    children: Vec<Weak<Inner>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) gate: Gate,
+    pub(crate) drained: Notify,
+    pub(crate) trigger: CancellationToken,
+    pub(crate) force: CancellationToken,
+    pub(crate) config: ShutdownBuilder,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) report: OnceLock<ShutdownReport>,
+    state: Mutex<State>,
+}
+
+impl Inner {
+    /// Leaves the gate; the exit that completes a drain wakes the drain waiters.
+    #[inline]
+    pub(crate) fn exit(&self) {
+        if self.gate.exit() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock, so a poisoned lock only means a panic
+        // elsewhere (an allocation failure); the state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Coordinates a graceful shutdown: stop taking work, let in-flight work finish
+/// within a grace period, run stop hooks in reverse order, and report.
+///
+/// Cheap to clone (an `Arc`); every clone is the same coordinator.
+///
+/// ```
+/// use heijunka_shutdown::Shutdown;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let shutdown = Shutdown::builder()
+///     .grace_period(Duration::from_secs(10))
+///     .build()?;
+///
+/// // Components register stop hooks; the last registered stops first.
+/// shutdown.on_stop("database", || async { Ok::<(), std::io::Error>(()) })?;
+///
+/// // Work enters the gate; once shutdown begins, new work is refused.
+/// let guard = shutdown.try_enter()?;
+/// shutdown.trigger();
+/// assert!(shutdown.try_enter().is_err());
+/// drop(guard); // the last in-flight work finishes
+///
+/// let report = shutdown.wait().await;
+/// assert!(report.is_clean());
+/// assert_eq!(report.in_flight_at_trigger, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Shutdown {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Shutdown {
+    /// A coordinator with the defaults: 30 s grace period, 5 s per hook, no force
+    /// deadline.
+    pub fn new() -> Shutdown {
+        Shutdown::from_builder(ShutdownBuilder::default())
+    }
+
+    /// A builder to set the grace period, force deadline and hook timeout.
+    pub fn builder() -> ShutdownBuilder {
+        ShutdownBuilder::default()
+    }
+
+    pub(crate) fn from_builder(config: ShutdownBuilder) -> Shutdown {
+        let (phase, _) = watch::channel(Phase::Running);
+        Shutdown {
+            inner: Arc::new(Inner {
+                gate: Gate::new(),
+                drained: Notify::new(),
+                trigger: CancellationToken::new(),
+                force: CancellationToken::new(),
+                config,
+                phase,
+                report: OnceLock::new(),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// A child scope with the same configuration: it shuts down when this one does
+    /// (its trigger reason is [`TriggerReason::Parent`]), and can also be shut down
+    /// on its own without affecting this one. Forcing this scope forces the child.
+    ///
+    /// This scope's [`wait`](Self::wait) does not wait for the child; register a
+    /// stop hook that awaits `child.wait()` for that.
+    pub fn child(&self) -> Shutdown {
+        self.child_with(self.inner.config.clone())
+            .expect("the parent's configuration was validated")
+    }
+
+    /// A child scope (see [`child`](Self::child)) with its own configuration.
+    ///
+    /// # Errors
+    ///
+    /// The builder's [`ConfigError`], if its configuration is invalid.
+    pub fn child_with(&self, config: ShutdownBuilder) -> Result<Shutdown, ConfigError> {
+        config.validate()?;
+        let child = Shutdown::from_builder(config);
+        let (triggered, forced) = {
+            let mut st = self.inner.state();
+            st.children.retain(|w| w.strong_count() > 0);
+            st.children.push(Arc::downgrade(&child.inner));
+            (st.trigger.is_some(), self.inner.force.is_cancelled())
+        };
+        if triggered {
+            child.trigger_with(TriggerReason::Parent);
+        }
+        if forced {
+            child.force();
+        }
+        Ok(child)
+    }
+
+    /// A cheap handle for work that needs to know when shutdown begins.
+    pub fn token(&self) -> ShutdownToken {
+        ShutdownToken {
+            trigger: self.inner.trigger.clone(),
+            force: self.inner.force.clone(),
+        }
+    }
+
+    /// Whether shutdown has begun. One atomic load; needs no runtime.
+    #[inline]
+    pub fn is_triggered(&self) -> bool {
+        self.inner.trigger.is_cancelled()
+    }
+
+    /// Whether the shutdown has been forced.
+    #[inline]
+    pub fn is_forced(&self) -> bool {
+        self.inner.force.is_cancelled()
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.inner.phase.borrow()
+    }
+
+    /// A receiver of phase changes (a `tokio::sync::watch`), for observers that
+    /// follow every phase.
+    pub fn phases(&self) -> watch::Receiver<Phase> {
+        self.inner.phase.subscribe()
+    }
+
+    /// Completes once the shutdown has reached `phase` (see
+    /// [`Phase::has_reached`]): `reached(Phase::Stopped)` also completes when the
+    /// shutdown was forced.
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.inner.phase.subscribe();
+        // The sender lives in `self.inner`, which `self` keeps alive, so the
+        // channel cannot close while we wait.
+        let _ = rx.wait_for(|p| p.has_reached(phase)).await;
+    }
+
+    /// Begins the shutdown: new work is refused from now on, tokens report it, and
+    /// [`wait`](Self::wait) starts draining. Returns `true` if this call began it,
+    /// `false` if it had begun already (triggering twice is fine).
+    pub fn trigger(&self) -> bool {
+        self.trigger_with(TriggerReason::Call)
+    }
+
+    pub(crate) fn trigger_with(&self, reason: TriggerReason) -> bool {
+        let Some(in_flight) = self.inner.gate.close() else {
+            return false;
+        };
+        let children: Vec<Shutdown> = {
+            let mut st = self.inner.state();
+            st.trigger = Some(TriggerInfo {
+                reason: reason.clone(),
+                at: Instant::now(),
+                in_flight,
+            });
+            st.children
+                .iter()
+                .filter_map(Weak::upgrade)
+                .map(|inner| Shutdown { inner })
+                .collect()
+        };
+        self.inner.phase.send_replace(Phase::Draining);
+        tracing::info!(
+            shutdown.trigger = %reason,
+            shutdown.in_flight = in_flight,
+            "shutdown triggered: draining"
+        );
+        self.inner.trigger.cancel();
+        for child in children {
+            child.trigger_with(TriggerReason::Parent);
+        }
+        true
+    }
+
+    /// Forces the shutdown: stop draining and skip the remaining hooks (a hook that
+    /// is running is cancelled). Triggers first if needed. Tokens report
+    /// [`is_forced`](ShutdownToken::is_forced); child scopes are forced too.
+    pub fn force(&self) {
+        self.trigger();
+        if !self.inner.force.is_cancelled() {
+            tracing::warn!("shutdown forced");
+        }
+        self.inner.force.cancel();
+        let children: Vec<Shutdown> = self
+            .inner
+            .state()
+            .children
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Shutdown { inner })
+            .collect();
+        for child in children {
+            child.force();
+        }
+    }
+
+    /// Marks one unit of work in flight until the guard drops; refused once shutdown
+    /// has begun, so no new work starts after the trigger.
+    ///
+    /// The running path is two atomic operations (enter and leave), no allocation.
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] once the shutdown has been triggered.
+    #[inline]
+    pub fn try_enter(&self) -> Result<InFlight<'_>, ShuttingDown> {
+        self.enter()?;
+        Ok(InFlight { shutdown: self })
+    }
+
+    /// [`try_enter`](Self::try_enter) with an owned (`'static`) guard, for moving
+    /// into a task or thread. Costs an `Arc` clone more.
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] once the shutdown has been triggered.
+    pub fn try_enter_owned(&self) -> Result<OwnedInFlight, ShuttingDown> {
+        self.enter()?;
+        Ok(OwnedInFlight {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    #[inline]
+    fn enter(&self) -> Result<(), ShuttingDown> {
+        match self.inner.gate.try_enter() {
+            Enter::Admitted => Ok(()),
+            Enter::Refused { drained } => {
+                if drained {
+                    self.inner.drained.notify_waiters();
+                }
+                Err(ShuttingDown)
+            }
+        }
+    }
+
+    /// Work in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.inner.gate.count()
+    }
+
+    /// Spawns `future` on the current tokio runtime as tracked work: it counts as in
+    /// flight until it finishes, and if it is still running when the grace period
+    /// ends its `name` is listed in the report's `abandoned_tasks`.
+    ///
+    /// # Errors
+    ///
+    /// Once shutdown has begun the future is not spawned and comes back in the
+    /// [`SpawnError`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn<F>(
+        &self,
+        name: impl Into<String>,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Ok(guard) = self.try_enter_owned() else {
+            return Err(SpawnError { future });
+        };
+        let id = {
+            let mut st = self.inner.state();
+            let id = st.next_task;
+            st.next_task += 1;
+            st.tasks.insert(id, name.into());
+            id
+        };
+        let entry = TaskEntry {
+            inner: Arc::clone(&self.inner),
+            id,
+        };
+        Ok(tokio::spawn(async move {
+            // Dropped in reverse order, also on panic or abort: the name goes before
+            // the in-flight mark, so a completed drain never lists a finished task.
+            let _guard = guard;
+            let _entry = entry;
+            future.await
+        }))
+    }
+
+    /// Registers a stop hook, run after in-flight work drains (or the grace period
+    /// ends), in reverse registration order, with the default hook timeout.
+    ///
+    /// `hook` is called when its turn comes and its future is run as a task of its
+    /// own: an error, a panic or a timeout is reported and the next hook runs.
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] if the hooks have already started running.
+    pub fn on_stop<F, Fut, E>(&self, name: impl Into<String>, hook: F) -> Result<(), ShuttingDown>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<HookError>,
+    {
+        self.on_stop_with_timeout(name, self.inner.config.hook_timeout, hook)
+    }
+
+    /// [`on_stop`](Self::on_stop) with this hook's own time limit. A zero timeout
+    /// means the hook is reported as timed out without being given any time.
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] if the hooks have already started running.
+    pub fn on_stop_with_timeout<F, Fut, E>(
+        &self,
+        name: impl Into<String>,
+        timeout: Duration,
+        hook: F,
+    ) -> Result<(), ShuttingDown>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<HookError>,
+    {
+        let mut st = self.inner.state();
+        if st.hooks_started {
+            return Err(ShuttingDown);
+        }
+        st.hooks.push(Hook {
+            name: name.into(),
+            timeout,
+            run: Box::new(move || {
+                let fut = hook();
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }),
+        });
+        Ok(())
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("phase", &self.phase())
+            .field("in_flight", &self.in_flight())
+            .field("grace_period", &self.inner.config.grace_period)
+            .field("force_after", &self.inner.config.force_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a tracked task's name when the task ends, however it ends.
+struct TaskEntry {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for TaskEntry {
+    fn drop(&mut self) {
+        self.inner.state().tasks.remove(&self.id);
+    }
+}
