@@ -1,0 +1,527 @@
+//! [`BoundedQueue`]: an MPMC queue with a capacity and watermarks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::queue::ArrayQueue;
+use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use heijunka_core::{ConfigError, PressureLevel, Rejection, validate};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::block::block_on;
+use crate::slots::{MAX_CAPACITY, QueueState, Reserve, Side};
+
+/// Default warn watermark: 80 % of capacity (the seeds' degradation tables).
+pub const DEFAULT_WARN_AT: f64 = 0.8;
+/// Default reject watermark: 90 % of capacity (the seeds' degradation tables).
+pub const DEFAULT_REJECT_AT: f64 = 0.9;
+
+/// A bounded multi-producer multi-consumer queue with watermarks.
+///
+/// Levels follow the seeds' degradation tables: below the warn mark (default 80 %)
+/// the queue is [`Normal`](PressureLevel::Normal); from the warn mark it is
+/// [`Elevated`](PressureLevel::Elevated); from the reject mark (default 90 %) it is
+/// [`Critical`](PressureLevel::Critical), and [`try_push`](Self::try_push) hands
+/// items back instead of queueing them. Only [`push`](Self::push) (and its timeout
+/// and blocking forms) may fill the last slots, and it waits when the queue is full.
+///
+/// Crossing a watermark (up or down) emits one `tracing` event and bumps a counter
+/// in [`stats`](Self::stats); nothing is logged per item.
+///
+/// [`close`](Self::close) stops producers at once; consumers drain what is queued,
+/// then [`pop`](Self::pop) returns `None`.
+///
+/// Clones are handles to the same queue.
+///
+/// ```
+/// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+/// use heijunka_backpressure::BoundedQueue;
+/// use heijunka_core::{PressureLevel, Rejection};
+///
+/// let q = BoundedQueue::new(10)?; // warn at 8, reject at 9
+/// for i in 0..9 {
+///     q.try_push(i).unwrap();
+/// }
+/// assert_eq!(q.pressure(), PressureLevel::Critical);
+/// let err = q.try_push(9).unwrap_err();
+/// assert_eq!(err.reason(), Rejection::QueueFull { capacity: 10 });
+/// assert_eq!(err.into_inner(), 9); // the item comes back
+/// assert_eq!(q.try_pop(), Some(0));
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+pub struct BoundedQueue<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    items: ArrayQueue<T>,
+    state: QueueState,
+    not_empty: Notify,
+    not_full: Notify,
+    capacity: usize,
+    warn_slots: usize,
+    reject_slots: usize,
+    rejected: AtomicU64,
+    elevated_crossings: AtomicU64,
+    critical_crossings: AtomicU64,
+}
+
+/// Builds a [`BoundedQueue`]; see [`BoundedQueue::builder`].
+#[must_use = "a builder does nothing until `build()`"]
+pub struct BoundedQueueBuilder<T> {
+    capacity: usize,
+    warn_at: f64,
+    reject_at: f64,
+    item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for BoundedQueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedQueueBuilder")
+            .field("capacity", &self.capacity)
+            .field("warn_at", &self.warn_at)
+            .field("reject_at", &self.reject_at)
+            .finish()
+    }
+}
+
+impl<T> BoundedQueueBuilder<T> {
+    /// The fill ratio in (0, 1] from which the queue is elevated. Default 0.8.
+    pub fn warn_at(mut self, ratio: f64) -> Self {
+        self.warn_at = ratio;
+        self
+    }
+
+    /// The fill ratio in (0, 1] from which `try_push` rejects. Default 0.9. At 1.0,
+    /// `try_push` rejects only when the queue is full.
+    pub fn reject_at(mut self, ratio: f64) -> Self {
+        self.reject_at = ratio;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field: a capacity of 0, a ratio outside
+    /// (0, 1], or `warn_at` above `reject_at`.
+    pub fn build(self) -> Result<BoundedQueue<T>, ConfigError> {
+        validate::at_least("capacity", self.capacity, 1)?;
+        validate::at_most("capacity", self.capacity, MAX_CAPACITY)?;
+        validate::ratio("warn_at", self.warn_at)?;
+        validate::ratio("reject_at", self.reject_at)?;
+        validate::ordered("warn_at", self.warn_at, "reject_at", self.reject_at)?;
+        let slots =
+            |ratio: f64| ((ratio * self.capacity as f64).ceil() as usize).clamp(1, self.capacity);
+        Ok(BoundedQueue {
+            shared: Arc::new(Shared {
+                items: ArrayQueue::new(self.capacity),
+                state: QueueState::new(),
+                not_empty: Notify::new(),
+                not_full: Notify::new(),
+                capacity: self.capacity,
+                warn_slots: slots(self.warn_at),
+                reject_slots: slots(self.reject_at),
+                rejected: AtomicU64::new(0),
+                elevated_crossings: AtomicU64::new(0),
+                critical_crossings: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// An item that was not queued, handed back with the reason.
+pub struct PushError<T> {
+    item: T,
+    reason: Rejection,
+}
+
+impl<T> PushError<T> {
+    /// The item that was not queued.
+    pub fn into_inner(self) -> T {
+        self.item
+    }
+
+    /// Why: [`Rejection::QueueFull`] (above the reject mark, or full),
+    /// [`Rejection::TimedOut`], or [`Rejection::ShuttingDown`] (closed).
+    pub fn reason(&self) -> Rejection {
+        self.reason
+    }
+}
+
+impl<T> fmt::Debug for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "item not queued: {}", self.reason)
+    }
+}
+
+impl<T> std::error::Error for PushError<T> {}
+
+/// Live numbers of a [`BoundedQueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Capacity.
+    pub capacity: usize,
+    /// Items queued (or being queued) now.
+    pub len: usize,
+    /// Pressure level now.
+    pub level: PressureLevel,
+    /// Length from which the queue is elevated.
+    pub warn_at: usize,
+    /// Length from which `try_push` rejects.
+    pub reject_at: usize,
+    /// Items handed back by `try_push` or a timed-out push.
+    pub rejected: u64,
+    /// Times the queue rose to elevated.
+    pub elevated_crossings: u64,
+    /// Times the queue rose to critical.
+    pub critical_crossings: u64,
+    /// Whether the queue was closed.
+    pub closed: bool,
+}
+
+impl<T> BoundedQueue<T> {
+    /// A queue of `capacity` with the default watermarks (warn 80 %, reject 90 %).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a capacity of 0.
+    pub fn new(capacity: usize) -> Result<Self, ConfigError> {
+        Self::builder(capacity).build()
+    }
+
+    /// A builder for a queue of `capacity`, to set the watermarks.
+    pub fn builder(capacity: usize) -> BoundedQueueBuilder<T> {
+        BoundedQueueBuilder {
+            capacity,
+            warn_at: DEFAULT_WARN_AT,
+            reject_at: DEFAULT_REJECT_AT,
+            item: std::marker::PhantomData,
+        }
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Items queued (or being queued) now.
+    pub fn len(&self) -> usize {
+        self.shared.state.len()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pressure level now.
+    pub fn pressure(&self) -> PressureLevel {
+        self.shared.level_at(self.len())
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.is_closed()
+    }
+
+    /// A snapshot of the live numbers.
+    pub fn stats(&self) -> QueueStats {
+        let s = &self.shared;
+        let len = self.len();
+        // Relaxed loads: statistics.
+        QueueStats {
+            capacity: s.capacity,
+            len,
+            level: s.level_at(len),
+            warn_at: s.warn_slots,
+            reject_at: s.reject_slots,
+            rejected: s.rejected.load(Ordering::Relaxed),
+            elevated_crossings: s.elevated_crossings.load(Ordering::Relaxed),
+            critical_crossings: s.critical_crossings.load(Ordering::Relaxed),
+            closed: self.is_closed(),
+        }
+    }
+
+    /// Queues `item` unless the queue is at or above its reject mark (or closed);
+    /// never waits.
+    ///
+    /// # Errors
+    ///
+    /// A [`PushError`] holding the item: [`Rejection::QueueFull`] or
+    /// [`Rejection::ShuttingDown`].
+    #[inline]
+    pub fn try_push(&self, item: T) -> Result<(), PushError<T>> {
+        let r = self.push_below(item, self.shared.reject_slots);
+        if let Err(e) = &r
+            && e.reason != Rejection::ShuttingDown
+        {
+            // Relaxed: a statistic.
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    #[inline]
+    fn push_below(&self, item: T, limit: usize) -> Result<(), PushError<T>> {
+        let s = &*self.shared;
+        match s.state.reserve(limit) {
+            Reserve::Reserved { before, wake } => {
+                // A reserved slot always fits: reservations never exceed capacity,
+                // and a pop frees its slot only after removing its item.
+                if s.items.push(item).is_err() {
+                    unreachable!("a reserved slot is free");
+                }
+                s.crossed_up(before + 1);
+                if wake {
+                    s.not_empty.notify_one();
+                }
+                Ok(())
+            }
+            Reserve::Full => Err(PushError {
+                item,
+                reason: Rejection::QueueFull {
+                    capacity: s.capacity,
+                },
+            }),
+            Reserve::Closed => Err(PushError {
+                item,
+                reason: Rejection::ShuttingDown,
+            }),
+        }
+    }
+
+    /// Queues `item`, waiting while the queue is full. Unlike
+    /// [`try_push`](Self::try_push) it may fill the slots above the reject mark.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::ShuttingDown`] with the item if the queue is (or gets) closed.
+    pub async fn push(&self, item: T) -> Result<(), PushError<T>> {
+        self.push_until(item, None).await
+    }
+
+    /// [`push`](Self::push), giving up after `timeout` (tokio's timer).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::TimedOut`] or [`Rejection::ShuttingDown`], with the item.
+    pub async fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), PushError<T>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.push_until(item, Some((deadline, timeout))).await
+    }
+
+    async fn push_until(
+        &self,
+        mut item: T,
+        deadline: Option<(tokio::time::Instant, Duration)>,
+    ) -> Result<(), PushError<T>> {
+        let s = &*self.shared;
+        loop {
+            match self.push_below(item, s.capacity) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.reason == Rejection::ShuttingDown => return Err(e),
+                Err(e) => item = e.item,
+            }
+            let notified = s.not_full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let seen = s.state.register(Side::Push);
+            let full = seen.len >= s.capacity && !seen.closed;
+            let timed_out = match (full, seen.counted, deadline) {
+                (false, _, _) => false,
+                (true, false, _) => {
+                    // Saturated waiter count: poll instead of sleeping.
+                    crate::block::yield_now().await;
+                    deadline.is_some_and(|(at, _)| tokio::time::Instant::now() >= at)
+                }
+                (true, true, None) => {
+                    notified.await;
+                    false
+                }
+                (true, true, Some((at, _))) => tokio::time::timeout_at(at, notified).await.is_err(),
+            };
+            if seen.counted {
+                s.state.unregister(Side::Push);
+            }
+            if timed_out {
+                // Relaxed: a statistic.
+                s.rejected.fetch_add(1, Ordering::Relaxed);
+                let after = deadline.map_or(Duration::ZERO, |(_, d)| d);
+                return Err(PushError {
+                    item,
+                    reason: Rejection::TimedOut { after },
+                });
+            }
+        }
+    }
+
+    /// Removes the oldest item, if any; never waits.
+    #[inline]
+    pub fn try_pop(&self) -> Option<T> {
+        let s = &*self.shared;
+        let item = s.items.pop()?;
+        let (before, wake) = s.state.release();
+        s.crossed_down(before);
+        if wake {
+            s.not_full.notify_one();
+        }
+        Some(item)
+    }
+
+    /// Removes the oldest item, waiting while the queue is empty. `None` once the
+    /// queue is closed and drained.
+    pub async fn pop(&self) -> Option<T> {
+        let s = &*self.shared;
+        loop {
+            if let Some(item) = self.try_pop() {
+                return Some(item);
+            }
+            let notified = s.not_empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let seen = s.state.register(Side::Pop);
+            let (len, closed) = (seen.len, seen.closed);
+            if len == 0 && !closed {
+                if seen.counted {
+                    notified.await;
+                } else {
+                    // Saturated waiter count: poll instead of sleeping.
+                    crate::block::yield_now().await;
+                }
+            }
+            if seen.counted {
+                s.state.unregister(Side::Pop);
+            }
+            if len == 0 && closed {
+                // Re-check: an item pushed just before the close is still ours.
+                return self.try_pop();
+            }
+            if len > 0 {
+                // An item is being inserted (or another consumer is finishing a
+                // pop): let it complete.
+                crate::block::yield_now().await;
+            }
+        }
+    }
+
+    /// [`pop`](Self::pop), giving up after `timeout` (tokio's timer): `None` on
+    /// timeout as well as when closed and drained.
+    pub async fn pop_timeout(&self, timeout: Duration) -> Option<T> {
+        tokio::time::timeout(timeout, self.pop())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// [`pop`](Self::pop) for threads without a runtime: blocks until an item
+    /// arrives or the queue is closed and drained.
+    pub fn pop_blocking(&self) -> Option<T> {
+        block_on(self.pop(), None).flatten()
+    }
+
+    /// [`push`](Self::push) for threads without a runtime: blocks while full.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::ShuttingDown`] with the item if the queue is closed.
+    pub fn push_blocking(&self, item: T) -> Result<(), PushError<T>> {
+        block_on(self.push(item), None).expect("no deadline, so it completes")
+    }
+
+    /// Closes the queue: pushes are refused with [`Rejection::ShuttingDown`],
+    /// waiting producers get their items back, and consumers drain what is queued,
+    /// then get `None`.
+    pub fn close(&self) {
+        let s = &*self.shared;
+        // Waiters that registered before the close are woken below; later ones see
+        // the closed bit in the word they register with.
+        if s.state.close() {
+            tracing::debug!(
+                queue.capacity = s.capacity,
+                queue.len = self.len(),
+                "queue closed"
+            );
+        }
+        s.not_empty.notify_waiters();
+        s.not_full.notify_waiters();
+    }
+}
+
+impl<T> Shared<T> {
+    fn level_at(&self, len: usize) -> PressureLevel {
+        if len >= self.reject_slots {
+            PressureLevel::Critical
+        } else if len >= self.warn_slots {
+            PressureLevel::Elevated
+        } else {
+            PressureLevel::Normal
+        }
+    }
+
+    /// After a push took the length to `len`: exactly one push reaches each mark
+    /// on the way up, so each crossing is reported once.
+    #[inline]
+    fn crossed_up(&self, len: usize) {
+        if len == self.warn_slots {
+            // Relaxed: a statistic.
+            self.elevated_crossings.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                queue.len = len,
+                queue.capacity = self.capacity,
+                "queue pressure elevated"
+            );
+        }
+        if len == self.reject_slots {
+            // Relaxed: a statistic.
+            self.critical_crossings.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                queue.len = len,
+                queue.capacity = self.capacity,
+                "queue pressure critical: rejecting new items"
+            );
+        }
+    }
+
+    /// After a pop took the length down from `before`.
+    #[inline]
+    fn crossed_down(&self, before: usize) {
+        if before == self.reject_slots {
+            tracing::info!(
+                queue.len = before - 1,
+                "queue pressure below the reject mark"
+            );
+        }
+        if before == self.warn_slots {
+            tracing::debug!(queue.len = before - 1, "queue pressure normal");
+        }
+    }
+}
+
+impl<T> Clone for BoundedQueue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> fmt::Debug for BoundedQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedQueue")
+            .field("capacity", &self.shared.capacity)
+            .field("len", &self.len())
+            .field("level", &self.pressure())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,140 @@
+//! Rate limiters behind one trait: GCRA, leaky bucket, fixed window, sliding window
+//! (counter-interpolated and exact log), and a keyed (per-client) GCRA.
+
+mod gcra;
+mod keyed;
+mod window;
+
+use std::time::Duration;
+
+use heijunka_core::{Clock, Rejection};
+
+pub use self::gcra::{Gcra, LeakyBucket};
+pub use self::keyed::{
+    DEFAULT_MAX_KEYS, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
+};
+pub use self::window::{FixedWindow, SlidingLog, SlidingWindow};
+
+/// Why a rate limiter did not admit a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// Over the rate now; the same request conforms after `retry_after`.
+    #[error("rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// How long until the request would be admitted.
+        retry_after: Duration,
+    },
+    /// More asked for at once than the limiter can ever admit at once.
+    #[error("asked for {requested} at once, but at most {capacity} can ever be admitted at once")]
+    InsufficientCapacity {
+        /// What was asked for.
+        requested: u32,
+        /// The most the limiter admits at once (its burst, or its window limit).
+        capacity: u32,
+    },
+    /// A keyed limiter holds its maximum number of keys, none is idle, and its
+    /// policy is [`OverflowPolicy::Reject`].
+    #[error("too many clients: the key budget of {max_keys} is exhausted")]
+    KeyBudgetExhausted {
+        /// The key budget.
+        max_keys: usize,
+    },
+}
+
+impl RateLimitError {
+    /// The shared rejection reason, where there is one: [`Rejection::RateLimited`]
+    /// (also for an exhausted key budget, with no retry-after known: zero).
+    pub fn reason(&self) -> Option<Rejection> {
+        match *self {
+            Self::RateLimited { retry_after } => Some(Rejection::RateLimited { retry_after }),
+            Self::KeyBudgetExhausted { .. } => Some(Rejection::RateLimited {
+                retry_after: Duration::ZERO,
+            }),
+            Self::InsufficientCapacity { .. } => None,
+        }
+    }
+
+    /// The wait before retrying, where one is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match *self {
+            Self::RateLimited { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// A rate limiter: decides at once whether `n` units may pass now.
+///
+/// Implemented by [`Gcra`] (token bucket), [`LeakyBucket`], [`FixedWindow`],
+/// [`SlidingWindow`] and [`SlidingLog`]. All read time from a
+/// [`heijunka_core::Clock`], so tests drive them with a `ManualClock`.
+///
+/// ```
+/// use heijunka_backpressure::{Gcra, RateLimiter};
+/// use heijunka_core::ManualClock;
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// // 10 per second, bursts of 2.
+/// let limiter = Gcra::builder(10.0).burst(2).clock(clock.clock()).build()?;
+/// assert!(limiter.check().is_ok());
+/// assert!(limiter.check().is_ok());
+/// let no = limiter.check().unwrap_err();
+/// assert_eq!(no.retry_after(), Some(Duration::from_millis(100)));
+/// clock.advance(Duration::from_millis(100));
+/// assert!(limiter.check().is_ok());
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+pub trait RateLimiter: Send + Sync {
+    /// Admits `n` units now, or says how long until they would conform.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] with the retry-after, or
+    /// [`RateLimitError::InsufficientCapacity`] if `n` can never pass at once.
+    fn check_n(&self, n: u32) -> Result<(), RateLimitError>;
+
+    /// Admits one unit now.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_n`](Self::check_n).
+    #[inline]
+    fn check(&self) -> Result<(), RateLimitError> {
+        self.check_n(1)
+    }
+
+    /// The clock the limiter reads.
+    fn clock(&self) -> &Clock;
+}
+
+/// Waits until `limiter` admits `n` units, sleeping (tokio's timer) for each
+/// retry-after it returns.
+///
+/// With a `ManualClock`, the test advances the manual clock and tokio's paused
+/// clock together.
+///
+/// # Errors
+///
+/// [`RateLimitError::InsufficientCapacity`] at once if `n` can never pass, and
+/// [`RateLimitError::KeyBudgetExhausted`] as it comes.
+pub async fn until_ready<L: RateLimiter + ?Sized>(
+    limiter: &L,
+    n: u32,
+) -> Result<(), RateLimitError> {
+    loop {
+        match limiter.check_n(n) {
+            Ok(()) => return Ok(()),
+            Err(RateLimitError::RateLimited { retry_after }) => {
+                tokio::time::sleep(retry_after.max(Duration::from_nanos(1))).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Nanoseconds in a duration, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
