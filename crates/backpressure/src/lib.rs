@@ -33,6 +33,9 @@
 //!   [`SlidingLog`]; [`until_ready`] waits for one; [`KeyedRateLimiter`] keeps a
 //!   bucket per client in a bounded key set.
 //!
+//! - [`SlotState`]: the one-word slot-and-sleeper protocol under the queue, for
+//!   crates that build their own bounded structures.
+//!
 //! Every rejection carries a [`heijunka_core::Rejection`] (with a retry-after for
 //! rate limits), and every configuration error names the field and value.
 #![forbid(unsafe_code)]
@@ -59,4 +62,5 @@ pub use crate::{
         LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter, SlidingLog, SlidingWindow,
         until_ready,
     },
+    slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
 };

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::block::block_on;
-use crate::slots::{MAX_CAPACITY, QueueState, Reserve, Side};
+use crate::slots::{MAX_CAPACITY, Reserve, Side, SlotState};
 
 /// Default warn watermark: 80 % of capacity (the seeds' degradation tables).
 pub const DEFAULT_WARN_AT: f64 = 0.8;
@@ -57,7 +57,7 @@ pub struct BoundedQueue<T> {
 
 struct Shared<T> {
     items: ArrayQueue<T>,
-    state: QueueState,
+    state: SlotState,
     not_empty: Notify,
     not_full: Notify,
     capacity: usize,
@@ -118,7 +118,7 @@ impl<T> BoundedQueueBuilder<T> {
         Ok(BoundedQueue {
             shared: Arc::new(Shared {
                 items: ArrayQueue::new(self.capacity),
-                state: QueueState::new(),
+                state: SlotState::new(),
                 not_empty: Notify::new(),
                 not_full: Notify::new(),
                 capacity: self.capacity,

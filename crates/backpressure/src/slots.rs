@@ -1,4 +1,5 @@
-//! The atomic protocol behind [`BoundedQueue`](crate::BoundedQueue): one word holds
+//! [`SlotState`], the atomic protocol behind [`BoundedQueue`](crate::BoundedQueue)
+//! and the worker pool's queue: one word holds
 //! the reserved-slot count, the number of sleeping consumers, the number of sleeping
 //! producers, and the closed bit.
 //!
@@ -25,8 +26,8 @@ const POP_SHIFT: u32 = 32;
 const PUSH_SHIFT: u32 = POP_SHIFT + WAITER_BITS;
 const CLOSED: u64 = 1 << 63;
 
-/// The largest capacity the word can count.
-pub(crate) const MAX_CAPACITY: usize = LEN_MASK as usize;
+/// The largest capacity a [`SlotState`] can count.
+pub const MAX_CAPACITY: usize = LEN_MASK as usize;
 
 #[inline]
 fn len_of(w: u64) -> usize {
@@ -43,11 +44,16 @@ fn push_waiters(w: u64) -> u64 {
     (w >> PUSH_SHIFT) & WAITER_MAX
 }
 
-/// The outcome of [`QueueState::reserve`].
+/// The outcome of [`SlotState::reserve`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reserve {
-    /// A slot is ours; `before` slots were taken; `wake` if a consumer sleeps.
-    Reserved { before: usize, wake: bool },
+pub enum Reserve {
+    /// A slot is ours.
+    Reserved {
+        /// Slots taken before this one.
+        before: usize,
+        /// Whether a consumer sleeps (registered on [`Side::Pop`]) and must be woken.
+        wake: bool,
+    },
     /// `limit` slots are taken.
     Full,
     /// The queue is closed.
@@ -56,8 +62,10 @@ pub(crate) enum Reserve {
 
 /// Which side a waiter is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
+pub enum Side {
+    /// Waiting for an item (woken by [`SlotState::reserve`]).
     Pop,
+    /// Waiting for a free slot (woken by [`SlotState::release`]).
     Push,
 }
 
@@ -72,23 +80,45 @@ impl Side {
 
 /// What a waiter saw when it registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Registered {
+pub struct Registered {
     /// Slots taken at that moment.
-    pub(crate) len: usize,
-    /// Whether the queue was closed at that moment.
-    pub(crate) closed: bool,
-    /// Whether it was counted (and must [`QueueState::unregister`]); `false` when
+    pub len: usize,
+    /// Whether the state was closed at that moment.
+    pub closed: bool,
+    /// Whether it was counted (and must [`SlotState::unregister`]); `false` when
     /// its side's count was saturated.
-    pub(crate) counted: bool,
+    pub counted: bool,
 }
 
+/// A bounded slot counter with a closed bit and sleeper counts in one atomic word:
+/// the building block for bounded structures whose consumers and producers sleep
+/// (see the module docs above for the protocol). [`BoundedQueue`](crate::BoundedQueue)
+/// is built on it; so is `heijunka-pool`'s worker queue.
+///
+/// The caller keeps the items and the sleeping mechanism (a `Notify`, a
+/// `Condvar`); this type makes the wake-up decisions: wake a consumer when
+/// [`reserve`](Self::reserve) says so, a producer when [`release`](Self::release)
+/// says so, and sleep only if [`register`](Self::register) saw no slot (or no free
+/// slot) and the state open.
+///
+/// ```
+/// use heijunka_backpressure::{Reserve, Side, SlotState};
+///
+/// let slots = SlotState::new();
+/// let seen = slots.register(Side::Pop); // a consumer about to sleep
+/// assert_eq!(seen.len, 0);
+/// // A producer takes a slot and learns it must wake the consumer.
+/// assert_eq!(slots.reserve(8), Reserve::Reserved { before: 0, wake: true });
+/// slots.unregister(Side::Pop);
+/// ```
 #[derive(Debug)]
-pub(crate) struct QueueState {
+pub struct SlotState {
     word: CachePadded<AtomicU64>,
 }
 
-impl QueueState {
-    pub(crate) fn new() -> Self {
+impl SlotState {
+    /// An open state with no slot taken and no sleeper.
+    pub fn new() -> Self {
         Self {
             word: CachePadded::new(AtomicU64::new(0)),
         }
@@ -96,7 +126,7 @@ impl QueueState {
 
     /// Takes a slot if the queue is open and fewer than `limit` are taken.
     #[inline]
-    pub(crate) fn reserve(&self, limit: usize) -> Reserve {
+    pub fn reserve(&self, limit: usize) -> Reserve {
         // AcqRel: the word is the whole protocol; Acquire sees the pops that freed
         // slots (and so their items' removal), Release orders this reservation
         // before the caller's insert is announced to a woken consumer.
@@ -117,14 +147,24 @@ impl QueueState {
     /// Gives a slot back after a pop. Returns the slots taken before, and whether a
     /// producer sleeps.
     #[inline]
-    pub(crate) fn release(&self) -> (usize, bool) {
+    pub fn release(&self) -> (usize, bool) {
+        self.release_many(1)
+    }
+
+    /// Gives `n` slots back at once (a consumer that took several items, or
+    /// releases in batches to touch the shared word less often). `n` must not
+    /// exceed the slots taken.
+    #[inline]
+    pub fn release_many(&self, n: usize) -> (usize, bool) {
+        debug_assert!(n as u64 <= LEN_MASK);
         // AcqRel: as in `reserve`.
-        let prev = self.word.fetch_sub(1, Ordering::AcqRel);
+        let prev = self.word.fetch_sub(n as u64, Ordering::AcqRel);
+        debug_assert!(len_of(prev) >= n, "released more slots than were taken");
         (len_of(prev), push_waiters(prev) > 0)
     }
 
     /// Registers a waiter on `side` and reports the state it saw.
-    pub(crate) fn register(&self, side: Side) -> Registered {
+    pub fn register(&self, side: Side) -> Registered {
         let unit = 1_u64 << side.shift();
         // AcqRel: see `reserve`.
         let r = self
@@ -144,28 +184,42 @@ impl QueueState {
     }
 
     /// Removes a counted waiter.
-    pub(crate) fn unregister(&self, side: Side) {
+    pub fn unregister(&self, side: Side) {
         // Release: leaving only makes a later wake-up unnecessary.
         self.word
             .fetch_sub(1_u64 << side.shift(), Ordering::Release);
     }
 
     /// Closes; `true` if this call closed it.
-    pub(crate) fn close(&self) -> bool {
+    pub fn close(&self) -> bool {
         // AcqRel: see `reserve`.
         self.word.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0
     }
 
+    /// Slots taken now.
     #[inline]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         // Acquire: pairs with the RMWs' Release.
         len_of(self.word.load(Ordering::Acquire))
     }
 
+    /// Whether no slot is taken now.
     #[inline]
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    #[inline]
+    pub fn is_closed(&self) -> bool {
         // Acquire: pairs with `close`.
         self.word.load(Ordering::Acquire) & CLOSED != 0
+    }
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -175,7 +229,7 @@ mod tests {
 
     #[test]
     fn fields_do_not_bleed_into_each_other() {
-        let s = QueueState::new();
+        let s = SlotState::new();
         assert_eq!(
             s.reserve(2),
             Reserve::Reserved {
@@ -208,7 +262,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)] // 32,767 read-modify-writes: slow under miri
     fn saturated_waiter_counts_stay_in_their_field() {
-        let s = QueueState::new();
+        let s = SlotState::new();
         for _ in 0..WAITER_MAX {
             assert!(s.register(Side::Pop).counted);
         }
@@ -232,7 +286,7 @@ mod loom_tests {
     #[test]
     fn no_lost_wakeup_for_consumers() {
         loom::model(|| {
-            let s = Arc::new(QueueState::new());
+            let s = Arc::new(SlotState::new());
             let woken = Arc::new(AtomicBool::new(false));
             let producer = {
                 let (s, woken) = (s.clone(), woken.clone());
@@ -258,7 +312,7 @@ mod loom_tests {
     #[test]
     fn no_lost_wakeup_for_producers() {
         loom::model(|| {
-            let s = Arc::new(QueueState::new());
+            let s = Arc::new(SlotState::new());
             assert!(matches!(s.reserve(1), Reserve::Reserved { .. }));
             let woken = Arc::new(AtomicBool::new(false));
             let consumer = {
@@ -286,7 +340,7 @@ mod loom_tests {
     #[test]
     fn reservations_respect_the_limit_and_the_close() {
         loom::model(|| {
-            let s = Arc::new(QueueState::new());
+            let s = Arc::new(SlotState::new());
             assert!(matches!(s.reserve(2), Reserve::Reserved { .. }));
             let racers: Vec<_> = (0..2)
                 .map(|_| {

@@ -1,16 +1,154 @@
-//! Circuit breakers: stop calling a failing dependency, probe it, and come back when it
-//! recovers, with resilience4j's state machine and configuration.
+//! Circuit breakers: stop calling a failing dependency, probe it after a wait, and
+//! let calls through again once it recovers, with resilience4j's state machine and
+//! configuration at a few nanoseconds per closed-state call.
 //!
-//! **Status: scaffold.** This crate exists so the workspace's layers are in place;
-//! its API is being built (see the project's issue tracker). It will own:
+//! ```
+//! use heijunka_breaker::{CallError, CircuitBreaker, SlidingWindowType, State};
+//! use heijunka_core::ManualClock;
+//! use std::time::Duration;
 //!
-//! - closed / open / half-open states plus forced-open and disabled;
-//! - count- and time-based sliding windows, failure-rate, slow-call-rate and absolute
-//!   failure-count thresholds, minimum calls;
-//! - a growing, jittered wait in open and exactly N half-open probes;
-//! - sync, async and permission-guard APIs, state-change events, stats, and a
-//!   registry of breakers per dependency.
+//! let clock = ManualClock::new();
+//! let breaker = CircuitBreaker::builder()
+//!     .name("inventory")
+//!     .sliding_window(SlidingWindowType::CountBased, 10)
+//!     .minimum_number_of_calls(10)
+//!     .failure_rate_threshold(0.5)
+//!     .wait_duration_in_open_state(Duration::from_secs(5))
+//!     .permitted_number_of_calls_in_half_open_state(2)
+//!     .clock(&clock)
+//!     .build()?;
 //!
-//! It depends only on the crates below it in heijunka's layer diagram
-//! (`ARCHITECTURE.md`): `heijunka-core`.
+//! let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! let seen = log.clone();
+//! breaker.subscribe(move |t| seen.lock().unwrap().push((t.from, t.to)));
+//!
+//! // 5 of 10 calls fail: the failure rate reaches 50 % and the breaker opens.
+//! for i in 0..10 {
+//!     let _ = breaker.call(|| if i % 2 == 0 { Ok(()) } else { Err("503") });
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! let rejected = breaker.call(|| Ok::<_, &str>(())).unwrap_err();
+//! assert!(matches!(rejected, CallError::Rejected(r) if r.retry_after() == Duration::from_secs(5)));
+//!
+//! // After the wait, two probes pass; both succeed, so it closes.
+//! clock.advance(Duration::from_secs(5));
+//! for _ in 0..2 {
+//!     breaker.call(|| Ok::<_, &str>(())).unwrap();
+//! }
+//! assert_eq!(breaker.state(), State::Closed);
+//! assert_eq!(
+//!     *log.lock().unwrap(),
+//!     [
+//!         (State::Closed, State::Open),
+//!         (State::Open, State::HalfOpen),
+//!         (State::HalfOpen, State::Closed),
+//!     ]
+//! );
+//! # Ok::<(), heijunka_core::ConfigError>(())
+//! ```
+//!
+//! # States
+//!
+//! A [`CircuitBreaker`] is [`Closed`](State::Closed) (calls pass, outcomes are
+//! recorded), [`Open`](State::Open) (calls are rejected with
+//! [`Rejection::CircuitOpen`](heijunka_core::Rejection::CircuitOpen) and the time
+//! until the next probe), or [`HalfOpen`](State::HalfOpen) (exactly
+//! `permitted_number_of_calls_in_half_open_state` probes pass; once they have all
+//! completed, the breaker closes if their rates are below the thresholds and opens
+//! again otherwise). Operators override it with [`force_open`](CircuitBreaker::force_open)
+//! and [`disable`](CircuitBreaker::disable), and return it to normal with
+//! [`reset`](CircuitBreaker::reset). Every change goes to
+//! [`subscribe`](CircuitBreaker::subscribe)d listeners as a [`StateTransition`]
+//! (from, to, [`TransitionReason`], time) and to `tracing` (`warn` when it opens).
+//!
+//! # What trips it
+//!
+//! Any configured threshold, checked after every recorded call, as resilience4j does
+//! ([`BreakerBuilder`] has the settings and defaults):
+//!
+//! - the **failure rate** over the sliding window (default 50 %), and, with slow-call
+//!   detection on, the **slow-call rate** (default 100 % of calls of 60 s or more),
+//!   judged once the window holds `minimum_number_of_calls` calls; the window is the
+//!   last N calls ([`SlidingWindowType::CountBased`], default 100) or the last N
+//!   seconds in one-second buckets ([`SlidingWindowType::TimeBased`]);
+//! - **consecutive failures** (like the seeds' `max_failures`), and **failures per
+//!   time window** ("5 failures a minute", whatever succeeded meanwhile), which
+//!   resilience4j lacks.
+//!
+//! A classifier passed to [`call_with`](CircuitBreaker::call_with) decides whether an
+//! error is a [`Verdict::Failure`], [`Verdict::Ignore`]d or a [`Verdict::Success`];
+//! a panic in a guarded call is a failure, and keeps unwinding.
+//!
+//! # Open and half-open
+//!
+//! The wait in open state (default 60 s) may grow on repeated trips (exponentially,
+//! with a cap) and be jittered so that replicas that tripped together do not probe
+//! together. The move to half-open happens on the first call after the wait, or by
+//! itself ([`automatic_transition_to_half_open`](BreakerBuilder::automatic_transition_to_half_open)).
+//! A maximum wait in half-open re-opens a breaker whose probes hang.
+//!
+//! # Calling through it
+//!
+//! [`call`](CircuitBreaker::call) and [`call_with`](CircuitBreaker::call_with) wrap a
+//! closure; [`call_async`](CircuitBreaker::call_async) a future (any runtime);
+//! [`try_acquire`](CircuitBreaker::try_acquire) gives a [`Permit`] for code that
+//! cannot be wrapped: it records [`success`](Permit::success),
+//! [`failure`](Permit::failure) or nothing ([`ignore`](Permit::ignore)); dropped
+//! without an outcome it records nothing, or a failure under
+//! [`PermitDrop::RecordFailure`], and always a failure during a panic.
+//!
+//! # Cost
+//!
+//! A closed breaker admits a call with one atomic load. A success is recorded with
+//! nothing more while the window is full of successes, and otherwise with one
+//! compare-and-swap on the calling thread's shard (one cache line per CPU): no lock, no
+//! allocation, and no clock read unless a time-based window or slow-call detection
+//! needs the time. Failures, slow calls and probes are recorded under a lock, in the
+//! exact window, after the shards are folded into it (so are the stats, when read).
+//! So a single thread's outcomes reach the window exactly in order, and threads do
+//! not contend while the dependency is healthy. `docs/benchmarks.md` compares it with
+//! the `failsafe` crate.
+//!
+//! # Many dependencies
+//!
+//! A [`BreakerRegistry`] holds one breaker per key, from a default configuration and
+//! per-key overrides, up to a capacity.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings), allow(dead_code, unused_variables))
+))]
+
+use heijunka_core::sync;
+
+mod breaker;
+mod config;
+mod error;
+mod events;
+mod machine;
+mod permit;
+mod registry;
+mod shards;
+mod state;
+mod stats;
+#[cfg(not(loom))]
+mod timer;
+mod window;
+
+pub use crate::{
+    breaker::CircuitBreaker,
+    config::{
+        BreakerBuilder, BreakerConfig, DEFAULT_FAILURE_RATE_THRESHOLD,
+        DEFAULT_MINIMUM_NUMBER_OF_CALLS, DEFAULT_PERMITTED_NUMBER_OF_CALLS_IN_HALF_OPEN_STATE,
+        DEFAULT_SLIDING_WINDOW_SIZE, DEFAULT_SLOW_CALL_DURATION_THRESHOLD,
+        DEFAULT_SLOW_CALL_RATE_THRESHOLD, DEFAULT_WAIT_DURATION_IN_OPEN_STATE,
+        MAX_COUNT_WINDOW_SIZE, MAX_TIME_WINDOW_SECONDS, PermitDrop, SlidingWindowType,
+    },
+    error::{CallError, RegistryFull, Rejected},
+    events::SubscriptionId,
+    permit::{OwnedPermit, Permit, Verdict},
+    registry::{BreakerRegistry, DEFAULT_REGISTRY_CAPACITY, RegistryBuilder},
+    state::{State, StateTransition, TransitionReason},
+    stats::BreakerStats,
+};

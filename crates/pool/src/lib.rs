@@ -1,15 +1,57 @@
-//! Worker pools that reject instead of queueing without bound.
+//! Worker pools that reject at once instead of queueing without bound.
 //!
-//! **Status: scaffold.** This crate exists so the workspace's layers are in place;
-//! its API is being built (see the project's issue tracker). It will own:
+//! ```
+//! use heijunka_pool::WorkerPool;
+//! use heijunka_core::Rejection;
+//! use std::time::Duration;
 //!
-//! - a thread pool for blocking work with a bounded queue, try-submit rejection,
-//!   caught panics and work stealing;
-//! - a task pool bounding concurrent futures on tokio;
-//! - structured task groups (wait for all, aggregate errors and panics, fail-fast);
-//! - a dispatcher routing messages to handlers by least load or key affinity;
-//! - live stats with latency percentiles and graceful shutdown.
+//! let pool = WorkerPool::builder().workers(2).queue_capacity(1).build()?;
+//! let gate = std::sync::Arc::new(std::sync::Barrier::new(3));
+//! // Two tasks occupy both workers, one waits in the queue...
+//! let running: Vec<_> = (0..2)
+//!     .map(|_| {
+//!         let gate = gate.clone();
+//!         pool.submit(move || { gate.wait(); }).unwrap()
+//!     })
+//!     .collect();
+//! # while pool.stats().active < 2 { std::thread::yield_now(); }
+//! let queued = pool.try_submit(|| "queued").unwrap();
+//! // ...and the next is handed back at once, unrun.
+//! let rejected = pool.try_submit(|| "rejected").unwrap_err();
+//! assert_eq!(rejected.reason(), Rejection::QueueFull { capacity: 1 });
+//! assert_eq!((rejected.into_inner())(), "rejected");
+//! gate.wait();
+//! assert_eq!(queued.join()?, "queued");
+//! assert!(pool.shutdown(Duration::from_secs(5)).clean);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
-//! It depends only on the crates below it in heijunka's layer diagram
-//! (`ARCHITECTURE.md`): `heijunka-core`, `heijunka-backpressure` (admission) and `heijunka-shutdown` (drain).
+//! # What is here
+//!
+//! - [`WorkerPool`]: named OS threads for blocking and CPU-bound work, one bounded
+//!   work-stealing queue, [`TaskHandle`]s, panic isolation, graceful
+//!   [`shutdown`](WorkerPool::shutdown) and integration with `heijunka-shutdown`.
+//! - [`TaskPool`]: bounds concurrently running futures on tokio, with a bounded
+//!   waiting queue.
+//! - [`PoolStats`]: live numbers with task-time percentiles (p50, p90, p99), a
+//!   `Serialize` struct.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings), allow(dead_code, unused_variables))
+))]
+
+mod error;
+mod handle;
+mod stats;
+mod task;
+mod worker;
+
+pub use crate::{
+    error::{Rejected, TaskError},
+    handle::TaskHandle,
+    stats::PoolStats,
+    task::{TaskPool, TaskPoolBuilder, TaskPoolHandle},
+    worker::{PoolReport, WorkerPool, WorkerPoolBuilder},
+};

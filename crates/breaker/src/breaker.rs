@@ -1,0 +1,256 @@
+//! The circuit breaker handle: admission, manual overrides, events and stats.
+
+use crate::config::{BreakerBuilder, BreakerConfig};
+use crate::events::SubscriptionId;
+use crate::machine::Inner;
+use crate::sync::Arc;
+use crate::{BreakerStats, State, StateTransition, TransitionReason};
+
+/// A circuit breaker: stops calls to a failing dependency, probes it after a wait,
+/// and lets calls through again once it recovers.
+///
+/// Cheap to clone: clones share one breaker. `Send + Sync`; no runtime needed (the
+/// async API only awaits the caller's future).
+///
+/// A call goes through [`call`](Self::call), [`call_with`](Self::call_with) (with a
+/// classifier deciding which errors count), [`call_async`](Self::call_async), or a
+/// [`Permit`](crate::Permit) from [`try_acquire`](Self::try_acquire) for code that
+/// cannot be wrapped in a closure.
+///
+/// ```
+/// use heijunka_breaker::{CallError, CircuitBreaker, State};
+/// use heijunka_core::ManualClock;
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let breaker = CircuitBreaker::builder()
+///     .sliding_window(heijunka_breaker::SlidingWindowType::CountBased, 4)
+///     .wait_duration_in_open_state(Duration::from_secs(30))
+///     .permitted_number_of_calls_in_half_open_state(1)
+///     .clock(&clock)
+///     .build()?;
+///
+/// for _ in 0..2 {
+///     let _ = breaker.call(|| Ok::<_, &str>("fine"));
+///     let _ = breaker.call(|| Err::<(), _>("timeout"));
+/// }
+/// // 2 failures in 4 calls: 50 %, the default threshold.
+/// assert_eq!(breaker.state(), State::Open);
+/// match breaker.call(|| Ok::<_, &str>(())) {
+///     Err(CallError::Rejected(r)) => assert_eq!(r.retry_after(), Duration::from_secs(30)),
+///     other => panic!("{other:?}"),
+/// }
+///
+/// clock.advance(Duration::from_secs(30));
+/// assert!(breaker.call(|| Ok::<_, &str>(())).is_ok()); // the probe
+/// assert_eq!(breaker.state(), State::Closed);
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl CircuitBreaker {
+    /// A builder starting from resilience4j's defaults.
+    pub fn builder() -> BreakerBuilder {
+        BreakerBuilder::default()
+    }
+
+    /// A breaker with `config`.
+    pub fn new(config: BreakerConfig) -> Self {
+        let inner = Arc::new(Inner::new(config));
+        #[cfg(not(loom))]
+        inner.timer.bind(Arc::downgrade(&inner));
+        Self { inner }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.inner.config
+    }
+
+    /// The current state. With automatic transitions, or a maximum wait in
+    /// half-open, a transition that is due is made first.
+    pub fn state(&self) -> State {
+        self.inner.state()
+    }
+
+    /// A snapshot of the window the current state judges (the closed window, or the
+    /// probes in half-open; in open state, the window that tripped), folding in the
+    /// successes not yet folded. Takes the breaker's lock: for dashboards, not for
+    /// every call.
+    pub fn stats(&self) -> BreakerStats {
+        self.inner.stats()
+    }
+
+    /// Calls `listener` on every state change, on the thread that made it, with no
+    /// lock held (the listener may call back into the breaker). A listener that
+    /// panics is logged and skipped. Every change is also logged with `tracing`
+    /// (`warn` when the breaker opens).
+    pub fn subscribe<F>(&self, listener: F) -> SubscriptionId
+    where
+        F: Fn(&StateTransition) + Send + Sync + 'static,
+    {
+        self.inner.listeners.add(std::sync::Arc::new(listener))
+    }
+
+    /// Removes a listener; false if it was not subscribed.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.inner.listeners.remove(id)
+    }
+
+    /// Manual override: rejects every call until [`reset`](Self::reset). Calls
+    /// admitted before still complete; their outcomes are not recorded.
+    pub fn force_open(&self) {
+        self.inner
+            .manual(State::ForcedOpen, TransitionReason::ForcedOpen);
+    }
+
+    /// Manual override: admits every call and records nothing until
+    /// [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.inner
+            .manual(State::Disabled, TransitionReason::Disabled);
+    }
+
+    /// Back to normal: closed, with an empty window and the growing wait back at its
+    /// start, whatever the state was (a manual override, open, half-open, closed).
+    pub fn reset(&self) {
+        self.inner.manual(State::Closed, TransitionReason::Reset);
+    }
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::time::Duration;
+
+    use heijunka_core::ManualClock;
+
+    use crate::sync::thread;
+    use crate::{CircuitBreaker, PermitDrop, SlidingWindowType, State};
+
+    /// A breaker with a one-call window that `trip` opens; probes after 1 s.
+    fn breaker(clock: &ManualClock, probes: u32) -> CircuitBreaker {
+        CircuitBreaker::builder()
+            .sliding_window(SlidingWindowType::CountBased, 1)
+            .minimum_number_of_calls(1)
+            .wait_duration_in_open_state(Duration::from_secs(1))
+            .permitted_number_of_calls_in_half_open_state(probes)
+            .permit_drop(PermitDrop::Release)
+            .clock(clock)
+            .build()
+            .expect("valid")
+    }
+
+    /// Three threads ask for a permit the moment the wait in open state ends: one of
+    /// them moves the breaker to half-open, and exactly two (the permitted probes)
+    /// are admitted.
+    #[test]
+    fn exactly_n_probes_at_the_transition() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let b = breaker(&clock, 2);
+            let _ = b.call(|| Err::<(), ()>(()));
+            clock.advance(Duration::from_secs(1));
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let b = b.clone();
+                    thread::spawn(move || match b.try_acquire() {
+                        Ok(p) => {
+                            assert_eq!(p.admitted_in(), State::HalfOpen);
+                            std::mem::forget(p); // keep the slot: a probe in flight
+                            1
+                        }
+                        Err(r) => {
+                            assert_eq!(r.state(), State::HalfOpen);
+                            0
+                        }
+                    })
+                })
+                .collect();
+            let mine = match b.try_acquire() {
+                Ok(p) => {
+                    std::mem::forget(p);
+                    1
+                }
+                Err(_) => 0,
+            };
+            let admitted: u32 = mine + racers.into_iter().map(|r| r.join().unwrap()).sum::<u32>();
+            assert_eq!(admitted, 2);
+            assert_eq!(b.stats().available_probes, Some(0));
+        });
+    }
+
+    /// A probe completing (the breaker closes) races another caller and a probe
+    /// given back: the caller is admitted as a second probe only through the slot
+    /// given back, or as a closed-state call after the breaker closed.
+    #[test]
+    fn probe_completion_release_and_admission() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let b = breaker(&clock, 1);
+            let _ = b.call(|| Err::<(), ()>(()));
+            clock.advance(Duration::from_secs(1));
+            let probe = b
+                .try_acquire()
+                .expect("the first call after the wait is a probe");
+            let caller = {
+                let b = b.clone();
+                thread::spawn(move || match b.try_acquire() {
+                    Ok(p) => {
+                        let admitted = p.admitted_in();
+                        p.success();
+                        Some(admitted)
+                    }
+                    Err(_) => None,
+                })
+            };
+            probe.success();
+            let admitted = caller.join().unwrap();
+            assert!(
+                matches!(admitted, None | Some(State::Closed)),
+                "a second probe while the first was in flight: {admitted:?}"
+            );
+            assert_eq!(b.state(), State::Closed);
+        });
+    }
+
+    /// Successes counted on the shards and a failure recorded under the lock race;
+    /// once joined, the window holds every outcome once.
+    #[test]
+    fn no_outcome_lost_between_shards_and_lock() {
+        loom::model(|| {
+            let b = CircuitBreaker::builder()
+                .sliding_window(SlidingWindowType::CountBased, 4)
+                .failure_rate_threshold(1.0)
+                .clock(ManualClock::new())
+                .build()
+                .expect("valid");
+            let succeeding = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        b.call(|| Ok::<_, ()>(())).unwrap();
+                    }
+                })
+            };
+            let _ = b.call(|| Err::<(), ()>(()));
+            succeeding.join().unwrap();
+            let s = b.stats();
+            assert_eq!((s.calls, s.failed_calls), (3, 1));
+            assert_eq!(s.state, State::Closed);
+        });
+    }
+}

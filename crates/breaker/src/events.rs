@@ -1,0 +1,115 @@
+//! State-change listeners and the `tracing` events.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::sync::Mutex;
+use crate::{State, StateTransition};
+
+/// A listener. `std::sync::Arc`, not the shim's: loom's `Arc` cannot hold a `dyn Fn`,
+/// and listeners are user callbacks, not part of any atomic protocol.
+type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
+
+/// Identifies a listener added with
+/// [`CircuitBreaker::subscribe`](crate::CircuitBreaker::subscribe), to remove it
+/// with [`unsubscribe`](crate::CircuitBreaker::unsubscribe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+pub(crate) struct Listeners {
+    inner: Mutex<ListenerList>,
+}
+
+struct ListenerList {
+    next_id: u64,
+    listeners: Vec<(u64, Listener)>,
+}
+
+impl Listeners {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Mutex::new(ListenerList {
+                next_id: 0,
+                listeners: Vec::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn add(&self, listener: Listener) -> SubscriptionId {
+        let mut list = lock(&self.inner);
+        let id = list.next_id;
+        list.next_id += 1;
+        list.listeners.push((id, listener));
+        SubscriptionId(id)
+    }
+
+    pub(crate) fn remove(&self, id: SubscriptionId) -> bool {
+        let mut list = lock(&self.inner);
+        let before = list.listeners.len();
+        list.listeners.retain(|(i, _)| *i != id.0);
+        list.listeners.len() != before
+    }
+
+    /// Logs `event` and hands it to every listener, on the calling thread, with no
+    /// lock held: a listener may call back into the breaker. A listener that panics
+    /// is logged and skipped; the others still run.
+    pub(crate) fn emit(&self, event: &StateTransition) {
+        trace(event);
+        let listeners: Vec<Listener> = lock(&self.inner)
+            .listeners
+            .iter()
+            .map(|(_, l)| std::sync::Arc::clone(l))
+            .collect();
+        for listener in listeners {
+            if catch_unwind(AssertUnwindSafe(|| listener(event))).is_err() {
+                tracing::error!(
+                    breaker = %event.breaker,
+                    to = event.to.as_str(),
+                    "circuit breaker state listener panicked; the panic was caught"
+                );
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("count", &lock(&self.inner).listeners.len())
+            .finish()
+    }
+}
+
+/// Locks `m`, ignoring poisoning: a listener list stays valid whatever panicked.
+fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `tracing` event of a state change: `warn` when the breaker starts rejecting
+/// calls (operator-actionable), `info` when it closes again, `debug` otherwise.
+fn trace(e: &StateTransition) {
+    let wait_ms = e.wait.map(|w| w.as_millis() as u64);
+    match e.to {
+        State::Open | State::ForcedOpen => tracing::warn!(
+            breaker = %e.breaker,
+            from = e.from.as_str(),
+            to = e.to.as_str(),
+            reason = %e.reason,
+            wait_ms,
+            "circuit breaker opened"
+        ),
+        State::Closed => tracing::info!(
+            breaker = %e.breaker,
+            from = e.from.as_str(),
+            to = e.to.as_str(),
+            reason = %e.reason,
+            "circuit breaker closed"
+        ),
+        State::HalfOpen | State::Disabled => tracing::debug!(
+            breaker = %e.breaker,
+            from = e.from.as_str(),
+            to = e.to.as_str(),
+            reason = %e.reason,
+            "circuit breaker changed state"
+        ),
+    }
+}

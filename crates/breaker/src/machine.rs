@@ -1,0 +1,554 @@
+//! The state machine behind a [`CircuitBreaker`](crate::CircuitBreaker) handle.
+//!
+//! The hot path reads one word, the control word (`state.rs`): a closed breaker
+//! admits a call with one atomic load, and records a success with nothing more
+//! (window full of successes: `FREE`) or with one compare-and-swap on the calling
+//! thread's own shard (`SAFE`, see `shards.rs`). Everything else (failures, slow
+//! calls, probes, state changes, stats) takes the breaker's lock and works on the
+//! exact window. Taking a half-open probe is a compare-and-swap on the control word
+//! that decrements the probe count of one generation, so exactly the permitted
+//! number of probes pass, however many threads race at the transition.
+
+use std::time::Duration;
+
+use heijunka_core::{Clock, Instant, ShardedCounter};
+
+use crate::config::BreakerConfig;
+use crate::events::Listeners;
+use crate::shards::{Added, Shards, full_epoch};
+use crate::state::ctrl;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{CachePadded, Mutex, MutexGuard};
+use crate::window::{CountWindow, FailureTimes, Outcome, Rules, TimeWindow, Window, epoch_of};
+use crate::{SlidingWindowType, State, StateTransition, TransitionReason};
+
+mod transition;
+
+/// What a permit was admitted as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Closed,
+    Probe,
+    Disabled,
+}
+
+/// What a permit remembers: the generation that admitted it, as what, and when
+/// (only when slow-call detection needs it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    pub(crate) generation: u32,
+    pub(crate) kind: Kind,
+    pub(crate) start: Option<Instant>,
+}
+
+/// Which window the stats show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shown {
+    Window,
+    Probes,
+}
+
+/// Everything behind the lock.
+#[derive(Debug)]
+struct Central {
+    window: Window,
+    probes: CountWindow,
+    shown: Shown,
+    consecutive_failures: u32,
+    failure_times: Option<FailureTimes>,
+    /// Trips since the breaker last closed, for the growing wait.
+    trips: u32,
+    half_open_since: Instant,
+    rng: u64,
+}
+
+impl Central {
+    /// A uniform draw in `[0, 1)` (splitmix64), for the jittered wait.
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1_u64 << 53) as f64
+    }
+}
+
+/// The current time, read at most once and only if needed.
+struct Now<'a> {
+    clock: &'a Clock,
+    at: Option<Instant>,
+}
+
+impl Now<'_> {
+    fn get(&mut self) -> Instant {
+        *self.at.get_or_insert_with(|| self.clock.now())
+    }
+}
+
+pub(crate) struct Inner {
+    ctrl: CachePadded<AtomicU64>,
+    /// When slow-call detection is on, the duration at which a call is slow.
+    slow_limit: Option<Duration>,
+    time_based: bool,
+    /// A count window folds a shard after this many successes (the window's size),
+    /// so a window that has become full of successes turns `FREE`.
+    fold_every: u64,
+    clock: Clock,
+    /// Open state: when probes may start (nanoseconds on `clock`).
+    open_until: AtomicU64,
+    /// Half-open state: when it times out (`u64::MAX` without a maximum wait).
+    half_open_deadline: AtomicU64,
+    shards: Shards,
+    rejected: ShardedCounter,
+    central: Mutex<Central>,
+    pub(crate) listeners: Listeners,
+    closed_rules: Rules,
+    half_open_rules: Rules,
+    pub(crate) config: BreakerConfig,
+    #[cfg(not(loom))]
+    pub(crate) timer: crate::timer::Registration,
+}
+
+impl Inner {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        use std::hash::BuildHasher;
+        let window = match config.window_type {
+            SlidingWindowType::CountBased => Window::Count(CountWindow::new(config.window_size)),
+            SlidingWindowType::TimeBased => Window::Time(TimeWindow::new(config.window_size)),
+        };
+        let closed_rules = Rules::closed(&config);
+        let generation = 0;
+        Self {
+            ctrl: CachePadded::new(AtomicU64::new(ctrl::pack(
+                generation,
+                State::Closed,
+                ctrl::SAFE,
+                0,
+            ))),
+            slow_limit: config.slow_calls.map(|s| s.duration_threshold),
+            time_based: config.window_type == SlidingWindowType::TimeBased,
+            fold_every: u64::from(config.window_size),
+            clock: config.clock.clone(),
+            open_until: AtomicU64::new(0),
+            half_open_deadline: AtomicU64::new(u64::MAX),
+            shards: Shards::new(),
+            rejected: ShardedCounter::new(),
+            central: Mutex::new(Central {
+                window,
+                probes: CountWindow::new(config.permitted_in_half_open),
+                shown: Shown::Window,
+                consecutive_failures: 0,
+                failure_times: config.failure_count.map(FailureTimes::new),
+                trips: 0,
+                half_open_since: Instant::ZERO,
+                rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
+            }),
+            listeners: Listeners::new(),
+            closed_rules,
+            half_open_rules: Rules::half_open(&config),
+            config,
+            #[cfg(not(loom))]
+            timer: crate::timer::Registration::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Central> {
+        // Nothing that can panic runs under the lock, but a poisoned lock would
+        // still hold a consistent window: keep going rather than panic.
+        self.central
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    // ---- admission -------------------------------------------------------------
+
+    /// Admits a call or says why not. A closed breaker: one atomic load (and a clock
+    /// read when slow-call detection is on).
+    #[inline]
+    pub(crate) fn acquire(&self) -> Result<Ticket, crate::Rejected> {
+        // Acquire: pairs with the Release store of each state change, so a caller
+        // that sees a state also sees its deadlines.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if ctrl::is_closed(c) {
+            return Ok(self.ticket(c, Kind::Closed));
+        }
+        self.acquire_slow(c)
+    }
+
+    #[inline]
+    fn ticket(&self, c: u64, kind: Kind) -> Ticket {
+        Ticket {
+            generation: ctrl::generation(c),
+            kind,
+            start: self.slow_limit.map(|_| self.clock.now()),
+        }
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self, mut c: u64) -> Result<Ticket, crate::Rejected> {
+        loop {
+            match ctrl::state(c) {
+                State::Closed => return Ok(self.ticket(c, Kind::Closed)),
+                State::Disabled => {
+                    return Ok(Ticket {
+                        generation: ctrl::generation(c),
+                        kind: Kind::Disabled,
+                        start: None,
+                    });
+                }
+                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, Duration::MAX)),
+                State::Open => {
+                    // Relaxed: written before the Release store of the control word
+                    // that our Acquire load saw.
+                    let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
+                    let now = self.clock.now();
+                    if now < until {
+                        return Err(self.reject(State::Open, until - now));
+                    }
+                    self.wait_elapsed(c, now);
+                }
+                State::HalfOpen => {
+                    if self.config.max_wait_in_half_open.is_some() {
+                        let now = self.clock.now();
+                        if self.half_open_expired(now) {
+                            self.half_open_timeout(c, now);
+                            // Acquire: as in `acquire`.
+                            c = self.ctrl.load(Ordering::Acquire);
+                            continue;
+                        }
+                    }
+                    if ctrl::probes(c) == 0 {
+                        return Err(self.reject(State::HalfOpen, Duration::ZERO));
+                    }
+                    // Acquire on success: pairs with the Release store that began this
+                    // half-open period. The whole word is compared, generation
+                    // included, so a probe is taken from this period's count only.
+                    match self.ctrl.compare_exchange_weak(
+                        c,
+                        c - 1,
+                        Ordering::Acquire,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(self.ticket(c, Kind::Probe)),
+                        Err(actual) => {
+                            c = actual;
+                            continue;
+                        }
+                    }
+                }
+            }
+            // Acquire: as in `acquire`.
+            c = self.ctrl.load(Ordering::Acquire);
+        }
+    }
+
+    fn reject(&self, state: State, retry_after: Duration) -> crate::Rejected {
+        self.rejected.increment();
+        crate::Rejected::new(state, retry_after)
+    }
+
+    fn half_open_expired(&self, now: Instant) -> bool {
+        // Relaxed: written before the Release store that began the half-open period.
+        now.as_nanos() >= self.half_open_deadline.load(Ordering::Relaxed)
+    }
+
+    // ---- outcomes --------------------------------------------------------------
+
+    /// The end time and slowness of a permit's call, when slow-call detection is on.
+    #[inline]
+    fn finish(&self, t: &Ticket) -> (Option<Instant>, bool) {
+        match (t.start, self.slow_limit) {
+            (Some(start), Some(limit)) => {
+                let now = self.clock.now();
+                (Some(now), now.duration_since(start) >= limit)
+            }
+            _ => (None, false),
+        }
+    }
+
+    /// Records a success. Inlined into the caller only as far as the common case: a
+    /// closed-state call, no clock needed, and a window full of successes.
+    #[inline(always)]
+    pub(crate) fn on_success(&self, t: Ticket) {
+        if t.kind == Kind::Closed && t.start.is_none() {
+            // Acquire: pairs with the Release store of each flag or state change.
+            let c = self.ctrl.load(Ordering::Acquire);
+            if c & ctrl::FREE != 0 && ctrl::generation(c) == t.generation {
+                return; // a window full of successes stays one
+            }
+        }
+        self.on_success_slow(t);
+    }
+
+    #[inline(never)]
+    fn on_success_slow(&self, t: Ticket) {
+        if t.kind == Kind::Disabled {
+            return;
+        }
+        let (mut now, slow) = self.finish(&t);
+        if t.kind == Kind::Closed && !slow {
+            // Acquire: as in `on_success`.
+            let c = self.ctrl.load(Ordering::Acquire);
+            if ctrl::generation(c) != t.generation {
+                return; // admitted by a state that is over
+            }
+            if c & ctrl::FREE != 0 {
+                return; // a window full of successes stays one
+            }
+            if c & ctrl::SAFE != 0 {
+                let epoch = if self.time_based {
+                    epoch_of(*now.get_or_insert_with(|| self.clock.now()))
+                } else {
+                    0
+                };
+                match self.shards.add(t.generation, epoch, &self.ctrl) {
+                    Added::Counted(n) => {
+                        if !self.time_based && n.is_multiple_of(self.fold_every) {
+                            self.try_fold(t.generation);
+                        }
+                        return;
+                    }
+                    Added::Stale => return,
+                    Added::NeedsFold => {}
+                }
+            }
+        }
+        self.record(
+            t,
+            Outcome {
+                failed: false,
+                slow,
+            },
+            now,
+        );
+    }
+
+    pub(crate) fn on_failure(&self, t: Ticket) {
+        if t.kind == Kind::Disabled {
+            return;
+        }
+        let (now, slow) = self.finish(&t);
+        self.record(t, Outcome { failed: true, slow }, now);
+    }
+
+    /// Records nothing; a probe's slot goes back to the half-open period it came from.
+    pub(crate) fn release(&self, t: Ticket) {
+        if t.kind != Kind::Probe {
+            return;
+        }
+        // Relaxed: giving a slot back publishes nothing; the generation in the word
+        // keeps the slot in its own half-open period.
+        let mut c = self.ctrl.load(Ordering::Relaxed);
+        loop {
+            if ctrl::state(c) != State::HalfOpen
+                || ctrl::generation(c) != t.generation
+                || ctrl::probes(c) >= self.config.permitted_in_half_open
+            {
+                return;
+            }
+            match self
+                .ctrl
+                .compare_exchange_weak(c, c + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => c = actual,
+            }
+        }
+    }
+
+    /// Records an outcome in the exact window, under the lock.
+    #[inline(never)]
+    fn record(&self, t: Ticket, o: Outcome, now: Option<Instant>) {
+        let mut now = Now {
+            clock: &self.clock,
+            at: now,
+        };
+        let mut central = self.lock();
+        // Acquire: pairs with the Release stores of state changes (made under this
+        // lock) and of the probe count.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if ctrl::generation(c) != t.generation {
+            return;
+        }
+        let event = match ctrl::state(c) {
+            State::Closed => self.record_closed(&mut central, c, o, &mut now),
+            State::HalfOpen => self.record_probe(&mut central, c, o, &mut now),
+            _ => None,
+        };
+        drop(central);
+        if let Some(e) = event {
+            self.announce(&e);
+        }
+    }
+
+    fn record_closed(
+        &self,
+        central: &mut Central,
+        c: u64,
+        o: Outcome,
+        now: &mut Now<'_>,
+    ) -> Option<StateTransition> {
+        self.fold(central, ctrl::generation(c), now);
+        central.window.push(o, || now.get());
+        let rate = self.closed_rules.tripped(&central.window.counts());
+        let absolute = self.count_failure(central, o.failed, now);
+        match rate.or(absolute) {
+            Some(reason) => Some(self.transition(central, c, State::Open, reason, now.get())),
+            None => {
+                self.refresh_flags(central, c);
+                None
+            }
+        }
+    }
+
+    fn record_probe(
+        &self,
+        central: &mut Central,
+        c: u64,
+        o: Outcome,
+        now: &mut Now<'_>,
+    ) -> Option<StateTransition> {
+        if self.config.max_wait_in_half_open.is_some() && self.half_open_expired(now.get()) {
+            let waited = now.get().duration_since(central.half_open_since);
+            let reason = TransitionReason::HalfOpenTimeout { waited };
+            return Some(self.transition(central, c, State::Open, reason, now.get()));
+        }
+        central.probes.push(o);
+        let counts = central.probes.counts();
+        let rate = self.half_open_rules.tripped(&counts);
+        let absolute = self.count_failure(central, o.failed, now);
+        if let Some(reason) = rate.or(absolute) {
+            return Some(self.transition(central, c, State::Open, reason, now.get()));
+        }
+        if counts.calls >= u64::from(self.config.permitted_in_half_open) {
+            let reason = TransitionReason::ProbesPassed {
+                failure_rate: counts.failure_rate(),
+                slow_call_rate: self.config.slow_calls.map(|_| counts.slow_call_rate()),
+            };
+            return Some(self.transition(central, c, State::Closed, reason, now.get()));
+        }
+        None
+    }
+
+    /// Updates the absolute counts; the absolute threshold reached, if any.
+    fn count_failure(
+        &self,
+        central: &mut Central,
+        failed: bool,
+        now: &mut Now<'_>,
+    ) -> Option<TransitionReason> {
+        if !failed {
+            central.consecutive_failures = 0;
+            return None;
+        }
+        central.consecutive_failures = central.consecutive_failures.saturating_add(1);
+        let mut reason = None;
+        if let Some(limit) = self.config.consecutive_failures
+            && central.consecutive_failures >= limit
+        {
+            reason = Some(TransitionReason::ConsecutiveFailures {
+                count: central.consecutive_failures,
+            });
+        }
+        if let Some(times) = &mut central.failure_times
+            && times.push(now.get())
+            && reason.is_none()
+        {
+            let rule = self
+                .config
+                .failure_count
+                .expect("failure times exist with their rule");
+            reason = Some(TransitionReason::FailureCount {
+                count: rule.count,
+                window: rule.window,
+            });
+        }
+        reason
+    }
+
+    /// Folds the shards' successes of `generation` into the closed window. They
+    /// all came after the last recorded outcome, so they also end any run of
+    /// failures.
+    fn fold(&self, central: &mut Central, generation: u32, now: &mut Now<'_>) {
+        let mut folded = 0;
+        match &mut central.window {
+            Window::Count(w) => self.shards.drain(generation, |_, n| {
+                w.push_successes(n);
+                folded += n;
+            }),
+            Window::Time(w) => {
+                let current = epoch_of(now.get());
+                w.advance(current);
+                self.shards.drain(generation, |low, n| {
+                    w.add(full_epoch(low, current), Outcome::SUCCESS, n);
+                    folded += n;
+                });
+            }
+        }
+        if folded > 0 {
+            central.consecutive_failures = 0;
+        }
+    }
+
+    /// Folds from the hot path, if the lock is free.
+    #[cold]
+    fn try_fold(&self, generation: u32) {
+        let mut central = match self.central.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        // Acquire: as in `record`.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if !ctrl::is_closed(c) || ctrl::generation(c) != generation {
+            return;
+        }
+        let mut now = Now {
+            clock: &self.clock,
+            at: None,
+        };
+        self.fold(&mut central, generation, &mut now);
+        self.refresh_flags(&central, c);
+    }
+
+    fn closed_flags(&self, central: &Central) -> u64 {
+        let counts = central.window.counts();
+        if !self.closed_rules.successes_are_safe(&counts) {
+            0
+        } else if central.window.is_saturated_with_successes() {
+            ctrl::SAFE | ctrl::FREE
+        } else {
+            ctrl::SAFE
+        }
+    }
+
+    /// Re-derives the closed state's flags from the window (under the lock, in
+    /// closed state, where nothing else writes the control word).
+    fn refresh_flags(&self, central: &Central, c: u64) {
+        let flags = self.closed_flags(central);
+        if flags != ctrl::flags(c) {
+            // Release: pairs with the hot path's Acquire loads; a success that sees
+            // the new flags also sees the window state they were derived from.
+            self.ctrl
+                .store((c & !(ctrl::SAFE | ctrl::FREE)) | flags, Ordering::Release);
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Relaxed: a diagnostic snapshot.
+        let c = self.ctrl.load(Ordering::Relaxed);
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.config.name)
+            .field("state", &ctrl::state(c))
+            .field("generation", &ctrl::generation(c))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,236 @@
+//! State changes, and the reads that apply the ones that are due.
+
+use std::time::Duration;
+
+use heijunka_core::Instant;
+
+use super::{Central, Inner, Now, Shown};
+use crate::state::ctrl;
+use crate::sync::atomic::Ordering;
+use crate::{State, StateTransition, TransitionReason};
+
+impl Inner {
+    /// Moves to `to` (under the lock) and returns the event to announce once the
+    /// lock is released.
+    pub(super) fn transition(
+        &self,
+        central: &mut Central,
+        c: u64,
+        to: State,
+        reason: TransitionReason,
+        now: Instant,
+    ) -> StateTransition {
+        let from = ctrl::state(c);
+        let mut wait = None;
+        let (flags, probes) = match to {
+            State::Closed => {
+                central.window.reset();
+                central.shown = Shown::Window;
+                central.trips = 0;
+                (self.closed_flags(central), 0)
+            }
+            State::Open => {
+                let w = self
+                    .config
+                    .wait
+                    .jittered(central.trips, central.next_unit());
+                central.trips = central.trips.saturating_add(1);
+                // Relaxed: published by the Release store of the control word below.
+                self.open_until
+                    .store(now.saturating_add(w).as_nanos(), Ordering::Relaxed);
+                wait = Some(w);
+                (0, 0)
+            }
+            State::HalfOpen => {
+                central.probes.reset();
+                central.shown = Shown::Probes;
+                central.half_open_since = now;
+                let deadline = self
+                    .config
+                    .max_wait_in_half_open
+                    .map_or(u64::MAX, |max| now.saturating_add(max).as_nanos());
+                // Relaxed: published by the Release store of the control word below.
+                self.half_open_deadline.store(deadline, Ordering::Relaxed);
+                (0, self.config.permitted_in_half_open)
+            }
+            State::ForcedOpen | State::Disabled => {
+                central.window.reset();
+                central.probes.reset();
+                central.shown = Shown::Window;
+                (0, 0)
+            }
+        };
+        central.consecutive_failures = 0;
+        if let Some(times) = &mut central.failure_times {
+            times.reset();
+        }
+        let next = ctrl::pack(ctrl::generation(c).wrapping_add(1), to, flags, probes);
+        // Release: publishes the new state's deadlines and reset windows to every
+        // thread that Acquire-loads the control word. A concurrent probe
+        // compare-and-swap on the old word fails and retries against this one.
+        self.ctrl.store(next, Ordering::Release);
+        StateTransition {
+            breaker: self.config.name.clone(),
+            from,
+            to,
+            reason,
+            at: now,
+            wait,
+        }
+    }
+
+    /// Open to half-open, if the breaker is still in the open period `seen`.
+    pub(super) fn wait_elapsed(&self, seen: u64, now: Instant) {
+        self.transition_from(seen, State::Open, now, |inner, central, c, now| {
+            Some(inner.transition(
+                central,
+                c,
+                State::HalfOpen,
+                TransitionReason::WaitElapsed,
+                now,
+            ))
+        });
+    }
+
+    /// Half-open to open, if the breaker is still in the half-open period `seen`.
+    pub(super) fn half_open_timeout(&self, seen: u64, now: Instant) {
+        self.transition_from(seen, State::HalfOpen, now, |inner, central, c, now| {
+            let waited = now.duration_since(central.half_open_since);
+            let reason = TransitionReason::HalfOpenTimeout { waited };
+            Some(inner.transition(central, c, State::Open, reason, now))
+        });
+    }
+
+    fn transition_from(
+        &self,
+        seen: u64,
+        state: State,
+        now: Instant,
+        change: impl FnOnce(&Self, &mut Central, u64, Instant) -> Option<StateTransition>,
+    ) {
+        let mut central = self.lock();
+        // Acquire: as in `record`.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if ctrl::generation(c) != ctrl::generation(seen) || ctrl::state(c) != state {
+            return; // another thread made this change already
+        }
+        let event = change(self, &mut central, c, now);
+        drop(central);
+        if let Some(e) = event {
+            self.announce(&e);
+        }
+    }
+
+    /// A manual override: always moves (and announces), except to the manual state
+    /// the breaker is already in.
+    pub(crate) fn manual(&self, to: State, reason: TransitionReason) {
+        let mut central = self.lock();
+        // Acquire: as in `record`.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if ctrl::state(c) == to && to != State::Closed {
+            return;
+        }
+        let event = self.transition(&mut central, c, to, reason, self.clock.now());
+        drop(central);
+        self.announce(&event);
+    }
+
+    pub(super) fn announce(&self, event: &StateTransition) {
+        #[cfg(not(loom))]
+        if self.needs_timer(event.to) {
+            self.timer.schedule();
+        }
+        self.listeners.emit(event);
+    }
+
+    /// Whether the timer thread should watch this breaker in state `to`.
+    #[cfg(not(loom))]
+    fn needs_timer(&self, to: State) -> bool {
+        self.config.automatic_half_open
+            && match to {
+                State::Open => true,
+                State::HalfOpen => self.config.max_wait_in_half_open.is_some(),
+                _ => false,
+            }
+    }
+
+    /// Applies the transitions that are due without a call (automatic open to
+    /// half-open; half-open timeout) and returns how long until the next one, if
+    /// one is pending.
+    pub(crate) fn poll(&self) -> Option<Duration> {
+        loop {
+            // Acquire: as in `acquire`.
+            let c = self.ctrl.load(Ordering::Acquire);
+            match ctrl::state(c) {
+                State::Open if self.config.automatic_half_open => {
+                    // Relaxed: see `acquire_slow`.
+                    let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
+                    let now = self.clock.now();
+                    if now < until {
+                        return Some(until - now);
+                    }
+                    self.wait_elapsed(c, now);
+                }
+                State::HalfOpen if self.config.max_wait_in_half_open.is_some() => {
+                    let now = self.clock.now();
+                    if !self.half_open_expired(now) {
+                        // Relaxed: see `half_open_expired`.
+                        let deadline = self.half_open_deadline.load(Ordering::Relaxed);
+                        return Some(Duration::from_nanos(deadline - now.as_nanos()));
+                    }
+                    self.half_open_timeout(c, now);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.poll();
+        // Acquire: as in `acquire`.
+        ctrl::state(self.ctrl.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn stats(&self) -> crate::BreakerStats {
+        self.poll();
+        let mut now = Now {
+            clock: &self.clock,
+            at: None,
+        };
+        let mut central = self.lock();
+        // Acquire: as in `record`.
+        let c = self.ctrl.load(Ordering::Acquire);
+        let state = ctrl::state(c);
+        if state == State::Closed {
+            self.fold(&mut central, ctrl::generation(c), &mut now);
+            self.refresh_flags(&central, c);
+        }
+        let (counts, rules) = match central.shown {
+            Shown::Window => (central.window.counts(), &self.closed_rules),
+            Shown::Probes => (central.probes.counts(), &self.half_open_rules),
+        };
+        let judged = counts.calls >= rules.minimum_calls;
+        let retry_after = (state == State::Open).then(|| {
+            // Relaxed: see `acquire_slow`.
+            Instant::from_nanos(self.open_until.load(Ordering::Relaxed)).duration_since(now.get())
+        });
+        let stats = crate::BreakerStats {
+            name: self.config.name.clone(),
+            state,
+            calls: counts.calls,
+            successful_calls: counts.calls - counts.failed,
+            failed_calls: counts.failed,
+            slow_calls: counts.slow,
+            slow_failed_calls: counts.slow_failed,
+            failure_rate: judged.then(|| counts.failure_rate()),
+            slow_call_rate: (judged && self.slow_limit.is_some()).then(|| counts.slow_call_rate()),
+            consecutive_failures: central.consecutive_failures,
+            consecutive_trips: central.trips,
+            available_probes: (state == State::HalfOpen).then(|| ctrl::probes(c)),
+            rejected_calls: self.rejected.sum(),
+            retry_after,
+        };
+        drop(central);
+        stats
+    }
+}

@@ -1,0 +1,317 @@
+//! The breaker's states, the transitions between them, and the control word that
+//! holds the current state for the hot path.
+
+use std::fmt;
+use std::time::Duration;
+
+use heijunka_core::Instant;
+use serde::Serialize;
+
+/// The state of a circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum State {
+    /// Calls pass and their outcomes are recorded in the sliding window.
+    Closed,
+    /// Calls are rejected until the wait in open state ends.
+    Open,
+    /// A fixed number of probe calls pass; their outcomes close or re-open the
+    /// breaker.
+    HalfOpen,
+    /// Calls are rejected until an operator calls
+    /// [`reset`](crate::CircuitBreaker::reset) (a manual override).
+    ForcedOpen,
+    /// Calls pass and nothing is recorded until an operator calls
+    /// [`reset`](crate::CircuitBreaker::reset) (a manual override).
+    Disabled,
+}
+
+impl State {
+    /// A short snake-case name for metrics labels (`"half_open"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    /// Whether calls are rejected in this state (open or forced open; half-open
+    /// rejects only the calls beyond its probes).
+    pub fn rejects_calls(self) -> bool {
+        matches!(self, Self::Open | Self::ForcedOpen)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+            Self::ForcedOpen => "forced open",
+            Self::Disabled => "disabled",
+        })
+    }
+}
+
+/// Why a breaker changed state.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TransitionReason {
+    /// The window's failure rate reached the threshold.
+    FailureRate {
+        /// The failure rate, a ratio in `[0, 1]`.
+        rate: f64,
+        /// The configured threshold.
+        threshold: f64,
+    },
+    /// The window's slow-call rate reached the threshold.
+    SlowCallRate {
+        /// The slow-call rate, a ratio in `[0, 1]`.
+        rate: f64,
+        /// The configured threshold.
+        threshold: f64,
+    },
+    /// This many calls failed in a row.
+    ConsecutiveFailures {
+        /// The number of consecutive failures, equal to the threshold.
+        count: u32,
+    },
+    /// This many calls failed within `window`.
+    FailureCount {
+        /// The number of failures, equal to the threshold.
+        count: u32,
+        /// The span they fell within.
+        window: Duration,
+    },
+    /// The wait in open state ended (open to half-open).
+    WaitElapsed,
+    /// Every probe completed and the rates stayed below the thresholds (half-open
+    /// to closed).
+    ProbesPassed {
+        /// The probes' failure rate.
+        failure_rate: f64,
+        /// The probes' slow-call rate, when slow-call detection is on.
+        slow_call_rate: Option<f64>,
+    },
+    /// The probes did not all complete within the maximum wait in half-open.
+    HalfOpenTimeout {
+        /// How long the breaker was half-open.
+        waited: Duration,
+    },
+    /// [`force_open`](crate::CircuitBreaker::force_open) was called.
+    ForcedOpen,
+    /// [`disable`](crate::CircuitBreaker::disable) was called.
+    Disabled,
+    /// [`reset`](crate::CircuitBreaker::reset) was called.
+    Reset,
+}
+
+impl fmt::Display for TransitionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FailureRate { rate, threshold } => write!(
+                f,
+                "failure rate {:.1}% reached the threshold of {:.1}%",
+                rate * 100.0,
+                threshold * 100.0
+            ),
+            Self::SlowCallRate { rate, threshold } => write!(
+                f,
+                "slow-call rate {:.1}% reached the threshold of {:.1}%",
+                rate * 100.0,
+                threshold * 100.0
+            ),
+            Self::ConsecutiveFailures { count } => write!(f, "{count} consecutive failures"),
+            Self::FailureCount { count, window } => {
+                write!(f, "{count} failures within {window:?}")
+            }
+            Self::WaitElapsed => f.write_str("the wait in open state elapsed"),
+            Self::ProbesPassed { failure_rate, .. } => write!(
+                f,
+                "every probe completed with a failure rate of {:.1}%",
+                failure_rate * 100.0
+            ),
+            Self::HalfOpenTimeout { waited } => {
+                write!(f, "the probes did not complete within {waited:?}")
+            }
+            Self::ForcedOpen => f.write_str("forced open by an operator"),
+            Self::Disabled => f.write_str("disabled by an operator"),
+            Self::Reset => f.write_str("reset by an operator"),
+        }
+    }
+}
+
+/// A state change, as delivered to [`subscribe`](crate::CircuitBreaker::subscribe)d
+/// listeners and logged with `tracing`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StateTransition {
+    /// The breaker's name.
+    pub breaker: String,
+    /// The state it left.
+    pub from: State,
+    /// The state it entered.
+    pub to: State,
+    /// Why.
+    pub reason: TransitionReason,
+    /// When, on the breaker's clock.
+    pub at: Instant,
+    /// Entering [`State::Open`]: how long until the breaker admits probes (the
+    /// grown and jittered wait). `None` for other states.
+    pub wait: Option<Duration>,
+}
+
+impl fmt::Display for StateTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "circuit breaker `{}` went from {} to {}: {}",
+            self.breaker, self.from, self.to, self.reason
+        )?;
+        if let Some(wait) = self.wait {
+            write!(f, "; probes allowed in {wait:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The control word: everything the hot path needs to know in one `AtomicU64`.
+///
+/// ```text
+/// bits 63..32  generation: bumped by every state change
+/// bit  31      FREE: closed, and a success needs no recording (count window full of
+///              plain successes)
+/// bit  30      SAFE: closed, and no run of successes can trip the breaker, so
+///              successes may be counted in the per-thread shards
+/// bits 29..27  state
+/// bits 26..0   half-open probes still available
+/// ```
+///
+/// Outside the breaker's lock only two things change it: taking a half-open probe
+/// (a compare-and-swap that decrements the probe count of one generation) and giving
+/// one back. Every other change is made under the lock.
+pub(crate) mod ctrl {
+    use super::State;
+
+    pub(crate) const PROBES_MASK: u64 = (1 << 27) - 1;
+    const STATE_SHIFT: u32 = 27;
+    const STATE_MASK: u64 = 0b111 << STATE_SHIFT;
+    pub(crate) const SAFE: u64 = 1 << 30;
+    pub(crate) const FREE: u64 = 1 << 31;
+    const GEN_SHIFT: u32 = 32;
+
+    const CLOSED: u64 = 0;
+    const OPEN: u64 = 1;
+    const HALF_OPEN: u64 = 2;
+    const FORCED_OPEN: u64 = 3;
+    const DISABLED: u64 = 4;
+
+    pub(crate) fn pack(generation: u32, state: State, flags: u64, probes: u32) -> u64 {
+        let code = match state {
+            State::Closed => CLOSED,
+            State::Open => OPEN,
+            State::HalfOpen => HALF_OPEN,
+            State::ForcedOpen => FORCED_OPEN,
+            State::Disabled => DISABLED,
+        };
+        (u64::from(generation) << GEN_SHIFT)
+            | (flags & (SAFE | FREE))
+            | (code << STATE_SHIFT)
+            | (u64::from(probes) & PROBES_MASK)
+    }
+
+    #[inline]
+    pub(crate) fn generation(c: u64) -> u32 {
+        (c >> GEN_SHIFT) as u32
+    }
+
+    #[inline]
+    pub(crate) fn is_closed(c: u64) -> bool {
+        c & STATE_MASK == CLOSED << STATE_SHIFT
+    }
+
+    #[inline]
+    pub(crate) fn state(c: u64) -> State {
+        match (c & STATE_MASK) >> STATE_SHIFT {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            HALF_OPEN => State::HalfOpen,
+            FORCED_OPEN => State::ForcedOpen,
+            _ => State::Disabled,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn probes(c: u64) -> u32 {
+        (c & PROBES_MASK) as u32
+    }
+
+    #[inline]
+    pub(crate) fn flags(c: u64) -> u64 {
+        c & (SAFE | FREE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_word_round_trips() {
+        for state in [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::Disabled,
+        ] {
+            for (generation, flags, probes) in [
+                (0, 0, 0),
+                (u32::MAX, ctrl::SAFE | ctrl::FREE, 1_000_000),
+                (7, ctrl::SAFE, 10),
+            ] {
+                let c = ctrl::pack(generation, state, flags, probes);
+                assert_eq!(ctrl::state(c), state);
+                assert_eq!(ctrl::generation(c), generation);
+                assert_eq!(ctrl::flags(c), flags);
+                assert_eq!(ctrl::probes(c), probes);
+                assert_eq!(ctrl::is_closed(c), state == State::Closed);
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_read_as_sentences() {
+        let opened = StateTransition {
+            breaker: "payments".into(),
+            from: State::Closed,
+            to: State::Open,
+            reason: TransitionReason::FailureRate {
+                rate: 0.6,
+                threshold: 0.5,
+            },
+            at: Instant::ZERO,
+            wait: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(
+            opened.to_string(),
+            "circuit breaker `payments` went from closed to open: failure rate 60.0% \
+             reached the threshold of 50.0%; probes allowed in 60s"
+        );
+        assert_eq!(State::HalfOpen.as_str(), "half_open");
+        assert_eq!(
+            TransitionReason::FailureCount {
+                count: 5,
+                window: Duration::from_secs(60)
+            }
+            .to_string(),
+            "5 failures within 60s"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! A sample: the figures read, the limit that applied and where it came from.
+
+use heijunka_core::{Instant, PressureLevel};
+use serde::Serialize;
+
+use crate::cgroup::{CgroupMemory, CgroupVersion};
+use crate::probe::ProbeReading;
+
+/// Which limit a sample measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LimitSource {
+    /// A cgroup v2 `memory.max` (the sample's [`cgroup`](MemorySample::cgroup) says
+    /// which directory).
+    CgroupV2,
+    /// A cgroup v1 `memory.limit_in_bytes`.
+    CgroupV1,
+    /// The limit given to
+    /// [`MemoryMonitorBuilder::limit`](crate::MemoryMonitorBuilder::limit).
+    Configured,
+    /// The system's total memory: nothing smaller applies.
+    System,
+}
+
+impl LimitSource {
+    pub(crate) fn as_u8(self) -> u8 {
+        match self {
+            Self::CgroupV2 => 0,
+            Self::CgroupV1 => 1,
+            Self::Configured => 2,
+            Self::System => 3,
+        }
+    }
+
+    pub(crate) fn from_u8(byte: u8) -> Self {
+        match byte {
+            0 => Self::CgroupV2,
+            1 => Self::CgroupV1,
+            2 => Self::Configured,
+            _ => Self::System,
+        }
+    }
+}
+
+/// The figures behind the current level, as [`MemoryMonitor::status`] reads them
+/// without a lock.
+///
+/// [`MemoryMonitor::status`]: crate::MemoryMonitor::status
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MemoryStatus {
+    /// The pressure level after this sample.
+    pub level: PressureLevel,
+    /// Bytes counted against the limit: the cgroup's working set when a cgroup
+    /// limit applies, the process's resident set otherwise.
+    pub used: u64,
+    /// The limit that applied, in bytes.
+    pub limit: u64,
+    /// Where the limit came from.
+    pub limit_source: LimitSource,
+    /// The process's resident set, in bytes.
+    pub rss: u64,
+    /// The system's total memory, in bytes (0 when unknown).
+    pub system_total: u64,
+    /// The system's available memory, in bytes (0 when unknown).
+    pub system_available: u64,
+    /// The sample's number, counting from 1.
+    pub sample: u64,
+    /// When the sample was taken, on the monitor's clock.
+    #[serde(skip)]
+    pub sampled_at: Instant,
+}
+
+impl MemoryStatus {
+    /// `used / limit` (above 1.0 when over the limit).
+    pub fn ratio(&self) -> f64 {
+        ratio(self.used, self.limit)
+    }
+}
+
+/// One full sample: the [`MemoryStatus`] plus the cgroup detail.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MemorySample {
+    /// The figures and the level.
+    #[serde(flatten)]
+    pub status: MemoryStatus,
+    /// `used / limit`.
+    pub ratio: f64,
+    /// The tightest cgroup limit found, and the directory that set it, whether or
+    /// not it was the limit that applied.
+    pub cgroup: Option<CgroupMemory>,
+}
+
+/// `used / limit`, with a zero limit read as "no room at all".
+pub(crate) fn ratio(used: u64, limit: u64) -> f64 {
+    if limit == 0 {
+        return f64::INFINITY;
+    }
+    // Precision: f64 holds byte counts exactly up to 8 PiB.
+    used as f64 / limit as f64
+}
+
+/// The limit that applies and the bytes counted against it: the smallest of the
+/// cgroup limit, the configured one and the system total (each would end the
+/// process first). On a tie the cgroup wins, then the configured limit.
+pub(crate) fn resolve(
+    reading: &ProbeReading,
+    configured: Option<u64>,
+) -> Option<(u64, u64, LimitSource)> {
+    let mut best: Option<(u64, u64, LimitSource)> = None;
+    let mut consider = |limit: u64, used: u64, source: LimitSource| {
+        if limit > 0 && best.is_none_or(|(l, _, _)| limit < l) {
+            best = Some((limit, used, source));
+        }
+    };
+    if let Some(cg) = &reading.cgroup {
+        let source = match cg.version {
+            CgroupVersion::V2 => LimitSource::CgroupV2,
+            CgroupVersion::V1 => LimitSource::CgroupV1,
+        };
+        consider(cg.limit, cg.usage.unwrap_or(reading.rss), source);
+    }
+    if let Some(limit) = configured {
+        consider(limit, reading.rss, LimitSource::Configured);
+    }
+    consider(reading.system_total, reading.rss, LimitSource::System);
+    best.map(|(limit, used, source)| (used, limit, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_limit_wins_and_says_where_it_came_from() {
+        let gib = 1_u64 << 30;
+        let plain = ProbeReading::new(gib, 16 * gib, 8 * gib);
+        assert_eq!(
+            resolve(&plain, None),
+            Some((gib, 16 * gib, LimitSource::System))
+        );
+        assert_eq!(
+            resolve(&plain, Some(2 * gib)),
+            Some((gib, 2 * gib, LimitSource::Configured))
+        );
+        assert_eq!(
+            resolve(&plain, Some(32 * gib)),
+            Some((gib, 16 * gib, LimitSource::System))
+        );
+
+        // A cgroup limit counts the cgroup's working set, not the process's RSS.
+        let contained = plain.clone().with_cgroup(
+            CgroupMemory::new(CgroupVersion::V2, "/sys/fs/cgroup/pod", 4 * gib).with_usage(3 * gib),
+        );
+        assert_eq!(
+            resolve(&contained, None),
+            Some((3 * gib, 4 * gib, LimitSource::CgroupV2))
+        );
+        assert_eq!(
+            resolve(&contained, Some(4 * gib)),
+            Some((3 * gib, 4 * gib, LimitSource::CgroupV2)),
+            "a tie goes to the cgroup"
+        );
+        assert_eq!(
+            resolve(&contained, Some(gib + 1)),
+            Some((gib, gib + 1, LimitSource::Configured))
+        );
+
+        // Without a usage figure the RSS stands in.
+        let v1 = plain.clone().with_cgroup(CgroupMemory::new(
+            CgroupVersion::V1,
+            "/sys/fs/cgroup/memory",
+            2 * gib,
+        ));
+        assert_eq!(
+            resolve(&v1, None),
+            Some((gib, 2 * gib, LimitSource::CgroupV1))
+        );
+
+        // Nothing known: no limit.
+        assert_eq!(resolve(&ProbeReading::new(gib, 0, 0), None), None);
+    }
+
+    #[test]
+    fn ratio_of_a_zero_limit_is_infinite_not_a_panic() {
+        assert_eq!(ratio(1, 0), f64::INFINITY);
+        assert_eq!(ratio(0, 0), f64::INFINITY);
+        assert_eq!(ratio(3, 4), 0.75);
+    }
+
+    #[test]
+    fn limit_source_bytes_round_trip() {
+        for s in [
+            LimitSource::CgroupV2,
+            LimitSource::CgroupV1,
+            LimitSource::Configured,
+            LimitSource::System,
+        ] {
+            assert_eq!(LimitSource::from_u8(s.as_u8()), s);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Live numbers of the pools, with task-time percentiles.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use serde::Serialize;
+
+/// A snapshot of a pool's numbers (both [`WorkerPool`](crate::WorkerPool) and
+/// [`TaskPool`](crate::TaskPool)).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolStats {
+    /// Workers (threads) or the running-task limit.
+    pub workers: usize,
+    /// Tasks running now.
+    pub active: usize,
+    /// Tasks waiting to run now.
+    pub queued: usize,
+    /// Tasks that ran to completion.
+    pub completed: u64,
+    /// Tasks that did not complete: panicked or cancelled.
+    pub failed: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+    /// Tasks cancelled by shutdown (never ran, or stopped).
+    pub cancelled: u64,
+    /// Submissions refused.
+    pub rejected: u64,
+    /// Task run time (from start to end, not queueing), median.
+    pub p50: Duration,
+    /// 90th percentile run time.
+    pub p90: Duration,
+    /// 99th percentile run time.
+    pub p99: Duration,
+    /// Mean run time.
+    pub mean: Duration,
+}
+
+/// Counters shared by the pools.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) completed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+impl Counters {
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64) {
+        // Relaxed: statistics.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        // Relaxed: statistics.
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Task run times in nanoseconds, 1 ns to 1 hour at 2 significant digits.
+pub(crate) struct Timings(Mutex<Histogram<u64>>);
+
+impl Timings {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("constant bounds are valid"),
+        ))
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // `saturating_record` clamps to the histogram's range instead of failing.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(nanos.max(1));
+    }
+
+    /// Merges several histograms (one per worker) and reads the percentiles.
+    pub(crate) fn percentiles<'a>(
+        parts: impl IntoIterator<Item = &'a Timings>,
+    ) -> (Duration, Duration, Duration, Duration) {
+        let mut all = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 2)
+            .expect("constant bounds are valid");
+        for p in parts {
+            let h =
+                p.0.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Same bounds, so adding cannot fail.
+            let _ = all.add(&*h);
+        }
+        if all.is_empty() {
+            return Default::default();
+        }
+        let q = |v: f64| Duration::from_nanos(all.value_at_quantile(v));
+        (
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            Duration::from_nanos(all.mean() as u64),
+        )
+    }
+}
+
+/// A small per-thread number for sharding statistics.
+pub(crate) fn shard() -> usize {
+    use std::cell::Cell;
+    // std atomics: a placement hint, not a protocol.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            // Relaxed: only uniqueness matters.
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        s.get()
+    })
+}

@@ -1,0 +1,723 @@
+//! [`WorkerPool`]: a fixed set of named OS threads with a bounded, work-stealing
+//! queue.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::deque::{Injector, Steal, Stealer, Worker};
+use crossbeam::utils::Backoff;
+use heijunka_backpressure::{Reserve, Side, SlotState};
+use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use heijunka_core::{ConfigError, Rejection, validate};
+use heijunka_shutdown::{Shutdown, ShutdownToken};
+use serde::Serialize;
+
+use crate::handle::{DetachedJob, Job, TaskJob};
+use crate::stats::{Counters, Timings};
+use crate::{PoolStats, Rejected, TaskHandle};
+
+type BoxedJob = Box<dyn Job>;
+
+/// How many taken jobs a worker gives back to the queue's count at once.
+const RELEASE_BATCH: usize = 16;
+
+/// Builds a [`WorkerPool`]; see [`WorkerPool::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build()`"]
+pub struct WorkerPoolBuilder {
+    workers: usize,
+    queue: usize,
+    name: String,
+}
+
+impl WorkerPoolBuilder {
+    /// Worker threads. Default: the number of CPUs.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// The most tasks waiting to run, across all workers. Default 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue = n;
+        self
+    }
+
+    /// The threads' name prefix (`<name>-<index>`). Default `"heijunka-pool"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Validates and starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for zero workers, more than 4096, or a queue capacity of
+    /// zero; or if the OS refuses to start a thread (named `workers`, with the OS
+    /// error).
+    pub fn build(self) -> Result<WorkerPool, ConfigError> {
+        validate::at_least("workers", self.workers, 1)?;
+        validate::at_most("workers", self.workers, 4096)?;
+        validate::at_least("queue_capacity", self.queue, 1)?;
+        validate::at_most(
+            "queue_capacity",
+            self.queue,
+            heijunka_backpressure::MAX_CAPACITY,
+        )?;
+        WorkerPool::start(self)
+    }
+}
+
+struct Shared {
+    injector: Injector<BoxedJob>,
+    stealers: Vec<Stealer<BoxedJob>>,
+    /// Queued tasks (slots), sleeping workers (Pop side), blocked submitters (Push
+    /// side), and the closed bit.
+    state: SlotState,
+    capacity: usize,
+    workers: usize,
+    sleep: Mutex<()>,
+    work_ready: Condvar,
+    space: Mutex<()>,
+    space_ready: Condvar,
+    /// Set when the grace period ends: queued jobs are dropped, not run.
+    cancel_queued: AtomicBool,
+    active: AtomicUsize,
+    alive: Mutex<usize>,
+    all_exited: Condvar,
+    counters: Counters,
+    timings: Vec<Timings>,
+    token: std::sync::OnceLock<ShutdownToken>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    name: String,
+    /// Times tasks: the TSC-backed core clock costs less than `Instant::now()`.
+    clock: heijunka_core::Clock,
+}
+
+fn with_handle<F, T>(f: F) -> (BoxedJob, TaskHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (job, handle) = TaskJob::new(f);
+    (Box::new(job), handle)
+}
+
+fn detached<F>(f: F) -> (BoxedJob, ())
+where
+    F: FnOnce() + Send + 'static,
+{
+    (Box::new(DetachedJob(f)), ())
+}
+
+/// Snoozes with `backoff` until `ready()` or the backoff says to block; `true` if
+/// ready (look again), `false` if the caller should sleep. Resets the backoff
+/// before returning `false`, for the next round.
+fn backoff_until(backoff: &Backoff, ready: impl Fn() -> bool) -> bool {
+    while !backoff.is_completed() {
+        if ready() {
+            return true;
+        }
+        backoff.snooze();
+    }
+    backoff.reset();
+    ready()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No user code runs under these locks; a poisoned lock guards consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A pool of OS threads for blocking and CPU-bound work that says "full" at once
+/// instead of queueing without bound.
+///
+/// - A fixed number of named workers share one bounded queue: submissions go to a
+///   global injector and idle workers steal in batches from it and from each other
+///   (crossbeam-deque), so uneven tasks balance; the bound counts every task not
+///   yet started, wherever it sits.
+/// - [`try_submit`](Self::try_submit) never blocks and hands the closure back when
+///   the queue is full; [`submit`](Self::submit) blocks for room;
+///   [`submit_timeout`](Self::submit_timeout) gives up after a while.
+/// - A [`TaskHandle`] per task: `join()` returns the value, or that the task
+///   panicked (with the message) or was cancelled at shutdown.
+/// - A panic is caught, counted, reported through the handle and `tracing`; the
+///   worker goes on.
+/// - [`shutdown`](Self::shutdown) stops intake, lets queued and running tasks
+///   finish within a grace period, cancels what is left, and reports it.
+///
+/// Clones are handles to the same pool. When the last handle is dropped the pool
+/// closes: queued tasks still run, then the workers exit.
+///
+/// ```
+/// use heijunka_pool::WorkerPool;
+///
+/// let pool = WorkerPool::builder().workers(2).queue_capacity(16).build()?;
+/// let handle = pool.try_submit(|| 6 * 7).map_err(|e| e.reason())?;
+/// assert_eq!(handle.join()?, 42);
+/// let report = pool.shutdown(std::time::Duration::from_secs(1));
+/// assert!(report.clean);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Closes the pool when the last user handle goes.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// What [`WorkerPool::shutdown`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolReport {
+    /// Everything queued ran and every worker exited within the grace period.
+    pub clean: bool,
+    /// Queued tasks dropped unrun after the grace period (their handles say
+    /// cancelled).
+    pub cancelled: u64,
+    /// Tasks still running when the grace period ended; their threads finish them
+    /// and exit in the background.
+    pub still_running: usize,
+    /// Time `shutdown` took.
+    pub elapsed: Duration,
+}
+
+impl WorkerPool {
+    /// A builder (defaults: one worker per CPU, a queue of 1024).
+    pub fn builder() -> WorkerPoolBuilder {
+        WorkerPoolBuilder {
+            workers: std::thread::available_parallelism().map_or(4, |n| n.get()),
+            queue: 1024,
+            name: "heijunka-pool".into(),
+        }
+    }
+
+    fn start(cfg: WorkerPoolBuilder) -> Result<WorkerPool, ConfigError> {
+        let locals: Vec<Worker<BoxedJob>> = (0..cfg.workers).map(|_| Worker::new_fifo()).collect();
+        let shared = Arc::new(Shared {
+            injector: Injector::new(),
+            stealers: locals.iter().map(Worker::stealer).collect(),
+            state: SlotState::new(),
+            capacity: cfg.queue,
+            workers: cfg.workers,
+            sleep: Mutex::new(()),
+            work_ready: Condvar::new(),
+            space: Mutex::new(()),
+            space_ready: Condvar::new(),
+            cancel_queued: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            alive: Mutex::new(cfg.workers),
+            all_exited: Condvar::new(),
+            counters: Counters::default(),
+            timings: (0..cfg.workers).map(|_| Timings::new()).collect(),
+            token: std::sync::OnceLock::new(),
+            threads: Mutex::new(Vec::with_capacity(cfg.workers)),
+            name: cfg.name.clone(),
+            clock: heijunka_core::Clock::system(),
+        });
+        for (i, local) in locals.into_iter().enumerate() {
+            let s = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{i}", cfg.name))
+                .spawn(move || s.work(i, local));
+            match spawned {
+                Ok(t) => lock(&shared.threads).push(t),
+                Err(e) => {
+                    // Stop the ones already started; they see the close and exit.
+                    *lock(&shared.alive) -= cfg.workers - i;
+                    shared.close();
+                    return Err(ConfigError::new(
+                        "workers",
+                        cfg.workers,
+                        format!("could not all be started: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(WorkerPool {
+            _owner: Arc::new(Owner(Arc::clone(&shared))),
+            shared,
+        })
+    }
+
+    /// Submits `f` if the queue has room; never blocks.
+    ///
+    /// # Errors
+    ///
+    /// The closure comes back in [`Rejected`]: [`Rejection::QueueFull`] or
+    /// [`Rejection::ShuttingDown`].
+    pub fn try_submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, Rejected<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_until(f, Some(None), with_handle)
+    }
+
+    /// Runs `f` without a handle (fire and forget) if the queue has room; never
+    /// blocks. Cheaper than [`try_submit`](Self::try_submit): no result channel. A
+    /// panic is still caught, counted and logged.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_submit`](Self::try_submit).
+    pub fn try_execute<F>(&self, f: F) -> Result<(), Rejected<F>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.submit_until(f, Some(None), detached)
+    }
+
+    /// [`try_execute`](Self::try_execute), blocking while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::ShuttingDown`] with the closure if the pool is (or gets) closed.
+    pub fn execute<F>(&self, f: F) -> Result<(), Rejected<F>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.submit_until(f, None, detached)
+    }
+
+    /// Submits `f`, blocking while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::ShuttingDown`] with the closure if the pool is (or gets) closed.
+    pub fn submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, Rejected<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_until(f, None, with_handle)
+    }
+
+    /// [`submit`](Self::submit), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejection::TimedOut`] or [`Rejection::ShuttingDown`], with the closure.
+    pub fn submit_timeout<F, T>(
+        &self,
+        f: F,
+        timeout: Duration,
+    ) -> Result<TaskHandle<T>, Rejected<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_until(
+            f,
+            Some(Some((Instant::now() + timeout, timeout))),
+            with_handle,
+        )
+    }
+
+    /// `deadline`: `None` waits forever, `Some(None)` never waits, `Some(Some(..))`
+    /// waits until then.
+    fn submit_until<F, R>(
+        &self,
+        f: F,
+        deadline: Option<Option<(Instant, Duration)>>,
+        make: fn(F) -> (BoxedJob, R),
+    ) -> Result<R, Rejected<F>> {
+        let s = &*self.shared;
+        if s.token.get().is_some_and(ShutdownToken::is_triggered) {
+            return Err(s.reject(f, Rejection::ShuttingDown));
+        }
+        let backoff = Backoff::new();
+        loop {
+            match s.state.reserve(s.capacity) {
+                Reserve::Reserved { wake, .. } => {
+                    let (job, handle) = make(f);
+                    s.injector.push(job);
+                    if wake {
+                        let _g = lock(&s.sleep);
+                        s.work_ready.notify_one();
+                    }
+                    return Ok(handle);
+                }
+                Reserve::Closed => return Err(s.reject(f, Rejection::ShuttingDown)),
+                Reserve::Full => {}
+            }
+            let until = match deadline {
+                Some(None) => {
+                    return Err(s.reject(
+                        f,
+                        Rejection::QueueFull {
+                            capacity: s.capacity,
+                        },
+                    ));
+                }
+                Some(Some((at, after))) => {
+                    if Instant::now() >= at {
+                        return Err(s.reject(f, Rejection::TimedOut { after }));
+                    }
+                    Some(at)
+                }
+                None => None,
+            };
+            // Spin briefly (a worker frees a slot within a task's time), then sleep
+            // until a worker takes a task (it wakes us if we are counted).
+            if backoff_until(&backoff, || {
+                s.state.len() < s.capacity || s.state.is_closed()
+            }) {
+                continue;
+            }
+            let guard = lock(&s.space);
+            let seen = s.state.register(Side::Push);
+            if seen.len >= s.capacity && !seen.closed {
+                if seen.counted {
+                    let _guard = match until {
+                        None => s
+                            .space_ready
+                            .wait(guard)
+                            .unwrap_or_else(PoisonError::into_inner),
+                        Some(at) => {
+                            let left = at.saturating_duration_since(Instant::now());
+                            s.space_ready
+                                .wait_timeout(guard, left)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0
+                        }
+                    };
+                } else {
+                    drop(guard);
+                    std::thread::yield_now();
+                }
+            }
+            if seen.counted {
+                s.state.unregister(Side::Push);
+            }
+        }
+    }
+
+    /// Stops intake, lets queued and running tasks finish within `grace`, then
+    /// drops what is still queued (their handles report
+    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled)) and returns.
+    ///
+    /// A `grace` of zero cancels every queued task at once. Running tasks cannot be
+    /// interrupted: those still running when the grace period ends are reported, and
+    /// their threads exit once they finish. If everything finished in time, every
+    /// worker thread has exited (and been joined) when this returns. Calling it again
+    /// returns a report of the remaining state.
+    pub fn shutdown(&self, grace: Duration) -> PoolReport {
+        let s = &*self.shared;
+        let start = Instant::now();
+        s.close();
+        let deadline = start + grace;
+        let mut alive = lock(&s.alive);
+        while *alive > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            alive = s
+                .all_exited
+                .wait_timeout(alive, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let drained = *alive == 0;
+        drop(alive);
+        let cancelled_before = Counters::get(&s.counters.cancelled);
+        if !drained {
+            s.cancel_queued.store(true, Ordering::SeqCst);
+            s.drop_queued();
+        }
+        let cancelled = Counters::get(&s.counters.cancelled) - cancelled_before;
+        if !drained {
+            tracing::warn!(pool = %s.name, cancelled, "pool grace period over: queued tasks cancelled");
+        }
+        // Join the threads that have exited; the others are detached.
+        let threads = std::mem::take(&mut *lock(&s.threads));
+        let mut still = Vec::new();
+        for t in threads {
+            if drained || t.is_finished() {
+                let _ = t.join();
+            } else {
+                still.push(t);
+            }
+        }
+        // Relaxed: a statistic.
+        let still_running = s.active.load(Ordering::Relaxed);
+        let report = PoolReport {
+            clean: drained,
+            cancelled,
+            still_running: if drained { 0 } else { still_running },
+            elapsed: start.elapsed(),
+        };
+        tracing::info!(pool = %s.name, clean = report.clean, cancelled, still_running = report.still_running, "pool shut down");
+        report
+    }
+
+    /// Refuses work once `shutdown` is triggered, and registers a stop hook that
+    /// shuts this pool down with `grace` (on a blocking thread of the runtime that
+    /// runs the hooks). A pool follows one coordinator: later calls register the
+    /// hook but keep the first coordinator's token.
+    ///
+    /// # Errors
+    ///
+    /// [`heijunka_shutdown::ShuttingDown`] if the shutdown's hooks already ran.
+    pub fn register_with(
+        &self,
+        shutdown: &Shutdown,
+        name: impl Into<String>,
+        grace: Duration,
+    ) -> Result<(), heijunka_shutdown::ShuttingDown> {
+        let _ = self.shared.token.set(shutdown.token());
+        let pool = self.clone();
+        shutdown.on_stop(name, move || async move {
+            let report = tokio::task::spawn_blocking(move || pool.shutdown(grace))
+                .await
+                .map_err(|e| e.to_string())?;
+            if report.clean {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} queued tasks cancelled, {} still running",
+                    report.cancelled, report.still_running
+                ))
+            }
+        })
+    }
+
+    /// A snapshot of the pool's numbers, with task-time percentiles.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    /// Starts a thread that logs [`stats`](Self::stats) with `tracing` every
+    /// `interval` until the pool closes, in the shape the seeds log (active
+    /// workers, queued tasks, completed, failed, average duration).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a zero interval, or if the OS refuses the thread.
+    pub fn spawn_reporter(&self, interval: Duration) -> Result<(), ConfigError> {
+        validate::non_zero_duration("interval", interval)?;
+        let weak = Arc::downgrade(&self.shared);
+        let name = format!("{}-report", self.shared.name);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                loop {
+                    std::thread::park_timeout(interval);
+                    let Some(shared) = weak.upgrade() else { return };
+                    if shared.state.is_closed() {
+                        return;
+                    }
+                    let pool = shared.stats();
+                    tracing::info!(
+                        pool = %shared.name,
+                        active_workers = pool.active,
+                        queued_tasks = pool.queued,
+                        completed = pool.completed,
+                        failed = pool.failed,
+                        avg_duration = ?pool.mean,
+                        "pool stats"
+                    );
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| {
+                ConfigError::new(
+                    "interval",
+                    interval,
+                    format!("reporter thread not started: {e}"),
+                )
+            })
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> PoolStats {
+        let (p50, p90, p99, mean) = Timings::percentiles(&self.timings);
+        let panicked = Counters::get(&self.counters.panicked);
+        let cancelled = Counters::get(&self.counters.cancelled);
+        PoolStats {
+            workers: self.workers,
+            // Relaxed: a statistic.
+            active: self.active.load(Ordering::Relaxed),
+            queued: self.state.len(),
+            completed: Counters::get(&self.counters.completed),
+            failed: panicked + cancelled,
+            panicked,
+            cancelled,
+            rejected: Counters::get(&self.counters.rejected),
+            p50,
+            p90,
+            p99,
+            mean,
+        }
+    }
+
+    fn reject<F>(&self, task: F, reason: Rejection) -> Rejected<F> {
+        Counters::bump(&self.counters.rejected);
+        Rejected { task, reason }
+    }
+
+    fn close(&self) {
+        if self.state.close() {
+            tracing::debug!(pool = %self.name, "pool closed");
+        }
+        {
+            let _g = lock(&self.sleep);
+            self.work_ready.notify_all();
+        }
+        let _g = lock(&self.space);
+        self.space_ready.notify_all();
+    }
+
+    /// Drops every queued job (their handles see `Cancelled`).
+    fn drop_queued(&self) {
+        let steal = |st: &dyn Fn() -> Steal<BoxedJob>| loop {
+            match st() {
+                Steal::Success(j) => break Some(j),
+                Steal::Retry => continue,
+                Steal::Empty => break None,
+            }
+        };
+        loop {
+            let job = steal(&|| self.injector.steal())
+                .or_else(|| self.stealers.iter().find_map(|st| steal(&|| st.steal())));
+            let Some(job) = job else { return };
+            self.dequeued();
+            drop(job);
+            Counters::bump(&self.counters.cancelled);
+        }
+    }
+
+    /// A job left the queue: free its slot and wake a blocked submitter.
+    #[inline]
+    fn dequeued(&self) {
+        self.dequeued_many(1);
+    }
+
+    /// `n` jobs left the queue.
+    #[inline]
+    fn dequeued_many(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let (_, wake) = self.state.release_many(n);
+        if wake {
+            let _g = lock(&self.space);
+            self.space_ready.notify_one();
+        }
+    }
+
+    fn find_job(&self, me: usize, local: &Worker<BoxedJob>) -> Option<BoxedJob> {
+        if let Some(j) = local.pop() {
+            return Some(j);
+        }
+        loop {
+            let mut retry = false;
+            match self.injector.steal_batch_and_pop(local) {
+                Steal::Success(j) => return Some(j),
+                Steal::Retry => retry = true,
+                Steal::Empty => {}
+            }
+            let n = self.stealers.len();
+            for k in 1..n {
+                match self.stealers[(me + k) % n].steal() {
+                    Steal::Success(j) => return Some(j),
+                    Steal::Retry => retry = true,
+                    Steal::Empty => {}
+                }
+            }
+            if !retry {
+                return None;
+            }
+        }
+    }
+
+    fn work(&self, me: usize, local: Worker<BoxedJob>) {
+        let backoff = Backoff::new();
+        // Slots of jobs this worker has taken but not yet given back: released in
+        // batches so the shared word is touched once per batch, not once per tiny
+        // task. The bound stays conservative: the queue looks at most this many
+        // fuller than it is, never emptier.
+        let mut taken = 0_usize;
+        loop {
+            if let Some(job) = self.find_job(me, &local) {
+                backoff.reset();
+                taken += 1;
+                // Give back at the batch size, or when no more taken work waits in
+                // this worker's deque: a running task never holds a queue slot
+                // while nothing else is queued behind it.
+                if taken == RELEASE_BATCH || local.is_empty() {
+                    self.dequeued_many(std::mem::take(&mut taken));
+                }
+                if self.cancel_queued.load(Ordering::SeqCst) {
+                    drop(job);
+                    Counters::bump(&self.counters.cancelled);
+                    continue;
+                }
+                // Relaxed: statistics.
+                self.active.fetch_add(1, Ordering::Relaxed);
+                let start = self.clock.now();
+                job.run(&self.counters);
+                self.timings[me].record(self.clock.elapsed(start));
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            // Nothing found: give back what we took, spin briefly (tiny tasks arrive
+            // faster than a sleep and wake-up take), then exit if closed and
+            // drained, else sleep.
+            self.dequeued_many(std::mem::take(&mut taken));
+            if backoff_until(&backoff, || !self.state.is_empty()) {
+                continue;
+            }
+            let guard = lock(&self.sleep);
+            let seen = self.state.register(Side::Pop);
+            if seen.len == 0 && seen.closed {
+                if seen.counted {
+                    self.state.unregister(Side::Pop);
+                }
+                break;
+            }
+            if seen.len == 0 && seen.counted {
+                let _guard = self
+                    .work_ready
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner);
+            } else {
+                // Tasks are queued but in transit (being pushed, or in a peer's
+                // deque mid-steal): look again.
+                drop(guard);
+                std::thread::yield_now();
+            }
+            if seen.counted {
+                self.state.unregister(Side::Pop);
+            }
+        }
+        let mut alive = lock(&self.alive);
+        *alive -= 1;
+        if *alive == 0 {
+            self.all_exited.notify_all();
+        }
+    }
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("name", &self.shared.name)
+            .field("workers", &self.shared.workers)
+            .field("capacity", &self.shared.capacity)
+            .field("queued", &self.shared.state.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,128 @@
+//! `TaskPool`: bounds on running and waiting futures, hand-back, panics, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use heijunka_core::Rejection;
+use heijunka_pool::{TaskError, TaskPool};
+
+#[test]
+fn bad_configuration_is_an_error() {
+    assert_eq!(
+        TaskPool::builder()
+            .max_running(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "max_running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_and_waiting_are_bounded_and_rejects_hand_the_future_back() {
+    let pool = TaskPool::builder()
+        .max_running(2)
+        .max_waiting(2)
+        .build()
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let task = |running: Arc<AtomicUsize>, max: Arc<AtomicUsize>| async move {
+        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.fetch_sub(1, Ordering::SeqCst);
+        now
+    };
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(pool.try_spawn(task(running.clone(), max.clone())).unwrap());
+    }
+    assert_eq!(pool.stats().queued, 2);
+    let err = pool.try_spawn(async { "handed back" }).unwrap_err();
+    assert_eq!(err.reason(), Rejection::QueueFull { capacity: 2 });
+    assert_eq!(err.into_inner().await, "handed back");
+    // `spawn` waits for a waiting slot instead.
+    let waited = pool
+        .spawn(task(running.clone(), max.clone()))
+        .await
+        .unwrap();
+    handles.push(waited);
+    for h in handles {
+        h.join().await.unwrap();
+    }
+    assert_eq!(max.load(Ordering::SeqCst), 2);
+    let s = pool.stats();
+    assert_eq!((s.completed, s.rejected, s.active, s.queued), (5, 1, 0, 0));
+    assert!(s.p50 >= Duration::from_millis(99), "{s:?}");
+}
+
+#[tokio::test]
+async fn panics_are_caught_into_the_handle() {
+    let pool = TaskPool::builder().max_running(1).build().unwrap();
+    let h = pool
+        .try_spawn(async {
+            panic!("boom in a task");
+        })
+        .unwrap();
+    assert_eq!(
+        h.join().await,
+        Err::<(), _>(TaskError::Panicked("boom in a task".into()))
+    );
+    let ok = pool.try_spawn(async { 5 }).unwrap();
+    assert_eq!(ok.join().await, Ok(5));
+    assert_eq!(pool.stats().panicked, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_within_grace_then_cancels_the_rest() {
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(4)
+        .build()
+        .unwrap();
+    let quick = pool
+        .try_spawn(tokio::time::sleep(Duration::from_secs(1)))
+        .unwrap();
+    let report = pool.shutdown(Duration::from_secs(5)).await;
+    assert!(report.clean);
+    assert!(quick.join().await.is_ok());
+    assert_eq!(
+        pool.try_spawn(async {}).unwrap_err().reason(),
+        Rejection::ShuttingDown
+    );
+
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(4)
+        .build()
+        .unwrap();
+    let slow = pool
+        .try_spawn(tokio::time::sleep(Duration::from_secs(3600)))
+        .unwrap();
+    let queued = pool.try_spawn(async { 1 }).unwrap();
+    let start = tokio::time::Instant::now();
+    let report = pool.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(!report.clean);
+    assert_eq!(slow.join().await, Err(TaskError::Cancelled));
+    assert_eq!(queued.join().await, Err(TaskError::Cancelled));
+    assert_eq!(pool.stats().cancelled, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registered_task_pool_follows_the_shutdown() {
+    let shutdown = heijunka_shutdown::Shutdown::new();
+    let pool = TaskPool::builder().max_running(2).build().unwrap();
+    pool.register_with(&shutdown, "task pool", Duration::from_secs(5))
+        .unwrap();
+    let h = pool
+        .try_spawn(tokio::time::sleep(Duration::from_millis(10)))
+        .unwrap();
+    shutdown.trigger();
+    assert!(pool.try_spawn(async {}).is_err());
+    let report = shutdown.wait().await;
+    assert!(report.is_clean(), "{report}");
+    assert!(h.join().await.is_ok());
+}

@@ -1,0 +1,253 @@
+//! `WorkerPool`: bounds, rejection hands the closure back, panics, shutdown, stress.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use heijunka_core::Rejection;
+use heijunka_pool::{TaskError, WorkerPool};
+
+fn pool(workers: usize, queue: usize, name: &str) -> WorkerPool {
+    WorkerPool::builder()
+        .workers(workers)
+        .queue_capacity(queue)
+        .name(name)
+        .build()
+        .unwrap()
+}
+
+/// Threads of this process whose name starts with `prefix` (Linux: /proc).
+fn threads_named(prefix: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .count()
+}
+
+/// Threads set their name as they start: wait (bounded) until `n` carry `prefix`.
+fn settle(prefix: &str, n: usize) -> usize {
+    for _ in 0..100_000 {
+        if threads_named(prefix) == n {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    threads_named(prefix)
+}
+
+#[test]
+fn bad_configuration_is_an_error() {
+    assert_eq!(
+        WorkerPool::builder()
+            .workers(0)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "workers must be at least 1, got 0"
+    );
+    assert_eq!(
+        WorkerPool::builder()
+            .queue_capacity(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "queue_capacity"
+    );
+}
+
+#[test]
+fn never_more_than_workers_run_and_never_more_than_the_bound_wait() {
+    let p = pool(3, 5, "bound");
+    let running = Arc::new(AtomicUsize::new(0));
+    let max_running = Arc::new(AtomicUsize::new(0));
+    let mut max_queued = 0;
+    let mut handles = Vec::new();
+    for _ in 0..200 {
+        let (running, max_running) = (running.clone(), max_running.clone());
+        let task = move || {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            max_running.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+        };
+        match p.try_submit(task) {
+            Ok(h) => handles.push(h),
+            Err(e) => handles.push(p.submit(e.into_inner()).unwrap()),
+        }
+        max_queued = max_queued.max(p.stats().queued);
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(max_running.load(Ordering::SeqCst) <= 3);
+    assert!(max_queued <= 5, "queued {max_queued} > 5");
+    assert_eq!(p.stats().completed, 200);
+    assert!(p.shutdown(Duration::from_secs(5)).clean);
+}
+
+#[test]
+fn a_rejected_closure_comes_back_and_still_runs() {
+    let p = pool(1, 1, "reject");
+    let gate = Arc::new(Barrier::new(2));
+    let g = gate.clone();
+    let blocker = p.submit(move || g.wait()).unwrap();
+    while p.stats().active < 1 {
+        std::thread::yield_now();
+    }
+    let queued = p.try_submit(|| 1).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let err = p
+        .try_submit(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            "ran later"
+        })
+        .unwrap_err();
+    assert_eq!(err.reason(), Rejection::QueueFull { capacity: 1 });
+    let closure = err.into_inner();
+    assert_eq!(closure(), "ran later");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(p.stats().rejected, 1);
+    let timed_out = p
+        .submit_timeout(|| 2, Duration::from_millis(1))
+        .unwrap_err();
+    assert!(matches!(timed_out.reason(), Rejection::TimedOut { .. }));
+    gate.wait();
+    blocker.join().unwrap();
+    assert_eq!(queued.join(), Ok(1));
+}
+
+#[test]
+fn a_panic_is_reported_and_the_worker_goes_on() {
+    let name = "panics";
+    let p = pool(2, 16, name);
+    let bad = p.submit(|| -> u32 { panic!("bad input 42") }).unwrap();
+    assert_eq!(bad.join(), Err(TaskError::Panicked("bad input 42".into())));
+    let later: Vec<_> = (0..10).map(|i| p.submit(move || i * 2).unwrap()).collect();
+    let sum: u32 = later.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(sum, 90);
+    let s = p.stats();
+    assert_eq!((s.panicked, s.completed, s.failed), (1, 10, 1));
+    assert_eq!(settle(name, 2), 2, "the pool kept its workers");
+    p.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn shutdown_finishes_queued_work_within_grace_and_leaves_no_thread() {
+    let name = "drain";
+    let p = pool(2, 64, name);
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let done = done.clone();
+            p.submit(move || {
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(settle(name, 2), 2);
+    let report = p.shutdown(Duration::from_secs(10));
+    assert!(report.clean, "{report:?}");
+    assert_eq!(report.cancelled, 0);
+    assert_eq!(done.load(Ordering::SeqCst), 50);
+    assert!(handles.into_iter().all(|h| h.join().is_ok()));
+    assert_eq!(
+        threads_named(name),
+        0,
+        "threads still running after shutdown"
+    );
+    assert_eq!(
+        p.try_submit(|| ()).unwrap_err().reason(),
+        Rejection::ShuttingDown
+    );
+}
+
+#[test]
+fn work_past_the_grace_period_is_cancelled_and_reported() {
+    let p = pool(1, 8, "grace");
+    let gate = Arc::new(Barrier::new(2));
+    let g = gate.clone();
+    let long = p.submit(move || g.wait()).unwrap();
+    while p.stats().active < 1 {
+        std::thread::yield_now();
+    }
+    let queued: Vec<_> = (0..3).map(|i| p.submit(move || i).unwrap()).collect();
+    // Grace zero: cancel what is queued at once; the running task cannot be stopped.
+    let report = p.shutdown(Duration::ZERO);
+    assert!(!report.clean);
+    assert_eq!(report.cancelled, 3);
+    assert_eq!(report.still_running, 1);
+    for h in queued {
+        assert_eq!(h.join(), Err(TaskError::Cancelled));
+    }
+    gate.wait();
+    long.join().unwrap();
+    assert_eq!(p.stats().cancelled, 3);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // thousands of cross-thread submissions: too slow under miri
+fn stress_every_accepted_task_runs_exactly_once() {
+    let p = pool(3, 32, "stress");
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..8_000).map(|_| AtomicUsize::new(0)).collect());
+    let submitters: Vec<_> = (0..4)
+        .map(|t| {
+            let (p, runs) = (p.clone(), runs.clone());
+            std::thread::spawn(move || {
+                let mut accepted = Vec::new();
+                for i in (t..8_000).step_by(4) {
+                    let r = runs.clone();
+                    let task = move || {
+                        r[i].fetch_add(1, Ordering::SeqCst);
+                    };
+                    let accepted_now = if i % 3 == 0 {
+                        p.submit(task).is_ok()
+                    } else {
+                        p.try_submit(task).is_ok()
+                    };
+                    if accepted_now {
+                        accepted.push(i);
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let accepted: Vec<usize> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    assert!(p.shutdown(Duration::from_secs(30)).clean);
+    let mut expected = vec![0; 8_000];
+    for i in &accepted {
+        expected[*i] = 1;
+    }
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r.load(Ordering::SeqCst), expected[i], "task {i}");
+    }
+    assert_eq!(p.stats().completed as usize, accepted.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_pool_refuses_work_once_draining_and_stops_with_the_hooks() {
+    let shutdown = heijunka_shutdown::Shutdown::new();
+    let p = pool(1, 8, "hooked");
+    p.register_with(&shutdown, "worker pool", Duration::from_secs(5))
+        .unwrap();
+    let h = p.submit(|| 7).unwrap();
+    shutdown.trigger();
+    assert_eq!(
+        p.try_submit(|| 8).unwrap_err().reason(),
+        Rejection::ShuttingDown
+    );
+    let report = shutdown.wait().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(h.join(), Ok(7));
+    assert_eq!(threads_named("hooked"), 0);
+}
