@@ -84,7 +84,7 @@ impl Shards {
     /// generation, to tell which of the two is over.
     #[inline]
     pub(crate) fn add(&self, generation: u32, epoch: u64, control: &AtomicU64) -> Added {
-        let slot = &self.slots[shard_index() & (self.slots.len() - 1)];
+        let slot = &self.slots[heijunka_core::sync::thread_index() & (self.slots.len() - 1)];
         let tag = tag(generation);
         let epoch = epoch & EPOCH_MASK;
         // Relaxed, here and in the compare-and-swap: the word is only a count; what
@@ -172,53 +172,6 @@ fn default_shards() -> usize {
 #[cfg(loom)]
 fn default_shards() -> usize {
     2
-}
-
-/// This thread's shard number: threads take consecutive numbers in the order they
-/// first record, so up to `shards` threads never share a shard.
-#[cfg(not(loom))]
-#[inline]
-fn shard_index() -> usize {
-    use std::cell::Cell;
-    // std atomics, not the shim: handing out thread numbers is a placement hint, not
-    // part of the protocol.
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            // Relaxed: only uniqueness matters, no data is published.
-            i = NEXT.fetch_add(1, Ordering::Relaxed);
-            index.set(i);
-        }
-        i
-    })
-}
-
-/// Under loom the shard numbers must be the same in every execution of a model, so
-/// loom can replay it: they come from a counter that loom resets per execution.
-#[cfg(loom)]
-fn shard_index() -> usize {
-    use std::cell::Cell;
-    loom::lazy_static! {
-        static ref NEXT: crate::sync::atomic::AtomicUsize =
-            crate::sync::atomic::AtomicUsize::new(0);
-    }
-    loom::thread_local! {
-        static INDEX: Cell<usize> = Cell::new(usize::MAX);
-    }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            // Relaxed: only uniqueness matters, no data is published.
-            i = NEXT.fetch_add(1, Ordering::Relaxed);
-            index.set(i);
-        }
-        i
-    })
 }
 
 #[cfg(all(test, not(loom)))]

@@ -68,7 +68,7 @@ impl ShardedCounter {
     /// Adds `n`.
     #[inline]
     pub fn add(&self, n: u64) {
-        let shard = &self.shards[shard_index() & (self.shards.len() - 1)];
+        let shard = &self.shards[crate::sync::thread_index() & (self.shards.len() - 1)];
         // Relaxed: a statistic; readers synchronise through whatever joined the
         // adding threads (thread join, a channel), and per-location coherence keeps
         // each shard monotonic for every reader.
@@ -125,52 +125,6 @@ fn default_shards() -> usize {
 #[cfg(loom)]
 fn default_shards() -> usize {
     2
-}
-
-/// This thread's shard number: threads take consecutive numbers in the order they
-/// first count, so up to `shards` threads never share a shard.
-#[cfg(not(loom))]
-#[inline]
-fn shard_index() -> usize {
-    use std::cell::Cell;
-    // std atomics, not the shim: handing out thread numbers is not part of the
-    // counter's protocol, only a placement hint.
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            // Relaxed: only uniqueness matters, no data is published.
-            i = NEXT.fetch_add(1, Ordering::Relaxed);
-            index.set(i);
-        }
-        i
-    })
-}
-
-/// Under loom the shard numbers must be the same in every execution of a model, so
-/// loom can replay it: they come from a counter that loom resets per execution.
-#[cfg(loom)]
-fn shard_index() -> usize {
-    use std::cell::Cell;
-    loom::lazy_static! {
-        static ref NEXT: crate::sync::atomic::AtomicUsize =
-            crate::sync::atomic::AtomicUsize::new(0);
-    }
-    loom::thread_local! {
-        static INDEX: Cell<usize> = Cell::new(usize::MAX);
-    }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            i = NEXT.fetch_add(1, Ordering::Relaxed);
-            index.set(i);
-        }
-        i
-    })
 }
 
 #[cfg(all(test, not(loom)))]

@@ -117,3 +117,60 @@ impl<T: ?Sized> UnsafeCell<T> {
         self.0.get_mut()
     }
 }
+
+/// A small number for the calling thread, for spreading per-thread state (counter
+/// shards, caches) over slots: threads take consecutive numbers in the order they
+/// first ask, so up to `n` threads never share slot `thread_index() % n`.
+///
+/// Under loom the numbers come from a counter loom resets per execution, so every
+/// execution of a model is reproducible.
+///
+/// ```
+/// # if heijunka_core::sync::IS_LOOM { return; } // loom types work only inside a model
+/// let a = heijunka_core::sync::thread_index();
+/// assert_eq!(a, heijunka_core::sync::thread_index(), "stable for a thread");
+/// let b = std::thread::spawn(heijunka_core::sync::thread_index).join().unwrap();
+/// assert_ne!(a, b);
+/// ```
+#[cfg(not(loom))]
+#[inline]
+pub fn thread_index() -> usize {
+    use std::cell::Cell;
+    // std atomics, not the shim: handing out thread numbers is a placement hint, not
+    // part of any protocol.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            // Relaxed: only uniqueness matters, no data is published.
+            i = NEXT.fetch_add(1, Ordering::Relaxed);
+            index.set(i);
+        }
+        i
+    })
+}
+
+/// See the non-loom `thread_index`.
+#[cfg(loom)]
+pub fn thread_index() -> usize {
+    use std::cell::Cell;
+    loom::lazy_static! {
+        static ref NEXT: atomic::AtomicUsize = atomic::AtomicUsize::new(0);
+    }
+    loom::thread_local! {
+        static INDEX: Cell<usize> = Cell::new(usize::MAX);
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            // Relaxed: only uniqueness matters, no data is published.
+            i = NEXT.fetch_add(1, atomic::Ordering::Relaxed);
+            index.set(i);
+        }
+        i
+    })
+}

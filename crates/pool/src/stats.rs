@@ -104,21 +104,3 @@ impl Timings {
         )
     }
 }
-
-/// A small per-thread number for sharding statistics.
-pub(crate) fn shard() -> usize {
-    use std::cell::Cell;
-    // std atomics: a placement hint, not a protocol.
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    SHARD.with(|s| {
-        if s.get() == usize::MAX {
-            // Relaxed: only uniqueness matters.
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed));
-        }
-        s.get()
-    })
-}

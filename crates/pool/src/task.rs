@@ -293,7 +293,8 @@ impl TaskPool {
                 r = caught => r.map_err(TaskError::Panicked),
                 () = inner.cancel.cancelled() => Err(TaskError::Cancelled),
             };
-            inner.timings[crate::stats::shard() % TIMING_SHARDS].record(start.elapsed());
+            inner.timings[heijunka_core::sync::thread_index() % TIMING_SHARDS]
+                .record(start.elapsed());
             inner.active.fetch_sub(1, Ordering::Relaxed);
             match &result {
                 Ok(_) => Counters::bump(&inner.counters.completed),
