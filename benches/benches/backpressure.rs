@@ -1,15 +1,22 @@
 //! `backpressure/*`: the concurrency limit against tokio's semaphore, GCRA against
-//! governor (direct and keyed), the bounded queue against crossbeam's `ArrayQueue`.
+//! governor (direct and keyed), the bounded queue against crossbeam's `ArrayQueue`,
+//! the adaptive limit against a static one, and the load shedder's admit path.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use crossbeam::queue::ArrayQueue;
 use governor::{Quota, RateLimiter as Governor};
-use heijunka_backpressure::{BoundedQueue, ConcurrencyLimit, Gcra, KeyedRateLimiter, RateLimiter};
+use heijunka_backpressure::{
+    AdaptiveLimit, BoundedQueue, ConcurrencyLimit, Gcra, Gradient2, KeyedRateLimiter, LoadShedder,
+    RateLimiter, Windowed, from_fn,
+};
 use heijunka_benches::{baselines, contended};
+use heijunka_core::{PressureLevel, Rejection};
 use tokio::sync::Semaphore;
 
 /// Fairness: both limiters get a rate so high that every check is admitted, so both
@@ -128,5 +135,66 @@ fn queue(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baselines, concurrency, gcra, keyed, queue);
+/// `AdaptiveLimit` admit + record a success (Gradient2 fed through a 1 s window, the
+/// recommended setup) against a static `ConcurrencyLimit` admit + release: the
+/// cost of adapting (two clock reads, one uncontended lock, the algorithm step).
+fn adaptive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("backpressure/adaptive_acquire_record");
+    let algorithm = Windowed::builder(Gradient2::builder().build().expect("valid"))
+        .window(Duration::from_secs(1))
+        .build()
+        .expect("valid");
+    let ours = AdaptiveLimit::builder(algorithm).build().expect("valid");
+    g.bench_function("heijunka", |b| {
+        b.iter(|| {
+            if let Ok(p) = black_box(&ours).try_acquire() {
+                p.success();
+            }
+        })
+    });
+    let fixed = ConcurrencyLimit::new(64).expect("valid");
+    g.bench_function("static-limit", |b| {
+        b.iter(|| drop(black_box(black_box(&fixed).try_acquire())))
+    });
+    g.finish();
+}
+
+/// The load shedder's admit path with three signals that all admit: a queue's
+/// pressure, a concurrency limit's free permits, and a user signal (a memory level
+/// in an atomic).
+fn shed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("backpressure/shed_admit_3_signals");
+    let queue = Arc::new(BoundedQueue::<u64>::new(1024).expect("valid"));
+    let limit = ConcurrencyLimit::new(64).expect("valid");
+    let memory = Arc::new(AtomicU8::new(0));
+    let m = Arc::clone(&memory);
+    let shedder = LoadShedder::builder()
+        .signal(queue)
+        .signal(limit)
+        .signal(from_fn(move || {
+            if m.load(Ordering::Relaxed) >= 2 {
+                Err(Rejection::MemoryPressure {
+                    level: PressureLevel::Critical,
+                })
+            } else {
+                Ok(())
+            }
+        }))
+        .build();
+    g.bench_function("heijunka", |b| {
+        b.iter(|| black_box(black_box(&shedder).check()))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    baselines,
+    concurrency,
+    gcra,
+    keyed,
+    queue,
+    adaptive,
+    shed
+);
 criterion_main!(benches);

@@ -7,6 +7,7 @@ pub(crate) fn ci() -> Result<(), String> {
     let started = std::time::Instant::now();
     lint()?;
     test()?;
+    demo_quick()?;
     doc()?;
     crate::loom::run()?;
     crate::miri::run()?;
@@ -62,6 +63,25 @@ pub(crate) fn test() -> Result<(), String> {
     }
     cargo()
         .args(["test", "--workspace", "--all-features", "--doc"])
+        .run()
+}
+
+/// The overload demo in its short mode: it exits non-zero unless heijunka's
+/// policy keeps the burst phase's p99 below the unprotected run's.
+pub(crate) fn demo_quick() -> Result<(), String> {
+    cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "heijunka",
+            "--features",
+            "tower",
+            "--example",
+            "overload",
+            "--",
+            "--quick",
+        ])
         .run()
 }
 

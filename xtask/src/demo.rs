@@ -1,33 +1,22 @@
-//! `demo`: runs the facade's main example, `crates/heijunka/examples/demo.rs`; until
-//! that exists, lists the facade's examples and runs each.
+//! `demo [ARGS]`: runs the facade's overload demo,
+//! `crates/heijunka/examples/overload.rs`, in release mode, passing `ARGS` through
+//! (`cargo xtask demo --quick` is the short run CI uses).
 
-use crate::cmd::{cargo, root};
+use crate::cmd::cargo;
 
-pub(crate) fn run() -> Result<(), String> {
-    let dir = root().join("crates").join("heijunka").join("examples");
-    let mut examples: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".rs").map(str::to_string)
-        })
-        .collect();
-    examples.sort();
-    if examples.iter().any(|e| e == "demo") {
-        return cargo()
-            .args(["run", "--release", "-p", "heijunka", "--example", "demo"])
-            .run();
-    }
-    println!("The facade's examples (crates/heijunka/examples):");
-    for e in &examples {
-        println!("  cargo run -p heijunka --example {e}");
-    }
-    for e in &examples {
-        println!();
-        cargo()
-            .args(["run", "-q", "-p", "heijunka", "--example", e.as_str()])
-            .run()?;
-    }
-    Ok(())
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "heijunka",
+            "--features",
+            "tower",
+            "--example",
+            "overload",
+            "--",
+        ])
+        .args(args)
+        .run()
 }

@@ -26,7 +26,7 @@ tasks:
   miri                  the crates marked for miri (installs nightly miri + rust-src if missing)
   bench [--quick] [AREA]
                         criterion benchmarks in benches/, then a table of heijunka/peer ratios
-  demo                  runs the facade's main example (or lists and runs the examples)
+  demo [--quick]        the overload demo: the same service without and with heijunka
 ";
 
 fn main() -> ExitCode {
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         "loom" => no_args(task, rest).and_then(|()| loom::run()),
         "miri" => no_args(task, rest).and_then(|()| miri::run()),
         "bench" => bench::run(rest),
-        "demo" => no_args(task, rest).and_then(|()| demo::run()),
+        "demo" => demo::run(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             return ExitCode::SUCCESS;

@@ -35,6 +35,21 @@
 //!
 //! - [`SlotState`]: the one-word slot-and-sleeper protocol under the queue, for
 //!   crates that build their own bounded structures.
+//! - [`AdaptiveLimit`]: a concurrency limit that finds its size from measured
+//!   latency and outcomes, with Netflix `concurrency-limits`' algorithms behind
+//!   [`LimitAlgorithm`]: [`Aimd`], [`Vegas`], [`Gradient2`], and [`Windowed`] to
+//!   feed them one sample per window. Lock-free admission; permits record
+//!   `success` / `dropped` / `ignore`.
+//! - [`FairScheduler`]: per-client bounded queues served by weighted deficit round
+//!   robin; a flooding client is rejected at its own bound.
+//! - [`PriorityQueue`]: bounded, N classes, FIFO within a class, with count-based
+//!   aging so low classes are served within a documented bound.
+//! - [`Batcher`]: many calls become one batch call (by size or wait), each caller
+//!   getting its own result.
+//! - [`LevelledScheduler`]: bursts in, a steady takt out, mixing work types by
+//!   weighted round robin.
+//! - [`LoadShedder`]: combines [`Signal`]s (queue pressure, limits, rate limiters,
+//!   [`from_fn`] closures) into admit or reject-with-the-first-reason.
 //!
 //! Every rejection carries a [`heijunka_core::Rejection`] (with a retry-after for
 //! rate limits), and every configuration error names the field and value.
@@ -45,14 +60,36 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+mod adaptive;
+mod batcher;
 mod block;
+mod fair;
+mod level;
 mod limit;
+mod priority;
 mod queue;
 mod rate;
+mod rejected;
+mod shed;
 mod slots;
 
 pub use crate::{
+    adaptive::{
+        AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptiveStats, Aimd, AimdBuilder,
+        DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LimitAlgorithm, Outcome,
+        OwnedAdaptivePermit, Sample, Vegas, VegasBuilder, Windowed, WindowedBuilder,
+    },
+    batcher::{
+        BatchError, Batcher, BatcherBuilder, DEFAULT_BATCH_QUEUE, DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_WAIT,
+    },
+    fair::{
+        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, FairScheduler, FairSchedulerBuilder,
+        FairStats,
+    },
+    level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
     limit::{AcquireError, ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit},
+    priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats},
     queue::{
         BoundedQueue, BoundedQueueBuilder, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError,
         QueueStats,
@@ -62,5 +99,7 @@ pub use crate::{
         LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter, SlidingLog, SlidingWindow,
         until_ready,
     },
+    rejected::Rejected,
+    shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},
     slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
 };

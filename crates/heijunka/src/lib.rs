@@ -77,8 +77,37 @@ pub use heijunka_pool as pool;
 #[doc(inline)]
 pub use heijunka_event_bus as event_bus;
 
+#[cfg(feature = "event-bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "event-bus")))]
+#[doc(inline)]
+/// The event bus (`heijunka-event-bus`), under its short name.
+pub use heijunka_event_bus as bus;
+
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod context;
+
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod policy;
+
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
+
 /// The types most programs using heijunka need, for `use heijunka::prelude::*`.
 pub mod prelude {
     #[doc(no_inline)]
     pub use heijunka_core::{Clock, ConfigError, Instant, ManualClock, PressureLevel, Rejection};
+
+    #[cfg(feature = "policy")]
+    #[doc(no_inline)]
+    pub use crate::context::{Outcome, RequestContext, TraceId};
+    #[cfg(feature = "policy")]
+    #[doc(no_inline)]
+    pub use crate::policy::{Admission, Policy, PolicyError, Stage};
 }

@@ -35,6 +35,16 @@
 //!   waiting queue.
 //! - [`PoolStats`]: live numbers with task-time percentiles (p50, p90, p99), a
 //!   `Serialize` struct.
+//! - [`Group`]: structured task groups on tokio: at most K futures at a time,
+//!   results unit, in spawn order or as they complete, every failure in
+//!   [`GroupErrors`], optional fail-fast through a cancellation token, panics
+//!   captured or resumed ([`PanicPolicy`]).
+//! - [`ThreadGroup`]: the same on scoped OS threads that borrow from the caller's
+//!   stack (`std::thread::scope` underneath).
+//! - [`Dispatcher`]: routes each message to the handler registered under its
+//!   name, on N workers with bounded queues, least-loaded or by key affinity,
+//!   with immediate rejection, typed failures, graceful shutdown and
+//!   [`DispatcherStats`].
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -42,14 +52,25 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+mod dispatch;
 mod error;
+mod group;
 mod handle;
+mod park;
 mod stats;
 mod task;
 mod worker;
 
 pub use crate::{
+    dispatch::{
+        DispatchError, DispatchReport, Dispatcher, DispatcherBuilder, DispatcherStats,
+        HandlerError, HandlerStats, RegisterError, Reply, WorkerStats,
+    },
     error::{Rejected, TaskError},
+    group::{
+        Group, GroupBuilder, GroupErrors, GroupToken, PanicPolicy, TaskFailure, ThreadGroup,
+        ThreadScope,
+    },
     handle::TaskHandle,
     stats::PoolStats,
     task::{TaskPool, TaskPoolBuilder, TaskPoolHandle},

@@ -57,6 +57,9 @@ struct Inner {
     waiting: SlotState,
     max_waiting: usize,
     room: Notify,
+    /// Notified when the last waiting task of a closed pool takes its running
+    /// slot: shutdown waits for that before it takes every slot itself.
+    waiting_drained: Notify,
     cancel: CancellationToken,
     active: AtomicUsize,
     counters: Counters,
@@ -108,6 +111,7 @@ impl TaskPoolBuilder {
                 waiting: SlotState::new(),
                 max_waiting: self.max_waiting,
                 room: Notify::new(),
+                waiting_drained: Notify::new(),
                 cancel: CancellationToken::new(),
                 active: AtomicUsize::new(0),
                 counters: Counters::default(),
@@ -257,9 +261,12 @@ impl TaskPool {
                 Some(p) => p,
                 None => {
                     let p = Arc::clone(&inner.running).acquire_owned().await;
-                    let (_, wake) = inner.waiting.release();
+                    let (before, wake) = inner.waiting.release();
                     if wake {
                         inner.room.notify_one();
+                    }
+                    if before == 1 && inner.waiting.is_closed() {
+                        inner.waiting_drained.notify_waiters();
                     }
                     match p {
                         Ok(p) => p,
@@ -321,7 +328,25 @@ impl TaskPool {
         // The semaphore is FIFO: taking every permit completes only after every
         // waiting task has had its turn and finished.
         let all = u32::try_from(inner.max_running).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, inner.running.acquire_many(all))
+        // First every waiting task must reach the semaphore's queue (a task spawned
+        // but not yet polled is not in it, and would queue behind us); the pool is
+        // closed, so the waiting count only falls.
+        let waiting_drained = async {
+            loop {
+                let notified = inner.waiting_drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if inner.waiting.is_empty() {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let drain = async {
+            waiting_drained.await;
+            inner.running.acquire_many(all).await
+        };
+        let drained = tokio::time::timeout(grace, drain)
             .await
             .map(|permits| permits.map(|p| p.forget()).is_ok())
             .unwrap_or(false);

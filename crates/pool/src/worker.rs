@@ -9,16 +9,26 @@ use std::time::{Duration, Instant};
 use crossbeam::deque::{Injector, Steal, Stealer, Worker};
 use crossbeam::utils::Backoff;
 use heijunka_backpressure::{Reserve, Side, SlotState};
-use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use heijunka_core::sync::CachePadded;
+use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
 
 use crate::handle::{DetachedJob, Job, TaskJob};
+use crate::park::Parker;
 use crate::stats::{Counters, Timings};
 use crate::{PoolStats, Rejected, TaskHandle};
 
 type BoxedJob = Box<dyn Job>;
+
+/// One worker's numbers.
+struct WorkerCell {
+    counters: Counters,
+    /// 1 while the worker runs a task.
+    active: AtomicUsize,
+    timings: Timings,
+}
 
 /// How many taken jobs a worker gives back to the queue's count at once.
 const RELEASE_BATCH: usize = 16;
@@ -79,17 +89,19 @@ struct Shared {
     state: SlotState,
     capacity: usize,
     workers: usize,
-    sleep: Mutex<()>,
-    work_ready: Condvar,
-    space: Mutex<()>,
-    space_ready: Condvar,
+    /// Idle workers sleep here.
+    work: Parker,
+    /// Submitters waiting for room sleep here.
+    space: Parker,
     /// Set when the grace period ends: queued jobs are dropped, not run.
     cancel_queued: AtomicBool,
-    active: AtomicUsize,
     alive: Mutex<usize>,
     all_exited: Condvar,
+    /// Rejections and cancellations (rare; counted by submitters and shutdown).
     counters: Counters,
-    timings: Vec<Timings>,
+    /// Per-worker numbers, each on its own cache line: a worker counting its
+    /// tasks never contends with another.
+    cells: Vec<CachePadded<WorkerCell>>,
     token: std::sync::OnceLock<ShutdownToken>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     name: String,
@@ -210,16 +222,21 @@ impl WorkerPool {
             state: SlotState::new(),
             capacity: cfg.queue,
             workers: cfg.workers,
-            sleep: Mutex::new(()),
-            work_ready: Condvar::new(),
-            space: Mutex::new(()),
-            space_ready: Condvar::new(),
+            work: Parker::new(),
+            space: Parker::new(),
             cancel_queued: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
             alive: Mutex::new(cfg.workers),
             all_exited: Condvar::new(),
             counters: Counters::default(),
-            timings: (0..cfg.workers).map(|_| Timings::new()).collect(),
+            cells: (0..cfg.workers)
+                .map(|_| {
+                    CachePadded::new(WorkerCell {
+                        counters: Counters::default(),
+                        active: AtomicUsize::new(0),
+                        timings: Timings::new(),
+                    })
+                })
+                .collect(),
             token: std::sync::OnceLock::new(),
             threads: Mutex::new(Vec::with_capacity(cfg.workers)),
             name: cfg.name.clone(),
@@ -343,8 +360,7 @@ impl WorkerPool {
                     let (job, handle) = make(f);
                     s.injector.push(job);
                     if wake {
-                        let _g = lock(&s.sleep);
-                        s.work_ready.notify_one();
+                        s.work.wake_one();
                     }
                     return Ok(handle);
                 }
@@ -375,31 +391,8 @@ impl WorkerPool {
             }) {
                 continue;
             }
-            let guard = lock(&s.space);
-            let seen = s.state.register(Side::Push);
-            if seen.len >= s.capacity && !seen.closed {
-                if seen.counted {
-                    let _guard = match until {
-                        None => s
-                            .space_ready
-                            .wait(guard)
-                            .unwrap_or_else(PoisonError::into_inner),
-                        Some(at) => {
-                            let left = at.saturating_duration_since(Instant::now());
-                            s.space_ready
-                                .wait_timeout(guard, left)
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .0
-                        }
-                    };
-                } else {
-                    drop(guard);
-                    std::thread::yield_now();
-                }
-            }
-            if seen.counted {
-                s.state.unregister(Side::Push);
-            }
+            s.space
+                .park(&s.state, Side::Push, |seen| seen.len >= s.capacity, until);
         }
     }
 
@@ -451,7 +444,7 @@ impl WorkerPool {
             }
         }
         // Relaxed: a statistic.
-        let still_running = s.active.load(Ordering::Relaxed);
+        let still_running = s.active();
         let report = PoolReport {
             clean: drained,
             cancelled,
@@ -543,15 +536,21 @@ impl WorkerPool {
 
 impl Shared {
     fn stats(&self) -> PoolStats {
-        let (p50, p90, p99, mean) = Timings::percentiles(&self.timings);
-        let panicked = Counters::get(&self.counters.panicked);
+        let (p50, p90, p99, mean) = Timings::percentiles(self.cells.iter().map(|c| &c.timings));
+        let sum = |f: fn(&Counters) -> &AtomicU64| {
+            self.cells
+                .iter()
+                .map(|c| Counters::get(f(&c.counters)))
+                .sum::<u64>()
+        };
+        let panicked = sum(|c| &c.panicked);
         let cancelled = Counters::get(&self.counters.cancelled);
         PoolStats {
             workers: self.workers,
             // Relaxed: a statistic.
-            active: self.active.load(Ordering::Relaxed),
+            active: self.active(),
             queued: self.state.len(),
-            completed: Counters::get(&self.counters.completed),
+            completed: sum(|c| &c.completed),
             failed: panicked + cancelled,
             panicked,
             cancelled,
@@ -563,6 +562,15 @@ impl Shared {
         }
     }
 
+    /// Workers running a task now.
+    fn active(&self) -> usize {
+        // Relaxed: a statistic.
+        self.cells
+            .iter()
+            .map(|c| c.active.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn reject<F>(&self, task: F, reason: Rejection) -> Rejected<F> {
         Counters::bump(&self.counters.rejected);
         Rejected { task, reason }
@@ -572,12 +580,8 @@ impl Shared {
         if self.state.close() {
             tracing::debug!(pool = %self.name, "pool closed");
         }
-        {
-            let _g = lock(&self.sleep);
-            self.work_ready.notify_all();
-        }
-        let _g = lock(&self.space);
-        self.space_ready.notify_all();
+        self.work.wake_all();
+        self.space.wake_all();
     }
 
     /// Drops every queued job (their handles see `Cancelled`).
@@ -613,8 +617,7 @@ impl Shared {
         }
         let (_, wake) = self.state.release_many(n);
         if wake {
-            let _g = lock(&self.space);
-            self.space_ready.notify_one();
+            self.space.wake_one();
         }
     }
 
@@ -665,12 +668,13 @@ impl Shared {
                     Counters::bump(&self.counters.cancelled);
                     continue;
                 }
-                // Relaxed: statistics.
-                self.active.fetch_add(1, Ordering::Relaxed);
+                let cell = &self.cells[me];
+                // Relaxed: statistics; only this worker writes its cell.
+                cell.active.store(1, Ordering::Relaxed);
                 let start = self.clock.now();
-                job.run(&self.counters);
-                self.timings[me].record(self.clock.elapsed(start));
-                self.active.fetch_sub(1, Ordering::Relaxed);
+                job.run(&cell.counters);
+                cell.timings.record(self.clock.elapsed(start));
+                cell.active.store(0, Ordering::Relaxed);
                 continue;
             }
             // Nothing found: give back what we took, spin briefly (tiny tasks arrive
@@ -680,27 +684,13 @@ impl Shared {
             if backoff_until(&backoff, || !self.state.is_empty()) {
                 continue;
             }
-            let guard = lock(&self.sleep);
-            let seen = self.state.register(Side::Pop);
+            // Sleep unless tasks are queued (perhaps in transit: being pushed, or
+            // in a peer's deque mid-steal), then look again.
+            let seen = self
+                .work
+                .park(&self.state, Side::Pop, |seen| seen.len == 0, None);
             if seen.len == 0 && seen.closed {
-                if seen.counted {
-                    self.state.unregister(Side::Pop);
-                }
                 break;
-            }
-            if seen.len == 0 && seen.counted {
-                let _guard = self
-                    .work_ready
-                    .wait(guard)
-                    .unwrap_or_else(PoisonError::into_inner);
-            } else {
-                // Tasks are queued but in transit (being pushed, or in a peer's
-                // deque mid-steal): look again.
-                drop(guard);
-                std::thread::yield_now();
-            }
-            if seen.counted {
-                self.state.unregister(Side::Pop);
             }
         }
         let mut alive = lock(&self.alive);

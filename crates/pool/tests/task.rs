@@ -126,3 +126,43 @@ async fn a_registered_task_pool_follows_the_shutdown() {
     assert!(report.is_clean(), "{report}");
     assert!(h.join().await.is_ok());
 }
+
+/// Tasks queued but not yet polled when shutdown starts still run within the
+/// grace period: shutdown must not take the running slots ahead of them.
+#[tokio::test(start_paused = true)]
+async fn shutdown_right_after_queueing_still_runs_the_queue() {
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(4)
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        let (gate, ran) = (gate.clone(), ran.clone());
+        handles.push(
+            pool.try_spawn(async move {
+                if i == 0 {
+                    gate.notified().await;
+                }
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+            .map_err(|e| e.reason())
+            .unwrap(),
+        );
+    }
+    // No task has been polled yet; shut down at once, then open the gate.
+    let shutdown = pool.shutdown(Duration::from_secs(10));
+    let open = async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        gate.notify_one();
+    };
+    let (report, ()) = tokio::join!(shutdown, open);
+    assert!(report.clean, "{report:?}");
+    assert_eq!(report.cancelled, 0);
+    assert_eq!(ran.load(Ordering::SeqCst), 5);
+    for h in handles {
+        h.join().await.unwrap();
+    }
+}

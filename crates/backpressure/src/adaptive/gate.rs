@@ -1,0 +1,71 @@
+//! The admission gate under [`AdaptiveLimit`](super::AdaptiveLimit): an in-flight
+//! counter that only grows while it is below a published limit.
+//!
+//! Every operation is `SeqCst`: on x86 the read-modify-writes cost the same, and the
+//! waiter protocol in the parent module relies on one total order between a
+//! release (`leave`) and a waiter's registration. Proven by the loom models in the
+//! parent module.
+
+use heijunka_core::sync::CachePadded;
+use heijunka_core::sync::atomic::{AtomicUsize, Ordering};
+
+pub(super) struct Gate {
+    inflight: CachePadded<AtomicUsize>,
+    limit: CachePadded<AtomicUsize>,
+}
+
+impl Gate {
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            inflight: CachePadded::new(AtomicUsize::new(0)),
+            limit: CachePadded::new(AtomicUsize::new(limit)),
+        }
+    }
+
+    /// Enters if fewer than the limit are inside: `Ok(inside, self included)`, or
+    /// `Err(limit)`.
+    #[inline]
+    pub(super) fn try_enter(&self) -> Result<usize, usize> {
+        let limit = self.limit.load(Ordering::SeqCst);
+        let mut current = self.inflight.load(Ordering::SeqCst);
+        loop {
+            if current >= limit {
+                return Err(limit);
+            }
+            match self.inflight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(current + 1),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    #[inline]
+    pub(super) fn leave(&self) {
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Publishes a new limit; returns the old one.
+    #[inline]
+    pub(super) fn set_limit(&self, limit: usize) -> usize {
+        let old = self.limit.load(Ordering::SeqCst);
+        if old != limit {
+            self.limit.store(limit, Ordering::SeqCst);
+        }
+        old
+    }
+
+    #[inline]
+    pub(super) fn limit(&self) -> usize {
+        self.limit.load(Ordering::SeqCst)
+    }
+
+    #[inline]
+    pub(super) fn in_flight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+}

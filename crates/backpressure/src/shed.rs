@@ -1,0 +1,291 @@
+//! [`LoadShedder`]: many overload signals, one admit-or-reject decision.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use heijunka_core::{PressureLevel, Rejection};
+use serde::Serialize;
+
+use crate::{
+    AdaptiveLimit, BoundedQueue, ConcurrencyLimit, FixedWindow, Gcra, LeakyBucket, RateLimiter,
+    SlidingLog, SlidingWindow,
+};
+
+/// One overload signal: says at once whether new work should be shed.
+///
+/// Implemented for [`BoundedQueue`] (rejects with [`Rejection::QueueFull`] while the
+/// queue is at or above its reject mark), [`ConcurrencyLimit`] and
+/// [`AdaptiveLimit`] (reject with [`Rejection::AtCapacity`] while no permit is
+/// free; they do not take one), the rate limiters (reject with
+/// [`Rejection::RateLimited`]; an admitted check **takes** a token, so put rate
+/// limiters last in a [`LoadShedder`]), `Arc`s and references of signals, and any
+/// closure through [`from_fn`] — memory pressure, a breaker, a flag.
+///
+/// ```
+/// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+/// use heijunka_backpressure::{ConcurrencyLimit, Signal};
+/// use heijunka_core::Rejection;
+///
+/// let limit = ConcurrencyLimit::new(1)?;
+/// assert!(limit.check().is_ok());
+/// let _held = limit.try_acquire()?;
+/// assert_eq!(limit.check(), Err(Rejection::AtCapacity { limit: 1 }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Signal: Send + Sync {
+    /// `Ok(())` to admit, or the reason to shed.
+    ///
+    /// # Errors
+    ///
+    /// The [`Rejection`] this signal sheds with.
+    fn check(&self) -> Result<(), Rejection>;
+}
+
+impl<S: Signal + ?Sized> Signal for Arc<S> {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        (**self).check()
+    }
+}
+
+impl<S: Signal + ?Sized> Signal for &S {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        (**self).check()
+    }
+}
+
+impl<S: Signal + ?Sized> Signal for Box<S> {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        (**self).check()
+    }
+}
+
+impl<T: Send> Signal for BoundedQueue<T> {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        if self.pressure() == PressureLevel::Critical {
+            Err(Rejection::QueueFull {
+                capacity: self.capacity(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Signal for ConcurrencyLimit {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        if self.is_closed() {
+            Err(Rejection::ShuttingDown)
+        } else if self.available() == 0 {
+            Err(Rejection::AtCapacity {
+                limit: u64::from(self.limit()),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Signal for AdaptiveLimit {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        let limit = self.limit();
+        if self.in_flight() >= limit {
+            Err(Rejection::AtCapacity {
+                limit: limit as u64,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+macro_rules! rate_signal {
+    ($($t:ty),*) => {$(
+        impl Signal for $t {
+            #[inline]
+            fn check(&self) -> Result<(), Rejection> {
+                RateLimiter::check(self).map_err(|e| {
+                    e.reason().unwrap_or(Rejection::RateLimited {
+                        retry_after: std::time::Duration::ZERO,
+                    })
+                })
+            }
+        }
+    )*};
+}
+
+rate_signal!(Gcra, LeakyBucket, FixedWindow, SlidingWindow, SlidingLog);
+
+/// A [`Signal`] from a closure; see [`from_fn`].
+pub struct FnSignal<F>(F);
+
+impl<F> Signal for FnSignal<F>
+where
+    F: Fn() -> Result<(), Rejection> + Send + Sync,
+{
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        (self.0)()
+    }
+}
+
+impl<F> fmt::Debug for FnSignal<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnSignal")
+    }
+}
+
+/// A [`Signal`] from a closure, for signals heijunka does not know: memory
+/// pressure, a breaker, a maintenance flag.
+///
+/// ```
+/// use heijunka_backpressure::{Signal, from_fn};
+/// use heijunka_core::{PressureLevel, Rejection};
+/// use std::sync::atomic::{AtomicU8, Ordering};
+/// use std::sync::Arc;
+///
+/// let level = Arc::new(AtomicU8::new(0)); // set by a memory monitor
+/// let l = Arc::clone(&level);
+/// let memory = from_fn(move || match l.load(Ordering::Relaxed) {
+///     2 => Err(Rejection::MemoryPressure { level: PressureLevel::Critical }),
+///     _ => Ok(()),
+/// });
+/// assert!(memory.check().is_ok());
+/// level.store(2, Ordering::Relaxed);
+/// assert!(memory.check().is_err());
+/// ```
+pub fn from_fn<F>(f: F) -> FnSignal<F>
+where
+    F: Fn() -> Result<(), Rejection> + Send + Sync,
+{
+    FnSignal(f)
+}
+
+/// Combines [`Signal`]s into one decision: admit, or reject with the reason of the
+/// first signal that fired (in the order they were added).
+///
+/// Admitting asks every signal once and touches nothing shared besides what the
+/// signals read — no lock, no allocation, no counter. Rejections are counted.
+///
+/// ```
+/// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+/// use heijunka_backpressure::{BoundedQueue, ConcurrencyLimit, Gcra, LoadShedder, from_fn};
+/// use heijunka_core::Rejection;
+/// use std::sync::Arc;
+///
+/// let queue = Arc::new(BoundedQueue::<u32>::new(10)?);
+/// let limit = ConcurrencyLimit::new(100)?;
+/// let shedder = LoadShedder::builder()
+///     .signal(Arc::clone(&queue))
+///     .signal(limit.clone())
+///     .signal(from_fn(|| Ok(()))) // e.g. memory pressure
+///     .signal(Gcra::builder(1000.0).burst(100).build()?) // takes a token: last
+///     .build();
+///
+/// assert!(shedder.check().is_ok());
+/// for i in 0..9 {
+///     queue.try_push(i).unwrap();
+/// }
+/// assert_eq!(shedder.check(), Err(Rejection::QueueFull { capacity: 10 }));
+/// assert_eq!(shedder.stats().rejected, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LoadShedder {
+    signals: Box<[Box<dyn Signal>]>,
+    rejected: AtomicU64,
+}
+
+/// Builds a [`LoadShedder`]; see [`LoadShedder::builder`].
+#[must_use = "a builder does nothing until `build()`"]
+pub struct LoadShedderBuilder {
+    signals: Vec<Box<dyn Signal>>,
+}
+
+impl fmt::Debug for LoadShedderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadShedderBuilder")
+            .field("signals", &self.signals.len())
+            .finish()
+    }
+}
+
+impl LoadShedderBuilder {
+    /// Adds a signal, asked after those already added.
+    pub fn signal(mut self, signal: impl Signal + 'static) -> Self {
+        self.signals.push(Box::new(signal));
+        self
+    }
+
+    /// Builds (nothing to validate: a shedder with no signal admits everything).
+    pub fn build(self) -> LoadShedder {
+        LoadShedder {
+            signals: self.signals.into_boxed_slice(),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Live numbers of a [`LoadShedder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ShedStats {
+    /// Signals asked per decision.
+    pub signals: usize,
+    /// Decisions that rejected.
+    pub rejected: u64,
+}
+
+impl LoadShedder {
+    /// A builder with no signal.
+    pub fn builder() -> LoadShedderBuilder {
+        LoadShedderBuilder {
+            signals: Vec::new(),
+        }
+    }
+
+    /// Admit (`Ok`), or the reason of the first signal that fired.
+    ///
+    /// # Errors
+    ///
+    /// The first signal's [`Rejection`].
+    #[inline]
+    pub fn check(&self) -> Result<(), Rejection> {
+        for s in self.signals.iter() {
+            if let Err(reason) = s.check() {
+                // Relaxed: a statistic.
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the live numbers.
+    pub fn stats(&self) -> ShedStats {
+        ShedStats {
+            signals: self.signals.len(),
+            // Relaxed: a statistic.
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Signal for LoadShedder {
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        LoadShedder::check(self)
+    }
+}
+
+impl fmt::Debug for LoadShedder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadShedder")
+            .field("signals", &self.signals.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,205 @@
+//! [`EventBus`]: topics by name and type, closed together on shutdown.
+
+use std::any::{Any, type_name};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use heijunka_shutdown::{Shutdown, ShuttingDown};
+use tokio::time::Instant;
+
+use crate::handler::Handler;
+use crate::stats::TopicStats;
+use crate::topic::TopicInner;
+use crate::{BusError, Topic};
+
+/// A registry of named, typed [`Topic`]s. Clones are handles to the same bus.
+///
+/// ```
+/// use heijunka_event_bus::{BusError, EventBus};
+///
+/// let bus = EventBus::new();
+/// let a = bus.topic::<u64>("search.requests")?;
+/// let b = bus.topic::<u64>("search.requests")?; // the same topic
+/// let _sub = a.subscribe()?;
+/// assert_eq!(b.subscriber_count(), 1);
+///
+/// let err = bus.topic::<String>("search.requests").unwrap_err();
+/// assert!(matches!(err, BusError::TypeMismatch { .. }));
+/// assert_eq!(bus.topic::<u64>("").unwrap_err(), BusError::EmptyName);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct EventBus {
+    topics: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+struct Entry {
+    topic: Arc<dyn Any + Send + Sync>,
+    ops: Arc<dyn TopicOps>,
+    event_type: &'static str,
+}
+
+/// What the bus does with a topic whatever its event type.
+trait TopicOps: Send + Sync {
+    fn close(&self) -> bool;
+    fn stats(&self) -> TopicStats;
+    fn handlers(&self) -> Vec<Handler>;
+}
+
+impl<E: Send + Sync + 'static> TopicOps for TopicInner<E> {
+    fn close(&self) -> bool {
+        TopicInner::close(self)
+    }
+
+    fn stats(&self) -> TopicStats {
+        TopicInner::stats(self)
+    }
+
+    fn handlers(&self) -> Vec<Handler> {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The topic called `name` carrying `E`, created on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError::EmptyName`], or [`BusError::TypeMismatch`] if the name is
+    /// taken by a topic of another event type.
+    pub fn topic<E: Send + Sync + 'static>(&self, name: &str) -> Result<Topic<E>, BusError> {
+        if name.is_empty() {
+            return Err(BusError::EmptyName);
+        }
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = topics.get(name) {
+            return Arc::clone(&entry.topic)
+                .downcast::<TopicInner<E>>()
+                .map(|inner| Topic { inner })
+                .map_err(|_| BusError::TypeMismatch {
+                    name: name.to_owned(),
+                    existing: entry.event_type,
+                    requested: type_name::<E>(),
+                });
+        }
+        let topic = Topic::<E>::new(name)?;
+        topics.insert(
+            name.to_owned(),
+            Entry {
+                topic: topic.inner.clone(),
+                ops: topic.inner.clone(),
+                event_type: type_name::<E>(),
+            },
+        );
+        tracing::debug!(topic = name, event = type_name::<E>(), "topic created");
+        Ok(topic)
+    }
+
+    /// The names of the topics, sorted.
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        names
+    }
+
+    /// Snapshots of every topic, sorted by name.
+    pub fn stats(&self) -> Vec<TopicStats> {
+        let mut stats: Vec<_> = self
+            .entries()
+            .into_iter()
+            .map(|(_, ops)| ops.stats())
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// Closes every topic (see [`Topic::close`]).
+    pub fn close(&self) {
+        for (_, ops) in self.entries() {
+            ops.close();
+        }
+    }
+
+    /// Closes every topic, then gives the topics' handler runtimes up to `grace`
+    /// in all to handle what is buffered; what is left is cancelled and its
+    /// events go back. Returns whether every handler finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.close();
+        let deadline = Instant::now() + grace;
+        let mut clean = true;
+        for (_, ops) in self.entries() {
+            for h in ops.handlers() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                clean &= h.stop(left).await;
+            }
+        }
+        clean
+    }
+
+    /// Registers a stop hook with `shutdown` that runs
+    /// [`shutdown(grace)`](Self::shutdown): topics close after the service's
+    /// in-flight work drained, and handlers finish their buffered events.
+    ///
+    /// ```
+    /// use heijunka_event_bus::EventBus;
+    /// use heijunka_shutdown::{HookOutcome, Shutdown};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shutdown = Shutdown::new();
+    /// let bus = EventBus::new();
+    /// bus.register_with(&shutdown, Duration::from_secs(10))?;
+    /// let mut sub = bus.topic::<u32>("t")?.subscribe()?;
+    /// bus.topic::<u32>("t")?.publish(1).await?;
+    ///
+    /// shutdown.trigger();
+    /// let report = shutdown.wait().await;
+    /// assert_eq!(report.hooks[0].outcome, HookOutcome::Ok);
+    /// assert_eq!(sub.recv().await.map(|e| *e), Some(1)); // drained...
+    /// assert!(sub.recv().await.is_none()); // ...then closed
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] if the shutdown's hooks already ran.
+    pub fn register_with(&self, shutdown: &Shutdown, grace: Duration) -> Result<(), ShuttingDown> {
+        let bus = self.clone();
+        shutdown.on_stop("event bus", move || async move {
+            if bus.shutdown(grace).await {
+                Ok(())
+            } else {
+                Err("event handlers did not finish within the grace period")
+            }
+        })
+    }
+
+    fn entries(&self) -> Vec<(String, Arc<dyn TopicOps>)> {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, e)| (n.clone(), Arc::clone(&e.ops)))
+            .collect()
+    }
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBus")
+            .field("topics", &self.topic_names())
+            .finish()
+    }
+}

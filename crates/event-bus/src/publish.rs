@@ -1,0 +1,123 @@
+//! What a publish did: [`PublishReport`], [`SkipReason`], [`SubscriberId`].
+
+use std::fmt;
+
+use heijunka_core::Rejection;
+use serde::Serialize;
+
+/// A subscriber's number within its topic, unique for the topic's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SubscriberId(pub(crate) u64);
+
+impl SubscriberId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SubscriberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "subscriber#{}", self.0)
+    }
+}
+
+/// Why a subscriber did not get an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// The event's version is below the subscriber's minimum and it is not
+    /// critical.
+    Filtered,
+    /// The buffer was at its reject mark (reject policy, or any policy under
+    /// [`try_publish`](crate::Topic::try_publish)).
+    Full,
+    /// The buffer stayed full for the whole timeout.
+    TimedOut,
+    /// The subscriber (or the topic) closed meanwhile.
+    Closed,
+}
+
+impl SkipReason {
+    pub(crate) fn from_rejection(r: Rejection) -> Self {
+        match r {
+            Rejection::TimedOut { .. } => Self::TimedOut,
+            Rejection::ShuttingDown => Self::Closed,
+            _ => Self::Full,
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Filtered => "filtered by version",
+            Self::Full => "buffer full",
+            Self::TimedOut => "timed out",
+            Self::Closed => "closed",
+        })
+    }
+}
+
+/// What one publish did: how many subscribers got the event, which did not and
+/// why, and how many older events drop-oldest subscribers gave up for it.
+///
+/// Building a report allocates nothing unless a subscriber is skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PublishReport {
+    /// Subscribers whose buffer took the event.
+    pub delivered: usize,
+    /// Subscribers that did not, with the reason.
+    pub skipped: Vec<(SubscriberId, SkipReason)>,
+    /// Older events that drop-oldest subscribers discarded to make room.
+    pub displaced: usize,
+}
+
+impl PublishReport {
+    /// Whether every subscriber got the event.
+    pub fn is_complete(&self) -> bool {
+        self.skipped.is_empty()
+    }
+
+    /// How many subscribers were skipped for `reason`.
+    pub fn skipped_for(&self, reason: SkipReason) -> usize {
+        self.skipped.iter().filter(|(_, r)| *r == reason).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rejections_map_to_skip_reasons() {
+        let r = |x| SkipReason::from_rejection(x);
+        assert_eq!(r(Rejection::QueueFull { capacity: 4 }), SkipReason::Full);
+        assert_eq!(r(Rejection::ShuttingDown), SkipReason::Closed);
+        assert_eq!(
+            r(Rejection::TimedOut {
+                after: Duration::from_secs(1)
+            }),
+            SkipReason::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_report_counts_skips_by_reason() {
+        let report = PublishReport {
+            delivered: 1,
+            skipped: vec![
+                (SubscriberId(1), SkipReason::Full),
+                (SubscriberId(2), SkipReason::Filtered),
+                (SubscriberId(3), SkipReason::Full),
+            ],
+            displaced: 0,
+        };
+        assert!(!report.is_complete());
+        assert_eq!(report.skipped_for(SkipReason::Full), 2);
+        assert_eq!(SubscriberId(2).to_string(), "subscriber#2");
+        assert_eq!(SubscriberId(2).get(), 2);
+    }
+}

@@ -1,0 +1,129 @@
+//! Publishing pooled events allocates nothing in steady state: a counting global
+//! allocator around the system one.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use heijunka_event_bus::{Event, Policy, Topic};
+use heijunka_recycler::Recycler;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged;
+// counting touches only a thread-local `Cell` (const-initialised, so it never
+// allocates).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+/// Polls a future that must complete at once (the buffers have room).
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the publish had to wait"),
+    }
+}
+
+#[test]
+fn publishing_pooled_events_does_not_allocate() {
+    let pool = Recycler::new(64, || Vec::<u8>::with_capacity(64)).unwrap();
+    let topic = Topic::<Vec<u8>>::new("md").unwrap();
+    let mut subs: Vec<_> = [
+        Policy::Block,
+        Policy::default(),
+        Policy::Reject,
+        Policy::DropOldest,
+    ]
+    .into_iter()
+    .map(|p| topic.subscriber().buffer(16).policy(p).subscribe().unwrap())
+    .collect();
+    let round = |i: u8, subs: &mut Vec<heijunka_event_bus::Subscription<Vec<u8>>>| {
+        let mut v = pool.get();
+        v.push(i);
+        let r = if i.is_multiple_of(2) {
+            now(topic.publish(Event::pooled(v.into_shared()).with_version(u64::from(i))))
+        } else {
+            topic.try_publish(Event::pooled(v.into_shared()))
+        }
+        .unwrap();
+        assert_eq!(r.delivered, 4);
+        for s in subs.iter_mut() {
+            assert_eq!(s.try_recv().map(|e| e[0]), Some(i));
+        }
+    };
+    // Warm up: the pool's values and shared-handle slots, thread-locals.
+    for i in 0..8 {
+        round(i, &mut subs);
+    }
+    let n = allocations_in(|| {
+        for i in 0..200_u8 {
+            round(i, &mut subs);
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 200 publishes");
+    let s = pool.stats();
+    assert_eq!(s.gets, s.returns);
+}
+
+#[test]
+fn publishing_inline_events_does_not_allocate() {
+    let topic = Topic::<u64>::new("ticks").unwrap();
+    let mut subs: Vec<_> = (0..4)
+        .map(|_| {
+            topic
+                .subscriber()
+                .buffer(16)
+                .policy(Policy::Block)
+                .subscribe()
+                .unwrap()
+        })
+        .collect();
+    let mut round = |i: u64| {
+        let r = now(topic.publish(Event::inline(i))).unwrap();
+        assert_eq!(r.delivered, 4);
+        for s in subs.iter_mut() {
+            assert_eq!(s.try_recv().map(|e| *e), Some(i));
+        }
+    };
+    for i in 0..8 {
+        round(i);
+    }
+    let n = allocations_in(|| {
+        for i in 0..200 {
+            round(i);
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 200 publishes");
+}

@@ -1,0 +1,530 @@
+//! [`RequestContext`]: what one request carries through the stack — a trace id, a
+//! deadline, cancellation linked to shutdown, its start time and its memory.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use heijunka_core::{ConfigError, validate};
+use heijunka_shutdown::ShutdownToken;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The deadline a request gets when none is set: 30 seconds, as the seeds
+/// configure `timeouts.request`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+std::thread_local! {
+    static THREAD_CURRENT: std::cell::RefCell<Option<RequestContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A 128-bit trace id, shown as 32 lowercase hex digits (the W3C trace-context
+/// form, so it can be passed on in a `traceparent` header).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(u128);
+
+impl TraceId {
+    /// A new random id (never zero).
+    pub fn generate() -> Self {
+        // Random enough for correlation: std's per-process random SipHash keys
+        // over a counter and the time; not a secret.
+        use std::hash::{BuildHasher, Hasher};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let state = std::collections::hash_map::RandomState::new();
+        let half = |salt: u64| {
+            let mut h = state.build_hasher();
+            h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+            h.write_u64(salt);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        };
+        let id = (u128::from(half(1)) << 64) | u128::from(half(2));
+        Self(id.max(1))
+    }
+
+    /// Parses 32 hex digits (as written by `Display`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `trace_id` for anything else, or an all-zero id
+    /// (invalid in W3C trace context).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::new("trace_id", s, "must be 32 hex digits, not all zero");
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        match u128::from_str_radix(s, 16) {
+            Ok(0) | Err(_) => Err(bad()),
+            Ok(v) => Ok(Self(v)),
+        }
+    }
+
+    /// The id as a number.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+/// How a request ended, for [`RequestContext::complete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It succeeded.
+    Success,
+    /// It failed (the call's own error).
+    Error,
+    /// A stage of the stack refused it (see [`Rejection`](heijunka_core::Rejection)).
+    Rejected,
+    /// Its deadline passed.
+    TimedOut,
+    /// It was cancelled (shutdown, or the caller went away).
+    Cancelled,
+}
+
+impl Outcome {
+    /// A short lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error => "error",
+            Outcome::Rejected => "rejected",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+struct Inner {
+    trace_id: TraceId,
+    deadline: Instant,
+    start: Instant,
+    token: CancellationToken,
+    /// The process's resident set when the request started, if known.
+    rss_at_start: Option<u64>,
+    /// Bytes allocated while polling this request's futures inside
+    /// [`RequestContext::scope`] (counted with the `alloc-tracking` feature).
+    allocated: AtomicU64,
+}
+
+/// What one request carries through the stack: a [`TraceId`], a deadline
+/// (default [`DEFAULT_REQUEST_TIMEOUT`]), a [`CancellationToken`] (a child of the
+/// shutdown token when built with [`shutdown`](RequestContextBuilder::shutdown)),
+/// its start time and, when known, the process's memory at the start.
+///
+/// Clones share one context. [`scope`](Self::scope) makes it the
+/// [`current`](Self::current) context across `.await`s of a future, and
+/// [`wrap`](Self::wrap) does the same for a closure run on a pool thread.
+/// [`complete`](Self::complete) logs one `tracing` event with the duration, the
+/// memory delta and the outcome.
+///
+/// ```
+/// use heijunka::context::{Outcome, RequestContext};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ctx = RequestContext::builder().timeout(Duration::from_secs(2)).build();
+/// let trace = ctx.trace_id();
+/// let seen = ctx
+///     .scope(async {
+///         tokio::task::yield_now().await;
+///         // Anywhere below, the current context is the request's.
+///         RequestContext::current().map(|c| c.trace_id())
+///     })
+///     .await;
+/// assert_eq!(seen, Some(trace));
+/// assert!(ctx.remaining() <= Duration::from_secs(2));
+/// ctx.complete(Outcome::Success);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RequestContext {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`RequestContext`]; see [`RequestContext::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build()`"]
+pub struct RequestContextBuilder {
+    trace_id: Option<TraceId>,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    token: Option<CancellationToken>,
+    rss: Option<u64>,
+}
+
+impl RequestContextBuilder {
+    /// Takes the caller's trace id (for example from an incoming `traceparent`
+    /// header) instead of generating one.
+    pub fn trace_id(mut self, id: TraceId) -> Self {
+        self.trace_id = Some(id);
+        self
+    }
+
+    /// The time the request may take from now. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self.deadline = None;
+        self
+    }
+
+    /// An absolute deadline (overrides [`timeout`](Self::timeout)).
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Cancels the request when `shutdown` begins (the context's token is a
+    /// child of the shutdown token).
+    pub fn shutdown(mut self, shutdown: &ShutdownToken) -> Self {
+        self.token = Some(shutdown.child_token());
+        self
+    }
+
+    /// Uses `token` (or, to link it to a parent, `parent.child_token()`) as the
+    /// request's cancellation.
+    pub fn token(mut self, token: CancellationToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Records the process's resident set at the start from a memory monitor's
+    /// last sample (no new sample is taken).
+    pub fn memory(mut self, monitor: &heijunka_memory::MemoryMonitor) -> Self {
+        self.rss = monitor.status().map(|s| s.rss);
+        self
+    }
+
+    /// The context. The deadline is measured on tokio's clock (the system's
+    /// monotonic clock, or paused time in tests).
+    pub fn build(self) -> RequestContext {
+        let start = Instant::now();
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| start.checked_add(self.timeout).unwrap_or_else(far_future));
+        RequestContext {
+            inner: Arc::new(Inner {
+                trace_id: self.trace_id.unwrap_or_else(TraceId::generate),
+                deadline,
+                start,
+                token: self.token.unwrap_or_default(),
+                rss_at_start: self.rss,
+                allocated: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+/// About 30 years from now: a deadline that never comes.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+impl Default for RequestContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestContext {
+    /// A context with a new trace id, the default 30 s deadline and its own
+    /// cancellation token.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder.
+    pub fn builder() -> RequestContextBuilder {
+        RequestContextBuilder {
+            trace_id: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            deadline: None,
+            token: None,
+            rss: None,
+        }
+    }
+
+    /// Checks a request timeout taken from configuration: it must not be zero.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `timeout`.
+    pub fn validate_timeout(timeout: Duration) -> Result<Duration, ConfigError> {
+        validate::non_zero_duration("timeout", timeout)?;
+        Ok(timeout)
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.inner.trace_id
+    }
+
+    /// When the request must be done.
+    pub fn deadline(&self) -> Instant {
+        self.inner.deadline
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.inner
+            .deadline
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.inner.deadline
+    }
+
+    /// When the request started.
+    pub fn start(&self) -> Instant {
+        self.inner.start
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.inner.start.elapsed()
+    }
+
+    /// The request's cancellation token.
+    pub fn token(&self) -> &CancellationToken {
+        &self.inner.token
+    }
+
+    /// Whether the request was cancelled (or shutdown began, for a context linked
+    /// to it).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// Cancels the request (and everything holding a child of its token).
+    pub fn cancel(&self) {
+        self.inner.token.cancel();
+    }
+
+    /// Completes when the request is cancelled.
+    pub async fn cancelled(&self) {
+        self.inner.token.cancelled().await;
+    }
+
+    /// A context for a sub-request: the same trace id, the earlier of the two
+    /// deadlines, and a child token (cancelling the child leaves this one alone;
+    /// cancelling this one cancels the child).
+    pub fn child(&self, timeout: Option<Duration>) -> RequestContext {
+        let deadline = timeout
+            .and_then(|t| Instant::now().checked_add(t))
+            .map_or(self.inner.deadline, |d| d.min(self.inner.deadline));
+        RequestContext {
+            inner: Arc::new(Inner {
+                trace_id: self.inner.trace_id,
+                deadline,
+                start: Instant::now(),
+                token: self.inner.token.child_token(),
+                rss_at_start: self.inner.rss_at_start,
+                allocated: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The process's resident set at the start, if it was recorded.
+    pub fn rss_at_start(&self) -> Option<u64> {
+        self.inner.rss_at_start
+    }
+
+    /// Bytes allocated while this context's futures were polled inside
+    /// [`scope`](Self::scope) and its closures ran inside [`wrap`](Self::wrap).
+    /// Always zero without the `alloc-tracking` feature (and its
+    /// `CountingAlloc` installed as the global allocator).
+    pub fn allocated_bytes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The context of the running task (set by [`scope`](Self::scope)) or thread
+    /// (set by [`wrap`](Self::wrap)), if any.
+    pub fn current() -> Option<RequestContext> {
+        CURRENT
+            .try_with(Clone::clone)
+            .ok()
+            .or_else(|| THREAD_CURRENT.with(|c| c.borrow().clone()))
+    }
+
+    /// Runs `fut` with this context as the [`current`](Self::current) one across
+    /// every `.await` (a tokio task-local), counting its allocations with the
+    /// `alloc-tracking` feature.
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
+        let ctx = self.clone();
+        CURRENT.scope(self.clone(), async move {
+            let mut fut = std::pin::pin!(fut);
+            std::future::poll_fn(|cx| ctx.measure(|| fut.as_mut().poll(cx))).await
+        })
+    }
+
+    /// Wraps `f` (for a pool thread) so that it runs with this context as the
+    /// [`current`](Self::current) one, counting its allocations with the
+    /// `alloc-tracking` feature.
+    ///
+    /// ```
+    /// use heijunka::context::RequestContext;
+    ///
+    /// let ctx = RequestContext::new();
+    /// let id = ctx.trace_id();
+    /// let job = ctx.wrap(|| RequestContext::current().map(|c| c.trace_id()));
+    /// let seen = std::thread::spawn(job).join().unwrap();
+    /// assert_eq!(seen, Some(id));
+    /// ```
+    pub fn wrap<F, T>(&self, f: F) -> impl FnOnce() -> T + Send + 'static + use<F, T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let ctx = self.clone();
+        move || {
+            let previous = THREAD_CURRENT.with(|c| c.replace(Some(ctx.clone())));
+            // Restore the thread's previous context even if `f` panics.
+            struct Restore(Option<RequestContext>);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    let previous = self.0.take();
+                    THREAD_CURRENT.with(|c| *c.borrow_mut() = previous);
+                }
+            }
+            let _restore = Restore(previous);
+            ctx.measure(f)
+        }
+    }
+
+    #[cfg(feature = "alloc-tracking")]
+    fn measure<T>(&self, f: impl FnOnce() -> T) -> T {
+        let before = heijunka_memory::AllocStats::current_thread();
+        let out = f();
+        let delta = heijunka_memory::AllocStats::current_thread().since(before);
+        // Relaxed: a statistic.
+        self.inner
+            .allocated
+            .fetch_add(delta.allocated, Ordering::Relaxed);
+        out
+    }
+
+    #[cfg(not(feature = "alloc-tracking"))]
+    #[inline]
+    fn measure<T>(&self, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+
+    /// Logs the request's end as one `tracing` event (`info`, or `warn` for errors
+    /// and time-outs) with the trace id, duration, bytes allocated, the resident
+    /// set at the start and the outcome.
+    pub fn complete(&self, outcome: Outcome) {
+        let duration = self.elapsed();
+        let allocated = self.allocated_bytes();
+        let rss_at_start = self.inner.rss_at_start.unwrap_or(0);
+        match outcome {
+            Outcome::Error | Outcome::TimedOut => tracing::warn!(
+                trace_id = %self.inner.trace_id,
+                ?duration,
+                allocated_bytes = allocated,
+                rss_at_start,
+                outcome = outcome.as_str(),
+                "request complete"
+            ),
+            _ => tracing::info!(
+                trace_id = %self.inner.trace_id,
+                ?duration,
+                allocated_bytes = allocated,
+                rss_at_start,
+                outcome = outcome.as_str(),
+                "request complete"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("trace_id", &self.inner.trace_id)
+            .field("remaining", &self.remaining())
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_round_trip_and_reject_garbage() {
+        let id = TraceId::generate();
+        assert_eq!(TraceId::parse(&id.to_string()).unwrap(), id);
+        assert_ne!(TraceId::generate(), id);
+        for bad in ["", "xyz", "00000000000000000000000000000000", "123"] {
+            let e = TraceId::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("trace_id"), "{e}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_and_child() {
+        let ctx = RequestContext::builder()
+            .timeout(Duration::from_secs(10))
+            .build();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(ctx.remaining(), Duration::from_secs(6));
+        let child = ctx.child(Some(Duration::from_secs(60)));
+        assert_eq!(
+            child.deadline(),
+            ctx.deadline(),
+            "a child never outlives its parent"
+        );
+        let short = ctx.child(Some(Duration::from_secs(1)));
+        assert_eq!(short.remaining(), Duration::from_secs(1));
+        short.cancel();
+        assert!(!ctx.is_cancelled());
+        ctx.cancel();
+        assert!(child.is_cancelled());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(ctx.is_expired());
+    }
+
+    #[tokio::test]
+    async fn current_crosses_awaits_and_spawned_blocking() {
+        let ctx = RequestContext::new();
+        let id = ctx.trace_id();
+        assert!(RequestContext::current().is_none());
+        let inner = ctx
+            .scope(async move {
+                tokio::task::yield_now().await;
+                let here = RequestContext::current().unwrap();
+                tokio::task::spawn_blocking(here.wrap(|| RequestContext::current().unwrap()))
+                    .await
+                    .unwrap()
+            })
+            .await;
+        assert_eq!(inner.trace_id(), id);
+        assert!(RequestContext::current().is_none());
+    }
+}

@@ -1,0 +1,77 @@
+//! tower [`Layer`](::tower::Layer)s for the primitives and the whole [`Policy`](crate::policy::Policy),
+//! so they drop into axum, tonic and hyper services.
+//!
+//! ```
+//! use axum::{Router, error_handling::HandleErrorLayer, routing::get};
+//! use heijunka::backpressure::{ConcurrencyLimit, Gcra};
+//! use heijunka::tower::{ConcurrencyLimitLayer, RateLimitLayer, handle_error};
+//! use tower::ServiceBuilder;
+//!
+//! let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(
+//!     ServiceBuilder::new()
+//!         // Rejections become 503 / 429 responses with `Retry-After`.
+//!         .layer(HandleErrorLayer::new(handle_error))
+//!         .layer(RateLimitLayer::new(Gcra::builder(1000.0).burst(100).build()?))
+//!         .layer(ConcurrencyLimitLayer::new(ConcurrencyLimit::new(64)?)),
+//! );
+//! # Ok::<(), heijunka::core::ConfigError>(())
+//! ```
+//!
+//! # The layers
+//!
+//! | layer | refuses with | stage | holds until |
+//! | --- | --- | --- | --- |
+//! | [`ConcurrencyLimitLayer`] | [`AtCapacity`](crate::core::Rejection::AtCapacity) | [`Stage::Concurrency`] | the response body ends or is dropped |
+//! | [`RateLimitLayer`] | [`RateLimited`](crate::core::Rejection::RateLimited) (with retry-after) | [`Stage::RateLimit`] | nothing held |
+//! | [`LoadShedLayer`] | whatever its [`Signal`](crate::backpressure::Signal) says | [`Stage::LoadShed`] | nothing held |
+//! | [`BreakerLayer`] | [`CircuitOpen`](crate::core::Rejection::CircuitOpen) (with retry-after) | [`Stage::Breaker`] | the response headers (outcome by status) |
+//! | [`PolicyLayer`] | any of the above, or [`TimedOut`](crate::core::Rejection::TimedOut) | the stage that refused | the response body ends or is dropped |
+//!
+//! Every layer decides at once: a refused request is answered with an error at
+//! `call`, it never waits in `poll_ready` as tower's own `ConcurrencyLimit` does, so
+//! a full server sheds load in microseconds instead of queueing it.
+//!
+//! # One limit per layer, not per connection
+//!
+//! A layer holds its limit in an `Arc`; every service it makes (hyper and axum make
+//! one per connection) shares that one limit. Cloning a layer also shares it.
+//!
+//! # Permits held until the body has streamed
+//!
+//! tower's `ConcurrencyLimit` releases its permit when the response *headers* are
+//! ready, so a handler streaming a large body no longer counts against the limit
+//! (the gap raised in tower-http pull request 447). [`ConcurrencyLimitLayer`] and
+//! [`PolicyLayer`] wrap the response body in a [`ResponseBody`] that holds the
+//! permit (and the policy's admission) until the body reports its end, fails, or
+//! is dropped.
+//!
+//! # Errors and axum
+//!
+//! Following tower's convention, the services' error is [`BoxError`]: a refusal is
+//! a boxed [`Rejected`] (the [`Stage`] and the [`Rejection`](crate::core::Rejection)),
+//! the inner service's own errors pass through boxed. axum wants infallible
+//! services, so put axum's `HandleErrorLayer` outermost with [`handle_error`]: it
+//! turns a [`Rejected`] into the response [`rejection_response`] builds (503, 429
+//! or 504, with `Retry-After` where the reason knows one) and any other error into
+//! a 500. hyper and tonic users can call [`rejection_response`] themselves.
+
+mod body;
+mod breaker;
+mod error;
+mod limit;
+mod policy;
+mod shed;
+
+pub use crate::policy::Stage;
+pub use crate::tower::{
+    body::ResponseBody,
+    breaker::{Breaker, BreakerFuture, BreakerLayer},
+    error::{Rejected, handle_error, rejection_response},
+    limit::{ConcurrencyLimitLayer, ConcurrencyLimited, GuardedFuture},
+    policy::{PolicyFuture, PolicyLayer, PolicyService},
+    shed::{LoadShed, LoadShedLayer, RateLimit, RateLimitLayer, ResponseFuture},
+};
+
+/// The error type of the services here: any error, boxed, as tower's own
+/// middleware uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

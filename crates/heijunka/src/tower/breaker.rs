@@ -1,0 +1,198 @@
+//! The circuit breaker layer.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use heijunka_breaker::{CircuitBreaker, OwnedPermit};
+use http::Response;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::tower::{BoxError, Rejected, Stage};
+
+/// Guards a service with a [`CircuitBreaker`]: each request takes a breaker permit
+/// (refused with [`CircuitOpen`](heijunka_core::Rejection::CircuitOpen) and the
+/// time to the next probe while the breaker is open), and its outcome is recorded
+/// when the response headers arrive: a `5xx` status or an error from the inner
+/// service is a failure, anything else a success. A call cancelled before it
+/// answers (the request future dropped) records per the breaker's
+/// [`PermitDrop`](heijunka_breaker::PermitDrop) rule.
+///
+/// Put it around the client of one dependency (or around a route that needs only
+/// that dependency); the layer shares its breaker with every service it makes.
+///
+/// ```
+/// use heijunka::breaker::{CircuitBreaker, SlidingWindowType, State};
+/// use heijunka::core::Rejection;
+/// use heijunka::tower::{BreakerLayer, Rejected};
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let breaker = CircuitBreaker::builder()
+///     .sliding_window(SlidingWindowType::CountBased, 4)
+///     .minimum_number_of_calls(4)
+///     .build()?;
+/// let mut svc = BreakerLayer::new(breaker.clone()).layer(service_fn(|_: ()| async {
+///     let mut failing = http::Response::new(String::new());
+///     *failing.status_mut() = http::StatusCode::BAD_GATEWAY;
+///     Ok::<_, std::convert::Infallible>(failing)
+/// }));
+/// for _ in 0..4 {
+///     assert_eq!(svc.ready().await?.call(()).await?.status(), 502);
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// let err = svc.ready().await?.call(()).await.unwrap_err();
+/// let rejected = err.downcast_ref::<Rejected>().unwrap();
+/// assert!(matches!(rejected.reason(), Rejection::CircuitOpen { .. }));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct BreakerLayer {
+    breaker: CircuitBreaker,
+}
+
+impl BreakerLayer {
+    /// A layer guarding services with `breaker`.
+    pub fn new(breaker: CircuitBreaker) -> Self {
+        Self { breaker }
+    }
+
+    /// The shared breaker, for its state and stats.
+    ///
+    /// ```
+    /// use heijunka::breaker::{CircuitBreaker, State};
+    /// use heijunka::tower::BreakerLayer;
+    ///
+    /// let layer = BreakerLayer::new(CircuitBreaker::builder().name("db").build()?);
+    /// assert_eq!(layer.breaker().state(), State::Closed);
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker {
+            inner,
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+/// The service [`BreakerLayer`] makes.
+///
+/// ```
+/// use heijunka::breaker::CircuitBreaker;
+/// use heijunka::tower::{Breaker, BreakerLayer};
+/// use tower::{Layer, service_fn};
+///
+/// let svc: Breaker<_> = BreakerLayer::new(CircuitBreaker::builder().build()?)
+///     .layer(service_fn(|_: ()| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     }));
+/// # Ok::<(), heijunka::core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Breaker<S> {
+    inner: S,
+    breaker: CircuitBreaker,
+}
+
+impl<S, Req, B> Service<Req> for Breaker<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = BreakerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.breaker.try_acquire_owned() {
+            Ok(permit) => BreakerFuture {
+                future: Some(self.inner.call(req)),
+                permit: Some(permit),
+                rejected: None,
+            },
+            Err(e) => BreakerFuture {
+                future: None,
+                permit: None,
+                rejected: Some(Rejected::new(Stage::Breaker, e.reason())),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Breaker`]: the refusal, or the inner call whose outcome it
+    /// records when it answers.
+    ///
+    /// ```
+    /// use heijunka::breaker::CircuitBreaker;
+    /// use heijunka::tower::{BreakerFuture, BreakerLayer};
+    /// use tower::{Layer, Service, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let mut svc = BreakerLayer::new(CircuitBreaker::builder().build()?)
+    ///     .layer(service_fn(|_: ()| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    ///     }));
+    /// let future: BreakerFuture<_> = svc.call(());
+    /// assert_eq!(future.await?.status(), 200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub struct BreakerFuture<F> {
+        #[pin]
+        future: Option<F>,
+        permit: Option<OwnedPermit>,
+        rejected: Option<Rejected>,
+    }
+}
+
+impl<F, B, E> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(future) = this.future.as_pin_mut() else {
+            return Poll::Ready(Err(this
+                .rejected
+                .take()
+                .map_or_else(|| "polled after completion".into(), Into::into)));
+        };
+        let result = std::task::ready!(future.poll(cx));
+        if let Some(permit) = this.permit.take() {
+            match &result {
+                Ok(response) if !response.status().is_server_error() => permit.success(),
+                _ => permit.failure(),
+            }
+        }
+        Poll::Ready(result.map_err(Into::into))
+    }
+}
+
+impl<F> fmt::Debug for BreakerFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerFuture")
+            .field("rejected", &self.rejected)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,127 @@
+//! [`DispatcherBuilder`]: validates a dispatcher's configuration and starts its
+//! workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use crossbeam::utils::CachePadded;
+use heijunka_core::sync::atomic::{AtomicBool, AtomicU64};
+use heijunka_core::{ConfigError, validate};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::load::Loads;
+use super::{Dispatcher, Inner, Shared, worker};
+
+/// Builds a [`Dispatcher`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build()`"]
+pub struct DispatcherBuilder {
+    workers: usize,
+    queue_capacity: usize,
+    global_bound: Option<usize>,
+}
+
+impl DispatcherBuilder {
+    /// Worker tasks, each running one message at a time. Default 4.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Each worker's queue capacity. Default 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// The most messages accepted and unfinished (queued or running) across all
+    /// workers. Default `workers * (queue_capacity + 1)`: every queue full and
+    /// every worker busy, so only the per-worker queues bound.
+    pub fn global_bound(mut self, n: usize) -> Self {
+        self.global_bound = Some(n);
+        self
+    }
+
+    /// Validates, builds and starts the workers on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for zero `workers`, `queue_capacity` or `global_bound`, a
+    /// `global_bound` above `u32::MAX`, or when called outside a tokio runtime.
+    pub fn build<Req, Resp, Err>(self) -> Result<Dispatcher<Req, Resp, Err>, ConfigError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        Err: Send + 'static,
+    {
+        validate::at_least("workers", self.workers, 1)?;
+        validate::at_least("queue_capacity", self.queue_capacity, 1)?;
+        validate::at_most(
+            "queue_capacity",
+            self.queue_capacity,
+            Semaphore::MAX_PERMITS,
+        )?;
+        let global_bound = match self.global_bound {
+            Some(n) => n,
+            None => self
+                .workers
+                .saturating_mul(self.queue_capacity.saturating_add(1)),
+        };
+        validate::at_least("global_bound", global_bound, 1)?;
+        validate::at_most("global_bound", global_bound, u32::MAX as usize)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::new(
+                "runtime",
+                "none",
+                "must be a tokio runtime: build the dispatcher within one",
+            )
+        })?;
+        let shared = Arc::new(Shared {
+            loads: Loads::new(self.workers),
+            processed: (0..self.workers)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            global: Semaphore::new(global_bound),
+            stop: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            abandoned: AtomicU64::new(0),
+        });
+        let mut senders = Vec::with_capacity(self.workers);
+        let mut joins = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            let (tx, rx) = mpsc::channel(self.queue_capacity);
+            senders.push(tx);
+            joins.push(runtime.spawn(worker::run(index, Arc::clone(&shared), rx)));
+        }
+        Ok(Dispatcher {
+            inner: Arc::new(Inner {
+                shared,
+                senders: senders.into_boxed_slice(),
+                handlers: ArcSwap::from_pointee(HashMap::new()),
+                writer: Mutex::new(()),
+                closed: AtomicBool::new(false),
+                rejected: AtomicU64::new(0),
+                unknown: AtomicU64::new(0),
+                queue_capacity: self.queue_capacity,
+                global_bound,
+                workers: Mutex::new(joins),
+                report: OnceCell::new(),
+                token: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+impl Dispatcher<(), (), ()> {
+    /// A builder (defaults: 4 workers, queues of 1024, no global bound beyond
+    /// the queues). Request, reply and error types are inferred from use.
+    pub fn builder() -> DispatcherBuilder {
+        DispatcherBuilder {
+            workers: 4,
+            queue_capacity: 1024,
+            global_bound: None,
+        }
+    }
+}
