@@ -36,9 +36,13 @@
 //!   queues and the load shedder.
 //! - [`ShardedCounter`]: a statistics counter that many threads bump without sharing
 //!   a cache line, summed on read.
+//! - [`InlineOnce`]: a type-erased `FnOnce(&C)` that stores closures up to
+//!   [`INLINE_BYTES`] without a heap allocation (the worker pool's task slot).
 //!
 //! [`loom`]: https://docs.rs/loom
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but `once.rs` (inline closure storage, run under
+// miri by `cargo xtask miri`).
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
     no_crate_inject,
@@ -50,6 +54,7 @@ pub mod sync;
 mod clock;
 mod config;
 mod counter;
+mod once;
 mod pressure;
 mod rejection;
 pub mod validate;
@@ -58,6 +63,7 @@ pub use crate::{
     clock::{Clock, Instant, ManualClock},
     config::ConfigError,
     counter::ShardedCounter,
+    once::{INLINE_BYTES, InlineOnce},
     pressure::PressureLevel,
     rejection::Rejection,
 };

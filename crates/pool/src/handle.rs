@@ -62,7 +62,7 @@ impl<T> fmt::Debug for TaskHandle<T> {
 /// It counts its own outcome before publishing its result, so a caller that joined
 /// the task sees it in the pool's stats.
 pub(crate) trait Job: Send {
-    fn run(self: Box<Self>, counters: &Counters);
+    fn run(self, counters: &Counters);
 }
 
 pub(crate) struct TaskJob<F, T> {
@@ -82,7 +82,7 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    fn run(mut self: Box<Self>, counters: &Counters) {
+    fn run(mut self, counters: &Counters) {
         let f = self.f.take().expect("a job runs once");
         let result = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => {
@@ -117,7 +117,7 @@ impl<F> Job for DetachedJob<F>
 where
     F: FnOnce() + Send,
 {
-    fn run(self: Box<Self>, counters: &Counters) {
+    fn run(self, counters: &Counters) {
         match catch_unwind(AssertUnwindSafe(self.0)) {
             Ok(()) => Counters::bump(&counters.completed),
             Err(payload) => {

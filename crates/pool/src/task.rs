@@ -10,10 +10,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use heijunka_backpressure::{Reserve, Side, SlotState};
-use heijunka_core::sync::atomic::{AtomicUsize, Ordering};
+use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,16 @@ pub struct TaskPool {
     inner: Arc<Inner>,
 }
 
+/// A running slot taken from the semaphore and forgotten: given back on drop,
+/// when the task ends (or is dropped unfinished).
+struct RunningSlot<'a>(&'a Inner);
+
+impl Drop for RunningSlot<'_> {
+    fn drop(&mut self) {
+        self.0.running.add_permits(1);
+    }
+}
+
 struct Inner {
     running: Arc<Semaphore>,
     max_running: usize,
@@ -61,6 +71,9 @@ struct Inner {
     /// slot: shutdown waits for that before it takes every slot itself.
     waiting_drained: Notify,
     cancel: CancellationToken,
+    /// Set just before `cancel` fires: a plain load for the start-of-task check
+    /// (the token's own check takes a lock).
+    cancelled: AtomicBool,
     active: AtomicUsize,
     counters: Counters,
     /// Sharded by thread, so completing tasks do not contend on one lock.
@@ -113,6 +126,7 @@ impl TaskPoolBuilder {
                 room: Notify::new(),
                 waiting_drained: Notify::new(),
                 cancel: CancellationToken::new(),
+                cancelled: AtomicBool::new(false),
                 active: AtomicUsize::new(0),
                 counters: Counters::default(),
                 timings: (0..TIMING_SHARDS).map(|_| Timings::new()).collect(),
@@ -193,11 +207,14 @@ impl TaskPool {
                 reason: Rejection::ShuttingDown,
             });
         }
-        if let Ok(permit) = Arc::clone(&inner.running).try_acquire_owned() {
-            return Ok(self.launch(future, Some(permit)));
+        if let Ok(permit) = inner.running.try_acquire() {
+            // The task gives the slot back itself (`RunningSlot`): no `Arc` of the
+            // semaphore travels with it.
+            permit.forget();
+            return Ok(self.launch(future, true));
         }
         match inner.waiting.reserve(inner.max_waiting) {
-            Reserve::Reserved { .. } => Ok(self.launch(future, None)),
+            Reserve::Reserved { .. } => Ok(self.launch(future, false)),
             Reserve::Full => Err(Rejected {
                 task: future,
                 reason: Rejection::QueueFull {
@@ -246,38 +263,36 @@ impl TaskPool {
         }
     }
 
-    fn launch<F>(
-        &self,
-        future: F,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> TaskPoolHandle<F::Output>
+    fn launch<F>(&self, future: F, has_slot: bool) -> TaskPoolHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         let join = tokio::spawn(async move {
-            let _permit = match permit {
-                Some(p) => p,
-                None => {
-                    let p = Arc::clone(&inner.running).acquire_owned().await;
-                    let (before, wake) = inner.waiting.release();
-                    if wake {
-                        inner.room.notify_one();
+            let _slot = if has_slot {
+                RunningSlot(&inner)
+            } else {
+                let p = inner.running.acquire().await;
+                let (before, wake) = inner.waiting.release();
+                if wake {
+                    inner.room.notify_one();
+                }
+                if before == 1 && inner.waiting.is_closed() {
+                    inner.waiting_drained.notify_waiters();
+                }
+                match p {
+                    Ok(p) => {
+                        p.forget();
+                        RunningSlot(&inner)
                     }
-                    if before == 1 && inner.waiting.is_closed() {
-                        inner.waiting_drained.notify_waiters();
-                    }
-                    match p {
-                        Ok(p) => p,
-                        Err(_) => {
-                            Counters::bump(&inner.counters.cancelled);
-                            return Err(TaskError::Cancelled);
-                        }
+                    Err(_) => {
+                        Counters::bump(&inner.counters.cancelled);
+                        return Err(TaskError::Cancelled);
                     }
                 }
             };
-            if inner.cancel.is_cancelled() {
+            if inner.cancelled.load(Ordering::Acquire) {
                 Counters::bump(&inner.counters.cancelled);
                 return Err(TaskError::Cancelled);
             }
@@ -351,6 +366,7 @@ impl TaskPool {
             .map(|permits| permits.map(|p| p.forget()).is_ok())
             .unwrap_or(false);
         if !drained {
+            inner.cancelled.store(true, Ordering::Release);
             inner.cancel.cancel();
             // Cancelled tasks end at their next poll; give them that poll.
             tokio::task::yield_now().await;

@@ -11,7 +11,7 @@ use crossbeam::utils::Backoff;
 use heijunka_backpressure::{Reserve, Side, SlotState};
 use heijunka_core::sync::CachePadded;
 use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use heijunka_core::{ConfigError, Rejection, validate};
+use heijunka_core::{ConfigError, InlineOnce, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
 
@@ -20,7 +20,9 @@ use crate::park::Parker;
 use crate::stats::{Counters, Timings};
 use crate::{PoolStats, Rejected, TaskHandle};
 
-type BoxedJob = Box<dyn Job>;
+/// A queued job: small closures are stored inline (no allocation per task; see
+/// `heijunka_core::InlineOnce`), larger ones boxed.
+type BoxedJob = InlineOnce<Counters>;
 
 /// One worker's numbers.
 struct WorkerCell {
@@ -115,14 +117,15 @@ where
     T: Send + 'static,
 {
     let (job, handle) = TaskJob::new(f);
-    (Box::new(job), handle)
+    (InlineOnce::new(move |c: &Counters| job.run(c)), handle)
 }
 
 fn detached<F>(f: F) -> (BoxedJob, ())
 where
     F: FnOnce() + Send + 'static,
 {
-    (Box::new(DetachedJob(f)), ())
+    let job = DetachedJob(f);
+    (InlineOnce::new(move |c: &Counters| job.run(c)), ())
 }
 
 /// Snoozes with `backoff` until `ready()` or the backoff says to block; `true` if
@@ -672,7 +675,7 @@ impl Shared {
                 // Relaxed: statistics; only this worker writes its cell.
                 cell.active.store(1, Ordering::Relaxed);
                 let start = self.clock.now();
-                job.run(&cell.counters);
+                job.call(&cell.counters);
                 cell.timings.record(self.clock.elapsed(start));
                 cell.active.store(0, Ordering::Relaxed);
                 continue;
