@@ -51,8 +51,9 @@ struct Job<I, O> {
 /// become one load.
 ///
 /// One tokio task per batcher collects calls from a bounded channel
-/// ([`capacity`](BatcherBuilder::capacity)) and runs batches one after another
-/// (the next batch collects while one runs). The wait is measured on tokio's timer,
+/// ([`capacity`](BatcherBuilder::capacity)) and runs batches one after another:
+/// calls arriving while a batch runs wait in the channel, and the next batch's
+/// `max_wait` starts when its first call is taken. The wait is measured on tokio's timer,
 /// so tests run it with paused time. The task ends when every handle is dropped.
 ///
 /// If the batch function returns the wrong number of results, or panics, every
@@ -162,7 +163,11 @@ async fn run<I, O, F, Fut>(
     Fut: Future<Output = Vec<O>> + Send + 'static,
 {
     while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let now = tokio::time::Instant::now();
+        // A wait too long to represent: about 30 years, as tokio's own far future.
+        let deadline = now
+            .checked_add(max_wait)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
         let mut jobs = Vec::with_capacity(max_size.min(64));
         jobs.push(first);
         while jobs.len() < max_size {

@@ -317,8 +317,9 @@ impl<T> BoundedQueue<T> {
     ///
     /// [`Rejection::TimedOut`] or [`Rejection::ShuttingDown`], with the item.
     pub async fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), PushError<T>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.push_until(item, Some((deadline, timeout))).await
+        // A timeout too long to represent waits without one.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        self.push_until(item, deadline.map(|d| (d, timeout))).await
     }
 
     async fn push_until(

@@ -133,14 +133,35 @@ impl EventBus {
     /// Closes every topic, then gives the topics' handler runtimes up to `grace`
     /// in all to handle what is buffered; what is left is cancelled and its
     /// events go back. Returns whether every handler finished in time.
+    ///
+    /// Topics that are a handler's dead-letter topic close last, after the other
+    /// handlers have drained, so failures during the drain are still dead-lettered.
+    /// Other topics a handler publishes to close in the first phase: close those
+    /// yourself afterwards (or publish with a policy that tolerates `Closed`).
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.close();
-        let deadline = Instant::now() + grace;
+        let entries = self.entries();
+        // Dead-letter topics close last: failures while the other handlers drain
+        // must still reach them.
+        let targets: std::collections::HashSet<String> = entries
+            .iter()
+            .flat_map(|(_, ops)| ops.handlers())
+            .filter_map(|h| h.dead_letter_topic().map(str::to_owned))
+            .collect();
+        let deadline = Instant::now().checked_add(grace);
+        let left = || deadline.map_or(grace, |d| d.saturating_duration_since(Instant::now()));
         let mut clean = true;
-        for (_, ops) in self.entries() {
-            for h in ops.handlers() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                clean &= h.stop(left).await;
+        for last in [false, true] {
+            let phase: Vec<_> = entries
+                .iter()
+                .filter(|(name, _)| targets.contains(name) == last)
+                .collect();
+            for (_, ops) in &phase {
+                ops.close();
+            }
+            for (_, ops) in &phase {
+                for h in ops.handlers() {
+                    clean &= h.stop(left()).await;
+                }
             }
         }
         clean

@@ -143,6 +143,7 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
         let (done, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             topic: topic.name().to_owned(),
+            dead_letter_topic: self.dead_letter.as_ref().map(|t| t.name().to_owned()),
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             pool,
@@ -273,8 +274,18 @@ pub struct Handler {
     shared: Arc<Shared>,
 }
 
+impl Handler {
+    /// The name of the topic this handler's failures go to, if any.
+    pub(crate) fn dead_letter_topic(&self) -> Option<&str> {
+        self.shared.dead_letter_topic.as_deref()
+    }
+}
+
 struct Shared {
     topic: String,
+    /// The dead-letter topic's name: the bus closes it only after this handler
+    /// has drained, so failures during the drain still reach it.
+    dead_letter_topic: Option<String>,
     concurrency: usize,
     max_attempts: u32,
     pool: TaskPool,

@@ -149,8 +149,12 @@ impl<E: Send + Sync + 'static> Topic<E> {
         event: impl Into<Event<E>>,
         timeout: Duration,
     ) -> Result<PublishReport, PublishError<E>> {
-        let deadline = Instant::now() + timeout;
-        self.publish_until(event.into(), Some(deadline)).await
+        // A timeout too long to represent waits without one.
+        let deadline = Instant::now().checked_add(timeout);
+        match deadline {
+            Some(d) => self.publish_until(event.into(), Some(d)).await,
+            None => self.publish(event).await,
+        }
     }
 
     async fn publish_until(
@@ -290,11 +294,16 @@ impl<E: Send + Sync + 'static> Topic<E> {
     ) -> Result<R, RequestError<E>> {
         let (tx, rx) = oneshot::channel::<R>();
         let event = event.into().with_reply_to(tx);
-        let deadline = Instant::now() + timeout;
-        if let Err(e) = self.publish_until(event, Some(deadline)).await {
+        // A timeout too long to represent waits without one.
+        let deadline = Instant::now().checked_add(timeout);
+        if let Err(e) = self.publish_until(event, deadline).await {
             return Err(RequestError::NotDelivered(e));
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        let reply = match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx).await,
+            None => Ok(rx.await),
+        };
+        match reply {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(RequestError::NoReply),
             Err(_) => Err(RequestError::TimedOut { after: timeout }),

@@ -260,3 +260,52 @@ fn a_handler_needs_a_runtime() {
     let err = topic.handle(1, |_e| async {}).unwrap_err();
     assert_eq!(err, SubscribeError::NoRuntime);
 }
+
+/// `EventBus::shutdown` closes a dead-letter topic only after the handlers that
+/// feed it have drained: failures during the drain are still dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_the_dead_letter_topic_open_while_handlers_drain() {
+    let bus = EventBus::new();
+    let jobs = bus.topic::<u32>("jobs").unwrap();
+    let dead = bus.topic::<DeadLetter<u32>>("jobs.dead").unwrap();
+    let mut dead_sub = dead.subscriber().buffer(100).subscribe().unwrap();
+    let handler = jobs
+        .handler(1)
+        .max_attempts(1)
+        .dead_letter(dead.clone())
+        .spawn(|n: Event<u32>| async move { Err::<(), _>(format!("refused {}", *n)) })
+        .unwrap();
+    for i in 0..5 {
+        jobs.publish(i).await.unwrap();
+    }
+    assert!(bus.shutdown(Duration::from_secs(5)).await);
+    let stats = handler.stats();
+    assert_eq!((stats.dead_lettered, stats.abandoned), (5, 0), "{stats:?}");
+    let mut letters = 0;
+    while dead_sub.recv().await.is_some() {
+        letters += 1;
+    }
+    assert_eq!(letters, 5);
+}
+
+/// Time-outs too long to represent wait without a deadline instead of panicking.
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_do_not_panic() {
+    let bus = EventBus::new();
+    let topic = bus.topic::<u32>("t").unwrap();
+    let mut sub = topic
+        .subscriber()
+        .buffer(1)
+        .policy(Policy::Timeout(Duration::MAX))
+        .subscribe()
+        .unwrap();
+    topic.publish_timeout(1, Duration::MAX).await.unwrap();
+    // The buffer is full: this one waits (without a deadline) until it is read.
+    let (second, first) = tokio::join!(topic.publish_timeout(2, Duration::MAX), async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        sub.recv().await
+    });
+    assert_eq!(second.unwrap().delivered, 1);
+    assert_eq!(*first.unwrap(), 1);
+    assert!(bus.shutdown(Duration::MAX).await);
+}

@@ -507,3 +507,90 @@ async fn policy_time_out_and_5xx_bodies_are_breaker_failures() {
     drop(response);
     assert_eq!(breaker.state(), State::Open);
 }
+
+/// Outcomes of the policy layer: a body streamed to its end is a success, a body
+/// dropped mid-stream (the client went away) records nothing, and a time-out is a
+/// failure in the breaker and a drop for an adaptive limit.
+#[tokio::test(start_paused = true)]
+async fn policy_layer_outcomes_follow_the_body() {
+    use heijunka::backpressure::{AdaptiveLimit, Aimd};
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindowType::CountBased, 10)
+        .minimum_number_of_calls(10)
+        .build()
+        .unwrap();
+    let aimd = Aimd::builder()
+        .initial_limit(10)
+        .min_limit(1)
+        .max_limit(10)
+        .build()
+        .unwrap();
+    let limit = AdaptiveLimit::builder(aimd).build().unwrap();
+    let policy = Policy::builder()
+        .timeout(Duration::from_millis(50))
+        .adaptive_limit(limit.clone())
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = senders.clone();
+    let mut svc = PolicyLayer::new(policy).layer(service_fn(move |req: http::Request<()>| {
+        let keep = keep.clone();
+        async move {
+            if req.uri().path() == "/hang" {
+                std::future::pending::<()>().await;
+            }
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(Bytes::from_static(b"chunk")).await.unwrap();
+            if req.uri().path() == "/whole" {
+                drop(tx); // the body ends after one chunk
+            } else {
+                keep.lock().unwrap().push(tx); // the body stays open
+            }
+            Ok::<_, Infallible>(Response::new(ChannelBody(rx)))
+        }
+    }));
+
+    // Streamed to its end: a success.
+    let whole = http::Request::get("/whole").body(()).unwrap();
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(whole)
+        .await
+        .unwrap()
+        .into_body();
+    while body.frame().await.is_some() {}
+    drop(body);
+    assert_eq!(breaker.stats().successful_calls, 1);
+    assert_eq!(limit.stats().successes, 1);
+
+    // Dropped after one chunk of an open body: nothing recorded.
+    let cut = http::Request::get("/cut").body(()).unwrap();
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(cut)
+        .await
+        .unwrap()
+        .into_body();
+    assert!(body.frame().await.is_some());
+    drop(body);
+    let stats = breaker.stats();
+    assert_eq!((stats.successful_calls, stats.failed_calls), (1, 0));
+    assert_eq!(limit.stats().ignored, 1);
+    assert_eq!(limit.in_flight(), 0);
+
+    // A time-out: a breaker failure and an adaptive drop.
+    let hang = http::Request::get("/hang").body(()).unwrap();
+    let err = svc.ready().await.unwrap().call(hang).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Rejected>().unwrap().stage(),
+        Stage::Deadline
+    );
+    assert_eq!(breaker.stats().failed_calls, 1);
+    assert_eq!(limit.stats().drops, 1);
+    assert_eq!(limit.in_flight(), 0);
+}

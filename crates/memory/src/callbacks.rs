@@ -143,7 +143,11 @@ impl Callbacks {
 
     /// Waits until every queued change has run its callbacks, up to `timeout`.
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+        let now = std::time::Instant::now();
+        // A timeout too long to represent: about 30 years.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
         let mut state = lock(&self.shared.state);
         while !state.queue.is_empty() || state.busy {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

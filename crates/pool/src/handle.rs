@@ -96,8 +96,11 @@ where
                 Err(TaskError::Panicked(msg))
             }
         };
-        // The handle may have been dropped (detached): then the value is dropped.
-        let _ = self.tx.send(result);
+        // The handle may have been dropped (detached): then the value is dropped
+        // here, and a panic in its `Drop` must not take the worker thread down.
+        if let Err(unsent) = self.tx.send(result) {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(unsent)));
+        }
     }
 }
 

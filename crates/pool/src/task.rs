@@ -49,6 +49,21 @@ pub struct TaskPool {
     inner: Arc<Inner>,
 }
 
+/// A registered waiter for room (the `Push` side), removed on drop: a `spawn`
+/// cancelled while it waits must not leave its count behind.
+struct PushWaiter<'a> {
+    state: &'a SlotState,
+    counted: bool,
+}
+
+impl Drop for PushWaiter<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.state.unregister(Side::Push);
+        }
+    }
+}
+
 /// A running slot taken from the semaphore and forgotten: given back on drop,
 /// when the task ends (or is dropped unfinished).
 struct RunningSlot<'a>(&'a Inner);
@@ -250,15 +265,35 @@ impl TaskPool {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let seen = inner.waiting.register(Side::Push);
+            // Unregisters even if this future is dropped while it waits.
+            let _registered = PushWaiter {
+                state: &inner.waiting,
+                counted: seen.counted,
+            };
             if seen.len >= inner.max_waiting && !seen.closed {
                 if seen.counted {
-                    notified.await;
+                    // Room in the waiting queue, or a running slot freed directly
+                    // (with no waiting queue, `max_waiting(0)`, only the latter
+                    // ever comes).
+                    tokio::select! {
+                        () = &mut notified => {}
+                        slot = inner.running.acquire() => match slot {
+                            Ok(slot) => {
+                                slot.forget();
+                                return Ok(self.launch(future, true));
+                            }
+                            Err(_) => {
+                                Counters::bump(&inner.counters.rejected);
+                                return Err(Rejected {
+                                    task: future,
+                                    reason: Rejection::ShuttingDown,
+                                });
+                            }
+                        },
+                    }
                 } else {
                     tokio::task::yield_now().await;
                 }
-            }
-            if seen.counted {
-                inner.waiting.unregister(Side::Push);
             }
         }
     }

@@ -24,6 +24,14 @@ use crate::{PoolStats, Rejected, TaskHandle};
 /// `heijunka_core::InlineOnce`), larger ones boxed.
 type BoxedJob = InlineOnce<Counters>;
 
+/// How many taken jobs a worker gives back to the queue's count at once.
+const RELEASE_BATCH: usize = 16;
+
+/// Idle rounds that see work counted but find none before a worker naps.
+const STALE_ROUNDS: u32 = 8;
+/// How long such a nap lasts at most (a new task ends it at once).
+const STALE_NAP: Duration = Duration::from_millis(1);
+
 /// One worker's numbers.
 struct WorkerCell {
     counters: Counters,
@@ -31,9 +39,6 @@ struct WorkerCell {
     active: AtomicUsize,
     timings: Timings,
 }
-
-/// How many taken jobs a worker gives back to the queue's count at once.
-const RELEASE_BATCH: usize = 16;
 
 /// Builds a [`WorkerPool`]; see [`WorkerPool::builder`].
 #[derive(Clone, Debug)]
@@ -339,7 +344,8 @@ impl WorkerPool {
     {
         self.submit_until(
             f,
-            Some(Some((Instant::now() + timeout, timeout))),
+            // A timeout too long to represent waits without one.
+            Some(Instant::now().checked_add(timeout).map(|at| (at, timeout))),
             with_handle,
         )
     }
@@ -412,7 +418,10 @@ impl WorkerPool {
         let s = &*self.shared;
         let start = Instant::now();
         s.close();
-        let deadline = start + grace;
+        // A grace period too long to represent: about 30 years.
+        let deadline = start
+            .checked_add(grace)
+            .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365 * 30));
         let mut alive = lock(&s.alive);
         while *alive > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -656,13 +665,18 @@ impl Shared {
         // task. The bound stays conservative: the queue looks at most this many
         // fuller than it is, never emptier.
         let mut taken = 0_usize;
+        // Sleeps that ended with work counted but none found: work in transit, or
+        // slots a busy peer holds for jobs it has already taken.
+        let mut stale = 0_u32;
         loop {
             if let Some(job) = self.find_job(me, &local) {
                 backoff.reset();
+                stale = 0;
                 taken += 1;
                 // Give back at the batch size, or when no more taken work waits in
                 // this worker's deque: a running task never holds a queue slot
-                // while nothing else is queued behind it.
+                // while nothing else is queued behind it (unless a peer steals
+                // that work meanwhile; idle peers then sleep in short naps, below).
                 if taken == RELEASE_BATCH || local.is_empty() {
                     self.dequeued_many(std::mem::take(&mut taken));
                 }
@@ -684,17 +698,30 @@ impl Shared {
             // faster than a sleep and wake-up take), then exit if closed and
             // drained, else sleep.
             self.dequeued_many(std::mem::take(&mut taken));
-            if backoff_until(&backoff, || !self.state.is_empty()) {
+            if !backoff.is_completed() {
+                backoff.snooze();
                 continue;
             }
+            backoff.reset();
             // Sleep unless tasks are queued (perhaps in transit: being pushed, or
-            // in a peer's deque mid-steal), then look again.
-            let seen = self
-                .work
-                .park(&self.state, Side::Pop, |seen| seen.len == 0, None);
+            // in a peer's deque mid-steal), then look again. Work that stays
+            // counted but unfound is slots a busy peer holds: nap (a new task
+            // still wakes us) instead of spinning until its job ends.
+            let nap = stale >= STALE_ROUNDS;
+            let seen = self.work.park(
+                &self.state,
+                Side::Pop,
+                |seen| seen.len == 0 || nap,
+                nap.then(|| Instant::now() + STALE_NAP),
+            );
             if seen.len == 0 && seen.closed {
                 break;
             }
+            stale = if seen.len > 0 {
+                stale.saturating_add(1)
+            } else {
+                0
+            };
         }
         let mut alive = lock(&self.alive);
         *alive -= 1;

@@ -516,3 +516,32 @@ async fn dropping_the_dispatcher_still_runs_what_was_accepted() {
         assert_eq!(r.await, Ok(x as u64 + 1));
     }
 }
+
+/// A `dispatch` given up while it waits for room (a caller's time-out) gives back
+/// its place in the global bound and its worker's load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_dispatch_leaves_nothing_counted() {
+    let d: D = Dispatcher::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .global_bound(10)
+        .build()
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    gated(&d, "g", &gate);
+    let first = d.try_dispatch("g", 1).unwrap();
+    while d.stats().workers[0].queued > 0 {
+        tokio::task::yield_now().await; // the worker takes it and blocks
+    }
+    let second = d.try_dispatch("g", 2).unwrap(); // fills the queue
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), d.dispatch("g", 3)).await;
+        assert!(gave_up.is_err(), "no room: the dispatch waits");
+    }
+    gate.add_permits(2);
+    assert_eq!(first.await, Ok(1));
+    assert_eq!(second.await, Ok(2));
+    assert_eq!(d.stats().in_flight, 0, "{:?}", d.stats());
+    let report = d.shutdown(Duration::from_secs(1)).await;
+    assert!(report.clean, "{report:?}");
+}

@@ -434,3 +434,26 @@ fn tasks_cancelled_by_their_runtime_are_reported_by_index() {
         ]
     );
 }
+
+/// A `spawn` given up while it waits for a slot (a caller's time-out) leaves
+/// nothing behind: the ordered results are those of the tasks that were spawned.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_spawn_leaves_no_task_behind() {
+    let mut group = Group::builder().max_concurrency(1).build().unwrap();
+    let first = group
+        .spawn(|_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, ()>(1)
+        })
+        .await;
+    assert_eq!(first, 0);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        group.spawn(|_| async { Ok::<_, ()>(2) }),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the only slot is busy");
+    let third = group.spawn(|_| async { Ok::<_, ()>(3) }).await;
+    assert_eq!(third, 1, "the given-up spawn took no index");
+    assert_eq!(group.wait_ordered().await.unwrap(), vec![1, 3]);
+}

@@ -166,3 +166,36 @@ async fn shutdown_right_after_queueing_still_runs_the_queue() {
         h.join().await.unwrap();
     }
 }
+
+/// With no waiting queue, `spawn` waits for a running slot itself.
+#[tokio::test(start_paused = true)]
+async fn spawn_without_a_waiting_queue_waits_for_a_running_slot() {
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(0)
+        .build()
+        .unwrap();
+    let first = pool
+        .try_spawn(tokio::time::sleep(Duration::from_millis(50)))
+        .map_err(|e| e.reason())
+        .unwrap();
+    assert_eq!(
+        pool.try_spawn(async {}).map(drop).unwrap_err().reason(),
+        Rejection::QueueFull { capacity: 0 }
+    );
+    // A cancelled wait leaves nothing behind...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), pool.spawn(async {}))
+            .await
+            .is_err()
+    );
+    // ...and a patient one starts once the running task ends.
+    let second = tokio::time::timeout(Duration::from_secs(1), pool.spawn(async { 7 }))
+        .await
+        .expect("spawned once the slot freed")
+        .map_err(|e| e.reason())
+        .unwrap();
+    first.join().await.unwrap();
+    assert_eq!(second.join().await.unwrap(), 7);
+    assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
+}

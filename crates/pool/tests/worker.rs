@@ -251,3 +251,36 @@ async fn a_registered_pool_refuses_work_once_draining_and_stops_with_the_hooks()
     assert_eq!(h.join(), Ok(7));
     assert_eq!(threads_named("hooked"), 0);
 }
+
+/// A detached task whose value panics when dropped does not take its worker down.
+#[test]
+fn a_value_that_panics_on_drop_does_not_kill_the_worker() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb");
+        }
+    }
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue_capacity(4)
+        .build()
+        .unwrap();
+    drop(pool.submit(|| Bomb).unwrap()); // detached: the worker drops the value
+    let later = pool.submit(|| 42).unwrap();
+    assert_eq!(later.join_timeout(Duration::from_secs(5)).ok(), Some(42));
+    assert!(pool.shutdown(Duration::from_secs(5)).clean);
+}
+
+/// Durations too long to represent mean "no deadline", never a panic.
+#[test]
+fn huge_durations_do_not_panic() {
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let h = pool.submit_timeout(|| 5, Duration::MAX).unwrap();
+    assert_eq!(h.join().unwrap(), 5);
+    assert!(pool.shutdown(Duration::MAX).clean);
+}

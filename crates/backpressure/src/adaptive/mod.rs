@@ -160,6 +160,27 @@ struct Inner {
     report_step: usize,
 }
 
+/// Wakes `acquire` waiters when dropped: one for the slot a completing request
+/// freed, all of them if the limit grew.
+struct WakeWaiters<'a> {
+    inner: &'a Inner,
+    grew: bool,
+}
+
+impl Drop for WakeWaiters<'_> {
+    fn drop(&mut self) {
+        let inner = self.inner;
+        // Pairs with the waiter's increment before its re-check (both SeqCst): either
+        // it sees this release, or this load sees it waiting.
+        if inner.waiting.load(Ordering::SeqCst) > 0 {
+            if self.grew {
+                inner.notify.notify_waiters();
+            }
+            inner.notify.notify_one();
+        }
+    }
+}
+
 struct State {
     algorithm: Box<dyn LimitAlgorithm>,
     reported: usize,
@@ -373,7 +394,10 @@ impl AdaptiveLimit {
         // after the request ended; `ignore` needs no reading at all.
         let end = (outcome != Outcome::Ignore).then(|| inner.clock.now());
         inner.gate.leave();
-        let grew = match outcome {
+        // Wakes waiters on the way out, also if the algorithm panics below: the
+        // slot this request held is free either way.
+        let mut wake = WakeWaiters { inner, grew: false };
+        wake.grew = match outcome {
             Outcome::Ignore => {
                 // Relaxed: a statistic.
                 inner.ignored.fetch_add(1, Ordering::Relaxed);
@@ -408,14 +432,6 @@ impl AdaptiveLimit {
                 new > old
             }
         };
-        // Pairs with the waiter's increment before its re-check (both SeqCst): either
-        // it sees this release, or this load sees it waiting.
-        if inner.waiting.load(Ordering::SeqCst) > 0 {
-            if grew {
-                inner.notify.notify_waiters();
-            }
-            inner.notify.notify_one();
-        }
     }
 }
 

@@ -63,6 +63,8 @@ pub(crate) struct AdmissionGuard {
     admission: Option<Admission>,
     ctx: RequestContext,
     failed: bool,
+    /// The body reached its end (or had none).
+    ended: bool,
 }
 
 impl AdmissionGuard {
@@ -72,12 +74,18 @@ impl AdmissionGuard {
             admission: Some(admission),
             ctx,
             failed,
+            ended: false,
         }
     }
 
     /// Marks the call failed (the body failed).
     pub(crate) fn fail(&mut self) {
         self.failed = true;
+    }
+
+    /// Marks the body ended: the response was delivered whole.
+    pub(crate) fn end(&mut self) {
+        self.ended = true;
     }
 }
 
@@ -87,9 +95,14 @@ impl Drop for AdmissionGuard {
             if self.failed {
                 admission.failure();
                 self.ctx.complete(Outcome::Error);
-            } else {
+            } else if self.ended {
                 admission.success();
                 self.ctx.complete(Outcome::Success);
+            } else {
+                // Dropped mid-stream (the client went away): says nothing about the
+                // service's health.
+                admission.ignore();
+                self.ctx.complete(Outcome::Cancelled);
             }
         }
     }
@@ -144,7 +157,12 @@ impl<B: Body> Body for ResponseBody<B> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => drop(this.guard.take()),
+            Poll::Ready(None) => {
+                if let Some(Guard::Admission(a)) = this.guard.as_mut() {
+                    a.end();
+                }
+                drop(this.guard.take());
+            }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(Guard::Admission(a)) = this.guard.as_mut() {
                     a.fail();
@@ -154,6 +172,9 @@ impl<B: Body> Body for ResponseBody<B> {
             Poll::Ready(Some(Ok(_))) => {
                 // A body that knows it is done (a `Full`) may never be polled again.
                 if this.inner.is_end_stream() {
+                    if let Some(Guard::Admission(a)) = this.guard.as_mut() {
+                        a.end();
+                    }
                     drop(this.guard.take());
                 }
             }

@@ -171,14 +171,16 @@ where
     type Output = Result<Response<B>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(future) = this.future.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
             return Poll::Ready(Err(this
                 .rejected
                 .take()
                 .map_or_else(|| "polled after completion".into(), Into::into)));
         };
         let result = std::task::ready!(future.poll(cx));
+        // Fused: a later poll answers "polled after completion".
+        this.future.set(None);
         if let Some(permit) = this.permit.take() {
             match &result {
                 Ok(response) if !response.status().is_server_error() => permit.success(),

@@ -23,7 +23,9 @@ use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 /// earlier of the request's 30 s default and the policy's timeout), and the
 /// admission (its concurrency permit and breaker probe) is held until the
 /// response body has finished streaming. The breaker records a failure for a
-/// `5xx` status, an inner error, a failed body or a time-out, a success otherwise.
+/// `5xx` status, an inner error, a failed body or a time-out (a time-out is also a
+/// drop for an adaptive limit), a success for a body streamed to its end, and
+/// nothing for a body dropped mid-stream (the client went away).
 ///
 /// Each request gets a [`RequestContext`], put in the request's extensions for the
 /// handler (axum: `Extension<RequestContext>`); its trace id is taken from a W3C
@@ -171,6 +173,7 @@ impl<S> PolicyService<S> {
 impl<S, ReqB, B> Service<Request<ReqB>> for PolicyService<S>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
+    B: http_body::Body,
     S::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<B>>;
@@ -247,6 +250,7 @@ impl<F> PolicyFuture<F> {
 impl<F, B, E> Future for PolicyFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
     E: Into<BoxError>,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
@@ -267,8 +271,12 @@ where
             return Poll::Ready(match result {
                 Ok(response) => {
                     let failed = response.status().is_server_error();
-                    let guard =
-                        Guard::Admission(Box::new(AdmissionGuard::new(admission, ctx, failed)));
+                    let mut guard = AdmissionGuard::new(admission, ctx, failed);
+                    if response.body().is_end_stream() {
+                        // An empty body may never be polled: it has ended already.
+                        guard.end();
+                    }
+                    let guard = Guard::Admission(Box::new(guard));
                     Ok(response.map(|b| ResponseBody::new(b, guard)))
                 }
                 Err(e) => {
@@ -284,7 +292,7 @@ where
             let after = match this.admitted.take() {
                 Some((admission, ctx)) => {
                     let after = admission.elapsed();
-                    admission.failure();
+                    admission.timed_out();
                     ctx.complete(Outcome::TimedOut);
                     after
                 }

@@ -79,6 +79,22 @@ impl Shared {
     }
 }
 
+/// A message counted against the global bound and a worker's load, not yet in
+/// the worker's queue: undone on drop unless delivered.
+struct Routed<'a> {
+    shared: &'a Shared,
+    worker: usize,
+    delivered: bool,
+}
+
+impl Drop for Routed<'_> {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.shared.finish(self.worker);
+        }
+    }
+}
+
 struct Inner<Req, Resp, Err> {
     shared: Arc<Shared>,
     senders: Box<[mpsc::Sender<Msg<Req, Resp, Err>>]>,
@@ -460,6 +476,13 @@ where
         }
         let w = worker.unwrap_or_else(|| inner.shared.loads.least_loaded());
         inner.shared.loads.add(w);
+        // Gives the permit and the load count back if the message never reaches
+        // the queue: refused, or this future dropped while it waits for room.
+        let mut routed = Routed {
+            shared: &inner.shared,
+            worker: w,
+            delivered: false,
+        };
         let (tx, rx) = oneshot::channel();
         let job = Job {
             entry,
@@ -467,13 +490,14 @@ where
             reply: tx,
         };
         match inner.senders[w].send(Msg::Job(job)).await {
-            Ok(()) => Ok(Reply { rx }),
-            Err(mpsc::error::SendError(msg)) => {
-                inner.shared.finish(w);
-                Err(DispatchError::Closed {
-                    request: msg.into_request(),
-                })
+            Ok(()) => {
+                // The worker calls `finish` when the message is done.
+                routed.delivered = true;
+                Ok(Reply { rx })
             }
+            Err(mpsc::error::SendError(msg)) => Err(DispatchError::Closed {
+                request: msg.into_request(),
+            }),
         }
     }
 }

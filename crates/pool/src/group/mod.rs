@@ -258,6 +258,9 @@ where
     /// and keeps running holds its slot: the spawner waits for a slot, then sees
     /// the cancellation.)
     ///
+    /// Cancel-safe: dropping the returned future before it completes spawns
+    /// nothing and takes no index.
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime (as `tokio::spawn`).
@@ -266,11 +269,6 @@ where
         F: FnOnce(GroupToken) -> Fut,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let index = self.spawned;
-        self.spawned += 1;
-        if index.is_multiple_of(64) {
-            self.seen.push(0);
-        }
         // The same path as a hand-rolled `Semaphore` + `JoinSet`: wait for a
         // permit, then spawn. A failing fail-fast task cancels the token before it
         // frees its slot, so the spawner that gets the slot sees the cancellation.
@@ -279,6 +277,13 @@ where
             .await
             .ok()
             .filter(|_| !self.token.is_cancelled());
+        // The index is taken only now: a `spawn` dropped while it waits (a caller's
+        // time-out) leaves no task behind that `wait` would look for.
+        let index = self.spawned;
+        self.spawned += 1;
+        if index.is_multiple_of(64) {
+            self.seen.push(0);
+        }
         let Some(permit) = permit else {
             self.unrun.push(index);
             return index;
