@@ -413,9 +413,18 @@ impl<E: Send + Sync + 'static> Drop for Subscription<E> {
         inner.queue.close();
         self.topic.detach(inner.id);
         let mut discarded = 0;
-        while let Some(e) = inner.queue.try_pop() {
-            drop(e);
-            discarded += 1;
+        // Closed: no new slot can be taken, but a publisher that took one just
+        // before may still be writing its event. Wait for those too (a few
+        // instructions each), so every event is counted and goes back now.
+        loop {
+            match inner.queue.try_pop() {
+                Some(e) => {
+                    drop(e);
+                    discarded += 1;
+                }
+                None if inner.queue.is_empty() => break,
+                None => std::thread::yield_now(),
+            }
         }
         // Relaxed: a statistic.
         inner
