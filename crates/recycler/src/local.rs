@@ -110,6 +110,9 @@ impl<T: Send + 'static> Drop for LocalCache<T> {
             }
             return;
         };
+        // Uncounted here first: a `stats()` read meanwhile sees the values in
+        // neither place rather than in both.
+        self.tally.set_owned(Field::LocalIdle, 0);
         for value in items {
             if let Err(value) = inner.shared.push(value) {
                 if DEBUG_CHECKS && let Some(address) = (inner.hooks.identity)(&value) {
@@ -119,7 +122,6 @@ impl<T: Send + 'static> Drop for LocalCache<T> {
                 drop(value);
             }
         }
-        self.tally.set_owned(Field::LocalIdle, 0);
         inner.retire(&self.tally);
     }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 
 use heijunka_recycler::{
     DEFAULT_CAPACITY, DEFAULT_PER_THREAD, MAX_CAPACITY, Recycle, Recycler, RecyclerStats,
@@ -431,18 +431,20 @@ fn stats_and_debug_are_readable() {
 
 #[test]
 fn guards_can_be_used_from_other_threads() {
-    let pool = buffers(8, 2);
-    let barrier = Barrier::new(2);
-    std::thread::scope(|s| {
-        let mut g = pool.get();
-        g.push(9);
-        s.spawn(|| {
-            let g = g; // dropped, and so returned, on this thread
-            assert_eq!(&g[..], &[9]);
-            barrier.wait();
-        });
-        barrier.wait();
-    });
+    // A `'static` pool, so the guard can go to a plain spawned thread: its `join`
+    // returns only after the thread's thread-locals (this recycler's cache among
+    // them) are torn down, so the value has reached the shared store by then. (A
+    // scoped thread's end is signalled before that.)
+    static POOL: std::sync::OnceLock<Recycler<Vec<u8>>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| buffers(8, 2));
+    let mut g = pool.get();
+    g.push(9);
+    std::thread::spawn(move || {
+        let g = g; // dropped, and so returned, on this thread
+        assert_eq!(&g[..], &[9]);
+    })
+    .join()
+    .unwrap();
     let s = pool.stats();
     assert_eq!((s.gets, s.returns, s.idle), (1, 1, 1), "{s:?}");
 }
