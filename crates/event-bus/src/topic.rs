@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use heijunka_backpressure::PushError;
 use heijunka_core::{PressureLevel, Rejection, ShardedCounter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -168,15 +169,8 @@ impl<E: Send + Sync + 'static> Topic<E> {
         let mut event = Some(event);
         let last = subs.len() - 1;
         for (i, sub) in subs.iter().enumerate() {
-            let ev = event.as_ref().expect("held until the last subscriber");
-            if !sub.accepts(ev) && !self.inner.is_critical_kind(ev) {
-                skip(&mut report, sub, SkipReason::Filtered);
+            let Some(copy) = self.copy_for(sub, i == last, &mut event, &mut report) else {
                 continue;
-            }
-            let copy = if i == last {
-                event.take().expect("held until the last subscriber")
-            } else {
-                ev.clone()
             };
             let pushed = match sub.policy {
                 Policy::Reject | Policy::DropOldest => sub.offer_now(copy),
@@ -195,21 +189,31 @@ impl<E: Send + Sync + 'static> Topic<E> {
                     }
                 }
             };
-            match pushed {
-                Ok(displaced) => {
-                    report.delivered += 1;
-                    report.displaced += displaced;
-                }
-                Err(e) => {
-                    let reason = SkipReason::from_rejection(e.reason());
-                    if event.is_none() {
-                        event = Some(e.into_inner());
-                    }
-                    skip(&mut report, sub, reason);
-                }
-            }
+            record(pushed, sub, &mut event, &mut report);
         }
         self.inner.finish(event, report)
+    }
+
+    /// The event for one subscriber: `None` (the skip recorded) if its version
+    /// filter refuses it; the event itself for the last subscriber (one refcount
+    /// bump fewer), a refcount clone for the others.
+    fn copy_for(
+        &self,
+        sub: &SubscriberInner<E>,
+        is_last: bool,
+        event: &mut Option<Event<E>>,
+        report: &mut PublishReport,
+    ) -> Option<Event<E>> {
+        let ev = event.as_ref().expect("held until the last subscriber");
+        if !sub.accepts(ev) && !self.inner.is_critical_kind(ev) {
+            skip(report, sub, SkipReason::Filtered);
+            return None;
+        }
+        Some(if is_last {
+            event.take().expect("held until the last subscriber")
+        } else {
+            ev.clone()
+        })
     }
 
     /// Publishes `event` without waiting: a subscriber at its reject mark is
@@ -229,29 +233,10 @@ impl<E: Send + Sync + 'static> Topic<E> {
         let mut event = Some(event);
         let last = subs.len() - 1;
         for (i, sub) in subs.iter().enumerate() {
-            let ev = event.as_ref().expect("held until the last subscriber");
-            if !sub.accepts(ev) && !self.inner.is_critical_kind(ev) {
-                skip(&mut report, sub, SkipReason::Filtered);
+            let Some(copy) = self.copy_for(sub, i == last, &mut event, &mut report) else {
                 continue;
-            }
-            let copy = if i == last {
-                event.take().expect("held until the last subscriber")
-            } else {
-                ev.clone()
             };
-            match sub.offer_now(copy) {
-                Ok(displaced) => {
-                    report.delivered += 1;
-                    report.displaced += displaced;
-                }
-                Err(e) => {
-                    let reason = SkipReason::from_rejection(e.reason());
-                    if event.is_none() {
-                        event = Some(e.into_inner());
-                    }
-                    skip(&mut report, sub, reason);
-                }
-            }
+            record(sub.offer_now(copy), sub, &mut event, &mut report);
         }
         drop(subs);
         self.inner.finish(event, report)
@@ -377,6 +362,30 @@ impl<E: Send + Sync + 'static> Topic<E> {
 }
 
 #[inline]
+/// Counts one subscriber's push: delivered (with what drop-oldest displaced), or
+/// skipped with its reason, keeping a refused event to hand back if it was the
+/// last copy.
+fn record<E: Send + Sync + 'static>(
+    pushed: Result<usize, PushError<Event<E>>>,
+    sub: &SubscriberInner<E>,
+    event: &mut Option<Event<E>>,
+    report: &mut PublishReport,
+) {
+    match pushed {
+        Ok(displaced) => {
+            report.delivered += 1;
+            report.displaced += displaced;
+        }
+        Err(e) => {
+            let reason = SkipReason::from_rejection(e.reason());
+            if event.is_none() {
+                *event = Some(e.into_inner());
+            }
+            skip(report, sub, reason);
+        }
+    }
+}
+
 fn skip<E: Send + Sync + 'static>(
     report: &mut PublishReport,
     sub: &SubscriberInner<E>,
