@@ -38,10 +38,12 @@
 //!   a cache line, summed on read.
 //! - [`InlineOnce`]: a type-erased `FnOnce(&C)` that stores closures up to
 //!   [`INLINE_BYTES`] without a heap allocation (the worker pool's task slot).
+//! - [`spsc`]: a bounded single-producer single-consumer ring whose push and pop
+//!   are plain loads and stores (the event bus's subscriber buffers).
 //!
 //! [`loom`]: https://docs.rs/loom
-// `unsafe` is denied everywhere but `once.rs` (inline closure storage, run under
-// miri by `cargo xtask miri`).
+// `unsafe` is denied everywhere but `once.rs` (inline closure storage) and
+// `spsc.rs` (the ring's slots), both run under miri by `cargo xtask miri`.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -49,6 +51,7 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+pub mod spsc;
 pub mod sync;
 
 mod clock;

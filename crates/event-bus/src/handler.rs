@@ -139,7 +139,9 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
             .build()?;
         let topic = self.subscriber.topic.clone();
         let mut sub = self.subscriber.subscribe()?;
-        let queue = sub.inner.queue.clone();
+        // Weak: the handler is kept in the topic's list; strong references here
+        // would make a cycle that keeps the topic alive forever.
+        let (intake_topic, intake) = (Arc::downgrade(&sub.topic), Arc::downgrade(&sub.inner));
         let (done, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             topic: topic.name().to_owned(),
@@ -147,7 +149,11 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             pool,
-            close_intake: Box::new(move || queue.close()),
+            close_intake: Box::new(move || {
+                if let (Some(topic), Some(sub)) = (intake_topic.upgrade(), intake.upgrade()) {
+                    topic.close_subscriber(&sub);
+                }
+            }),
             counters: Counters::default(),
             done,
             driver: std::sync::Mutex::new(None),
@@ -475,5 +481,21 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_finished_handler_does_not_keep_its_topic_alive() {
+        let topic = Topic::<u32>::new("t").unwrap();
+        let handler = topic.handle(1, |_| async {}).unwrap();
+        topic.publish(1).await.unwrap();
+        topic.close();
+        handler.join().await;
+        // The handler stays in the topic's list; it must not hold the topic.
+        assert_eq!(Arc::strong_count(&topic.inner), 1);
     }
 }

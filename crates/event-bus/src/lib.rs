@@ -51,8 +51,8 @@
 //!   [`Shared`](heijunka_recycler::Shared), no allocation), a routing version
 //!   and a critical flag. Subscribers get clones of the handle, never of `E`;
 //!   small `Copy` values can instead ride in the envelope ([`Event::inline`]).
-//! - [`Subscription<E>`]: one subscriber's bounded buffer (a `heijunka-backpressure`
-//!   [`BoundedQueue`](heijunka_backpressure::BoundedQueue): warn and reject
+//! - [`Subscription<E>`]: one subscriber's bounded buffer (a single-producer
+//!   single-consumer [`heijunka_core::spsc`] ring with warn and reject
 //!   watermarks, `tracing` on crossing), built by [`SubscriberBuilder`] with a
 //!   [`Policy`]: [`Block`](Policy::Block), [`Timeout`](Policy::Timeout) (the
 //!   default, 5 s), [`Reject`](Policy::Reject) or
@@ -71,12 +71,26 @@
 //!
 //! # Correctness
 //!
-//! The bus has no lock-free protocol of its own: buffers are `BoundedQueue`s
-//! (whose slot protocol has loom models in `heijunka-backpressure`), the shared
-//! payload is `std::sync::Arc` or the recycler's `Shared` (loom-modelled in
-//! `heijunka-recycler`), and the subscriber list is an `Arc` snapshot swapped
-//! under a lock when subscribers come and go. Publishers never hold that lock
-//! while pushing, waiting or dropping events. Counters are plain statistics.
+//! A topic has one lock. A publish holds it while it fills the subscribers'
+//! buffers (never while it waits for room), so each buffer has one producer at
+//! a time, and publishes that do not wait reach every subscriber in the same
+//! order (one that waits for a full buffer may land after later publishes in
+//! that buffer only). The buffer is a [`heijunka_core::spsc`] ring (loom-modelled and run under miri in
+//! `heijunka-core`) whose producing end sits in the topic's subscriber list and
+//! whose consuming end sits in the [`Subscription`]. Its push and pop are plain
+//! loads and stores. The two sleep/wake handshakes on top (a consumer waiting
+//! for an event, a publisher waiting for room) have loom models in this crate's
+//! `buffer` module. The shared payload is `std::sync::Arc` or the recycler's
+//! `Shared` (loom-modelled in `heijunka-recycler`). This crate has no `unsafe`.
+//!
+//! A publisher waiting for room under [`Policy::Block`] or [`Policy::Timeout`]
+//! is woken in batches, not at each freed slot: after at most `min(capacity / 2,
+//! 512)` receives (the low-water mark), so one wake-up serves many events. The
+//! price: a consumer that receives fewer events than that and then waits for
+//! the blocked publisher's next move deadlocks, exactly as it would with a full
+//! buffer; give such request/acknowledge flows a `Timeout` policy or a buffer
+//! they never fill. A timed-out publish tries once more at its deadline and
+//! takes any free slot.
 //!
 //! # Bad input
 //!
@@ -91,6 +105,7 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+mod buffer;
 mod bus;
 mod error;
 mod event;

@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use heijunka_core::Rejection;
 use serde::Serialize;
 
 /// A subscriber's number within its topic, unique for the topic's life.
@@ -36,16 +35,6 @@ pub enum SkipReason {
     TimedOut,
     /// The subscriber (or the topic) closed meanwhile.
     Closed,
-}
-
-impl SkipReason {
-    pub(crate) fn from_rejection(r: Rejection) -> Self {
-        match r {
-            Rejection::TimedOut { .. } => Self::TimedOut,
-            Rejection::ShuttingDown => Self::Closed,
-            _ => Self::Full,
-        }
-    }
 }
 
 impl fmt::Display for SkipReason {
@@ -87,22 +76,7 @@ impl PublishReport {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    #[test]
-    fn rejections_map_to_skip_reasons() {
-        let r = |x| SkipReason::from_rejection(x);
-        assert_eq!(r(Rejection::QueueFull { capacity: 4 }), SkipReason::Full);
-        assert_eq!(r(Rejection::ShuttingDown), SkipReason::Closed);
-        assert_eq!(
-            r(Rejection::TimedOut {
-                after: Duration::from_secs(1)
-            }),
-            SkipReason::TimedOut
-        );
-    }
 
     #[test]
     fn a_report_counts_skips_by_reason() {

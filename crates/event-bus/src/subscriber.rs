@@ -3,12 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use heijunka_backpressure::{BoundedQueue, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError};
-use heijunka_core::sync::CachePadded;
-use heijunka_core::{PressureLevel, Rejection, validate};
+use heijunka_backpressure::{DEFAULT_REJECT_AT, DEFAULT_WARN_AT};
+use heijunka_core::spsc::MAX_CAPACITY;
+use heijunka_core::{PressureLevel, validate};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::buffer::{Buffer, Intake, Kind, Outlet};
 
 use crate::stats::{DropCounts, SubscriberStats};
 use crate::topic::TopicInner;
@@ -26,7 +28,9 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 #[non_exhaustive]
 pub enum Policy {
     /// Wait for room: a slow subscriber slows its publishers (backpressure).
-    /// Lossless.
+    /// Lossless. A waiting publisher is woken in batches (after at most
+    /// `min(buffer / 2, 512)` receives), not at each freed slot (see the crate
+    /// docs).
     Block,
     /// Wait up to the duration, then skip this subscriber
     /// ([`SkipReason::TimedOut`]). The default, with
@@ -88,7 +92,9 @@ impl<E: Send + Sync + 'static> SubscriberBuilder<E> {
         }
     }
 
-    /// The buffer's capacity (default [`DEFAULT_BUFFER`]); at least 1.
+    /// The buffer's capacity (default [`DEFAULT_BUFFER`]); at least 1, at most
+    /// 2^28 ([`heijunka_core::spsc::MAX_CAPACITY`]). Slots are allocated up front,
+    /// rounded up to a power of two.
     pub fn buffer(mut self, events: usize) -> Self {
         self.buffer = events;
         self
@@ -139,14 +145,22 @@ impl<E: Send + Sync + 'static> SubscriberBuilder<E> {
     /// [`SubscribeError::Config`] naming a bad setting (a zero buffer, a zero
     /// timeout, a ratio outside (0, 1]), or [`SubscribeError::Closed`].
     pub fn subscribe(self) -> Result<Subscription<E>, SubscribeError> {
-        let inner = self.build()?;
+        let (inner, intake, outlet) = self.build()?;
         let topic = Arc::clone(&self.topic.inner);
-        topic.attach(Arc::clone(&inner))?;
-        Ok(Subscription { inner, topic })
+        topic.attach(Arc::clone(&inner), intake)?;
+        Ok(Subscription {
+            inner,
+            topic,
+            outlet,
+        })
     }
 
-    pub(crate) fn build(&self) -> Result<Arc<SubscriberInner<E>>, SubscribeError> {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn build(
+        &self,
+    ) -> Result<(Arc<SubscriberInner<E>>, Intake<Event<E>>, Outlet<Event<E>>), SubscribeError> {
         validate::at_least("buffer", self.buffer, 1)?;
+        validate::at_most("buffer", self.buffer, MAX_CAPACITY)?;
         if let Policy::Timeout(t) = self.policy {
             validate::non_zero_duration("publish_timeout", t)?;
         }
@@ -157,19 +171,25 @@ impl<E: Send + Sync + 'static> SubscriberBuilder<E> {
         } else {
             self.reject_at
         };
-        let queue = BoundedQueue::builder(self.buffer)
-            .warn_at(self.warn_at)
-            .reject_at(reject_at)
-            .build()?;
-        Ok(Arc::new(SubscriberInner {
+        validate::ordered("warn_at", self.warn_at, "reject_at", reject_at)?;
+        let slots =
+            |ratio: f64| ((ratio * self.buffer as f64).ceil() as usize).clamp(1, self.buffer);
+        let kind = match self.policy {
+            Policy::Block | Policy::Timeout(_) => Kind::Waiting,
+            Policy::Reject => Kind::Skipping,
+            Policy::DropOldest => Kind::Lossy,
+        };
+        let (buffer, intake, outlet) =
+            Buffer::new(self.buffer, slots(self.warn_at), slots(reject_at), kind)?;
+        let inner = Arc::new(SubscriberInner {
             id: self.topic.inner.next_id(),
             name: self.name.clone(),
-            queue,
+            buffer,
             policy: self.policy,
             min_version: self.min_version,
             drops: Counts::default(),
-            received: CachePadded::new(AtomicU64::new(0)),
-        }))
+        });
+        Ok((inner, intake, outlet))
     }
 }
 
@@ -238,93 +258,49 @@ impl Counts {
 pub(crate) struct SubscriberInner<E: Send + Sync + 'static> {
     pub(crate) id: SubscriberId,
     pub(crate) name: Option<String>,
-    pub(crate) queue: BoundedQueue<Event<E>>,
+    pub(crate) buffer: Buffer<Event<E>>,
     pub(crate) policy: Policy,
     pub(crate) min_version: u64,
-    /// Written by publishers, rarely (skips and displacements).
+    /// Written by publishers, rarely (skips), and once by the subscription's drop.
     pub(crate) drops: Counts,
-    /// Written only by the subscription's owner (`recv` takes `&mut self`), on
-    /// every receive: on its own cache line, away from the fields publishers
-    /// read on every publish.
-    pub(crate) received: CachePadded<AtomicU64>,
 }
 
 impl<E: Send + Sync + 'static> SubscriberInner<E> {
-    /// Whether the version filter lets `event` through.
+    /// Whether the version filter lets through an event of `version`, critical
+    /// or not.
     #[inline]
-    pub(crate) fn accepts(&self, event: &Event<E>) -> bool {
-        event.version() >= self.min_version || event.is_critical()
-    }
-
-    /// Puts `event` in the buffer without waiting: drop-oldest makes room, every
-    /// other policy stops at the reject mark. Returns how many events were
-    /// displaced.
-    #[inline]
-    pub(crate) fn offer_now(&self, mut event: Event<E>) -> Result<usize, PushError<Event<E>>> {
-        if self.policy != Policy::DropOldest {
-            return self.queue.try_push(event).map(|()| 0);
-        }
-        let mut displaced = 0;
-        loop {
-            match self.queue.try_push(event) {
-                Ok(()) => return Ok(displaced),
-                Err(e) if e.reason() == Rejection::ShuttingDown => return Err(e),
-                Err(e) => {
-                    event = e.into_inner();
-                    // The consumer may have taken it meanwhile: then there is room.
-                    if let Some(old) = self.queue.try_pop() {
-                        drop(old);
-                        displaced += 1;
-                        // Relaxed: a statistic.
-                        self.drops.displaced.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Puts `event` in the buffer for a waiting policy: up to the capacity,
-    /// waiting for room without bound ([`Policy::Block`]) or up to the policy's
-    /// timeout, and in either case no later than `deadline`.
-    pub(crate) async fn wait_push(
-        &self,
-        event: Event<E>,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<(), PushError<Event<E>>> {
-        let left =
-            |at: tokio::time::Instant| at.saturating_duration_since(tokio::time::Instant::now());
-        match (self.policy, deadline) {
-            (Policy::Timeout(t), None) => self.queue.push_timeout(event, t).await,
-            (Policy::Timeout(t), Some(at)) => self.queue.push_timeout(event, t.min(left(at))).await,
-            (_, Some(at)) => self.queue.push_timeout(event, left(at)).await,
-            (_, None) => self.queue.push(event).await,
-        }
+    pub(crate) fn accepts(&self, version: u64, critical: bool) -> bool {
+        version >= self.min_version || critical
     }
 
     /// Everything that went into the buffer: received, waiting, displaced or
     /// discarded.
     pub(crate) fn delivered(&self) -> u64 {
-        let d = self.drops.snapshot();
-        // Relaxed: a statistic.
-        self.received.load(Ordering::Relaxed) + self.queue.len() as u64 + d.displaced + d.discarded
+        self.buffer.pushed()
+    }
+
+    /// Drop counts, the buffer's displacements included.
+    pub(crate) fn dropped(&self) -> DropCounts {
+        let mut d = self.drops.snapshot();
+        d.displaced += self.buffer.displaced();
+        d
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
-        let q = self.queue.stats();
+        let (elevated_crossings, critical_crossings) = self.buffer.crossings();
         SubscriberStats {
             id: self.id,
             name: self.name.clone(),
             policy: self.policy,
             min_version: self.min_version,
-            capacity: q.capacity,
-            len: q.len,
-            level: q.level,
-            // Relaxed: a statistic.
-            received: self.received.load(Ordering::Relaxed),
+            capacity: self.buffer.capacity(),
+            len: self.buffer.len(),
+            level: self.buffer.pressure(),
+            received: self.buffer.received(),
             delivered: self.delivered(),
-            dropped: self.drops.snapshot(),
-            elevated_crossings: q.elevated_crossings,
-            critical_crossings: q.critical_crossings,
+            dropped: self.dropped(),
+            elevated_crossings,
+            critical_crossings,
         }
     }
 }
@@ -337,22 +313,20 @@ impl<E: Send + Sync + 'static> SubscriberInner<E> {
 pub struct Subscription<E: Send + Sync + 'static> {
     pub(crate) inner: Arc<SubscriberInner<E>>,
     pub(crate) topic: Arc<TopicInner<E>>,
+    outlet: Outlet<Event<E>>,
 }
 
 impl<E: Send + Sync + 'static> Subscription<E> {
     /// The next event, waiting while the buffer is empty; `None` once the topic
     /// is closed and the buffer drained.
     pub async fn recv(&mut self) -> Option<Event<E>> {
-        let e = self.inner.queue.pop().await?;
-        self.count_received();
-        Some(e)
+        let (buffer, topic, outlet) = (&self.inner.buffer, &self.topic, &mut self.outlet);
+        std::future::poll_fn(|cx| buffer.poll_pop(outlet, cx, || topic.lock())).await
     }
 
     /// The next event if one is buffered; never waits.
     pub fn try_recv(&mut self) -> Option<Event<E>> {
-        let e = self.inner.queue.try_pop()?;
-        self.count_received();
-        Some(e)
+        self.inner.buffer.pop(&mut self.outlet)
     }
 
     /// [`recv`](Self::recv), giving up after `timeout` (tokio's timer): `None` on
@@ -364,13 +338,6 @@ impl<E: Send + Sync + 'static> Subscription<E> {
             .flatten()
     }
 
-    #[inline]
-    fn count_received(&self) {
-        // Relaxed load and store: this handle is the only writer (`&mut self`).
-        let r = &*self.inner.received;
-        r.store(r.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
     /// This subscriber's id.
     pub fn id(&self) -> SubscriberId {
         self.inner.id
@@ -378,12 +345,12 @@ impl<E: Send + Sync + 'static> Subscription<E> {
 
     /// The buffer's capacity.
     pub fn capacity(&self) -> usize {
-        self.inner.queue.capacity()
+        self.inner.buffer.capacity()
     }
 
     /// Events buffered now.
     pub fn len(&self) -> usize {
-        self.inner.queue.len()
+        self.inner.buffer.len()
     }
 
     /// Whether the buffer is empty now.
@@ -393,7 +360,7 @@ impl<E: Send + Sync + 'static> Subscription<E> {
 
     /// The buffer's pressure level now.
     pub fn pressure(&self) -> PressureLevel {
-        self.inner.queue.pressure()
+        self.inner.buffer.pressure()
     }
 
     /// A snapshot of this subscriber's numbers.
@@ -410,21 +377,13 @@ impl<E: Send + Sync + 'static> Subscription<E> {
 impl<E: Send + Sync + 'static> Drop for Subscription<E> {
     fn drop(&mut self) {
         let inner = &self.inner;
-        inner.queue.close();
-        self.topic.detach(inner.id);
+        // Closed and detached under the topic's lock: no publisher pushes after
+        // this, and publishers waiting for room give up with `Closed`.
+        self.topic.detach(inner);
         let mut discarded = 0;
-        // Closed: no new slot can be taken, but a publisher that took one just
-        // before may still be writing its event. Wait for those too (a few
-        // instructions each), so every event is counted and goes back now.
-        loop {
-            match inner.queue.try_pop() {
-                Some(e) => {
-                    drop(e);
-                    discarded += 1;
-                }
-                None if inner.queue.is_empty() => break,
-                None => std::thread::yield_now(),
-            }
+        while let Some(e) = inner.buffer.pop(&mut self.outlet) {
+            drop(e);
+            discarded += 1;
         }
         // Relaxed: a statistic.
         inner
@@ -433,7 +392,7 @@ impl<E: Send + Sync + 'static> Drop for Subscription<E> {
             .fetch_add(discarded, Ordering::Relaxed);
         self.topic
             .departed
-            .absorb(&inner.drops.snapshot(), inner.delivered());
+            .absorb(&inner.dropped(), inner.delivered());
     }
 }
 

@@ -5,13 +5,13 @@ use std::fmt;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use heijunka_backpressure::PushError;
-use heijunka_core::{PressureLevel, Rejection, ShardedCounter};
+use heijunka_core::PressureLevel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::buffer::Intake;
 use crate::handler::Handler;
 use crate::stats::TopicStats;
 use crate::subscriber::{Counts, SubscriberInner};
@@ -20,7 +20,21 @@ use crate::{
     SubscriberBuilder, SubscriberId, Subscription,
 };
 
-type Subscribers<E> = Arc<Vec<Arc<SubscriberInner<E>>>>;
+/// What publishers, subscribe, unsubscribe and close share, under one lock.
+///
+/// Publishes hold it while they fill buffers (never while they wait for room):
+/// so each subscriber's buffer has one writer at a time, and every subscriber
+/// sees the events of concurrent publishers in the same order.
+pub(crate) struct State<E: Send + Sync + 'static> {
+    closed: bool,
+    subscribers: Vec<Entry<E>>,
+}
+
+/// A subscriber in the list, with the producing end of its buffer.
+struct Entry<E: Send + Sync + 'static> {
+    sub: Arc<SubscriberInner<E>>,
+    intake: Intake<Event<E>>,
+}
 
 /// A named stream of `E` events: publishers fan each event out to every
 /// subscriber's bounded buffer, sharing one payload among them.
@@ -55,12 +69,15 @@ pub struct Topic<E: Send + Sync + 'static> {
 
 pub(crate) struct TopicInner<E: Send + Sync + 'static> {
     pub(crate) name: String,
-    subscribers: RwLock<Subscribers<E>>,
-    /// Serialises subscribe, unsubscribe and close; holds the closed flag.
-    writers: Mutex<bool>,
+    state: Mutex<State<E>>,
+    /// The closed flag, readable without the lock.
     closed: AtomicBool,
+    /// The highest minimum version among the subscribers: an event at or above
+    /// it passes every filter, so the critical-kinds predicate need not run.
+    max_min_version: AtomicU64,
     next_id: AtomicU64,
-    published: ShardedCounter,
+    /// Written under the lock (a load and a store, no read-modify-write).
+    published: AtomicU64,
     undelivered: AtomicU64,
     /// Counts of subscribers that went away.
     pub(crate) departed: Counts,
@@ -86,11 +103,14 @@ impl<E: Send + Sync + 'static> Topic<E> {
         Ok(Self {
             inner: Arc::new(TopicInner {
                 name,
-                subscribers: RwLock::new(Arc::new(Vec::new())),
-                writers: Mutex::new(false),
+                state: Mutex::new(State {
+                    closed: false,
+                    subscribers: Vec::new(),
+                }),
                 closed: AtomicBool::new(false),
+                max_min_version: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
-                published: ShardedCounter::new(),
+                published: AtomicU64::new(0),
                 undelivered: AtomicU64::new(0),
                 departed: Counts::default(),
                 handlers: Mutex::new(Vec::new()),
@@ -163,57 +183,27 @@ impl<E: Send + Sync + 'static> Topic<E> {
         event: Event<E>,
         deadline: Option<Instant>,
     ) -> Result<PublishReport, PublishError<E>> {
-        let (subs, event) = self.inner.check(event)?;
-        let mut report = PublishReport::default();
-        // The last subscriber gets the event itself: one refcount bump fewer.
-        let mut event = Some(event);
-        let last = subs.len() - 1;
-        for (i, sub) in subs.iter().enumerate() {
-            let Some(copy) = self.copy_for(sub, i == last, &mut event, &mut report) else {
-                continue;
-            };
-            let pushed = match sub.policy {
-                Policy::Reject | Policy::DropOldest => sub.offer_now(copy),
-                // The waiting policies: below the reject mark a push never waits,
-                // so try that first (no timer read, no wait future); above it,
-                // skip the attempt that would fail.
-                Policy::Block | Policy::Timeout(_) => {
-                    if sub.queue.pressure() == PressureLevel::Critical {
-                        sub.wait_push(copy, deadline).await.map(|()| 0)
-                    } else {
-                        match sub.queue.try_push(copy) {
-                            Ok(()) => Ok(0),
-                            Err(e) if e.reason() == Rejection::ShuttingDown => Err(e),
-                            Err(e) => sub.wait_push(e.into_inner(), deadline).await.map(|()| 0),
-                        }
+        let mut pass = self.inner.fan_out(event, Wait::Yes)?;
+        drop(std::mem::take(&mut pass.displaced));
+        // Subscribers whose buffers were full: wait for each in turn, without the
+        // lock, and only as long as its policy and the deadline allow.
+        for (sub, copy) in std::mem::take(&mut pass.waiting) {
+            let deadline = match (sub.policy, deadline) {
+                (Policy::Timeout(t), d) => {
+                    let own = Instant::now().checked_add(t);
+                    match (own, d) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
                     }
                 }
+                (_, d) => d,
             };
-            record(pushed, sub, &mut event, &mut report);
+            // Boxed: the slow path's future (a timer, a `Notified`) would
+            // otherwise make every publish future several times larger.
+            let pushed = Box::pin(self.inner.push_waiting(&sub, copy, deadline)).await;
+            pass.record(pushed, &sub);
         }
-        self.inner.finish(event, report)
-    }
-
-    /// The event for one subscriber: `None` (the skip recorded) if its version
-    /// filter refuses it; the event itself for the last subscriber (one refcount
-    /// bump fewer), a refcount clone for the others.
-    fn copy_for(
-        &self,
-        sub: &SubscriberInner<E>,
-        is_last: bool,
-        event: &mut Option<Event<E>>,
-        report: &mut PublishReport,
-    ) -> Option<Event<E>> {
-        let ev = event.as_ref().expect("held until the last subscriber");
-        if !sub.accepts(ev) && !self.inner.is_critical_kind(ev) {
-            skip(report, sub, SkipReason::Filtered);
-            return None;
-        }
-        Some(if is_last {
-            event.take().expect("held until the last subscriber")
-        } else {
-            ev.clone()
-        })
+        self.inner.finish(pass)
     }
 
     /// Publishes `event` without waiting: a subscriber at its reject mark is
@@ -227,19 +217,8 @@ impl<E: Send + Sync + 'static> Topic<E> {
         &self,
         event: impl Into<Event<E>>,
     ) -> Result<PublishReport, PublishError<E>> {
-        let event = event.into();
-        let (subs, event) = self.inner.check(event)?;
-        let mut report = PublishReport::default();
-        let mut event = Some(event);
-        let last = subs.len() - 1;
-        for (i, sub) in subs.iter().enumerate() {
-            let Some(copy) = self.copy_for(sub, i == last, &mut event, &mut report) else {
-                continue;
-            };
-            record(sub.offer_now(copy), sub, &mut event, &mut report);
-        }
-        drop(subs);
-        self.inner.finish(event, report)
+        let pass = self.inner.fan_out(event.into(), Wait::No)?;
+        self.inner.finish(pass)
     }
 
     /// Publishes `event` as a request and waits up to `timeout` (publishing
@@ -343,16 +322,17 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// answer 503 at [`Critical`](PressureLevel::Critical) before buffers fill.
     pub fn pressure(&self) -> PressureLevel {
         self.inner
-            .snapshot()
+            .lock()
+            .subscribers
             .iter()
-            .map(|s| s.queue.pressure())
+            .map(|e| e.sub.buffer.pressure())
             .max()
             .unwrap_or(PressureLevel::Normal)
     }
 
     /// Subscribers now.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.snapshot().len()
+        self.inner.lock().subscribers.len()
     }
 
     /// A snapshot of the topic's numbers.
@@ -361,54 +341,92 @@ impl<E: Send + Sync + 'static> Topic<E> {
     }
 }
 
-#[inline]
-/// Counts one subscriber's push: delivered (with what drop-oldest displaced), or
-/// skipped with its reason, keeping a refused event to hand back if it was the
-/// last copy.
-fn record<E: Send + Sync + 'static>(
-    pushed: Result<usize, PushError<Event<E>>>,
-    sub: &SubscriberInner<E>,
-    event: &mut Option<Event<E>>,
-    report: &mut PublishReport,
-) {
-    match pushed {
-        Ok(displaced) => {
-            report.delivered += 1;
-            report.displaced += displaced;
-        }
-        Err(e) => {
-            let reason = SkipReason::from_rejection(e.reason());
-            if event.is_none() {
-                *event = Some(e.into_inner());
-            }
-            skip(report, sub, reason);
+/// Whether a publish may wait for room.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// One publish in progress: its report, the event to hand back if nobody took
+/// it, and the subscribers it still has to wait for.
+struct Pass<E: Send + Sync + 'static> {
+    report: PublishReport,
+    /// The event itself until the last subscriber takes it; a refused copy
+    /// comes back here if it was the last one.
+    event: Option<Event<E>>,
+    waiting: Vec<(Arc<SubscriberInner<E>>, Event<E>)>,
+    /// Whether `published` already counts this publish.
+    counted: bool,
+    /// Events drop-oldest took out, dropped once the lock is released.
+    displaced: Displaced<E>,
+}
+
+/// Events displaced by one publish (at most one per drop-oldest subscriber),
+/// held until the topic's lock is released; the first two without allocating.
+struct Displaced<E: Send + Sync + 'static> {
+    few: [Option<Event<E>>; 2],
+    more: Vec<Event<E>>,
+}
+
+impl<E: Send + Sync + 'static> Default for Displaced<E> {
+    fn default() -> Self {
+        Self {
+            few: [None, None],
+            more: Vec::new(),
         }
     }
 }
 
-fn skip<E: Send + Sync + 'static>(
-    report: &mut PublishReport,
-    sub: &SubscriberInner<E>,
-    reason: SkipReason,
-) {
-    sub.drops.skip(reason);
-    report.skipped.push((sub.id, reason));
+impl<E: Send + Sync + 'static> Displaced<E> {
+    fn keep(&mut self, event: Event<E>) {
+        match self.few.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(event),
+            None => self.more.push(event),
+        }
+    }
+}
+
+impl<E: Send + Sync + 'static> Pass<E> {
+    /// Counts one subscriber's push: delivered, or skipped with its reason,
+    /// keeping a refused event to hand back if it was the last copy.
+    fn record(&mut self, pushed: Result<(), (Event<E>, SkipReason)>, sub: &SubscriberInner<E>) {
+        match pushed {
+            Ok(()) => self.report.delivered += 1,
+            Err((event, reason)) => {
+                if self.event.is_none() {
+                    self.event = Some(event);
+                }
+                self.skip(sub, reason);
+            }
+        }
+    }
+
+    fn skip(&mut self, sub: &SubscriberInner<E>, reason: SkipReason) {
+        sub.drops.skip(reason);
+        self.report.skipped.push((sub.id, reason));
+    }
 }
 
 impl<E: Send + Sync + 'static> TopicInner<E> {
-    #[inline]
-    pub(crate) fn snapshot(&self) -> Subscribers<E> {
-        Arc::clone(
-            &self
-                .subscribers
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+    /// The topic's lock: publishes, subscription changes, close, and a
+    /// consumer on its way to sleep.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<E>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current subscribers (a copy of the list, for reading outside the
+    /// lock).
+    pub(crate) fn snapshot(&self) -> Vec<Arc<SubscriberInner<E>>> {
+        self.lock()
+            .subscribers
+            .iter()
+            .map(|e| Arc::clone(&e.sub))
+            .collect()
     }
 
     /// Whether the topic's [critical kinds](Topic::critical_kinds) include
-    /// `event`. Called only on the filtered path; the predicate runs outside the
-    /// lock.
+    /// `event`. The predicate runs outside every lock.
     fn is_critical_kind(&self, event: &Event<E>) -> bool {
         let predicate = self
             .critical_kinds
@@ -423,84 +441,219 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
         SubscriberId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The subscribers to publish to, or the event back.
+    /// The pass over every subscriber under the lock: filters, pushes what fits
+    /// without waiting, skips what its policy skips, and leaves the full buffers
+    /// of waiting policies (under `Wait::Yes`) for the caller.
     #[inline]
-    fn check(&self, event: Event<E>) -> Result<(Subscribers<E>, Event<E>), PublishError<E>> {
-        // Acquire: pairs with the Release in `close`.
+    fn fan_out(&self, event: Event<E>, wait: Wait) -> Result<Pass<E>, PublishError<E>> {
+        // Acquire: pairs with the Release in `close`; the lock re-checks.
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed(event));
         }
-        let subs = self.snapshot();
+        // Whether the event passes version filters as critical: decided outside
+        // the lock (the predicate is user code), and only if some filter could
+        // refuse it. `max_min_version` changes only under the lock, so reading
+        // it again there tells whether a subscribe raced this decision.
+        let version = event.version();
+        let mut asked = 0;
+        let mut critical = event.is_critical();
+        let mut state = loop {
+            // Relaxed: re-checked under the lock below.
+            let max_min = self.max_min_version.load(Ordering::Relaxed);
+            if !critical && version < max_min && asked < max_min {
+                critical = self.is_critical_kind(&event);
+                asked = max_min;
+            }
+            let state = self.lock();
+            // Relaxed: written only under the lock, which this holds.
+            let now = self.max_min_version.load(Ordering::Relaxed);
+            if critical || version >= now || asked >= now {
+                break state;
+            }
+        };
+        if state.closed {
+            return Err(PublishError::Closed(event));
+        }
+        let subs = &mut state.subscribers;
         if subs.is_empty() {
+            drop(state);
             // Relaxed: a statistic.
             self.undelivered.fetch_add(1, Ordering::Relaxed);
             return Err(PublishError::NoSubscribers(event));
         }
-        Ok((subs, event))
+        let mut pass = Pass {
+            report: PublishReport::default(),
+            event: Some(event),
+            waiting: Vec::new(),
+            counted: false,
+            displaced: Displaced::default(),
+        };
+        let last = subs.len() - 1;
+        for (i, Entry { sub, intake }) in subs.iter_mut().enumerate() {
+            if !sub.accepts(version, critical) {
+                pass.skip(sub, SkipReason::Filtered);
+                continue;
+            }
+            if sub.buffer.is_closed() {
+                pass.skip(sub, SkipReason::Closed);
+                continue;
+            }
+            // The last subscriber gets the event itself: one refcount bump fewer.
+            let copy = if i == last {
+                pass.event.take()
+            } else {
+                pass.event.clone()
+            }
+            .expect("held until the last subscriber");
+            let pushed = match (sub.policy, wait) {
+                (Policy::DropOldest, _) => {
+                    if let Some(old) = sub.buffer.force_push(intake, copy) {
+                        // Dropped after the lock: it may be the last handle of a
+                        // pooled value, and its reset is user code.
+                        pass.displaced.keep(old);
+                        pass.report.displaced += 1;
+                    }
+                    Ok(())
+                }
+                (Policy::Reject, _) | (_, Wait::No) => sub
+                    .buffer
+                    .try_push(intake, copy, sub.buffer.reject_slots())
+                    .map_err(|e| (e, SkipReason::Full)),
+                (Policy::Block | Policy::Timeout(_), Wait::Yes) => {
+                    match sub.buffer.try_push(intake, copy, sub.buffer.capacity()) {
+                        Ok(()) => Ok(()),
+                        Err(copy) => {
+                            pass.waiting.push((Arc::clone(sub), copy));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if pushed.is_ok() {
+                // Handshake 1 of `buffer`: under the lock.
+                sub.buffer.wake_consumer();
+            }
+            pass.record(pushed, sub);
+        }
+        if pass.waiting.is_empty() && pass.report.delivered > 0 {
+            self.count_published();
+            pass.counted = true;
+        }
+        drop(state);
+        Ok(pass)
+    }
+
+    /// Pushes `event` into a buffer that was full, waiting for room until
+    /// `deadline`; at the deadline it tries once more.
+    async fn push_waiting(
+        &self,
+        sub: &SubscriberInner<E>,
+        event: Event<E>,
+        deadline: Option<Instant>,
+    ) -> Result<(), (Event<E>, SkipReason)> {
+        let mut event = event;
+        loop {
+            let in_time = sub.buffer.wait_room(deadline).await;
+            let mut state = self.lock();
+            let closed = state.closed;
+            let entry = state.subscribers.iter_mut().find(|e| e.sub.id == sub.id);
+            let Some(Entry { intake, .. }) = entry.filter(|_| !closed && !sub.buffer.is_closed())
+            else {
+                return Err((event, SkipReason::Closed));
+            };
+            match sub.buffer.try_push(intake, event, sub.buffer.capacity()) {
+                Ok(()) => {
+                    sub.buffer.wake_consumer();
+                    return Ok(());
+                }
+                Err(e) if !in_time => return Err((e, SkipReason::TimedOut)),
+                Err(e) => event = e,
+            }
+        }
     }
 
     /// Ends a publish: the report, or the event back if nobody took it.
     #[inline]
-    fn finish(
-        &self,
-        event: Option<Event<E>>,
-        report: PublishReport,
-    ) -> Result<PublishReport, PublishError<E>> {
-        if report.delivered == 0 {
+    fn finish(&self, pass: Pass<E>) -> Result<PublishReport, PublishError<E>> {
+        if pass.report.delivered == 0 {
             // Relaxed: a statistic.
             self.undelivered.fetch_add(1, Ordering::Relaxed);
-            let event = event.expect("an event no subscriber took comes back");
-            return Err(PublishError::Undelivered { event, report });
+            let event = pass.event.expect("an event no subscriber took comes back");
+            return Err(PublishError::Undelivered {
+                event,
+                report: pass.report,
+            });
         }
-        self.published.increment();
-        Ok(report)
+        if !pass.counted {
+            let _state = self.lock();
+            self.count_published();
+        }
+        Ok(pass.report)
     }
 
-    pub(crate) fn attach(&self, sub: Arc<SubscriberInner<E>>) -> Result<(), SubscribeError> {
-        let closed = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
+    /// Counts a publish that reached a subscriber. The caller holds the lock.
+    #[inline]
+    fn count_published(&self) {
+        // Relaxed: a statistic, written only under the lock.
+        let n = self.published.load(Ordering::Relaxed);
+        self.published.store(n + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn attach(
+        &self,
+        sub: Arc<SubscriberInner<E>>,
+        intake: Intake<Event<E>>,
+    ) -> Result<(), SubscribeError> {
+        let mut state = self.lock();
+        if state.closed {
             return Err(SubscribeError::Closed(self.name.clone()));
         }
-        let mut list = self
-            .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut next: Vec<_> = list.iter().cloned().collect();
-        next.push(sub);
-        *list = Arc::new(next);
-        drop(list);
-        drop(closed);
+        // Relaxed: see `fan_out`.
+        self.max_min_version
+            .fetch_max(sub.min_version, Ordering::Relaxed);
+        state.subscribers.push(Entry { sub, intake });
         Ok(())
     }
 
-    pub(crate) fn detach(&self, id: SubscriberId) {
-        let _w = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut list = self
+    /// Closes `sub`'s buffer and removes it from the list, under the lock: no
+    /// publish pushes to it afterwards.
+    pub(crate) fn detach(&self, sub: &SubscriberInner<E>) {
+        let mut state = self.lock();
+        sub.buffer.close();
+        state.subscribers.retain(|e| e.sub.id != sub.id);
+        let max = state
             .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if list.iter().any(|s| s.id == id) {
-            let next: Vec<_> = list.iter().filter(|s| s.id != id).cloned().collect();
-            *list = Arc::new(next);
-        }
+            .iter()
+            .map(|e| e.sub.min_version)
+            .max()
+            .unwrap_or(0);
+        // Relaxed: see `fan_out`.
+        self.max_min_version.store(max, Ordering::Relaxed);
+    }
+
+    /// Stops intake for `sub` (a handler runtime stopping): its buffer closes
+    /// under the lock, it stays listed until its subscription drops.
+    pub(crate) fn close_subscriber(&self, sub: &SubscriberInner<E>) {
+        let _state = self.lock();
+        sub.buffer.close();
     }
 
     pub(crate) fn close(&self) -> bool {
-        let mut closed = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
+        let mut state = self.lock();
+        if state.closed {
             return false;
         }
-        *closed = true;
+        state.closed = true;
         // Release: pairs with the Acquire in `is_closed` and publishes' check.
         self.closed.store(true, Ordering::Release);
-        let subs = self.snapshot();
-        drop(closed);
-        for s in subs.iter() {
-            s.queue.close();
+        for e in &state.subscribers {
+            e.sub.buffer.close();
         }
+        let subscribers = state.subscribers.len();
+        drop(state);
         tracing::info!(
             topic = %self.name,
-            subscribers = subs.len(),
+            subscribers,
             "topic closed: subscribers drain their buffers"
         );
         true
@@ -526,7 +679,8 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             event_type: type_name::<E>(),
             // Acquire: pairs with the Release in `close`.
             closed: self.closed.load(Ordering::Acquire),
-            published: self.published.sum(),
+            // Relaxed: a statistic.
+            published: self.published.load(Ordering::Relaxed),
             // Relaxed: a statistic.
             undelivered: self.undelivered.load(Ordering::Relaxed),
             delivered,
