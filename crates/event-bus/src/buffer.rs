@@ -600,7 +600,12 @@ mod tests {
 
     #[test]
     fn the_wake_up_batch_is_half_the_capacity_at_most_512() {
-        let half = |cap| Buffer::<u8>::new(cap, cap, cap, Kind::Waiting).unwrap().0.half;
+        let half = |cap| {
+            Buffer::<u8>::new(cap, cap, cap, Kind::Waiting)
+                .unwrap()
+                .0
+                .half
+        };
         assert_eq!((half(1), half(4), half(1000), half(4096)), (1, 2, 500, 512));
     }
 }
