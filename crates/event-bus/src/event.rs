@@ -29,7 +29,6 @@ use crate::ReplyError;
 /// let copy = event.clone(); // a refcount bump
 /// assert_eq!(Event::handles(&copy), 2);
 /// ```
-#[repr(C)] // fields in order: no byte-sized moves through padding when events are copied
 pub struct Event<E: Send + Sync + 'static> {
     payload: Payload<E>,
     version: u64,
