@@ -38,12 +38,15 @@
 //!   a cache line, summed on read.
 //! - [`InlineOnce`]: a type-erased `FnOnce(&C)` that stores closures up to
 //!   [`INLINE_BYTES`] without a heap allocation (the worker pool's task slot).
+//! - [`Bitwise`]: a value of a `Copy` type that generic code clones without a
+//!   `T: Clone` bound (the event bus's inline payloads).
 //! - [`spsc`]: a bounded single-producer single-consumer ring whose push and pop
 //!   are plain loads and stores (the event bus's subscriber buffers).
 //!
 //! [`loom`]: https://docs.rs/loom
-// `unsafe` is denied everywhere but `once.rs` (inline closure storage) and
-// `spsc.rs` (the ring's slots), both run under miri by `cargo xtask miri`.
+// `unsafe` is denied everywhere but `once.rs` (inline closure storage),
+// `spsc.rs` (the ring's slots) and `bitwise.rs` (a byte copy of a `Copy`
+// value), all run under miri by `cargo xtask miri`.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -54,6 +57,7 @@
 pub mod spsc;
 pub mod sync;
 
+mod bitwise;
 mod clock;
 mod config;
 mod counter;
@@ -63,6 +67,7 @@ mod rejection;
 pub mod validate;
 
 pub use crate::{
+    bitwise::Bitwise,
     clock::{Clock, Instant, ManualClock},
     config::ConfigError,
     counter::ShardedCounter,

@@ -200,8 +200,11 @@ impl<E: Send + Sync + 'static> Topic<E> {
             };
             // Boxed: the slow path's future (a timer, a `Notified`) would
             // otherwise make every publish future several times larger.
-            let pushed = Box::pin(self.inner.push_waiting(&sub, copy, deadline)).await;
-            pass.record(pushed, &sub);
+            match Box::pin(self.inner.push_waiting(&sub, copy, deadline)).await {
+                Waited::Pushed => pass.record(Ok(()), &sub),
+                Waited::Skipped(event, reason) => pass.record(Err((event, reason)), &sub),
+                Waited::Departed(event) => pass.departed(event, &sub),
+            }
         }
         self.inner.finish(pass)
     }
@@ -348,6 +351,15 @@ enum Wait {
     No,
 }
 
+/// How a wait for room ended.
+enum Waited<E: Send + Sync + 'static> {
+    Pushed,
+    Skipped(Event<E>, SkipReason),
+    /// The subscription was dropped meanwhile; the skip (as
+    /// [`SkipReason::Closed`]) is already counted in the topic's `departed`.
+    Departed(Event<E>),
+}
+
 /// One publish in progress: its report, the event to hand back if nobody took
 /// it, and the subscribers it still has to wait for.
 struct Pass<E: Send + Sync + 'static> {
@@ -400,6 +412,15 @@ impl<E: Send + Sync + 'static> Pass<E> {
                 self.skip(sub, reason);
             }
         }
+    }
+
+    /// Reports `sub` skipped as closed without counting it in `sub`'s drops:
+    /// it left, and its counts were folded into the topic's `departed`.
+    fn departed(&mut self, event: Event<E>, sub: &SubscriberInner<E>) {
+        if self.event.is_none() {
+            self.event = Some(event);
+        }
+        self.report.skipped.push((sub.id, SkipReason::Closed));
     }
 
     fn skip(&mut self, sub: &SubscriberInner<E>, reason: SkipReason) {
@@ -550,23 +571,29 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
         sub: &SubscriberInner<E>,
         event: Event<E>,
         deadline: Option<Instant>,
-    ) -> Result<(), (Event<E>, SkipReason)> {
+    ) -> Waited<E> {
         let mut event = event;
         loop {
             let in_time = sub.buffer.wait_room(deadline).await;
             let mut state = self.lock();
             let closed = state.closed;
             let entry = state.subscribers.iter_mut().find(|e| e.sub.id == sub.id);
-            let Some(Entry { intake, .. }) = entry.filter(|_| !closed && !sub.buffer.is_closed())
-            else {
-                return Err((event, SkipReason::Closed));
+            let Some(Entry { intake, .. }) = entry else {
+                // Detached: its subscription dropped, and folds (or folded) its
+                // counts into `departed`; a skip counted in its own would be lost
+                // or counted twice.
+                self.departed.skip(SkipReason::Closed);
+                return Waited::Departed(event);
             };
+            if closed || sub.buffer.is_closed() {
+                return Waited::Skipped(event, SkipReason::Closed);
+            }
             match sub.buffer.try_push(intake, event, sub.buffer.capacity()) {
                 Ok(()) => {
                     sub.buffer.wake_consumer();
-                    return Ok(());
+                    return Waited::Pushed;
                 }
-                Err(e) if !in_time => return Err((e, SkipReason::TimedOut)),
+                Err(e) if !in_time => return Waited::Skipped(e, SkipReason::TimedOut),
                 Err(e) => event = e,
             }
         }

@@ -134,6 +134,38 @@ async fn block_policy_slows_the_publisher() {
     assert_eq!(s.dropped.total(), 0);
 }
 
+/// A publish waiting on a subscriber that unsubscribes ends with the event
+/// back, and the topic counts the skip (the subscriber's own counts were
+/// already folded into the topic's).
+#[tokio::test(flavor = "current_thread")]
+async fn a_publish_waiting_on_a_departing_subscriber_is_counted() {
+    let topic = Topic::<u32>::new("leaving").unwrap();
+    let sub = topic
+        .subscriber()
+        .buffer(1)
+        .policy(Policy::Block)
+        .subscribe()
+        .unwrap();
+    let id = sub.id();
+    topic.publish(1).await.unwrap();
+    let t = topic.clone();
+    let waiting = tokio::spawn(async move { t.publish(2).await });
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "the buffer is full: it waits");
+    drop(sub);
+    let err = waiting.await.unwrap().unwrap_err();
+    let PublishError::Undelivered { event, report } = err else {
+        panic!("expected Undelivered");
+    };
+    assert_eq!(*event, 2, "the event comes back");
+    assert_eq!(report.skipped, vec![(id, SkipReason::Closed)]);
+    let s = topic.stats();
+    assert_eq!((s.dropped.closed, s.dropped.discarded), (1, 1));
+    assert_eq!((s.published, s.undelivered, s.delivered), (1, 1, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeout_policy_fails_the_publish_after_the_timeout() {
     let topic = Topic::<u32>::new("t").unwrap();
