@@ -308,6 +308,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn a_small_inline_event_is_half_a_cache_line() {
         assert_eq!(std::mem::size_of::<Event<u64>>(), 32);
         let e = Event::inline(5_u64).with_version(9).critical();

@@ -202,8 +202,7 @@ impl<E: Send + Sync + 'static> Topic<E> {
             // otherwise make every publish future several times larger.
             match Box::pin(self.inner.push_waiting(&sub, copy, deadline)).await {
                 Waited::Pushed => pass.record(Ok(()), &sub),
-                Waited::Skipped(event, reason) => pass.record(Err((event, reason)), &sub),
-                Waited::Departed(event) => pass.departed(event, &sub),
+                Waited::Skipped(event, reason) => pass.counted_skip(event, &sub, reason),
             }
         }
         self.inner.finish(pass)
@@ -354,10 +353,9 @@ enum Wait {
 /// How a wait for room ended.
 enum Waited<E: Send + Sync + 'static> {
     Pushed,
+    /// Skipped, and already counted under the topic's lock: in the
+    /// subscriber's drops, or in the topic's `departed` if it left.
     Skipped(Event<E>, SkipReason),
-    /// The subscription was dropped meanwhile; the skip (as
-    /// [`SkipReason::Closed`]) is already counted in the topic's `departed`.
-    Departed(Event<E>),
 }
 
 /// One publish in progress: its report, the event to hand back if nobody took
@@ -414,13 +412,12 @@ impl<E: Send + Sync + 'static> Pass<E> {
         }
     }
 
-    /// Reports `sub` skipped as closed without counting it in `sub`'s drops:
-    /// it left, and its counts were folded into the topic's `departed`.
-    fn departed(&mut self, event: Event<E>, sub: &SubscriberInner<E>) {
+    /// Reports `sub` skipped for `reason`, a skip its caller already counted.
+    fn counted_skip(&mut self, event: Event<E>, sub: &SubscriberInner<E>, reason: SkipReason) {
         if self.event.is_none() {
             self.event = Some(event);
         }
-        self.report.skipped.push((sub.id, SkipReason::Closed));
+        self.report.skipped.push((sub.id, reason));
     }
 
     fn skip(&mut self, sub: &SubscriberInner<E>, reason: SkipReason) {
@@ -578,14 +575,17 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             let mut state = self.lock();
             let closed = state.closed;
             let entry = state.subscribers.iter_mut().find(|e| e.sub.id == sub.id);
+            // Skips are counted here, under the lock: a subscription that drops
+            // detaches under it, then folds its counts into `departed` without
+            // it, so a skip counted after this lock is released could miss the
+            // fold and be lost.
             let Some(Entry { intake, .. }) = entry else {
-                // Detached: its subscription dropped, and folds (or folded) its
-                // counts into `departed`; a skip counted in its own would be lost
-                // or counted twice.
+                // Detached: its counts are (or are being) folded into `departed`.
                 self.departed.skip(SkipReason::Closed);
-                return Waited::Departed(event);
+                return Waited::Skipped(event, SkipReason::Closed);
             };
             if closed || sub.buffer.is_closed() {
+                sub.drops.skip(SkipReason::Closed);
                 return Waited::Skipped(event, SkipReason::Closed);
             }
             match sub.buffer.try_push(intake, event, sub.buffer.capacity()) {
@@ -593,7 +593,10 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
                     sub.buffer.wake_consumer();
                     return Waited::Pushed;
                 }
-                Err(e) if !in_time => return Waited::Skipped(e, SkipReason::TimedOut),
+                Err(e) if !in_time => {
+                    sub.drops.skip(SkipReason::TimedOut);
+                    return Waited::Skipped(e, SkipReason::TimedOut);
+                }
                 Err(e) => event = e,
             }
         }
