@@ -63,9 +63,12 @@ pub struct SubscriberStats {
     pub delivered: u64,
     /// Events skipped or discarded, by reason.
     pub dropped: DropCounts,
-    /// Times the buffer rose to its warn mark.
+    /// Times a publish found the buffer risen to its warn mark. Levels are
+    /// observed at pushes: a buffer that drains below the mark and refills
+    /// between two pushes counts once.
     pub elevated_crossings: u64,
-    /// Times the buffer rose to its reject mark.
+    /// Times a publish found the buffer risen to its reject mark (observed as
+    /// for `elevated_crossings`).
     pub critical_crossings: u64,
 }
 
