@@ -67,11 +67,13 @@ async fn heijunka(subscribers: usize, events: u64) -> Duration {
     start.elapsed()
 }
 
-async fn tokio_broadcast(subscribers: usize, events: u64) -> Duration {
-    // As large as the run: never lags, so it stays lossless.
-    let capacity = (events as usize).max(16).next_power_of_two();
-    let (tx, _) = tokio::sync::broadcast::channel::<u64>(capacity);
-    let readers: Vec<_> = (0..subscribers)
+/// Tokio broadcast receivers, each on its own task: they count what they see
+/// and panic on `Lagged` (the tokio sides must stay lossless).
+fn tokio_readers(
+    tx: &tokio::sync::broadcast::Sender<u64>,
+    subscribers: usize,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..subscribers)
         .map(|_| {
             let mut rx = tx.subscribe();
             tokio::spawn(async move {
@@ -92,44 +94,35 @@ async fn tokio_broadcast(subscribers: usize, events: u64) -> Duration {
                 (n, seen)
             })
         })
-        .collect();
-    let start = Instant::now();
-    for i in 0..events {
-        tx.send(i).expect("receivers");
-    }
-    drop(tx);
+        .collect()
+}
+
+/// Waits for [`tokio_readers`] and checks each saw every event.
+async fn await_tokio_readers(readers: Vec<tokio::task::JoinHandle<(u64, u64)>>, events: u64) {
     for r in readers {
         let (n, seen) = r.await.expect("reader");
         assert_eq!(seen, events, "lossless");
         std::hint::black_box(n);
     }
+}
+
+async fn tokio_broadcast(subscribers: usize, events: u64) -> Duration {
+    // As large as the run: never lags, so it stays lossless.
+    let capacity = (events as usize).max(16).next_power_of_two();
+    let (tx, _) = tokio::sync::broadcast::channel::<u64>(capacity);
+    let readers = tokio_readers(&tx, subscribers);
+    let start = Instant::now();
+    for i in 0..events {
+        tx.send(i).expect("receivers");
+    }
+    drop(tx);
+    await_tokio_readers(readers, events).await;
     start.elapsed()
 }
 
 async fn tokio_broadcast_bounded(subscribers: usize, events: u64) -> Duration {
     let (tx, _) = tokio::sync::broadcast::channel::<u64>(BUFFER);
-    let readers: Vec<_> = (0..subscribers)
-        .map(|_| {
-            let mut rx = tx.subscribe();
-            tokio::spawn(async move {
-                let mut n = 0_u64;
-                let mut seen = 0_u64;
-                loop {
-                    match rx.recv().await {
-                        Ok(e) => {
-                            n += e & 1;
-                            seen += 1;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
-                            panic!("tokio broadcast lagged by {k}")
-                        }
-                    }
-                }
-                (n, seen)
-            })
-        })
-        .collect();
+    let readers = tokio_readers(&tx, subscribers);
     let start = Instant::now();
     // Sends known to fit without overwriting what the slowest receiver has not
     // seen; `len()` (which takes the ring's locks) is asked only when they run
@@ -146,11 +139,7 @@ async fn tokio_broadcast_bounded(subscribers: usize, events: u64) -> Duration {
         tx.send(i).expect("receivers");
     }
     drop(tx);
-    for r in readers {
-        let (n, seen) = r.await.expect("reader");
-        assert_eq!(seen, events, "lossless");
-        std::hint::black_box(n);
-    }
+    await_tokio_readers(readers, events).await;
     start.elapsed()
 }
 
