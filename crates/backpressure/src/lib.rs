@@ -28,6 +28,8 @@
 //!   FIFO, try / async / timeout / blocking acquisition, owned permits, `close()`.
 //! - [`BoundedQueue`]: an MPMC queue with warn / reject / full watermarks that hands
 //!   items back when over the reject mark, with async, timeout and blocking forms.
+//! - [`Watermarks`]: the warn / reject marks of a bounded buffer from fill ratios,
+//!   and the pressure level of a length (shared with the event bus's buffers).
 //! - Rate limiters behind the [`RateLimiter`] trait: [`Gcra`] (token bucket,
 //!   lock-free), [`LeakyBucket`], [`FixedWindow`], [`SlidingWindow`] and
 //!   [`SlidingLog`]; [`until_ready`] waits for one; [`KeyedRateLimiter`] keeps a
@@ -72,6 +74,7 @@ mod rate;
 mod rejected;
 mod shed;
 mod slots;
+mod watermarks;
 
 pub use crate::{
     adaptive::{
@@ -102,4 +105,5 @@ pub use crate::{
     rejected::Rejected,
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},
     slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
+    watermarks::Watermarks,
 };

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::block::block_on;
 use crate::slots::{MAX_CAPACITY, Reserve, Side, SlotState};
+use crate::watermarks::Watermarks;
 
 /// Default warn watermark: 80 % of capacity (the seeds' degradation tables).
 pub const DEFAULT_WARN_AT: f64 = 0.8;
@@ -60,9 +61,7 @@ struct Shared<T> {
     state: SlotState,
     not_empty: Notify,
     not_full: Notify,
-    capacity: usize,
-    warn_slots: usize,
-    reject_slots: usize,
+    marks: Watermarks,
     rejected: AtomicU64,
     elevated_crossings: AtomicU64,
     critical_crossings: AtomicU64,
@@ -110,20 +109,14 @@ impl<T> BoundedQueueBuilder<T> {
     pub fn build(self) -> Result<BoundedQueue<T>, ConfigError> {
         validate::at_least("capacity", self.capacity, 1)?;
         validate::at_most("capacity", self.capacity, MAX_CAPACITY)?;
-        validate::ratio("warn_at", self.warn_at)?;
-        validate::ratio("reject_at", self.reject_at)?;
-        validate::ordered("warn_at", self.warn_at, "reject_at", self.reject_at)?;
-        let slots =
-            |ratio: f64| ((ratio * self.capacity as f64).ceil() as usize).clamp(1, self.capacity);
+        let marks = Watermarks::new(self.capacity, self.warn_at, self.reject_at)?;
         Ok(BoundedQueue {
             shared: Arc::new(Shared {
                 items: ArrayQueue::new(self.capacity),
                 state: SlotState::new(),
                 not_empty: Notify::new(),
                 not_full: Notify::new(),
-                capacity: self.capacity,
-                warn_slots: slots(self.warn_at),
-                reject_slots: slots(self.reject_at),
+                marks,
                 rejected: AtomicU64::new(0),
                 elevated_crossings: AtomicU64::new(0),
                 critical_crossings: AtomicU64::new(0),
@@ -212,7 +205,7 @@ impl<T> BoundedQueue<T> {
 
     /// The capacity.
     pub fn capacity(&self) -> usize {
-        self.shared.capacity
+        self.shared.marks.capacity()
     }
 
     /// Items queued (or being queued) now.
@@ -241,11 +234,11 @@ impl<T> BoundedQueue<T> {
         let len = self.len();
         // Relaxed loads: statistics.
         QueueStats {
-            capacity: s.capacity,
+            capacity: s.marks.capacity(),
             len,
             level: s.level_at(len),
-            warn_at: s.warn_slots,
-            reject_at: s.reject_slots,
+            warn_at: s.marks.warn_slots(),
+            reject_at: s.marks.reject_slots(),
             rejected: s.rejected.load(Ordering::Relaxed),
             elevated_crossings: s.elevated_crossings.load(Ordering::Relaxed),
             critical_crossings: s.critical_crossings.load(Ordering::Relaxed),
@@ -262,7 +255,7 @@ impl<T> BoundedQueue<T> {
     /// [`Rejection::ShuttingDown`].
     #[inline]
     pub fn try_push(&self, item: T) -> Result<(), PushError<T>> {
-        let r = self.push_below(item, self.shared.reject_slots);
+        let r = self.push_below(item, self.shared.marks.reject_slots());
         if let Err(e) = &r
             && e.reason != Rejection::ShuttingDown
         {
@@ -291,7 +284,7 @@ impl<T> BoundedQueue<T> {
             Reserve::Full => Err(PushError {
                 item,
                 reason: Rejection::QueueFull {
-                    capacity: s.capacity,
+                    capacity: s.marks.capacity(),
                 },
             }),
             Reserve::Closed => Err(PushError {
@@ -329,7 +322,7 @@ impl<T> BoundedQueue<T> {
     ) -> Result<(), PushError<T>> {
         let s = &*self.shared;
         loop {
-            match self.push_below(item, s.capacity) {
+            match self.push_below(item, s.marks.capacity()) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.reason == Rejection::ShuttingDown => return Err(e),
                 Err(e) => item = e.item,
@@ -338,7 +331,7 @@ impl<T> BoundedQueue<T> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let seen = s.state.register(Side::Push);
-            let full = seen.len >= s.capacity && !seen.closed;
+            let full = seen.len >= s.marks.capacity() && !seen.closed;
             let timed_out = match (full, seen.counted, deadline) {
                 (false, _, _) => false,
                 (true, false, _) => {
@@ -449,7 +442,7 @@ impl<T> BoundedQueue<T> {
         // the closed bit in the word they register with.
         if s.state.close() {
             tracing::debug!(
-                queue.capacity = s.capacity,
+                queue.capacity = s.marks.capacity(),
                 queue.len = self.len(),
                 "queue closed"
             );
@@ -461,34 +454,28 @@ impl<T> BoundedQueue<T> {
 
 impl<T> Shared<T> {
     fn level_at(&self, len: usize) -> PressureLevel {
-        if len >= self.reject_slots {
-            PressureLevel::Critical
-        } else if len >= self.warn_slots {
-            PressureLevel::Elevated
-        } else {
-            PressureLevel::Normal
-        }
+        self.marks.level(len)
     }
 
     /// After a push took the length to `len`: exactly one push reaches each mark
     /// on the way up, so each crossing is reported once.
     #[inline]
     fn crossed_up(&self, len: usize) {
-        if len == self.warn_slots {
+        if len == self.marks.warn_slots() {
             // Relaxed: a statistic.
             self.elevated_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 queue.len = len,
-                queue.capacity = self.capacity,
+                queue.capacity = self.marks.capacity(),
                 "queue pressure elevated"
             );
         }
-        if len == self.reject_slots {
+        if len == self.marks.reject_slots() {
             // Relaxed: a statistic.
             self.critical_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 queue.len = len,
-                queue.capacity = self.capacity,
+                queue.capacity = self.marks.capacity(),
                 "queue pressure critical: rejecting new items"
             );
         }
@@ -497,13 +484,13 @@ impl<T> Shared<T> {
     /// After a pop took the length down from `before`.
     #[inline]
     fn crossed_down(&self, before: usize) {
-        if before == self.reject_slots {
+        if before == self.marks.reject_slots() {
             tracing::info!(
                 queue.len = before - 1,
                 "queue pressure below the reject mark"
             );
         }
-        if before == self.warn_slots {
+        if before == self.marks.warn_slots() {
             tracing::debug!(queue.len = before - 1, "queue pressure normal");
         }
     }
@@ -520,7 +507,7 @@ impl<T> Clone for BoundedQueue<T> {
 impl<T> fmt::Debug for BoundedQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundedQueue")
-            .field("capacity", &self.shared.capacity)
+            .field("capacity", &self.shared.marks.capacity())
             .field("len", &self.len())
             .field("level", &self.pressure())
             .finish_non_exhaustive()

@@ -58,6 +58,7 @@ use std::pin::pin;
 use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 
+use heijunka_backpressure::Watermarks;
 use heijunka_core::spsc::{self, Consumer, Counts, Producer};
 use heijunka_core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use heijunka_core::sync::{CachePadded, Mutex};
@@ -99,9 +100,8 @@ pub(crate) struct Buffer<T> {
     /// room, and the pops the consumer made (written under that mutex).
     lossy: Option<Mutex<Consumer<T>>>,
     lossy_received: AtomicU64,
-    capacity: usize,
-    warn_slots: usize,
-    reject_slots: usize,
+    /// Capacity, warn and reject marks, in slots.
+    marks: Watermarks,
     /// Half the capacity, between 1 and `MAX_ROOM_BATCH`: the wake-up batch for
     /// waiting publishers.
     half: usize,
@@ -150,19 +150,13 @@ pub(crate) enum Kind {
     Lossy,
 }
 
-const NORMAL: u8 = 0;
-const ELEVATED: u8 = 1;
-const CRITICAL: u8 = 2;
-
 impl<T> Buffer<T> {
-    /// A buffer of `capacity` slots with the given marks (in slots,
-    /// `1 <= warn <= reject <= capacity`), with its two ends.
+    /// A buffer with the given capacity and marks, with its two ends.
     pub(crate) fn new(
-        capacity: usize,
-        warn_slots: usize,
-        reject_slots: usize,
+        marks: Watermarks,
         kind: Kind,
     ) -> Result<(Self, Intake<T>, Outlet<T>), ConfigError> {
+        let capacity = marks.capacity();
         let (producer, consumer) = spsc::ring(capacity)?;
         let counts = producer.counts();
         let (lossy, consumer) = if kind == Kind::Lossy {
@@ -174,9 +168,7 @@ impl<T> Buffer<T> {
             counts,
             lossy,
             lossy_received: AtomicU64::new(0),
-            capacity,
-            warn_slots,
-            reject_slots,
+            marks,
             half: (capacity / 2).clamp(1, MAX_ROOM_BATCH),
             waiting_publishers: kind == Kind::Waiting,
             producer: CachePadded::new(ProducerSide::default()),
@@ -195,11 +187,11 @@ impl<T> Buffer<T> {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        self.marks.capacity()
     }
 
     pub(crate) fn reject_slots(&self) -> usize {
-        self.reject_slots
+        self.marks.reject_slots()
     }
 
     // ---- publisher side: with the topic's lock held (it owns the intake) ----
@@ -260,55 +252,47 @@ impl<T> Buffer<T> {
     fn track_level(&self, p: &mut Producer<T>, len_bound: usize) {
         let side = &*self.producer;
         // Relaxed: written only under the topic's lock.
-        let old = side.level.load(Ordering::Relaxed);
-        let mut level = self.level_code(len_bound as u64);
+        let old = PressureLevel::from_u8(side.level.load(Ordering::Relaxed))
+            .expect("only `as_u8` levels are stored");
+        let mut level = self.marks.level(len_bound);
         if level == old {
             return;
         }
         if level > old {
             // The bound may overstate: confirm with the consumer's count.
-            level = self.level_code(p.len() as u64);
+            level = self.marks.level(p.len());
             if level == old {
                 return;
             }
         }
-        side.level.store(level, Ordering::Relaxed);
+        side.level.store(level.as_u8(), Ordering::Relaxed);
+        let (elevated, critical) = (PressureLevel::Elevated, PressureLevel::Critical);
         // Relaxed: statistics, written under the topic's lock.
-        if old < ELEVATED && level >= ELEVATED {
+        if old < elevated && level >= elevated {
             side.elevated_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                buffer.capacity = self.capacity,
+                buffer.capacity = self.capacity(),
                 "subscriber buffer pressure elevated"
             );
         }
-        if old < CRITICAL && level == CRITICAL {
+        if old < critical && level == critical {
             side.critical_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                buffer.capacity = self.capacity,
+                buffer.capacity = self.capacity(),
                 "subscriber buffer pressure critical: publishes skip or wait"
             );
         }
-        if old == CRITICAL && level < CRITICAL {
+        if old == critical && level < critical {
             tracing::info!(
-                buffer.capacity = self.capacity,
+                buffer.capacity = self.capacity(),
                 "subscriber buffer below its reject mark"
             );
         }
-        if level == NORMAL {
+        if level == PressureLevel::Normal {
             tracing::debug!(
-                buffer.capacity = self.capacity,
+                buffer.capacity = self.capacity(),
                 "subscriber buffer pressure normal"
             );
-        }
-    }
-
-    fn level_code(&self, len: u64) -> u8 {
-        if len >= self.reject_slots as u64 {
-            CRITICAL
-        } else if len >= self.warn_slots as u64 {
-            ELEVATED
-        } else {
-            NORMAL
         }
     }
 
@@ -362,7 +346,7 @@ impl<T> Buffer<T> {
         // Relaxed + fence: handshake 2.
         self.wanted.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        self.is_closed_relaxed() || self.counts.len() < self.capacity
+        self.is_closed_relaxed() || self.counts.len() < self.capacity()
     }
 
     // ---- consumer side: one consumer at a time ----
@@ -410,7 +394,7 @@ impl<T> Buffer<T> {
     }
 
     fn half_free(&self) -> bool {
-        self.counts.len() + self.half <= self.capacity
+        self.counts.len() + self.half <= self.capacity()
     }
 
     /// The next event, registering `cx`'s waker while the buffer is empty;
@@ -501,11 +485,7 @@ impl<T> Buffer<T> {
     }
 
     pub(crate) fn pressure(&self) -> PressureLevel {
-        match self.level_code(self.len() as u64) {
-            NORMAL => PressureLevel::Normal,
-            ELEVATED => PressureLevel::Elevated,
-            _ => PressureLevel::Critical,
-        }
+        self.marks.level(self.len())
     }
 
     /// Events put in.
@@ -560,6 +540,12 @@ impl<T> Buffer<T> {
     }
 }
 
+/// Marks that warn and reject only when full (tests).
+#[cfg(test)]
+fn full_marks(capacity: usize) -> Watermarks {
+    Watermarks::new(capacity, 1.0, 1.0).unwrap()
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
     use std::future::{Future, poll_fn};
@@ -574,7 +560,7 @@ mod loom_tests {
     fn a_sleeping_consumer_is_woken_by_a_push() {
         loom::model(|| {
             let (buf, mut intake, mut outlet) =
-                Buffer::<u32>::new(2, 2, 2, Kind::Skipping).unwrap();
+                Buffer::<u32>::new(full_marks(2), Kind::Skipping).unwrap();
             let buf = Arc::new(buf);
             let lock = Arc::new(Mutex::new(()));
             let (b, l) = (Arc::clone(&buf), Arc::clone(&lock));
@@ -596,7 +582,8 @@ mod loom_tests {
     #[test]
     fn a_sleeping_consumer_is_woken_by_close() {
         loom::model(|| {
-            let (buf, _intake, mut outlet) = Buffer::<u32>::new(2, 2, 2, Kind::Waiting).unwrap();
+            let (buf, _intake, mut outlet) =
+                Buffer::<u32>::new(full_marks(2), Kind::Waiting).unwrap();
             let buf = Arc::new(buf);
             let lock = Arc::new(Mutex::new(()));
             let (b, l) = (Arc::clone(&buf), Arc::clone(&lock));
@@ -618,7 +605,8 @@ mod loom_tests {
     #[test]
     fn a_publisher_waiting_for_room_is_notified_by_a_checkpoint() {
         loom::model(|| {
-            let (buf, mut intake, mut outlet) = Buffer::<u32>::new(4, 4, 4, Kind::Waiting).unwrap();
+            let (buf, mut intake, mut outlet) =
+                Buffer::<u32>::new(full_marks(4), Kind::Waiting).unwrap();
             for i in 0..4 {
                 buf.try_push(&mut intake, i, 4).unwrap();
             }
@@ -651,7 +639,7 @@ mod tests {
 
     #[test]
     fn a_dropped_wait_for_room_unregisters() {
-        let (buf, mut intake, _outlet) = Buffer::<u32>::new(2, 2, 2, Kind::Waiting).unwrap();
+        let (buf, mut intake, _outlet) = Buffer::<u32>::new(full_marks(2), Kind::Waiting).unwrap();
         buf.try_push(&mut intake, 1, 2).unwrap();
         buf.try_push(&mut intake, 2, 2).unwrap();
         let mut wait = Box::pin(buf.wait_room(None));
@@ -668,7 +656,7 @@ mod tests {
     #[test]
     fn the_wake_up_batch_is_half_the_capacity_at_most_512() {
         let half = |cap| {
-            Buffer::<u8>::new(cap, cap, cap, Kind::Waiting)
+            Buffer::<u8>::new(full_marks(cap), Kind::Waiting)
                 .unwrap()
                 .0
                 .half

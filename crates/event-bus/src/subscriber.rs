@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use heijunka_backpressure::{DEFAULT_REJECT_AT, DEFAULT_WARN_AT};
+use heijunka_backpressure::{DEFAULT_REJECT_AT, DEFAULT_WARN_AT, Watermarks};
 use heijunka_core::spsc::MAX_CAPACITY;
 use heijunka_core::{PressureLevel, validate};
 use serde::Serialize;
@@ -171,16 +171,13 @@ impl<E: Send + Sync + 'static> SubscriberBuilder<E> {
         } else {
             self.reject_at
         };
-        validate::ordered("warn_at", self.warn_at, "reject_at", reject_at)?;
-        let slots =
-            |ratio: f64| ((ratio * self.buffer as f64).ceil() as usize).clamp(1, self.buffer);
+        let marks = Watermarks::new(self.buffer, self.warn_at, reject_at)?;
         let kind = match self.policy {
             Policy::Block | Policy::Timeout(_) => Kind::Waiting,
             Policy::Reject => Kind::Skipping,
             Policy::DropOldest => Kind::Lossy,
         };
-        let (buffer, intake, outlet) =
-            Buffer::new(self.buffer, slots(self.warn_at), slots(reject_at), kind)?;
+        let (buffer, intake, outlet) = Buffer::new(marks, kind)?;
         let inner = Arc::new(SubscriberInner {
             id: self.topic.inner.next_id(),
             name: self.name.clone(),
