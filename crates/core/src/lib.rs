@@ -40,6 +40,8 @@
 //!   [`INLINE_BYTES`] without a heap allocation (the worker pool's task slot).
 //! - [`Bitwise`]: a value of a `Copy` type that generic code clones without a
 //!   `T: Clone` bound (the event bus's inline payloads).
+//! - [`cancel`]: a harness that drives a future for k polls, drops it and lets a
+//!   test check what it left behind (every public `async fn` is tested with it).
 //! - [`spsc`]: a bounded single-producer single-consumer ring whose push and pop
 //!   are plain loads and stores (the event bus's subscriber buffers).
 //!
@@ -54,6 +56,7 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+pub mod cancel;
 pub mod spsc;
 pub mod sync;
 
