@@ -14,7 +14,7 @@
 //! that a waiter was woken (or was not woken needlessly).
 //!
 //! ```
-//! use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+//! use heijunka_core::cancel::{Polled, cancel_points};
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //!
 //! // A future that waits twice, then completes: the harness covers k = 0, 1, 2
