@@ -90,26 +90,45 @@ impl<C: ?Sized + 'static> InlineOnce<C> {
     {
         if mem::size_of::<F>() <= INLINE_BYTES && mem::align_of::<F>() <= mem::align_of::<Storage>()
         {
-            Self::store::<F>(f, call_stored::<C, F>, drop_stored::<F>, true)
+            // SAFETY: `call_stored::<C, F>` and `drop_stored::<F>` read and drop
+            // exactly the `F` stored.
+            unsafe { Self::store::<F>(f, call_stored::<C, F>, drop_stored::<F>, true) }
         } else {
             let boxed: Box<F> = Box::new(f);
             let call: unsafe fn(*mut u8, &C) = call_boxed::<C, F>;
-            Self::store::<Box<F>>(boxed, call, drop_stored::<Box<F>>, false)
+            // SAFETY: `call_boxed::<C, F>` and `drop_stored::<Box<F>>` read and drop
+            // exactly the `Box<F>` stored.
+            unsafe { Self::store::<Box<F>>(boxed, call, drop_stored::<Box<F>>, false) }
         }
     }
 
-    fn store<T>(
+    /// Writes `value` into the inline storage, with the functions that will call
+    /// and drop it.
+    ///
+    /// A `T` that does not fit the storage (size or alignment) panics before
+    /// anything is written: the check is on constants, so it compiles away for
+    /// every `T` that fits, and it holds in release builds too (it was a
+    /// `debug_assert`, which left soundness to the caller in release).
+    ///
+    /// # Safety
+    ///
+    /// `call` and `drop` must treat their pointer as a `T` (read it out once, or
+    /// drop it in place once): they are called on the storage this writes.
+    unsafe fn store<T>(
         value: T,
         call: unsafe fn(*mut u8, &C),
         drop: unsafe fn(*mut u8),
         inline: bool,
     ) -> Self {
-        debug_assert!(mem::size_of::<T>() <= INLINE_BYTES);
-        debug_assert!(mem::align_of::<T>() <= mem::align_of::<Storage>());
+        assert!(
+            mem::size_of::<T>() <= INLINE_BYTES && mem::align_of::<T>() <= mem::align_of::<Storage>(),
+            "InlineOnce::store: a value of {} bytes (alignment {}) does not fit the inline storage",
+            mem::size_of::<T>(),
+            mem::align_of::<T>()
+        );
         let mut data = Storage::uninit();
-        // SAFETY: `data` is `INLINE_BYTES` long with pointer alignment, and `T` fits
-        // both (checked by the caller: `F` by the branch in `new`, `Box<F>` is one
-        // pointer).
+        // SAFETY: `data` is `INLINE_BYTES` long with pointer alignment, and the
+        // assertion above has just checked that `T` fits both.
         unsafe { data.as_mut_ptr().cast::<T>().write(value) };
         Self {
             data,
@@ -235,6 +254,21 @@ mod tests {
         drop(small);
         drop(large);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    /// The storage's precondition holds in every build, not only with debug
+    /// assertions: a value that does not fit is refused before it is written.
+    /// (On the old code, whose check was a `debug_assert`, this test failed under
+    /// `cargo test --release`: no panic, and a 64-byte write into 48 bytes.)
+    #[test]
+    #[should_panic(expected = "does not fit the inline storage")]
+    fn store_refuses_a_value_that_does_not_fit_in_any_build() {
+        // SAFETY: `drop_stored::<[u64; 8]>` treats the storage as a `[u64; 8]`, and
+        // `call_noop` never reads it; the assertion refuses it first anyway.
+        unsafe fn call_noop(_: *mut u8, _: &()) {}
+        let _ = unsafe {
+            InlineOnce::<()>::store::<[u64; 8]>([0; 8], call_noop, drop_stored::<[u64; 8]>, true)
+        };
     }
 
     #[test]
