@@ -8,6 +8,11 @@
 //! steadier than the mean. The `baseline` group (an uncontended `fetch_add`,
 //! `Instant::now()`, a `Box::new` + drop) is timed in every bench target, and
 //! heijunka's cost is also expressed in `fetch_add`s.
+//!
+//! `bench --guard` runs only the headline rows listed in the guard table of
+//! `docs/benchmarks.md` (between the `bench-guard` markers), in criterion's quick
+//! mode, and fails if a ratio (or an absolute time) is past its guard by more than
+//! [`TOLERANCE`]: a documented figure cannot go stale unnoticed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,10 +27,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut area: Option<&str> = None;
     for a in args {
         match a.as_str() {
+            "--guard" if args.len() == 1 => return guard(),
+            "--guard" => return Err("`--guard` takes no other argument".into()),
             "--quick" => quick = true,
             s if s.starts_with('-') => {
                 return Err(format!(
-                    "unknown option `{s}` (usage: bench [--quick] [AREA])"
+                    "unknown option `{s}` (usage: bench [--quick] [AREA] | bench --guard)"
                 ));
             }
             s if area.is_none() => area = Some(s),
@@ -199,4 +206,214 @@ fn table(results: &Results) -> String {
         s.push('\n');
     }
     s
+}
+
+/// How far past its guard a figure may be before `--guard` fails: ratios measured
+/// side by side in one run are stable to about ±30 % on the noisy 2-core machines
+/// this project runs on (BENCHMARKS.md), absolute times less so.
+const TOLERANCE: f64 = 1.3;
+
+/// The file holding the guard table, and its markers.
+const GUARD_DOC: &str = "docs/benchmarks.md";
+const GUARD_BEGIN: &str = "<!-- bench-guard:begin -->";
+const GUARD_END: &str = "<!-- bench-guard:end -->";
+
+/// One row of the guard table.
+#[derive(Debug)]
+struct GuardRow {
+    name: String,
+    bench: String,
+    group: String,
+    param: String,
+    /// `None`: an absolute time is guarded, not a ratio.
+    peer: Option<String>,
+    limit: Limit,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// heijunka time / peer time ≤ this.
+    Ratio(f64),
+    /// heijunka's median ≤ this many nanoseconds.
+    Nanos(f64),
+}
+
+/// Parses the table between the markers: `| row | bench | group | param | peer | guard |`,
+/// where `guard` is `≤ 1.1` (a ratio) or `≤ 200 ns` (an absolute median) and a
+/// `-` peer means the absolute form.
+fn guard_rows(doc: &str) -> Result<Vec<GuardRow>, String> {
+    let start = doc
+        .find(GUARD_BEGIN)
+        .ok_or_else(|| format!("{GUARD_DOC} has no `{GUARD_BEGIN}` marker"))?;
+    let end = doc[start..]
+        .find(GUARD_END)
+        .ok_or_else(|| format!("{GUARD_DOC} has no `{GUARD_END}` marker"))?;
+    let mut rows = Vec::new();
+    for line in doc[start..start + end].lines() {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        if cells.len() != 6 || cells[0] == "row" || cells[0].starts_with("---") {
+            continue;
+        }
+        let strip = |c: &str| c.trim_matches('`').to_string();
+        let guard = cells[5].trim_start_matches(['≤', '<', '=', ' ']);
+        let limit = if let Some(ns) = guard.strip_suffix("ns") {
+            Limit::Nanos(parse_number(ns.trim(), line)?)
+        } else {
+            Limit::Ratio(parse_number(guard, line)?)
+        };
+        let peer = (cells[4] != "-").then(|| strip(cells[4]));
+        if peer.is_none() != matches!(limit, Limit::Nanos(_)) {
+            return Err(format!(
+                "guard row `{line}`: a peer takes a ratio, `-` takes a time in ns"
+            ));
+        }
+        rows.push(GuardRow {
+            name: cells[0].to_string(),
+            bench: strip(cells[1]),
+            group: strip(cells[2]),
+            param: strip(cells[3]),
+            peer,
+            limit,
+        });
+    }
+    if rows.is_empty() {
+        return Err(format!("the guard table in {GUARD_DOC} has no rows"));
+    }
+    Ok(rows)
+}
+
+fn parse_number(s: &str, line: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .map_err(|e| format!("guard row `{line}`: `{s}` is not a number: {e}"))
+}
+
+/// `bench --guard`: the headline rows in quick mode, each against its guard.
+fn guard() -> Result<(), String> {
+    let doc_path = root().join(GUARD_DOC);
+    let doc = std::fs::read_to_string(&doc_path)
+        .map_err(|e| format!("cannot read {}: {e}", doc_path.display()))?;
+    let rows = guard_rows(&doc)?;
+    let mut benches: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
+    benches.sort_unstable();
+    benches.dedup();
+    let mut groups: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+
+    let started = SystemTime::now();
+    let mut cmd = cargo().args(["bench", "-p", "heijunka-benches"]);
+    for b in &benches {
+        cmd = cmd.args(["--bench", b]);
+    }
+    // Criterion's filter is a regex over `group/function[/param]`.
+    let filter = format!("^({})/", groups.join("|"));
+    cmd.args([
+        "--",
+        "--quick",
+        "--warm-up-time",
+        "1",
+        "--noplot",
+        filter.as_str(),
+    ])
+    .run()?;
+    let results = collect(&criterion_dir(), started)?;
+
+    let mut report = String::from(
+        "| row | measured | guard | limit with tolerance | verdict |\n| --- | --- | --- | --- | --- |\n",
+    );
+    let mut failed = Vec::new();
+    for row in &rows {
+        let functions = results.get(&(row.group.clone(), row.param.clone()));
+        let ours = functions.and_then(|f| f.get("heijunka")).copied();
+        let (measured, value, limit) = match (row.limit, ours) {
+            (_, None) => {
+                failed.push(format!(
+                    "{}: no `heijunka` result for {}",
+                    row.name, row.group
+                ));
+                continue;
+            }
+            (Limit::Nanos(limit), Some(ours)) => (fmt_ns(ours), ours, limit),
+            (Limit::Ratio(limit), Some(ours)) => {
+                let peer = row.peer.as_deref().unwrap_or_default();
+                let Some(&theirs) = functions.and_then(|f| f.get(peer)) else {
+                    failed.push(format!(
+                        "{}: no `{peer}` result for {}",
+                        row.name, row.group
+                    ));
+                    continue;
+                };
+                let ratio = ours / theirs;
+                (
+                    format!("{ratio:.2} ({} vs {})", fmt_ns(ours), fmt_ns(theirs)),
+                    ratio,
+                    limit,
+                )
+            }
+        };
+        let ok = value <= limit * TOLERANCE;
+        let shown = |v: f64| match row.limit {
+            Limit::Nanos(_) => fmt_ns(v),
+            Limit::Ratio(_) => format!("{v:.2}"),
+        };
+        report.push_str(&format!(
+            "| {} | {measured} | ≤ {} | ≤ {} | {} |\n",
+            row.name,
+            shown(limit),
+            shown(limit * TOLERANCE),
+            if ok { "ok" } else { "**past its guard**" }
+        ));
+        if !ok {
+            failed.push(format!(
+                "{}: {measured} is past {} (guard {} x {TOLERANCE})",
+                row.name,
+                shown(limit * TOLERANCE),
+                shown(limit)
+            ));
+        }
+    }
+    println!("\n{report}");
+    if failed.is_empty() {
+        println!("bench --guard: every headline figure is within its guard");
+        Ok(())
+    } else {
+        Err(format!(
+            "bench --guard: {} row(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_rows_parse_ratios_and_times() {
+        let doc = "x\n<!-- bench-guard:begin -->\n| row | bench | group | param | peer | guard |\n| --- | --- | --- | --- | --- | --- |\n| a | breaker | `breaker/closed_call` |  | failsafe | ≤ 0.2 |\n| b | breaker | breaker/open_reject |  | - | < 10 ns |\n<!-- bench-guard:end -->\n";
+        let rows = guard_rows(doc).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].group, "breaker/closed_call");
+        assert_eq!(rows[0].peer.as_deref(), Some("failsafe"));
+        assert!(matches!(rows[0].limit, Limit::Ratio(r) if (r - 0.2).abs() < 1e-9));
+        assert!(rows[1].peer.is_none());
+        assert!(matches!(rows[1].limit, Limit::Nanos(n) if (n - 10.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn guard_rows_refuse_a_peer_with_a_time() {
+        let doc = "<!-- bench-guard:begin -->\n| a | breaker | g |  | failsafe | ≤ 10 ns |\n<!-- bench-guard:end -->";
+        assert!(
+            guard_rows(doc)
+                .unwrap_err()
+                .contains("a peer takes a ratio")
+        );
+    }
 }

@@ -7,10 +7,12 @@ pub(crate) fn ci() -> Result<(), String> {
     let started = std::time::Instant::now();
     lint()?;
     test()?;
+    test_default_features()?;
     demo_quick()?;
     doc()?;
     crate::loom::run()?;
     crate::miri::run()?;
+    crate::tsan::run()?;
     println!(
         "xtask ci: all checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -63,6 +65,26 @@ pub(crate) fn test() -> Result<(), String> {
     }
     cargo()
         .args(["test", "--workspace", "--all-features", "--doc"])
+        .run()
+}
+
+/// The tests again with each crate's default features (what a user who adds the
+/// crate gets), and the recycler's in release, where its misuse checks are off and
+/// the plain return path runs: `test` uses `--all-features`, which turns both off.
+pub(crate) fn test_default_features() -> Result<(), String> {
+    let nextest = cargo().args(["nextest", "--version"]).succeeds_quietly();
+    let runner: &[&str] = if nextest {
+        &["nextest", "run", "--no-fail-fast"]
+    } else {
+        &["test", "--lib", "--bins", "--tests", "--examples"]
+    };
+    cargo()
+        .args(runner.iter().copied())
+        .args(["--workspace"])
+        .run()?;
+    cargo()
+        .args(runner.iter().copied())
+        .args(["--release", "-p", "heijunka-recycler"])
         .run()
 }
 

@@ -133,7 +133,8 @@ pub(crate) fn env_with(key: &str, extra: &str) -> String {
     }
 }
 
-/// Packages under `crates/` whose files satisfy `pred(manifest, sources)`.
+/// Packages under `crates/` whose files satisfy `pred(manifest, sources)`, where
+/// `sources` is the text of every `.rs` file under the crate's `src/` and `tests/`.
 pub(crate) fn crates_where(pred: impl Fn(&str, &str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(dirs) = std::fs::read_dir(root().join("crates")) else {
@@ -147,6 +148,7 @@ pub(crate) fn crates_where(pred: impl Fn(&str, &str) -> bool) -> Vec<String> {
         };
         let mut sources = String::new();
         collect_sources(&dir.join("src"), &mut sources);
+        collect_sources(&dir.join("tests"), &mut sources);
         if pred(&manifest, &sources)
             && let Some(name) = package_name(&manifest)
         {
@@ -179,4 +181,56 @@ fn package_name(manifest: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix("name = \""))
         .and_then(|l| l.split('"').next())
         .map(str::to_string)
+}
+
+/// The nightly toolchain that miri and ThreadSanitizer need.
+pub(crate) const NIGHTLY: &str = "nightly";
+
+/// `rustup run nightly cargo`, with the variables the outer stable cargo set removed
+/// so they cannot pin the child to the stable toolchain.
+pub(crate) fn nightly_cargo() -> Cmd {
+    Cmd::new("rustup")
+        .args(["run", NIGHTLY, "cargo"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTC_WRAPPER")
+}
+
+/// Installs the nightly `components` (e.g. `miri`, `rust-src`) that are missing.
+pub(crate) fn ensure_nightly_components(components: &[&str]) -> Result<(), String> {
+    let installed = Cmd::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .read()
+        .unwrap_or_default();
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Cmd::new("rustup")
+        .args(["component", "add", "--toolchain", NIGHTLY])
+        .args(missing)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .run()
+        .map_err(|e| {
+            format!("{e}\n(needs rustup and a {NIGHTLY} toolchain: `rustup toolchain install {NIGHTLY}`)")
+        })
+}
+
+/// The host's target triple (`rustc -vV`), for builds that need `--target`.
+pub(crate) fn host_triple() -> Result<String, String> {
+    let out = Cmd::new("rustc")
+        .args(["-vV"])
+        .read()
+        .ok_or("could not run `rustc -vV`")?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .ok_or_else(|| "`rustc -vV` printed no host line".into())
 }

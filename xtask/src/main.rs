@@ -10,6 +10,7 @@ mod demo;
 mod layers;
 mod loom;
 mod miri;
+mod tsan;
 
 use std::process::ExitCode;
 
@@ -17,15 +18,19 @@ const HELP: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  ci                    everything CI runs: fmt, clippy, tests (+ doc tests), docs, loom, miri
+  ci                    everything CI runs: fmt, clippy, tests (all features, then default
+                        features), the demo's short run, docs, loom, miri, tsan
   test                  the tests: nextest (or cargo test) and the doc tests
   lint                  cargo fmt --check, clippy -D warnings, and the layer check
   layers                checks that no crate depends on one above its layer
   doc                   cargo doc with warnings denied
   loom                  the loom models (RUSTFLAGS=\"--cfg loom\", release, LOOM_MAX_PREEMPTIONS=2)
   miri                  the crates marked for miri (installs nightly miri + rust-src if missing)
+  tsan                  the stress tests (names containing `stress`) under ThreadSanitizer (nightly)
   bench [--quick] [AREA]
                         criterion benchmarks in benches/, then a table of heijunka/peer ratios
+  bench --guard         the headline rows of docs/benchmarks.md's guard table, quick; fails
+                        if one is past its guard by more than 30 % (run before any speed claim)
   demo [--quick]        the overload demo: the same service without and with heijunka
 ";
 
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         "doc" => no_args(task, rest).and_then(|()| ci::doc()),
         "loom" => no_args(task, rest).and_then(|()| loom::run()),
         "miri" => no_args(task, rest).and_then(|()| miri::run()),
+        "tsan" => no_args(task, rest).and_then(|()| tsan::run()),
         "bench" => bench::run(rest),
         "demo" => demo::run(rest),
         "help" | "-h" | "--help" => {

@@ -5,12 +5,11 @@
 //! for miri carry `#[cfg_attr(miri, ignore)]` with the reason. The nightly `miri` and
 //! `rust-src` components are installed with rustup when missing.
 
-use crate::cmd::{Cmd, crates_where, root};
-
-const TOOLCHAIN: &str = "nightly";
+use crate::cmd::{crates_where, ensure_nightly_components, nightly_cargo, root};
 
 pub(crate) fn run() -> Result<(), String> {
-    ensure_components()?;
+    ensure_nightly_components(&["miri", "rust-src"])?;
+    nightly_cargo().args(["miri", "setup"]).run()?;
     let packages = crates_where(|manifest, _| {
         manifest.contains("[package.metadata.heijunka]") && manifest.contains("miri = true")
     });
@@ -29,42 +28,4 @@ pub(crate) fn run() -> Result<(), String> {
     )
     .env("CARGO_TARGET_DIR", target.to_string_lossy())
     .run()
-}
-
-/// `rustup run nightly cargo`, with the variables the outer stable cargo set removed
-/// so they cannot pin the child to the stable toolchain.
-fn nightly_cargo() -> Cmd {
-    Cmd::new("rustup")
-        .args(["run", TOOLCHAIN, "cargo"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC")
-        .env_remove("RUSTC_WRAPPER")
-}
-
-fn ensure_components() -> Result<(), String> {
-    let installed = Cmd::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", TOOLCHAIN])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .read()
-        .unwrap_or_default();
-    let has = |c: &str| installed.lines().any(|l| l.starts_with(c));
-    if !(has("miri") && has("rust-src")) {
-        Cmd::new("rustup")
-            .args([
-                "component",
-                "add",
-                "--toolchain",
-                TOOLCHAIN,
-                "miri",
-                "rust-src",
-            ])
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .run()
-            .map_err(|e| {
-                format!("{e}\n(miri needs rustup and a {TOOLCHAIN} toolchain: `rustup toolchain install {TOOLCHAIN}`)")
-            })?;
-    }
-    nightly_cargo().args(["miri", "setup"]).run()
 }

@@ -121,7 +121,8 @@ impl<C: ?Sized + 'static> InlineOnce<C> {
         inline: bool,
     ) -> Self {
         assert!(
-            mem::size_of::<T>() <= INLINE_BYTES && mem::align_of::<T>() <= mem::align_of::<Storage>(),
+            mem::size_of::<T>() <= INLINE_BYTES
+                && mem::align_of::<T>() <= mem::align_of::<Storage>(),
             "InlineOnce::store: a value of {} bytes (alignment {}) does not fit the inline storage",
             mem::size_of::<T>(),
             mem::align_of::<T>()
