@@ -134,6 +134,15 @@ pub async fn until_ready<L: RateLimiter + ?Sized>(
     }
 }
 
+/// A duration of `nanos` nanoseconds, exactly (a `Duration` holds more than
+/// `u64::MAX` nanoseconds, so no clamping to a sentinel is needed).
+pub(crate) fn duration_from_nanos(nanos: u128) -> Duration {
+    const PER_SEC: u128 = 1_000_000_000;
+    let secs = u64::try_from(nanos / PER_SEC).unwrap_or(u64::MAX);
+    // Below 1e9, so it fits a u32.
+    Duration::new(secs, (nanos % PER_SEC) as u32)
+}
+
 /// Nanoseconds in a duration, saturating.
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
