@@ -11,7 +11,7 @@ use heijunka_core::{Clock, Rejection};
 
 pub use self::gcra::{Gcra, LeakyBucket};
 pub use self::keyed::{
-    DEFAULT_MAX_KEYS, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
+    DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
 };
 pub use self::window::{FixedWindow, SlidingLog, SlidingWindow};
 
@@ -33,33 +33,37 @@ pub enum RateLimitError {
         /// The most the limiter admits at once (its burst, or its window limit).
         capacity: u32,
     },
-    /// A keyed limiter holds its maximum number of keys, none is idle, and its
-    /// policy is [`OverflowPolicy::Reject`].
-    #[error("too many clients: the key budget of {max_keys} is exhausted")]
+    /// A keyed limiter holds its maximum number of keys, none of those it examined
+    /// is idle, and its policy is [`OverflowPolicy::Reject`].
+    #[error(
+        "too many clients: the key budget of {max_keys} is exhausted; retry after {retry_after:?}"
+    )]
     KeyBudgetExhausted {
         /// The key budget.
         max_keys: usize,
+        /// When a held key is expected to be idle, making room (above zero).
+        retry_after: Duration,
     },
 }
 
 impl RateLimitError {
     /// The shared rejection reason, where there is one: [`Rejection::RateLimited`]
-    /// (also for an exhausted key budget, with no retry-after known: zero).
+    /// with the retry-after (also for an exhausted key budget); `None` for
+    /// [`InsufficientCapacity`](Self::InsufficientCapacity), which waiting cannot
+    /// fix.
     pub fn reason(&self) -> Option<Rejection> {
-        match *self {
-            Self::RateLimited { retry_after } => Some(Rejection::RateLimited { retry_after }),
-            Self::KeyBudgetExhausted { .. } => Some(Rejection::RateLimited {
-                retry_after: Duration::ZERO,
-            }),
-            Self::InsufficientCapacity { .. } => None,
-        }
+        self.retry_after()
+            .map(|retry_after| Rejection::RateLimited { retry_after })
     }
 
-    /// The wait before retrying, where one is known.
+    /// The wait before retrying: above zero whenever there is one, `None` where
+    /// waiting cannot help ([`InsufficientCapacity`](Self::InsufficientCapacity)).
     pub fn retry_after(&self) -> Option<Duration> {
         match *self {
-            Self::RateLimited { retry_after } => Some(retry_after),
-            _ => None,
+            Self::RateLimited { retry_after } | Self::KeyBudgetExhausted { retry_after, .. } => {
+                Some(retry_after)
+            }
+            Self::InsufficientCapacity { .. } => None,
         }
     }
 }

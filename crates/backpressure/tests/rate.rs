@@ -256,7 +256,13 @@ fn keyed_limits_are_per_key_and_the_key_set_is_bounded() {
     limiter.check_key(&"b").unwrap();
     assert!(limiter.check_key(&"a").is_err(), "a's own bucket is empty");
     let err = limiter.check_key(&"c").unwrap_err();
-    assert_eq!(err, RateLimitError::KeyBudgetExhausted { max_keys: 2 });
+    assert_eq!(
+        err,
+        RateLimitError::KeyBudgetExhausted {
+            max_keys: 2,
+            retry_after: Duration::from_secs(1)
+        }
+    );
     assert!(matches!(err.reason(), Some(Rejection::RateLimited { .. })));
     // Once a's and b's buckets refill, they are idle and make room.
     clock.advance(Duration::from_secs(1));
