@@ -1,18 +1,22 @@
-//! Rate limiters behind one trait: GCRA, leaky bucket, fixed window, sliding window
-//! (counter-interpolated and exact log), and a keyed (per-client) GCRA.
+//! Rate limiters behind one trait: GCRA (the token bucket, and the leaky bucket as a
+//! meter), fixed window, sliding window (counter-interpolated and exact log), and a
+//! keyed (per-client) GCRA; and the leaky bucket as a shaper, which delays callers
+//! into an even stream.
 
 mod gcra;
 mod keyed;
+mod leaky;
 mod window;
 
 use std::time::Duration;
 
 use heijunka_core::{Clock, Rejection};
 
-pub use self::gcra::{Gcra, LeakyBucket};
+pub use self::gcra::Gcra;
 pub use self::keyed::{
     DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
 };
+pub use self::leaky::LeakyBucket;
 pub use self::window::{FixedWindow, SlidingLog, SlidingWindow};
 
 /// Why a rate limiter did not admit a request.
@@ -70,8 +74,8 @@ impl RateLimitError {
 
 /// A rate limiter: decides at once whether `n` units may pass now.
 ///
-/// Implemented by [`Gcra`] (token bucket), [`LeakyBucket`], [`FixedWindow`],
-/// [`SlidingWindow`] and [`SlidingLog`]. All read time from a
+/// Implemented by [`Gcra`] (token bucket, and leaky bucket as a meter),
+/// [`FixedWindow`], [`SlidingWindow`] and [`SlidingLog`]. All read time from a
 /// [`heijunka_core::Clock`], so tests drive them with a `ManualClock`.
 ///
 /// ```
@@ -121,8 +125,16 @@ pub trait RateLimiter: Send + Sync {
 ///
 /// # Errors
 ///
-/// [`RateLimitError::InsufficientCapacity`] at once if `n` can never pass, and
-/// [`RateLimitError::KeyBudgetExhausted`] as it comes.
+/// [`RateLimitError::InsufficientCapacity`] at once if `n` can never pass; any
+/// refusal other than [`RateLimitError::RateLimited`] (which it waits out), as it
+/// comes.
+///
+/// # Cancel safety
+///
+/// Cancel safe. Units are taken only by the `check_n` that admits them, in the
+/// same poll that returns `Ok`; a future dropped while it sleeps has taken
+/// nothing, and leaves only a tokio timer that is dropped with it. Nothing is
+/// queued, so it has no place in line to lose either: a later call starts afresh.
 pub async fn until_ready<L: RateLimiter + ?Sized>(
     limiter: &L,
     n: u32,
@@ -131,6 +143,8 @@ pub async fn until_ready<L: RateLimiter + ?Sized>(
         match limiter.check_n(n) {
             Ok(()) => return Ok(()),
             Err(RateLimitError::RateLimited { retry_after }) => {
+                // Limiters never return a zero wait; the floor keeps a foreign
+                // implementation that does from spinning.
                 tokio::time::sleep(retry_after.max(Duration::from_nanos(1))).await;
             }
             Err(other) => return Err(other),

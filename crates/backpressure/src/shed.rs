@@ -8,8 +8,8 @@ use heijunka_core::{PressureLevel, Rejection};
 use serde::Serialize;
 
 use crate::{
-    AdaptiveLimit, BoundedQueue, ConcurrencyLimit, FixedWindow, Gcra, LeakyBucket, RateLimiter,
-    SlidingLog, SlidingWindow,
+    AdaptiveLimit, BoundedQueue, ConcurrencyLimit, FixedWindow, Gcra, RateLimiter, SlidingLog,
+    SlidingWindow,
 };
 
 /// One overload signal: says at once whether new work should be shed.
@@ -120,7 +120,7 @@ macro_rules! rate_signal {
     )*};
 }
 
-rate_signal!(Gcra, LeakyBucket, FixedWindow, SlidingWindow, SlidingLog);
+rate_signal!(Gcra, FixedWindow, SlidingWindow, SlidingLog);
 
 /// A [`Signal`] from a closure; see [`from_fn`].
 pub struct FnSignal<F>(F);
