@@ -247,3 +247,31 @@ fn stress_keyed_budget_under_concurrent_new_and_known_keys() {
         Err(RateLimitError::KeyBudgetExhausted { .. })
     ));
 }
+
+/// A key whose `Clone` panics (user code) mid-insert leaves the budget whole.
+#[test]
+fn a_panicking_key_clone_does_not_leak_a_unit_of_the_budget() {
+    #[derive(PartialEq, Eq, Hash, Debug)]
+    struct Key(u32);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            assert!(self.0 != 13, "unlucky key");
+            Key(self.0)
+        }
+    }
+    let clock = ManualClock::new();
+    let limiter: KeyedRateLimiter<Key> = KeyedRateLimiter::builder(1.0)
+        .max_keys(2)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = limiter.check_key(&Key(13));
+        }));
+        assert!(panicked.is_err());
+    }
+    assert_eq!(limiter.len(), 0);
+    limiter.check_key(&Key(1)).unwrap();
+    limiter.check_key(&Key(2)).unwrap();
+}

@@ -219,6 +219,10 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
                 OverflowPolicy::SharedBucket => self.params.check(&self.overflow_bucket, now, n),
             };
         }
+        // From here the unit is given back unless the key goes into both the map and
+        // the ring, even if the key's own `Clone`, `Hash` or `Eq` panics.
+        let reservation = Reservation(self);
+        let ring_key = key.clone();
         let mut inserted = false;
         let state = self
             .map
@@ -231,13 +235,13 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         let result = self.params.check(&state, now, n);
         drop(state);
         if inserted {
-            // The reservation is now the key's; the key joins the ring (after the
-            // shard lock is released: no probe can find it before this push).
-            self.ring.push(key.clone());
-        } else {
-            // Another thread inserted the same key first and holds its own unit.
-            self.release();
+            // The unit is now the key's; the key joins the ring (after the shard
+            // lock is released: no probe can find it before this push).
+            self.ring.push(ring_key);
+            std::mem::forget(reservation);
         }
+        // Otherwise another thread inserted the same key first and holds its own
+        // unit: `reservation` gives this one back as it drops.
         result
     }
 
@@ -356,6 +360,15 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     /// The clock the limiter reads.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+}
+
+/// One unit of a key budget, given back when dropped (see `check_key_n`).
+struct Reservation<'a, K: Hash + Eq>(&'a KeyedRateLimiter<K>);
+
+impl<K: Hash + Eq> Drop for Reservation<'_, K> {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
