@@ -233,3 +233,11 @@ fn a_cancelled_waiter_in_the_middle_moves_the_rest_up() {
     }
     assert_eq!(left, [("first", 100), ("last", 200)]);
 }
+
+#[test]
+fn acquire_is_send_so_it_can_be_spawned() {
+    fn assert_send<T: Send>(_: &T) {}
+    let bucket = LeakyBucket::new(1, 1.0, ManualClock::new().clock()).unwrap();
+    let future = bucket.acquire();
+    assert_send(&future);
+}
