@@ -30,10 +30,11 @@
 //!   items back when over the reject mark, with async, timeout and blocking forms.
 //! - [`Watermarks`]: the warn / reject marks of a bounded buffer from fill ratios,
 //!   and the pressure level of a length (shared with the event bus's buffers).
-//! - Rate limiters behind the [`RateLimiter`] trait: [`Gcra`] (token bucket,
-//!   lock-free), [`LeakyBucket`], [`FixedWindow`], [`SlidingWindow`] and
+//! - Rate limiters behind the [`RateLimiter`] trait: [`Gcra`] (token bucket, and
+//!   leaky bucket as a meter; lock-free), [`FixedWindow`], [`SlidingWindow`] and
 //!   [`SlidingLog`]; [`until_ready`] waits for one; [`KeyedRateLimiter`] keeps a
-//!   bucket per client in a bounded key set.
+//!   bucket per client in a bounded key set; [`LeakyBucket`] shapes callers into an
+//!   even stream from a bounded queue.
 //!
 //! - [`SlotState`]: the one-word slot-and-sleeper protocol under the queue, for
 //!   crates that build their own bounded structures.
@@ -98,9 +99,9 @@ pub use crate::{
         QueueStats,
     },
     rate::{
-        DEFAULT_MAX_KEYS, FixedWindow, Gcra, KeyedRateLimiter, KeyedRateLimiterBuilder,
-        LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter, SlidingLog, SlidingWindow,
-        until_ready,
+        DEFAULT_MAX_KEYS, EVICTION_PROBES, FixedWindow, Gcra, KeyedRateLimiter,
+        KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter,
+        SlidingLog, SlidingWindow, until_ready,
     },
     rejected::Rejected,
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},

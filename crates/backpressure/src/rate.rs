@@ -1,18 +1,22 @@
-//! Rate limiters behind one trait: GCRA, leaky bucket, fixed window, sliding window
-//! (counter-interpolated and exact log), and a keyed (per-client) GCRA.
+//! Rate limiters behind one trait: GCRA (the token bucket, and the leaky bucket as a
+//! meter), fixed window, sliding window (counter-interpolated and exact log), and a
+//! keyed (per-client) GCRA; and the leaky bucket as a shaper, which delays callers
+//! into an even stream.
 
 mod gcra;
 mod keyed;
+mod leaky;
 mod window;
 
 use std::time::Duration;
 
 use heijunka_core::{Clock, Rejection};
 
-pub use self::gcra::{Gcra, LeakyBucket};
+pub use self::gcra::Gcra;
 pub use self::keyed::{
-    DEFAULT_MAX_KEYS, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
+    DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
 };
+pub use self::leaky::LeakyBucket;
 pub use self::window::{FixedWindow, SlidingLog, SlidingWindow};
 
 /// Why a rate limiter did not admit a request.
@@ -33,41 +37,45 @@ pub enum RateLimitError {
         /// The most the limiter admits at once (its burst, or its window limit).
         capacity: u32,
     },
-    /// A keyed limiter holds its maximum number of keys, none is idle, and its
-    /// policy is [`OverflowPolicy::Reject`].
-    #[error("too many clients: the key budget of {max_keys} is exhausted")]
+    /// A keyed limiter holds its maximum number of keys, none of those it examined
+    /// is idle, and its policy is [`OverflowPolicy::Reject`].
+    #[error(
+        "too many clients: the key budget of {max_keys} is exhausted; retry after {retry_after:?}"
+    )]
     KeyBudgetExhausted {
         /// The key budget.
         max_keys: usize,
+        /// When a held key is expected to be idle, making room (above zero).
+        retry_after: Duration,
     },
 }
 
 impl RateLimitError {
     /// The shared rejection reason, where there is one: [`Rejection::RateLimited`]
-    /// (also for an exhausted key budget, with no retry-after known: zero).
+    /// with the retry-after (also for an exhausted key budget); `None` for
+    /// [`InsufficientCapacity`](Self::InsufficientCapacity), which waiting cannot
+    /// fix.
     pub fn reason(&self) -> Option<Rejection> {
-        match *self {
-            Self::RateLimited { retry_after } => Some(Rejection::RateLimited { retry_after }),
-            Self::KeyBudgetExhausted { .. } => Some(Rejection::RateLimited {
-                retry_after: Duration::ZERO,
-            }),
-            Self::InsufficientCapacity { .. } => None,
-        }
+        self.retry_after()
+            .map(|retry_after| Rejection::RateLimited { retry_after })
     }
 
-    /// The wait before retrying, where one is known.
+    /// The wait before retrying: above zero whenever there is one, `None` where
+    /// waiting cannot help ([`InsufficientCapacity`](Self::InsufficientCapacity)).
     pub fn retry_after(&self) -> Option<Duration> {
         match *self {
-            Self::RateLimited { retry_after } => Some(retry_after),
-            _ => None,
+            Self::RateLimited { retry_after } | Self::KeyBudgetExhausted { retry_after, .. } => {
+                Some(retry_after)
+            }
+            Self::InsufficientCapacity { .. } => None,
         }
     }
 }
 
 /// A rate limiter: decides at once whether `n` units may pass now.
 ///
-/// Implemented by [`Gcra`] (token bucket), [`LeakyBucket`], [`FixedWindow`],
-/// [`SlidingWindow`] and [`SlidingLog`]. All read time from a
+/// Implemented by [`Gcra`] (token bucket, and leaky bucket as a meter),
+/// [`FixedWindow`], [`SlidingWindow`] and [`SlidingLog`]. All read time from a
 /// [`heijunka_core::Clock`], so tests drive them with a `ManualClock`.
 ///
 /// ```
@@ -117,8 +125,16 @@ pub trait RateLimiter: Send + Sync {
 ///
 /// # Errors
 ///
-/// [`RateLimitError::InsufficientCapacity`] at once if `n` can never pass, and
-/// [`RateLimitError::KeyBudgetExhausted`] as it comes.
+/// [`RateLimitError::InsufficientCapacity`] at once if `n` can never pass; any
+/// refusal other than [`RateLimitError::RateLimited`] (which it waits out), as it
+/// comes.
+///
+/// # Cancel safety
+///
+/// Cancel safe. Units are taken only by the `check_n` that admits them, in the
+/// same poll that returns `Ok`; a future dropped while it sleeps has taken
+/// nothing, and leaves only a tokio timer that is dropped with it. Nothing is
+/// queued, so it has no place in line to lose either: a later call starts afresh.
 pub async fn until_ready<L: RateLimiter + ?Sized>(
     limiter: &L,
     n: u32,
@@ -127,11 +143,22 @@ pub async fn until_ready<L: RateLimiter + ?Sized>(
         match limiter.check_n(n) {
             Ok(()) => return Ok(()),
             Err(RateLimitError::RateLimited { retry_after }) => {
+                // Limiters never return a zero wait; the floor keeps a foreign
+                // implementation that does from spinning.
                 tokio::time::sleep(retry_after.max(Duration::from_nanos(1))).await;
             }
             Err(other) => return Err(other),
         }
     }
+}
+
+/// A duration of `nanos` nanoseconds, exactly (a `Duration` holds more than
+/// `u64::MAX` nanoseconds, so no clamping to a sentinel is needed).
+pub(crate) fn duration_from_nanos(nanos: u128) -> Duration {
+    const PER_SEC: u128 = 1_000_000_000;
+    let secs = u64::try_from(nanos / PER_SEC).unwrap_or(u64::MAX);
+    // Below 1e9, so it fits a u32.
+    Duration::new(secs, (nanos % PER_SEC) as u32)
 }
 
 /// Nanoseconds in a duration, saturating.

@@ -120,7 +120,19 @@ macro_rules! rate_signal {
     )*};
 }
 
-rate_signal!(Gcra, LeakyBucket, FixedWindow, SlidingWindow, SlidingLog);
+rate_signal!(Gcra, FixedWindow, SlidingWindow, SlidingLog);
+
+impl Signal for LeakyBucket {
+    /// Lets the work leave now if the bucket would (see
+    /// [`LeakyBucket::try_acquire`]): a signal never waits.
+    #[inline]
+    fn check(&self) -> Result<(), Rejection> {
+        self.try_acquire().map_err(|e| {
+            e.reason()
+                .expect("a leaky bucket refuses only with a retry-after")
+        })
+    }
+}
 
 /// A [`Signal`] from a closure; see [`from_fn`].
 pub struct FnSignal<F>(F);

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use heijunka_backpressure::{
-    FixedWindow, Gcra, KeyedRateLimiter, LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter,
-    SlidingLog, SlidingWindow, until_ready,
+    FixedWindow, Gcra, KeyedRateLimiter, OverflowPolicy, RateLimitError, RateLimiter, SlidingLog,
+    SlidingWindow, until_ready,
 };
+use heijunka_core::cancel::{Outcome, Polled, cancel_points};
 use heijunka_core::{ManualClock, Rejection};
 use proptest::prelude::*;
 
@@ -148,27 +149,87 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Every limiter's refusal: a retry-after above zero and finite, and after
+    /// waiting exactly that (no other traffic) the same request is admitted; a
+    /// request above the limit is "never possible", with no retry-after.
+    #[test]
+    fn every_limiter_refuses_with_an_honest_retry_after(
+        steps in steps(), limit in 1_u32..6, window_ms in 50_u64..1000, which in 0_usize..4,
+    ) {
+        let clock = ManualClock::new();
+        let w = Duration::from_millis(window_ms);
+        let limiter: Box<dyn RateLimiter> = match which {
+            0 => Box::new(Gcra::builder(1000.0 / window_ms as f64).burst(limit).clock(clock.clock()).build().unwrap()),
+            1 => Box::new(FixedWindow::new(limit, w, clock.clock()).unwrap()),
+            2 => Box::new(SlidingWindow::new(limit, w, clock.clock()).unwrap()),
+            _ => Box::new(SlidingLog::new(limit, w, clock.clock()).unwrap()),
+        };
+        for (ms, n) in steps {
+            clock.advance(Duration::from_millis(ms));
+            match limiter.check_n(n) {
+                Ok(()) => {}
+                Err(RateLimitError::RateLimited { retry_after }) => {
+                    prop_assert!(retry_after > Duration::ZERO);
+                    prop_assert!(retry_after <= w * (limit + 1), "{:?}", retry_after);
+                    clock.advance(retry_after);
+                    prop_assert_eq!(limiter.check_n(n), Ok(()), "not admitted after {:?}", retry_after);
+                }
+                Err(e @ RateLimitError::InsufficientCapacity { .. }) => {
+                    prop_assert!(n > limit);
+                    prop_assert_eq!(e.retry_after(), None);
+                    prop_assert_eq!(e.reason(), None);
+                }
+                Err(other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+}
+
+/// `until_ready` dropped after k polls: a dropped wait consumed nothing (the
+/// limiter admits at the same time as if it had never waited); one that
+/// completed took exactly its unit.
 #[test]
-fn leaky_bucket_fills_and_leaks_at_its_rate() {
-    let clock = ManualClock::new();
-    let bucket = LeakyBucket::new(3, 1.0, clock.clock()).unwrap();
-    bucket.check_n(3).unwrap();
-    assert_eq!(
-        bucket.check().unwrap_err().retry_after(),
-        Some(Duration::from_secs(1))
-    );
-    clock.advance(Duration::from_millis(1500));
-    assert!((bucket.level() - 1.5).abs() < 1e-9);
-    bucket.check().unwrap();
-    assert!(bucket.check().is_err());
-    assert_eq!(
-        LeakyBucket::new(0, 1.0, clock.clock()).unwrap_err().field(),
-        "capacity"
-    );
-    assert_eq!(
-        LeakyBucket::new(1, 0.0, clock.clock()).unwrap_err().field(),
-        "leak_rate"
-    );
+fn cancelled_until_ready_consumes_nothing() {
+    let covered = cancel_points(10, |k| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let manual = ManualClock::new();
+        let limiter = Gcra::builder(2.0).clock(manual.clock()).build().unwrap();
+        limiter.check().unwrap(); // empty until 500 ms
+        let outcome = Polled::new(until_ready(&limiter, 1)).drop_after_with(k, |i| {
+            if i >= 1 {
+                manual.advance(Duration::from_millis(250));
+                rt.block_on(tokio::time::advance(Duration::from_millis(250)));
+            }
+        });
+        let now = manual.now().as_nanos();
+        match outcome {
+            Outcome::Completed { ref output, .. } => {
+                assert_eq!(*output, Ok(()));
+                assert_eq!(now, 500_000_000, "admitted at its retry-after");
+                assert_eq!(
+                    limiter.check(),
+                    Err(RateLimitError::RateLimited {
+                        retry_after: Duration::from_millis(500)
+                    }),
+                    "the waiter took the unit"
+                );
+            }
+            Outcome::Cancelled { .. } => {
+                manual.advance(Duration::from_nanos(500_000_000 - now));
+                assert_eq!(limiter.check(), Ok(()), "k = {k}: the unit is still there");
+            }
+        }
+        outcome
+    });
+    assert_eq!(covered, 3, "check, sleep, check again");
 }
 
 #[test]
@@ -256,7 +317,13 @@ fn keyed_limits_are_per_key_and_the_key_set_is_bounded() {
     limiter.check_key(&"b").unwrap();
     assert!(limiter.check_key(&"a").is_err(), "a's own bucket is empty");
     let err = limiter.check_key(&"c").unwrap_err();
-    assert_eq!(err, RateLimitError::KeyBudgetExhausted { max_keys: 2 });
+    assert_eq!(
+        err,
+        RateLimitError::KeyBudgetExhausted {
+            max_keys: 2,
+            retry_after: Duration::from_secs(1)
+        }
+    );
     assert!(matches!(err.reason(), Some(Rejection::RateLimited { .. })));
     // Once a's and b's buckets refill, they are idle and make room.
     clock.advance(Duration::from_secs(1));

@@ -1,5 +1,6 @@
-//! The generic cell rate algorithm (a token bucket without a refill timer) and the
-//! leaky bucket, which is the same algorithm seen as a meter.
+//! The generic cell rate algorithm: a token bucket without a refill timer, and
+//! equally the leaky bucket in its meter form (the shaper form, which delays
+//! instead of refusing, is [`LeakyBucket`](super::LeakyBucket)).
 
 use std::fmt;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use heijunka_core::{Clock, ConfigError, validate};
 
 use super::{RateLimitError, RateLimiter};
 
-/// The GCRA arithmetic, shared by [`Gcra`], [`LeakyBucket`] and the keyed limiter.
+/// The GCRA arithmetic, shared by [`Gcra`] and the keyed limiter.
 ///
 /// State is the theoretical arrival time (TAT) in clock nanoseconds. `n` units
 /// conform at `now` iff `max(tat, now) + n·T − now ≤ burst·T`; then the TAT becomes
@@ -90,6 +91,11 @@ impl Params {
 /// instead of a refill timer: one atomic word, one compare-and-swap per check, no
 /// lock, no allocation, no background task (the same algorithm as `governor`).
 ///
+/// It is also the leaky bucket as a meter: a bucket of `burst` units leaking
+/// `rate` per second admits exactly what this admits (the GCRA is its "virtual
+/// scheduling" form). For the leaky bucket that delays callers into an even stream
+/// instead of refusing them, see [`LeakyBucket`](super::LeakyBucket).
+///
 /// ```
 /// use heijunka_backpressure::{Gcra, RateLimiter};
 ///
@@ -103,7 +109,7 @@ pub struct Gcra {
     clock: Clock,
 }
 
-/// Builds a [`Gcra`] or a [`LeakyBucket`].
+/// Builds a [`Gcra`].
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `build()`"]
 pub struct GcraBuilder {
@@ -177,90 +183,6 @@ impl fmt::Debug for Gcra {
         f.debug_struct("Gcra")
             .field("interval", &self.interval())
             .field("burst", &self.params.burst)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A leaky bucket: a bucket of `capacity` units that leaks at a constant `rate`
-/// per second; a request of `n` units is admitted if it fits.
-///
-/// As a meter, the leaky bucket makes exactly the decisions of the GCRA with
-/// `burst = capacity` (the GCRA is its "virtual scheduling" form), so this type
-/// runs the same lock-free arithmetic. It exists for its vocabulary — capacity,
-/// leak rate, and [`level`](LeakyBucket::level), the bucket's current fill.
-///
-/// ```
-/// use heijunka_backpressure::{LeakyBucket, RateLimiter};
-/// use heijunka_core::ManualClock;
-/// use std::time::Duration;
-///
-/// let clock = ManualClock::new();
-/// let bucket = LeakyBucket::new(4, 2.0, clock.clock())?; // holds 4, leaks 2/s
-/// bucket.check_n(4)?;
-/// assert_eq!(bucket.level(), 4.0);
-/// clock.advance(Duration::from_secs(1));
-/// assert_eq!(bucket.level(), 2.0);
-/// assert!(bucket.check_n(3).is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct LeakyBucket {
-    inner: Gcra,
-}
-
-impl LeakyBucket {
-    /// A bucket holding `capacity` units that leaks `per_second` units per second.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] for a zero `capacity`, or a `leak_rate` that is not a
-    /// finite number above zero.
-    pub fn new(capacity: u32, per_second: f64, clock: Clock) -> Result<Self, ConfigError> {
-        validate::at_least("capacity", capacity, 1)?;
-        Ok(Self {
-            inner: Gcra::builder(per_second)
-                .burst(capacity)
-                .clock(clock)
-                .build()
-                .map_err(|e| {
-                    if e.field() == "rate" {
-                        ConfigError::new("leak_rate", per_second, e.rule().to_string())
-                    } else {
-                        e
-                    }
-                })?,
-        })
-    }
-
-    /// The bucket's fill now, in units (fractional while leaking).
-    pub fn level(&self) -> f64 {
-        let now = self.inner.clock.now().as_nanos();
-        // Relaxed: a read of the one word of state.
-        let tat = self.inner.tat.load(Ordering::Relaxed);
-        tat.saturating_sub(now) as f64 / self.inner.params.interval as f64
-    }
-
-    /// The capacity.
-    pub fn capacity(&self) -> u32 {
-        self.inner.params.burst
-    }
-}
-
-impl RateLimiter for LeakyBucket {
-    #[inline]
-    fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
-        self.inner.check_n(n)
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.inner.clock
-    }
-}
-
-impl fmt::Debug for LeakyBucket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LeakyBucket")
-            .field("capacity", &self.capacity())
-            .field("level", &self.level())
             .finish_non_exhaustive()
     }
 }

@@ -2,16 +2,19 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::time::Duration;
 
+use crossbeam::queue::SegQueue;
 use dashmap::DashMap;
-use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use heijunka_core::sync::CachePadded;
+use heijunka_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::{Clock, ConfigError, validate};
 
 use super::RateLimitError;
 use super::gcra::Params;
 
 /// What a [`KeyedRateLimiter`] does with a new key when its key budget is full and
-/// no key is idle.
+/// none of the keys it examined is idle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OverflowPolicy {
@@ -29,8 +32,28 @@ pub enum OverflowPolicy {
 ///
 /// A key whose bucket is full again (its theoretical arrival time has passed) is
 /// *idle*: dropping it loses nothing, since a fresh bucket behaves identically.
-/// [`retain_recent`](Self::retain_recent) drops idle keys, and a new key arriving at
-/// the budget triggers it before the [`OverflowPolicy`] applies.
+///
+/// # The key budget
+///
+/// - **Exact.** A new key first reserves one unit of a key count with a
+///   compare-and-swap that never takes it above `max_keys`, then inserts; a
+///   reservation that loses the insert race to the same key is given back. So the
+///   map never holds more than `max_keys` keys, however many threads bring new keys
+///   at once.
+/// - **O(1) per request.** Every held key also sits once in an eviction ring (a
+///   FIFO of key clones). A new key arriving at the budget examines at most
+///   [`EVICTION_PROBES`] keys from the front of the ring: an idle one is removed
+///   (its removal and its idleness test happen under the key's shard write lock, so
+///   a concurrent check of that key either lands before, making it busy and kept,
+///   or after, on a fresh bucket); a busy one goes to the back. Known keys are never
+///   slowed by new ones: no request scans the key set. The price is one clone of
+///   each key in the ring, and that an idle key may wait up to
+///   `max_keys / EVICTION_PROBES` refused new keys to be found;
+///   [`retain_recent`](Self::retain_recent) removes every idle key at once.
+/// - **An honest wait.** A refused new key gets
+///   [`RateLimitError::KeyBudgetExhausted`] with a retry-after above zero: the time
+///   until the soonest of the keys it examined is idle (or the emission interval if
+///   it examined none).
 ///
 /// ```
 /// use heijunka_backpressure::{KeyedRateLimiter, OverflowPolicy};
@@ -51,12 +74,27 @@ pub enum OverflowPolicy {
 /// ```
 pub struct KeyedRateLimiter<K: Hash + Eq> {
     map: DashMap<K, AtomicU64>,
+    /// Every key in `map` exactly once (but transiently, while a probe holds it),
+    /// in the order eviction probes them.
+    ring: SegQueue<K>,
+    /// Keys in `map` plus reservations in flight: never above `max_keys`.
+    count: CachePadded<AtomicUsize>,
     overflow_bucket: AtomicU64,
     params: Params,
     max_keys: usize,
     policy: OverflowPolicy,
     clock: Clock,
+    /// Keys examined for idleness, for tests (see [`KeyedRateLimiter::keys_examined`]).
+    examined: AtomicU64,
 }
+
+/// Keys a new key examines for idleness when it arrives at a full key budget.
+///
+/// Two: with one, a budget whose front key is busy would refuse new keys while
+/// idle keys wait behind it; two clears at least as many idle keys as new keys
+/// arrive whenever half of the held keys are idle, and keeps a refusal at the cost
+/// of a few known-key checks (one shard write lock each).
+pub const EVICTION_PROBES: usize = 2;
 
 /// Builds a [`KeyedRateLimiter`].
 #[derive(Clone, Debug)]
@@ -107,11 +145,14 @@ impl KeyedRateLimiterBuilder {
         validate::at_least("max_keys", self.max_keys, 1)?;
         Ok(KeyedRateLimiter {
             map: DashMap::new(),
+            ring: SegQueue::new(),
+            count: CachePadded::new(AtomicUsize::new(0)),
             overflow_bucket: AtomicU64::new(0),
             params: Params::new(self.per_second, self.burst)?,
             max_keys: self.max_keys,
             policy: self.policy,
             clock: self.clock,
+            examined: AtomicU64::new(0),
         })
     }
 }
@@ -145,12 +186,14 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     }
 
     /// Admits `n` units for `key`. The known-key path is a shard read lock, a hash
-    /// lookup and one compare-and-swap; a new key takes the shard's write lock once.
+    /// lookup and one compare-and-swap; a new key takes the shard's write lock once,
+    /// and at a full budget examines at most [`EVICTION_PROBES`] held keys.
     ///
     /// # Errors
     ///
-    /// [`RateLimitError::RateLimited`], [`RateLimitError::InsufficientCapacity`],
-    /// or [`RateLimitError::KeyBudgetExhausted`] for a new key under
+    /// [`RateLimitError::RateLimited`], [`RateLimitError::InsufficientCapacity`]
+    /// (`n` above the burst, before any key is taken), or
+    /// [`RateLimitError::KeyBudgetExhausted`] for a new key under
     /// [`OverflowPolicy::Reject`].
     pub fn check_key_n(&self, key: &K, n: u32) -> Result<(), RateLimitError>
     where
@@ -160,43 +203,158 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         if let Some(state) = self.map.get(key) {
             return self.params.check(&state, now, n);
         }
-        if self.map.len() >= self.max_keys {
-            self.retain_recent();
-            if self.map.len() >= self.max_keys {
-                return match self.policy {
-                    OverflowPolicy::Reject => Err(RateLimitError::KeyBudgetExhausted {
-                        max_keys: self.max_keys,
-                    }),
-                    OverflowPolicy::SharedBucket => {
-                        self.params.check(&self.overflow_bucket, now, n)
-                    }
-                };
-            }
+        if n > self.params.burst {
+            // Never possible: refuse before a key is spent on it.
+            return Err(RateLimitError::InsufficientCapacity {
+                requested: n,
+                capacity: self.params.burst,
+            });
         }
+        if let Err(retry_after) = self.reserve(now) {
+            return match self.policy {
+                OverflowPolicy::Reject => Err(RateLimitError::KeyBudgetExhausted {
+                    max_keys: self.max_keys,
+                    retry_after,
+                }),
+                OverflowPolicy::SharedBucket => self.params.check(&self.overflow_bucket, now, n),
+            };
+        }
+        // From here the unit is given back unless the key goes into both the map and
+        // the ring, even if the key's own `Clone`, `Hash` or `Eq` panics.
+        let reservation = Reservation(self);
+        let ring_key = key.clone();
+        let mut inserted = false;
         let state = self
             .map
             .entry(key.clone())
-            .or_insert_with(|| AtomicU64::new(0))
+            .or_insert_with(|| {
+                inserted = true;
+                AtomicU64::new(0)
+            })
             .downgrade();
-        self.params.check(&state, now, n)
+        let result = self.params.check(&state, now, n);
+        drop(state);
+        if inserted {
+            // The unit is now the key's; the key joins the ring (after the shard
+            // lock is released: no probe can find it before this push).
+            self.ring.push(ring_key);
+            std::mem::forget(reservation);
+        }
+        // Otherwise another thread inserted the same key first and holds its own
+        // unit: `reservation` gives this one back as it drops.
+        result
+    }
+
+    /// Reserves one unit of the key budget, first evicting idle keys from the
+    /// front of the ring if the budget is full. On refusal, the time until the
+    /// soonest examined key is idle (never zero).
+    fn reserve(&self, now: u64) -> Result<(), Duration> {
+        if self.try_reserve() {
+            return Ok(());
+        }
+        let mut soonest: Option<u64> = None;
+        let mut freed = false;
+        for _ in 0..EVICTION_PROBES {
+            let Some(key) = self.ring.pop() else { break };
+            match self.evict_if_idle(key, now) {
+                None => freed = true,
+                Some(busy_until) => {
+                    soonest = Some(soonest.map_or(busy_until, |s| s.min(busy_until)))
+                }
+            }
+        }
+        // One more try after evicting; a thread that took the freed unit first is
+        // served instead, which is as fair as the budget needs to be.
+        if freed && self.try_reserve() {
+            return Ok(());
+        }
+        // A busy key's TAT is after `now`; with none examined (the ring was drained
+        // by concurrent probes), one emission interval is when a bucket next moves.
+        let wait = soonest.map_or(self.params.interval, |t| t - now);
+        Err(Duration::from_nanos(wait.max(1)))
+    }
+
+    /// Takes one unit of the key count if it is below the budget.
+    fn try_reserve(&self) -> bool {
+        // Relaxed: the count is a bound on one word, made exact by the CAS itself;
+        // it publishes nothing (the map's shard locks order the inserts it guards).
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c < self.max_keys).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back one unit of the key count.
+    fn release(&self) {
+        // Relaxed: as in `try_reserve`.
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Removes `key` (just popped from the ring) if idle at `now` and gives its unit
+    /// back (`None`); otherwise puts it at the back of the ring and returns the TAT
+    /// at which it will be idle.
+    fn evict_if_idle(&self, key: K, now: u64) -> Option<u64> {
+        // Relaxed: a statistic for tests.
+        self.examined.fetch_add(1, Ordering::Relaxed);
+        let mut busy_until = None;
+        // The idleness test runs under the shard's write lock, so no check of this
+        // key is between the test and the removal.
+        let removed = self.map.remove_if(&key, |_, tat| {
+            // Relaxed: the shard lock orders this read after every check of the key.
+            let tat = tat.load(Ordering::Relaxed);
+            if tat <= now {
+                true
+            } else {
+                busy_until = Some(tat);
+                false
+            }
+        });
+        if removed.is_some() {
+            self.release();
+            None
+        } else if let Some(busy_until) = busy_until {
+            self.ring.push(key);
+            Some(busy_until)
+        } else {
+            // Not in the map: cannot happen (each held key is in the ring once and
+            // only its popper removes it); nothing to give back.
+            debug_assert!(false, "a key in the eviction ring was not in the map");
+            None
+        }
     }
 
     /// Drops every idle key (one whose bucket is full again), keeping the ones that
     /// still remember recent traffic. Exact: an idle key behaves like a new one.
+    /// Examines every held key once (O(keys)), one shard lock at a time.
     pub fn retain_recent(&self) {
         let now = self.clock.now().as_nanos();
-        // Relaxed: reading each key's one word of state.
-        self.map.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
+        for _ in 0..self.ring.len() {
+            let Some(key) = self.ring.pop() else { break };
+            let _ = self.evict_if_idle(key, now);
+        }
     }
 
-    /// Keys held now.
+    /// Keys examined for idleness so far (by new keys at the budget and by
+    /// [`retain_recent`](Self::retain_recent)): tests use it to check that a new key
+    /// does not scan the key set. Not a stable API.
+    #[doc(hidden)]
+    pub fn keys_examined(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.examined.load(Ordering::Relaxed)
+    }
+
+    /// Keys held now, counting one whose insertion is under way: never above
+    /// `max_keys`. (A sum of the map's shard sizes is no snapshot while keys come
+    /// and go in other shards; this count is the budget itself.)
     pub fn len(&self) -> usize {
-        self.map.len()
+        // Relaxed: as in `try_reserve`.
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// The clock the limiter reads.
@@ -205,10 +363,19 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     }
 }
 
+/// One unit of a key budget, given back when dropped (see `check_key_n`).
+struct Reservation<'a, K: Hash + Eq>(&'a KeyedRateLimiter<K>);
+
+impl<K: Hash + Eq> Drop for Reservation<'_, K> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 impl<K: Hash + Eq> fmt::Debug for KeyedRateLimiter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimiter")
-            .field("keys", &self.map.len())
+            .field("keys", &self.len())
             .field("max_keys", &self.max_keys)
             .field("policy", &self.policy)
             .finish_non_exhaustive()

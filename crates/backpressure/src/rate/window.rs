@@ -12,7 +12,7 @@ use std::time::Duration;
 use heijunka_core::sync::{Mutex, MutexGuard};
 use heijunka_core::{Clock, ConfigError, validate};
 
-use super::{RateLimitError, RateLimiter, nanos};
+use super::{RateLimitError, RateLimiter, duration_from_nanos, nanos};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The critical sections cannot panic midway (plain arithmetic), so a poisoned
@@ -86,13 +86,20 @@ impl RateLimiter for FixedWindow {
         if st.0 != index {
             *st = (index, 0);
         }
-        if st.1 + n <= self.limit {
-            st.1 += n;
-            Ok(())
-        } else {
-            Err(RateLimitError::RateLimited {
-                retry_after: Duration::from_nanos((index + 1) * self.window - now),
-            })
+        // Checked: `used + n` overflows a u32 when the limit is near u32::MAX.
+        match st.1.checked_add(n).filter(|&total| total <= self.limit) {
+            Some(total) => {
+                st.1 = total;
+                Ok(())
+            }
+            // The next window starts at `(index + 1)·w`, in u128: near the end of
+            // the clock's range it is past u64::MAX nanoseconds. It is after `now`,
+            // so the retry-after is above zero.
+            None => Err(RateLimitError::RateLimited {
+                retry_after: duration_from_nanos(
+                    (u128::from(index) + 1) * u128::from(self.window) - u128::from(now),
+                ),
+            }),
         }
     }
 
@@ -144,9 +151,9 @@ impl SlidingWindow {
 
     /// The estimate `previous · (w − elapsed)/w + current` in exact integer
     /// arithmetic, scaled by `w`.
-    fn scaled_estimate(&self, previous: u32, current: u32, elapsed: u64) -> u128 {
+    fn scaled_estimate(&self, previous: u32, current: u128, elapsed: u64) -> u128 {
         let w = u128::from(self.window);
-        u128::from(previous) * (w - u128::from(elapsed)) + u128::from(current) * w
+        u128::from(previous) * (w - u128::from(elapsed)) + current * w
     }
 }
 
@@ -158,14 +165,21 @@ impl RateLimiter for SlidingWindow {
         let elapsed = now % self.window;
         let mut st = lock(&self.state);
         if st.0 != index {
-            let previous = if st.0 + 1 == index { st.1 } else { 0 };
+            let previous = if st.0.checked_add(1) == Some(index) {
+                st.1
+            } else {
+                0
+            };
             *st = (index, 0, previous);
         }
         let (_, current, previous) = *st;
         let w = u128::from(self.window);
         let budget = u128::from(self.limit) * w;
-        if self.scaled_estimate(previous, current + n, elapsed) <= budget {
-            st.1 += n;
+        // All in u128: `current + n` overflows a u32 near u32::MAX.
+        let wanted = u128::from(current) + u128::from(n);
+        if self.scaled_estimate(previous, wanted, elapsed) <= budget {
+            // The estimate is at least `wanted`, so `wanted <= limit <= u32::MAX`.
+            st.1 = u32::try_from(wanted).expect("an admitted count is within the limit");
             return Ok(());
         }
         // When would it fit? Within this window the previous window's weight falls
@@ -181,20 +195,22 @@ impl RateLimiter for SlidingWindow {
         // Within this window the previous window's weight falls as time passes:
         // previous·(w − e) ≤ budget − (current + n)·w.
         let in_this_window = budget
-            .checked_sub(u128::from(current + n) * w)
+            .checked_sub(wanted * w)
             .map(|rest| smallest(previous, rest))
             .filter(|&e| e < w);
         let wait = match in_this_window {
-            Some(e) => e.saturating_sub(u128::from(elapsed)) as u64,
+            Some(e) => e.saturating_sub(u128::from(elapsed)),
             None => {
                 // In the next window this window's count becomes the previous one:
-                // current·(w − e) + n·w ≤ budget (n ≤ limit, so this is ≥ 0).
+                // current·(w − e) + n·w ≤ budget (n ≤ limit, so this is ≥ 0). Up to
+                // two windows: u128, as a window may be near u64::MAX nanoseconds.
                 let rest = budget - u128::from(n) * w;
-                (self.window - elapsed) + smallest(current, rest) as u64
+                (w - u128::from(elapsed)) + smallest(current, rest)
             }
         };
+        // At least a nanosecond: it was refused now, so it cannot conform now.
         Err(RateLimitError::RateLimited {
-            retry_after: Duration::from_nanos(wait.max(1)),
+            retry_after: duration_from_nanos(wait.max(1)),
         })
     }
 
@@ -266,8 +282,12 @@ impl RateLimiter for SlidingLog {
         } else {
             // The unit that must leave for `n` to fit.
             let leaving = log[used + n as usize - limit - 1];
+            // It leaves at `leaving + w > now` (it is still in the window); u128, as
+            // that can be past u64::MAX nanoseconds.
             Err(RateLimitError::RateLimited {
-                retry_after: Duration::from_nanos(leaving + self.window - now),
+                retry_after: duration_from_nanos(
+                    u128::from(leaving) + u128::from(self.window) - u128::from(now),
+                ),
             })
         }
     }
