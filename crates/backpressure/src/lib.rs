@@ -84,15 +84,15 @@ pub use crate::{
     },
     batcher::{
         BatchError, Batcher, BatcherBuilder, DEFAULT_BATCH_QUEUE, DEFAULT_MAX_BATCH,
-        DEFAULT_MAX_WAIT,
+        DEFAULT_MAX_WAIT, MAX_BATCH_QUEUE,
     },
     fair::{
-        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, FairScheduler, FairSchedulerBuilder,
-        FairStats,
+        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, DEFAULT_QUANTUM, FairScheduler,
+        FairSchedulerBuilder, FairStats,
     },
     level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
     limit::{AcquireError, ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit},
-    priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats},
+    priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats, Pushed},
     queue::{
         BoundedQueue, BoundedQueueBuilder, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError,
         QueueStats,
@@ -102,7 +102,7 @@ pub use crate::{
         LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter, SlidingLog, SlidingWindow,
         until_ready,
     },
-    rejected::Rejected,
+    rejected::{ClassPushError, Rejected},
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},
     slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
     watermarks::Watermarks,
