@@ -25,6 +25,7 @@ pub const MAX_BATCH_QUEUE: usize = Semaphore::MAX_PERMITS;
 /// Why a [`Batcher`] call did not return its result. Where the item never reached
 /// the batch function it comes back ([`into_inner`](Self::into_inner)); the
 /// `Debug` output does not print it.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BatchError<I> {
     /// The batch function returned a different number of results than it was

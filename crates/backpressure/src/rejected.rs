@@ -24,6 +24,7 @@ use heijunka_core::Rejection;
 /// assert_eq!(err.into_inner(), "second");
 /// # Ok::<(), heijunka_core::ConfigError>(())
 /// ```
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rejected<T> {
     item: T,
     reason: Rejection,
