@@ -43,18 +43,23 @@
 //!   feed them one sample per window. Lock-free admission; permits record
 //!   `success` / `dropped` / `ignore`.
 //! - [`FairScheduler`]: per-client bounded queues served by weighted deficit round
-//!   robin; a flooding client is rejected at its own bound.
+//!   robin over item costs; a flooding client is rejected at its own bound, and a
+//!   drained client leaves no state.
 //! - [`PriorityQueue`]: bounded, N classes, FIFO within a class, with count-based
-//!   aging so low classes are served within a documented bound.
+//!   aging so low classes are served within a documented bound; a full queue makes
+//!   room for a higher class by displacing the lowest class's newest item, handed
+//!   back as [`Pushed::Displaced`].
 //! - [`Batcher`]: many calls become one batch call (by size or wait), each caller
-//!   getting its own result.
-//! - [`LevelledScheduler`]: bursts in, a steady takt out, mixing work types by
-//!   weighted round robin.
+//!   getting its own result; a refused or timed-out item comes back in
+//!   [`BatchError::Rejected`].
+//! - [`LevelledScheduler`]: bursts in, a steady takt out whatever the polling
+//!   cadence, mixing work types by weighted round robin.
 //! - [`LoadShedder`]: combines [`Signal`]s (queue pressure, limits, rate limiters,
 //!   [`from_fn`] closures) into admit or reject-with-the-first-reason.
 //!
 //! Every rejection carries a [`heijunka_core::Rejection`] (with a retry-after for
-//! rate limits), and every configuration error names the field and value.
+//! rate limits) and hands the item back ([`Rejected`], [`ClassPushError`]), and
+//! every configuration error names the field and value.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
