@@ -334,6 +334,17 @@ fn drained_clients_leave_no_state() {
     }
     assert_eq!(served, 100_000);
     assert_eq!(s.clients(), 0);
+    // All at once, then drained.
+    let s = FairScheduler::<u32, u32>::builder()
+        .max_clients(100_000)
+        .build()
+        .unwrap();
+    for i in 0..100_000_u32 {
+        s.try_push(i, i).unwrap();
+    }
+    assert_eq!(s.clients(), 100_000);
+    assert_eq!(std::iter::from_fn(|| s.try_pop()).count(), 100_000);
+    assert_eq!(s.clients(), 0);
     assert_eq!(s.stats().active_clients, 0);
     assert_eq!(s.stats().weighted_clients, 0);
     // Weights are configuration, kept until reset.
