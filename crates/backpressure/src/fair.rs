@@ -3,6 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use heijunka_core::{ConfigError, Rejection, validate};
@@ -16,21 +18,42 @@ use crate::Rejected;
 pub const DEFAULT_CLIENT_CAPACITY: usize = 128;
 /// Default bound on the number of clients with queued work.
 pub const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// Default [`quantum`](FairSchedulerBuilder::quantum): the cost a weight-1 client
+/// may send per round, one unit-cost item.
+pub const DEFAULT_QUANTUM: u32 = 1;
 
-/// Per-client queues served fairly: deficit round robin (Shreedhar & Varghese) with
-/// weights.
+/// The cost of an item, from [`FairSchedulerBuilder::cost`].
+type CostFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
+/// Per-client queues served fairly: deficit round robin (Shreedhar & Varghese,
+/// "Efficient fair queueing using deficit round robin", 1995) with weights and
+/// item costs.
 ///
 /// Each client has its own bounded queue; a client that floods is rejected at its
 /// own bound ([`Rejection::QueueFull`] naming the per-client capacity) and cannot
-/// push the others out. Clients with queued work take turns; in each turn a client
-/// may take up to `weight * quantum` items (every item costs one), so over time
-/// each backlogged client gets `weight / sum of backlogged weights` of the output.
+/// push the others out.
+///
+/// **Deficit round robin.** Every item has a cost (1 unless a
+/// [`cost`](FairSchedulerBuilder::cost) function says otherwise: bytes, rows,
+/// tokens). Clients with queued work take turns in a round. At the start of its
+/// turn a client's deficit counter grows by `quantum * weight`; it then sends
+/// items from its head while the head's cost fits in the deficit, taking each
+/// cost off; when the head no longer fits, its turn ends and it keeps the deficit
+/// for its next turn. A client whose queue empties leaves the round and its
+/// deficit is reset to zero (so idle time banks nothing), and its state is
+/// dropped: the scheduler holds state only for clients with queued work (at most
+/// [`max_clients`](FairSchedulerBuilder::max_clients); see
+/// [`clients`](Self::clients)). Over any span in which clients stay backlogged,
+/// each gets `weight / sum of backlogged weights` of the **served cost**, within
+/// one largest item cost plus one quantum per weight, however different their item
+/// costs are.
 ///
 /// The structure sits behind one mutex (held for a few pointer moves, never across
-/// an `.await` or user code); pushing and popping are O(1). The number of clients
-/// with queued work is bounded by [`max_clients`](FairSchedulerBuilder::max_clients);
-/// a client's entry goes away when its queue empties (its weight, if set with
-/// [`set_weight`](Self::set_weight), is kept).
+/// an `.await` or user code: the cost function runs before the lock is taken).
+/// Pushing is O(1); popping is O(1) when `quantum` is at least the largest item
+/// cost (DRR's own advice), and otherwise at most one pass over the backlogged
+/// clients: a round in which no client can send is followed by skipping, in one
+/// step, every further round in which none could.
 ///
 /// ```
 /// use heijunka_backpressure::FairScheduler;
@@ -44,41 +67,92 @@ pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// assert!(s.try_push("free", 9).is_err()); // "free" is full; "gold" is not affected
 /// let order: Vec<_> = std::iter::from_fn(|| s.try_pop()).map(|(k, _)| k).collect();
 /// assert_eq!(order, ["gold", "gold", "free", "free"]);
+/// assert_eq!(s.clients(), 0); // drained clients leave no state
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+///
+/// With costs (a request of `n` bytes costs `n`):
+///
+/// ```
+/// use heijunka_backpressure::FairScheduler;
+///
+/// let s = FairScheduler::<&str, Vec<u8>>::builder()
+///     .quantum(1_500)
+///     .cost(|req: &Vec<u8>| req.len() as u64)
+///     .build()?;
+/// s.try_push("bulk", vec![0; 1_500]).unwrap();
+/// s.try_push("bulk", vec![0; 1_500]).unwrap();
+/// for _ in 0..3 {
+///     s.try_push("chat", vec![0; 500]).unwrap();
+/// }
+/// let order: Vec<_> = std::iter::from_fn(|| s.try_pop()).map(|(k, _)| k).collect();
+/// // One 1500-byte request per turn for "bulk", three 500-byte ones for "chat".
+/// assert_eq!(order, ["bulk", "chat", "chat", "chat", "bulk"]);
 /// # Ok::<(), heijunka_core::ConfigError>(())
 /// ```
 pub struct FairScheduler<K, T> {
     state: Mutex<State<K, T>>,
     notify: Notify,
+    cost: Option<CostFn<T>>,
     client_capacity: usize,
     max_clients: usize,
-    quantum: u32,
+    quantum: u64,
 }
 
 struct State<K, T> {
-    clients: HashMap<K, Client<T>>,
+    /// Clients with queued work; an entry is removed when its queue empties.
+    clients: HashMap<K, Flow<T>>,
     weights: HashMap<K, u32>,
-    /// Clients with queued work, in turn order; the front is being served.
+    /// Clients with queued work, in turn order; the front is taking its turn.
     active: VecDeque<K>,
     len: usize,
     rejected: u64,
     closed: bool,
 }
 
-struct Client<T> {
-    queue: VecDeque<T>,
+/// One client's queue and DRR state.
+struct Flow<T> {
+    /// Items with their costs (each at least 1).
+    queue: VecDeque<(u64, T)>,
     deficit: u64,
+    /// Whether the current turn at the front has been granted its quantum.
+    in_turn: bool,
 }
 
 /// Builds a [`FairScheduler`]; see [`FairScheduler::builder`].
-#[derive(Clone, Copy, Debug)]
 #[must_use = "a builder does nothing until `build()`"]
-pub struct FairSchedulerBuilder {
+pub struct FairSchedulerBuilder<K, T> {
     client_capacity: usize,
     max_clients: usize,
     quantum: u32,
+    cost: Option<CostFn<T>>,
+    key: PhantomData<fn() -> K>,
 }
 
-impl FairSchedulerBuilder {
+impl<K, T> Clone for FairSchedulerBuilder<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            client_capacity: self.client_capacity,
+            max_clients: self.max_clients,
+            quantum: self.quantum,
+            cost: self.cost.clone(),
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K, T> fmt::Debug for FairSchedulerBuilder<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FairSchedulerBuilder")
+            .field("client_capacity", &self.client_capacity)
+            .field("max_clients", &self.max_clients)
+            .field("quantum", &self.quantum)
+            .field("cost", &self.cost.as_ref().map(|_| "fn"))
+            .finish()
+    }
+}
+
+impl<K, T> FairSchedulerBuilder<K, T> {
     /// The bound of each client's queue. Default [`DEFAULT_CLIENT_CAPACITY`].
     pub fn client_capacity(mut self, n: usize) -> Self {
         self.client_capacity = n;
@@ -91,9 +165,20 @@ impl FairSchedulerBuilder {
         self
     }
 
-    /// Items a weight-1 client may take per turn. Default 1.
+    /// The cost a weight-1 client may send per round (DRR's quantum; a client of
+    /// weight `w` gets `w * quantum`). Default [`DEFAULT_QUANTUM`]. DRR advises a
+    /// quantum of at least the largest item cost, so every turn sends something.
     pub fn quantum(mut self, n: u32) -> Self {
         self.quantum = n;
+        self
+    }
+
+    /// The cost of an item (bytes, rows, tokens), in the unit of the
+    /// [`quantum`](Self::quantum). Default: every item costs 1. Called once per
+    /// push, before the scheduler's lock is taken; a cost of 0 counts as 1, so
+    /// every item uses up part of a turn.
+    pub fn cost(mut self, cost: impl Fn(&T) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Arc::new(cost));
         self
     }
 
@@ -103,7 +188,7 @@ impl FairSchedulerBuilder {
     ///
     /// A [`ConfigError`] naming the field for a zero `client_capacity`,
     /// `max_clients` or `quantum`.
-    pub fn build<K, T>(self) -> Result<FairScheduler<K, T>, ConfigError> {
+    pub fn build(self) -> Result<FairScheduler<K, T>, ConfigError> {
         validate::at_least("client_capacity", self.client_capacity, 1)?;
         validate::at_least("max_clients", self.max_clients, 1)?;
         validate::at_least("quantum", self.quantum, 1)?;
@@ -117,9 +202,10 @@ impl FairSchedulerBuilder {
                 closed: false,
             }),
             notify: Notify::new(),
+            cost: self.cost,
             client_capacity: self.client_capacity,
             max_clients: self.max_clients,
-            quantum: self.quantum,
+            quantum: u64::from(self.quantum),
         })
     }
 }
@@ -129,20 +215,24 @@ impl FairSchedulerBuilder {
 pub struct FairStats {
     /// Items queued, all clients together.
     pub len: usize,
-    /// Clients with queued work.
+    /// Clients with queued work (the only clients the scheduler holds state for).
     pub active_clients: usize,
+    /// Clients with a weight set by [`FairScheduler::set_weight`].
+    pub weighted_clients: usize,
     /// Items handed back.
     pub rejected: u64,
 }
 
-impl FairScheduler<(), ()> {
-    /// A builder with the defaults (the key and item types are chosen by
-    /// [`build`](FairSchedulerBuilder::build)).
-    pub fn builder() -> FairSchedulerBuilder {
+impl<K, T> FairScheduler<K, T> {
+    /// A builder with the defaults (the key and item types are inferred, or named
+    /// as `FairScheduler::<K, T>::builder`).
+    pub fn builder() -> FairSchedulerBuilder<K, T> {
         FairSchedulerBuilder {
             client_capacity: DEFAULT_CLIENT_CAPACITY,
             max_clients: DEFAULT_MAX_CLIENTS,
-            quantum: 1,
+            quantum: DEFAULT_QUANTUM,
+            cost: None,
+            key: PhantomData,
         }
     }
 }
@@ -156,7 +246,9 @@ where
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets `client`'s weight (default 1). Takes effect from its next turn.
+    /// Sets `client`'s weight (default 1). Takes effect from its next turn. A weight
+    /// is configuration: it is kept (whether or not the client has work) until
+    /// [`reset_weight`](Self::reset_weight).
     ///
     /// # Errors
     ///
@@ -165,6 +257,11 @@ where
         validate::at_least("weight", weight, 1)?;
         self.lock().weights.insert(client, weight);
         Ok(())
+    }
+
+    /// Forgets `client`'s weight (it goes back to 1).
+    pub fn reset_weight(&self, client: &K) {
+        self.lock().weights.remove(client);
     }
 
     /// Queues `item` for `client`; never waits.
@@ -176,6 +273,8 @@ where
     /// naming `max_clients` when a new client would exceed it, or with
     /// [`Rejection::ShuttingDown`] once closed.
     pub fn try_push(&self, client: K, item: T) -> Result<(), Rejected<T>> {
+        // User code, so before the lock.
+        let cost = self.cost.as_ref().map_or(1, |f| f(&item)).max(1);
         let mut st = self.lock();
         if st.closed {
             st.rejected += 1;
@@ -196,14 +295,15 @@ where
         }
         {
             let st = &mut *st;
-            let entry = st.clients.entry(client.clone()).or_insert_with(|| Client {
+            let flow = st.clients.entry(client.clone()).or_insert_with(|| Flow {
                 queue: VecDeque::new(),
                 deficit: 0,
+                in_turn: false,
             });
-            if entry.queue.is_empty() {
+            if flow.queue.is_empty() {
                 st.active.push_back(client);
             }
-            entry.queue.push_back(item);
+            flow.queue.push_back((cost, item));
             st.len += 1;
         }
         drop(st);
@@ -213,33 +313,86 @@ where
 
     /// The next item in fair order, with its client; never waits.
     pub fn try_pop(&self) -> Option<(K, T)> {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let key = st.active.front()?.clone();
-        let weight = u64::from(st.weights.get(&key).copied().unwrap_or(1));
-        let client = st
-            .clients
-            .get_mut(&key)
-            .expect("an active client has an entry");
-        if client.deficit == 0 {
-            client.deficit = weight * u64::from(self.quantum);
-        }
-        let item = client
-            .queue
-            .pop_front()
-            .expect("an active client has queued work");
-        client.deficit -= 1;
-        st.len -= 1;
-        if client.queue.is_empty() {
-            st.active.pop_front();
-            st.clients.remove(&key);
-        } else if client.deficit == 0 {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        // Turns that ended without a send during this call.
+        let mut idle_turns = 0;
+        loop {
+            let key = st.active.front()?;
+            let grant = self.quantum * u64::from(st.weights.get(key).copied().unwrap_or(1));
+            let flow = st
+                .clients
+                .get_mut(key)
+                .expect("an active client has an entry");
+            if !flow.in_turn {
+                flow.in_turn = true;
+                flow.deficit = flow.deficit.saturating_add(grant);
+            }
+            let &(cost, _) = flow
+                .queue
+                .front()
+                .expect("an active client has queued work");
+            if cost <= flow.deficit {
+                let (_, item) = flow.queue.pop_front().expect("checked non-empty");
+                flow.deficit -= cost;
+                st.len -= 1;
+                if flow.queue.is_empty() {
+                    // Leaves the round; its deficit (and all its state) goes.
+                    let key = st.active.pop_front().expect("checked non-empty");
+                    st.clients.remove(&key);
+                    return Some((key, item));
+                }
+                return Some((key.clone(), item));
+            }
+            // The head does not fit: the turn ends, the deficit is kept.
+            flow.in_turn = false;
             st.active.rotate_left(1);
+            idle_turns += 1;
+            if idle_turns == st.active.len() {
+                self.skip_idle_rounds(st);
+                idle_turns = 0;
+            }
         }
-        Some((key, item))
+    }
+
+    /// After a whole round in which no client could send (item costs above the
+    /// quanta), adds at once the quanta of the further rounds in which none could
+    /// either, so a pop costs one pass, not `cost / quantum` of them. Exactly what
+    /// those rounds would have done: every client's deficit grows by its grant
+    /// once per round.
+    fn skip_idle_rounds(&self, st: &mut State<K, T>) {
+        let grants = |k: &K| self.quantum * u64::from(st.weights.get(k).copied().unwrap_or(1));
+        let rounds = st
+            .active
+            .iter()
+            .map(|k| {
+                let flow = &st.clients[k];
+                let short = flow.queue.front().map_or(0, |&(c, _)| c) - flow.deficit;
+                short.div_ceil(grants(k))
+            })
+            .min()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        if rounds == 0 {
+            return;
+        }
+        for k in &st.active {
+            let add = rounds.saturating_mul(grants(k));
+            let flow = st
+                .clients
+                .get_mut(k)
+                .expect("an active client has an entry");
+            flow.deficit = flow.deficit.saturating_add(add);
+        }
     }
 
     /// Waits for the next item; `None` once closed and drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken only in the poll that returns it, so a
+    /// dropped `pop` takes nothing and leaves every queue and deficit as it was. A
+    /// wake-up meant for a dropped `pop` is passed on to another waiting `pop`.
     pub async fn pop(&self) -> Option<(K, T)> {
         loop {
             let notified = self.notify.notified();
@@ -256,6 +409,11 @@ where
     }
 
     /// [`pop`](Self::pop), giving up after `timeout` (tokio's timer).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`pop`](Self::pop): a dropped or timed-out call takes no
+    /// item.
     pub async fn pop_timeout(&self, timeout: Duration) -> Option<(K, T)> {
         tokio::time::timeout(timeout, self.pop())
             .await
@@ -266,6 +424,14 @@ where
     /// Items queued for `client`.
     pub fn client_len(&self, client: &K) -> usize {
         self.lock().clients.get(client).map_or(0, |c| c.queue.len())
+    }
+
+    /// Clients the scheduler holds state for: those with queued work. A client
+    /// whose queue empties is forgotten (weights set by
+    /// [`set_weight`](Self::set_weight) aside), so this never exceeds
+    /// [`max_clients`](FairSchedulerBuilder::max_clients).
+    pub fn clients(&self) -> usize {
+        self.lock().clients.len()
     }
 
     /// Items queued, all clients together.
@@ -290,6 +456,7 @@ where
         FairStats {
             len: st.len,
             active_clients: st.active.len(),
+            weighted_clients: st.weights.len(),
             rejected: st.rejected,
         }
     }
@@ -338,9 +505,9 @@ mod tests {
         assert_eq!(e.reason(), Rejection::AtCapacity { limit: 1 });
         assert_eq!(s.set_weight(1, 0).unwrap_err().field(), "weight");
         assert_eq!(s.stats().rejected, 2);
-        let err = FairScheduler::builder()
+        let err = FairScheduler::<u8, u8>::builder()
             .client_capacity(0)
-            .build::<u8, u8>()
+            .build()
             .unwrap_err();
         assert_eq!(err.field(), "client_capacity");
         s.close();

@@ -44,18 +44,23 @@
 //!   feed them one sample per window. Lock-free admission; permits record
 //!   `success` / `dropped` / `ignore`.
 //! - [`FairScheduler`]: per-client bounded queues served by weighted deficit round
-//!   robin; a flooding client is rejected at its own bound.
+//!   robin over item costs; a flooding client is rejected at its own bound, and a
+//!   drained client leaves no state.
 //! - [`PriorityQueue`]: bounded, N classes, FIFO within a class, with count-based
-//!   aging so low classes are served within a documented bound.
+//!   aging so low classes are served within a documented bound; a full queue makes
+//!   room for a higher class by displacing the lowest class's newest item, handed
+//!   back as [`Pushed::Displaced`].
 //! - [`Batcher`]: many calls become one batch call (by size or wait), each caller
-//!   getting its own result.
-//! - [`LevelledScheduler`]: bursts in, a steady takt out, mixing work types by
-//!   weighted round robin.
+//!   getting its own result; a refused or timed-out item comes back in
+//!   [`BatchError::Rejected`].
+//! - [`LevelledScheduler`]: bursts in, a steady takt out whatever the polling
+//!   cadence, mixing work types by weighted round robin.
 //! - [`LoadShedder`]: combines [`Signal`]s (queue pressure, limits, rate limiters,
 //!   [`from_fn`] closures) into admit or reject-with-the-first-reason.
 //!
 //! Every rejection carries a [`heijunka_core::Rejection`] (with a retry-after for
-//! rate limits), and every configuration error names the field and value.
+//! rate limits) and hands the item back ([`Rejected`], [`ClassPushError`]), and
+//! every configuration error names the field and value.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -85,15 +90,15 @@ pub use crate::{
     },
     batcher::{
         BatchError, Batcher, BatcherBuilder, DEFAULT_BATCH_QUEUE, DEFAULT_MAX_BATCH,
-        DEFAULT_MAX_WAIT,
+        DEFAULT_MAX_WAIT, MAX_BATCH_QUEUE,
     },
     fair::{
-        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, FairScheduler, FairSchedulerBuilder,
-        FairStats,
+        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, DEFAULT_QUANTUM, FairScheduler,
+        FairSchedulerBuilder, FairStats,
     },
     level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
     limit::{AcquireError, ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit},
-    priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats},
+    priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats, Pushed},
     queue::{
         BoundedQueue, BoundedQueueBuilder, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError,
         QueueStats,
@@ -103,7 +108,7 @@ pub use crate::{
         KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter,
         SlidingLog, SlidingWindow, until_ready,
     },
-    rejected::Rejected,
+    rejected::{ClassPushError, Rejected},
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},
     slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
     watermarks::Watermarks,

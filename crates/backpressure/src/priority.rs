@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use heijunka_core::{ConfigError, Rejection, validate};
@@ -9,7 +10,10 @@ use serde::Serialize;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
-use crate::Rejected;
+use crate::{ClassPushError, Rejected};
+
+/// The most classes a [`PriorityQueue`] may have.
+const MAX_CLASSES: usize = 1024;
 
 /// A bounded queue with `classes` priority classes (0 is the highest), FIFO within
 /// a class.
@@ -26,17 +30,26 @@ use crate::Rejected;
 /// most one pop for each other class that aged before it. Aging is off by default
 /// (strict priority); `max_skips(n)` turns it on.
 ///
-/// One capacity bounds all classes together; [`try_push`](Self::try_push) hands
-/// the item back when full. A class above the last is read as the last (lowest).
-/// The structure sits behind one mutex, held for a few pointer moves.
+/// **Room.** One capacity bounds all classes together, and a lower class never
+/// holds room a higher class needs: when the queue is full,
+/// [`try_push`](Self::try_push) to class `c` **displaces** the newest item of the
+/// lowest non-empty class below `c` and hands it back to the pusher as
+/// [`Pushed::Displaced`] (the newest, so the items that have waited longest keep
+/// their place). Only when every queued item is of class `c` or higher is the push
+/// refused ([`Rejection::QueueFull`], the item handed back). A flood of the lowest
+/// class therefore never makes a class-0 push fail while it holds any room.
+///
+/// A class outside `0..classes` is an error ([`ClassPushError::UnknownClass`]),
+/// not read as some other class. The structure sits behind one mutex, held for a
+/// few pointer moves.
 ///
 /// ```
-/// use heijunka_backpressure::PriorityQueue;
+/// use heijunka_backpressure::{PriorityQueue, Pushed};
 ///
 /// let q = PriorityQueue::builder(3, 100).max_skips(2).build()?;
-/// q.try_push(2, "low").unwrap();
+/// assert_eq!(q.try_push(2, "low").unwrap(), Pushed::Queued);
 /// for i in 0..5 {
-///     q.try_push(0, "high").unwrap();
+///     assert_eq!(q.try_push(0, "high").unwrap(), Pushed::Queued);
 /// }
 /// let order: Vec<_> = std::iter::from_fn(|| q.try_pop()).collect();
 /// // "low" is skipped twice, then served.
@@ -55,20 +68,68 @@ struct State<T> {
     skips: Vec<u32>,
     len: usize,
     rejected: u64,
+    displaced: u64,
     aged_pops: u64,
     closed: bool,
 }
 
+/// What a successful [`PriorityQueue::try_push`] did.
+///
+/// `#[must_use]`: a displaced item is handed back to the pusher, and dropping this
+/// value drops it.
+#[must_use = "a displaced item is handed back here; dropping it loses that item"]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed<T> {
+    /// The item was queued; nothing else moved.
+    Queued,
+    /// The item was queued in a full queue by displacing the newest item of a
+    /// lower class, which comes back here.
+    Displaced {
+        /// The class of the displaced item (lower than the pushed one).
+        class: usize,
+        /// The displaced item.
+        item: T,
+    },
+}
+
+impl<T> Pushed<T> {
+    /// The displaced item, if one was.
+    pub fn into_displaced(self) -> Option<T> {
+        match self {
+            Pushed::Queued => None,
+            Pushed::Displaced { item, .. } => Some(item),
+        }
+    }
+}
+
 /// Builds a [`PriorityQueue`]; see [`PriorityQueue::builder`].
-#[derive(Clone, Copy, Debug)]
 #[must_use = "a builder does nothing until `build()`"]
-pub struct PriorityQueueBuilder {
+pub struct PriorityQueueBuilder<T> {
     classes: usize,
     capacity: usize,
     max_skips: Option<u32>,
+    item: PhantomData<fn() -> T>,
 }
 
-impl PriorityQueueBuilder {
+impl<T> Clone for PriorityQueueBuilder<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for PriorityQueueBuilder<T> {}
+
+impl<T> fmt::Debug for PriorityQueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PriorityQueueBuilder")
+            .field("classes", &self.classes)
+            .field("capacity", &self.capacity)
+            .field("max_skips", &self.max_skips)
+            .finish()
+    }
+}
+
+impl<T> PriorityQueueBuilder<T> {
     /// Turn aging on: a class passed over `n` times is served next. Off by default.
     pub fn max_skips(mut self, n: u32) -> Self {
         self.max_skips = Some(n);
@@ -79,11 +140,11 @@ impl PriorityQueueBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the field for 0 `classes`, 0 `capacity` or 0
-    /// `max_skips`.
-    pub fn build<T>(self) -> Result<PriorityQueue<T>, ConfigError> {
+    /// A [`ConfigError`] naming the field for 0 or more than 1024 `classes`, 0
+    /// `capacity` or 0 `max_skips`.
+    pub fn build(self) -> Result<PriorityQueue<T>, ConfigError> {
         validate::at_least("classes", self.classes, 1)?;
-        validate::at_most("classes", self.classes, 1024)?;
+        validate::at_most("classes", self.classes, MAX_CLASSES)?;
         validate::at_least("capacity", self.capacity, 1)?;
         if let Some(n) = self.max_skips {
             validate::at_least("max_skips", n, 1)?;
@@ -94,6 +155,7 @@ impl PriorityQueueBuilder {
                 skips: vec![0; self.classes],
                 len: 0,
                 rejected: 0,
+                displaced: 0,
                 aged_pops: 0,
                 closed: false,
             }),
@@ -109,25 +171,27 @@ impl PriorityQueueBuilder {
 pub struct PriorityStats {
     /// Items queued per class.
     pub lens: Vec<usize>,
-    /// Items handed back.
+    /// Items handed back by a refused push (full or closed).
     pub rejected: u64,
+    /// Queued items displaced by a push of a higher class into a full queue (and
+    /// handed back to that pusher).
+    pub displaced: u64,
     /// Pops that served an aged class ahead of a higher one.
     pub aged_pops: u64,
 }
 
-impl PriorityQueue<()> {
+impl<T> PriorityQueue<T> {
     /// A builder for `classes` classes sharing `capacity` slots (the item type is
-    /// chosen by [`build`](PriorityQueueBuilder::build)).
-    pub fn builder(classes: usize, capacity: usize) -> PriorityQueueBuilder {
+    /// inferred, or named as `PriorityQueue::<T>::builder`).
+    pub fn builder(classes: usize, capacity: usize) -> PriorityQueueBuilder<T> {
         PriorityQueueBuilder {
             classes,
             capacity,
             max_skips: None,
+            item: PhantomData,
         }
     }
-}
 
-impl<T> PriorityQueue<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // No user code runs under the lock, so it is never poisoned mid-update.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -138,33 +202,67 @@ impl<T> PriorityQueue<T> {
         self.lock().classes.len()
     }
 
-    /// Queues `item` in `class` (0 is the highest); never waits.
+    /// Queues `item` in `class` (0 is the highest); never waits. In a full queue it
+    /// displaces the newest item of the lowest class below `class`, if there is
+    /// one, and hands it back in [`Pushed::Displaced`].
     ///
     /// # Errors
     ///
-    /// The item comes back with [`Rejection::QueueFull`] when full, or
-    /// [`Rejection::ShuttingDown`] once closed.
-    pub fn try_push(&self, class: usize, item: T) -> Result<(), Rejected<T>> {
+    /// The item comes back in a [`ClassPushError`]:
+    /// [`UnknownClass`](ClassPushError::UnknownClass) naming the class and the
+    /// number of classes when `class` is not below it; [`Rejection::QueueFull`]
+    /// when full of items of `class` or higher; [`Rejection::ShuttingDown`] once
+    /// closed.
+    pub fn try_push(&self, class: usize, item: T) -> Result<Pushed<T>, ClassPushError<T>> {
         let mut st = self.lock();
+        let classes = st.classes.len();
+        if class >= classes {
+            return Err(ClassPushError::UnknownClass {
+                item,
+                class,
+                classes,
+            });
+        }
         if st.closed {
             st.rejected += 1;
-            return Err(Rejected::new(item, Rejection::ShuttingDown));
+            return Err(Rejected::new(item, Rejection::ShuttingDown).into());
         }
+        let mut pushed = Pushed::Queued;
         if st.len >= self.capacity {
-            st.rejected += 1;
-            return Err(Rejected::new(
-                item,
-                Rejection::QueueFull {
-                    capacity: self.capacity,
-                },
-            ));
+            // The lowest class with work, if it is below `class`, gives up its newest.
+            let lowest = st.classes.iter().rposition(|c| !c.is_empty());
+            match lowest {
+                Some(low) if low > class => {
+                    let out = st.classes[low]
+                        .pop_back()
+                        .expect("rposition found this class non-empty");
+                    if st.classes[low].is_empty() {
+                        st.skips[low] = 0;
+                    }
+                    st.len -= 1;
+                    st.displaced += 1;
+                    pushed = Pushed::Displaced {
+                        class: low,
+                        item: out,
+                    };
+                }
+                _ => {
+                    st.rejected += 1;
+                    return Err(Rejected::new(
+                        item,
+                        Rejection::QueueFull {
+                            capacity: self.capacity,
+                        },
+                    )
+                    .into());
+                }
+            }
         }
-        let class = class.min(st.classes.len() - 1);
         st.classes[class].push_back(item);
         st.len += 1;
         drop(st);
         self.notify.notify_one();
-        Ok(())
+        Ok(pushed)
     }
 
     /// The next item; never waits.
@@ -212,6 +310,13 @@ impl<T> PriorityQueue<T> {
     }
 
     /// Waits for the next item; `None` once closed and drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken from the queue only in the poll that returns
+    /// it, so a dropped `pop` takes nothing and every item stays queued. A wake-up
+    /// meant for a dropped `pop` is passed on to another waiting `pop` (tokio's
+    /// `Notify` forwards the notification of a dropped, notified waiter).
     pub async fn pop(&self) -> Option<T> {
         loop {
             let notified = self.notify.notified();
@@ -228,6 +333,11 @@ impl<T> PriorityQueue<T> {
     }
 
     /// [`pop`](Self::pop), giving up after `timeout` (tokio's timer).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`pop`](Self::pop): a dropped or timed-out call takes no
+    /// item.
     pub async fn pop_timeout(&self, timeout: Duration) -> Option<T> {
         tokio::time::timeout(timeout, self.pop())
             .await
@@ -262,6 +372,7 @@ impl<T> PriorityQueue<T> {
         PriorityStats {
             lens: st.classes.iter().map(VecDeque::len).collect(),
             rejected: st.rejected,
+            displaced: st.displaced,
             aged_pops: st.aged_pops,
         }
     }
