@@ -104,7 +104,7 @@ fn trace(e: &StateTransition) {
             reason = %e.reason,
             "circuit breaker closed"
         ),
-        State::HalfOpen | State::Disabled => tracing::debug!(
+        State::HalfOpen | State::Disabled | State::MetricsOnly => tracing::debug!(
             breaker = %e.breaker,
             from = e.from.as_str(),
             to = e.to.as_str(),

@@ -1,9 +1,10 @@
 //! The state machine behind a [`CircuitBreaker`](crate::CircuitBreaker) handle.
 //!
-//! The hot path reads one word, the control word (`state.rs`): a closed breaker
-//! admits a call with one atomic load, and records a success with nothing more
-//! (window full of successes: `FREE`) or with one compare-and-swap on the calling
-//! thread's own shard (`SAFE`, see `shards.rs`). Everything else (failures, slow
+//! The hot path reads one word, the control word (`control.rs`, which also states
+//! the protocol and its invariant): a closed breaker admits a call with one atomic
+//! load, and records a success with nothing more (window full of successes: `FREE`)
+//! or with one compare-and-swap on the calling thread's own shard (`SAFE`, see
+//! `shards.rs`) and a second load of the control word. Everything else (failures, slow
 //! calls, probes, state changes, stats) takes the breaker's lock and works on the
 //! exact window. Taking a half-open probe is a compare-and-swap on the control word
 //! that decrements the probe count of one generation, so exactly the permitted
@@ -15,14 +16,16 @@ use heijunka_core::{Clock, Instant, ShardedCounter};
 
 use crate::config::BreakerConfig;
 use crate::events::Listeners;
-use crate::shards::{Added, Shards, full_epoch};
-use crate::state::ctrl;
+use crate::shards::Shards;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{CachePadded, Mutex, MutexGuard};
-use crate::window::{CountWindow, FailureTimes, Outcome, Rules, TimeWindow, Window, epoch_of};
+use crate::window::{CountWindow, FailureTimes, Outcome, Rules, TimeWindow, Window};
 use crate::{SlidingWindowType, State, StateTransition, TransitionReason};
 
+mod control;
 mod transition;
+
+pub(crate) use control::ctrl;
 
 /// What a permit was admitted as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub(crate) enum Kind {
     Closed,
     Probe,
     Disabled,
+    MetricsOnly,
 }
 
 /// What a permit remembers: the generation that admitted it, as what, and when
@@ -195,6 +199,7 @@ impl Inner {
         loop {
             match ctrl::state(c) {
                 State::Closed => return Ok(self.ticket(c, Kind::Closed)),
+                State::MetricsOnly => return Ok(self.ticket(c, Kind::MetricsOnly)),
                 State::Disabled => {
                     return Ok(Ticket {
                         generation: ctrl::generation(c),
@@ -272,63 +277,6 @@ impl Inner {
         }
     }
 
-    /// Records a success. Inlined into the caller only as far as the common case: a
-    /// closed-state call, no clock needed, and a window full of successes.
-    #[inline(always)]
-    pub(crate) fn on_success(&self, t: Ticket) {
-        if t.kind == Kind::Closed && t.start.is_none() {
-            // Acquire: pairs with the Release store of each flag or state change.
-            let c = self.ctrl.load(Ordering::Acquire);
-            if c & ctrl::FREE != 0 && ctrl::generation(c) == t.generation {
-                return; // a window full of successes stays one
-            }
-        }
-        self.on_success_slow(t);
-    }
-
-    #[inline(never)]
-    fn on_success_slow(&self, t: Ticket) {
-        if t.kind == Kind::Disabled {
-            return;
-        }
-        let (mut now, slow) = self.finish(&t);
-        if t.kind == Kind::Closed && !slow {
-            // Acquire: as in `on_success`.
-            let c = self.ctrl.load(Ordering::Acquire);
-            if ctrl::generation(c) != t.generation {
-                return; // admitted by a state that is over
-            }
-            if c & ctrl::FREE != 0 {
-                return; // a window full of successes stays one
-            }
-            if c & ctrl::SAFE != 0 {
-                let epoch = if self.time_based {
-                    epoch_of(*now.get_or_insert_with(|| self.clock.now()))
-                } else {
-                    0
-                };
-                match self.shards.add(t.generation, epoch, &self.ctrl) {
-                    Added::Counted(n) => {
-                        if !self.time_based && n.is_multiple_of(self.fold_every) {
-                            self.try_fold(t.generation);
-                        }
-                        return;
-                    }
-                    Added::Stale => return,
-                    Added::NeedsFold => {}
-                }
-            }
-        }
-        self.record(
-            t,
-            Outcome {
-                failed: false,
-                slow,
-            },
-            now,
-        );
-    }
-
     pub(crate) fn on_failure(&self, t: Ticket) {
         if t.kind == Kind::Disabled {
             return;
@@ -379,6 +327,10 @@ impl Inner {
         let event = match ctrl::state(c) {
             State::Closed => self.record_closed(&mut central, c, o, &mut now),
             State::HalfOpen => self.record_probe(&mut central, c, o, &mut now),
+            State::MetricsOnly => {
+                central.window.push(o, || now.get());
+                None
+            }
             _ => None,
         };
         drop(central);
@@ -394,17 +346,18 @@ impl Inner {
         o: Outcome,
         now: &mut Now<'_>,
     ) -> Option<StateTransition> {
-        self.fold(central, ctrl::generation(c), now);
+        self.fold(central, ctrl::generation(c), now, false);
         central.window.push(o, || now.get());
-        let rate = self.closed_rules.tripped(&central.window.counts());
         let absolute = self.count_failure(central, o.failed, now);
-        match rate.or(absolute) {
-            Some(reason) => Some(self.transition(central, c, State::Open, reason, now.get())),
-            None => {
-                self.refresh_flags(central, c);
-                None
-            }
+        if self
+            .closed_rules
+            .tripped(&central.window.counts())
+            .is_none()
+            && let Some(reason) = absolute
+        {
+            return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
+        self.judge_rates(central, c, now)
     }
 
     fn record_probe(
@@ -470,74 +423,6 @@ impl Inner {
             });
         }
         reason
-    }
-
-    /// Folds the shards' successes of `generation` into the closed window. They
-    /// all came after the last recorded outcome, so they also end any run of
-    /// failures.
-    fn fold(&self, central: &mut Central, generation: u32, now: &mut Now<'_>) {
-        let mut folded = 0;
-        match &mut central.window {
-            Window::Count(w) => self.shards.drain(generation, |_, n| {
-                w.push_successes(n);
-                folded += n;
-            }),
-            Window::Time(w) => {
-                let current = epoch_of(now.get());
-                w.advance(current);
-                self.shards.drain(generation, |low, n| {
-                    w.add(full_epoch(low, current), Outcome::SUCCESS, n);
-                    folded += n;
-                });
-            }
-        }
-        if folded > 0 {
-            central.consecutive_failures = 0;
-        }
-    }
-
-    /// Folds from the hot path, if the lock is free.
-    #[cold]
-    fn try_fold(&self, generation: u32) {
-        let mut central = match self.central.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        // Acquire: as in `record`.
-        let c = self.ctrl.load(Ordering::Acquire);
-        if !ctrl::is_closed(c) || ctrl::generation(c) != generation {
-            return;
-        }
-        let mut now = Now {
-            clock: &self.clock,
-            at: None,
-        };
-        self.fold(&mut central, generation, &mut now);
-        self.refresh_flags(&central, c);
-    }
-
-    fn closed_flags(&self, central: &Central) -> u64 {
-        let counts = central.window.counts();
-        if !self.closed_rules.successes_are_safe(&counts) {
-            0
-        } else if central.window.is_saturated_with_successes() {
-            ctrl::SAFE | ctrl::FREE
-        } else {
-            ctrl::SAFE
-        }
-    }
-
-    /// Re-derives the closed state's flags from the window (under the lock, in
-    /// closed state, where nothing else writes the control word).
-    fn refresh_flags(&self, central: &Central, c: u64) {
-        let flags = self.closed_flags(central);
-        if flags != ctrl::flags(c) {
-            // Release: pairs with the hot path's Acquire loads; a success that sees
-            // the new flags also sees the window state they were derived from.
-            self.ctrl
-                .store((c & !(ctrl::SAFE | ctrl::FREE)) | flags, Ordering::Release);
-        }
     }
 }
 

@@ -330,6 +330,7 @@ fn admitted_in(t: &Ticket) -> State {
         Kind::Closed => State::Closed,
         Kind::Probe => State::HalfOpen,
         Kind::Disabled => State::Disabled,
+        Kind::MetricsOnly => State::MetricsOnly,
     }
 }
 

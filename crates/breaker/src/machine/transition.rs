@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use heijunka_core::Instant;
 
+use super::ctrl;
 use super::{Central, Inner, Now, Shown};
-use crate::state::ctrl;
 use crate::sync::atomic::Ordering;
 use crate::{State, StateTransition, TransitionReason};
 
@@ -53,7 +53,7 @@ impl Inner {
                 self.half_open_deadline.store(deadline, Ordering::Relaxed);
                 (0, self.config.permitted_in_half_open)
             }
-            State::ForcedOpen | State::Disabled => {
+            State::ForcedOpen | State::Disabled | State::MetricsOnly => {
                 central.window.reset();
                 central.probes.reset();
                 central.shown = Shown::Window;
@@ -199,12 +199,16 @@ impl Inner {
         };
         let mut central = self.lock();
         // Acquire: as in `record`.
-        let c = self.ctrl.load(Ordering::Acquire);
-        let state = ctrl::state(c);
-        if state == State::Closed {
-            self.fold(&mut central, ctrl::generation(c), &mut now);
-            self.refresh_flags(&central, c);
+        let mut c = self.ctrl.load(Ordering::Acquire);
+        let mut event = None;
+        if ctrl::is_closed(c) {
+            // Folded successes are judged like any other (control.rs): the stats
+            // never show a closed breaker with a window at its thresholds.
+            event = self.fold_and_judge(&mut central, c, &mut now);
+            // Acquire: as above; the word may have just changed.
+            c = self.ctrl.load(Ordering::Acquire);
         }
+        let state = ctrl::state(c);
         let (counts, rules) = match central.shown {
             Shown::Window => (central.window.counts(), &self.closed_rules),
             Shown::Probes => (central.probes.counts(), &self.half_open_rules),
@@ -231,6 +235,9 @@ impl Inner {
             retry_after,
         };
         drop(central);
+        if let Some(e) = event {
+            self.announce(&e);
+        }
         stats
     }
 }
