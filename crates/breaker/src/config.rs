@@ -302,8 +302,9 @@ impl BreakerBuilder {
         self
     }
 
-    /// Turns slow-call detection on and sets the duration at or above which a call
-    /// is slow (default 60 s once detection is on). A slow call counts towards the
+    /// Turns slow-call detection on and sets the duration above which a call is
+    /// slow (strictly longer, as resilience4j's `CircuitBreakerMetrics`; default 60 s
+    /// once detection is on). A slow call counts towards the
     /// slow-call rate whether it succeeded or failed.
     pub fn slow_call_duration_threshold(mut self, duration: Duration) -> Self {
         self.slow_duration = Some(duration);

@@ -53,10 +53,13 @@
 //! recorded), [`Open`](State::Open) (calls are rejected with
 //! [`Rejection::CircuitOpen`](heijunka_core::Rejection::CircuitOpen) and the time
 //! until the next probe), or [`HalfOpen`](State::HalfOpen) (exactly
-//! `permitted_number_of_calls_in_half_open_state` probes pass; once they have all
-//! completed, the breaker closes if their rates are below the thresholds and opens
-//! again otherwise). Operators override it with [`force_open`](CircuitBreaker::force_open)
-//! and [`disable`](CircuitBreaker::disable), and return it to normal with
+//! `permitted_number_of_calls_in_half_open_state` probes pass; once
+//! `min(minimum_number_of_calls, permitted_number_of_calls_in_half_open_state)` of
+//! them have completed, as in resilience4j, the breaker closes if their rates are
+//! below the thresholds and opens again otherwise). Operators override it with
+//! [`force_open`](CircuitBreaker::force_open), [`disable`](CircuitBreaker::disable)
+//! and [`metrics_only`](CircuitBreaker::metrics_only) (record, never trip), and
+//! return it to normal with
 //! [`reset`](CircuitBreaker::reset). Every change goes to
 //! [`subscribe`](CircuitBreaker::subscribe)d listeners as a [`StateTransition`]
 //! (from, to, [`TransitionReason`], time) and to `tracing` (`warn` when it opens).
@@ -67,7 +70,7 @@
 //! ([`BreakerBuilder`] has the settings and defaults):
 //!
 //! - the **failure rate** over the sliding window (default 50 %), and, with slow-call
-//!   detection on, the **slow-call rate** (default 100 % of calls of 60 s or more),
+//!   detection on, the **slow-call rate** (default 100 % of calls longer than 60 s),
 //!   judged once the window holds `minimum_number_of_calls` calls; the window is the
 //!   last N calls ([`SlidingWindowType::CountBased`], default 100) or the last N
 //!   seconds in one-second buckets ([`SlidingWindowType::TimeBased`]);

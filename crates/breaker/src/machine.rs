@@ -271,7 +271,8 @@ impl Inner {
         match (t.start, self.slow_limit) {
             (Some(start), Some(limit)) => {
                 let now = self.clock.now();
-                (Some(now), now.duration_since(start) >= limit)
+                // Strictly longer, as resilience4j's `CircuitBreakerMetrics.onSuccess`.
+                (Some(now), now.duration_since(start) > limit)
             }
             _ => (None, false),
         }
@@ -379,7 +380,9 @@ impl Inner {
         if let Some(reason) = rate.or(absolute) {
             return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
-        if counts.calls >= u64::from(self.config.permitted_in_half_open) {
+        // Judged from min(minimum, permitted) probes on, as resilience4j's
+        // `HalfOpenState` (see `Rules::half_open`).
+        if counts.calls >= self.half_open_rules.minimum_calls {
             let reason = TransitionReason::ProbesPassed {
                 failure_rate: counts.failure_rate(),
                 slow_call_rate: self.config.slow_calls.map(|_| counts.slow_call_rate()),

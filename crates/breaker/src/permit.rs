@@ -207,8 +207,8 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// Records a success (a slow call, if slow-call detection is on and it took at
-    /// least the slow-call duration).
+    /// Records a success (a slow call, if slow-call detection is on and it took
+    /// longer than the slow-call duration).
     #[inline]
     pub fn success(mut self) {
         self.armed = false;

@@ -99,8 +99,9 @@ pub enum TransitionReason {
     },
     /// The wait in open state ended (open to half-open).
     WaitElapsed,
-    /// Every probe completed and the rates stayed below the thresholds (half-open
-    /// to closed).
+    /// Enough probes completed (`min(minimum_number_of_calls,
+    /// permitted_number_of_calls_in_half_open_state)`) and their rates stayed below
+    /// the thresholds (half-open to closed).
     ProbesPassed {
         /// The probes' failure rate.
         failure_rate: f64,
@@ -144,7 +145,7 @@ impl fmt::Display for TransitionReason {
             Self::WaitElapsed => f.write_str("the wait in open state elapsed"),
             Self::ProbesPassed { failure_rate, .. } => write!(
                 f,
-                "every probe completed with a failure rate of {:.1}%",
+                "the probes completed with a failure rate of {:.1}%",
                 failure_rate * 100.0
             ),
             Self::HalfOpenTimeout { waited } => {

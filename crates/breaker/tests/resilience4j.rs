@@ -205,9 +205,10 @@ fn slow_call_rate_opens() {
         .slow_call_duration_threshold(Duration::from_secs(2))
         .build()
         .unwrap();
+    // Slow means longer than the threshold (see the next section): 2 s + 1 ms.
     let slow = |b: &CircuitBreaker| {
         b.call(|| {
-            clock.advance(Duration::from_secs(2));
+            clock.advance(Duration::from_millis(2001));
             Ok::<_, &str>(())
         })
     };
@@ -339,7 +340,9 @@ fn automatic_transition_is_made_once_by_the_timer_or_a_reader() {
 #[test]
 fn half_open_admits_exactly_the_permitted_probes() {
     let clock = ManualClock::new();
-    let b = count_window(&clock, 2, 2)
+    // A minimum of 3 calls (capped at the window's 2 in closed state) so that the
+    // half-open state judges its probes after all 3 (min(minimum, permitted)).
+    let b = count_window(&clock, 2, 3)
         .permitted_number_of_calls_in_half_open_state(3)
         .build()
         .unwrap();
@@ -461,4 +464,121 @@ fn rejections_are_counted() {
         assert!(ok(&b).unwrap_err().is_rejected());
     }
     assert_eq!(b.stats().rejected_calls, 7);
+}
+
+// ---- From resilience4j's source --------------------------------------------------
+//
+// The tests below follow resilience4j's Java source (resilience4j-circuitbreaker,
+// package `io.github.resilience4j.circuitbreaker.internal`) where the documentation
+// leaves a detail open; each names the class and method it follows.
+
+/// `CircuitBreakerMetrics.onSuccess` / `onError`: a call is recorded as slow when
+/// `durationUnit.toNanos(duration) > slowCallDurationThresholdInNanos`: strictly
+/// longer than the threshold; a call that takes exactly the threshold is not slow.
+#[test]
+fn a_call_of_exactly_the_slow_call_duration_is_not_slow() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .slow_call_rate_threshold(0.5)
+        .slow_call_duration_threshold(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        b.call(|| {
+            clock.advance(Duration::from_secs(2));
+            Ok::<_, &str>(())
+        })
+        .unwrap();
+    }
+    assert_eq!(b.stats().slow_calls, 0, "2 s is not longer than 2 s");
+    assert_eq!(b.state(), State::Closed);
+    b.call(|| {
+        clock.advance(Duration::from_secs(2) + Duration::from_nanos(1));
+        Ok::<_, &str>(())
+    })
+    .unwrap();
+    assert_eq!(b.state(), State::Open, "1 slow call of 2: 50 %");
+}
+
+/// `CircuitBreakerMetrics.forHalfOpen` builds a count-based window of
+/// `permittedNumberOfCallsInHalfOpenState` calls, whose constructor caps the minimum
+/// at `Math.min(minimumNumberOfCalls, slidingWindowSize)`; `HalfOpenState
+/// .checkIfThresholdsExceeded` closes on `BELOW_THRESHOLDS` and opens on an exceeded
+/// threshold. So half-open is judged once `min(minimum, permitted)` probes have
+/// completed, not only once every permitted probe has.
+#[test]
+fn half_open_is_judged_after_min_of_minimum_calls_and_permitted_probes() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .permitted_number_of_calls_in_half_open_state(4)
+        .build()
+        .unwrap();
+    let _ = fail(&b);
+    let _ = fail(&b);
+    clock.advance(Duration::from_secs(60));
+    let late = b.try_acquire().unwrap();
+    ok(&b).unwrap();
+    assert_eq!(b.state(), State::HalfOpen, "1 of min(2, 4) probes");
+    ok(&b).unwrap();
+    assert_eq!(b.state(), State::Closed, "2 probes, 0 % failed");
+    late.failure(); // admitted by the half-open period that is over
+    assert_eq!(b.stats().failed_calls, 0);
+
+    // The other way: a minimum above the permitted probes is capped at them.
+    let b = count_window(&clock, 2, 10)
+        .permitted_number_of_calls_in_half_open_state(2)
+        .build()
+        .unwrap();
+    let _ = fail(&b);
+    let _ = fail(&b);
+    clock.advance(Duration::from_secs(60));
+    ok(&b).unwrap();
+    let _ = fail(&b);
+    assert_eq!(b.state(), State::Open, "min(10, 2) probes, 50 % failed");
+}
+
+/// `CircuitBreakerStateMachine.transitionToMetricsOnlyState` and its
+/// `MetricsOnlyState`: every call is permitted (`tryAcquirePermission` returns true),
+/// outcomes are recorded in a fresh closed-state window (`CircuitBreakerMetrics
+/// .forMetricsOnly` is `forClosed`), thresholds are checked but never change the
+/// state; `reset` returns to closed.
+#[test]
+fn metrics_only_records_and_never_trips() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 4, 4).build().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    b.subscribe(move |t| log.lock().unwrap().push((t.from, t.to, t.reason)));
+    ok(&b).unwrap();
+    b.metrics_only();
+    assert_eq!(b.state(), State::MetricsOnly);
+    assert_eq!(b.stats().calls, 0, "a fresh window");
+    for _ in 0..10 {
+        assert!(matches!(fail(&b), Err(CallError::Failed("boom"))));
+    }
+    let p = b.try_acquire().unwrap();
+    assert_eq!(p.admitted_in(), State::MetricsOnly);
+    p.success();
+    assert_eq!(
+        b.state(),
+        State::MetricsOnly,
+        "100 % failures never trip it"
+    );
+    let s = b.stats();
+    assert_eq!((s.calls, s.failed_calls), (4, 3), "the last 4 outcomes");
+    b.metrics_only(); // already there: no event
+    b.reset();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.stats().calls, 0);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (
+                State::Closed,
+                State::MetricsOnly,
+                TransitionReason::MetricsOnly
+            ),
+            (State::MetricsOnly, State::Closed, TransitionReason::Reset),
+        ]
+    );
 }
