@@ -37,7 +37,7 @@ use crate::{BreakerStats, State, StateTransition, TransitionReason};
 /// // 2 failures in 4 calls: 50 %, the default threshold.
 /// assert_eq!(breaker.state(), State::Open);
 /// match breaker.call(|| Ok::<_, &str>(())) {
-///     Err(CallError::Rejected(r)) => assert_eq!(r.retry_after(), Duration::from_secs(30)),
+///     Err(CallError::Rejected(r)) => assert_eq!(r.retry_after(), Some(Duration::from_secs(30))),
 ///     other => panic!("{other:?}"),
 /// }
 ///

@@ -28,7 +28,7 @@
 //! }
 //! assert_eq!(breaker.state(), State::Open);
 //! let rejected = breaker.call(|| Ok::<_, &str>(())).unwrap_err();
-//! assert!(matches!(rejected, CallError::Rejected(r) if r.retry_after() == Duration::from_secs(5)));
+//! assert!(matches!(rejected, CallError::Rejected(r) if r.retry_after() == Some(Duration::from_secs(5))));
 //!
 //! // After the wait, two probes pass; both succeed, so it closes.
 //! clock.advance(Duration::from_secs(5));

@@ -207,18 +207,21 @@ impl Inner {
                         start: None,
                     });
                 }
-                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, Duration::MAX)),
+                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
                 State::Open => {
                     // Relaxed: written before the Release store of the control word
                     // that our Acquire load saw.
                     let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
                     let now = self.clock.now();
                     if now < until {
-                        return Err(self.reject(State::Open, until - now));
+                        return Err(self.reject(State::Open, Some(until - now)));
                     }
                     self.wait_elapsed(c, now);
                 }
                 State::HalfOpen => {
+                    // With a maximum wait: the time left until it, the honest
+                    // retry-after of a rejection (see `Rejected`).
+                    let mut left = None;
                     if self.config.max_wait_in_half_open.is_some() {
                         let now = self.clock.now();
                         if self.half_open_expired(now) {
@@ -227,9 +230,12 @@ impl Inner {
                             c = self.ctrl.load(Ordering::Acquire);
                             continue;
                         }
+                        // Relaxed: see `half_open_expired`.
+                        let deadline = self.half_open_deadline.load(Ordering::Relaxed);
+                        left = Some(Duration::from_nanos(deadline - now.as_nanos()));
                     }
                     if ctrl::probes(c) == 0 {
-                        return Err(self.reject(State::HalfOpen, Duration::ZERO));
+                        return Err(self.reject(State::HalfOpen, left));
                     }
                     // Acquire on success: pairs with the Release store that began this
                     // half-open period. The whole word is compared, generation
@@ -253,7 +259,7 @@ impl Inner {
         }
     }
 
-    fn reject(&self, state: State, retry_after: Duration) -> crate::Rejected {
+    fn reject(&self, state: State, retry_after: Option<Duration>) -> crate::Rejected {
         self.rejected.increment();
         crate::Rejected::new(state, retry_after)
     }
