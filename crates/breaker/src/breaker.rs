@@ -89,9 +89,11 @@ impl CircuitBreaker {
         self.inner.stats()
     }
 
-    /// Calls `listener` on every state change, on the thread that made it, with no
-    /// lock held (the listener may call back into the breaker). A listener that
-    /// panics is logged and skipped. Every change is also logged with `tracing`
+    /// Calls `listener` on every state change, in the order the changes were made
+    /// (each [`StateTransition`] carries its `sequence` number), with no lock held
+    /// (the listener may call back into the breaker). It runs on a thread that made
+    /// a change: when two threads change the state at once, one of them delivers
+    /// both, in order. A listener that panics is logged and skipped. Every change is also logged with `tracing`
     /// (`warn` when the breaker opens).
     pub fn subscribe<F>(&self, listener: F) -> SubscriptionId
     where

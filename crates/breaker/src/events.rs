@@ -15,8 +15,25 @@ type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 
+/// The listeners, and the transitions waiting to be delivered to them.
+///
+/// Delivery keeps transition order without running user code under a lock: a
+/// transition is queued under the breaker's lock (so the queue is in transition
+/// order), and after releasing it the thread that made it calls
+/// [`dispatch`](Listeners::dispatch). One thread at a time holds the dispatch token
+/// (`Queue::busy`) and delivers queued events, front first, with no lock held while
+/// a listener runs; a thread that finds the token taken leaves its event to the
+/// holder, which looks at the queue again, under the queue's lock, after each event
+/// and gives the token back only when it finds the queue empty. So no event waits
+/// forever, and each listener sees the transitions in the order they were made.
 pub(crate) struct Listeners {
     inner: Mutex<ListenerList>,
+    queue: Mutex<Queue>,
+}
+
+struct Queue {
+    events: std::collections::VecDeque<StateTransition>,
+    busy: bool,
 }
 
 struct ListenerList {
@@ -30,6 +47,10 @@ impl Listeners {
             inner: Mutex::new(ListenerList {
                 next_id: 0,
                 listeners: Vec::new(),
+            }),
+            queue: Mutex::new(Queue {
+                events: std::collections::VecDeque::new(),
+                busy: false,
             }),
         }
     }
@@ -49,10 +70,44 @@ impl Listeners {
         list.listeners.len() != before
     }
 
+    /// Queues `event` for delivery; called under the breaker's lock, in transition
+    /// order.
+    pub(crate) fn enqueue(&self, event: StateTransition) {
+        lock(&self.queue).events.push_back(event);
+    }
+
+    /// Delivers the queued events, in order, unless another thread holds the
+    /// dispatch token (it will deliver them). Called with no lock held.
+    pub(crate) fn dispatch(&self) {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.busy {
+                return; // the holder delivers our event after its current one
+            }
+            queue.busy = true;
+        }
+        loop {
+            let event = {
+                let mut queue = lock(&self.queue);
+                match queue.events.pop_front() {
+                    Some(event) => event,
+                    None => {
+                        queue.busy = false;
+                        return;
+                    }
+                }
+            };
+            // No lock held: listeners are user code (their panics are caught, so
+            // the token is always given back).
+            self.emit(&event);
+        }
+    }
+
     /// Logs `event` and hands it to every listener, on the calling thread, with no
-    /// lock held: a listener may call back into the breaker. A listener that panics
-    /// is logged and skipped; the others still run.
-    pub(crate) fn emit(&self, event: &StateTransition) {
+    /// lock held: a listener may call back into the breaker (a transition it makes
+    /// is queued and delivered after this one). A listener that panics is logged
+    /// and skipped; the others still run.
+    fn emit(&self, event: &StateTransition) {
         trace(event);
         let listeners: Vec<Listener> = lock(&self.inner)
             .listeners

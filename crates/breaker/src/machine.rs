@@ -64,6 +64,8 @@ struct Central {
     trips: u32,
     half_open_since: Instant,
     rng: u64,
+    /// Transitions made so far: the last one's sequence number.
+    transitions: u64,
 }
 
 impl Central {
@@ -146,6 +148,7 @@ impl Inner {
                 failure_times: config.failure_count.map(FailureTimes::new),
                 trips: 0,
                 half_open_since: Instant::ZERO,
+                transitions: 0,
                 rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
             }),
             listeners: Listeners::new(),

@@ -177,6 +177,10 @@ pub struct StateTransition {
     /// Entering [`State::Open`]: how long until the breaker admits probes (the
     /// grown and jittered wait). `None` for other states.
     pub wait: Option<Duration>,
+    /// The transition's number, from 1, in the order the breaker made them:
+    /// listeners receive transitions in this order, so it increases by one from each
+    /// event a listener sees to the next (unless it subscribed in between).
+    pub sequence: u64,
 }
 
 impl fmt::Display for StateTransition {
@@ -209,6 +213,7 @@ mod tests {
             },
             at: Instant::ZERO,
             wait: Some(Duration::from_secs(60)),
+            sequence: 1,
         };
         assert_eq!(
             opened.to_string(),

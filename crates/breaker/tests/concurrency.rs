@@ -338,3 +338,69 @@ fn stress_a_threshold_crossing_is_never_missed() {
         }
     }
 }
+
+/// Threads race manual transitions; every listener sees the changes in the order
+/// they were made: each event leaves the state the previous one entered, and the
+/// last one entered the state the breaker ends in.
+#[test]
+#[cfg_attr(miri, ignore)] // many threads and iterations
+fn stress_listeners_see_transitions_in_order() {
+    let per_thread = 2_000;
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let logs: Vec<_> = (0..2)
+        .map(|_| {
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = log.clone();
+            breaker.subscribe(move |t| sink.lock().unwrap().push(t.clone()));
+            log
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(4));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (breaker, start) = (breaker.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..per_thread {
+                    match (i + t) % 4 {
+                        0 => breaker.force_open(),
+                        1 => breaker.disable(),
+                        2 => breaker.metrics_only(),
+                        _ => breaker.reset(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let end = breaker.state();
+    for log in logs {
+        let log = log.lock().unwrap();
+        assert!(!log.is_empty());
+        for pair in log.windows(2) {
+            assert_eq!(
+                pair[1].from,
+                pair[0].to,
+                "delivered out of order: {:?} then {:?}",
+                (pair[0].from, pair[0].to),
+                (pair[1].from, pair[1].to)
+            );
+            assert!(
+                pair[1].sequence > pair[0].sequence,
+                "sequence numbers must increase: {} then {}",
+                pair[0].sequence,
+                pair[1].sequence
+            );
+        }
+        assert_eq!(
+            log.last().unwrap().to,
+            end,
+            "the last event matches the state"
+        );
+    }
+}

@@ -10,8 +10,9 @@ use crate::sync::atomic::Ordering;
 use crate::{State, StateTransition, TransitionReason};
 
 impl Inner {
-    /// Moves to `to` (under the lock) and returns the event to announce once the
-    /// lock is released.
+    /// Moves to `to` (under the lock), queues its event for the listeners (in
+    /// transition order, under the lock) and returns it, to
+    /// [`announce`](Self::announce) once the lock is released.
     pub(super) fn transition(
         &self,
         central: &mut Central,
@@ -69,14 +70,18 @@ impl Inner {
         // thread that Acquire-loads the control word. A concurrent probe
         // compare-and-swap on the old word fails and retries against this one.
         self.ctrl.store(next, Ordering::Release);
-        StateTransition {
+        central.transitions += 1;
+        let event = StateTransition {
             breaker: self.config.name.clone(),
             from,
             to,
             reason,
             at: now,
             wait,
-        }
+            sequence: central.transitions,
+        };
+        self.listeners.enqueue(event.clone());
+        event
     }
 
     /// Open to half-open, if the breaker is still in the open period `seen`.
@@ -140,7 +145,7 @@ impl Inner {
         if self.needs_timer(event.to) {
             self.timer.schedule();
         }
-        self.listeners.emit(event);
+        self.listeners.dispatch();
     }
 
     /// Whether the timer thread should watch this breaker in state `to`.
