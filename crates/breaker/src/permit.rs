@@ -155,6 +155,17 @@ impl CircuitBreaker {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// The permit is taken on the first poll, so a future dropped before it was
+    /// ever polled takes nothing (not even a half-open probe slot). Dropped while
+    /// `fut` is pending, it drops `fut` and its permit: under the default
+    /// [`PermitDrop::Release`] nothing is recorded and a half-open probe slot goes
+    /// back to the half-open period that gave it (a later
+    /// [`try_acquire`](Self::try_acquire) can take it); under
+    /// [`PermitDrop::RecordFailure`] a failure is recorded. A permit of a state that
+    /// has ended meanwhile records nothing and gives nothing back.
     pub async fn call_async<T, E, Fut>(&self, fut: Fut) -> Result<T, CallError<E>>
     where
         Fut: Future<Output = Result<T, E>>,
@@ -164,6 +175,12 @@ impl CircuitBreaker {
 
     /// [`call_async`](Self::call_async) with a classifier, as
     /// [`call_with`](Self::call_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call_async`](Self::call_async): nothing is taken before the first poll,
+    /// and a future dropped while `fut` is pending applies the [`PermitDrop`] rule
+    /// (the classifier is not called).
     pub async fn call_async_with<T, E, Fut, C>(
         &self,
         classify: C,
