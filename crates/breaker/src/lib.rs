@@ -126,6 +126,7 @@
 use heijunka_core::sync;
 
 mod breaker;
+mod classify;
 mod config;
 mod error;
 mod events;

@@ -68,8 +68,12 @@ impl CircuitBreaker {
         })
     }
 
-    /// Runs `f` if the breaker admits it; every `Err` counts as a failure. A panic
-    /// in `f` is recorded as a failure and then continues to unwind.
+    /// Runs `f` if the breaker admits it; an `Err` counts as a failure and an `Ok`
+    /// as a success, unless the builder's
+    /// [`classify_errors`](crate::BreakerBuilder::classify_errors) or
+    /// [`classify_results`](crate::BreakerBuilder::classify_results) say otherwise
+    /// for their types. A panic in `f` is recorded as a failure and then continues
+    /// to unwind.
     ///
     /// ```
     /// use heijunka_breaker::{CallError, CircuitBreaker};
@@ -84,22 +88,27 @@ impl CircuitBreaker {
     #[inline]
     pub fn call<T, E, F>(&self, f: F) -> Result<T, CallError<E>>
     where
+        T: 'static,
+        E: 'static,
         F: FnOnce() -> Result<T, E>,
     {
         let permit = self.try_acquire()?;
+        let classifiers = &self.inner.config.classifiers;
         match f() {
             Ok(v) => {
-                permit.success();
+                permit.verdict(classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {
-                permit.failure();
+                permit.verdict(classifiers.error(&e));
                 Err(CallError::Failed(e))
             }
         }
     }
 
-    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts.
+    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts
+    /// (in place of the builder's error classifier; its result classifier still
+    /// applies to an `Ok`).
     ///
     /// ```
     /// use heijunka_breaker::{CircuitBreaker, Verdict};
@@ -121,13 +130,14 @@ impl CircuitBreaker {
     #[inline]
     pub fn call_with<T, E, F, C>(&self, classify: C, f: F) -> Result<T, CallError<E>>
     where
+        T: 'static,
         F: FnOnce() -> Result<T, E>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match f() {
             Ok(v) => {
-                permit.success();
+                permit.verdict(self.inner.config.classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {
@@ -137,7 +147,8 @@ impl CircuitBreaker {
         }
     }
 
-    /// Awaits `fut` if the breaker admits it; every `Err` counts as a failure. A
+    /// Awaits `fut` if the breaker admits it; outcomes count as in
+    /// [`call`](Self::call) (an `Err` is a failure unless classified otherwise). A
     /// panic while polling `fut` is recorded as a failure and continues to unwind;
     /// dropping the returned future before it completes (a timeout, a `select!`)
     /// applies the [`PermitDrop`] rule. Needs no particular runtime.
@@ -168,9 +179,13 @@ impl CircuitBreaker {
     /// has ended meanwhile records nothing and gives nothing back.
     pub async fn call_async<T, E, Fut>(&self, fut: Fut) -> Result<T, CallError<E>>
     where
+        T: 'static,
+        E: 'static,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_async_with(|_: &E| Verdict::Failure, fut).await
+        let classifiers = &self.inner.config.classifiers;
+        self.call_async_with(|e: &E| classifiers.error(e), fut)
+            .await
     }
 
     /// [`call_async`](Self::call_async) with a classifier, as
@@ -187,13 +202,14 @@ impl CircuitBreaker {
         fut: Fut,
     ) -> Result<T, CallError<E>>
     where
+        T: 'static,
         Fut: Future<Output = Result<T, E>>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match fut.await {
             Ok(v) => {
-                permit.success();
+                permit.verdict(self.inner.config.classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {

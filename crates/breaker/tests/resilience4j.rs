@@ -582,3 +582,106 @@ fn metrics_only_records_and_never_trips() {
         ]
     );
 }
+
+/// `CircuitBreakerStateMachine.handleThrowable`: an error the ignore predicate
+/// matches releases the permission and records nothing; one the record predicate
+/// matches is a failure (`state.onError`); any other is a success
+/// (`state.onSuccess`). Here set once in the builder and applied by `call` and
+/// `call_async`; the caller still receives every error.
+#[test]
+fn builder_error_classification_records_ignores_or_counts_as_success() {
+    #[derive(Debug, PartialEq)]
+    enum ApiError {
+        Unavailable,
+        BadRequest,
+        NotFound,
+    }
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 4, 4)
+        .permitted_number_of_calls_in_half_open_state(1)
+        .classify_errors(|e: &ApiError| match e {
+            ApiError::Unavailable => Verdict::Failure,
+            ApiError::BadRequest => Verdict::Ignore,
+            ApiError::NotFound => Verdict::Success,
+        })
+        .build()
+        .unwrap();
+    let call = |e: ApiError| b.call(|| Err::<(), _>(e));
+    assert!(matches!(
+        call(ApiError::BadRequest),
+        Err(CallError::Failed(ApiError::BadRequest))
+    ));
+    assert!(matches!(
+        call(ApiError::NotFound),
+        Err(CallError::Failed(ApiError::NotFound))
+    ));
+    let _ = call(ApiError::Unavailable);
+    let s = b.stats();
+    assert_eq!(
+        (s.calls, s.failed_calls),
+        (2, 1),
+        "ignored: not in the window"
+    );
+    // Errors of another type keep the default: a failure.
+    let _ = b.call(|| Err::<(), _>("other type"));
+    assert_eq!(b.stats().failed_calls, 2);
+    // A per-call classifier replaces the builder's for that call.
+    let _ = b.call_with(|_| Verdict::Ignore, || Err::<(), _>(ApiError::Unavailable));
+    assert_eq!(b.stats().calls, 3);
+    // The async form applies it too.
+    let r = block_on(b.call_async(async { Err::<(), _>(ApiError::NotFound) }));
+    assert!(r.is_err());
+    assert_eq!((b.stats().calls, b.stats().failed_calls), (4, 2));
+    assert_eq!(b.state(), State::Open, "2 of 4 failed: 50 %");
+
+    // An ignored probe gives its slot back (`releasePermission`).
+    clock.advance(Duration::from_secs(60));
+    let _ = call(ApiError::BadRequest);
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.stats().available_probes, Some(1));
+    let _ = call(ApiError::NotFound);
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "a success-classified probe closes it"
+    );
+}
+
+/// `CircuitBreakerStateMachine.onResult`: a result the `recordResult` predicate
+/// matches is recorded as a failure (`ResultRecordedAsFailureException`); any other
+/// result is a success. The caller still receives the result.
+#[test]
+fn builder_result_classification_records_results_as_failures() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .classify_results(|status: &u16| {
+            if *status >= 500 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            }
+        })
+        .build()
+        .unwrap();
+    assert_eq!(b.call(|| Ok::<u16, ()>(200)).unwrap(), 200);
+    assert_eq!(b.call(|| Ok::<u16, ()>(503)).unwrap(), 503);
+    assert_eq!(b.state(), State::Open, "1 of 2 failed: 50 %");
+    // Results of another type keep the default: a success.
+    let b = count_window(&clock, 2, 2)
+        .classify_results(|_: &u16| Verdict::Failure)
+        .build()
+        .unwrap();
+    b.call(|| Ok::<&str, ()>("fine")).unwrap();
+    b.call(|| Ok::<&str, ()>("fine")).unwrap();
+    assert_eq!((b.stats().calls, b.stats().failed_calls), (2, 0));
+}
+
+/// Polls a future that never waits to completion (no runtime needed).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the future waited"),
+    }
+}
