@@ -90,6 +90,13 @@
 //! itself ([`automatic_transition_to_half_open`](BreakerBuilder::automatic_transition_to_half_open)).
 //! A maximum wait in half-open re-opens a breaker whose probes hang.
 //!
+//! While open, calls are rejected by the coarse clock
+//! ([`Clock::recent`](heijunka_core::Clock::recent)), without reading the precise
+//! one: on a manual clock that is the exact time; on the system clock it is a sample
+//! at most about a millisecond old (one process-wide thread, started when a breaker
+//! first opens), so the first call admitted after the wait may come that much later,
+//! and a rejection's retry-after errs long by as much.
+//!
 //! # Calling through it
 //!
 //! [`call`](CircuitBreaker::call) and [`call_with`](CircuitBreaker::call_with) wrap a

@@ -215,6 +215,14 @@ impl Inner {
                     // Relaxed: written before the Release store of the control word
                     // that our Acquire load saw.
                     let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
+                    // The coarse time (`Clock::recent`: exact on a manual clock, a
+                    // cached sample on the system clock) rejects without reading the
+                    // clock; its retry-after errs long, by the sample's age. Once it
+                    // reaches the deadline, the precise time decides.
+                    let recent = self.clock.recent();
+                    if recent < until {
+                        return Err(self.reject(State::Open, Some(until - recent)));
+                    }
                     let now = self.clock.now();
                     if now < until {
                         return Err(self.reject(State::Open, Some(until - now)));

@@ -363,3 +363,50 @@ fn half_open_with_every_probe_taken_gives_an_honest_retry_after() {
     );
     drop(probe);
 }
+
+/// The open state rejects by a coarse clock where it can, but the move to
+/// half-open still happens at the first call once the wait is over, to the
+/// nanosecond on a manual clock.
+#[test]
+fn open_rejects_until_exactly_the_end_of_the_wait() {
+    let clock = ManualClock::new();
+    let b = small(&clock)
+        .consecutive_failure_threshold(1)
+        .wait_duration_in_open_state(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let _ = b.call(|| Err::<(), _>(()));
+    assert_eq!(b.state(), State::Open);
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    let r = b.try_acquire().unwrap_err();
+    assert_eq!(
+        (r.state(), r.retry_after()),
+        (State::Open, Some(Duration::from_nanos(1)))
+    );
+    clock.advance(Duration::from_nanos(1));
+    let probe = b.try_acquire().expect("the wait is over: a probe");
+    assert_eq!(probe.admitted_in(), State::HalfOpen);
+    probe.failure();
+    // Open again: the same boundary, from the new trip.
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(b.try_acquire().is_err());
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(b.try_acquire().unwrap().admitted_in(), State::HalfOpen);
+}
+
+/// On the system clock the coarse reading may be a little old: the retry-after it
+/// gives errs long, never past the configured wait.
+#[test]
+fn open_retry_after_on_the_system_clock_is_within_the_wait() {
+    let b = CircuitBreaker::builder()
+        .consecutive_failure_threshold(1)
+        .wait_duration_in_open_state(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let _ = b.call(|| Err::<(), _>(()));
+    for _ in 0..1_000 {
+        let after = b.try_acquire().unwrap_err().retry_after().expect("open");
+        assert!(after <= Duration::from_secs(60), "{after:?}");
+        assert!(after > Duration::from_secs(50), "{after:?}");
+    }
+}

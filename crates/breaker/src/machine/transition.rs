@@ -39,6 +39,12 @@ impl Inner {
                 // Relaxed: published by the Release store of the control word below.
                 self.open_until
                     .store(now.saturating_add(w).as_nanos(), Ordering::Relaxed);
+                // Open calls are rejected by the coarse clock (`acquire_slow`); its
+                // ticker is one process-wide thread, not started under loom or miri.
+                #[cfg(not(loom))]
+                if !cfg!(miri) {
+                    self.clock.start_coarse_ticker();
+                }
                 wait = Some(w);
                 (0, 0)
             }
