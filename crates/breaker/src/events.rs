@@ -168,3 +168,41 @@ fn trace(e: &StateTransition) {
         ),
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::sync::{Arc, Mutex};
+
+    use heijunka_core::ManualClock;
+
+    use crate::sync::thread;
+    use crate::{CircuitBreaker, State};
+
+    /// Two threads change the state at once; the listener sees both changes, in
+    /// the order they were made (each leaves the state the previous one entered),
+    /// and the last one is the state the breaker ends in.
+    #[test]
+    fn listeners_see_transitions_in_order() {
+        loom::model(|| {
+            let b = CircuitBreaker::builder()
+                .clock(ManualClock::new())
+                .build()
+                .expect("valid");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&seen);
+            b.subscribe(move |t| sink.lock().unwrap().push((t.sequence, t.from, t.to)));
+            let other = {
+                let b = b.clone();
+                thread::spawn(move || b.force_open())
+            };
+            b.disable();
+            other.join().unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert_eq!(seen[0].1, State::Closed, "{seen:?}");
+            assert_eq!(seen[1].1, seen[0].2, "out of order: {seen:?}");
+            assert!(seen[1].0 > seen[0].0, "{seen:?}");
+            assert_eq!(seen[1].2, b.state(), "{seen:?}");
+        });
+    }
+}
