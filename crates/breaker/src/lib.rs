@@ -78,8 +78,11 @@
 //!   time window** ("5 failures a minute", whatever succeeded meanwhile), which
 //!   resilience4j lacks.
 //!
-//! A classifier passed to [`call_with`](CircuitBreaker::call_with) decides whether an
-//! error is a [`Verdict::Failure`], [`Verdict::Ignore`]d or a [`Verdict::Success`];
+//! Classifiers set once in the builder
+//! ([`classify_errors`](BreakerBuilder::classify_errors),
+//! [`classify_results`](BreakerBuilder::classify_results)), or passed to
+//! [`call_with`](CircuitBreaker::call_with) for one call, decide whether an
+//! error (or an `Ok` result) is a [`Verdict::Failure`], [`Verdict::Ignore`]d or a [`Verdict::Success`];
 //! a panic in a guarded call is a failure, and keeps unwinding.
 //!
 //! # Open and half-open
@@ -111,7 +114,8 @@
 //!
 //! A closed breaker admits a call with one atomic load. A success is recorded with
 //! nothing more while the window is full of successes, and otherwise with one
-//! compare-and-swap on the calling thread's shard (one cache line per CPU): no lock, no
+//! compare-and-swap on the calling thread's shard (one cache line per CPU) and a
+//! second load of the control word: no lock, no
 //! allocation, and no clock read unless a time-based window or slow-call detection
 //! needs the time. Failures, slow calls and probes are recorded under a lock, in the
 //! exact window, after the shards are folded into it (so are the stats, when read).
