@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use heijunka_core::{Clock, ConfigError, validate};
 
-use crate::CircuitBreaker;
+use crate::classify::Classifiers;
+use crate::{CircuitBreaker, Verdict};
 
 /// Default failure-rate threshold: 50 % (resilience4j `failureRateThreshold`).
 pub const DEFAULT_FAILURE_RATE_THRESHOLD: f64 = 0.5;
@@ -136,6 +137,7 @@ pub struct BreakerConfig {
     pub(crate) max_wait_in_half_open: Option<Duration>,
     pub(crate) permit_drop: PermitDrop,
     pub(crate) clock: Clock,
+    pub(crate) classifiers: Classifiers,
 }
 
 impl Default for BreakerConfig {
@@ -160,6 +162,7 @@ impl Default for BreakerConfig {
             max_wait_in_half_open: None,
             permit_drop: PermitDrop::Release,
             clock: Clock::system(),
+            classifiers: Classifiers::default(),
         }
     }
 }
@@ -302,8 +305,9 @@ impl BreakerBuilder {
         self
     }
 
-    /// Turns slow-call detection on and sets the duration at or above which a call
-    /// is slow (default 60 s once detection is on). A slow call counts towards the
+    /// Turns slow-call detection on and sets the duration above which a call is
+    /// slow (strictly longer, as resilience4j's `CircuitBreakerMetrics`; default 60 s
+    /// once detection is on). A slow call counts towards the
     /// slow-call rate whether it succeeded or failed.
     pub fn slow_call_duration_threshold(mut self, duration: Duration) -> Self {
         self.slow_duration = Some(duration);
@@ -404,6 +408,67 @@ impl BreakerBuilder {
     /// [`PermitDrop::Release`]).
     pub fn permit_drop(mut self, rule: PermitDrop) -> Self {
         self.config.permit_drop = rule;
+        self
+    }
+
+    /// How the calls through [`call`](CircuitBreaker::call) and
+    /// [`call_async`](CircuitBreaker::call_async) count an error of type `E`:
+    /// a [`Verdict::Failure`] (what every error is without a classifier), a
+    /// [`Verdict::Success`], or [`Verdict::Ignore`]d (recorded nothing; a half-open
+    /// probe slot goes back). Errors of other types still count as failures; a
+    /// classifier passed to [`call_with`](CircuitBreaker::call_with) replaces this
+    /// one for that call. resilience4j's `recordExceptions`, `ignoreExceptions` and
+    /// `recordException(Predicate)`, set once for every call site.
+    ///
+    /// ```
+    /// use heijunka_breaker::{CallError, CircuitBreaker, Verdict};
+    /// use std::io::{Error, ErrorKind};
+    ///
+    /// let breaker = CircuitBreaker::builder()
+    ///     .classify_errors(|e: &Error| match e.kind() {
+    ///         ErrorKind::NotFound => Verdict::Success, // the disk answered
+    ///         ErrorKind::InvalidInput => Verdict::Ignore, // the caller's mistake
+    ///         _ => Verdict::Failure,
+    ///     })
+    /// #   .clock(heijunka_core::ManualClock::new())
+    ///     .build()?;
+    /// let r = breaker.call(|| Err::<(), _>(Error::from(ErrorKind::NotFound)));
+    /// assert!(matches!(r, Err(CallError::Failed(_))), "the caller still sees the error");
+    /// assert_eq!(breaker.stats().failed_calls, 0);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn classify_errors<E: 'static>(
+        mut self,
+        classify: impl Fn(&E) -> Verdict + Send + Sync + 'static,
+    ) -> Self {
+        self.config.classifiers.set_errors(classify);
+        self
+    }
+
+    /// How the calls through [`call`](CircuitBreaker::call),
+    /// [`call_with`](CircuitBreaker::call_with) and the async forms count a
+    /// successful result of type `T`: a [`Verdict::Success`] (what every result is
+    /// without a classifier), a [`Verdict::Failure`] (an `Ok` that reports trouble,
+    /// such as an HTTP 503 response), or [`Verdict::Ignore`]d. Results of other types
+    /// still count as successes. resilience4j's `recordResult(Predicate)`.
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, Verdict};
+    ///
+    /// let breaker = CircuitBreaker::builder()
+    ///     .classify_results(|status: &u16| if *status >= 500 { Verdict::Failure } else { Verdict::Success })
+    /// #   .clock(heijunka_core::ManualClock::new())
+    ///     .build()?;
+    /// let status = breaker.call(|| Ok::<u16, ()>(503)).unwrap();
+    /// assert_eq!(status, 503, "the caller still gets the result");
+    /// assert_eq!(breaker.stats().failed_calls, 1);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn classify_results<T: 'static>(
+        mut self,
+        classify: impl Fn(&T) -> Verdict + Send + Sync + 'static,
+    ) -> Self {
+        self.config.classifiers.set_results(classify);
         self
     }
 

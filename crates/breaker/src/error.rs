@@ -11,33 +11,37 @@ use crate::State;
 /// probe already taken.
 ///
 /// [`reason`](Self::reason) is the shared [`Rejection::CircuitOpen`] with the time
-/// until the next probe call may pass:
+/// until the next probe call may pass, where one is known:
 ///
 /// - open: the rest of the wait in open state;
-/// - half-open with every probe taken: zero (a probe slot frees up when a probe
-///   completes without an outcome, and the state changes when they all complete);
-/// - forced open: [`Duration::MAX`] (it stays open until an operator resets it).
+/// - half-open with every probe taken: with a maximum wait in half-open, the time
+///   left until it (by then the probes have decided, or the breaker has reopened and
+///   a new rejection says for how long); without one, `None`: a slot frees up when a
+///   probe completes without an outcome, and the state changes when enough probes
+///   complete, neither at a known time;
+/// - forced open: `None` (it stays open until an operator resets it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rejected {
-    retry_after: Duration,
+    retry_after: Option<Duration>,
     state: State,
 }
 
 impl Rejected {
-    pub(crate) fn new(state: State, retry_after: Duration) -> Self {
+    pub(crate) fn new(state: State, retry_after: Option<Duration>) -> Self {
         Self { retry_after, state }
     }
 
     /// The shared reason: [`Rejection::CircuitOpen`] with the time until the next
-    /// probe.
+    /// probe, where known.
     pub fn reason(&self) -> Rejection {
         Rejection::CircuitOpen {
             retry_after: self.retry_after,
         }
     }
 
-    /// The time until the next probe call may pass (see the type's docs).
-    pub fn retry_after(&self) -> Duration {
+    /// The time until the next probe call may pass, `None` where no time is known
+    /// (see the type's docs).
+    pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
@@ -53,9 +57,16 @@ impl fmt::Display for Rejected {
             State::ForcedOpen => f.write_str(
                 "circuit forced open by an operator: calls are rejected until it is reset",
             ),
-            State::HalfOpen => f.write_str(
-                "circuit half-open: every probe call is in flight; retry when they complete",
-            ),
+            State::HalfOpen => match self.retry_after {
+                Some(after) => write!(
+                    f,
+                    "circuit half-open: every probe call is in flight; the probes are \
+                     judged within {after:?}"
+                ),
+                None => f.write_str(
+                    "circuit half-open: every probe call is in flight; retry when they complete",
+                ),
+            },
             _ => write!(f, "{}", self.reason()),
         }
     }
@@ -155,7 +166,7 @@ mod tests {
 
     #[test]
     fn messages_name_the_state_and_the_wait() {
-        let open = Rejected::new(State::Open, Duration::from_secs(5));
+        let open = Rejected::new(State::Open, Some(Duration::from_secs(5)));
         assert_eq!(
             open.to_string(),
             "circuit open: the dependency is failing; next probe allowed in 5s"
@@ -163,10 +174,10 @@ mod tests {
         assert_eq!(
             open.reason(),
             Rejection::CircuitOpen {
-                retry_after: Duration::from_secs(5)
+                retry_after: Some(Duration::from_secs(5))
             }
         );
-        let forced = Rejected::new(State::ForcedOpen, Duration::MAX);
+        let forced = Rejected::new(State::ForcedOpen, None);
         assert!(forced.to_string().contains("forced open"));
         let err: CallError<std::io::Error> = CallError::Rejected(open);
         assert!(err.is_rejected());

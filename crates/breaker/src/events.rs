@@ -15,8 +15,25 @@ type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 
+/// The listeners, and the transitions waiting to be delivered to them.
+///
+/// Delivery keeps transition order without running user code under a lock: a
+/// transition is queued under the breaker's lock (so the queue is in transition
+/// order), and after releasing it the thread that made it calls
+/// [`dispatch`](Listeners::dispatch). One thread at a time holds the dispatch token
+/// (`Queue::busy`) and delivers queued events, front first, with no lock held while
+/// a listener runs; a thread that finds the token taken leaves its event to the
+/// holder, which looks at the queue again, under the queue's lock, after each event
+/// and gives the token back only when it finds the queue empty. So no event waits
+/// forever, and each listener sees the transitions in the order they were made.
 pub(crate) struct Listeners {
     inner: Mutex<ListenerList>,
+    queue: Mutex<Queue>,
+}
+
+struct Queue {
+    events: std::collections::VecDeque<StateTransition>,
+    busy: bool,
 }
 
 struct ListenerList {
@@ -30,6 +47,10 @@ impl Listeners {
             inner: Mutex::new(ListenerList {
                 next_id: 0,
                 listeners: Vec::new(),
+            }),
+            queue: Mutex::new(Queue {
+                events: std::collections::VecDeque::new(),
+                busy: false,
             }),
         }
     }
@@ -49,10 +70,44 @@ impl Listeners {
         list.listeners.len() != before
     }
 
+    /// Queues `event` for delivery; called under the breaker's lock, in transition
+    /// order.
+    pub(crate) fn enqueue(&self, event: StateTransition) {
+        lock(&self.queue).events.push_back(event);
+    }
+
+    /// Delivers the queued events, in order, unless another thread holds the
+    /// dispatch token (it will deliver them). Called with no lock held.
+    pub(crate) fn dispatch(&self) {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.busy {
+                return; // the holder delivers our event after its current one
+            }
+            queue.busy = true;
+        }
+        loop {
+            let event = {
+                let mut queue = lock(&self.queue);
+                match queue.events.pop_front() {
+                    Some(event) => event,
+                    None => {
+                        queue.busy = false;
+                        return;
+                    }
+                }
+            };
+            // No lock held: listeners are user code (their panics are caught, so
+            // the token is always given back).
+            self.emit(&event);
+        }
+    }
+
     /// Logs `event` and hands it to every listener, on the calling thread, with no
-    /// lock held: a listener may call back into the breaker. A listener that panics
-    /// is logged and skipped; the others still run.
-    pub(crate) fn emit(&self, event: &StateTransition) {
+    /// lock held: a listener may call back into the breaker (a transition it makes
+    /// is queued and delivered after this one). A listener that panics is logged
+    /// and skipped; the others still run.
+    fn emit(&self, event: &StateTransition) {
         trace(event);
         let listeners: Vec<Listener> = lock(&self.inner)
             .listeners
@@ -104,12 +159,50 @@ fn trace(e: &StateTransition) {
             reason = %e.reason,
             "circuit breaker closed"
         ),
-        State::HalfOpen | State::Disabled => tracing::debug!(
+        State::HalfOpen | State::Disabled | State::MetricsOnly => tracing::debug!(
             breaker = %e.breaker,
             from = e.from.as_str(),
             to = e.to.as_str(),
             reason = %e.reason,
             "circuit breaker changed state"
         ),
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::sync::{Arc, Mutex};
+
+    use heijunka_core::ManualClock;
+
+    use crate::sync::thread;
+    use crate::{CircuitBreaker, State};
+
+    /// Two threads change the state at once; the listener sees both changes, in
+    /// the order they were made (each leaves the state the previous one entered),
+    /// and the last one is the state the breaker ends in.
+    #[test]
+    fn listeners_see_transitions_in_order() {
+        loom::model(|| {
+            let b = CircuitBreaker::builder()
+                .clock(ManualClock::new())
+                .build()
+                .expect("valid");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&seen);
+            b.subscribe(move |t| sink.lock().unwrap().push((t.sequence, t.from, t.to)));
+            let other = {
+                let b = b.clone();
+                thread::spawn(move || b.force_open())
+            };
+            b.disable();
+            other.join().unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert_eq!(seen[0].1, State::Closed, "{seen:?}");
+            assert_eq!(seen[1].1, seen[0].2, "out of order: {seen:?}");
+            assert!(seen[1].0 > seen[0].0, "{seen:?}");
+            assert_eq!(seen[1].2, b.state(), "{seen:?}");
+        });
     }
 }

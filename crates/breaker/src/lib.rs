@@ -28,7 +28,7 @@
 //! }
 //! assert_eq!(breaker.state(), State::Open);
 //! let rejected = breaker.call(|| Ok::<_, &str>(())).unwrap_err();
-//! assert!(matches!(rejected, CallError::Rejected(r) if r.retry_after() == Duration::from_secs(5)));
+//! assert!(matches!(rejected, CallError::Rejected(r) if r.retry_after() == Some(Duration::from_secs(5))));
 //!
 //! // After the wait, two probes pass; both succeed, so it closes.
 //! clock.advance(Duration::from_secs(5));
@@ -53,10 +53,13 @@
 //! recorded), [`Open`](State::Open) (calls are rejected with
 //! [`Rejection::CircuitOpen`](heijunka_core::Rejection::CircuitOpen) and the time
 //! until the next probe), or [`HalfOpen`](State::HalfOpen) (exactly
-//! `permitted_number_of_calls_in_half_open_state` probes pass; once they have all
-//! completed, the breaker closes if their rates are below the thresholds and opens
-//! again otherwise). Operators override it with [`force_open`](CircuitBreaker::force_open)
-//! and [`disable`](CircuitBreaker::disable), and return it to normal with
+//! `permitted_number_of_calls_in_half_open_state` probes pass; once
+//! `min(minimum_number_of_calls, permitted_number_of_calls_in_half_open_state)` of
+//! them have completed, as in resilience4j, the breaker closes if their rates are
+//! below the thresholds and opens again otherwise). Operators override it with
+//! [`force_open`](CircuitBreaker::force_open), [`disable`](CircuitBreaker::disable)
+//! and [`metrics_only`](CircuitBreaker::metrics_only) (record, never trip), and
+//! return it to normal with
 //! [`reset`](CircuitBreaker::reset). Every change goes to
 //! [`subscribe`](CircuitBreaker::subscribe)d listeners as a [`StateTransition`]
 //! (from, to, [`TransitionReason`], time) and to `tracing` (`warn` when it opens).
@@ -67,7 +70,7 @@
 //! ([`BreakerBuilder`] has the settings and defaults):
 //!
 //! - the **failure rate** over the sliding window (default 50 %), and, with slow-call
-//!   detection on, the **slow-call rate** (default 100 % of calls of 60 s or more),
+//!   detection on, the **slow-call rate** (default 100 % of calls longer than 60 s),
 //!   judged once the window holds `minimum_number_of_calls` calls; the window is the
 //!   last N calls ([`SlidingWindowType::CountBased`], default 100) or the last N
 //!   seconds in one-second buckets ([`SlidingWindowType::TimeBased`]);
@@ -75,8 +78,11 @@
 //!   time window** ("5 failures a minute", whatever succeeded meanwhile), which
 //!   resilience4j lacks.
 //!
-//! A classifier passed to [`call_with`](CircuitBreaker::call_with) decides whether an
-//! error is a [`Verdict::Failure`], [`Verdict::Ignore`]d or a [`Verdict::Success`];
+//! Classifiers set once in the builder
+//! ([`classify_errors`](BreakerBuilder::classify_errors),
+//! [`classify_results`](BreakerBuilder::classify_results)), or passed to
+//! [`call_with`](CircuitBreaker::call_with) for one call, decide whether an
+//! error (or an `Ok` result) is a [`Verdict::Failure`], [`Verdict::Ignore`]d or a [`Verdict::Success`];
 //! a panic in a guarded call is a failure, and keeps unwinding.
 //!
 //! # Open and half-open
@@ -86,6 +92,13 @@
 //! together. The move to half-open happens on the first call after the wait, or by
 //! itself ([`automatic_transition_to_half_open`](BreakerBuilder::automatic_transition_to_half_open)).
 //! A maximum wait in half-open re-opens a breaker whose probes hang.
+//!
+//! While open, calls are rejected by the coarse clock
+//! ([`Clock::recent`](heijunka_core::Clock::recent)), without reading the precise
+//! one: on a manual clock that is the exact time; on the system clock it is a sample
+//! at most about a millisecond old (one process-wide thread, started when a breaker
+//! first opens), so the first call admitted after the wait may come that much later,
+//! and a rejection's retry-after errs long by as much.
 //!
 //! # Calling through it
 //!
@@ -101,7 +114,8 @@
 //!
 //! A closed breaker admits a call with one atomic load. A success is recorded with
 //! nothing more while the window is full of successes, and otherwise with one
-//! compare-and-swap on the calling thread's shard (one cache line per CPU): no lock, no
+//! compare-and-swap on the calling thread's shard (one cache line per CPU) and a
+//! second load of the control word: no lock, no
 //! allocation, and no clock read unless a time-based window or slow-call detection
 //! needs the time. Failures, slow calls and probes are recorded under a lock, in the
 //! exact window, after the shards are folded into it (so are the stats, when read).
@@ -123,6 +137,7 @@
 use heijunka_core::sync;
 
 mod breaker;
+mod classify;
 mod config;
 mod error;
 mod events;

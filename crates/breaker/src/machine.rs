@@ -1,9 +1,10 @@
 //! The state machine behind a [`CircuitBreaker`](crate::CircuitBreaker) handle.
 //!
-//! The hot path reads one word, the control word (`state.rs`): a closed breaker
-//! admits a call with one atomic load, and records a success with nothing more
-//! (window full of successes: `FREE`) or with one compare-and-swap on the calling
-//! thread's own shard (`SAFE`, see `shards.rs`). Everything else (failures, slow
+//! The hot path reads one word, the control word (`control.rs`, which also states
+//! the protocol and its invariant): a closed breaker admits a call with one atomic
+//! load, and records a success with nothing more (window full of successes: `FREE`)
+//! or with one compare-and-swap on the calling thread's own shard (`SAFE`, see
+//! `shards.rs`) and a second load of the control word. Everything else (failures, slow
 //! calls, probes, state changes, stats) takes the breaker's lock and works on the
 //! exact window. Taking a half-open probe is a compare-and-swap on the control word
 //! that decrements the probe count of one generation, so exactly the permitted
@@ -15,14 +16,16 @@ use heijunka_core::{Clock, Instant, ShardedCounter};
 
 use crate::config::BreakerConfig;
 use crate::events::Listeners;
-use crate::shards::{Added, Shards, full_epoch};
-use crate::state::ctrl;
+use crate::shards::Shards;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{CachePadded, Mutex, MutexGuard};
-use crate::window::{CountWindow, FailureTimes, Outcome, Rules, TimeWindow, Window, epoch_of};
+use crate::window::{CountWindow, FailureTimes, Outcome, Rules, TimeWindow, Window};
 use crate::{SlidingWindowType, State, StateTransition, TransitionReason};
 
+mod control;
 mod transition;
+
+pub(crate) use control::ctrl;
 
 /// What a permit was admitted as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub(crate) enum Kind {
     Closed,
     Probe,
     Disabled,
+    MetricsOnly,
 }
 
 /// What a permit remembers: the generation that admitted it, as what, and when
@@ -60,6 +64,8 @@ struct Central {
     trips: u32,
     half_open_since: Instant,
     rng: u64,
+    /// Transitions made so far: the last one's sequence number.
+    transitions: u64,
 }
 
 impl Central {
@@ -142,6 +148,7 @@ impl Inner {
                 failure_times: config.failure_count.map(FailureTimes::new),
                 trips: 0,
                 half_open_since: Instant::ZERO,
+                transitions: 0,
                 rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
             }),
             listeners: Listeners::new(),
@@ -195,6 +202,7 @@ impl Inner {
         loop {
             match ctrl::state(c) {
                 State::Closed => return Ok(self.ticket(c, Kind::Closed)),
+                State::MetricsOnly => return Ok(self.ticket(c, Kind::MetricsOnly)),
                 State::Disabled => {
                     return Ok(Ticket {
                         generation: ctrl::generation(c),
@@ -202,18 +210,29 @@ impl Inner {
                         start: None,
                     });
                 }
-                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, Duration::MAX)),
+                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
                 State::Open => {
                     // Relaxed: written before the Release store of the control word
                     // that our Acquire load saw.
                     let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
+                    // The coarse time (`Clock::recent`: exact on a manual clock, a
+                    // cached sample on the system clock) rejects without reading the
+                    // clock; its retry-after errs long, by the sample's age. Once it
+                    // reaches the deadline, the precise time decides.
+                    let recent = self.clock.recent();
+                    if recent < until {
+                        return Err(self.reject(State::Open, Some(until - recent)));
+                    }
                     let now = self.clock.now();
                     if now < until {
-                        return Err(self.reject(State::Open, until - now));
+                        return Err(self.reject(State::Open, Some(until - now)));
                     }
                     self.wait_elapsed(c, now);
                 }
                 State::HalfOpen => {
+                    // With a maximum wait: the time left until it, the honest
+                    // retry-after of a rejection (see `Rejected`).
+                    let mut left = None;
                     if self.config.max_wait_in_half_open.is_some() {
                         let now = self.clock.now();
                         if self.half_open_expired(now) {
@@ -222,9 +241,12 @@ impl Inner {
                             c = self.ctrl.load(Ordering::Acquire);
                             continue;
                         }
+                        // Relaxed: see `half_open_expired`.
+                        let deadline = self.half_open_deadline.load(Ordering::Relaxed);
+                        left = Some(Duration::from_nanos(deadline - now.as_nanos()));
                     }
                     if ctrl::probes(c) == 0 {
-                        return Err(self.reject(State::HalfOpen, Duration::ZERO));
+                        return Err(self.reject(State::HalfOpen, left));
                     }
                     // Acquire on success: pairs with the Release store that began this
                     // half-open period. The whole word is compared, generation
@@ -248,7 +270,7 @@ impl Inner {
         }
     }
 
-    fn reject(&self, state: State, retry_after: Duration) -> crate::Rejected {
+    fn reject(&self, state: State, retry_after: Option<Duration>) -> crate::Rejected {
         self.rejected.increment();
         crate::Rejected::new(state, retry_after)
     }
@@ -266,67 +288,11 @@ impl Inner {
         match (t.start, self.slow_limit) {
             (Some(start), Some(limit)) => {
                 let now = self.clock.now();
-                (Some(now), now.duration_since(start) >= limit)
+                // Strictly longer, as resilience4j's `CircuitBreakerMetrics.onSuccess`.
+                (Some(now), now.duration_since(start) > limit)
             }
             _ => (None, false),
         }
-    }
-
-    /// Records a success. Inlined into the caller only as far as the common case: a
-    /// closed-state call, no clock needed, and a window full of successes.
-    #[inline(always)]
-    pub(crate) fn on_success(&self, t: Ticket) {
-        if t.kind == Kind::Closed && t.start.is_none() {
-            // Acquire: pairs with the Release store of each flag or state change.
-            let c = self.ctrl.load(Ordering::Acquire);
-            if c & ctrl::FREE != 0 && ctrl::generation(c) == t.generation {
-                return; // a window full of successes stays one
-            }
-        }
-        self.on_success_slow(t);
-    }
-
-    #[inline(never)]
-    fn on_success_slow(&self, t: Ticket) {
-        if t.kind == Kind::Disabled {
-            return;
-        }
-        let (mut now, slow) = self.finish(&t);
-        if t.kind == Kind::Closed && !slow {
-            // Acquire: as in `on_success`.
-            let c = self.ctrl.load(Ordering::Acquire);
-            if ctrl::generation(c) != t.generation {
-                return; // admitted by a state that is over
-            }
-            if c & ctrl::FREE != 0 {
-                return; // a window full of successes stays one
-            }
-            if c & ctrl::SAFE != 0 {
-                let epoch = if self.time_based {
-                    epoch_of(*now.get_or_insert_with(|| self.clock.now()))
-                } else {
-                    0
-                };
-                match self.shards.add(t.generation, epoch, &self.ctrl) {
-                    Added::Counted(n) => {
-                        if !self.time_based && n.is_multiple_of(self.fold_every) {
-                            self.try_fold(t.generation);
-                        }
-                        return;
-                    }
-                    Added::Stale => return,
-                    Added::NeedsFold => {}
-                }
-            }
-        }
-        self.record(
-            t,
-            Outcome {
-                failed: false,
-                slow,
-            },
-            now,
-        );
     }
 
     pub(crate) fn on_failure(&self, t: Ticket) {
@@ -379,6 +345,10 @@ impl Inner {
         let event = match ctrl::state(c) {
             State::Closed => self.record_closed(&mut central, c, o, &mut now),
             State::HalfOpen => self.record_probe(&mut central, c, o, &mut now),
+            State::MetricsOnly => {
+                central.window.push(o, || now.get());
+                None
+            }
             _ => None,
         };
         drop(central);
@@ -394,17 +364,18 @@ impl Inner {
         o: Outcome,
         now: &mut Now<'_>,
     ) -> Option<StateTransition> {
-        self.fold(central, ctrl::generation(c), now);
+        self.fold(central, ctrl::generation(c), now, false);
         central.window.push(o, || now.get());
-        let rate = self.closed_rules.tripped(&central.window.counts());
         let absolute = self.count_failure(central, o.failed, now);
-        match rate.or(absolute) {
-            Some(reason) => Some(self.transition(central, c, State::Open, reason, now.get())),
-            None => {
-                self.refresh_flags(central, c);
-                None
-            }
+        if self
+            .closed_rules
+            .tripped(&central.window.counts())
+            .is_none()
+            && let Some(reason) = absolute
+        {
+            return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
+        self.judge_rates(central, c, now)
     }
 
     fn record_probe(
@@ -426,7 +397,9 @@ impl Inner {
         if let Some(reason) = rate.or(absolute) {
             return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
-        if counts.calls >= u64::from(self.config.permitted_in_half_open) {
+        // Judged from min(minimum, permitted) probes on, as resilience4j's
+        // `HalfOpenState` (see `Rules::half_open`).
+        if counts.calls >= self.half_open_rules.minimum_calls {
             let reason = TransitionReason::ProbesPassed {
                 failure_rate: counts.failure_rate(),
                 slow_call_rate: self.config.slow_calls.map(|_| counts.slow_call_rate()),
@@ -470,74 +443,6 @@ impl Inner {
             });
         }
         reason
-    }
-
-    /// Folds the shards' successes of `generation` into the closed window. They
-    /// all came after the last recorded outcome, so they also end any run of
-    /// failures.
-    fn fold(&self, central: &mut Central, generation: u32, now: &mut Now<'_>) {
-        let mut folded = 0;
-        match &mut central.window {
-            Window::Count(w) => self.shards.drain(generation, |_, n| {
-                w.push_successes(n);
-                folded += n;
-            }),
-            Window::Time(w) => {
-                let current = epoch_of(now.get());
-                w.advance(current);
-                self.shards.drain(generation, |low, n| {
-                    w.add(full_epoch(low, current), Outcome::SUCCESS, n);
-                    folded += n;
-                });
-            }
-        }
-        if folded > 0 {
-            central.consecutive_failures = 0;
-        }
-    }
-
-    /// Folds from the hot path, if the lock is free.
-    #[cold]
-    fn try_fold(&self, generation: u32) {
-        let mut central = match self.central.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        // Acquire: as in `record`.
-        let c = self.ctrl.load(Ordering::Acquire);
-        if !ctrl::is_closed(c) || ctrl::generation(c) != generation {
-            return;
-        }
-        let mut now = Now {
-            clock: &self.clock,
-            at: None,
-        };
-        self.fold(&mut central, generation, &mut now);
-        self.refresh_flags(&central, c);
-    }
-
-    fn closed_flags(&self, central: &Central) -> u64 {
-        let counts = central.window.counts();
-        if !self.closed_rules.successes_are_safe(&counts) {
-            0
-        } else if central.window.is_saturated_with_successes() {
-            ctrl::SAFE | ctrl::FREE
-        } else {
-            ctrl::SAFE
-        }
-    }
-
-    /// Re-derives the closed state's flags from the window (under the lock, in
-    /// closed state, where nothing else writes the control word).
-    fn refresh_flags(&self, central: &Central, c: u64) {
-        let flags = self.closed_flags(central);
-        if flags != ctrl::flags(c) {
-            // Release: pairs with the hot path's Acquire loads; a success that sees
-            // the new flags also sees the window state they were derived from.
-            self.ctrl
-                .store((c & !(ctrl::SAFE | ctrl::FREE)) | flags, Ordering::Release);
-        }
     }
 }
 

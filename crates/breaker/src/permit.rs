@@ -68,8 +68,12 @@ impl CircuitBreaker {
         })
     }
 
-    /// Runs `f` if the breaker admits it; every `Err` counts as a failure. A panic
-    /// in `f` is recorded as a failure and then continues to unwind.
+    /// Runs `f` if the breaker admits it; an `Err` counts as a failure and an `Ok`
+    /// as a success, unless the builder's
+    /// [`classify_errors`](crate::BreakerBuilder::classify_errors) or
+    /// [`classify_results`](crate::BreakerBuilder::classify_results) say otherwise
+    /// for their types. A panic in `f` is recorded as a failure and then continues
+    /// to unwind.
     ///
     /// ```
     /// use heijunka_breaker::{CallError, CircuitBreaker};
@@ -84,22 +88,27 @@ impl CircuitBreaker {
     #[inline]
     pub fn call<T, E, F>(&self, f: F) -> Result<T, CallError<E>>
     where
+        T: 'static,
+        E: 'static,
         F: FnOnce() -> Result<T, E>,
     {
         let permit = self.try_acquire()?;
+        let classifiers = &self.inner.config.classifiers;
         match f() {
             Ok(v) => {
-                permit.success();
+                permit.verdict(classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {
-                permit.failure();
+                permit.verdict(classifiers.error(&e));
                 Err(CallError::Failed(e))
             }
         }
     }
 
-    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts.
+    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts
+    /// (in place of the builder's error classifier; its result classifier still
+    /// applies to an `Ok`).
     ///
     /// ```
     /// use heijunka_breaker::{CircuitBreaker, Verdict};
@@ -121,13 +130,14 @@ impl CircuitBreaker {
     #[inline]
     pub fn call_with<T, E, F, C>(&self, classify: C, f: F) -> Result<T, CallError<E>>
     where
+        T: 'static,
         F: FnOnce() -> Result<T, E>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match f() {
             Ok(v) => {
-                permit.success();
+                permit.verdict(self.inner.config.classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {
@@ -137,7 +147,8 @@ impl CircuitBreaker {
         }
     }
 
-    /// Awaits `fut` if the breaker admits it; every `Err` counts as a failure. A
+    /// Awaits `fut` if the breaker admits it; outcomes count as in
+    /// [`call`](Self::call) (an `Err` is a failure unless classified otherwise). A
     /// panic while polling `fut` is recorded as a failure and continues to unwind;
     /// dropping the returned future before it completes (a timeout, a `select!`)
     /// applies the [`PermitDrop`] rule. Needs no particular runtime.
@@ -155,28 +166,50 @@ impl CircuitBreaker {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// The permit is taken on the first poll, so a future dropped before it was
+    /// ever polled takes nothing (not even a half-open probe slot). Dropped while
+    /// `fut` is pending, it drops `fut` and its permit: under the default
+    /// [`PermitDrop::Release`] nothing is recorded and a half-open probe slot goes
+    /// back to the half-open period that gave it (a later
+    /// [`try_acquire`](Self::try_acquire) can take it); under
+    /// [`PermitDrop::RecordFailure`] a failure is recorded. A permit of a state that
+    /// has ended meanwhile records nothing and gives nothing back.
     pub async fn call_async<T, E, Fut>(&self, fut: Fut) -> Result<T, CallError<E>>
     where
+        T: 'static,
+        E: 'static,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_async_with(|_: &E| Verdict::Failure, fut).await
+        let classifiers = &self.inner.config.classifiers;
+        self.call_async_with(|e: &E| classifiers.error(e), fut)
+            .await
     }
 
     /// [`call_async`](Self::call_async) with a classifier, as
     /// [`call_with`](Self::call_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call_async`](Self::call_async): nothing is taken before the first poll,
+    /// and a future dropped while `fut` is pending applies the [`PermitDrop`] rule
+    /// (the classifier is not called).
     pub async fn call_async_with<T, E, Fut, C>(
         &self,
         classify: C,
         fut: Fut,
     ) -> Result<T, CallError<E>>
     where
+        T: 'static,
         Fut: Future<Output = Result<T, E>>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match fut.await {
             Ok(v) => {
-                permit.success();
+                permit.verdict(self.inner.config.classifiers.result(&v));
                 Ok(v)
             }
             Err(e) => {
@@ -207,8 +240,8 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// Records a success (a slow call, if slow-call detection is on and it took at
-    /// least the slow-call duration).
+    /// Records a success (a slow call, if slow-call detection is on and it took
+    /// longer than the slow-call duration).
     #[inline]
     pub fn success(mut self) {
         self.armed = false;
@@ -330,6 +363,7 @@ fn admitted_in(t: &Ticket) -> State {
         Kind::Closed => State::Closed,
         Kind::Probe => State::HalfOpen,
         Kind::Disabled => State::Disabled,
+        Kind::MetricsOnly => State::MetricsOnly,
     }
 }
 

@@ -3,12 +3,9 @@
 //! While no run of successes can trip the breaker (the control word's `SAFE` flag),
 //! a success in closed state is only counted: one compare-and-swap on the calling
 //! thread's own cache line, never on a line that other threads write. The breaker
-//! folds the shards into its window, under its lock, before it records anything
-//! else (a failure, a slow call, a success while not `SAFE`), when it reads its
-//! stats, and every `sliding_window_size` successes of one shard. Order is kept
-//! where it matters: a thread's successes are folded before its next failure is
-//! recorded, so a single thread's sequence of outcomes reaches the window exactly
-//! in program order.
+//! folds the shards into its window under its lock. When and why, and how a success
+//! counted here is always judged, is the protocol in `machine/control.rs`; this
+//! file is the counting.
 //!
 //! Each shard is one word:
 //!
@@ -23,7 +20,7 @@
 //! new state's window: the shard is either re-tagged (its old successes belonged to
 //! a state that is gone) or the success is dropped (its own state is gone).
 
-use crate::state::ctrl;
+use crate::machine::ctrl;
 use crate::sync::CachePadded;
 use crate::sync::atomic::{AtomicU64, Ordering};
 
@@ -87,10 +84,10 @@ impl Shards {
         let slot = &self.slots[heijunka_core::sync::thread_index() & (self.slots.len() - 1)];
         let tag = tag(generation);
         let epoch = epoch & EPOCH_MASK;
-        // Relaxed, here and in the compare-and-swap: the word is only a count; what
-        // matters is that every read-modify-write of it (ours, another thread's on
-        // the same shard, `drain`'s swap) is atomic, so no success is lost or taken
-        // twice. The generation in the word, not memory ordering, keeps states apart.
+        // Relaxed: the first read only guesses the word for the compare-and-swap.
+        // Every read-modify-write of a shard (ours, another thread's on the same
+        // shard, `drain`'s swap) is atomic, so no success is lost or taken twice; the
+        // generation in the word, not memory ordering, keeps states apart.
         let mut w = slot.load(Ordering::Relaxed);
         loop {
             let new = if count_of(w) == 0 {
@@ -108,7 +105,11 @@ impl Shards {
             } else {
                 w + 1
             };
-            match slot.compare_exchange_weak(w, new, Ordering::Relaxed, Ordering::Relaxed) {
+            // Acquire on success: pairs with the Release swap of a sweep
+            // (`drain(.., sweep: true)`), so a caller whose add comes after a sweep
+            // then sees the flag change stored before it (control.rs, step 3).
+            // Relaxed on failure: the loop retries with the value read.
+            match slot.compare_exchange_weak(w, new, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Added::Counted(count_of(new)),
                 Err(current) => w = current,
             }
@@ -117,16 +118,23 @@ impl Shards {
 
     /// Empties every shard, calling `fold(epoch, count)` for the successes of
     /// `generation` (the low bits of their second, see [`EPOCH_MASK`]) and dropping
-    /// the rest.
-    pub(crate) fn drain(&self, generation: u32, mut fold: impl FnMut(u64, u64)) {
+    /// the rest. A `sweep` swaps every shard, idle or not, with Release ordering:
+    /// the step after a revocation of `SAFE` (control.rs). Otherwise shards that
+    /// read as idle are skipped, so that they are not written.
+    pub(crate) fn drain(&self, generation: u32, sweep: bool, mut fold: impl FnMut(u64, u64)) {
         let tag = tag(generation);
         for slot in self.slots.iter() {
-            // Relaxed: see `add`; a load first so that idle shards are not written.
-            if slot.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            // Relaxed: as in `add`; the swap takes the count atomically.
-            let w = slot.swap(0, Ordering::Relaxed);
+            let w = if sweep {
+                // Release: pairs with the Acquire compare-and-swap in `add`.
+                slot.swap(0, Ordering::Release)
+            } else {
+                // Relaxed: see `add`; a load first so that idle shards are not
+                // written, then a swap that takes the count atomically.
+                if slot.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                slot.swap(0, Ordering::Relaxed)
+            };
             if count_of(w) != 0 && tag_of(w) == tag {
                 fold(epoch_of(w), count_of(w));
             }
@@ -191,7 +199,7 @@ mod tests {
         assert_eq!(shards.add(3, 7, &c), Added::Counted(2));
         assert_eq!(shards.add(3, 8, &c), Added::NeedsFold, "another second");
         let mut folded = Vec::new();
-        shards.drain(3, |e, n| folded.push((e, n)));
+        shards.drain(3, false, |e, n| folded.push((e, n)));
         assert_eq!(folded, [(7, 2)]);
         assert_eq!(
             shards.add(3, 8, &c),
@@ -214,9 +222,9 @@ mod tests {
         );
         assert_eq!(shards.add(5, 0, &c), Added::Counted(1), "re-tagged");
         let mut total = 0;
-        shards.drain(4, |_, n| total += n);
+        shards.drain(4, false, |_, n| total += n);
         assert_eq!(total, 0);
-        shards.drain(5, |_, n| total += n);
+        shards.drain(5, true, |_, n| total += n);
         assert_eq!(total, 0, "the first drain emptied the shard");
     }
 
@@ -247,7 +255,7 @@ mod tests {
                         );
                         if i % 1000 == 0 {
                             let mut n = 0;
-                            shards.drain(1, |_, k| n += k);
+                            shards.drain(1, false, |_, k| n += k);
                             drained.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                         }
                     }
@@ -258,7 +266,7 @@ mod tests {
             w.join().unwrap();
         }
         let mut rest = 0;
-        shards.drain(1, |_, k| rest += k);
+        shards.drain(1, false, |_, k| rest += k);
         assert_eq!(
             drained.load(std::sync::atomic::Ordering::SeqCst) + rest,
             3 * per_thread
@@ -285,7 +293,7 @@ mod loom_tests {
                 let shards = Arc::clone(&shards);
                 thread::spawn(move || {
                     let mut folded = 0;
-                    shards.drain(1, |_, n| folded += n);
+                    shards.drain(1, false, |_, n| folded += n);
                     folded
                 })
             };
@@ -300,7 +308,7 @@ mod loom_tests {
             }
             let mut folded = drainer.join().unwrap();
             adder.join().unwrap();
-            shards.drain(1, |_, n| folded += n);
+            shards.drain(1, false, |_, n| folded += n);
             assert_eq!(folded, 3);
         });
     }
@@ -324,7 +332,7 @@ mod loom_tests {
             assert!(matches!(shards.add(2, 0, &control), Added::Counted(_)));
             let outcome = late.join().unwrap();
             let mut second = 0;
-            shards.drain(2, |_, n| second += n);
+            shards.drain(2, false, |_, n| second += n);
             assert_eq!(second, 1, "only generation 2's own success: {outcome:?}");
         });
     }

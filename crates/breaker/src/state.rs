@@ -1,5 +1,4 @@
-//! The breaker's states, the transitions between them, and the control word that
-//! holds the current state for the hot path.
+//! The breaker's states and the transitions between them.
 
 use std::fmt;
 use std::time::Duration;
@@ -25,6 +24,13 @@ pub enum State {
     /// Calls pass and nothing is recorded until an operator calls
     /// [`reset`](crate::CircuitBreaker::reset) (a manual override).
     Disabled,
+    /// Calls pass and their outcomes are recorded in the sliding window (the
+    /// [`stats`](crate::CircuitBreaker::stats) show them), but no threshold ever
+    /// trips the breaker, until an operator calls
+    /// [`reset`](crate::CircuitBreaker::reset) (a manual override, resilience4j's
+    /// `METRICS_ONLY`, entered with
+    /// [`metrics_only`](crate::CircuitBreaker::metrics_only)).
+    MetricsOnly,
 }
 
 impl State {
@@ -36,6 +42,7 @@ impl State {
             Self::HalfOpen => "half_open",
             Self::ForcedOpen => "forced_open",
             Self::Disabled => "disabled",
+            Self::MetricsOnly => "metrics_only",
         }
     }
 
@@ -54,6 +61,7 @@ impl fmt::Display for State {
             Self::HalfOpen => "half-open",
             Self::ForcedOpen => "forced open",
             Self::Disabled => "disabled",
+            Self::MetricsOnly => "metrics only",
         })
     }
 }
@@ -91,8 +99,9 @@ pub enum TransitionReason {
     },
     /// The wait in open state ended (open to half-open).
     WaitElapsed,
-    /// Every probe completed and the rates stayed below the thresholds (half-open
-    /// to closed).
+    /// Enough probes completed (`min(minimum_number_of_calls,
+    /// permitted_number_of_calls_in_half_open_state)`) and their rates stayed below
+    /// the thresholds (half-open to closed).
     ProbesPassed {
         /// The probes' failure rate.
         failure_rate: f64,
@@ -108,6 +117,8 @@ pub enum TransitionReason {
     ForcedOpen,
     /// [`disable`](crate::CircuitBreaker::disable) was called.
     Disabled,
+    /// [`metrics_only`](crate::CircuitBreaker::metrics_only) was called.
+    MetricsOnly,
     /// [`reset`](crate::CircuitBreaker::reset) was called.
     Reset,
 }
@@ -134,7 +145,7 @@ impl fmt::Display for TransitionReason {
             Self::WaitElapsed => f.write_str("the wait in open state elapsed"),
             Self::ProbesPassed { failure_rate, .. } => write!(
                 f,
-                "every probe completed with a failure rate of {:.1}%",
+                "the probes completed with a failure rate of {:.1}%",
                 failure_rate * 100.0
             ),
             Self::HalfOpenTimeout { waited } => {
@@ -142,6 +153,7 @@ impl fmt::Display for TransitionReason {
             }
             Self::ForcedOpen => f.write_str("forced open by an operator"),
             Self::Disabled => f.write_str("disabled by an operator"),
+            Self::MetricsOnly => f.write_str("set to record metrics only by an operator"),
             Self::Reset => f.write_str("reset by an operator"),
         }
     }
@@ -165,6 +177,10 @@ pub struct StateTransition {
     /// Entering [`State::Open`]: how long until the breaker admits probes (the
     /// grown and jittered wait). `None` for other states.
     pub wait: Option<Duration>,
+    /// The transition's number, from 1, in the order the breaker made them:
+    /// listeners receive transitions in this order, so it increases by one from each
+    /// event a listener sees to the next (unless it subscribed in between).
+    pub sequence: u64,
 }
 
 impl fmt::Display for StateTransition {
@@ -181,110 +197,9 @@ impl fmt::Display for StateTransition {
     }
 }
 
-/// The control word: everything the hot path needs to know in one `AtomicU64`.
-///
-/// ```text
-/// bits 63..32  generation: bumped by every state change
-/// bit  31      FREE: closed, and a success needs no recording (count window full of
-///              plain successes)
-/// bit  30      SAFE: closed, and no run of successes can trip the breaker, so
-///              successes may be counted in the per-thread shards
-/// bits 29..27  state
-/// bits 26..0   half-open probes still available
-/// ```
-///
-/// Outside the breaker's lock only two things change it: taking a half-open probe
-/// (a compare-and-swap that decrements the probe count of one generation) and giving
-/// one back. Every other change is made under the lock.
-pub(crate) mod ctrl {
-    use super::State;
-
-    pub(crate) const PROBES_MASK: u64 = (1 << 27) - 1;
-    const STATE_SHIFT: u32 = 27;
-    const STATE_MASK: u64 = 0b111 << STATE_SHIFT;
-    pub(crate) const SAFE: u64 = 1 << 30;
-    pub(crate) const FREE: u64 = 1 << 31;
-    const GEN_SHIFT: u32 = 32;
-
-    const CLOSED: u64 = 0;
-    const OPEN: u64 = 1;
-    const HALF_OPEN: u64 = 2;
-    const FORCED_OPEN: u64 = 3;
-    const DISABLED: u64 = 4;
-
-    pub(crate) fn pack(generation: u32, state: State, flags: u64, probes: u32) -> u64 {
-        let code = match state {
-            State::Closed => CLOSED,
-            State::Open => OPEN,
-            State::HalfOpen => HALF_OPEN,
-            State::ForcedOpen => FORCED_OPEN,
-            State::Disabled => DISABLED,
-        };
-        (u64::from(generation) << GEN_SHIFT)
-            | (flags & (SAFE | FREE))
-            | (code << STATE_SHIFT)
-            | (u64::from(probes) & PROBES_MASK)
-    }
-
-    #[inline]
-    pub(crate) fn generation(c: u64) -> u32 {
-        (c >> GEN_SHIFT) as u32
-    }
-
-    #[inline]
-    pub(crate) fn is_closed(c: u64) -> bool {
-        c & STATE_MASK == CLOSED << STATE_SHIFT
-    }
-
-    #[inline]
-    pub(crate) fn state(c: u64) -> State {
-        match (c & STATE_MASK) >> STATE_SHIFT {
-            CLOSED => State::Closed,
-            OPEN => State::Open,
-            HALF_OPEN => State::HalfOpen,
-            FORCED_OPEN => State::ForcedOpen,
-            _ => State::Disabled,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn probes(c: u64) -> u32 {
-        (c & PROBES_MASK) as u32
-    }
-
-    #[inline]
-    pub(crate) fn flags(c: u64) -> u64 {
-        c & (SAFE | FREE)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_word_round_trips() {
-        for state in [
-            State::Closed,
-            State::Open,
-            State::HalfOpen,
-            State::ForcedOpen,
-            State::Disabled,
-        ] {
-            for (generation, flags, probes) in [
-                (0, 0, 0),
-                (u32::MAX, ctrl::SAFE | ctrl::FREE, 1_000_000),
-                (7, ctrl::SAFE, 10),
-            ] {
-                let c = ctrl::pack(generation, state, flags, probes);
-                assert_eq!(ctrl::state(c), state);
-                assert_eq!(ctrl::generation(c), generation);
-                assert_eq!(ctrl::flags(c), flags);
-                assert_eq!(ctrl::probes(c), probes);
-                assert_eq!(ctrl::is_closed(c), state == State::Closed);
-            }
-        }
-    }
 
     #[test]
     fn reasons_read_as_sentences() {
@@ -298,6 +213,7 @@ mod tests {
             },
             at: Instant::ZERO,
             wait: Some(Duration::from_secs(60)),
+            sequence: 1,
         };
         assert_eq!(
             opened.to_string(),

@@ -26,7 +26,7 @@ pub struct BreakerStats {
     pub successful_calls: u64,
     /// Calls in the window that failed (slow ones included).
     pub failed_calls: u64,
-    /// Calls in the window at or above the slow-call duration.
+    /// Calls in the window longer than the slow-call duration.
     pub slow_calls: u64,
     /// Slow calls in the window that failed.
     pub slow_failed_calls: u64,

@@ -342,7 +342,9 @@ impl Rules {
         Self {
             failure_rate: config.failure_rate_threshold,
             slow: config.slow_calls,
-            minimum_calls: u64::from(config.permitted_in_half_open),
+            // resilience4j's `CircuitBreakerMetrics.forHalfOpen`: a count window of
+            // the permitted probes, whose minimum is capped at its size.
+            minimum_calls: u64::from(config.minimum_calls.min(config.permitted_in_half_open)),
         }
     }
 

@@ -148,7 +148,7 @@ fn rejection_carries_the_shared_reason() {
     assert_eq!(
         Rejection::from(r),
         Rejection::CircuitOpen {
-            retry_after: Duration::from_secs(5)
+            retry_after: Some(Duration::from_secs(5))
         }
     );
 }
@@ -300,4 +300,113 @@ fn forcing_the_state_it_is_in_changes_nothing() {
     b.disable();
     b.disable();
     assert_eq!(events.lock().unwrap().len(), 2);
+}
+
+// ---- retry-after ---------------------------------------------------------------
+
+/// A forced-open breaker has no known time to reopen: the rejection says so with
+/// `None`, not a huge duration that prints as 18446744073709551615.999 s (and would
+/// become a `Retry-After` header of that many seconds).
+#[test]
+fn forced_open_has_no_known_retry_after() {
+    let clock = ManualClock::new();
+    let b = small(&clock).build().unwrap();
+    b.force_open();
+    let r = b.try_acquire().unwrap_err();
+    assert_eq!(r.state(), State::ForcedOpen);
+    assert_eq!(r.reason().retry_after(), None, "{r}");
+    assert!(
+        !r.reason().to_string().contains("18446744073709551615"),
+        "{}",
+        r.reason()
+    );
+}
+
+/// Half-open with every probe in flight: the next probe slot depends on the probes
+/// in flight, so without a maximum wait in half-open the time is unknown (`None`);
+/// with one, the half-open period ends by its deadline, so the time left until then
+/// is when the answer is known. Never zero while nothing can pass.
+#[test]
+fn half_open_with_every_probe_taken_gives_an_honest_retry_after() {
+    let clock = ManualClock::new();
+    let open = |b: &CircuitBreaker| {
+        for _ in 0..4 {
+            let _ = b.call(|| Err::<(), _>(()));
+        }
+        clock.advance(Duration::from_secs(60));
+    };
+    let b = small(&clock)
+        .permitted_number_of_calls_in_half_open_state(1)
+        .build()
+        .unwrap();
+    open(&b);
+    let probe = b.try_acquire().unwrap();
+    let r = b.try_acquire().unwrap_err();
+    assert_eq!(
+        (r.state(), r.reason().retry_after()),
+        (State::HalfOpen, None)
+    );
+    probe.success();
+
+    let b = small(&clock)
+        .permitted_number_of_calls_in_half_open_state(1)
+        .max_wait_duration_in_half_open_state(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    open(&b);
+    let probe = b.try_acquire().unwrap();
+    clock.advance(Duration::from_secs(2));
+    let r = b.try_acquire().unwrap_err();
+    assert_eq!(
+        (r.state(), r.reason().retry_after()),
+        (State::HalfOpen, Some(Duration::from_secs(3)))
+    );
+    drop(probe);
+}
+
+/// The open state rejects by a coarse clock where it can, but the move to
+/// half-open still happens at the first call once the wait is over, to the
+/// nanosecond on a manual clock.
+#[test]
+fn open_rejects_until_exactly_the_end_of_the_wait() {
+    let clock = ManualClock::new();
+    let b = small(&clock)
+        .consecutive_failure_threshold(1)
+        .wait_duration_in_open_state(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let _ = b.call(|| Err::<(), _>(()));
+    assert_eq!(b.state(), State::Open);
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    let r = b.try_acquire().unwrap_err();
+    assert_eq!(
+        (r.state(), r.retry_after()),
+        (State::Open, Some(Duration::from_nanos(1)))
+    );
+    clock.advance(Duration::from_nanos(1));
+    let probe = b.try_acquire().expect("the wait is over: a probe");
+    assert_eq!(probe.admitted_in(), State::HalfOpen);
+    probe.failure();
+    // Open again: the same boundary, from the new trip.
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(b.try_acquire().is_err());
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(b.try_acquire().unwrap().admitted_in(), State::HalfOpen);
+}
+
+/// On the system clock the coarse reading may be a little old: the retry-after it
+/// gives errs long, never past the configured wait.
+#[test]
+fn open_retry_after_on_the_system_clock_is_within_the_wait() {
+    let b = CircuitBreaker::builder()
+        .consecutive_failure_threshold(1)
+        .wait_duration_in_open_state(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let _ = b.call(|| Err::<(), _>(()));
+    for _ in 0..if cfg!(miri) { 10 } else { 1_000 } {
+        let after = b.try_acquire().unwrap_err().retry_after().expect("open");
+        assert!(after <= Duration::from_secs(60), "{after:?}");
+        assert!(after > Duration::from_secs(50), "{after:?}");
+    }
 }

@@ -269,3 +269,138 @@ fn trips_under_load_keep_the_window_consistent() {
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.stats().calls, 0);
 }
+
+/// Threads race failures and successes into a count window judged only once it is
+/// full; after they join, the outcomes the test itself recorded decide the verdict:
+/// a final window whose failure rate reaches the threshold (with at least the
+/// minimum number of calls) must have opened the breaker. A success that slipped
+/// into a per-thread shard after a concurrent failure made successes unsafe, and
+/// was never judged, leaves it closed.
+#[test]
+#[cfg_attr(miri, ignore)] // spawns threads for many rounds; the loom model covers the protocol
+fn stress_a_threshold_crossing_is_never_missed() {
+    const WORKERS: usize = 4;
+    const PER_THREAD: usize = 4;
+    const CALLS: usize = WORKERS * PER_THREAD;
+    const THRESHOLD: f64 = 0.5;
+    let rounds = 3_000;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for round in 0..rounds {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let breaker = CircuitBreaker::builder()
+            .sliding_window(SlidingWindowType::CountBased, CALLS as u32)
+            .minimum_number_of_calls(CALLS as u32)
+            .failure_rate_threshold(THRESHOLD)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let start = Arc::new(Barrier::new(WORKERS));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|t| {
+                let (breaker, start) = (breaker.clone(), start.clone());
+                std::thread::spawn(move || {
+                    // Half the threads fail every call, half succeed.
+                    let fail = t % 2 == 0;
+                    let (mut calls, mut failures) = (0, 0);
+                    start.wait();
+                    for _ in 0..PER_THREAD {
+                        match breaker.call(|| if fail { Err(()) } else { Ok(()) }) {
+                            Ok(()) => calls += 1,
+                            Err(e) if !e.is_rejected() => {
+                                calls += 1;
+                                failures += 1;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    (calls, failures)
+                })
+            })
+            .collect();
+        let (mut calls, mut failures) = (0usize, 0usize);
+        for w in workers {
+            let (c, f) = w.join().unwrap();
+            calls += c;
+            failures += f;
+        }
+        // The window holds every admitted call (it is as large as the round), so
+        // its failure rate is the round's.
+        let crossed = calls >= CALLS && failures as f64 / calls as f64 >= THRESHOLD;
+        if crossed {
+            assert_ne!(
+                breaker.state(),
+                State::Closed,
+                "round {round}: {failures} failures in {calls} calls reached {THRESHOLD} \
+                 but the breaker is closed"
+            );
+        }
+    }
+}
+
+/// Threads race manual transitions; every listener sees the changes in the order
+/// they were made: each event leaves the state the previous one entered, and the
+/// last one entered the state the breaker ends in.
+#[test]
+#[cfg_attr(miri, ignore)] // many threads and iterations
+fn stress_listeners_see_transitions_in_order() {
+    let per_thread = 2_000;
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let logs: Vec<_> = (0..2)
+        .map(|_| {
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = log.clone();
+            breaker.subscribe(move |t| sink.lock().unwrap().push(t.clone()));
+            log
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(4));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (breaker, start) = (breaker.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..per_thread {
+                    match (i + t) % 4 {
+                        0 => breaker.force_open(),
+                        1 => breaker.disable(),
+                        2 => breaker.metrics_only(),
+                        _ => breaker.reset(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let end = breaker.state();
+    for log in logs {
+        let log = log.lock().unwrap();
+        assert!(!log.is_empty());
+        for pair in log.windows(2) {
+            assert_eq!(
+                pair[1].from,
+                pair[0].to,
+                "delivered out of order: {:?} then {:?}",
+                (pair[0].from, pair[0].to),
+                (pair[1].from, pair[1].to)
+            );
+            assert!(
+                pair[1].sequence > pair[0].sequence,
+                "sequence numbers must increase: {} then {}",
+                pair[0].sequence,
+                pair[1].sequence
+            );
+        }
+        assert_eq!(
+            log.last().unwrap().to,
+            end,
+            "the last event matches the state"
+        );
+    }
+}

@@ -276,11 +276,14 @@ impl Model {
             let calls = self.probes.len() as u64;
             let f = self.probes.iter().filter(|p| p.0).count() as u64;
             let s = self.probes.iter().filter(|p| p.1).count() as u64;
-            let rates = self.rates_trip((calls, f, s), u64::from(self.c.probes));
+            // resilience4j's half-open window: the permitted probes, judged from
+            // min(minimum, permitted) calls on.
+            let judged = u64::from(self.c.minimum.min(self.c.probes));
+            let rates = self.rates_trip((calls, f, s), judged);
             let absolute = self.absolute_trip(failed, now);
             if rates || absolute {
                 self.enter(State::Open, now);
-            } else if calls == u64::from(self.c.probes) {
+            } else if calls >= judged {
                 self.enter(State::Closed, now);
             }
         } else {
@@ -341,7 +344,7 @@ proptest! {
                     prop_assert_eq!(admitted.is_none(), matches!(&result, Err(e) if e.is_rejected()),
                         "op {} {:?}: admission differs", i, op);
                     if let Some(probe) = admitted {
-                        let slow = c.slow.is_some_and(|(_, limit)| ms >= limit);
+                        let slow = c.slow.is_some_and(|(_, limit)| ms > limit);
                         model.record(probe, failed, slow, now_ms(&clock));
                     }
                 }

@@ -205,9 +205,10 @@ fn slow_call_rate_opens() {
         .slow_call_duration_threshold(Duration::from_secs(2))
         .build()
         .unwrap();
+    // Slow means longer than the threshold (see the next section): 2 s + 1 ms.
     let slow = |b: &CircuitBreaker| {
         b.call(|| {
-            clock.advance(Duration::from_secs(2));
+            clock.advance(Duration::from_millis(2001));
             Ok::<_, &str>(())
         })
     };
@@ -250,7 +251,7 @@ fn open_waits_before_half_open() {
     clock.advance(Duration::from_secs(45));
     match ok(&b) {
         Err(CallError::Rejected(r)) => {
-            assert_eq!(r.retry_after(), Duration::from_secs(15));
+            assert_eq!(r.retry_after(), Some(Duration::from_secs(15)));
             assert_eq!(r.state(), State::Open);
         }
         other => panic!("expected a rejection, got {other:?}"),
@@ -339,7 +340,9 @@ fn automatic_transition_is_made_once_by_the_timer_or_a_reader() {
 #[test]
 fn half_open_admits_exactly_the_permitted_probes() {
     let clock = ManualClock::new();
-    let b = count_window(&clock, 2, 2)
+    // A minimum of 3 calls (capped at the window's 2 in closed state) so that the
+    // half-open state judges its probes after all 3 (min(minimum, permitted)).
+    let b = count_window(&clock, 2, 3)
         .permitted_number_of_calls_in_half_open_state(3)
         .build()
         .unwrap();
@@ -350,7 +353,7 @@ fn half_open_admits_exactly_the_permitted_probes() {
     let extra = b.try_acquire().unwrap_err();
     assert_eq!(
         (extra.state(), extra.retry_after()),
-        (State::HalfOpen, Duration::ZERO)
+        (State::HalfOpen, None)
     );
     assert!(probes.iter().all(|p| p.admitted_in() == State::HalfOpen));
     let mut probes = probes.into_iter();
@@ -411,7 +414,7 @@ fn forced_open_and_disabled_until_reset() {
     assert_eq!(b.state(), State::ForcedOpen);
     clock.advance(Duration::from_secs(3600));
     let r = ok(&b).unwrap_err();
-    assert_eq!(r.rejected().unwrap().retry_after(), Duration::MAX);
+    assert_eq!(r.rejected().unwrap().retry_after(), None);
     b.disable();
     for _ in 0..10 {
         let _ = fail(&b);
@@ -461,4 +464,224 @@ fn rejections_are_counted() {
         assert!(ok(&b).unwrap_err().is_rejected());
     }
     assert_eq!(b.stats().rejected_calls, 7);
+}
+
+// ---- From resilience4j's source --------------------------------------------------
+//
+// The tests below follow resilience4j's Java source (resilience4j-circuitbreaker,
+// package `io.github.resilience4j.circuitbreaker.internal`) where the documentation
+// leaves a detail open; each names the class and method it follows.
+
+/// `CircuitBreakerMetrics.onSuccess` / `onError`: a call is recorded as slow when
+/// `durationUnit.toNanos(duration) > slowCallDurationThresholdInNanos`: strictly
+/// longer than the threshold; a call that takes exactly the threshold is not slow.
+#[test]
+fn a_call_of_exactly_the_slow_call_duration_is_not_slow() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .slow_call_rate_threshold(0.5)
+        .slow_call_duration_threshold(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        b.call(|| {
+            clock.advance(Duration::from_secs(2));
+            Ok::<_, &str>(())
+        })
+        .unwrap();
+    }
+    assert_eq!(b.stats().slow_calls, 0, "2 s is not longer than 2 s");
+    assert_eq!(b.state(), State::Closed);
+    b.call(|| {
+        clock.advance(Duration::from_secs(2) + Duration::from_nanos(1));
+        Ok::<_, &str>(())
+    })
+    .unwrap();
+    assert_eq!(b.state(), State::Open, "1 slow call of 2: 50 %");
+}
+
+/// `CircuitBreakerMetrics.forHalfOpen` builds a count-based window of
+/// `permittedNumberOfCallsInHalfOpenState` calls, whose constructor caps the minimum
+/// at `Math.min(minimumNumberOfCalls, slidingWindowSize)`; `HalfOpenState
+/// .checkIfThresholdsExceeded` closes on `BELOW_THRESHOLDS` and opens on an exceeded
+/// threshold. So half-open is judged once `min(minimum, permitted)` probes have
+/// completed, not only once every permitted probe has.
+#[test]
+fn half_open_is_judged_after_min_of_minimum_calls_and_permitted_probes() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .permitted_number_of_calls_in_half_open_state(4)
+        .build()
+        .unwrap();
+    let _ = fail(&b);
+    let _ = fail(&b);
+    clock.advance(Duration::from_secs(60));
+    let late = b.try_acquire().unwrap();
+    ok(&b).unwrap();
+    assert_eq!(b.state(), State::HalfOpen, "1 of min(2, 4) probes");
+    ok(&b).unwrap();
+    assert_eq!(b.state(), State::Closed, "2 probes, 0 % failed");
+    late.failure(); // admitted by the half-open period that is over
+    assert_eq!(b.stats().failed_calls, 0);
+
+    // The other way: a minimum above the permitted probes is capped at them.
+    let b = count_window(&clock, 2, 10)
+        .permitted_number_of_calls_in_half_open_state(2)
+        .build()
+        .unwrap();
+    let _ = fail(&b);
+    let _ = fail(&b);
+    clock.advance(Duration::from_secs(60));
+    ok(&b).unwrap();
+    let _ = fail(&b);
+    assert_eq!(b.state(), State::Open, "min(10, 2) probes, 50 % failed");
+}
+
+/// `CircuitBreakerStateMachine.transitionToMetricsOnlyState` and its
+/// `MetricsOnlyState`: every call is permitted (`tryAcquirePermission` returns true),
+/// outcomes are recorded in a fresh closed-state window (`CircuitBreakerMetrics
+/// .forMetricsOnly` is `forClosed`), thresholds are checked but never change the
+/// state; `reset` returns to closed.
+#[test]
+fn metrics_only_records_and_never_trips() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 4, 4).build().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    b.subscribe(move |t| log.lock().unwrap().push((t.from, t.to, t.reason)));
+    ok(&b).unwrap();
+    b.metrics_only();
+    assert_eq!(b.state(), State::MetricsOnly);
+    assert_eq!(b.stats().calls, 0, "a fresh window");
+    for _ in 0..10 {
+        assert!(matches!(fail(&b), Err(CallError::Failed("boom"))));
+    }
+    let p = b.try_acquire().unwrap();
+    assert_eq!(p.admitted_in(), State::MetricsOnly);
+    p.success();
+    assert_eq!(
+        b.state(),
+        State::MetricsOnly,
+        "100 % failures never trip it"
+    );
+    let s = b.stats();
+    assert_eq!((s.calls, s.failed_calls), (4, 3), "the last 4 outcomes");
+    b.metrics_only(); // already there: no event
+    b.reset();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.stats().calls, 0);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (
+                State::Closed,
+                State::MetricsOnly,
+                TransitionReason::MetricsOnly
+            ),
+            (State::MetricsOnly, State::Closed, TransitionReason::Reset),
+        ]
+    );
+}
+
+/// `CircuitBreakerStateMachine.handleThrowable`: an error the ignore predicate
+/// matches releases the permission and records nothing; one the record predicate
+/// matches is a failure (`state.onError`); any other is a success
+/// (`state.onSuccess`). Here set once in the builder and applied by `call` and
+/// `call_async`; the caller still receives every error.
+#[test]
+fn builder_error_classification_records_ignores_or_counts_as_success() {
+    #[derive(Debug, PartialEq)]
+    enum ApiError {
+        Unavailable,
+        BadRequest,
+        NotFound,
+    }
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 4, 4)
+        .permitted_number_of_calls_in_half_open_state(1)
+        .classify_errors(|e: &ApiError| match e {
+            ApiError::Unavailable => Verdict::Failure,
+            ApiError::BadRequest => Verdict::Ignore,
+            ApiError::NotFound => Verdict::Success,
+        })
+        .build()
+        .unwrap();
+    let call = |e: ApiError| b.call(|| Err::<(), _>(e));
+    assert!(matches!(
+        call(ApiError::BadRequest),
+        Err(CallError::Failed(ApiError::BadRequest))
+    ));
+    assert!(matches!(
+        call(ApiError::NotFound),
+        Err(CallError::Failed(ApiError::NotFound))
+    ));
+    let _ = call(ApiError::Unavailable);
+    let s = b.stats();
+    assert_eq!(
+        (s.calls, s.failed_calls),
+        (2, 1),
+        "ignored: not in the window"
+    );
+    // Errors of another type keep the default: a failure.
+    let _ = b.call(|| Err::<(), _>("other type"));
+    assert_eq!(b.stats().failed_calls, 2);
+    // A per-call classifier replaces the builder's for that call.
+    let _ = b.call_with(|_| Verdict::Ignore, || Err::<(), _>(ApiError::Unavailable));
+    assert_eq!(b.stats().calls, 3);
+    // The async form applies it too.
+    let r = block_on(b.call_async(async { Err::<(), _>(ApiError::NotFound) }));
+    assert!(r.is_err());
+    assert_eq!((b.stats().calls, b.stats().failed_calls), (4, 2));
+    assert_eq!(b.state(), State::Open, "2 of 4 failed: 50 %");
+
+    // An ignored probe gives its slot back (`releasePermission`).
+    clock.advance(Duration::from_secs(60));
+    let _ = call(ApiError::BadRequest);
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.stats().available_probes, Some(1));
+    let _ = call(ApiError::NotFound);
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "a success-classified probe closes it"
+    );
+}
+
+/// `CircuitBreakerStateMachine.onResult`: a result the `recordResult` predicate
+/// matches is recorded as a failure (`ResultRecordedAsFailureException`); any other
+/// result is a success. The caller still receives the result.
+#[test]
+fn builder_result_classification_records_results_as_failures() {
+    let clock = ManualClock::new();
+    let b = count_window(&clock, 2, 2)
+        .classify_results(|status: &u16| {
+            if *status >= 500 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            }
+        })
+        .build()
+        .unwrap();
+    assert_eq!(b.call(|| Ok::<u16, ()>(200)).unwrap(), 200);
+    assert_eq!(b.call(|| Ok::<u16, ()>(503)).unwrap(), 503);
+    assert_eq!(b.state(), State::Open, "1 of 2 failed: 50 %");
+    // Results of another type keep the default: a success.
+    let b = count_window(&clock, 2, 2)
+        .classify_results(|_: &u16| Verdict::Failure)
+        .build()
+        .unwrap();
+    b.call(|| Ok::<&str, ()>("fine")).unwrap();
+    b.call(|| Ok::<&str, ()>("fine")).unwrap();
+    assert_eq!((b.stats().calls, b.stats().failed_calls), (2, 0));
+}
+
+/// Polls a future that never waits to completion (no runtime needed).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the future waited"),
+    }
 }

@@ -281,7 +281,83 @@ impl Clock {
     pub fn is_manual(&self) -> bool {
         matches!(self.source, Source::Manual(_))
     }
+
+    /// A cheap, slightly late reading: for a hot path that compares the time with a
+    /// deadline far more often than the deadline passes (a breaker rejecting calls
+    /// while open).
+    ///
+    /// A [`ManualClock`] gives its exact time. The system clock gives the time the
+    /// coarse ticker last sampled (one atomic load): never later than
+    /// [`now`](Self::now), usually earlier by up to [`COARSE_TICK`] (more while the
+    /// ticker's thread waits for a CPU). Until the ticker is started
+    /// ([`start_coarse_ticker`](Self::start_coarse_ticker)) it is `now()`.
+    ///
+    /// ```
+    /// use heijunka_core::{Clock, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let manual = ManualClock::new();
+    /// manual.advance(Duration::from_millis(5));
+    /// assert_eq!(manual.clock().recent(), manual.now());
+    ///
+    /// let system = Clock::system();
+    /// let recent = system.recent();
+    /// assert!(recent <= system.now());
+    /// ```
+    #[inline]
+    pub fn recent(&self) -> Instant {
+        match &self.source {
+            Source::System(source) => {
+                // Relaxed: the value is only a time; nothing else is published
+                // with it. Zero: the ticker has not started.
+                match COARSE_NOW.load(Ordering::Relaxed) {
+                    0 => source.now(),
+                    nanos => Instant::from_nanos(nanos),
+                }
+            }
+            Source::Manual(_) => self.now(),
+        }
+    }
+
+    /// Starts the process-wide thread behind [`recent`](Self::recent) for the
+    /// system clock, if it is not running yet: it samples the clock every
+    /// [`COARSE_TICK`] for the rest of the process. Does nothing for a
+    /// [`ManualClock`] (its `recent` is exact), or where threads cannot be spawned
+    /// (`recent` then stays `now`).
+    pub fn start_coarse_ticker(&self) {
+        let Source::System(source) = &self.source else {
+            return;
+        };
+        static STARTED: OnceLock<()> = OnceLock::new();
+        let source: &'static SystemSource = source;
+        STARTED.get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("heijunka-coarse-clock".into())
+                .spawn(move || {
+                    loop {
+                        // At least 1, so that a sample is never taken for "not
+                        // started".
+                        let nanos = source.now().as_nanos().max(1);
+                        // Relaxed: see `recent`. `fetch_max`: readers never see the
+                        // time go back.
+                        COARSE_NOW.fetch_max(nanos, Ordering::Relaxed);
+                        std::thread::sleep(COARSE_TICK);
+                    }
+                });
+            // Without a thread, `recent` keeps reading the precise clock.
+            drop(spawned);
+        });
+    }
 }
+
+/// How often the coarse ticker behind [`Clock::recent`] samples the system clock:
+/// 1 ms, fine enough for breaker waits (seconds) and retry-after hints, coarse
+/// enough that the thread costs nothing measurable.
+pub const COARSE_TICK: Duration = Duration::from_millis(1);
+
+/// The coarse ticker's last sample of the system clock (nanoseconds since the
+/// system origin); zero until it starts.
+static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
 
 impl Default for Clock {
     fn default() -> Self {
@@ -434,6 +510,33 @@ mod tests {
             diff < Duration::from_millis(5),
             "ours {ours:?} std {theirs:?}"
         );
+    }
+
+    #[test]
+    fn recent_is_exact_for_a_manual_clock() {
+        let manual = ManualClock::new();
+        let clock = manual.clock();
+        clock.start_coarse_ticker(); // nothing to start for a manual clock
+        for step in [0, 1, 999_999, 1_000_000_000] {
+            manual.advance(Duration::from_nanos(step));
+            assert_eq!(clock.recent(), manual.now());
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // starts a thread that runs for the rest of the process
+    fn recent_is_never_later_than_now() {
+        let clock = Clock::system();
+        assert!(clock.recent() <= clock.now());
+        clock.start_coarse_ticker();
+        clock.start_coarse_ticker(); // once per process
+        let mut last = clock.recent();
+        for _ in 0..1_000 {
+            let recent = clock.recent();
+            assert!(recent >= last, "went back: {recent:?} after {last:?}");
+            assert!(recent <= clock.now());
+            last = recent;
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub mod validate;
 
 pub use crate::{
     bitwise::Bitwise,
-    clock::{Clock, Instant, ManualClock},
+    clock::{COARSE_TICK, Clock, Instant, ManualClock},
     config::ConfigError,
     counter::ShardedCounter,
     once::{INLINE_BYTES, InlineOnce},

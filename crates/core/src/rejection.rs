@@ -18,7 +18,7 @@ use crate::PressureLevel;
 /// use heijunka_core::Rejection;
 /// use std::time::Duration;
 ///
-/// let reason = Rejection::CircuitOpen { retry_after: Duration::from_secs(5) };
+/// let reason = Rejection::CircuitOpen { retry_after: Some(Duration::from_secs(5)) };
 /// assert_eq!(reason.retry_after(), Some(Duration::from_secs(5)));
 /// assert!(reason.is_transient());
 /// assert_eq!(
@@ -27,11 +27,11 @@ use crate::PressureLevel;
 /// );
 ///
 /// match reason {
-///     Rejection::RateLimited { retry_after } | Rejection::CircuitOpen { retry_after } => {
-///         // schedule a retry after `retry_after`
-///     }
 ///     Rejection::ShuttingDown => { /* send the work to another instance */ }
-///     _ => { /* shed it */ }
+///     _ => match reason.retry_after() {
+///         Some(after) => { /* schedule a retry after `after` */ }
+///         None => { /* shed it, or retry on the caller's own schedule */ }
+///     },
 /// }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -50,8 +50,10 @@ pub enum Rejection {
     },
     /// A circuit breaker is open; it lets a probe through after `retry_after`.
     CircuitOpen {
-        /// Time until the breaker admits its next probe call.
-        retry_after: Duration,
+        /// Time until the breaker admits its next probe call; `None` when no time is
+        /// known (forced open until an operator resets it, or every probe in flight
+        /// with no deadline).
+        retry_after: Option<Duration>,
     },
     /// Memory use is at or above the level that sheds this work.
     MemoryPressure {
@@ -76,9 +78,8 @@ impl Rejection {
     /// How long until the same request could succeed, where that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match *self {
-            Self::RateLimited { retry_after } | Self::CircuitOpen { retry_after } => {
-                Some(retry_after)
-            }
+            Self::RateLimited { retry_after } => Some(retry_after),
+            Self::CircuitOpen { retry_after } => retry_after,
             _ => None,
         }
     }
@@ -114,9 +115,14 @@ impl fmt::Display for Rejection {
             Self::RateLimited { retry_after } => {
                 write!(f, "rate limited: retry after {retry_after:?}")
             }
-            Self::CircuitOpen { retry_after } => write!(
+            Self::CircuitOpen {
+                retry_after: Some(retry_after),
+            } => write!(
                 f,
                 "circuit open: the dependency is failing; next probe allowed in {retry_after:?}"
+            ),
+            Self::CircuitOpen { retry_after: None } => f.write_str(
+                "circuit open: the dependency is failing; no known time for the next probe",
             ),
             Self::MemoryPressure { level } => write!(
                 f,
@@ -149,7 +155,7 @@ mod tests {
                 retry_after: Duration::from_millis(20),
             },
             Rejection::CircuitOpen {
-                retry_after: Duration::from_secs(1),
+                retry_after: Some(Duration::from_secs(1)),
             },
             Rejection::MemoryPressure {
                 level: PressureLevel::Critical,
@@ -176,6 +182,12 @@ mod tests {
         for (r, text) in all().iter().zip(expected) {
             assert_eq!(r.to_string(), text);
         }
+        let unknown = Rejection::CircuitOpen { retry_after: None };
+        assert_eq!(
+            unknown.to_string(),
+            "circuit open: the dependency is failing; no known time for the next probe"
+        );
+        assert_eq!(unknown.retry_after(), None);
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn main() {
         Rejection::AtCapacity { limit: 64 },
         Rejection::QueueFull { capacity: 1024 },
         Rejection::CircuitOpen {
-            retry_after: Duration::from_secs(30),
+            retry_after: Some(Duration::from_secs(30)),
         },
         Rejection::MemoryPressure {
             level: PressureLevel::Critical,

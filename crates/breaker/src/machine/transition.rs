@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use heijunka_core::Instant;
 
+use super::ctrl;
 use super::{Central, Inner, Now, Shown};
-use crate::state::ctrl;
 use crate::sync::atomic::Ordering;
 use crate::{State, StateTransition, TransitionReason};
 
 impl Inner {
-    /// Moves to `to` (under the lock) and returns the event to announce once the
-    /// lock is released.
+    /// Moves to `to` (under the lock), queues its event for the listeners (in
+    /// transition order, under the lock) and returns it, to
+    /// [`announce`](Self::announce) once the lock is released.
     pub(super) fn transition(
         &self,
         central: &mut Central,
@@ -38,6 +39,12 @@ impl Inner {
                 // Relaxed: published by the Release store of the control word below.
                 self.open_until
                     .store(now.saturating_add(w).as_nanos(), Ordering::Relaxed);
+                // Open calls are rejected by the coarse clock (`acquire_slow`); its
+                // ticker is one process-wide thread, not started under loom or miri.
+                #[cfg(not(loom))]
+                if !cfg!(miri) {
+                    self.clock.start_coarse_ticker();
+                }
                 wait = Some(w);
                 (0, 0)
             }
@@ -53,7 +60,7 @@ impl Inner {
                 self.half_open_deadline.store(deadline, Ordering::Relaxed);
                 (0, self.config.permitted_in_half_open)
             }
-            State::ForcedOpen | State::Disabled => {
+            State::ForcedOpen | State::Disabled | State::MetricsOnly => {
                 central.window.reset();
                 central.probes.reset();
                 central.shown = Shown::Window;
@@ -69,14 +76,18 @@ impl Inner {
         // thread that Acquire-loads the control word. A concurrent probe
         // compare-and-swap on the old word fails and retries against this one.
         self.ctrl.store(next, Ordering::Release);
-        StateTransition {
+        central.transitions += 1;
+        let event = StateTransition {
             breaker: self.config.name.clone(),
             from,
             to,
             reason,
             at: now,
             wait,
-        }
+            sequence: central.transitions,
+        };
+        self.listeners.enqueue(event.clone());
+        event
     }
 
     /// Open to half-open, if the breaker is still in the open period `seen`.
@@ -140,7 +151,7 @@ impl Inner {
         if self.needs_timer(event.to) {
             self.timer.schedule();
         }
-        self.listeners.emit(event);
+        self.listeners.dispatch();
     }
 
     /// Whether the timer thread should watch this breaker in state `to`.
@@ -199,12 +210,16 @@ impl Inner {
         };
         let mut central = self.lock();
         // Acquire: as in `record`.
-        let c = self.ctrl.load(Ordering::Acquire);
-        let state = ctrl::state(c);
-        if state == State::Closed {
-            self.fold(&mut central, ctrl::generation(c), &mut now);
-            self.refresh_flags(&central, c);
+        let mut c = self.ctrl.load(Ordering::Acquire);
+        let mut event = None;
+        if ctrl::is_closed(c) {
+            // Folded successes are judged like any other (control.rs): the stats
+            // never show a closed breaker with a window at its thresholds.
+            event = self.fold_and_judge(&mut central, c, &mut now);
+            // Acquire: as above; the word may have just changed.
+            c = self.ctrl.load(Ordering::Acquire);
         }
+        let state = ctrl::state(c);
         let (counts, rules) = match central.shown {
             Shown::Window => (central.window.counts(), &self.closed_rules),
             Shown::Probes => (central.probes.counts(), &self.half_open_rules),
@@ -231,6 +246,9 @@ impl Inner {
             retry_after,
         };
         drop(central);
+        if let Some(e) = event {
+            self.announce(&e);
+        }
         stats
     }
 }

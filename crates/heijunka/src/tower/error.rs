@@ -167,11 +167,12 @@ mod tests {
             (Rejection::QueueFull { capacity: 1 }, 503, None),
             (
                 Rejection::CircuitOpen {
-                    retry_after: Duration::from_secs(5),
+                    retry_after: Some(Duration::from_secs(5)),
                 },
                 503,
                 Some("5"),
             ),
+            (Rejection::CircuitOpen { retry_after: None }, 503, None),
             (
                 Rejection::MemoryPressure {
                     level: PressureLevel::Critical,
