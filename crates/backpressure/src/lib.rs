@@ -24,8 +24,12 @@
 //!
 //! # What is here
 //!
-//! - [`ConcurrencyLimit`]: a work-in-progress limit on tokio's semaphore: weighted,
-//!   FIFO, try / async / timeout / blocking acquisition, owned permits, `close()`.
+//! - [`ConcurrencyLimit`]: a work-in-progress limit on tokio's semaphore, with
+//!   tokio's names: weighted, FIFO, try / async / timeout / blocking acquisition,
+//!   owned permits, `close()`, `add_permits` and a run-time `set_limit` that never
+//!   revokes a held permit; [`PollConcurrencyLimit`] acquires by polling, for
+//!   tower's `poll_ready`. [`TryAcquireError`], [`AcquireError`] and
+//!   [`AcquireTimeoutError`] are the refusals of both this and [`AdaptiveLimit`].
 //! - [`BoundedQueue`]: an MPMC queue with warn / reject / full watermarks that hands
 //!   items back when over the reject mark, with async, timeout and blocking forms.
 //! - [`Watermarks`]: the warn / reject marks of a bounded buffer from fill ratios,
@@ -62,6 +66,7 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+mod acquire;
 mod adaptive;
 mod batcher;
 mod block;
@@ -77,6 +82,7 @@ mod slots;
 mod watermarks;
 
 pub use crate::{
+    acquire::{AcquireError, AcquireTimeoutError, TryAcquireError},
     adaptive::{
         AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptiveStats, Aimd, AimdBuilder,
         DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LimitAlgorithm, Outcome,
@@ -91,7 +97,7 @@ pub use crate::{
         FairStats,
     },
     level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
-    limit::{AcquireError, ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit},
+    limit::{ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit, PollConcurrencyLimit},
     priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats},
     queue::{
         BoundedQueue, BoundedQueueBuilder, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError,

@@ -95,7 +95,9 @@ impl Signal for AdaptiveLimit {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
         let limit = self.limit();
-        if self.in_flight() >= limit {
+        if self.is_closed() {
+            Err(Rejection::ShuttingDown)
+        } else if self.in_flight() >= limit {
             Err(Rejection::AtCapacity {
                 limit: limit as u64,
             })

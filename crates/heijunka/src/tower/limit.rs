@@ -119,7 +119,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.limit.try_acquire_owned(1) {
+        match self.limit.try_acquire_owned() {
             Ok(permit) => GuardedFuture::called(self.inner.call(req), permit),
             Err(e) => {
                 let reason = e.reason().unwrap_or(Rejection::AtCapacity {
