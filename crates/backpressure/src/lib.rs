@@ -85,7 +85,7 @@ pub use crate::{
     acquire::{AcquireError, AcquireTimeoutError, TryAcquireError},
     adaptive::{
         AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptiveStats, Aimd, AimdBuilder,
-        DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LimitAlgorithm, Outcome,
+        DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LONG_RTT_DECAY, LimitAlgorithm, Outcome,
         OwnedAdaptivePermit, Sample, Vegas, VegasBuilder, Windowed, WindowedBuilder,
     },
     batcher::{

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::acquire::{AcquireError, AcquireTimeoutError, TryAcquireError};
 
 pub use self::aimd::{Aimd, AimdBuilder};
-pub use self::gradient2::{Gradient2, Gradient2Builder};
+pub use self::gradient2::{Gradient2, Gradient2Builder, LONG_RTT_DECAY};
 pub use self::vegas::{Vegas, VegasBuilder};
 pub use self::window::{Windowed, WindowedBuilder};
 
@@ -273,6 +273,8 @@ pub struct AdaptiveStats {
     pub ignored: u64,
     /// `try_acquire` calls refused at the limit.
     pub rejected: u64,
+    /// Callers of `acquire` waiting now.
+    pub waiting: usize,
 }
 
 impl AdaptiveLimit {
@@ -311,6 +313,7 @@ impl AdaptiveLimit {
             // Relaxed: statistics.
             ignored: self.inner.ignored.load(Ordering::Relaxed),
             rejected: self.inner.rejected.load(Ordering::Relaxed),
+            waiting: self.inner.waiting.load(Ordering::SeqCst),
         }
     }
 
@@ -848,7 +851,7 @@ mod tests {
         let _b = limit.try_acquire().unwrap();
         assert_eq!(
             limit.try_acquire().unwrap_err(),
-            Rejection::AtCapacity { limit: 2 }
+            TryAcquireError::AtCapacity { limit: 2 }
         );
         a.success();
         assert_eq!(limit.limit(), 3);
@@ -878,11 +881,11 @@ mod tests {
                 .acquire_timeout(Duration::from_millis(5))
                 .await
                 .unwrap_err(),
-            Rejection::TimedOut {
+            AcquireTimeoutError::TimedOut {
                 after: Duration::from_millis(5)
             }
         );
-        let waiter = async { limit.acquire().await.ignore() };
+        let waiter = async { limit.acquire().await.unwrap().ignore() };
         let releaser = async {
             tokio::task::yield_now().await;
             held.ignore();
