@@ -30,7 +30,9 @@
 //!   semaphore.
 //!
 //! The loom models at the bottom drive the real type through a shrink racing a
-//! release and an acquisition.
+//! release and an acquisition. Loom interleaves the debt, the limit and the
+//! resize mutex; tokio's semaphore (built on std's atomics, not loom's) acts in
+//! them as one atomic step per call, which it is to its callers.
 
 use std::fmt;
 use std::future::{Future, poll_fn};

@@ -426,3 +426,33 @@ fn timed_out_waiters_leave_nothing_behind() {
     assert_eq!(limit.waiting(), 0);
     assert_eq!(limit.available(), 1);
 }
+
+#[test]
+fn waiters_keep_their_order_while_releases_pay_off_a_shrink() {
+    let limit = ConcurrencyLimit::new(3).unwrap();
+    let a = limit.try_acquire().unwrap();
+    let b = limit.try_acquire().unwrap();
+    let c = limit.try_acquire().unwrap();
+    let mut first = Polled::new(limit.acquire());
+    let mut second = Polled::new(limit.acquire());
+    assert!(!first.poll());
+    assert!(!second.poll());
+    limit.set_limit(2).unwrap();
+    drop(a); // pays off the shrink: nobody is served
+    assert!(
+        !first.poll() && !second.poll(),
+        "served above the new limit"
+    );
+    drop(b); // one permit free: the first in line gets it
+    let second_done = second.poll();
+    let first_done = first.poll();
+    assert!(
+        first_done && !second_done,
+        "FIFO lost: first {first_done}, second {second_done}"
+    );
+    drop(c);
+    assert!(second.poll());
+    drop((first, second));
+    assert_eq!(limit.available(), 2);
+    assert_eq!(limit.waiting(), 0);
+}
