@@ -11,7 +11,7 @@ mod window;
 use std::fmt;
 use std::time::Duration;
 
-use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use heijunka_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::sync::{Arc, Mutex};
 use heijunka_core::{Clock, ConfigError, Instant, validate};
 use serde::Serialize;
@@ -157,10 +157,9 @@ pub struct AdaptiveLimit {
 struct Inner {
     gate: Gate,
     clock: Clock,
+    /// The algorithm, and the lock that serialises publishing its limit with
+    /// `close` (which publishes the gate's closed limit of 0 for good).
     state: Mutex<State>,
-    /// Set under the `state` lock by `close`, which also publishes a limit of 0;
-    /// completions check it under the same lock before publishing a new limit.
-    closed: AtomicBool,
     waiting: AtomicUsize,
     notify: Notify,
     rejected: AtomicU64,
@@ -247,7 +246,6 @@ impl AdaptiveLimitBuilder {
                     successes: 0,
                     drops: 0,
                 }),
-                closed: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
                 notify: Notify::new(),
                 rejected: AtomicU64::new(0),
@@ -319,7 +317,7 @@ impl AdaptiveLimit {
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::SeqCst)
+        self.inner.gate.is_closed()
     }
 
     /// Closes the limit: every waiter wakes with [`AcquireError::Closed`], every
@@ -343,8 +341,7 @@ impl AdaptiveLimit {
         let inner = &*self.inner;
         {
             let _st = inner.lock();
-            inner.closed.store(true, Ordering::SeqCst);
-            inner.gate.set_limit(0);
+            inner.gate.close();
         }
         inner.notify.notify_waiters();
     }
@@ -524,7 +521,7 @@ impl Inner {
     fn refused(&self, limit: usize) -> TryAcquireError {
         // `close` publishes a limit of 0, which no algorithm can (values below 1 are
         // read as 1).
-        if limit == 0 {
+        if limit == gate::CLOSED {
             return TryAcquireError::Closed;
         }
         // Relaxed: a statistic.
@@ -538,7 +535,7 @@ impl Inner {
     async fn enter(&self) -> Result<(Instant, usize), AcquireError> {
         match self.gate.try_enter() {
             Ok(inflight) => return Ok((self.clock.now(), inflight)),
-            Err(0) => return Err(AcquireError::Closed),
+            Err(gate::CLOSED) => return Err(AcquireError::Closed),
             Err(_) => {}
         }
         let _waiting = WaitingMark::new(&self.waiting);
@@ -550,7 +547,7 @@ impl Inner {
             notified.as_mut().enable();
             match self.gate.try_enter() {
                 Ok(inflight) => return Ok((self.clock.now(), inflight)),
-                Err(0) => return Err(AcquireError::Closed),
+                Err(gate::CLOSED) => return Err(AcquireError::Closed),
                 Err(_) => {}
             }
             notified.await;
@@ -589,10 +586,10 @@ impl Inner {
                     st.successes += 1;
                 }
                 let new = st.algorithm.update(&sample).max(1);
-                if inner.closed.load(Ordering::SeqCst) {
+                let old = inner.gate.set_limit(new);
+                if old == gate::CLOSED {
                     return;
                 }
-                let old = inner.gate.set_limit(new);
                 if new.abs_diff(st.reported) >= inner.report_step {
                     tracing::debug!(
                         adaptive.limit = new,
