@@ -142,8 +142,8 @@ impl ConcurrencyLimit {
         self.inner.limit.load(Ordering::SeqCst)
     }
 
-    /// Permits free now (as tokio's `available_permits`).
-    pub fn available(&self) -> u32 {
+    /// Permits free now.
+    pub fn available_permits(&self) -> u32 {
         let inner = &*self.inner;
         // Bounded by MAX_PERMITS, a u32.
         let free = inner.semaphore.available_permits() as u32;
@@ -198,7 +198,7 @@ impl ConcurrencyLimit {
     /// assert!(limit.try_acquire().is_err());
     /// limit.add_permits(2)?;
     /// assert_eq!(limit.limit(), 3);
-    /// assert_eq!(limit.available(), 2);
+    /// assert_eq!(limit.available_permits(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -308,7 +308,7 @@ impl ConcurrencyLimit {
     /// let limit = ConcurrencyLimit::new(1)?;
     /// let permit = limit.try_acquire_owned()?;
     /// std::thread::spawn(move || drop(permit)).join().unwrap();
-    /// assert_eq!(limit.available(), 1);
+    /// assert_eq!(limit.available_permits(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -327,7 +327,7 @@ impl ConcurrencyLimit {
     /// let limit = ConcurrencyLimit::new(4)?;
     /// let permit = limit.try_acquire_many_owned(3)?;
     /// assert_eq!(permit.num_permits(), 3);
-    /// assert_eq!(limit.available(), 1);
+    /// assert_eq!(limit.available_permits(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -349,7 +349,7 @@ impl ConcurrencyLimit {
     /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
     /// let limit = ConcurrencyLimit::new(1)?;
     /// let permit = limit.acquire().await?;
-    /// assert_eq!(limit.available(), 0);
+    /// assert_eq!(limit.available_permits(), 0);
     /// drop(permit);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # })?;
@@ -410,7 +410,7 @@ impl ConcurrencyLimit {
     /// let limit = ConcurrencyLimit::new(1)?;
     /// let task = tokio::spawn(limit.acquire_owned());
     /// let permit = task.await??;
-    /// assert_eq!(limit.available(), 0);
+    /// assert_eq!(limit.available_permits(), 0);
     /// drop(permit);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # })?;
@@ -540,7 +540,7 @@ impl ConcurrencyLimit {
     ///
     /// let limit = ConcurrencyLimit::new(1)?;
     /// let permit = limit.acquire_blocking()?;
-    /// assert_eq!(limit.available(), 0);
+    /// assert_eq!(limit.available_permits(), 0);
     /// # drop(permit);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -890,7 +890,7 @@ mod loom_tests {
             let one = limit.try_acquire().expect("the kept permit came back");
             assert!(limit.try_acquire().is_err(), "more than the new limit");
             drop(one);
-            assert_eq!(limit.available(), 1);
+            assert_eq!(limit.available_permits(), 1);
         });
     }
 

@@ -81,7 +81,7 @@ impl Signal for ConcurrencyLimit {
     fn check(&self) -> Result<(), Rejection> {
         if self.is_closed() {
             Err(Rejection::ShuttingDown)
-        } else if self.available() == 0 {
+        } else if self.available_permits() == 0 {
             Err(Rejection::AtCapacity {
                 limit: u64::from(self.limit()),
             })

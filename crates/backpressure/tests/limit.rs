@@ -40,7 +40,7 @@ fn try_acquire_names_the_limit_and_weights_add_up() {
     assert!(limit.try_acquire().is_err());
     drop(three);
     drop(two);
-    assert_eq!(limit.available(), 5);
+    assert_eq!(limit.available_permits(), 5);
     assert_eq!(limit.stats().in_use, 0);
 }
 
@@ -176,7 +176,7 @@ fn stress_never_more_than_the_limit_and_every_permit_returns_even_on_panic() {
         max_seen.load(Ordering::SeqCst) >= 2,
         "the stress never overlapped"
     );
-    assert_eq!(limit.available(), LIMIT, "every permit returned");
+    assert_eq!(limit.available_permits(), LIMIT, "every permit returned");
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn zero_permits_is_a_named_error_not_a_permit_of_weight_zero() {
         limit.acquire_many_blocking(0).unwrap_err(),
         AcquireError::ZeroPermits
     );
-    assert_eq!(limit.available(), 2);
+    assert_eq!(limit.available_permits(), 2);
 }
 
 #[test]
@@ -227,7 +227,7 @@ async fn a_waiter_is_refused_when_the_limit_shrinks_below_what_it_asks() {
     assert_eq!(err, AcquireError::ExceedsLimit { n: 4, limit: 2 });
     assert_eq!(limit.waiting(), 0);
     drop(held);
-    assert_eq!(limit.available(), 2);
+    assert_eq!(limit.available_permits(), 2);
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn shrinking_keeps_holders_and_applies_to_later_acquires() {
     assert_eq!(limit.limit(), 2);
     // The free permit went with the shrink; the three holders keep theirs.
     assert_eq!(limit.in_use(), 3);
-    assert_eq!(limit.available(), 0);
+    assert_eq!(limit.available_permits(), 0);
     assert_eq!(
         limit.try_acquire().unwrap_err(),
         TryAcquireError::AtCapacity { limit: 2 }
@@ -293,7 +293,7 @@ async fn a_waiter_is_not_served_by_releases_that_pay_off_a_shrink() {
     let permit = waiter.await.unwrap().unwrap();
     assert_eq!(limit.in_use(), 1);
     drop(permit);
-    assert_eq!(limit.available(), 1);
+    assert_eq!(limit.available_permits(), 1);
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn bad_resizes_are_config_errors_and_change_nothing() {
     let err = limit.add_permits(u32::MAX).unwrap_err();
     assert_eq!(err.field(), "permits");
     assert_eq!(limit.limit(), 4);
-    assert_eq!(limit.available(), 4);
+    assert_eq!(limit.available_permits(), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,7 +317,7 @@ async fn poll_acquire_waits_in_line_and_gives_back_on_drop() {
     assert_eq!(limit.waiting(), 1);
     drop(held);
     let permit = poll_fn(|cx| poll.poll_acquire(cx)).await.unwrap();
-    assert_eq!(limit.available(), 0);
+    assert_eq!(limit.available_permits(), 0);
     drop(permit);
     // Dropped while waiting: no waiter left, the permit assigned meanwhile comes back.
     let held = limit.try_acquire_owned().unwrap();
@@ -325,7 +325,7 @@ async fn poll_acquire_waits_in_line_and_gives_back_on_drop() {
     drop(held);
     drop(poll);
     assert_eq!(limit.waiting(), 0);
-    assert_eq!(limit.available(), 1);
+    assert_eq!(limit.available_permits(), 1);
     let mut poll = PollConcurrencyLimit::new(limit.clone());
     limit.close();
     assert_eq!(
@@ -401,7 +401,7 @@ fn a_cancelled_waiter_at_the_head_does_not_block_the_next() {
     assert!(small.poll(), "the next waiter gets a permit");
     assert_eq!(limit.waiting(), 0);
     drop(small);
-    assert_eq!(limit.available(), 2);
+    assert_eq!(limit.available_permits(), 2);
 }
 
 #[test]
@@ -424,7 +424,7 @@ fn timed_out_waiters_leave_nothing_behind() {
     );
     drop(held);
     assert_eq!(limit.waiting(), 0);
-    assert_eq!(limit.available(), 1);
+    assert_eq!(limit.available_permits(), 1);
 }
 
 #[test]
@@ -453,6 +453,6 @@ fn waiters_keep_their_order_while_releases_pay_off_a_shrink() {
     drop(c);
     assert!(second.poll());
     drop((first, second));
-    assert_eq!(limit.available(), 2);
+    assert_eq!(limit.available_permits(), 2);
     assert_eq!(limit.waiting(), 0);
 }

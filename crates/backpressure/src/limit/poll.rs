@@ -26,7 +26,7 @@ type Pending = Pin<Box<dyn Future<Output = Result<OwnedPermit, AcquireError>> + 
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let mut poll = PollConcurrencyLimit::new(ConcurrencyLimit::new(1)?);
 /// let permit = poll_fn(|cx| poll.poll_acquire(cx)).await?;
-/// assert_eq!(poll.limit().available(), 0);
+/// assert_eq!(poll.limit().available_permits(), 0);
 /// drop(permit);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # })?;

@@ -67,7 +67,7 @@ impl ConcurrencyLimitLayer {
     /// use heijunka::tower::ConcurrencyLimitLayer;
     ///
     /// let layer = ConcurrencyLimitLayer::new(ConcurrencyLimit::new(8)?);
-    /// assert_eq!(layer.limit().available(), 8);
+    /// assert_eq!(layer.limit().available_permits(), 8);
     /// # Ok::<(), heijunka::core::ConfigError>(())
     /// ```
     pub fn limit(&self) -> &ConcurrencyLimit {
