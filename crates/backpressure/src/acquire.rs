@@ -117,6 +117,17 @@ impl AcquireError {
     }
 }
 
+impl AcquireError {
+    /// The waiting form's refusal for a `try_` refusal other than at capacity.
+    pub(crate) fn from_try(e: TryAcquireError) -> Self {
+        match e {
+            TryAcquireError::ZeroPermits => Self::ZeroPermits,
+            TryAcquireError::ExceedsLimit { n, limit } => Self::ExceedsLimit { n, limit },
+            TryAcquireError::Closed | TryAcquireError::AtCapacity { .. } => Self::Closed,
+        }
+    }
+}
+
 impl From<AcquireError> for TryAcquireError {
     fn from(e: AcquireError) -> Self {
         match e {

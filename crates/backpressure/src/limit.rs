@@ -1,56 +1,23 @@
 //! [`ConcurrencyLimit`]: a work-in-progress limit with weighted, RAII permits, named
 //! as `tokio::sync::Semaphore` names its operations, and resizable at run time.
-//!
-//! # The resize protocol
-//!
-//! The permits live in a tokio [`Semaphore`], which gives FIFO waiters, weighted
-//! acquisition and `close()`. Growing the limit adds permits to it. Shrinking cannot
-//! take permits back from their holders, so the limit keeps a **debt**: the permits
-//! the semaphore holds beyond the limit. Every debt operation is `SeqCst`.
-//!
-//! - Invariant, once every resize has returned: permits in the semaphore (free and
-//!   held) = `limit + debt`.
-//! - **Shrink by `d`** (resizes are serialised by a mutex): `limit -= d`,
-//!   `debt += d`, then free permits pay what they can: reserve `min(debt, free)` off
-//!   the debt with a compare-and-swap, `forget_permits` that many, and add back to
-//!   the debt what could not be forgotten (a permit taken meanwhile).
-//! - **Release of `w`**: take `t = min(debt, w)` off the debt with a
-//!   compare-and-swap, forget `t`, return `w - t` to the semaphore. While in debt,
-//!   releases pay it instead of feeding waiters, so holders keep their permits and
-//!   the excess disappears as they release.
-//! - **Acquire of `n`**: after the semaphore grants `n`, read the debt; if any is
-//!   left, pay it as a release does and ask again. This catches the one race the
-//!   release side cannot: a release that read a zero debt just before a shrink and
-//!   returned its permits to the semaphore just after. Because the shrink's
-//!   `debt += d` precedes, in the single `SeqCst` order, the debt read of every
-//!   acquisition that starts after `set_limit` returns, such an acquisition either
-//!   pays the debt or finds it already paid: it never takes the permits held above
-//!   the new limit.
-//! - **Grow by `d`**: take `min(debt, d)` off the debt, add the rest to the
-//!   semaphore.
-//!
-//! The loom models at the bottom drive the real type through a shrink racing a
-//! release and an acquisition. Loom interleaves the debt, the limit and the
-//! resize mutex; tokio's semaphore (built on std's atomics, not loom's) acts in
-//! them as one atomic step per call, which it is to its callers.
+//! The permit pool under it, and the protocol that resizes it, are in `permits`.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::task::Poll;
+use std::future::Future;
 use std::time::Duration;
 
-use heijunka_core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use heijunka_core::sync::{Arc, Mutex};
+use heijunka_core::sync::Arc;
+use heijunka_core::sync::atomic::Ordering;
 use heijunka_core::{ConfigError, validate};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, TryAcquireError as TokioTryAcquireError};
 
 use crate::acquire::{AcquireError, AcquireTimeoutError, TryAcquireError};
 use crate::block::block_on;
 
+mod permits;
 mod poll;
 
+use self::permits::Inner;
 pub use self::poll::PollConcurrencyLimit;
 
 /// The most permits a limit can have (tokio's `Semaphore::MAX_PERMITS` is larger;
@@ -90,19 +57,6 @@ pub struct ConcurrencyLimit {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    semaphore: Semaphore,
-    /// Permits the semaphore holds beyond `limit` (see the module docs).
-    debt: AtomicU32,
-    limit: AtomicU32,
-    waiting: AtomicUsize,
-    /// Wakes waiters when the limit shrinks, so one asking for more than the new
-    /// limit is refused instead of waiting forever.
-    shrunk: Notify,
-    /// Serialises `set_limit` / `add_permits`.
-    resize: Mutex<()>,
-}
-
 /// Live numbers of a [`ConcurrencyLimit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct LimitStats {
@@ -126,14 +80,7 @@ impl ConcurrencyLimit {
         validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                semaphore: Semaphore::new(permits as usize),
-                debt: AtomicU32::new(0),
-                limit: AtomicU32::new(permits),
-                waiting: AtomicUsize::new(0),
-                shrunk: Notify::new(),
-                resize: Mutex::new(()),
-            }),
+            inner: Arc::new(Inner::new(permits)),
         })
     }
 
@@ -254,10 +201,7 @@ impl ConcurrencyLimit {
         if permits > old {
             inner.grow(old, permits);
         } else if permits < old {
-            inner.limit.store(permits, Ordering::SeqCst);
-            inner.debt.fetch_add(old - permits, Ordering::SeqCst);
-            inner.settle();
-            inner.shrunk.notify_waiters();
+            inner.shrink(old, permits);
         }
         Ok(())
     }
@@ -623,166 +567,6 @@ impl ConcurrencyLimit {
     }
 }
 
-impl Inner {
-    fn lock_resize(&self) -> heijunka_core::sync::MutexGuard<'_, ()> {
-        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
-        self.resize.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Refuses an `n` that can never be granted.
-    #[inline]
-    fn check(&self, n: u32) -> Result<(), AcquireError> {
-        if n == 0 {
-            return Err(AcquireError::ZeroPermits);
-        }
-        // The limit is at least 1, so a single permit needs no load.
-        if n > 1 {
-            let limit = self.limit.load(Ordering::SeqCst);
-            if n > limit {
-                return Err(AcquireError::ExceedsLimit { n, limit });
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes `w` (at most) off the debt; returns how much it took.
-    #[inline]
-    fn pay_debt(&self, w: u32) -> u32 {
-        let mut debt = self.debt.load(Ordering::SeqCst);
-        while debt > 0 {
-            let t = debt.min(w);
-            match self.debt.compare_exchange_weak(
-                debt,
-                debt - t,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return t,
-                Err(actual) => debt = actual,
-            }
-        }
-        0
-    }
-
-    /// Gives back `w` permits taken from the semaphore (and forgotten there),
-    /// paying the debt first.
-    #[inline]
-    fn release(&self, w: u32) {
-        let rest = w - self.pay_debt(w);
-        if rest > 0 {
-            self.semaphore.add_permits(rest as usize);
-        }
-    }
-
-    /// After the semaphore granted `n` (already forgotten there): `true` to keep
-    /// them, or `false` after paying a debt with them and returning the rest, in
-    /// which case the caller asks again.
-    #[inline]
-    fn keep_granted(&self, n: u32) -> bool {
-        let paid = self.pay_debt(n);
-        if paid == 0 {
-            return true;
-        }
-        if n > paid {
-            self.semaphore.add_permits((n - paid) as usize);
-        }
-        false
-    }
-
-    #[inline]
-    fn try_take(&self, n: u32) -> Result<(), TryAcquireError> {
-        self.check(n)?;
-        loop {
-            match self.semaphore.try_acquire_many(n) {
-                Ok(permit) => {
-                    permit.forget();
-                    if self.keep_granted(n) {
-                        return Ok(());
-                    }
-                }
-                Err(TokioTryAcquireError::NoPermits) => {
-                    return Err(TryAcquireError::AtCapacity {
-                        limit: u64::from(self.limit.load(Ordering::SeqCst)),
-                    });
-                }
-                Err(TokioTryAcquireError::Closed) => return Err(TryAcquireError::Closed),
-            }
-        }
-    }
-
-    /// Waits for `n` permits; on success they are taken (forgotten in the
-    /// semaphore) and the caller must wrap them in a permit at once.
-    async fn take(&self, n: u32) -> Result<(), AcquireError> {
-        match self.try_take(n) {
-            Ok(()) => return Ok(()),
-            Err(TryAcquireError::AtCapacity { .. }) => {}
-            Err(e) => return Err(AcquireError::from_try(e)),
-        }
-        let _waiting = WaitingMark::new(&self.waiting);
-        loop {
-            // Registered before the weight check, so a shrink between the check
-            // and the wait still wakes this waiter.
-            let mut shrunk = pin!(self.shrunk.notified());
-            shrunk.as_mut().enable();
-            self.check(n)?;
-            let mut acquire = pin!(self.semaphore.acquire_many(n));
-            let permit = poll_fn(|cx| {
-                loop {
-                    if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
-                        return Poll::Ready(r.map_err(|_| AcquireError::Closed));
-                    }
-                    if shrunk.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // The limit shrank: re-register, then re-check, keeping the
-                    // place in the semaphore's queue.
-                    shrunk.set(self.shrunk.notified());
-                    shrunk.as_mut().enable();
-                    if let Err(e) = self.check(n) {
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            })
-            .await?;
-            permit.forget();
-            if self.keep_granted(n) {
-                return Ok(());
-            }
-        }
-    }
-
-    fn grow(&self, old: u32, new: u32) {
-        let d = new - old;
-        let rest = d - self.pay_debt(d);
-        if rest > 0 {
-            self.semaphore.add_permits(rest as usize);
-        }
-        self.limit.store(new, Ordering::SeqCst);
-    }
-
-    /// Pays the debt with free permits, as far as there are any.
-    fn settle(&self) {
-        let free = self.semaphore.available_permits() as u32;
-        let reserved = self.pay_debt(free);
-        if reserved > 0 {
-            let forgotten = self.semaphore.forget_permits(reserved as usize) as u32;
-            if forgotten < reserved {
-                self.debt.fetch_add(reserved - forgotten, Ordering::SeqCst);
-            }
-        }
-    }
-}
-
-impl AcquireError {
-    fn from_try(e: TryAcquireError) -> Self {
-        match e {
-            TryAcquireError::ZeroPermits => Self::ZeroPermits,
-            TryAcquireError::ExceedsLimit { n, limit } => Self::ExceedsLimit { n, limit },
-            TryAcquireError::Closed | TryAcquireError::AtCapacity { .. } => Self::Closed,
-        }
-    }
-}
-
 impl fmt::Debug for ConcurrencyLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimit")
@@ -790,24 +574,6 @@ impl fmt::Debug for ConcurrencyLimit {
             .field("in_use", &self.in_use())
             .field("waiting", &self.waiting())
             .finish()
-    }
-}
-
-/// Counts a waiter for as long as it waits, including when its future is dropped.
-struct WaitingMark<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingMark<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        // Relaxed: a statistic.
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for WaitingMark<'_> {
-    fn drop(&mut self) {
-        // Relaxed: a statistic.
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -865,51 +631,5 @@ impl fmt::Debug for OwnedPermit {
         f.debug_struct("OwnedPermit")
             .field("permits", &self.weight)
             .finish()
-    }
-}
-
-#[cfg(all(test, loom))]
-mod loom_tests {
-    use super::ConcurrencyLimit;
-    use heijunka_core::sync::thread;
-
-    /// A shrink racing a release: once both are done, the permits add up to the
-    /// new limit, whatever the interleaving (no permit lost, none extra).
-    #[test]
-    fn shrink_racing_a_release_settles_to_the_new_limit() {
-        loom::model(|| {
-            let limit = ConcurrencyLimit::new(2).unwrap();
-            let held = limit.try_acquire_owned().unwrap();
-            let _kept = limit.try_acquire_owned().unwrap();
-            let t = thread::spawn(move || drop(held));
-            limit.set_limit(1).unwrap();
-            t.join().unwrap();
-            // One holder left, at the new limit of 1: nothing free.
-            assert!(limit.try_acquire().is_err(), "a permit above the new limit");
-            drop(_kept);
-            let one = limit.try_acquire().expect("the kept permit came back");
-            assert!(limit.try_acquire().is_err(), "more than the new limit");
-            drop(one);
-            assert_eq!(limit.available_permits(), 1);
-        });
-    }
-
-    /// An acquisition that starts after the shrink returned never goes above the
-    /// new limit, even while a release of the old limit's permits races it.
-    #[test]
-    fn acquire_after_shrink_sees_the_new_limit() {
-        loom::model(|| {
-            let limit = ConcurrencyLimit::new(2).unwrap();
-            let kept = limit.try_acquire_owned().unwrap();
-            let released = limit.try_acquire_owned().unwrap();
-            let t = thread::spawn(move || drop(released));
-            limit.set_limit(1).unwrap();
-            // `kept` is still held and the limit is 1: nothing may be granted.
-            assert!(limit.try_acquire().is_err(), "granted above the new limit");
-            t.join().unwrap();
-            assert!(limit.try_acquire().is_err(), "granted above the new limit");
-            drop(kept);
-            assert!(limit.try_acquire().is_ok());
-        });
     }
 }
