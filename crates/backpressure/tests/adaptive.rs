@@ -459,3 +459,50 @@ async fn close_wakes_waiters_and_refuses_everything_after() {
     assert_eq!(limit.stats().successes, 1);
     assert_eq!(limit.in_flight(), 0);
 }
+
+#[test]
+fn acquire_timeout_that_fires_between_polls_leaves_nothing_behind() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let covered = cancel_points(10, |k| {
+        let limit = one_slot();
+        let held = limit.try_acquire().unwrap();
+        let fut = async {
+            limit
+                .acquire_timeout(Duration::from_millis(10))
+                .await
+                .map(drop)
+        };
+        let out = Polled::new(fut).drop_after_with(k, |i| {
+            if i == 1 {
+                rt.block_on(tokio::time::advance(Duration::from_millis(10)));
+            }
+        });
+        if let Polling::Completed { output, .. } = &out {
+            assert_eq!(
+                *output,
+                Err(AcquireTimeoutError::TimedOut {
+                    after: Duration::from_millis(10)
+                })
+            );
+        }
+        let st = limit.stats();
+        assert_eq!((st.in_flight, st.waiting), (1, 0), "k = {k}: {st:?}");
+        held.success();
+        let st = limit.stats();
+        assert_eq!(
+            (st.in_flight, st.successes, st.ignored),
+            (0, 1, 0),
+            "k = {k}"
+        );
+        match out {
+            Polling::Completed { polls, .. } => Polling::Completed { output: (), polls },
+            Polling::Cancelled { polls } => Polling::Cancelled { polls },
+        }
+    });
+    assert_eq!(covered, 2);
+}

@@ -456,3 +456,54 @@ fn waiters_keep_their_order_while_releases_pay_off_a_shrink() {
     assert_eq!(limit.available_permits(), 2);
     assert_eq!(limit.waiting(), 0);
 }
+
+#[test]
+fn timeout_forms_that_fire_between_polls_leave_nothing_behind() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    for many in [false, true] {
+        let covered = cancel_points(10, |k| {
+            let limit = ConcurrencyLimit::new(2).unwrap();
+            let held = limit.try_acquire().unwrap();
+            let fut = async {
+                if many {
+                    limit
+                        .acquire_many_timeout(2, Duration::from_millis(10))
+                        .await
+                        .map(drop)
+                } else {
+                    let _second = limit.try_acquire().unwrap();
+                    limit
+                        .acquire_timeout(Duration::from_millis(10))
+                        .await
+                        .map(drop)
+                }
+            };
+            let out = Polled::new(fut).drop_after_with(k, |i| {
+                if i == 1 {
+                    rt.block_on(tokio::time::advance(Duration::from_millis(10)));
+                }
+            });
+            if let Outcome::Completed { output, .. } = &out {
+                assert_eq!(
+                    *output,
+                    Err(AcquireTimeoutError::TimedOut {
+                        after: Duration::from_millis(10)
+                    })
+                );
+            }
+            assert_eq!(limit.waiting(), 0, "k = {k}");
+            drop(held);
+            assert_eq!(limit.available_permits(), 2, "k = {k}");
+            match out {
+                Outcome::Completed { polls, .. } => Outcome::Completed { output: (), polls },
+                Outcome::Cancelled { polls } => Outcome::Cancelled { polls },
+            }
+        });
+        assert_eq!(covered, 2);
+    }
+}
