@@ -507,3 +507,71 @@ fn timeout_forms_that_fire_between_polls_leave_nothing_behind() {
         assert_eq!(covered, 2);
     }
 }
+
+#[test]
+#[cfg_attr(miri, ignore)] // thousands of thread-synchronised iterations: too slow under miri
+fn stress_resizing_while_in_use_loses_and_leaks_no_permit() {
+    let limit = ConcurrencyLimit::new(4).unwrap();
+    let held = Arc::new(AtomicU32::new(0));
+    let max_seen = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let (limit, held, max_seen, stop, start) = (
+                limit.clone(),
+                held.clone(),
+                max_seen.clone(),
+                stop.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                let mut granted = 0_u32;
+                let mut i = 0_u32;
+                // At least 100 rounds each, and on until the resizer is done.
+                while i < 100 || !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let n = 1 + (i + t) % 2;
+                    let permit = match i % 3 {
+                        0 => limit
+                            .acquire_many_blocking_timeout(n, Duration::from_millis(1))
+                            .ok(),
+                        1 => limit.try_acquire_many(n).ok(),
+                        _ => limit.try_acquire().ok(),
+                    };
+                    if let Some(p) = permit {
+                        granted += 1;
+                        let w = p.num_permits();
+                        let now = held.fetch_add(w, Ordering::SeqCst) + w;
+                        max_seen.fetch_max(now, Ordering::SeqCst);
+                        held.fetch_sub(w, Ordering::SeqCst);
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    start.wait();
+    for i in 0..1_000_u32 {
+        limit.set_limit(if i % 2 == 0 { 2 } else { 6 }).unwrap();
+        if i % 100 == 0 {
+            limit.add_permits(1).unwrap();
+        }
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let granted: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(granted > 0, "no permit was ever granted");
+    // Never more held than the largest limit ever set (6; 3 after an add to 2).
+    assert!(max_seen.load(Ordering::SeqCst) <= 6, "{max_seen:?}");
+    assert_eq!(limit.waiting(), 0);
+    assert_eq!(limit.in_use(), 0);
+    let final_limit = limit.limit();
+    assert_eq!(limit.available_permits(), final_limit);
+    // Counted from outside: exactly `limit` single permits can be taken.
+    let all: Vec<_> = std::iter::from_fn(|| limit.try_acquire().ok())
+        .take(100)
+        .collect();
+    assert_eq!(all.len() as u32, final_limit);
+}

@@ -272,6 +272,29 @@ mod loom_tests {
         });
     }
 
+    /// A shrink racing an acquisition of the free permits it means to forget: the
+    /// part it could not forget stays owed, so once the acquirer releases, the
+    /// permits add up to the new limit.
+    #[test]
+    fn shrink_racing_an_acquire_keeps_what_it_could_not_forget_owed() {
+        loom::model(|| {
+            let limit = ConcurrencyLimit::new(2).unwrap();
+            let other = limit.clone();
+            let t = thread::spawn(move || {
+                // Granted or not, the permits go back when the thread ends.
+                let a = other.try_acquire_owned();
+                let b = other.try_acquire_owned();
+                drop((a, b));
+            });
+            limit.set_limit(1).unwrap();
+            t.join().unwrap();
+            let one = limit.try_acquire().expect("a permit at the new limit");
+            assert!(limit.try_acquire().is_err(), "more than the new limit");
+            drop(one);
+            assert_eq!(limit.available_permits(), 1);
+        });
+    }
+
     /// An acquisition that starts after the shrink returned never goes above the
     /// new limit, even while a release of the old limit's permits races it.
     #[test]
