@@ -154,13 +154,12 @@ impl ConcurrencyLimit {
     /// A [`ConfigError`] (field `permits`) if the limit would exceed
     /// [`MAX_PERMITS`]; the limit is then unchanged.
     pub fn add_permits(&self, n: u32) -> Result<(), ConfigError> {
-        let _resize = self.inner.lock_resize();
-        let old = self.limit();
-        let new = u64::from(old) + u64::from(n);
-        let new = validate::at_most("permits", new, u64::from(MAX_PERMITS))?;
-        // Checked just above: at most MAX_PERMITS.
-        self.inner.grow(old, new as u32);
-        Ok(())
+        self.inner.resize(|old| {
+            let new = u64::from(old) + u64::from(n);
+            let new = validate::at_most("permits", new, u64::from(MAX_PERMITS))?;
+            // Checked just above: at most MAX_PERMITS.
+            Ok(new as u32)
+        })
     }
 
     /// Sets the limit to `permits` at run time, without revoking a held permit.
@@ -195,15 +194,7 @@ impl ConcurrencyLimit {
     pub fn set_limit(&self, permits: u32) -> Result<(), ConfigError> {
         validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
-        let inner = &*self.inner;
-        let _resize = inner.lock_resize();
-        let old = self.limit();
-        if permits > old {
-            inner.grow(old, permits);
-        } else if permits < old {
-            inner.shrink(old, permits);
-        }
-        Ok(())
+        self.inner.resize(|_| Ok(permits))
     }
 
     /// One permit if one is free now; never waits, never locks.

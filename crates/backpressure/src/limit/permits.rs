@@ -42,6 +42,8 @@ use heijunka_core::sync::Mutex;
 use heijunka_core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use tokio::sync::{Notify, Semaphore, TryAcquireError as TokioTryAcquireError};
 
+use heijunka_core::ConfigError;
+
 use crate::acquire::{AcquireError, TryAcquireError};
 
 /// The permits of one limit, shared by its handles and owned permits.
@@ -54,7 +56,8 @@ pub(super) struct Inner {
     /// Wakes waiters when the limit shrinks, so one asking for more than the new
     /// limit is refused instead of waiting forever.
     shrunk: Notify,
-    /// Serialises `set_limit` / `add_permits`.
+    /// Serialises `set_limit` / `add_permits`. The guarded data is `()`, so a
+    /// poisoned lock is taken as it is.
     resize: Mutex<()>,
 }
 
@@ -68,11 +71,6 @@ impl Inner {
             shrunk: Notify::new(),
             resize: Mutex::new(()),
         }
-    }
-
-    pub(super) fn lock_resize(&self) -> heijunka_core::sync::MutexGuard<'_, ()> {
-        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
-        self.resize.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Refuses an `n` that can never be granted.
@@ -197,22 +195,35 @@ impl Inner {
         }
     }
 
-    pub(super) fn grow(&self, old: u32, new: u32) {
-        let d = new - old;
-        let rest = d - self.pay_debt(d);
-        if rest > 0 {
-            self.semaphore.add_permits(rest as usize);
+    /// Moves the limit to `to(old)`, serialised with other resizes. Waiters are
+    /// woken (permits added, or told of a shrink) after the resize lock is
+    /// released, so no waker runs under it.
+    pub(super) fn resize(
+        &self,
+        to: impl FnOnce(u32) -> Result<u32, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let guard = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.limit.load(Ordering::SeqCst);
+        let new = to(old)?;
+        if new > old {
+            // Grow: what is owed first, the rest as new permits.
+            let d = new - old;
+            let rest = d - self.pay_debt(d);
+            self.limit.store(new, Ordering::SeqCst);
+            drop(guard);
+            if rest > 0 {
+                self.semaphore.add_permits(rest as usize);
+            }
+        } else if new < old {
+            // Shrink: the difference is owed, paid at once by free permits as far
+            // as there are any; waiters re-check their `n` against the new limit.
+            self.limit.store(new, Ordering::SeqCst);
+            self.debt.fetch_add(old - new, Ordering::SeqCst);
+            self.settle();
+            drop(guard);
+            self.shrunk.notify_waiters();
         }
-        self.limit.store(new, Ordering::SeqCst);
-    }
-
-    /// Shrinks from `old` to `new`: the difference becomes debt, paid at once by
-    /// free permits as far as there are any, and waiters re-check their `n`.
-    pub(super) fn shrink(&self, old: u32, new: u32) {
-        self.limit.store(new, Ordering::SeqCst);
-        self.debt.fetch_add(old - new, Ordering::SeqCst);
-        self.settle();
-        self.shrunk.notify_waiters();
+        Ok(())
     }
 
     /// Pays the debt with free permits, as far as there are any.
