@@ -7,6 +7,9 @@
 //! takes `base * max(1, n / capacity)` (a processor-sharing server: beyond its
 //! capacity, work queues and latency grows in proportion). A request slower than
 //! the client's timeout is reported `dropped()`.
+//!
+//! Also: Gradient2 against Netflix's constants, bad configuration, cancellation of
+//! every acquire form at every poll, and `close`.
 #![cfg(not(loom))]
 
 use std::cmp::Reverse;

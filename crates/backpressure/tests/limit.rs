@@ -1,5 +1,7 @@
-//! `ConcurrencyLimit`: rejections, weights, waiting forms, close, and the stress
-//! invariant (never more than the limit held, every permit returned).
+//! `ConcurrencyLimit`: rejections, weights and bad `n`, waiting forms, close,
+//! resizing (holders kept, later acquires at the new limit, FIFO kept), the poll
+//! form, cancellation at every poll, and the stress invariants (never more than the
+//! limit held, every permit returned, also while resizing).
 #![cfg(not(loom))]
 
 use std::sync::Arc;
