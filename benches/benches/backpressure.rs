@@ -152,6 +152,15 @@ fn adaptive(c: &mut Criterion) {
             }
         })
     });
+    // The same admit, released with `ignore`: no second clock read, no lock, no
+    // algorithm step; the gap to the row above is the cost of the sample.
+    g.bench_function("heijunka-ignore", |b| {
+        b.iter(|| {
+            if let Ok(p) = black_box(&ours).try_acquire() {
+                p.ignore();
+            }
+        })
+    });
     let fixed = ConcurrencyLimit::new(64).expect("valid");
     g.bench_function("static-limit", |b| {
         b.iter(|| drop(black_box(black_box(&fixed).try_acquire())))

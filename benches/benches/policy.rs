@@ -65,7 +65,7 @@ fn admit(c: &mut Criterion) {
             rate.check().expect("admitted");
             memory.check().expect("admitted");
             black_box(signal)().expect("admitted");
-            let permit = limit.try_acquire_owned(1).expect("admitted");
+            let permit = limit.try_acquire_owned().expect("admitted");
             let probe = breaker.try_acquire_owned().expect("admitted");
             probe.success();
             drop(permit);

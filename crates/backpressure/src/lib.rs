@@ -24,8 +24,12 @@
 //!
 //! # What is here
 //!
-//! - [`ConcurrencyLimit`]: a work-in-progress limit on tokio's semaphore: weighted,
-//!   FIFO, try / async / timeout / blocking acquisition, owned permits, `close()`.
+//! - [`ConcurrencyLimit`]: a work-in-progress limit on tokio's semaphore, with
+//!   tokio's names: weighted, FIFO, try / async / timeout / blocking acquisition,
+//!   owned permits, `close()`, `add_permits` and a run-time `set_limit` that never
+//!   revokes a held permit; [`PollConcurrencyLimit`] acquires by polling, for
+//!   tower's `poll_ready`. [`TryAcquireError`], [`AcquireError`] and
+//!   [`AcquireTimeoutError`] are the refusals of both this and [`AdaptiveLimit`].
 //! - [`BoundedQueue`]: an MPMC queue with warn / reject / full watermarks that hands
 //!   items back when over the reject mark, with async, timeout and blocking forms.
 //! - [`Watermarks`]: the warn / reject marks of a bounded buffer from fill ratios,
@@ -68,6 +72,7 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+mod acquire;
 mod adaptive;
 mod batcher;
 mod block;
@@ -83,9 +88,10 @@ mod slots;
 mod watermarks;
 
 pub use crate::{
+    acquire::{AcquireError, AcquireTimeoutError, TryAcquireError},
     adaptive::{
         AdaptiveLimit, AdaptiveLimitBuilder, AdaptivePermit, AdaptiveStats, Aimd, AimdBuilder,
-        DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LimitAlgorithm, Outcome,
+        DEFAULT_REPORT_STEP, Gradient2, Gradient2Builder, LONG_RTT_DECAY, LimitAlgorithm, Outcome,
         OwnedAdaptivePermit, Sample, Vegas, VegasBuilder, Windowed, WindowedBuilder,
     },
     batcher::{
@@ -97,7 +103,7 @@ pub use crate::{
         FairSchedulerBuilder, FairStats,
     },
     level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
-    limit::{AcquireError, ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit},
+    limit::{ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit, PollConcurrencyLimit},
     priority::{PriorityQueue, PriorityQueueBuilder, PriorityStats, Pushed},
     queue::{
         BoundedQueue, BoundedQueueBuilder, DEFAULT_REJECT_AT, DEFAULT_WARN_AT, PushError,

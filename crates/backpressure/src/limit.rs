@@ -1,81 +1,60 @@
-//! [`ConcurrencyLimit`]: a work-in-progress limit with weighted, RAII permits.
+//! [`ConcurrencyLimit`]: a work-in-progress limit with weighted, RAII permits, named
+//! as `tokio::sync::Semaphore` names its operations, and resizable at run time.
+//! The permit pool under it, and the protocol that resizes it, are in `permits`.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use heijunka_core::sync::atomic::{AtomicUsize, Ordering};
-use heijunka_core::{ConfigError, Rejection, validate};
+use heijunka_core::sync::Arc;
+use heijunka_core::sync::atomic::Ordering;
+use heijunka_core::{ConfigError, validate};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError};
 
+use crate::acquire::{AcquireError, AcquireTimeoutError, TryAcquireError};
 use crate::block::block_on;
 
+mod permits;
+mod poll;
+
+use self::permits::Inner;
+pub use self::poll::PollConcurrencyLimit;
+
 /// The most permits a limit can have (tokio's `Semaphore::MAX_PERMITS` is larger;
-/// weights are `u32`).
+/// permit counts are `u32`).
 pub const MAX_PERMITS: u32 = u32::MAX >> 3;
 
-/// A concurrency (work-in-progress) limit: at most `n` permits out at once.
+/// A concurrency (work-in-progress) limit: at most `limit` permits out at once.
 ///
-/// Built on [`tokio::sync::Semaphore`], which already gives what a WIP limit
-/// needs: weighted acquisition, FIFO waiters (a large weight is not starved by
-/// small ones), owned permits, and `close()`. This type adds the forms the rest of
-/// heijunka expects — `try_acquire` with a typed rejection naming the limit,
-/// `acquire_timeout`, blocking acquisition for thread pools, live in-use and waiting
-/// counts — and checks weights against the limit instead of waiting forever.
+/// Named as [`tokio::sync::Semaphore`] (`acquire`, `acquire_many`, `try_acquire`,
+/// `try_acquire_many`, the `_owned` forms, `add_permits`, `close`), and built on it,
+/// which gives what a WIP limit needs: weighted acquisition, FIFO waiters (a large
+/// request is not starved by small ones), and `close()`. This type adds typed
+/// refusals naming the limit, `_timeout` and `_blocking` forms (thread pools), live
+/// in-use and waiting counts, a run-time [`set_limit`](Self::set_limit) that never
+/// revokes a held permit, and it refuses a request that can never be granted (0
+/// permits, more than the limit) instead of waiting forever.
 ///
 /// Permits are RAII guards: dropping one (also while unwinding from a panic)
-/// returns its weight.
+/// returns it. Clones are handles to the same limit; owned permits hold such a
+/// handle, so they are `'static` and can move to another task or thread.
+///
+/// For tower's `poll_ready`, wrap the limit in a [`PollConcurrencyLimit`].
 ///
 /// ```
-/// use heijunka_backpressure::ConcurrencyLimit;
-/// use heijunka_core::Rejection;
+/// use heijunka_backpressure::{ConcurrencyLimit, TryAcquireError};
 ///
 /// let limit = ConcurrencyLimit::new(2)?;
 /// let a = limit.try_acquire()?;
 /// let b = limit.try_acquire()?;
-/// let err = limit.try_acquire().unwrap_err();
-/// assert_eq!(err.reason(), Some(Rejection::AtCapacity { limit: 2 }));
+/// assert_eq!(limit.try_acquire().unwrap_err(), TryAcquireError::AtCapacity { limit: 2 });
 /// drop(a);
 /// assert!(limit.try_acquire().is_ok());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct ConcurrencyLimit {
-    // tokio's owned permits need an `Arc<Semaphore>`; the hot path derefs it once.
-    semaphore: Arc<Semaphore>,
-    limit: u32,
-    waiting: Arc<AtomicUsize>,
-}
-
-/// Why a permit was not granted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AcquireError {
-    /// Refused for a shared reason: [`Rejection::AtCapacity`] (from `try_`),
-    /// [`Rejection::TimedOut`] (from `_timeout`), or [`Rejection::ShuttingDown`]
-    /// (the limit was closed).
-    #[error("{0}")]
-    Rejected(Rejection),
-    /// The weight asked for can never be granted.
-    #[error("weight must be at most the limit {limit}, got {weight}")]
-    WeightExceedsLimit {
-        /// The weight asked for.
-        weight: u32,
-        /// The limit.
-        limit: u32,
-    },
-}
-
-impl AcquireError {
-    /// The shared rejection reason, if this is a rejection.
-    pub fn reason(&self) -> Option<Rejection> {
-        match self {
-            Self::Rejected(r) => Some(*r),
-            Self::WeightExceedsLimit { .. } => None,
-        }
-    }
+    inner: Arc<Inner>,
 }
 
 /// Live numbers of a [`ConcurrencyLimit`].
@@ -83,7 +62,7 @@ impl AcquireError {
 pub struct LimitStats {
     /// The limit.
     pub limit: u32,
-    /// Permits held now.
+    /// Permits held now (above `limit` for a while after the limit shrank).
     pub in_use: u32,
     /// Callers waiting for permits now.
     pub waiting: usize,
@@ -101,37 +80,40 @@ impl ConcurrencyLimit {
         validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
         Ok(Self {
-            semaphore: Arc::new(Semaphore::new(permits as usize)),
-            limit: permits,
-            waiting: Arc::new(AtomicUsize::new(0)),
+            inner: Arc::new(Inner::new(permits)),
         })
     }
 
     /// The limit.
     pub fn limit(&self) -> u32 {
-        self.limit
+        self.inner.limit.load(Ordering::SeqCst)
     }
 
-    /// Permits available now.
-    pub fn available(&self) -> u32 {
-        // Bounded by `limit`, a u32.
-        self.semaphore.available_permits() as u32
+    /// Permits free now.
+    pub fn available_permits(&self) -> u32 {
+        let inner = &*self.inner;
+        // Bounded by MAX_PERMITS, a u32.
+        let free = inner.semaphore.available_permits() as u32;
+        free.saturating_sub(inner.debt.load(Ordering::SeqCst))
     }
 
-    /// Permits held now.
+    /// Permits held now. After the limit shrank, this stays above the limit until
+    /// enough holders have released.
     pub fn in_use(&self) -> u32 {
-        self.limit.saturating_sub(self.available())
+        let inner = &*self.inner;
+        let total = inner.limit.load(Ordering::SeqCst) + inner.debt.load(Ordering::SeqCst);
+        total.saturating_sub(inner.semaphore.available_permits() as u32)
     }
 
     /// Callers waiting now.
     pub fn waiting(&self) -> usize {
         // Relaxed: a statistic.
-        self.waiting.load(Ordering::Relaxed)
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.semaphore.is_closed()
+        self.inner.semaphore.is_closed()
     }
 
     /// A snapshot of the live numbers.
@@ -144,211 +126,472 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// Closes the limit: every waiter wakes with [`Rejection::ShuttingDown`], and
-    /// every later acquisition is refused the same way. Permits already held stay
-    /// valid until dropped.
+    /// Closes the limit: every waiter wakes with a closed error, and every later
+    /// acquisition is refused the same way. Permits already held stay valid until
+    /// dropped.
     pub fn close(&self) {
-        self.semaphore.close();
+        self.inner.semaphore.close();
     }
 
-    fn check_weight(&self, weight: u32) -> Result<(), AcquireError> {
-        if weight > self.limit {
-            Err(AcquireError::WeightExceedsLimit {
-                weight,
-                limit: self.limit,
-            })
-        } else {
-            Ok(())
-        }
-    }
-
-    fn map_try(&self, e: TryAcquireError) -> AcquireError {
-        match e {
-            TryAcquireError::Closed => AcquireError::Rejected(Rejection::ShuttingDown),
-            TryAcquireError::NoPermits => AcquireError::Rejected(Rejection::AtCapacity {
-                limit: u64::from(self.limit),
-            }),
-        }
-    }
-
-    /// One permit if one is free now; never waits.
+    /// Raises the limit by `n` permits, as tokio's `Semaphore::add_permits` (which
+    /// this calls); waiters are served at once. If the limit shrank and holders
+    /// still keep permits above it, those count first.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let _a = limit.try_acquire()?;
+    /// assert!(limit.try_acquire().is_err());
+    /// limit.add_permits(2)?;
+    /// assert_eq!(limit.limit(), 3);
+    /// assert_eq!(limit.available_permits(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Rejection::AtCapacity`] naming the limit, or [`Rejection::ShuttingDown`]
-    /// once closed.
+    /// A [`ConfigError`] (field `permits`) if the limit would exceed
+    /// [`MAX_PERMITS`]; the limit is then unchanged.
+    pub fn add_permits(&self, n: u32) -> Result<(), ConfigError> {
+        self.inner.resize(|old| {
+            let new = u64::from(old) + u64::from(n);
+            let new = validate::at_most("permits", new, u64::from(MAX_PERMITS))?;
+            // Checked just above: at most MAX_PERMITS.
+            Ok(new as u32)
+        })
+    }
+
+    /// Sets the limit to `permits` at run time, without revoking a held permit.
+    ///
+    /// Growing adds permits at once (as [`add_permits`](Self::add_permits)).
+    /// Shrinking applies to every acquisition that starts after this returns; the
+    /// holders keep their permits, and the excess disappears as they release (a
+    /// release pays it off instead of serving a waiter), so [`in_use`](Self::in_use)
+    /// may stay above the new limit until then. A waiter asking for more permits
+    /// than the new limit is woken with [`AcquireError::ExceedsLimit`].
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// let a = limit.try_acquire()?;
+    /// let b = limit.try_acquire()?;
+    /// limit.set_limit(1)?;
+    /// assert_eq!(limit.in_use(), 2); // both holders keep their permits
+    /// assert!(limit.try_acquire().is_err());
+    /// drop(a); // pays off the excess
+    /// assert!(limit.try_acquire().is_err());
+    /// drop(b);
+    /// assert!(limit.try_acquire().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (field `permits`) for 0 or above [`MAX_PERMITS`]; the
+    /// limit is then unchanged.
+    pub fn set_limit(&self, permits: u32) -> Result<(), ConfigError> {
+        validate::at_least("permits", permits, 1)?;
+        validate::at_most("permits", permits, MAX_PERMITS)?;
+        self.inner.resize(|_| Ok(permits))
+    }
+
+    /// One permit if one is free now; never waits, never locks.
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::AtCapacity`] naming the limit, or
+    /// [`TryAcquireError::Closed`].
     #[inline]
-    pub fn try_acquire(&self) -> Result<Permit<'_>, AcquireError> {
-        match self.semaphore.try_acquire() {
-            Ok(permit) => Ok(Permit { permit }),
-            Err(e) => Err(self.map_try(e)),
-        }
+    pub fn try_acquire(&self) -> Result<Permit<'_>, TryAcquireError> {
+        let inner = &*self.inner;
+        inner.try_take(1).map(|()| Permit { inner, weight: 1 })
     }
 
-    /// `weight` permits if they are free now; never waits.
+    /// `n` permits if they are free now; never waits.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{ConcurrencyLimit, TryAcquireError};
+    ///
+    /// let limit = ConcurrencyLimit::new(5)?;
+    /// let three = limit.try_acquire_many(3)?;
+    /// assert_eq!(three.num_permits(), 3);
+    /// assert_eq!(limit.try_acquire_many(3).unwrap_err(), TryAcquireError::AtCapacity { limit: 5 });
+    /// assert_eq!(
+    ///     limit.try_acquire_many(6).unwrap_err(),
+    ///     TryAcquireError::ExceedsLimit { n: 6, limit: 5 }
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// As [`try_acquire`](Self::try_acquire), or
-    /// [`AcquireError::WeightExceedsLimit`].
-    pub fn try_acquire_many(&self, weight: u32) -> Result<Permit<'_>, AcquireError> {
-        self.check_weight(weight)?;
-        self.semaphore
-            .try_acquire_many(weight)
-            .map(|permit| Permit { permit })
-            .map_err(|e| self.map_try(e))
+    /// As [`try_acquire`](Self::try_acquire), or [`TryAcquireError::ZeroPermits`] /
+    /// [`TryAcquireError::ExceedsLimit`] for an `n` that can never be granted.
+    pub fn try_acquire_many(&self, n: u32) -> Result<Permit<'_>, TryAcquireError> {
+        let inner = &*self.inner;
+        inner.try_take(n).map(|()| Permit { inner, weight: n })
     }
 
-    /// An owned permit (`'static`, movable to another task or thread) if one is free
-    /// now.
+    /// [`try_acquire`](Self::try_acquire) for a permit that owns a handle to the
+    /// limit, so it can move to another task or thread.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let permit = limit.try_acquire_owned()?;
+    /// std::thread::spawn(move || drop(permit)).join().unwrap();
+    /// assert_eq!(limit.available_permits(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit, TryAcquireError> {
+        self.try_acquire_many_owned(1)
+    }
+
+    /// [`try_acquire_many`](Self::try_acquire_many) for an owned permit.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(4)?;
+    /// let permit = limit.try_acquire_many_owned(3)?;
+    /// assert_eq!(permit.num_permits(), 3);
+    /// assert_eq!(limit.available_permits(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`try_acquire_many`](Self::try_acquire_many).
-    pub fn try_acquire_owned(&self, weight: u32) -> Result<OwnedPermit, AcquireError> {
-        self.check_weight(weight)?;
-        Arc::clone(&self.semaphore)
-            .try_acquire_many_owned(weight)
-            .map(|permit| OwnedPermit { permit })
-            .map_err(|e| self.map_try(e))
+    pub fn try_acquire_many_owned(&self, n: u32) -> Result<OwnedPermit, TryAcquireError> {
+        self.inner.try_take(n).map(|()| OwnedPermit {
+            inner: Arc::clone(&self.inner),
+            weight: n,
+        })
     }
 
-    /// Waits (FIFO) for `weight` permits.
+    /// Waits (FIFO) for one permit.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let permit = limit.acquire().await?;
+    /// assert_eq!(limit.available_permits(), 0);
+    /// drop(permit);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Rejection::ShuttingDown`] if the limit is closed, before or while waiting;
-    /// [`AcquireError::WeightExceedsLimit`] at once for an impossible weight.
-    pub async fn acquire(&self, weight: u32) -> Result<Permit<'_>, AcquireError> {
-        self.check_weight(weight)?;
-        let _waiting = WaitingMark::new(&self.waiting);
-        self.semaphore
-            .acquire_many(weight)
-            .await
-            .map(|permit| Permit { permit })
-            .map_err(|_| AcquireError::Rejected(Rejection::ShuttingDown))
+    /// [`AcquireError::Closed`] if the limit is closed, before or while waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as tokio's: dropping the future before it completes gives back
+    /// any permit it had been assigned, leaves no waiter behind, and loses its place
+    /// in the queue.
+    pub async fn acquire(&self) -> Result<Permit<'_>, AcquireError> {
+        self.acquire_many(1).await
     }
 
-    /// [`acquire`](Self::acquire) with an owned permit.
+    /// Waits (FIFO) for `n` permits at once. A large request at the head of the
+    /// queue is not overtaken by smaller ones.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{AcquireError, ConcurrencyLimit};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(4)?;
+    /// assert_eq!(limit.acquire_many(3).await?.num_permits(), 3);
+    /// assert_eq!(limit.acquire_many(0).await.unwrap_err(), AcquireError::ZeroPermits);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError::Closed`] if the limit is closed, before or while waiting;
+    /// at once [`AcquireError::ZeroPermits`] for 0 and
+    /// [`AcquireError::ExceedsLimit`] for more than the limit (also when the limit
+    /// shrinks below `n` while waiting).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub async fn acquire_many(&self, n: u32) -> Result<Permit<'_>, AcquireError> {
+        let inner = &*self.inner;
+        inner.take(n).await?;
+        Ok(Permit { inner, weight: n })
+    }
+
+    /// [`acquire`](Self::acquire) for an owned permit. The future owns a handle to
+    /// the limit, so it is `'static`: it can be handed to `tokio::spawn`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let task = tokio::spawn(limit.acquire_owned());
+    /// let permit = task.await??;
+    /// assert_eq!(limit.available_permits(), 0);
+    /// drop(permit);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire).
-    pub async fn acquire_owned(&self, weight: u32) -> Result<OwnedPermit, AcquireError> {
-        self.check_weight(weight)?;
-        let _waiting = WaitingMark::new(&self.waiting);
-        Arc::clone(&self.semaphore)
-            .acquire_many_owned(weight)
-            .await
-            .map(|permit| OwnedPermit { permit })
-            .map_err(|_| AcquireError::Rejected(Rejection::ShuttingDown))
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub fn acquire_owned(
+        &self,
+    ) -> impl Future<Output = Result<OwnedPermit, AcquireError>> + Send + 'static {
+        self.acquire_many_owned(1)
+    }
+
+    /// [`acquire_many`](Self::acquire_many) for an owned permit; the future is
+    /// `'static`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(4)?;
+    /// let permit = tokio::spawn(limit.acquire_many_owned(4)).await??;
+    /// assert_eq!(permit.num_permits(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub fn acquire_many_owned(
+        &self,
+        n: u32,
+    ) -> impl Future<Output = Result<OwnedPermit, AcquireError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner.take(n).await?;
+            Ok(OwnedPermit { inner, weight: n })
+        }
     }
 
     /// [`acquire`](Self::acquire), giving up after `timeout` (tokio's timer; needs
     /// a runtime with time enabled).
     ///
+    /// ```
+    /// use heijunka_backpressure::{AcquireTimeoutError, ConcurrencyLimit};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let _held = limit.try_acquire()?;
+    /// let err = limit.acquire_timeout(Duration::from_secs(1)).await.unwrap_err();
+    /// assert_eq!(err, AcquireTimeoutError::TimedOut { after: Duration::from_secs(1) });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Rejection::TimedOut`] after `timeout`, otherwise as
+    /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
     /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
     pub async fn acquire_timeout(
         &self,
-        weight: u32,
         timeout: Duration,
-    ) -> Result<Permit<'_>, AcquireError> {
-        match tokio::time::timeout(timeout, self.acquire(weight)).await {
-            Ok(r) => r,
-            Err(_) => Err(AcquireError::Rejected(Rejection::TimedOut {
-                after: timeout,
-            })),
+    ) -> Result<Permit<'_>, AcquireTimeoutError> {
+        self.acquire_many_timeout(1, timeout).await
+    }
+
+    /// [`acquire_many`](Self::acquire_many), giving up after `timeout` (tokio's
+    /// timer).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// let limit = ConcurrencyLimit::new(4)?;
+    /// let _one = limit.try_acquire()?;
+    /// assert!(limit.acquire_many_timeout(4, Duration::from_secs(1)).await.is_err());
+    /// assert!(limit.acquire_many_timeout(3, Duration::from_secs(1)).await.is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
+    /// [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub async fn acquire_many_timeout(
+        &self,
+        n: u32,
+        timeout: Duration,
+    ) -> Result<Permit<'_>, AcquireTimeoutError> {
+        match tokio::time::timeout(timeout, self.acquire_many(n)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(AcquireTimeoutError::TimedOut { after: timeout }),
         }
     }
 
-    /// Blocks the calling thread (FIFO with async waiters) until `weight` permits are
+    /// Blocks the calling thread (FIFO with async waiters) until a permit is
     /// granted, for thread pools. Needs no runtime. Do not call it from an async
     /// task.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let permit = limit.acquire_blocking()?;
+    /// assert_eq!(limit.available_permits(), 0);
+    /// # drop(permit);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire).
-    pub fn acquire_blocking(&self, weight: u32) -> Result<Permit<'_>, AcquireError> {
-        block_on(self.acquire(weight), None).expect("no deadline, so it completes")
+    pub fn acquire_blocking(&self) -> Result<Permit<'_>, AcquireError> {
+        self.acquire_many_blocking(1)
+    }
+
+    /// [`acquire_blocking`](Self::acquire_blocking) for `n` permits.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// assert_eq!(limit.acquire_many_blocking(3)?.num_permits(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_many`](Self::acquire_many).
+    pub fn acquire_many_blocking(&self, n: u32) -> Result<Permit<'_>, AcquireError> {
+        block_on(self.acquire_many(n), None).expect("no deadline, so it completes")
     }
 
     /// [`acquire_blocking`](Self::acquire_blocking), giving up after `timeout`
     /// (measured on the OS monotonic clock; no runtime needed).
     ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    /// use std::time::Duration;
+    ///
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let permit = limit.acquire_blocking_timeout(Duration::from_millis(10))?;
+    /// # drop(permit);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Rejection::TimedOut`] after `timeout`, otherwise as
+    /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
     /// [`acquire`](Self::acquire).
     pub fn acquire_blocking_timeout(
         &self,
-        weight: u32,
         timeout: Duration,
-    ) -> Result<Permit<'_>, AcquireError> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        block_on(self.acquire(weight), deadline).unwrap_or(Err(AcquireError::Rejected(
-            Rejection::TimedOut { after: timeout },
-        )))
+    ) -> Result<Permit<'_>, AcquireTimeoutError> {
+        self.acquire_many_blocking_timeout(1, timeout)
     }
 
-    /// A future for [`acquire_owned`](Self::acquire_owned) that does not borrow
-    /// `self`, for handing to `tokio::spawn`.
-    pub fn acquire_owned_future(
+    /// [`acquire_many_blocking`](Self::acquire_many_blocking), giving up after
+    /// `timeout`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    /// use std::time::Duration;
+    ///
+    /// let limit = ConcurrencyLimit::new(2)?;
+    /// let permit = limit.acquire_many_blocking_timeout(2, Duration::from_millis(10))?;
+    /// assert_eq!(permit.num_permits(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
+    /// [`acquire_many`](Self::acquire_many).
+    pub fn acquire_many_blocking_timeout(
         &self,
-        weight: u32,
-    ) -> impl Future<Output = Result<OwnedPermit, AcquireError>> + Send + 'static {
-        let this = self.clone();
-        async move { this.acquire_owned(weight).await }
+        n: u32,
+        timeout: Duration,
+    ) -> Result<Permit<'_>, AcquireTimeoutError> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        match block_on(self.acquire_many(n), deadline) {
+            Some(r) => Ok(r?),
+            None => Err(AcquireTimeoutError::TimedOut { after: timeout }),
+        }
     }
 }
 
 impl fmt::Debug for ConcurrencyLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimit")
-            .field("limit", &self.limit)
+            .field("limit", &self.limit())
             .field("in_use", &self.in_use())
             .field("waiting", &self.waiting())
             .finish()
     }
 }
 
-/// Counts a waiter for as long as it waits, including when its future is dropped.
-struct WaitingMark<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingMark<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        // Relaxed: a statistic.
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for WaitingMark<'_> {
-    fn drop(&mut self) {
-        // Relaxed: a statistic.
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Permits borrowed from a [`ConcurrencyLimit`]; dropping returns them.
 #[must_use = "the permits are returned as soon as this is dropped"]
 pub struct Permit<'a> {
-    permit: SemaphorePermit<'a>,
+    inner: &'a Inner,
+    weight: u32,
 }
 
 impl Permit<'_> {
-    /// The number of permits held.
-    pub fn weight(&self) -> u32 {
-        self.permit.num_permits() as u32
+    /// The number of permits held (as tokio's `num_permits`).
+    pub fn num_permits(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.inner.release(self.weight);
     }
 }
 
 impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("weight", &self.weight())
+            .field("permits", &self.weight)
             .finish()
     }
 }
@@ -357,20 +600,27 @@ impl fmt::Debug for Permit<'_> {
 /// tasks and threads; dropping returns them.
 #[must_use = "the permits are returned as soon as this is dropped"]
 pub struct OwnedPermit {
-    permit: OwnedSemaphorePermit,
+    inner: Arc<Inner>,
+    weight: u32,
 }
 
 impl OwnedPermit {
-    /// The number of permits held.
-    pub fn weight(&self) -> u32 {
-        self.permit.num_permits() as u32
+    /// The number of permits held (as tokio's `num_permits`).
+    pub fn num_permits(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl Drop for OwnedPermit {
+    fn drop(&mut self) {
+        self.inner.release(self.weight);
     }
 }
 
 impl fmt::Debug for OwnedPermit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedPermit")
-            .field("weight", &self.weight())
+            .field("permits", &self.weight)
             .finish()
     }
 }

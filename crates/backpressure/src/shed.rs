@@ -81,7 +81,7 @@ impl Signal for ConcurrencyLimit {
     fn check(&self) -> Result<(), Rejection> {
         if self.is_closed() {
             Err(Rejection::ShuttingDown)
-        } else if self.available() == 0 {
+        } else if self.available_permits() == 0 {
             Err(Rejection::AtCapacity {
                 limit: u64::from(self.limit()),
             })
@@ -95,7 +95,9 @@ impl Signal for AdaptiveLimit {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
         let limit = self.limit();
-        if self.in_flight() >= limit {
+        if self.is_closed() {
+            Err(Rejection::ShuttingDown)
+        } else if self.in_flight() >= limit {
             Err(Rejection::AtCapacity {
                 limit: limit as u64,
             })

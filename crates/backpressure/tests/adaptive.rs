@@ -7,6 +7,9 @@
 //! takes `base * max(1, n / capacity)` (a processor-sharing server: beyond its
 //! capacity, work queues and latency grows in proportion). A request slower than
 //! the client's timeout is reported `dropped()`.
+//!
+//! Also: Gradient2 against Netflix's constants, bad configuration, cancellation of
+//! every acquire form at every poll, and `close`.
 #![cfg(not(loom))]
 
 use std::cmp::Reverse;
@@ -15,9 +18,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use heijunka_backpressure::{
-    AdaptiveLimit, AdaptivePermit, Aimd, Gradient2, LimitAlgorithm, Outcome, Vegas, Windowed,
+    AcquireError, AcquireTimeoutError, AdaptiveLimit, AdaptivePermit, Aimd, Gradient2,
+    LimitAlgorithm, Outcome, Sample, TryAcquireError, Vegas, Windowed,
 };
-use heijunka_core::{Instant, ManualClock, Rejection};
+use heijunka_core::cancel::{Outcome as Polling, Polled, cancel_points};
+use heijunka_core::{Instant, ManualClock};
 
 const BASE: Duration = Duration::from_millis(100);
 const CAPACITY: f64 = 100.0;
@@ -143,7 +148,10 @@ fn vegas_finds_the_capacity_and_backs_off_when_it_halves() {
 #[test]
 fn gradient2_finds_the_capacity_and_backs_off_when_it_halves() {
     // Tolerance 1.0: no latency growth is acceptable, so the limit settles just
-    // above the knee (with the default 1.5 it settles where latency is 1.5x).
+    // above the knee, within 25 % of the capacity. At the default 1.5 it must not:
+    // Netflix defines the tolerance as the latency growth that is acceptable, so it
+    // settles where latency is up to 1.5x (about 1.5x the capacity here); see
+    // `gradient2_at_the_default_tolerance_accepts_its_latency_growth`.
     let gradient = Gradient2::builder().rtt_tolerance(1.0).build().unwrap();
     let algorithm = Windowed::builder(gradient).window(WINDOW).build().unwrap();
     assert_converges("gradient2", algorithm, BASE * 3);
@@ -209,7 +217,7 @@ fn concurrent_acquire_never_exceeds_the_limit_and_returns_every_permit() {
                                 _ => drop(p),
                             }
                         }
-                        Err(r) => assert_eq!(r, Rejection::AtCapacity { limit: 4 }),
+                        Err(r) => assert_eq!(r, TryAcquireError::AtCapacity { limit: 4 }),
                     }
                 }
             });
@@ -228,7 +236,7 @@ async fn waiters_are_woken_when_the_limit_grows() {
         fn initial_limit(&self) -> usize {
             self.0
         }
-        fn update(&mut self, _: &heijunka_backpressure::Sample) -> usize {
+        fn update(&mut self, _: &Sample) -> usize {
             self.0 += 2;
             self.0
         }
@@ -237,7 +245,7 @@ async fn waiters_are_woken_when_the_limit_grows() {
     let first = limit.try_acquire().unwrap();
     let waiters = async {
         let (a, b) = tokio::join!(limit.acquire(), limit.acquire());
-        (a, b)
+        (a.unwrap(), b.unwrap())
     };
     let grow = async {
         tokio::task::yield_now().await;
@@ -247,4 +255,257 @@ async fn waiters_are_woken_when_the_limit_grows() {
     assert_eq!(limit.in_flight(), 2);
     drop((a, b));
     assert_eq!(limit.in_flight(), 0);
+}
+
+/// Runs Gradient2 at its default tolerance (1.5) through the same two phases.
+///
+/// Netflix documents the tolerance as the latency growth that is acceptable ("a
+/// value of 2.0 means that a 2x increase in latency is acceptable"), so with 1.5
+/// the limit must not settle within 25 % of the capacity (where latency has not
+/// grown): it settles where requests take up to about 1.5x the long-term RTT, that
+/// is up to about 1.5x the capacity in this processor-sharing server, and never
+/// below the capacity (it is not shedding load the server could take). After the
+/// capacity halves, the long-term RTT has drifted up with the queueing of phase
+/// one (Netflix: "the baseline RTT grows using exponential decay but lags"), so the
+/// limit must come down but can only be bounded by what the loaded RTT allows.
+#[cfg_attr(miri, ignore)] // too slow under miri
+#[test]
+fn gradient2_at_the_default_tolerance_accepts_its_latency_growth() {
+    let clock = ManualClock::new();
+    let gradient = Gradient2::builder().build().unwrap();
+    let algorithm = Windowed::builder(gradient).window(WINDOW).build().unwrap();
+    let limit = AdaptiveLimit::builder(algorithm)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let trace = simulate(&limit, &clock, &[CAPACITY, CAPACITY / 2.0], BASE * 3);
+    let end1 = PHASE.as_secs_f64();
+    let (lo1, hi1) = trace.range(end1 - 10.0, end1);
+    let (lo2, hi2) = trace.range(2.0 * end1 - 10.0, 2.0 * end1);
+    assert!(
+        lo1 as f64 >= CAPACITY && hi1 as f64 <= 1.5 * CAPACITY * 1.25,
+        "capacity {CAPACITY}: limit {lo1}..={hi1}\ntrace: {}",
+        trace.render()
+    );
+    assert!(
+        hi2 < lo1 && lo2 as f64 >= CAPACITY / 2.0,
+        "capacity {}: limit {lo2}..={hi2} after {lo1}..={hi1}\ntrace: {}",
+        CAPACITY / 2.0,
+        trace.render()
+    );
+}
+
+/// Netflix's `Gradient2Limit`: when the long-term RTT is over twice the current
+/// one, it is multiplied by 0.95; before that it is an exponential average with
+/// factor 2 / (long_window + 1) after a 10-sample mean.
+#[test]
+fn gradient2_long_rtt_follows_netflix_decay() {
+    let mut g = Gradient2::builder().build().unwrap();
+    let s = |ms: u64| Sample {
+        start: Instant::ZERO,
+        end: Instant::ZERO,
+        rtt: Duration::from_millis(ms),
+        inflight: 100,
+        dropped: false,
+    };
+    for _ in 0..10 {
+        g.update(&s(100));
+    }
+    assert_eq!(g.long_rtt_nanos(), 100e6);
+    g.update(&s(40));
+    let f = 2.0 / 601.0;
+    let ema = 100e6 * (1.0 - f) + 40e6 * f;
+    let got = g.long_rtt_nanos();
+    assert!(
+        (got - ema * 0.95).abs() < 1.0,
+        "long rtt {got}, want {} (x 0.95); x 0.9 gives {}",
+        ema * 0.95,
+        ema * 0.9
+    );
+    // Within twice the current RTT: no decay.
+    g.update(&s(60));
+    let ema2 = got * (1.0 - f) + 60e6 * f;
+    assert!((g.long_rtt_nanos() - ema2).abs() < 1.0);
+}
+
+#[test]
+fn gradient2_queue_size_zero_is_a_config_error() {
+    let err = Gradient2::builder().queue_size(0).build().unwrap_err();
+    assert_eq!(err.field(), "queue_size");
+    assert_eq!(err.to_string(), "queue_size must be at least 1, got 0");
+}
+
+#[test]
+fn builders_take_an_algorithm_chosen_at_run_time() {
+    // No turbofish: a boxed algorithm picked at run time goes straight in, and so
+    // does a windowed one around it.
+    let pick = |vegas: bool| -> Box<dyn LimitAlgorithm> {
+        if vegas {
+            Box::new(Vegas::builder().build().unwrap())
+        } else {
+            Box::new(Aimd::builder().build().unwrap())
+        }
+    };
+    let limit = AdaptiveLimit::builder(pick(true)).build().unwrap();
+    assert_eq!(limit.limit(), 20);
+    let windowed = Windowed::builder(pick(false)).build().unwrap();
+    let limit = AdaptiveLimit::builder(windowed).build().unwrap();
+    assert_eq!(limit.limit(), 20);
+}
+
+fn one_slot() -> AdaptiveLimit {
+    let aimd = Aimd::builder()
+        .initial_limit(1)
+        .min_limit(1)
+        .max_limit(1)
+        .build()
+        .unwrap();
+    AdaptiveLimit::builder(aimd).build().unwrap()
+}
+
+/// Drives the future `$make` builds from a limit whose one slot is held (`$l`) for
+/// k polls, releasing the holder before poll 1, drops it, and checks what is left:
+/// nothing in flight, no waiter, no sample counted (the stats see only the holder's
+/// `ignore` and, if the future completed, its permit dropped as `ignore`), and the
+/// slot free for a second `try_acquire`.
+macro_rules! check_cancel {
+    (|$l:ident| $make:expr) => {{
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let covered = cancel_points(10, |k| {
+            let $l = one_slot();
+            let mut held = Some($l.try_acquire().unwrap());
+            let out = Polled::new($make).drop_after_with(k, |i| {
+                if i == 1 {
+                    held = None;
+                }
+            });
+            let completed = out.is_completed();
+            drop(out);
+            drop(held);
+            let st = $l.stats();
+            assert_eq!(st.in_flight, 0, "k = {k}: {st:?}");
+            assert_eq!(st.waiting, 0, "k = {k}: a waiter left behind");
+            assert_eq!(st.successes + st.drops, 0, "k = {k}: a sample counted");
+            assert_eq!(st.ignored, 1 + u64::from(completed), "k = {k}: {st:?}");
+            assert!($l.try_acquire().is_ok(), "k = {k}: the slot was not freed");
+            if completed {
+                Polling::Completed {
+                    output: (),
+                    polls: k,
+                }
+            } else {
+                Polling::Cancelled { polls: k }
+            }
+        });
+        assert_eq!(
+            covered, 2,
+            "pending on the first poll, admitted on the second"
+        );
+    }};
+}
+
+#[test]
+fn acquire_forms_are_cancel_safe() {
+    check_cancel!(|l| l.acquire());
+    check_cancel!(|l| l.acquire_owned());
+    check_cancel!(|l| l.acquire_timeout(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_cancelled_waiter_passes_its_wake_up_on() {
+    let limit = one_slot();
+    let held = limit.try_acquire().unwrap();
+    let mut first = Polled::new(limit.acquire());
+    let mut second = Polled::new(limit.acquire());
+    assert!(!first.poll());
+    assert!(!second.poll());
+    held.success(); // wakes one waiter: the first
+    drop(first); // cancelled after its wake-up, before using it
+    assert!(
+        second.wakes() >= 1,
+        "the wake-up was lost with the first waiter"
+    );
+    assert!(second.poll(), "the second waiter is admitted");
+    drop(second);
+    let st = limit.stats();
+    assert_eq!((st.in_flight, st.waiting), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_wakes_waiters_and_refuses_everything_after() {
+    let limit = one_slot();
+    let held = limit.try_acquire().unwrap();
+    let waiter = {
+        let limit = limit.clone();
+        tokio::spawn(async move { limit.acquire().await.map(drop) })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limit.stats().waiting, 1);
+    limit.close();
+    assert_eq!(waiter.await.unwrap().unwrap_err(), AcquireError::Closed);
+    assert_eq!(limit.try_acquire().unwrap_err(), TryAcquireError::Closed);
+    assert_eq!(
+        limit
+            .acquire_timeout(Duration::from_secs(1))
+            .await
+            .unwrap_err(),
+        AcquireTimeoutError::Closed
+    );
+    // A permit held across the close still reports, and does not reopen it.
+    held.success();
+    assert!(limit.try_acquire().is_err());
+    assert_eq!(limit.stats().successes, 1);
+    assert_eq!(limit.in_flight(), 0);
+}
+
+#[test]
+fn acquire_timeout_that_fires_between_polls_leaves_nothing_behind() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let covered = cancel_points(10, |k| {
+        let limit = one_slot();
+        let held = limit.try_acquire().unwrap();
+        let fut = async {
+            limit
+                .acquire_timeout(Duration::from_millis(10))
+                .await
+                .map(drop)
+        };
+        let out = Polled::new(fut).drop_after_with(k, |i| {
+            if i == 1 {
+                rt.block_on(tokio::time::advance(Duration::from_millis(10)));
+            }
+        });
+        if let Polling::Completed { output, .. } = &out {
+            assert_eq!(
+                *output,
+                Err(AcquireTimeoutError::TimedOut {
+                    after: Duration::from_millis(10)
+                })
+            );
+        }
+        let st = limit.stats();
+        assert_eq!((st.in_flight, st.waiting), (1, 0), "k = {k}: {st:?}");
+        held.success();
+        let st = limit.stats();
+        assert_eq!(
+            (st.in_flight, st.successes, st.ignored),
+            (0, 1, 0),
+            "k = {k}"
+        );
+        match out {
+            Polling::Completed { polls, .. } => Polling::Completed { output: (), polls },
+            Polling::Cancelled { polls } => Polling::Cancelled { polls },
+        }
+    });
+    assert_eq!(covered, 2);
 }

@@ -536,20 +536,24 @@ impl Policy {
             signal().map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
         }
         let limit = match &s.limit {
-            Some(Limit::Static(l)) => {
-                Some(Permit::Static(l.try_acquire_owned(1).map_err(|e| {
+            Some(Limit::Static(l)) => Some(Permit::Static(l.try_acquire_owned().map_err(|e| {
+                PolicyError::rejected(
+                    Stage::Concurrency,
+                    e.reason().unwrap_or(Rejection::AtCapacity {
+                        limit: u64::from(l.limit()),
+                    }),
+                )
+            })?)),
+            Some(Limit::Adaptive(l)) => {
+                Some(Permit::Adaptive(l.try_acquire_owned().map_err(|e| {
                     PolicyError::rejected(
                         Stage::Concurrency,
                         e.reason().unwrap_or(Rejection::AtCapacity {
-                            limit: u64::from(l.limit()),
+                            limit: l.limit() as u64,
                         }),
                     )
                 })?))
             }
-            Some(Limit::Adaptive(l)) => Some(Permit::Adaptive(
-                l.try_acquire_owned()
-                    .map_err(|r| PolicyError::rejected(Stage::Concurrency, r))?,
-            )),
             None => None,
         };
         let breaker = match &s.breaker {

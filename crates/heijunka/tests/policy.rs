@@ -180,7 +180,11 @@ async fn rate_limit_before_load_shed_and_concurrency() {
         !shed_checked.load(Ordering::SeqCst),
         "load shed ran after a rate refusal"
     );
-    assert_eq!(limit.available(), 1, "a rate-limited request took a permit");
+    assert_eq!(
+        limit.available_permits(),
+        1,
+        "a rate-limited request took a permit"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +199,7 @@ async fn load_shed_before_concurrency() {
         .unwrap();
     let (s, _) = stage(p.call(&RequestContext::new(), |_| ok()).await);
     assert_eq!(s, Stage::LoadShed);
-    assert_eq!(limit.available(), 1);
+    assert_eq!(limit.available_permits(), 1);
     // And memory first among the load-shed checks, then signals in order.
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (a, b) = (order.clone(), order.clone());
@@ -260,7 +264,7 @@ async fn breaker_refusal_releases_the_permit() {
         Stage::Breaker
     );
     assert_eq!(
-        limit.available(),
+        limit.available_permits(),
         1,
         "the permit taken before the breaker leaked"
     );
@@ -392,7 +396,7 @@ async fn outcomes_are_recorded_in_the_breaker_and_permits_released() {
         State::Open,
         "50 % failures over 4 calls trips it"
     );
-    assert_eq!(limit.available(), 4);
+    assert_eq!(limit.available_permits(), 4);
 }
 
 #[test]

@@ -9,6 +9,9 @@
 use heijunka_core::sync::CachePadded;
 use heijunka_core::sync::atomic::{AtomicUsize, Ordering};
 
+/// The limit of a closed gate; an open one is at least 1.
+pub(super) const CLOSED: usize = 0;
+
 pub(super) struct Gate {
     inflight: CachePadded<AtomicUsize>,
     limit: CachePadded<AtomicUsize>,
@@ -49,14 +52,27 @@ impl Gate {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Publishes a new limit; returns the old one.
+    /// Publishes a new limit (at least 1) unless the gate is closed; returns the
+    /// old one (0 when closed). Callers serialise `set_limit` and `close`.
     #[inline]
     pub(super) fn set_limit(&self, limit: usize) -> usize {
+        debug_assert!(limit >= 1, "a limit of 0 means closed");
         let old = self.limit.load(Ordering::SeqCst);
-        if old != limit {
+        if old != limit && old != CLOSED {
             self.limit.store(limit, Ordering::SeqCst);
         }
         old
+    }
+
+    /// Closes the gate for good: a limit of 0 admits nothing, and `set_limit`
+    /// leaves it.
+    pub(super) fn close(&self) {
+        self.limit.store(CLOSED, Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub(super) fn is_closed(&self) -> bool {
+        self.limit.load(Ordering::SeqCst) == CLOSED
     }
 
     #[inline]

@@ -14,18 +14,23 @@ use super::{LimitAlgorithm, Sample, check_bounds};
 /// limit     = limit * (1 - smoothing) + new_limit * smoothing   (then min..=max)
 /// ```
 ///
-/// When `long / short > 2` (load has just gone away) the long RTT is cut by 10 %
-/// so the limit recovers sooner; when less than half the limit is in use the
-/// limit is left alone.
+/// When `long / short > 2` (load has just gone away) the long RTT is cut by
+/// [`LONG_RTT_DECAY`] (5 %, Netflix's constant) so the limit recovers sooner; when
+/// less than half the limit is in use the limit is left alone.
 ///
 /// Defaults, from Netflix `concurrency-limits` (`Gradient2Limit`): initial limit
 /// 20, min 20, max 200, smoothing 0.2, `rtt_tolerance` 1.5, long window 600
 /// samples (an exponential average with factor `2 / (600 + 1)` after a 10-sample
-/// warm-up mean), queue size 4.
+/// warm-up mean, then decayed by 0.95 as above), queue size 4. Checked against
+/// `Gradient2Limit.java` and `ExpAvgMeasurement.java` of Netflix's repository (the
+/// release with `rttTolerance`).
 ///
-/// The tolerance says how much latency growth is acceptable: with 1.5 the limit
+/// The tolerance says how much latency growth is acceptable (Netflix: "a value of
+/// 2.0 means that a 2x increase in latency is acceptable"): with 1.5 the limit
 /// settles where requests take about 1.5× the long-term RTT; with 1.0 it settles
-/// just above the point where latency starts to grow. The long RTT is meant to move
+/// just above the point where latency starts to grow. Under sustained queueing the
+/// long RTT itself drifts up towards the loaded RTT (that is what `long_window`
+/// sets), so over minutes the limit creeps above the 1.5× point too. The long RTT is meant to move
 /// slowly: feed it one averaged sample per time window with
 /// [`Windowed`](crate::Windowed), as Netflix does with `WindowedLimit`, so 600
 /// windows span minutes; fed every request, it follows the current RTT within a few
@@ -124,7 +129,8 @@ impl Gradient2Builder {
         self
     }
 
-    /// How far the limit may grow per step while latency stays low. Default 4.
+    /// How far the limit may grow per step while latency stays low, at least 1
+    /// (with 0 the limit could never grow). Default 4.
     pub fn queue_size(mut self, n: usize) -> Self {
         self.queue_size = n;
         self
@@ -136,13 +142,14 @@ impl Gradient2Builder {
     ///
     /// A [`ConfigError`] naming the field: bounds as for every algorithm,
     /// `smoothing` outside (0, 1], `rtt_tolerance` below 1 or not finite,
-    /// `long_window` of 0.
+    /// `long_window` of 0, `queue_size` of 0.
     pub fn build(self) -> Result<Gradient2, ConfigError> {
         check_bounds(self.initial, self.min, self.max)?;
         validate::ratio("smoothing", self.smoothing)?;
         validate::positive("rtt_tolerance", self.tolerance)?;
         validate::at_least("rtt_tolerance", self.tolerance, 1.0)?;
         validate::at_least("long_window", self.long_window, 1)?;
+        validate::at_least("queue_size", self.queue_size, 1)?;
         Ok(Gradient2 {
             estimate: self.initial as f64,
             min: self.min as f64,
@@ -164,7 +171,7 @@ impl LimitAlgorithm for Gradient2 {
         let short = (sample.rtt.as_nanos() as f64).max(1.0);
         let long = self.long.add(short);
         if long / short > 2.0 {
-            self.long.value *= 0.9;
+            self.long.value *= LONG_RTT_DECAY;
         }
         if (sample.inflight as f64) < self.estimate / 2.0 {
             return self.estimate as usize;
@@ -177,11 +184,18 @@ impl LimitAlgorithm for Gradient2 {
     }
 }
 
+/// The factor that cuts the long-term RTT when it is over twice the current one
+/// (the load has gone away): Netflix's `Gradient2Limit` multiplies it by 0.95.
+pub const LONG_RTT_DECAY: f64 = 0.95;
+
 /// An exponential moving average with a warm-up mean (Netflix's
-/// `ExpAvgMeasurement`).
+/// `ExpAvgMeasurement`: during the warm-up the value is the plain mean of the
+/// samples so far, recomputed from their sum, so a decay applied then is undone by
+/// the next sample, as in Netflix's).
 #[derive(Clone, Debug)]
 struct ExpAvg {
     value: f64,
+    sum: f64,
     factor: f64,
     warmup: u32,
     count: u32,
@@ -191,6 +205,7 @@ impl ExpAvg {
     fn new(window: u32, warmup: u32) -> Self {
         Self {
             value: 0.0,
+            sum: 0.0,
             factor: 2.0 / (f64::from(window) + 1.0),
             warmup,
             count: 0,
@@ -200,7 +215,8 @@ impl ExpAvg {
     fn add(&mut self, sample: f64) -> f64 {
         if self.count < self.warmup {
             self.count += 1;
-            self.value += (sample - self.value) / f64::from(self.count);
+            self.sum += sample;
+            self.value = self.sum / f64::from(self.count);
         } else {
             self.value = self.value * (1.0 - self.factor) + sample * self.factor;
         }
@@ -253,6 +269,7 @@ mod tests {
             "rtt_tolerance"
         );
         assert_eq!(f(Gradient2::builder().long_window(0)), "long_window");
+        assert_eq!(f(Gradient2::builder().queue_size(0)), "queue_size");
         assert_eq!(f(Gradient2::builder().min_limit(300)), "min_limit");
     }
 }

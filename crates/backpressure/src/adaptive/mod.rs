@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use heijunka_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::sync::{Arc, Mutex};
-use heijunka_core::{Clock, ConfigError, Instant, Rejection, validate};
+use heijunka_core::{Clock, ConfigError, Instant, validate};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::acquire::{AcquireError, AcquireTimeoutError, TryAcquireError};
+
 pub use self::aimd::{Aimd, AimdBuilder};
-pub use self::gradient2::{Gradient2, Gradient2Builder};
+pub use self::gradient2::{Gradient2, Gradient2Builder, LONG_RTT_DECAY};
 pub use self::vegas::{Vegas, VegasBuilder};
 pub use self::window::{Windowed, WindowedBuilder};
 
@@ -113,11 +115,15 @@ pub const DEFAULT_REPORT_STEP: usize = 10;
 ///
 /// Admission ([`try_acquire`](Self::try_acquire)) is lock-free: one compare-and-swap
 /// of an in-flight counter against the published limit, and a clock read to stamp
-/// the permit. On completion the permit reports its outcome and latency; the
-/// [`LimitAlgorithm`] runs under a mutex (once per completion, never while
-/// admitting) and publishes the new limit to an atomic. When the limit shrinks
-/// below the number in flight, nothing is revoked: new requests wait until enough
-/// complete.
+/// the permit. On completion the permit reports its outcome and latency (a second
+/// clock read, as Netflix's limiter reads `System.nanoTime()` at both ends); the
+/// [`LimitAlgorithm`] runs under a mutex (once per completion with an outcome,
+/// never while admitting, never for `ignore`) and publishes the new limit to an
+/// atomic. When the limit shrinks below the number in flight, nothing is revoked:
+/// new requests wait until enough complete.
+///
+/// The refusals are the same types as [`ConcurrencyLimit`](crate::ConcurrencyLimit)'s:
+/// [`TryAcquireError`], [`AcquireError`] and [`AcquireTimeoutError`].
 ///
 /// Every change of the limit by at least
 /// [`report_step`](AdaptiveLimitBuilder::report_step) since the last report emits
@@ -128,8 +134,7 @@ pub const DEFAULT_REPORT_STEP: usize = 10;
 ///
 /// ```
 /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
-/// use heijunka_backpressure::{AdaptiveLimit, Gradient2};
-/// use heijunka_core::Rejection;
+/// use heijunka_backpressure::{AdaptiveLimit, Gradient2, TryAcquireError};
 ///
 /// let limit = AdaptiveLimit::builder(Gradient2::builder().initial_limit(20).build()?).build()?;
 /// assert_eq!(limit.limit(), 20);
@@ -139,7 +144,7 @@ pub const DEFAULT_REPORT_STEP: usize = 10;
 ///         // ... call the dependency ...
 ///         permit.success(); // or .dropped() on overload / timeout
 ///     }
-///     Err(Rejection::AtCapacity { limit }) => { /* shed: respond 503 */ }
+///     Err(TryAcquireError::AtCapacity { limit }) => { /* shed: respond 503 */ }
 ///     Err(_) => {}
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -152,6 +157,8 @@ pub struct AdaptiveLimit {
 struct Inner {
     gate: Gate,
     clock: Clock,
+    /// The algorithm, and the lock that serialises publishing its limit with
+    /// `close` (which publishes the gate's closed limit of 0 for good).
     state: Mutex<State>,
     waiting: AtomicUsize,
     notify: Notify,
@@ -264,6 +271,8 @@ pub struct AdaptiveStats {
     pub ignored: u64,
     /// `try_acquire` calls refused at the limit.
     pub rejected: u64,
+    /// Callers of `acquire` waiting now.
+    pub waiting: usize,
 }
 
 impl AdaptiveLimit {
@@ -302,7 +311,39 @@ impl AdaptiveLimit {
             // Relaxed: statistics.
             ignored: self.inner.ignored.load(Ordering::Relaxed),
             rejected: self.inner.rejected.load(Ordering::Relaxed),
+            waiting: self.inner.waiting.load(Ordering::SeqCst),
         }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.gate.is_closed()
+    }
+
+    /// Closes the limit: every waiter wakes with [`AcquireError::Closed`], every
+    /// later acquisition is refused the same way, and [`limit`](Self::limit) reads
+    /// 0. Permits already held stay valid and still report their outcome (counted
+    /// in the stats; the limit stays closed).
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{AdaptiveLimit, Aimd, TryAcquireError};
+    ///
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().build()?).build()?;
+    /// let held = limit.try_acquire()?;
+    /// limit.close();
+    /// assert_eq!(limit.try_acquire().unwrap_err(), TryAcquireError::Closed);
+    /// held.success();
+    /// assert!(limit.is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) {
+        let inner = &*self.inner;
+        {
+            let _st = inner.lock();
+            inner.gate.close();
+        }
+        inner.notify.notify_waiters();
     }
 
     /// A permit if fewer than [`limit`](Self::limit) requests are in flight; never
@@ -310,23 +351,19 @@ impl AdaptiveLimit {
     ///
     /// # Errors
     ///
-    /// [`Rejection::AtCapacity`] naming the limit now.
+    /// [`TryAcquireError::AtCapacity`] naming the limit now, or
+    /// [`TryAcquireError::Closed`].
     #[inline]
-    pub fn try_acquire(&self) -> Result<AdaptivePermit<'_>, Rejection> {
-        match self.inner.gate.try_enter() {
-            Ok(inflight) => Ok(AdaptivePermit {
-                limit: self,
-                start: self.inner.clock.now(),
+    pub fn try_acquire(&self) -> Result<AdaptivePermit<'_>, TryAcquireError> {
+        let inner = &*self.inner;
+        match inner.try_enter() {
+            Ok((start, inflight)) => Ok(AdaptivePermit {
+                inner,
+                start,
                 inflight,
                 done: false,
             }),
-            Err(limit) => {
-                // Relaxed: a statistic.
-                self.inner.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Rejection::AtCapacity {
-                    limit: limit as u64,
-                })
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -334,62 +371,191 @@ impl AdaptiveLimit {
     /// limit (an `Arc` clone), for work that outlives the borrow: a spawned task, an
     /// HTTP response body.
     ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{AdaptiveLimit, Aimd};
+    ///
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().build()?).build()?;
+    /// let permit = limit.try_acquire_owned()?;
+    /// std::thread::spawn(move || permit.success()).join().unwrap();
+    /// assert_eq!(limit.in_flight(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Rejection::AtCapacity`] naming the limit now.
-    pub fn try_acquire_owned(&self) -> Result<OwnedAdaptivePermit, Rejection> {
-        self.try_acquire().map(|p| {
-            let p = std::mem::ManuallyDrop::new(p);
-            OwnedAdaptivePermit {
-                limit: self.clone(),
-                start: p.start,
-                inflight: p.inflight,
-                done: false,
-            }
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_acquire_owned(&self) -> Result<OwnedAdaptivePermit, TryAcquireError> {
+        let (start, inflight) = self.inner.try_enter()?;
+        Ok(OwnedAdaptivePermit {
+            inner: Arc::clone(&self.inner),
+            start,
+            inflight,
+            done: false,
         })
     }
 
     /// Waits until a permit is free (woken when a request completes or the limit
     /// grows). Needs no runtime timer.
-    pub async fn acquire(&self) -> AdaptivePermit<'_> {
-        if let Ok(p) = self.try_acquire() {
-            return p;
-        }
-        let _waiting = WaitingMark::new(&self.inner.waiting);
-        loop {
-            let notified = self.inner.notify.notified();
-            tokio::pin!(notified);
-            // Register before re-checking, so a release between the check and the
-            // await still wakes this waiter.
-            notified.as_mut().enable();
-            if let Ok(inflight) = self.inner.gate.try_enter() {
-                return AdaptivePermit {
-                    limit: self,
-                    start: self.inner.clock.now(),
-                    inflight,
-                    done: false,
-                };
-            }
-            notified.await;
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{AdaptiveLimit, Aimd};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().build()?).build()?;
+    /// let permit = limit.acquire().await?;
+    /// permit.success();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError::Closed`] if the limit is closed, before or while waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a permit exists only once the future completes, so dropping it
+    /// before then leaves nothing in flight (no sample counted) and no waiter
+    /// behind. A wake-up it had received is passed on to another waiter.
+    pub async fn acquire(&self) -> Result<AdaptivePermit<'_>, AcquireError> {
+        let inner = &*self.inner;
+        let (start, inflight) = inner.enter().await?;
+        Ok(AdaptivePermit {
+            inner,
+            start,
+            inflight,
+            done: false,
+        })
+    }
+
+    /// [`acquire`](Self::acquire) for an owned permit; the future owns a handle to
+    /// the limit, so it is `'static` and can be handed to `tokio::spawn`.
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{AdaptiveLimit, Aimd};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().build()?).build()?;
+    /// let permit = tokio::spawn(limit.acquire_owned()).await??;
+    /// permit.success();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub fn acquire_owned(
+        &self,
+    ) -> impl std::future::Future<Output = Result<OwnedAdaptivePermit, AcquireError>> + Send + 'static
+    {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let (start, inflight) = inner.enter().await?;
+            Ok(OwnedAdaptivePermit {
+                inner,
+                start,
+                inflight,
+                done: false,
+            })
         }
     }
 
     /// [`acquire`](Self::acquire), giving up after `timeout` (tokio's timer).
     ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{AcquireTimeoutError, AdaptiveLimit, Aimd};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// let aimd = Aimd::builder().initial_limit(1).min_limit(1).build()?;
+    /// let limit = AdaptiveLimit::builder(aimd).build()?;
+    /// let _held = limit.try_acquire()?;
+    /// let err = limit.acquire_timeout(Duration::from_millis(5)).await.unwrap_err();
+    /// assert_eq!(err, AcquireTimeoutError::TimedOut { after: Duration::from_millis(5) });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Rejection::TimedOut`] after `timeout`.
+    /// [`AcquireTimeoutError::TimedOut`] after `timeout`, or
+    /// [`AcquireTimeoutError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
     pub async fn acquire_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<AdaptivePermit<'_>, Rejection> {
-        tokio::time::timeout(timeout, self.acquire())
-            .await
-            .map_err(|_| Rejection::TimedOut { after: timeout })
+    ) -> Result<AdaptivePermit<'_>, AcquireTimeoutError> {
+        match tokio::time::timeout(timeout, self.acquire()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(AcquireTimeoutError::TimedOut { after: timeout }),
+        }
+    }
+}
+
+impl Inner {
+    /// Admits one request if the gate lets it: `(start, in flight)`.
+    #[inline]
+    fn try_enter(&self) -> Result<(Instant, usize), TryAcquireError> {
+        match self.gate.try_enter() {
+            Ok(inflight) => Ok((self.clock.now(), inflight)),
+            Err(limit) => Err(self.refused(limit)),
+        }
+    }
+
+    #[cold]
+    fn refused(&self, limit: usize) -> TryAcquireError {
+        // `close` publishes a limit of 0, which no algorithm can (values below 1 are
+        // read as 1).
+        if limit == gate::CLOSED {
+            return TryAcquireError::Closed;
+        }
+        // Relaxed: a statistic.
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        TryAcquireError::AtCapacity {
+            limit: limit as u64,
+        }
+    }
+
+    /// Waits until the gate admits one request.
+    async fn enter(&self) -> Result<(Instant, usize), AcquireError> {
+        match self.gate.try_enter() {
+            Ok(inflight) => return Ok((self.clock.now(), inflight)),
+            Err(gate::CLOSED) => return Err(AcquireError::Closed),
+            Err(_) => {}
+        }
+        let _waiting = WaitingMark::new(&self.waiting);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before re-checking, so a release between the check and the
+            // await still wakes this waiter.
+            notified.as_mut().enable();
+            match self.gate.try_enter() {
+                Ok(inflight) => return Ok((self.clock.now(), inflight)),
+                Err(gate::CLOSED) => return Err(AcquireError::Closed),
+                Err(_) => {}
+            }
+            notified.await;
+        }
     }
 
     fn complete(&self, start: Instant, inflight: usize, outcome: Outcome) {
-        let inner = &*self.inner;
+        let inner = self;
         // Read the clock before leaving, so the sample does not include time spent
         // after the request ended; `ignore` needs no reading at all.
         let end = (outcome != Outcome::Ignore).then(|| inner.clock.now());
@@ -421,6 +587,9 @@ impl AdaptiveLimit {
                 }
                 let new = st.algorithm.update(&sample).max(1);
                 let old = inner.gate.set_limit(new);
+                if old == gate::CLOSED {
+                    return;
+                }
                 if new.abs_diff(st.reported) >= inner.report_step {
                     tracing::debug!(
                         adaptive.limit = new,
@@ -487,7 +656,7 @@ impl Drop for WaitingMark<'_> {
 /// ```
 #[must_use = "the permit is released (as `ignore`) as soon as it is dropped"]
 pub struct AdaptivePermit<'a> {
-    limit: &'a AdaptiveLimit,
+    inner: &'a Inner,
     start: Instant,
     inflight: usize,
     done: bool,
@@ -522,14 +691,14 @@ impl AdaptivePermit<'_> {
     /// Release with `outcome`.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.limit.complete(self.start, self.inflight, outcome);
+        self.inner.complete(self.start, self.inflight, outcome);
     }
 }
 
 impl Drop for AdaptivePermit<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.limit
+            self.inner
                 .complete(self.start, self.inflight, Outcome::Ignore);
         }
     }
@@ -549,7 +718,7 @@ impl fmt::Debug for AdaptivePermit<'_> {
 /// dropping it counts as `ignore`.
 #[must_use = "the permit is released (as `ignore`) as soon as it is dropped"]
 pub struct OwnedAdaptivePermit {
-    limit: AdaptiveLimit,
+    inner: Arc<Inner>,
     start: Instant,
     inflight: usize,
     done: bool,
@@ -579,19 +748,21 @@ impl OwnedAdaptivePermit {
     /// Release with `outcome`.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.limit.complete(self.start, self.inflight, outcome);
+        self.inner.complete(self.start, self.inflight, outcome);
     }
 
-    /// The limit this permit belongs to.
-    pub fn limit(&self) -> &AdaptiveLimit {
-        &self.limit
+    /// The limit this permit belongs to (a handle to it).
+    pub fn limit(&self) -> AdaptiveLimit {
+        AdaptiveLimit {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
 impl Drop for OwnedAdaptivePermit {
     fn drop(&mut self) {
         if !self.done {
-            self.limit
+            self.inner
                 .complete(self.start, self.inflight, Outcome::Ignore);
         }
     }
@@ -677,7 +848,7 @@ mod tests {
         let _b = limit.try_acquire().unwrap();
         assert_eq!(
             limit.try_acquire().unwrap_err(),
-            Rejection::AtCapacity { limit: 2 }
+            TryAcquireError::AtCapacity { limit: 2 }
         );
         a.success();
         assert_eq!(limit.limit(), 3);
@@ -707,11 +878,11 @@ mod tests {
                 .acquire_timeout(Duration::from_millis(5))
                 .await
                 .unwrap_err(),
-            Rejection::TimedOut {
+            AcquireTimeoutError::TimedOut {
                 after: Duration::from_millis(5)
             }
         );
-        let waiter = async { limit.acquire().await.ignore() };
+        let waiter = async { limit.acquire().await.unwrap().ignore() };
         let releaser = async {
             tokio::task::yield_now().await;
             held.ignore();

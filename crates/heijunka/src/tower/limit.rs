@@ -67,7 +67,7 @@ impl ConcurrencyLimitLayer {
     /// use heijunka::tower::ConcurrencyLimitLayer;
     ///
     /// let layer = ConcurrencyLimitLayer::new(ConcurrencyLimit::new(8)?);
-    /// assert_eq!(layer.limit().available(), 8);
+    /// assert_eq!(layer.limit().available_permits(), 8);
     /// # Ok::<(), heijunka::core::ConfigError>(())
     /// ```
     pub fn limit(&self) -> &ConcurrencyLimit {
@@ -119,7 +119,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.limit.try_acquire_owned(1) {
+        match self.limit.try_acquire_owned() {
             Ok(permit) => GuardedFuture::called(self.inner.call(req), permit),
             Err(e) => {
                 let reason = e.reason().unwrap_or(Rejection::AtCapacity {
