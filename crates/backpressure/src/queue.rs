@@ -181,6 +181,10 @@ pub struct QueueStats {
     pub critical_crossings: u64,
     /// Whether the queue was closed.
     pub closed: bool,
+    /// Consumers registered as waiting for an item now.
+    pub waiting_consumers: usize,
+    /// Producers registered as waiting for room now.
+    pub waiting_producers: usize,
 }
 
 impl<T> BoundedQueue<T> {
@@ -243,6 +247,8 @@ impl<T> BoundedQueue<T> {
             elevated_crossings: s.elevated_crossings.load(Ordering::Relaxed),
             critical_crossings: s.critical_crossings.load(Ordering::Relaxed),
             closed: self.is_closed(),
+            waiting_consumers: s.state.waiters(Side::Pop),
+            waiting_producers: s.state.waiters(Side::Push),
         }
     }
 

@@ -209,6 +209,13 @@ impl SlotState {
         self.len() == 0
     }
 
+    /// Waiters counted on `side` now: registered and not yet unregistered (at most
+    /// 32,767; a waiter that found its side saturated is not counted).
+    pub fn waiters(&self, side: Side) -> usize {
+        // Acquire: pairs with the RMWs' Release, like `len`.
+        ((self.word.load(Ordering::Acquire) >> side.shift()) & WAITER_MAX) as usize
+    }
+
     /// Whether [`close`](Self::close) was called.
     #[inline]
     pub fn is_closed(&self) -> bool {
