@@ -279,14 +279,11 @@ fn push_timeout_cancelled_at_every_point_while_room_appears() {
     let covered = cancel_points(8, |k| {
         let q = BoundedQueue::<u32>::new(1).unwrap();
         q.try_push(0).unwrap();
-        let out = Polled::new(q.push_timeout(1, Duration::from_secs(10))).drop_after_with(
-            k,
-            |i| {
-                if i == 1 {
-                    assert_eq!(q.try_pop(), Some(0));
-                }
-            },
-        );
+        let out = Polled::new(q.push_timeout(1, Duration::from_secs(10))).drop_after_with(k, |i| {
+            if i == 1 {
+                assert_eq!(q.try_pop(), Some(0));
+            }
+        });
         assert_eq!(waiters(&q), (0, 0), "k = {k}: a waiter was left registered");
         assert_eq!(q.stats().rejected, 0);
         let queued: Vec<_> = std::iter::from_fn(|| q.try_pop()).collect();

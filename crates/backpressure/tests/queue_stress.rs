@@ -228,5 +228,16 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
         "no waiter left registered"
     );
     let handed_back: usize = produced.iter().map(|p| p.handed_back.len()).sum();
-    assert_eq!(s.rejected, handed_back as u64, "each hand-back counted once");
+    assert_eq!(
+        s.rejected, handed_back as u64,
+        "each hand-back counted once"
+    );
+    let cancelled: usize = produced
+        .iter()
+        .map(|p| p.dropped_with_a_cancelled_push.len())
+        .sum();
+    assert!(
+        handed_back > 0 && cancelled > 0,
+        "the run exercised hand-backs ({handed_back}) and cancelled pushes ({cancelled})"
+    );
 }

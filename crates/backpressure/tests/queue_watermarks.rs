@@ -121,7 +121,11 @@ fn hovering_at_the_warn_mark_warns_once_until_it_falls_below_the_margin() {
         while q.len() < 80 {
             q.try_push(0).unwrap();
         }
-        assert_eq!(events.count(Level::WARN, ELEVATED), 1, "75 is within the margin");
+        assert_eq!(
+            events.count(Level::WARN, ELEVATED),
+            1,
+            "75 is within the margin"
+        );
         // Below the margin (74), then up to the mark: a new crossing, a new WARN.
         while q.len() > 74 {
             q.try_pop().unwrap();
