@@ -617,3 +617,106 @@ impl<T> fmt::Debug for BoundedQueue<T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Models of the real queue: [`BoundedQueue`] itself, its [`SlotState`] word,
+    //! tokio's `Notify` and the ring, driven from loom threads by
+    //! `loom::future::block_on`, whose waker is loom's. A waiter that misses its
+    //! wake-up stays blocked, which loom reports as a deadlock; one left
+    //! registered shows in the waiter counts.
+    //!
+    //! tokio's `Notify` and crossbeam's ring use `std` atomics, which loom does not
+    //! interleave inside: each of their calls runs as one step, while every step on
+    //! the `SlotState` word, and the order of those steps against the `Notify`
+    //! calls, is explored.
+
+    use super::*;
+    use heijunka_core::cancel::Polled;
+    use heijunka_core::sync::thread;
+
+    fn waiters<T>(q: &BoundedQueue<T>) -> (usize, usize) {
+        let s = q.stats();
+        (s.waiting_consumers, s.waiting_producers)
+    }
+
+    /// A consumer sleeps on an empty queue beside a pop that registered and is
+    /// then cancelled (its future dropped), while a producer pushes one item: the
+    /// consumer gets it whether the producer's wake-up went to it or to the
+    /// cancelled pop, and no waiter is left registered.
+    #[test]
+    fn a_cancelled_pop_neither_swallows_the_wakeup_nor_stays_registered() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(2).unwrap();
+            let mut cancelled = Polled::new({
+                let q = q.clone();
+                async move { q.pop().await }
+            });
+            assert!(!cancelled.poll(), "empty: it registers and sleeps");
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.pop()))
+            };
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(7).is_ok())
+            };
+            drop(cancelled);
+            assert!(producer.join().unwrap());
+            assert_eq!(consumer.join().unwrap(), Some(7));
+            assert_eq!(waiters(&q), (0, 0), "a waiter was left registered");
+        });
+    }
+
+    /// The same on the producer side: a producer sleeps on a full queue beside a
+    /// cancelled push, while a consumer pops; the producer gets the room, and the
+    /// cancelled push's item is dropped, never queued.
+    #[test]
+    fn a_cancelled_push_neither_swallows_the_wakeup_nor_stays_registered() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(1).unwrap();
+            q.try_push(1).unwrap();
+            let mut cancelled = Polled::new({
+                let q = q.clone();
+                async move { q.push(2).await }
+            });
+            assert!(!cancelled.poll(), "full: it registers and sleeps");
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.push(3)).is_ok())
+            };
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_pop())
+            };
+            drop(cancelled);
+            assert_eq!(consumer.join().unwrap(), Some(1));
+            assert!(producer.join().unwrap());
+            assert_eq!(q.try_pop(), Some(3), "only the live producer's item");
+            assert_eq!(waiters(&q), (0, 0), "a waiter was left registered");
+        });
+    }
+
+    /// A close races a sleeping consumer and a producer: the consumer gets the
+    /// item if the push came before the close, `None` otherwise, and is not left
+    /// asleep either way.
+    #[test]
+    fn close_wakes_a_sleeping_consumer_and_keeps_what_was_queued() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(1).unwrap();
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.pop()))
+            };
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(5).is_ok())
+            };
+            q.close();
+            let pushed = producer.join().unwrap();
+            assert_eq!(consumer.join().unwrap(), pushed.then_some(5));
+            assert!(q.is_empty());
+            assert_eq!(waiters(&q), (0, 0));
+        });
+    }
+}
