@@ -86,6 +86,16 @@ struct Produced {
 enum Report {
     Producer(Produced),
     Consumer(Vec<u64>),
+    /// A worker thread panicked (its assertion message is on stderr).
+    Panicked,
+}
+
+/// Runs `work` on a new thread and sends its report, or [`Report::Panicked`].
+fn worker(tx: mpsc::Sender<Report>, work: impl FnOnce() -> Report + Send + 'static) {
+    std::thread::spawn(move || {
+        let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = tx.send(report.unwrap_or(Report::Panicked));
+    });
 }
 
 #[test]
@@ -93,7 +103,7 @@ enum Report {
 fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
     const PRODUCERS: u64 = 3;
     const CONSUMERS: u64 = 3;
-    const PER_PRODUCER: u64 = 10_000;
+    const PER_PRODUCER: u64 = 20_000;
     const WATCHDOG: Duration = Duration::from_secs(120);
 
     let q = BoundedQueue::<Tracked>::new(4).unwrap();
@@ -102,7 +112,7 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
 
     for p in 0..PRODUCERS {
         let (q, drops, tx) = (q.clone(), Arc::clone(&drops), tx.clone());
-        std::thread::spawn(move || {
+        worker(tx, move || {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (p + 1));
             let mut out = Produced::default();
             runtime().block_on(async {
@@ -141,12 +151,12 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
                     }
                 }
             });
-            let _ = tx.send(Report::Producer(out));
+            Report::Producer(out)
         });
     }
     for c in 0..CONSUMERS {
         let (q, tx) = (q.clone(), tx.clone());
-        std::thread::spawn(move || {
+        worker(tx, move || {
             let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (c + 1));
             let mut got = Vec::new();
             runtime().block_on(async {
@@ -164,7 +174,7 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
                     }
                 }
             });
-            let _ = tx.send(Report::Consumer(got));
+            Report::Consumer(got)
         });
     }
     drop(tx);
@@ -175,6 +185,7 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
         match rx.recv_timeout(WATCHDOG) {
             Ok(Report::Producer(p)) => produced.push(p),
             Ok(Report::Consumer(c)) => consumed.push(c),
+            Ok(Report::Panicked) => panic!("a worker thread panicked"),
             Err(e) => panic!("a producer neither finished nor panicked in time: {e}"),
         }
     }
@@ -184,6 +195,7 @@ fn stress_cancelled_waits_lose_nothing_and_leave_no_waiter() {
         match rx.recv_timeout(WATCHDOG) {
             Ok(Report::Consumer(c)) => consumed.push(c),
             Ok(Report::Producer(_)) => unreachable!("every producer reported"),
+            Ok(Report::Panicked) => panic!("a worker thread panicked"),
             Err(e) => panic!("a consumer did not stop after the close: {e}"),
         }
     }
