@@ -41,7 +41,8 @@
 //!   even stream from a bounded queue.
 //!
 //! - [`SlotState`]: the one-word slot-and-sleeper protocol under the queue, for
-//!   crates that build their own bounded structures.
+//!   crates that build their own bounded structures; waiters register through a
+//!   [`Registration`] guard, so a cancelled waiter leaves no count behind.
 //! - [`AdaptiveLimit`]: a concurrency limit that finds its size from measured
 //!   latency and outcomes, with Netflix `concurrency-limits`' algorithms behind
 //!   [`LimitAlgorithm`]: [`Aimd`], [`Vegas`], [`Gradient2`], and [`Windowed`] to
@@ -116,6 +117,6 @@ pub use crate::{
     },
     rejected::{ClassPushError, Rejected},
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},
-    slots::{MAX_CAPACITY, Registered, Reserve, Side, SlotState},
-    watermarks::Watermarks,
+    slots::{MAX_CAPACITY, Registered, Registration, Reserve, Side, SlotState},
+    watermarks::{DEFAULT_WATERMARK_HYSTERESIS, Watermarks},
 };

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
-use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use heijunka_core::{ConfigError, PressureLevel, Rejection, validate};
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::block::block_on;
 use crate::slots::{MAX_CAPACITY, Reserve, Side, SlotState};
-use crate::watermarks::Watermarks;
+use crate::watermarks::{DEFAULT_WATERMARK_HYSTERESIS, Watermarks};
 
 /// Default warn watermark: 80 % of capacity (the seeds' degradation tables).
 pub const DEFAULT_WARN_AT: f64 = 0.8;
@@ -28,8 +28,14 @@ pub const DEFAULT_REJECT_AT: f64 = 0.9;
 /// items back instead of queueing them. Only [`push`](Self::push) (and its timeout
 /// and blocking forms) may fill the last slots, and it waits when the queue is full.
 ///
-/// Crossing a watermark (up or down) emits one `tracing` event and bumps a counter
-/// in [`stats`](Self::stats); nothing is logged per item.
+/// Reaching a watermark logs one `tracing` event at WARN (the seeds' table: "queue
+/// 80 % full: log warning"; and at the reject mark, that items are being
+/// refused) and bumps a counter in [`stats`](Self::stats). A queue hovering at a
+/// mark logs once, not once per item: the mark counts again only after the length
+/// has fallen below it by the [hysteresis](BoundedQueueBuilder::hysteresis)
+/// margin (default 5 % of capacity), and that fall is logged once too (at INFO
+/// below the reject mark, at DEBUG below the warn mark). Only the events and
+/// counters have hysteresis: levels and rejections follow the length.
 ///
 /// [`close`](Self::close) stops producers at once; consumers drain what is queued,
 /// then [`pop`](Self::pop) returns `None`.
@@ -63,6 +69,11 @@ struct Shared<T> {
     not_full: Notify,
     marks: Watermarks,
     rejected: AtomicU64,
+    /// Whether the warn mark was reached and has not cleared since (a latch for
+    /// the once-per-crossing event).
+    elevated: AtomicBool,
+    /// The same for the reject mark.
+    critical: AtomicBool,
     elevated_crossings: AtomicU64,
     critical_crossings: AtomicU64,
 }
@@ -73,6 +84,7 @@ pub struct BoundedQueueBuilder<T> {
     capacity: usize,
     warn_at: f64,
     reject_at: f64,
+    hysteresis: f64,
     item: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -82,6 +94,7 @@ impl<T> fmt::Debug for BoundedQueueBuilder<T> {
             .field("capacity", &self.capacity)
             .field("warn_at", &self.warn_at)
             .field("reject_at", &self.reject_at)
+            .field("hysteresis", &self.hysteresis)
             .finish()
     }
 }
@@ -100,16 +113,31 @@ impl<T> BoundedQueueBuilder<T> {
         self
     }
 
+    /// How far below a mark (as a fill ratio, in `[0, warn_at)`) the length must
+    /// fall before reaching the mark again counts as a new crossing, logged and
+    /// counted again. Default [`DEFAULT_WATERMARK_HYSTERESIS`] (0.05: a 100-slot
+    /// queue that warned at 80 warns again only after falling below 75). At 0,
+    /// a queue hovering at a mark logs on every item that crosses it.
+    pub fn hysteresis(mut self, ratio: f64) -> Self {
+        self.hysteresis = ratio;
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field: a capacity of 0, a ratio outside
-    /// (0, 1], or `warn_at` above `reject_at`.
+    /// (0, 1], `warn_at` above `reject_at`, or a hysteresis outside `[0, warn_at)`.
     pub fn build(self) -> Result<BoundedQueue<T>, ConfigError> {
         validate::at_least("capacity", self.capacity, 1)?;
         validate::at_most("capacity", self.capacity, MAX_CAPACITY)?;
-        let marks = Watermarks::new(self.capacity, self.warn_at, self.reject_at)?;
+        let marks = Watermarks::with_hysteresis(
+            self.capacity,
+            self.warn_at,
+            self.reject_at,
+            self.hysteresis,
+        )?;
         Ok(BoundedQueue {
             shared: Arc::new(Shared {
                 items: ArrayQueue::new(self.capacity),
@@ -118,6 +146,8 @@ impl<T> BoundedQueueBuilder<T> {
                 not_full: Notify::new(),
                 marks,
                 rejected: AtomicU64::new(0),
+                elevated: AtomicBool::new(false),
+                critical: AtomicBool::new(false),
                 elevated_crossings: AtomicU64::new(0),
                 critical_crossings: AtomicU64::new(0),
             }),
@@ -175,12 +205,22 @@ pub struct QueueStats {
     pub reject_at: usize,
     /// Items handed back by `try_push` or a timed-out push.
     pub rejected: u64,
-    /// Times the queue rose to elevated.
+    /// Times the queue reached the warn mark while it was clear (at first, or after
+    /// falling below the mark less the hysteresis margin): one per WARN event.
     pub elevated_crossings: u64,
-    /// Times the queue rose to critical.
+    /// The same for the reject mark.
+    ///
+    /// A latch decides which push reports a crossing, set after the length moved:
+    /// under pushes and pops racing at a mark, a crossing may be reported by a
+    /// later push, or not at all if the length clears the mark again first. The
+    /// counters always equal the events logged.
     pub critical_crossings: u64,
     /// Whether the queue was closed.
     pub closed: bool,
+    /// Consumers registered as waiting for an item now.
+    pub waiting_consumers: usize,
+    /// Producers registered as waiting for room now.
+    pub waiting_producers: usize,
 }
 
 impl<T> BoundedQueue<T> {
@@ -199,6 +239,7 @@ impl<T> BoundedQueue<T> {
             capacity,
             warn_at: DEFAULT_WARN_AT,
             reject_at: DEFAULT_REJECT_AT,
+            hysteresis: DEFAULT_WATERMARK_HYSTERESIS,
             item: std::marker::PhantomData,
         }
     }
@@ -243,6 +284,8 @@ impl<T> BoundedQueue<T> {
             elevated_crossings: s.elevated_crossings.load(Ordering::Relaxed),
             critical_crossings: s.critical_crossings.load(Ordering::Relaxed),
             closed: self.is_closed(),
+            waiting_consumers: s.state.waiters(Side::Pop),
+            waiting_producers: s.state.waiters(Side::Push),
         }
     }
 
@@ -300,6 +343,15 @@ impl<T> BoundedQueue<T> {
     /// # Errors
     ///
     /// [`Rejection::ShuttingDown`] with the item if the queue is (or gets) closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future owns `item` until it completes: dropped while it waits for room
+    /// (by a `timeout`, a `select!`), it drops the item with itself, and the item
+    /// was never queued. Nothing else is lost: its wait is unregistered, and a
+    /// wake-up it had received passes to another waiting producer. (This is
+    /// tokio's `mpsc::Sender::send`.) To get the item back when giving up, use
+    /// [`push_timeout`](Self::push_timeout), which hands it back in the error.
     pub async fn push(&self, item: T) -> Result<(), PushError<T>> {
         self.push_until(item, None).await
     }
@@ -309,6 +361,12 @@ impl<T> BoundedQueue<T> {
     /// # Errors
     ///
     /// [`Rejection::TimedOut`] or [`Rejection::ShuttingDown`], with the item.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`push`](Self::push): the future owns the item, and dropping it before
+    /// it completes drops the item, never queued. Giving up at the timeout is not a
+    /// cancellation: the item comes back in the [`PushError`].
     pub async fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), PushError<T>> {
         // A timeout too long to represent waits without one.
         let deadline = tokio::time::Instant::now().checked_add(timeout);
@@ -327,9 +385,11 @@ impl<T> BoundedQueue<T> {
                 Err(e) if e.reason == Rejection::ShuttingDown => return Err(e),
                 Err(e) => item = e.item,
             }
+            // Armed before registering, so a wake-up sent in between is kept.
             let notified = s.not_full.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Unregisters when dropped: after the wait, or with this future.
             let seen = s.state.register(Side::Push);
             let full = seen.len >= s.marks.capacity() && !seen.closed;
             let timed_out = match (full, seen.counted, deadline) {
@@ -345,9 +405,7 @@ impl<T> BoundedQueue<T> {
                 }
                 (true, true, Some((at, _))) => tokio::time::timeout_at(at, notified).await.is_err(),
             };
-            if seen.counted {
-                s.state.unregister(Side::Push);
-            }
+            drop(seen);
             if timed_out {
                 // Relaxed: a statistic.
                 s.rejected.fetch_add(1, Ordering::Relaxed);
@@ -375,15 +433,24 @@ impl<T> BoundedQueue<T> {
 
     /// Removes the oldest item, waiting while the queue is empty. `None` once the
     /// queue is closed and drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken only in the poll that returns it, so a pop
+    /// dropped while it waits has taken nothing, and the item stays queued for
+    /// the next consumer. Its wait is unregistered, and a wake-up it had received
+    /// passes to another waiting consumer.
     pub async fn pop(&self) -> Option<T> {
         let s = &*self.shared;
         loop {
             if let Some(item) = self.try_pop() {
                 return Some(item);
             }
+            // Armed before registering, so a wake-up sent in between is kept.
             let notified = s.not_empty.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Unregisters when dropped: after the wait, or with this future.
             let seen = s.state.register(Side::Pop);
             let (len, closed) = (seen.len, seen.closed);
             if len == 0 && !closed {
@@ -394,9 +461,7 @@ impl<T> BoundedQueue<T> {
                     crate::block::yield_now().await;
                 }
             }
-            if seen.counted {
-                s.state.unregister(Side::Pop);
-            }
+            drop(seen);
             if len == 0 && closed {
                 // Re-check: an item pushed just before the close is still ours.
                 return self.try_pop();
@@ -411,6 +476,11 @@ impl<T> BoundedQueue<T> {
 
     /// [`pop`](Self::pop), giving up after `timeout` (tokio's timer): `None` on
     /// timeout as well as when closed and drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`pop`](Self::pop): timing out and being dropped both leave
+    /// every item queued and no wait registered.
     pub async fn pop_timeout(&self, timeout: Duration) -> Option<T> {
         tokio::time::timeout(timeout, self.pop())
             .await
@@ -457,43 +527,77 @@ impl<T> Shared<T> {
         self.marks.level(len)
     }
 
-    /// After a push took the length to `len`: exactly one push reaches each mark
-    /// on the way up, so each crossing is reported once.
+    /// After a push took the length to `len`: reports each mark reached while it
+    /// was clear, once.
     #[inline]
     fn crossed_up(&self, len: usize) {
-        if len == self.marks.warn_slots() {
+        if len < self.marks.warn_slots() {
+            return;
+        }
+        if raise(&self.elevated) {
             // Relaxed: a statistic.
             self.elevated_crossings.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
+            tracing::warn!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
+                queue.warn_at = self.marks.warn_slots(),
                 "queue pressure elevated"
             );
         }
-        if len == self.marks.reject_slots() {
+        if len >= self.marks.reject_slots() && raise(&self.critical) {
             // Relaxed: a statistic.
             self.critical_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
+                queue.reject_at = self.marks.reject_slots(),
                 "queue pressure critical: rejecting new items"
             );
         }
     }
 
-    /// After a pop took the length down from `before`.
+    /// After a pop took the length down from `before`: reports each mark the
+    /// length has cleared (fallen below by the hysteresis margin), once.
     #[inline]
     fn crossed_down(&self, before: usize) {
-        if before == self.marks.reject_slots() {
+        let len = before - 1;
+        if len < self.marks.clear_below(self.marks.reject_slots()) && clear(&self.critical) {
             tracing::info!(
-                queue.len = before - 1,
+                queue.len = len,
+                queue.capacity = self.marks.capacity(),
                 "queue pressure below the reject mark"
             );
         }
-        if before == self.marks.warn_slots() {
-            tracing::debug!(queue.len = before - 1, "queue pressure normal");
+        if len < self.marks.clear_below(self.marks.warn_slots()) && clear(&self.elevated) {
+            tracing::debug!(
+                queue.len = len,
+                queue.capacity = self.marks.capacity(),
+                "queue pressure normal"
+            );
         }
     }
+}
+
+/// Sets a crossing latch; `true` if this call set it (and so reports the crossing).
+/// A load first, so that pushes above a mark that is already raised only read.
+#[inline]
+fn raise(latch: &AtomicBool) -> bool {
+    // Relaxed: the latch only picks which call reports a crossing; it publishes
+    // no data, and the compare-exchange alone decides the winner.
+    !latch.load(Ordering::Relaxed)
+        && latch
+            .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// Clears a crossing latch; `true` if this call cleared it.
+#[inline]
+fn clear(latch: &AtomicBool) -> bool {
+    // Relaxed: as in `raise`.
+    latch.load(Ordering::Relaxed)
+        && latch
+            .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 impl<T> Clone for BoundedQueue<T> {
@@ -511,5 +615,108 @@ impl<T> fmt::Debug for BoundedQueue<T> {
             .field("len", &self.len())
             .field("level", &self.pressure())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Models of the real queue: [`BoundedQueue`] itself, its [`SlotState`] word,
+    //! tokio's `Notify` and the ring, driven from loom threads by
+    //! `loom::future::block_on`, whose waker is loom's. A waiter that misses its
+    //! wake-up stays blocked, which loom reports as a deadlock; one left
+    //! registered shows in the waiter counts.
+    //!
+    //! tokio's `Notify` and crossbeam's ring use `std` atomics, which loom does not
+    //! interleave inside: each of their calls runs as one step, while every step on
+    //! the `SlotState` word, and the order of those steps against the `Notify`
+    //! calls, is explored.
+
+    use super::*;
+    use heijunka_core::cancel::Polled;
+    use heijunka_core::sync::thread;
+
+    fn waiters<T>(q: &BoundedQueue<T>) -> (usize, usize) {
+        let s = q.stats();
+        (s.waiting_consumers, s.waiting_producers)
+    }
+
+    /// A consumer sleeps on an empty queue beside a pop that registered and is
+    /// then cancelled (its future dropped), while a producer pushes one item: the
+    /// consumer gets it whether the producer's wake-up went to it or to the
+    /// cancelled pop, and no waiter is left registered.
+    #[test]
+    fn a_cancelled_pop_neither_swallows_the_wakeup_nor_stays_registered() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(2).unwrap();
+            let mut cancelled = Polled::new({
+                let q = q.clone();
+                async move { q.pop().await }
+            });
+            assert!(!cancelled.poll(), "empty: it registers and sleeps");
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.pop()))
+            };
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(7).is_ok())
+            };
+            drop(cancelled);
+            assert!(producer.join().unwrap());
+            assert_eq!(consumer.join().unwrap(), Some(7));
+            assert_eq!(waiters(&q), (0, 0), "a waiter was left registered");
+        });
+    }
+
+    /// The same on the producer side: a producer sleeps on a full queue beside a
+    /// cancelled push, while a consumer pops; the producer gets the room, and the
+    /// cancelled push's item is dropped, never queued.
+    #[test]
+    fn a_cancelled_push_neither_swallows_the_wakeup_nor_stays_registered() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(1).unwrap();
+            q.try_push(1).unwrap();
+            let mut cancelled = Polled::new({
+                let q = q.clone();
+                async move { q.push(2).await }
+            });
+            assert!(!cancelled.poll(), "full: it registers and sleeps");
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.push(3)).is_ok())
+            };
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_pop())
+            };
+            drop(cancelled);
+            assert_eq!(consumer.join().unwrap(), Some(1));
+            assert!(producer.join().unwrap());
+            assert_eq!(q.try_pop(), Some(3), "only the live producer's item");
+            assert_eq!(waiters(&q), (0, 0), "a waiter was left registered");
+        });
+    }
+
+    /// A close races a sleeping consumer and a producer: the consumer gets the
+    /// item if the push came before the close, `None` otherwise, and is not left
+    /// asleep either way.
+    #[test]
+    fn close_wakes_a_sleeping_consumer_and_keeps_what_was_queued() {
+        loom::model(|| {
+            let q = BoundedQueue::<u32>::new(1).unwrap();
+            let consumer = {
+                let q = q.clone();
+                thread::spawn(move || loom::future::block_on(q.pop()))
+            };
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(5).is_ok())
+            };
+            q.close();
+            let pushed = producer.join().unwrap();
+            assert_eq!(consumer.join().unwrap(), pushed.then_some(5));
+            assert!(q.is_empty());
+            assert_eq!(waiters(&q), (0, 0));
+        });
     }
 }

@@ -12,6 +12,12 @@
 //! closing. No fence and no second load on the hot path. Proven by the loom models
 //! below.
 //!
+//! Registering returns a [`Registration`] guard that unregisters when dropped, so a
+//! waiter that is cancelled while it sleeps (its future dropped by a `timeout` or a
+//! `select!`) leaves no count behind: a count left behind would make every later
+//! step on that side wake a sleeper that is not there, and would add up until the
+//! side saturates and waiters spin.
+//!
 //! Waiter counts have 15 bits per side. A waiter that finds its count saturated
 //! (32,767 already asleep on one queue) does not register and yields instead of
 //! sleeping, so it is never lost, only busier.
@@ -85,9 +91,69 @@ pub struct Registered {
     pub len: usize,
     /// Whether the state was closed at that moment.
     pub closed: bool,
-    /// Whether it was counted (and must [`SlotState::unregister`]); `false` when
-    /// its side's count was saturated.
+    /// Whether it was counted (and is unregistered when its [`Registration`] is
+    /// dropped); `false` when its side's count was saturated.
     pub counted: bool,
+}
+
+/// A waiter registered on one side of a [`SlotState`]: what it saw when it
+/// registered (through `Deref` to [`Registered`]), and its place in the count,
+/// which it gives up when dropped.
+///
+/// Keep it alive for as long as the waiter may sleep, and drop it once the
+/// waiter has woken (or given up). Because the count goes with the guard, a
+/// waiter whose future is dropped mid-sleep unregisters too: no caller can
+/// forget, and no cancelled waiter leaves a count that makes later producers
+/// wake nobody or, once 32,767 of them pile up, makes later waiters spin.
+///
+/// ```
+/// use heijunka_backpressure::{Side, SlotState};
+///
+/// let slots = SlotState::new();
+/// {
+///     let waiter = slots.register(Side::Pop);
+///     assert!(waiter.counted && waiter.len == 0);
+///     assert_eq!(slots.waiters(Side::Pop), 1);
+/// } // dropped: unregistered
+/// assert_eq!(slots.waiters(Side::Pop), 0);
+/// ```
+#[derive(Debug)]
+#[must_use = "dropping a `Registration` unregisters the waiter at once"]
+pub struct Registration<'a> {
+    state: &'a SlotState,
+    side: Side,
+    seen: Registered,
+}
+
+impl Registration<'_> {
+    /// What the waiter saw when it registered.
+    #[inline]
+    pub fn seen(&self) -> Registered {
+        self.seen
+    }
+
+    /// The side it waits on.
+    #[inline]
+    pub fn side(&self) -> Side {
+        self.side
+    }
+}
+
+impl std::ops::Deref for Registration<'_> {
+    type Target = Registered;
+
+    #[inline]
+    fn deref(&self) -> &Registered {
+        &self.seen
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.seen.counted {
+            self.state.unregister(self.side);
+        }
+    }
 }
 
 /// A bounded slot counter with a closed bit and sleeper counts in one atomic word:
@@ -99,17 +165,20 @@ pub struct Registered {
 /// `Condvar`); this type makes the wake-up decisions: wake a consumer when
 /// [`reserve`](Self::reserve) says so, a producer when [`release`](Self::release)
 /// says so, and sleep only if [`register`](Self::register) saw no slot (or no free
-/// slot) and the state open.
+/// slot) and the state open. Arm the sleeping mechanism *before* registering (a
+/// `Notify`'s `Notified::enable`, a lock held until the condition variable
+/// waits), so a wake-up sent in between is kept.
 ///
 /// ```
 /// use heijunka_backpressure::{Reserve, Side, SlotState};
 ///
 /// let slots = SlotState::new();
-/// let seen = slots.register(Side::Pop); // a consumer about to sleep
-/// assert_eq!(seen.len, 0);
+/// let waiter = slots.register(Side::Pop); // a consumer about to sleep
+/// assert_eq!(waiter.len, 0);
 /// // A producer takes a slot and learns it must wake the consumer.
 /// assert_eq!(slots.reserve(8), Reserve::Reserved { before: 0, wake: true });
-/// slots.unregister(Side::Pop);
+/// drop(waiter); // woken: no longer waiting
+/// assert_eq!(slots.reserve(8), Reserve::Reserved { before: 1, wake: false });
 /// ```
 #[derive(Debug)]
 pub struct SlotState {
@@ -163,8 +232,9 @@ impl SlotState {
         (len_of(prev), push_waiters(prev) > 0)
     }
 
-    /// Registers a waiter on `side` and reports the state it saw.
-    pub fn register(&self, side: Side) -> Registered {
+    /// Registers a waiter on `side`: the returned guard reports the state it saw
+    /// and unregisters the waiter when dropped.
+    pub fn register(&self, side: Side) -> Registration<'_> {
         let unit = 1_u64 << side.shift();
         // AcqRel: see `reserve`.
         let r = self
@@ -176,18 +246,28 @@ impl SlotState {
             Ok(prev) => (prev, true),
             Err(now) => (now, false),
         };
-        Registered {
-            len: len_of(w),
-            closed: w & CLOSED != 0,
-            counted,
+        Registration {
+            state: self,
+            side,
+            seen: Registered {
+                len: len_of(w),
+                closed: w & CLOSED != 0,
+                counted,
+            },
         }
     }
 
-    /// Removes a counted waiter.
-    pub fn unregister(&self, side: Side) {
-        // Release: leaving only makes a later wake-up unnecessary.
-        self.word
+    /// Removes a counted waiter; only [`Registration`]'s `Drop` calls it.
+    fn unregister(&self, side: Side) {
+        // Release: pairs with the Acquire of the next RMW that reads the word;
+        // leaving publishes nothing, it only makes a later wake-up unnecessary.
+        let prev = self
+            .word
             .fetch_sub(1_u64 << side.shift(), Ordering::Release);
+        debug_assert!(
+            (prev >> side.shift()) & WAITER_MAX > 0,
+            "unregistered a waiter that was not counted"
+        );
     }
 
     /// Closes; `true` if this call closed it.
@@ -207,6 +287,13 @@ impl SlotState {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Waiters counted on `side` now: registered and not yet unregistered (at most
+    /// 32,767; a waiter that found its side saturated is not counted).
+    pub fn waiters(&self, side: Side) -> usize {
+        // Acquire: pairs with the RMWs' Release, like `len`.
+        ((self.word.load(Ordering::Acquire) >> side.shift()) & WAITER_MAX) as usize
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -247,29 +334,57 @@ mod tests {
             }
         );
         assert_eq!(s.reserve(2), Reserve::Full);
-        assert!(s.register(Side::Push).counted);
+        let w = s.register(Side::Push);
+        assert!(w.counted);
+        assert_eq!((s.waiters(Side::Pop), s.waiters(Side::Push)), (1, 1));
         assert_eq!(s.release(), (2, true));
-        s.unregister(Side::Push);
-        s.unregister(Side::Pop);
+        drop(w);
+        drop(r);
+        assert_eq!((s.waiters(Side::Pop), s.waiters(Side::Push)), (0, 0));
         assert_eq!(s.release(), (1, false));
         assert!(s.close());
         assert!(!s.close());
         assert_eq!(s.reserve(2), Reserve::Closed);
         assert!(s.register(Side::Pop).closed);
         assert_eq!(s.len(), 0);
+        assert_eq!(s.waiters(Side::Pop), 0, "the temporary registration left");
+    }
+
+    #[test]
+    fn a_dropped_registration_unregisters_even_in_a_cancelled_future() {
+        let s = SlotState::new();
+        let wait = async {
+            let _waiter = s.register(Side::Pop);
+            std::future::pending::<()>().await;
+        };
+        let mut wait = Box::pin(wait);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(s.waiters(Side::Pop), 1);
+        drop(wait);
+        assert_eq!(s.waiters(Side::Pop), 0);
     }
 
     #[test]
     #[cfg_attr(miri, ignore)] // 32,767 read-modify-writes: slow under miri
     fn saturated_waiter_counts_stay_in_their_field() {
         let s = SlotState::new();
-        for _ in 0..WAITER_MAX {
-            assert!(s.register(Side::Pop).counted);
-        }
+        let waiters: Vec<_> = (0..WAITER_MAX).map(|_| s.register(Side::Pop)).collect();
+        assert!(waiters.iter().all(|w| w.counted));
         let r = s.register(Side::Pop);
         assert!(!r.counted, "the count saturates instead of overflowing");
         assert_eq!(push_waiters(s.word.load(Ordering::Relaxed)), 0);
         assert!(!s.is_closed());
+        drop(r);
+        assert_eq!(
+            s.waiters(Side::Pop),
+            WAITER_MAX as usize,
+            "not counted, not removed"
+        );
+        drop(waiters);
+        assert_eq!(s.waiters(Side::Pop), 0);
+        assert!(s.register(Side::Pop).counted, "room again once they leave");
     }
 }
 
@@ -304,7 +419,7 @@ mod loom_tests {
                     "consumer slept through the item"
                 );
             }
-            s.unregister(Side::Pop);
+            drop(seen);
         });
     }
 
@@ -331,7 +446,7 @@ mod loom_tests {
                     "producer slept through the space"
                 );
             }
-            s.unregister(Side::Push);
+            drop(seen);
         });
     }
 

@@ -56,17 +56,28 @@ fn levels_follow_the_watermarks_and_crossings_are_counted_once() {
     let err = q.try_push(9).unwrap_err();
     assert_eq!(err.reason(), Rejection::QueueFull { capacity: 10 });
     assert_eq!(err.into_inner(), 9);
-    // Bounce around the reject mark: each rise is one crossing, and the level never
-    // falls below the warn mark, so that is crossed only once.
+    // Bounce around the reject mark: the level follows every move, but the length
+    // never falls below either mark by the hysteresis margin (1 slot of 10), so
+    // each mark is crossed only once.
     for _ in 0..3 {
         q.try_pop().unwrap();
         assert_eq!(q.pressure(), PressureLevel::Elevated);
         q.try_push(0).unwrap();
+        assert_eq!(q.pressure(), PressureLevel::Critical);
     }
     let s = q.stats();
     assert_eq!(s.rejected, 1);
     assert_eq!(s.elevated_crossings, 1);
-    assert_eq!(s.critical_crossings, 4);
+    assert_eq!(s.critical_crossings, 1);
+    // Below 9 - 1 = 8, and back: a new critical crossing, still one elevated.
+    q.try_pop().unwrap();
+    q.try_pop().unwrap();
+    q.try_push(0).unwrap();
+    q.try_push(0).unwrap();
+    assert_eq!(
+        (q.stats().elevated_crossings, q.stats().critical_crossings),
+        (1, 2)
+    );
     while q.try_pop().is_some() {}
     for _ in 0..8 {
         q.try_push(1).unwrap();

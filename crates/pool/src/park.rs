@@ -65,7 +65,9 @@ impl Parker {
         until: Option<Instant>,
     ) -> Registered {
         let guard = lock(&self.lock);
-        let seen = state.register(side);
+        // Unregisters when dropped, below (or if `idle` panics).
+        let registration = state.register(side);
+        let seen = registration.seen();
         if idle(&seen) && !seen.closed {
             if seen.counted {
                 let _guard = match until {
@@ -90,9 +92,7 @@ impl Parker {
                 heijunka_core::sync::thread::yield_now();
             }
         }
-        if seen.counted {
-            state.unregister(side);
-        }
+        drop(registration);
         seen
     }
 }

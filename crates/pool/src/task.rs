@@ -49,21 +49,6 @@ pub struct TaskPool {
     inner: Arc<Inner>,
 }
 
-/// A registered waiter for room (the `Push` side), removed on drop: a `spawn`
-/// cancelled while it waits must not leave its count behind.
-struct PushWaiter<'a> {
-    state: &'a SlotState,
-    counted: bool,
-}
-
-impl Drop for PushWaiter<'_> {
-    fn drop(&mut self) {
-        if self.counted {
-            self.state.unregister(Side::Push);
-        }
-    }
-}
-
 /// A running slot taken from the semaphore and forgotten: given back on drop,
 /// when the task ends (or is dropped unfinished).
 struct RunningSlot<'a>(&'a Inner);
@@ -264,12 +249,9 @@ impl TaskPool {
             let notified = inner.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // A guard: unregisters even if this future is dropped while it waits
+            // (a `spawn` cancelled mid-wait must not leave its count behind).
             let seen = inner.waiting.register(Side::Push);
-            // Unregisters even if this future is dropped while it waits.
-            let _registered = PushWaiter {
-                state: &inner.waiting,
-                counted: seen.counted,
-            };
             if seen.len >= inner.max_waiting && !seen.closed {
                 if seen.counted {
                     // Room in the waiting queue, or a running slot freed directly
