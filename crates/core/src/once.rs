@@ -264,9 +264,14 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not fit the inline storage")]
     fn store_refuses_a_value_that_does_not_fit_in_any_build() {
+        /// Never reads its pointer.
+        ///
+        /// # Safety
+        ///
+        /// None needed: it touches nothing.
+        unsafe fn call_noop(_: *mut u8, _: &()) {}
         // SAFETY: `drop_stored::<[u64; 8]>` treats the storage as a `[u64; 8]`, and
         // `call_noop` never reads it; the assertion refuses it first anyway.
-        unsafe fn call_noop(_: *mut u8, _: &()) {}
         let _ = unsafe {
             InlineOnce::<()>::store::<[u64; 8]>([0; 8], call_noop, drop_stored::<[u64; 8]>, true)
         };
