@@ -80,9 +80,9 @@ impl MemoryMonitorBuilder {
         self
     }
 
-    /// A memory budget for the process, in bytes. The smallest of this, the cgroup
-    /// limit and the system total applies (each of them would end the process);
-    /// against this budget the process's resident set is counted.
+    /// A memory budget for the process, in bytes, against which the process's
+    /// resident set is counted. Of this, the cgroup limits and the system's memory,
+    /// the one with the least headroom binds (each of them would end the process).
     #[must_use]
     pub fn limit(mut self, bytes: u64) -> Self {
         self.limit = Some(bytes);

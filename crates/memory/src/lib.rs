@@ -52,12 +52,16 @@
 //!   the hierarchy's root: a limit set only on a parent (a Kubernetes pod, a
 //!   systemd slice) applies too, which `sysinfo`'s own cgroup reading misses.
 //!   [`ManualProbe`] is for tests; implement the trait for other figures.
-//! - **The limit that applies** is the smallest of the cgroup limit, the
-//!   [configured](MemoryMonitorBuilder::limit) one and the system total; each
+//! - **The limit that binds** is the one with the least headroom (the largest
+//!   `used / limit`) of the cgroup limits along the process's cgroup path, the
+//!   [configured](MemoryMonitorBuilder::limit) one and the system's memory: each
+//!   of them ends the process when full, whichever is the smallest. Each
 //!   [`MemorySample`] says which ([`LimitSource`]) and, for a cgroup, which
 //!   directory set it ([`CgroupMemory::path`]). Against a cgroup limit the cgroup's
 //!   working set is counted (usage less inactive file pages, the kubelet's figure);
-//!   against the others, the process's resident set.
+//!   against the configured limit, the process's resident set; against the system
+//!   total, the memory in use on the machine (total less `MemAvailable`). Without a
+//!   cgroup limit, [`SystemProbe`] says so once with a `tracing` warning.
 //! - **Levels**: [`Thresholds`] map `used / limit` to
 //!   [`PressureLevel`](heijunka_core::PressureLevel) normal / elevated / critical
 //!   (defaults 80 % and 90 %), with hysteresis (default 5 points) so a value

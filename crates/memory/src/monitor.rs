@@ -251,6 +251,13 @@ impl MemoryMonitor {
     /// Runs `f` each time the level changes to `level` (for example: evict caches
     /// when it becomes `Elevated`).
     ///
+    /// A change that skips a level (normal to critical in one sample) reaches the
+    /// callbacks as one change per level crossed, in order, both ways (normal →
+    /// elevated, then elevated → critical; each with the sample that moved the
+    /// level), so the callback of a level crossed on the way still runs;
+    /// [`subscribe`](Self::subscribe)rs, [`stats`](Self::stats) and `tracing` see
+    /// the one change.
+    ///
     /// Callbacks run in the order the changes happened, and for one change in the
     /// order they were registered, on a thread of their own (started by the first
     /// registration): never on the sampling path. A panic in one is caught, logged

@@ -22,7 +22,8 @@ pub struct ProbeReading {
     pub system_total: u64,
     /// Memory the kernel could hand out without swapping, in bytes; 0 when unknown.
     pub system_available: u64,
-    /// The tightest cgroup limit over the process, when one is set.
+    /// The cgroup limit that binds the process (the least headroom along its
+    /// cgroup path), when one is set.
     pub cgroup: Option<CgroupMemory>,
 }
 
@@ -78,12 +79,15 @@ pub enum RssSource {
 /// v1/v2 limits along the process's cgroup path.
 ///
 /// The cgroup path is found once, when the probe is built (from `/proc/self/cgroup`
-/// and `/proc/self/mountinfo`); every reading then reads the limit file of each
-/// directory from the process's cgroup up to the hierarchy's root and keeps the
-/// smallest, so a limit set only on a parent (a Kubernetes pod's, a systemd slice's)
-/// is found. Files that are missing or hold garbage are skipped: a probe outside any
-/// container simply reports no cgroup limit. A file missing at one reading is
-/// looked for again every 64 readings.
+/// and `/proc/self/mountinfo`); every reading then reads the limit and usage files
+/// of each directory from the process's cgroup up to the hierarchy's root and keeps
+/// the one with the least headroom (the largest usage / limit), so a limit set only
+/// on a parent (a Kubernetes pod's, a systemd slice's), or a parent shared with
+/// siblings that fill it, is found. Files that are missing or hold garbage are
+/// skipped: a probe outside any container reports no cgroup limit, and says so
+/// once with a `tracing` warning (the monitor then measures the system's memory in
+/// use, total less available). A file missing at one reading is looked for again
+/// every 64 readings.
 ///
 /// The files are kept open and re-read from the start at each reading (the kernel
 /// regenerates them), so a probe holds a few file descriptors: two, plus up to
@@ -110,6 +114,8 @@ pub struct SystemProbe {
     system: System,
     pid: Option<Pid>,
     statm_failed: bool,
+    /// The fall back to system memory (no cgroup limit) was logged.
+    fallback_said: bool,
 }
 
 impl SystemProbe {
@@ -141,6 +147,7 @@ impl SystemProbe {
             system: System::new(),
             pid: sysinfo::get_current_pid().ok(),
             statm_failed: false,
+            fallback_said: false,
         }
     }
 
@@ -212,11 +219,26 @@ impl MemoryProbe for SystemProbe {
                 .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
             (self.system.total_memory(), self.system.available_memory())
         });
+        let cgroup = self.chain.read(rss);
+        if cgroup.is_none() && !self.fallback_said {
+            self.fallback_said = true;
+            let reason = if self.chain.is_empty() {
+                "no cgroup hierarchy found for this process"
+            } else {
+                "no cgroup on this process's path sets a readable memory limit"
+            };
+            tracing::warn!(
+                root = %self.root.display(),
+                memory.system_total = system_total,
+                memory.system_available = system_available,
+                "{reason}; measuring against system memory (total less available) instead of a cgroup limit"
+            );
+        }
         Ok(ProbeReading {
             rss,
             system_total,
             system_available,
-            cgroup: self.chain.read(),
+            cgroup,
         })
     }
 }

@@ -140,16 +140,16 @@ fn a_panicking_callback_is_isolated_and_counted() {
     let (tx, rx) = mpsc::channel();
     m.on_change(|_| panic!("callback bug")).unwrap();
     let id = m.on_change(move |c| tx.send(c.to).unwrap()).unwrap();
-    at(&m, &p, 950);
+    at(&m, &p, 850);
     at(&m, &p, 10);
     assert!(m.flush_callbacks(WAIT));
-    assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Critical, Normal]);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Elevated, Normal]);
     assert_eq!(m.stats().callback_panics, 2);
 
     // Removed callbacks stop running.
     assert!(m.remove_callback(id));
     assert!(!m.remove_callback(id));
-    at(&m, &p, 950);
+    at(&m, &p, 850);
     assert!(m.flush_callbacks(WAIT));
     assert_eq!(rx.try_iter().count(), 0);
     assert_eq!(m.stats().callback_panics, 3);
@@ -169,12 +169,13 @@ fn a_blocked_callback_never_blocks_sampling_and_its_backlog_is_bounded() {
     })
     .unwrap();
 
-    at(&m, &p, 950); // change 1: the callback thread takes it and blocks
+    at(&m, &p, 850); // change 1: the callback thread takes it and blocks
     entered.recv_timeout(WAIT).unwrap();
-    // 70 more changes while it is blocked: sampling goes on, the queue keeps 64.
+    // 70 more changes (one level each) while it is blocked: sampling goes on, the
+    // queue keeps 64.
     for i in 0..70 {
-        let want = if i % 2 == 0 { Normal } else { Critical };
-        assert_eq!(at(&m, &p, if i % 2 == 0 { 10 } else { 950 }), want);
+        let want = if i % 2 == 0 { Critical } else { Elevated };
+        assert_eq!(at(&m, &p, if i % 2 == 0 { 950 } else { 800 }), want);
     }
     let stats = m.stats();
     assert_eq!(stats.level_changes, 71);
@@ -188,11 +189,11 @@ fn a_blocked_callback_never_blocks_sampling_and_its_backlog_is_bounded() {
     assert!(m.flush_callbacks(WAIT));
     let got: Vec<_> = seen.try_iter().collect();
     assert_eq!(got.len(), 65);
-    assert_eq!(got[0], Critical);
+    assert_eq!(got[0], Elevated);
     // The oldest six queued changes were dropped; the newest ones ran, in order,
     // ending at the last level.
     assert!(got.windows(2).all(|w| w[0] != w[1]), "alternating: {got:?}");
-    assert_eq!(*got.last().unwrap(), Critical);
+    assert_eq!(*got.last().unwrap(), Elevated);
 }
 
 #[test]
@@ -385,7 +386,99 @@ fn the_thread_sampler_samples_at_once_and_stops_when_dropped() {
     probe.set_rss(990);
     let sampler = m.spawn_sampler().unwrap();
     assert!(!sampler.is_task(), "no runtime here");
-    assert_eq!(rx.recv_timeout(WAIT), Ok(Critical), "first sample at once");
+    assert_eq!(rx.recv_timeout(WAIT), Ok(Elevated), "first sample at once");
+    assert_eq!(rx.recv_timeout(WAIT), Ok(Critical), "every level crossed");
     sampler.stop(); // joins the thread
     assert_eq!(m.stats().samples, 2);
+}
+
+#[test]
+fn a_jump_runs_the_callbacks_of_every_level_crossed_in_order() {
+    let (m, p) = monitor();
+    let (tx, rx) = mpsc::channel::<(&'static str, PressureLevel, PressureLevel)>();
+    let any = tx.clone();
+    m.on_change(move |c| any.send(("any", c.from, c.to)).unwrap())
+        .unwrap();
+    for (name, level) in [
+        ("normal", Normal),
+        ("elevated", Elevated),
+        ("critical", Critical),
+    ] {
+        let tx = tx.clone();
+        m.on_level(level, move |c| tx.send((name, c.from, c.to)).unwrap())
+            .unwrap();
+    }
+    // Normal -> Critical in one sample, then Critical -> Normal in one sample.
+    assert_eq!(at(&m, &p, 950), Critical);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert!(m.flush_callbacks(WAIT));
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        got,
+        [
+            ("any", Normal, Elevated),
+            ("elevated", Normal, Elevated),
+            ("any", Elevated, Critical),
+            ("critical", Elevated, Critical),
+            ("any", Critical, Elevated),
+            ("elevated", Critical, Elevated),
+            ("any", Elevated, Normal),
+            ("normal", Elevated, Normal),
+        ]
+    );
+}
+
+/// A probe that fails on demand, as a revoked cgroup file or a broken `/proc` does.
+#[derive(Clone)]
+struct Failing {
+    inner: ManualProbe,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl heijunka_memory::MemoryProbe for Failing {
+    fn read(&mut self) -> Result<heijunka_memory::ProbeReading, SampleError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SampleError::NoLimit);
+        }
+        self.inner.read()
+    }
+}
+
+fn failing_monitor(clock: &ManualClock) -> (MemoryMonitor, ManualProbe, Failing) {
+    let probe = ManualProbe::new(1 << 40);
+    let failing = Failing {
+        inner: probe.clone(),
+        fail: Default::default(),
+    };
+    let m = MemoryMonitor::builder()
+        .limit(LIMIT)
+        .interval(Duration::from_secs(1))
+        .probe(failing.clone())
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    (m, probe, failing)
+}
+
+#[test]
+fn a_stale_critical_level_does_not_reject_forever() {
+    let clock = ManualClock::new();
+    let (m, p, failing) = failing_monitor(&clock);
+    let gate = MemoryGate::builder(&m).build().unwrap();
+    assert_eq!(at(&m, &p, 950), Critical);
+    assert!(gate.check().is_err(), "a fresh critical level rejects");
+
+    // From now on every sample fails, for an hour.
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3_600 {
+        clock.advance(Duration::from_secs(1));
+        assert!(m.sample_now().is_err());
+    }
+    assert_eq!(m.pressure(), Critical, "the monitor keeps its last level");
+    // The gate does not act on an hour-old reading: by default it fails open.
+    assert_eq!(gate.check(), Ok(()));
+    assert_eq!(gate.check_size(u64::MAX), Ok(()));
+    assert_eq!(gate.rejection(), None);
 }
