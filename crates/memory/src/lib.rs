@@ -78,7 +78,9 @@
 //!   event (`warn` when it reaches critical, `info` otherwise).
 //! - **Admission**: [`MemoryGate`] rejects with
 //!   [`Rejection::MemoryPressure`](heijunka_core::Rejection::MemoryPressure) at
-//!   critical, and large requests from elevated.
+//!   critical, and large requests from elevated; a level whose sample is too old
+//!   (sampling keeps failing) is not trusted: the gate's [`StalePolicy`] fails open
+//!   (the default) or closed.
 //! - **Stats**: [`MemoryMonitor::stats`] and [`MemoryGate::stats`] are plain
 //!   `Serialize` structs.
 //!
@@ -110,7 +112,7 @@
 //!
 //! # Failure and bad input
 //!
-//! Bad configuration (thresholds out of order or outside `(0, 1]`, a zero interval,
+//! Bad configuration (thresholds out of order or outside `(0, 1]`, an interval under 1 ms,
 //! a zero limit) is a [`ConfigError`](heijunka_core::ConfigError) naming the field
 //! and the value. Missing, unreadable or garbage `/proc` and cgroup files never
 //! panic: a garbage limit file is skipped (as if that directory set no limit), an
@@ -153,9 +155,9 @@ pub use crate::alloc::{
 pub use crate::{
     callbacks::{CALLBACK_QUEUE_CAPACITY, CallbackId, LevelChange},
     cgroup::{CgroupMemory, CgroupVersion},
-    config::{DEFAULT_INTERVAL, MemoryMonitorBuilder},
+    config::{DEFAULT_INTERVAL, MIN_INTERVAL, MemoryMonitorBuilder},
     error::{SampleError, SpawnError},
-    gate::{GateStats, MemoryGate, MemoryGateBuilder},
+    gate::{DEFAULT_STALE_AFTER_INTERVALS, GateStats, MemoryGate, MemoryGateBuilder, StalePolicy},
     level::{
         DEFAULT_CRITICAL_THRESHOLD, DEFAULT_ELEVATED_THRESHOLD, DEFAULT_HYSTERESIS, Thresholds,
     },

@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     clock: Clock,
     watch: watch::Sender<PressureLevel>,
     callbacks: Callbacks,
+    /// When the latest successful sample was taken (the monitor's creation before
+    /// the first), in the clock's nanoseconds: what a gate's staleness bound reads.
+    last_ok: CachePadded<AtomicU64>,
     sample_errors: AtomicU64,
     level_changes: AtomicU64,
     to_elevated: AtomicU64,
@@ -96,6 +99,7 @@ impl MemoryMonitor {
         clock: Clock,
     ) -> Self {
         let (watch, _) = watch::channel(PressureLevel::Normal);
+        let created = clock.now().as_nanos();
         Self {
             inner: Arc::new(Inner {
                 level: CachePadded::new(AtomicU8::new(PressureLevel::Normal.as_u8())),
@@ -112,6 +116,7 @@ impl MemoryMonitor {
                 clock,
                 watch,
                 callbacks: Callbacks::new(),
+                last_ok: CachePadded::new(AtomicU64::new(created)),
                 sample_errors: AtomicU64::new(0),
                 level_changes: AtomicU64::new(0),
                 to_elevated: AtomicU64::new(0),
@@ -142,6 +147,22 @@ impl MemoryMonitor {
     /// first successful sample.
     pub fn status(&self) -> Option<MemoryStatus> {
         decode(self.inner.cell.read())
+    }
+
+    /// How old the latest successful sample is, on the monitor's clock (since the
+    /// monitor was built, before the first one). While sampling fails the level is
+    /// kept and this grows: a [`MemoryGate`](crate::MemoryGate) stops trusting a
+    /// level older than its [`stale_after`](crate::MemoryGateBuilder::stale_after).
+    pub fn sample_age(&self) -> Duration {
+        // Relaxed: see the store in `sample_now`.
+        let at = self.inner.last_ok.load(Ordering::Relaxed);
+        self.inner.clock.elapsed(Instant::from_nanos(at))
+    }
+
+    /// Whether the latest successful sample is older than `bound`.
+    #[inline]
+    pub fn is_stale(&self, bound: Duration) -> bool {
+        self.sample_age() > bound
     }
 
     /// The latest sample in full (with the cgroup path), cloned under the sampling
@@ -201,6 +222,11 @@ impl MemoryMonitor {
             sampled_at: inner.clock.now(),
         };
         inner.cell.write(encode(&status));
+        // Relaxed: the age stands alone; a gate that reads an older stamp judges a
+        // reading older than it is, which only errs by the race's width.
+        inner
+            .last_ok
+            .store(status.sampled_at.as_nanos(), Ordering::Relaxed);
         if to != from {
             // Release: pairs with the Acquire load in `pressure`; the status above
             // is published first.

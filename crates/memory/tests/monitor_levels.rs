@@ -482,3 +482,133 @@ fn a_stale_critical_level_does_not_reject_forever() {
     assert_eq!(gate.check_size(u64::MAX), Ok(()));
     assert_eq!(gate.rejection(), None);
 }
+
+#[test]
+fn a_stale_reading_follows_the_gate_policy_and_the_stats_say_so() {
+    use heijunka_memory::StalePolicy;
+    let clock = ManualClock::new();
+    let (m, p, failing) = failing_monitor(&clock);
+    let open = MemoryGate::builder(&m)
+        .stale_after(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let closed = MemoryGate::builder(&m)
+        .stale_after(Duration::from_secs(30))
+        .stale_policy(StalePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let default = MemoryGate::builder(&m).build().unwrap();
+    assert_eq!(
+        default.stats().stale_after,
+        Duration::from_secs(10),
+        "10 intervals of 1 s"
+    );
+    assert_eq!(at(&m, &p, 950), Critical);
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // 30 s old: still trusted (the bound is inclusive).
+    clock.advance(Duration::from_secs(30));
+    assert!(m.sample_now().is_err());
+    assert_eq!(m.sample_age(), Duration::from_secs(30));
+    let critical = Err(Rejection::MemoryPressure { level: Critical });
+    assert_eq!(open.check(), critical);
+    assert_eq!(closed.check(), critical);
+    assert!(!open.stats().stale);
+
+    // One nanosecond more: stale.
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(open.check(), Ok(()));
+    assert_eq!(open.check_size(u64::MAX), Ok(()));
+    assert_eq!(closed.check(), critical);
+    assert_eq!(closed.rejection(), critical.err());
+    assert_eq!(open.rejection(), None);
+    let s = open.stats();
+    assert!(s.stale);
+    assert_eq!((s.admitted, s.stale_admitted, s.rejected), (2, 2, 1));
+    assert_eq!(s.stale_policy, StalePolicy::FailOpen);
+    let s = closed.stats();
+    assert!(s.stale);
+    assert_eq!((s.rejected, s.stale_rejected), (2, 1));
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["stale_policy"], "fail_closed");
+    assert_eq!(json["stale"], true);
+
+    // A failing monitor whose level is Normal: fail-closed rejects it once stale,
+    // fail-open admits without looking at the clock.
+    failing
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert!(!closed.stats().stale, "a fresh sample");
+    assert_eq!(closed.check(), Ok(()));
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(closed.check(), critical);
+    assert_eq!(open.check(), Ok(()));
+
+    // Recovery: a successful sample is fresh again.
+    failing
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert_eq!(closed.check(), Ok(()));
+    assert_eq!(m.sample_age(), Duration::ZERO);
+}
+
+#[test]
+fn a_monitor_that_never_sampled_ages_from_its_creation() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(100));
+    let probe = Failing {
+        inner: ManualProbe::new(1 << 40),
+        fail: std::sync::Arc::new(true.into()),
+    };
+    let m = MemoryMonitor::builder()
+        .limit(LIMIT)
+        .probe(probe)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    assert!(m.status().is_none());
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(m.sample_age(), Duration::from_secs(5));
+    let closed = MemoryGate::builder(&m)
+        .stale_policy(heijunka_memory::StalePolicy::FailClosed)
+        .build()
+        .unwrap();
+    assert_eq!(closed.check(), Ok(()));
+    clock.advance(Duration::from_secs(6));
+    assert!(closed.check().is_err());
+}
+
+#[test]
+fn gate_and_interval_bounds_are_config_errors() {
+    let (m, _) = monitor();
+    assert_eq!(
+        MemoryGate::builder(&m)
+            .stale_after(Duration::ZERO)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "stale_after must be longer than zero, got 0ns"
+    );
+    // A sampler interval below 1 ms would spin a core re-reading kernel files.
+    let err = MemoryMonitor::builder()
+        .probe(ManualProbe::new(1 << 30))
+        .interval(Duration::from_micros(999))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "interval must be at least 1ms, got 999µs");
+    assert!(
+        MemoryMonitor::builder()
+            .probe(ManualProbe::new(1 << 30))
+            .interval(Duration::from_millis(1))
+            .build()
+            .is_ok()
+    );
+}
