@@ -162,6 +162,15 @@ impl CgroupChain {
         &self.dirs
     }
 
+    /// The process's own cgroup v2 directory, if it is in one (its
+    /// `memory.pressure` is the cgroup's stall information).
+    pub(crate) fn v2_leaf(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| d.version == CgroupVersion::V2)
+            .map(|d| d.dir.as_path())
+    }
+
     /// Whether any hierarchy was found.
     pub(crate) fn is_empty(&self) -> bool {
         self.dirs.is_empty()

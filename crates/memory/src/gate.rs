@@ -61,6 +61,8 @@ pub struct MemoryGate {
     rejects_from: PressureLevel,
     stale_after: Duration,
     stale_policy: StalePolicy,
+    /// Stall percentage at or above which the level counts as `Critical`.
+    stall_threshold: Option<f64>,
     counts: Arc<Counts>,
 }
 
@@ -102,6 +104,7 @@ pub struct MemoryGateBuilder {
     large_reject_at: PressureLevel,
     stale_after: Option<Duration>,
     stale_policy: StalePolicy,
+    stall_threshold: Option<f64>,
 }
 
 impl MemoryGateBuilder {
@@ -141,6 +144,19 @@ impl MemoryGateBuilder {
         self
     }
 
+    /// Treat the level as `Critical` while the monitor's
+    /// [`stall_percent`](MemoryMonitor::stall_percent) (pressure stall
+    /// information: the share of the last 10 s in which some task waited for
+    /// memory) is at least `percent`, whatever the usage; in `(0, 100]`. Default:
+    /// none. Stalls show a shortage the usage figure hides (a cgroup at 85 % of
+    /// its limit with nothing left to reclaim); where the kernel gives no stall
+    /// information, the rule never fires.
+    #[must_use]
+    pub fn stall_threshold(mut self, percent: f64) -> Self {
+        self.stall_threshold = Some(percent);
+        self
+    }
+
     /// What to do with a stale level (default [`StalePolicy::FailOpen`]).
     #[must_use]
     pub fn stale_policy(mut self, policy: StalePolicy) -> Self {
@@ -177,6 +193,16 @@ impl MemoryGateBuilder {
                 .interval
                 .saturating_mul(DEFAULT_STALE_AFTER_INTERVALS),
         };
+        let stall_threshold = match self.stall_threshold {
+            Some(p) if !(p > 0.0 && p <= 100.0) => {
+                return Err(ConfigError::new(
+                    "stall_threshold",
+                    p,
+                    "must be a percentage in (0, 100]",
+                ));
+            }
+            other => other,
+        };
         let rejects_from = large.map_or(self.reject_at, |(_, at)| at.min(self.reject_at));
         Ok(MemoryGate {
             monitor: self.monitor,
@@ -185,6 +211,7 @@ impl MemoryGateBuilder {
             rejects_from,
             stale_after,
             stale_policy: self.stale_policy,
+            stall_threshold,
             counts: Arc::new(Counts {
                 admitted: ShardedCounter::new(),
                 rejected: ShardedCounter::new(),
@@ -206,6 +233,7 @@ impl MemoryGate {
             large_reject_at: PressureLevel::Elevated,
             stale_after: None,
             stale_policy: StalePolicy::FailOpen,
+            stall_threshold: None,
         }
     }
 
@@ -214,7 +242,12 @@ impl MemoryGate {
     /// (and no clock read).
     #[inline]
     fn level(&self) -> (PressureLevel, bool) {
-        let level = self.monitor.pressure();
+        let mut level = self.monitor.pressure();
+        if let Some(threshold) = self.stall_threshold
+            && self.monitor.stall_percent().is_some_and(|p| p >= threshold)
+        {
+            level = PressureLevel::Critical;
+        }
         if self.stale_policy == StalePolicy::FailOpen && level < self.rejects_from {
             return (level, false);
         }
@@ -320,6 +353,7 @@ impl fmt::Debug for MemoryGate {
             .field("large", &self.large)
             .field("stale_after", &self.stale_after)
             .field("stale_policy", &self.stale_policy)
+            .field("stall_threshold", &self.stall_threshold)
             .field("level", &self.monitor.pressure())
             .finish_non_exhaustive()
     }

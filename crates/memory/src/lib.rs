@@ -80,7 +80,10 @@
 //!   [`Rejection::MemoryPressure`](heijunka_core::Rejection::MemoryPressure) at
 //!   critical, and large requests from elevated; a level whose sample is too old
 //!   (sampling keeps failing) is not trusted: the gate's [`StalePolicy`] fails open
-//!   (the default) or closed.
+//!   (the default) or closed. With a
+//!   [`stall_threshold`](MemoryGateBuilder::stall_threshold) the gate also acts
+//!   on pressure stall information ([`MemoryStall`], from `memory.pressure` or
+//!   `/proc/pressure/memory`), which shows a shortage the usage figure hides.
 //! - **Stats**: [`MemoryMonitor::stats`] and [`MemoryGate::stats`] are plain
 //!   `Serialize` structs.
 //!
@@ -143,6 +146,7 @@ mod level;
 mod monitor;
 mod probe;
 mod procfs;
+mod psi;
 mod sample;
 mod sampler;
 mod stats;
@@ -163,6 +167,7 @@ pub use crate::{
     },
     monitor::MemoryMonitor,
     probe::{ManualProbe, MemoryProbe, ProbeReading, RssSource, SystemProbe},
+    psi::{MemoryStall, StallAverages},
     sample::{LimitSource, MemorySample, MemoryStatus},
     sampler::Sampler,
     stats::MemoryStats,

@@ -66,6 +66,9 @@ pub(crate) struct Inner {
     /// When the latest successful sample was taken (the monitor's creation before
     /// the first), in the clock's nanoseconds: what a gate's staleness bound reads.
     last_ok: CachePadded<AtomicU64>,
+    /// The latest sample's `some` avg10 stall percentage as `f64` bits; NaN when
+    /// the sample had no stall information.
+    stall: AtomicU64,
     sample_errors: AtomicU64,
     level_changes: AtomicU64,
     to_elevated: AtomicU64,
@@ -117,6 +120,7 @@ impl MemoryMonitor {
                 watch,
                 callbacks: Callbacks::new(),
                 last_ok: CachePadded::new(AtomicU64::new(created)),
+                stall: AtomicU64::new(f64::NAN.to_bits()),
                 sample_errors: AtomicU64::new(0),
                 level_changes: AtomicU64::new(0),
                 to_elevated: AtomicU64::new(0),
@@ -157,6 +161,16 @@ impl MemoryMonitor {
         // Relaxed: see the store in `sample_now`.
         let at = self.inner.last_ok.load(Ordering::Relaxed);
         self.inner.clock.elapsed(Instant::from_nanos(at))
+    }
+
+    /// The latest sample's memory stall: the `some` avg10 of its pressure stall
+    /// information (the percentage of the last 10 s in which some task waited for
+    /// memory), `None` where the kernel gives none. One atomic load.
+    #[inline]
+    pub fn stall_percent(&self) -> Option<f64> {
+        // Relaxed: pairs with the Relaxed store in `sample_now`; a figure alone.
+        let p = f64::from_bits(self.inner.stall.load(Ordering::Relaxed));
+        (!p.is_nan()).then_some(p)
     }
 
     /// Whether the latest successful sample is older than `bound`.
@@ -233,10 +247,14 @@ impl MemoryMonitor {
             inner.level.store(to.as_u8(), Ordering::Release);
             self.record_change(LevelChange { from, to, status });
         }
+        let stall = reading.stall.map_or(f64::NAN, |s| s.some.avg10);
+        // Relaxed: a figure standing alone, read by gates (see `stall_percent`).
+        inner.stall.store(stall.to_bits(), Ordering::Relaxed);
         let sample = MemorySample {
             status,
             ratio,
             cgroup: reading.cgroup,
+            stall: reading.stall,
         };
         sampling.last = Some(sample.clone());
         Ok(sample)

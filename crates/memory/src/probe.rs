@@ -7,13 +7,15 @@ use sysinfo::{MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, Sys
 
 use crate::cgroup::{CgroupChain, CgroupMemory};
 use crate::error::SampleError;
+use crate::file::KeptFile;
 use crate::procfs::ProcFiles;
+use crate::psi::MemoryStall;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering};
 
 /// What a probe read: the raw figures a [`MemorySample`](crate::MemorySample) is
 /// built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ProbeReading {
     /// The process's resident set, in bytes.
@@ -25,6 +27,8 @@ pub struct ProbeReading {
     /// The cgroup limit that binds the process (the least headroom along its
     /// cgroup path), when one is set.
     pub cgroup: Option<CgroupMemory>,
+    /// Pressure stall information, where the kernel provides it.
+    pub stall: Option<MemoryStall>,
 }
 
 impl ProbeReading {
@@ -35,7 +39,15 @@ impl ProbeReading {
             system_total,
             system_available,
             cgroup: None,
+            stall: None,
         }
+    }
+
+    /// The same reading with stall information.
+    #[must_use]
+    pub fn with_stall(mut self, stall: MemoryStall) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     /// The same reading with a cgroup limit.
@@ -92,7 +104,9 @@ pub enum RssSource {
 /// The files are kept open and re-read from the start at each reading (the kernel
 /// regenerates them), so a probe holds a few file descriptors: two, plus up to
 /// three per cgroup directory in the chain. Resident and system memory come from
-/// `/proc` or `sysinfo` as [`RssSource`] says.
+/// `/proc` or `sysinfo` as [`RssSource`] says. Stall information comes from the
+/// process's cgroup v2 `memory.pressure`, else `/proc/pressure/memory`, where the
+/// kernel provides them.
 ///
 /// ```
 /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
@@ -116,6 +130,9 @@ pub struct SystemProbe {
     statm_failed: bool,
     /// The fall back to system memory (no cgroup limit) was logged.
     fallback_said: bool,
+    /// Where stall information is read: the process's cgroup v2 `memory.pressure`,
+    /// then the system's `/proc/pressure/memory`; the first that parses is used.
+    psi: Vec<KeptFile>,
 }
 
 impl SystemProbe {
@@ -139,11 +156,19 @@ impl SystemProbe {
     }
 
     fn with_options(root: &Path, rss_source: RssSource) -> Self {
+        let chain = CgroupChain::discover(root);
+        let psi = chain
+            .v2_leaf()
+            .map(|leaf| KeptFile::new(leaf.join("memory.pressure")))
+            .into_iter()
+            .chain([KeptFile::new(root.join("proc/pressure/memory"))])
+            .collect();
         Self {
             root: root.to_path_buf(),
             rss_source,
             proc: ProcFiles::new(root),
-            chain: CgroupChain::discover(root),
+            chain,
+            psi,
             system: System::new(),
             pid: sysinfo::get_current_pid().ok(),
             statm_failed: false,
@@ -234,11 +259,16 @@ impl MemoryProbe for SystemProbe {
                 "{reason}; measuring against system memory (total less available) instead of a cgroup limit"
             );
         }
+        let stall = self
+            .psi
+            .iter_mut()
+            .find_map(|f| f.read().and_then(MemoryStall::parse));
         Ok(ProbeReading {
             rss,
             system_total,
             system_available,
             cgroup,
+            stall,
         })
     }
 }

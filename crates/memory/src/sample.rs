@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cgroup::{CgroupMemory, CgroupVersion};
 use crate::probe::ProbeReading;
+use crate::psi::MemoryStall;
 
 /// Which limit a sample measured against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -91,6 +92,8 @@ pub struct MemorySample {
     /// The binding cgroup limit found, and the directory that set it, whether or
     /// not it was the limit that applied.
     pub cgroup: Option<CgroupMemory>,
+    /// Pressure stall information, where the kernel provides it.
+    pub stall: Option<MemoryStall>,
 }
 
 /// `used / limit`, with a zero limit read as "no room at all".

@@ -332,3 +332,50 @@ fn of_several_mounts_of_one_hierarchy_the_one_showing_the_cgroup_is_used() {
         cgroup.path
     );
 }
+
+#[test]
+#[cfg_attr(miri, ignore)] // sysinfo calls sysconf(_SC_CLK_TCK), which miri does not implement
+fn stall_information_comes_from_the_cgroup_then_the_system() {
+    let tree = TempTree::v2("psi", "/app", &[("app", &GIB.to_string(), GIB / 10)]);
+    tree.write(
+        "proc/pressure/memory",
+        "some avg10=1.00 avg60=2.00 avg300=3.00 total=10\nfull avg10=0.50 avg60=0.25 avg300=0.00 total=5\n",
+    );
+    // No memory.pressure in the cgroup (cgroup v1, an old kernel): the system's.
+    let reading = SystemProbe::with_root(&tree.root).read().unwrap();
+    let stall = reading.stall.expect("the system's stall information");
+    assert_eq!((stall.some.avg10, stall.some.avg60), (1.0, 2.0));
+    assert_eq!(stall.full.unwrap().avg10, 0.5);
+
+    // The cgroup's own, where it has one.
+    tree.write(
+        "sys/fs/cgroup/app/memory.pressure",
+        "some avg10=42.00 avg60=10.00 avg300=1.00 total=99\nfull avg10=20.00 avg60=5.00 avg300=0.50 total=50\n",
+    );
+    let monitor = MemoryMonitor::builder()
+        .probe(SystemProbe::with_root(&tree.root))
+        .build()
+        .unwrap();
+    let sample = monitor.last_sample().unwrap();
+    assert_eq!(sample.stall.unwrap().some.avg10, 42.0);
+    assert_eq!(monitor.stall_percent(), Some(42.0));
+    // 10 % of its limit, but tasks stalled 42 % of the time: a gate with a stall
+    // threshold rejects.
+    assert_eq!(sample.status.level, heijunka_core::PressureLevel::Normal);
+    let gate = heijunka_memory::MemoryGate::builder(&monitor)
+        .stall_threshold(25.0)
+        .build()
+        .unwrap();
+    assert!(gate.check().is_err());
+    let plain = heijunka_memory::MemoryGate::builder(&monitor)
+        .build()
+        .unwrap();
+    assert!(plain.check().is_ok());
+
+    // Garbage: no stall information, and the rule never fires.
+    tree.write("sys/fs/cgroup/app/memory.pressure", "some avg10=oops");
+    tree.write("proc/pressure/memory", "");
+    monitor.sample_now().unwrap();
+    assert_eq!(monitor.stall_percent(), None);
+    assert!(gate.check().is_ok());
+}

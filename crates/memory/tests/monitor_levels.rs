@@ -612,3 +612,25 @@ fn gate_and_interval_bounds_are_config_errors() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_stall_threshold_must_be_a_percentage() {
+    let (m, _) = monitor();
+    for bad in [0.0, -1.0, 100.5, f64::NAN] {
+        let err = MemoryGate::builder(&m)
+            .stall_threshold(bad)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("stall_threshold must be a percentage in (0, 100], got"),
+            "{err}"
+        );
+    }
+    assert!(
+        MemoryGate::builder(&m)
+            .stall_threshold(100.0)
+            .build()
+            .is_ok()
+    );
+}

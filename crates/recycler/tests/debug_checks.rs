@@ -63,7 +63,7 @@ fn shared_buffers(capacity: usize) -> Recycler<Buffer> {
 #[test]
 #[cfg(any(debug_assertions, feature = "debug-checks"))] // the checks exist only there
 fn a_value_given_back_twice_is_reported_with_both_call_sites() {
-    assert!(DEBUG_CHECKS);
+    const { assert!(DEBUG_CHECKS) };
     let pool = handles();
     let h = pool.get().detach();
     let copy = h.clone();
@@ -128,7 +128,7 @@ fn a_value_from_another_recycler_is_accepted() {
 #[test]
 #[cfg(any(debug_assertions, feature = "debug-checks"))] // the checks exist only there
 fn returned_buffers_are_poisoned_so_a_stale_reader_sees_garbage() {
-    assert!(DEBUG_CHECKS);
+    const { assert!(DEBUG_CHECKS) };
     // A stale reader: a clone of a shared handle kept past the value's return.
     let pool = shared_buffers(4);
     let stale = {
@@ -148,7 +148,7 @@ fn returned_buffers_are_poisoned_so_a_stale_reader_sees_garbage() {
 #[test]
 #[cfg(any(debug_assertions, feature = "debug-checks"))] // the checks exist only there
 fn a_write_to_an_idle_value_is_caught_on_the_next_get() {
-    assert!(DEBUG_CHECKS);
+    const { assert!(DEBUG_CHECKS) };
     let pool = shared_buffers(1);
     // A stale writer: a clone kept past the return writes into the idle buffer.
     let stale = {
@@ -180,7 +180,7 @@ fn a_write_to_an_idle_value_is_caught_on_the_next_get() {
 #[test]
 #[cfg(not(any(debug_assertions, feature = "debug-checks")))]
 fn release_builds_without_the_feature_skip_the_checks() {
-    assert!(!DEBUG_CHECKS);
+    const { assert!(!DEBUG_CHECKS) };
     // A value given back twice is not detected: no side table, no panic.
     let pool = handles();
     let h = pool.get().detach();
