@@ -60,8 +60,9 @@
 //!   directory set it ([`CgroupMemory::path`]). Against a cgroup limit the cgroup's
 //!   working set is counted (usage less inactive file pages, the kubelet's figure);
 //!   against the configured limit, the process's resident set; against the system
-//!   total, the memory in use on the machine (total less `MemAvailable`). Without a
-//!   cgroup limit, [`SystemProbe`] says so once with a `tracing` warning.
+//!   total, when no cgroup limit applies, the memory in use on the machine (total
+//!   less `MemAvailable`; [`SystemProbe`] says once with a `tracing` warning that
+//!   it fell back to it), and the resident set otherwise.
 //! - **Levels**: [`Thresholds`] map `used / limit` to
 //!   [`PressureLevel`](heijunka_core::PressureLevel) normal / elevated / critical
 //!   (defaults 80 % and 90 %), with hysteresis (default 5 points) so a value

@@ -107,9 +107,13 @@ pub(crate) fn ratio(used: u64, limit: u64) -> f64 {
 
 /// The limit that binds and the bytes counted against it: of the cgroup limit
 /// (against the cgroup's working set), the configured one (against the process's
-/// resident set) and the system's memory (against the memory in use on the
-/// machine, total less available; the resident set when available is unknown),
-/// the one with the least headroom, the largest `used / limit`. Each of them would
+/// resident set) and the system's memory, the one with the least headroom, the
+/// largest `used / limit`. Against the system total the memory in use on the
+/// machine counts (total less available) when no cgroup limit applies: that is
+/// the fallback's measure, where nothing else sees the host filling up. Under a
+/// cgroup limit (where `/proc/meminfo` usually shows the whole node's memory, which
+/// the kubelet manages) and when available memory is unknown, the resident set
+/// counts. Each of them would
 /// end the process when full, whichever limit is the smallest. On a tie the cgroup
 /// wins, then the configured limit.
 pub(crate) fn resolve(
@@ -133,8 +137,12 @@ pub(crate) fn resolve(
     if let Some(limit) = configured {
         consider(limit, reading.rss, LimitSource::Configured);
     }
-    let system_used = match (reading.system_total, reading.system_available) {
-        (total, available) if available > 0 && available <= total => total - available,
+    let system_used = match (
+        &reading.cgroup,
+        reading.system_total,
+        reading.system_available,
+    ) {
+        (None, total, available) if available > 0 && available <= total => total - available,
         _ => reading.rss,
     };
     consider(reading.system_total, system_used, LimitSource::System);
@@ -203,6 +211,15 @@ mod tests {
         assert_eq!(
             resolve(&ProbeReading::new(gib, 16 * gib, 0), None),
             Some((gib, 16 * gib, LimitSource::System))
+        );
+        // Under a cgroup limit the node's memory in use does not count: the
+        // process's resident set does.
+        let contained_on_full_host = full_host
+            .clone()
+            .with_cgroup(CgroupMemory::new(CgroupVersion::V2, "/pod", 4 * gib).with_usage(gib));
+        assert_eq!(
+            resolve(&contained_on_full_host, None),
+            Some((gib, 4 * gib, LimitSource::CgroupV2))
         );
         // A larger limit that is fuller binds.
         let shared_pod = plain.clone().with_cgroup(
