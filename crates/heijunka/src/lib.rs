@@ -32,6 +32,48 @@
 //! | `memory` | `heijunka-memory` | memory sampling and pressure levels |
 //! | `pool` | `heijunka-pool` | thread and task pools, task groups, dispatcher |
 //! | `event_bus` | `heijunka-event-bus` | topics, bounded fan-out, handler runtime |
+//!
+//! # Wiring parts that cannot see each other
+//!
+//! Crates of one layer do not depend on each other (the recycler and the memory
+//! monitor are both layer 1), so the application connects them. Memory pressure
+//! trimming idle recycled values: half of them at elevated, all at critical.
+//!
+//! ```
+//! # #[cfg(all(feature = "memory", feature = "recycler"))]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use heijunka::core::PressureLevel;
+//! use heijunka::memory::{ManualProbe, MemoryMonitor};
+//! use heijunka::recycler::Recycler;
+//! use std::time::Duration;
+//!
+//! let probe = ManualProbe::new(64 << 30); // the real thing: the default SystemProbe
+//! let monitor = MemoryMonitor::builder().limit(1_000).probe(probe.clone()).build()?;
+//! let buffers = Recycler::builder(|| Vec::<u8>::with_capacity(4096)).per_thread(0).build()?;
+//!
+//! let pool = buffers.clone();
+//! monitor.on_level(PressureLevel::Elevated, move |_| {
+//!     pool.trim(pool.stats().idle.div_ceil(2) as usize);
+//! })?;
+//! let pool = buffers.clone();
+//! monitor.on_level(PressureLevel::Critical, move |_| {
+//!     pool.clear();
+//! })?;
+//!
+//! drop((0..8).map(|_| buffers.get()).collect::<Vec<_>>()); // eight idle buffers
+//! probe.set_rss(850); // 85 %: elevated
+//! monitor.sample_now()?;
+//! assert!(monitor.flush_callbacks(Duration::from_secs(10)));
+//! assert_eq!(buffers.stats().idle, 4);
+//! probe.set_rss(950); // critical
+//! monitor.sample_now()?;
+//! assert!(monitor.flush_callbacks(Duration::from_secs(10)));
+//! assert_eq!(buffers.stats().idle, 0);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "memory", feature = "recycler")))]
+//! # fn main() {}
+//! ```
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(

@@ -14,8 +14,8 @@ use crate::sample::MemoryStatus;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard, thread};
 
-/// Level changes waiting for the callback thread; a longer backlog drops the oldest
-/// change (counted in [`MemoryStats::callback_changes_dropped`]).
+/// Level changes (steps of one level) waiting for the callback thread; a longer
+/// backlog drops the oldest change (counted in [`MemoryStats::callback_changes_dropped`]).
 ///
 /// [`MemoryStats::callback_changes_dropped`]: crate::MemoryStats::callback_changes_dropped
 pub const CALLBACK_QUEUE_CAPACITY: usize = 64;
@@ -120,23 +120,27 @@ impl Callbacks {
         state.registrations.len() != before
     }
 
-    /// Queues a change for the callbacks. Called under the monitor's sampling lock,
-    /// so changes queue in the order they happened.
+    /// Queues a change for the callbacks, one step per level crossed (a jump from
+    /// normal to critical queues normal → elevated, then elevated → critical).
+    /// Called under the monitor's sampling lock, so changes queue in the order they
+    /// happened.
     pub(crate) fn notify(&self, change: LevelChange) {
         let mut state = lock(&self.shared.state);
         if !state.started || state.registrations.is_empty() {
             return;
         }
-        if state.queue.len() == CALLBACK_QUEUE_CAPACITY {
-            state.queue.pop_front();
-            // Relaxed: a statistic, read on its own.
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                capacity = CALLBACK_QUEUE_CAPACITY,
-                "memory level callbacks fall behind; dropped the oldest queued change"
-            );
+        for step in steps(change) {
+            if state.queue.len() == CALLBACK_QUEUE_CAPACITY {
+                state.queue.pop_front();
+                // Relaxed: a statistic, read on its own.
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    capacity = CALLBACK_QUEUE_CAPACITY,
+                    "memory level callbacks fall behind; dropped the oldest queued change"
+                );
+            }
+            state.queue.push_back(step);
         }
-        state.queue.push_back(change);
         drop(state);
         self.shared.wake.notify_one();
     }
@@ -175,6 +179,27 @@ impl Callbacks {
     pub(crate) fn registered(&self) -> usize {
         lock(&self.shared.state).registrations.len()
     }
+}
+
+/// `change` as one change per level crossed, in order, each with the sample that
+/// moved the level.
+fn steps(change: LevelChange) -> impl Iterator<Item = LevelChange> {
+    let (from, to) = (change.from.as_u8(), change.to.as_u8());
+    let mut at = from;
+    std::iter::from_fn(move || {
+        if at == to {
+            return None;
+        }
+        let next = if to > at { at + 1 } else { at - 1 };
+        let step = LevelChange {
+            // Only `as_u8` values lie between two levels' bytes.
+            from: PressureLevel::from_u8(at).unwrap_or(change.from),
+            to: PressureLevel::from_u8(next).unwrap_or(change.to),
+            status: change.status,
+        };
+        at = next;
+        Some(step)
+    })
 }
 
 impl Drop for Callbacks {

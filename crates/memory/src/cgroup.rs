@@ -5,13 +5,13 @@
 //! hierarchy) and `/proc/self/mountinfo` (where each hierarchy is mounted, and which
 //! part of it the mount shows). The chain of directories runs from the process's own
 //! cgroup up to the mount point; a limit set on any of them applies to the process,
-//! so every sample reads each one and keeps the smallest.
+//! so every sample reads each one and keeps the one with the least headroom.
 //!
 //! Every parser here takes untrusted text and returns `None` (or skips the line)
 //! instead of panicking.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
@@ -51,8 +51,10 @@ impl CgroupVersion {
     }
 }
 
-/// The cgroup whose memory limit applies to the process: the smallest limit along
-/// the path from the process's own cgroup up to the root of the hierarchy.
+/// The cgroup whose memory limit binds the process: of the limits along the path
+/// from the process's own cgroup up to the root of the hierarchy, the one whose
+/// working set is the largest share of it (the least headroom), which need not be
+/// the smallest limit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CgroupMemory {
@@ -133,14 +135,11 @@ impl CgroupChain {
         let cgroup = fs::read_to_string(root.join("proc/self/cgroup")).unwrap_or_default();
         let mountinfo = fs::read_to_string(root.join("proc/self/mountinfo")).unwrap_or_default();
         let mut dirs = Vec::new();
+        let mounts = parse_mountinfo(&mountinfo);
         for membership in parse_proc_cgroup(&cgroup) {
-            let Some(mount) = parse_mountinfo(&mountinfo)
-                .into_iter()
-                .find(|m| m.version == membership.version)
-            else {
+            let Some((mount, leaf)) = pick_mount(root, &mounts, &membership) else {
                 continue;
             };
-            let leaf = mount.dir_of(&membership.path);
             let top = rooted(root, &mount.mount_point);
             let mut dir = rooted(root, &leaf);
             for _ in 0..MAX_DEPTH {
@@ -163,32 +162,47 @@ impl CgroupChain {
         &self.dirs
     }
 
+    /// The process's own cgroup v2 directory, if it is in one (its
+    /// `memory.pressure` is the cgroup's stall information).
+    pub(crate) fn v2_leaf(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| d.version == CgroupVersion::V2)
+            .map(|d| d.dir.as_path())
+    }
+
     /// Whether any hierarchy was found.
     pub(crate) fn is_empty(&self) -> bool {
         self.dirs.is_empty()
     }
 
-    /// Reads every limit along the chain and returns the smallest, with that
-    /// cgroup's working set. `None` when no directory sets a (readable, non-zero)
+    /// Reads every limit along the chain and returns the one with the least
+    /// headroom: the directory whose working set is the largest share of its limit
+    /// (each limit's OOM killer acts on its own figure, so a parent at 98 % ends the
+    /// process although its leaf is at 10 % of a smaller limit). A directory whose
+    /// usage is unreadable is ranked by `rss` (the process is below it, so its usage
+    /// is at least that). `None` when no directory sets a (readable, non-zero)
     /// limit.
-    pub(crate) fn read(&mut self) -> Option<CgroupMemory> {
-        let mut best: Option<(usize, u64)> = None;
+    pub(crate) fn read(&mut self, rss: u64) -> Option<CgroupMemory> {
+        // (index, limit, working set, ratio) of the fullest directory so far.
+        let mut best: Option<(usize, u64, Option<u64>, f64)> = None;
         for (i, d) in self.dirs.iter_mut().enumerate() {
             let Some(limit) = d.limit.read().and_then(|t| parse_limit(t, d.version)) else {
                 continue;
             };
-            // Strictly smaller: on a tie the deeper directory (seen first) is kept.
-            if best.is_none_or(|(_, b)| limit < b) {
-                best = Some((i, limit));
+            let usage = d.usage.read().and_then(parse_u64).map(|usage| {
+                let key = d.version.inactive_file_key();
+                let inactive = d.stat.read().and_then(|t| parse_stat_key(t, key));
+                usage.saturating_sub(inactive.unwrap_or(0))
+            });
+            let ratio = crate::sample::ratio(usage.unwrap_or(rss), limit);
+            // Strictly fuller: on a tie the deeper directory (seen first) is kept.
+            if best.is_none_or(|(_, _, _, r)| ratio > r) {
+                best = Some((i, limit, usage, ratio));
             }
         }
-        let (i, limit) = best?;
-        let d = &mut self.dirs[i];
-        let usage = d.usage.read().and_then(parse_u64).map(|usage| {
-            let key = d.version.inactive_file_key();
-            let inactive = d.stat.read().and_then(|t| parse_stat_key(t, key));
-            usage.saturating_sub(inactive.unwrap_or(0))
-        });
+        let (i, limit, usage, _) = best?;
+        let d = &self.dirs[i];
         Some(CgroupMemory {
             version: d.version,
             path: d.dir.to_string_lossy().into_owned(),
@@ -257,13 +271,51 @@ pub(crate) struct CgroupMount {
 
 impl CgroupMount {
     /// The directory of a cgroup whose hierarchy path is `path`. A path outside the
-    /// mount's root (a container's view) maps to the mount point itself.
-    pub(crate) fn dir_of(&self, path: &str) -> PathBuf {
-        match Path::new(path).strip_prefix(&self.root) {
+    /// mount's root (a container's view) maps to the mount point itself. A path
+    /// with `..` (a process outside its cgroup namespace's root, reported as
+    /// `/../sibling`) is not visible through any mount: `None`, never a directory
+    /// outside the mount point.
+    pub(crate) fn dir_of(&self, path: &str) -> Option<PathBuf> {
+        let path = Path::new(path);
+        if path.components().any(|c| c == Component::ParentDir) {
+            return None;
+        }
+        Some(match path.strip_prefix(&self.root) {
             Ok(rest) => self.mount_point.join(rest),
             Err(_) => self.mount_point.clone(),
-        }
+        })
     }
+
+    /// Whether the mount shows `path` (it lies at or below the mount's root).
+    fn shows(&self, path: &str) -> bool {
+        Path::new(path).starts_with(&self.root)
+    }
+}
+
+/// The mount to read `membership`'s cgroup through, and the cgroup's directory
+/// under it. A hierarchy may be mounted several times (a bind mount, a
+/// container's view of a subtree next to the host's): the mount that shows the
+/// cgroup and whose directory for it exists is preferred, the deepest root first;
+/// then any that shows it; then the first mount of that version.
+fn pick_mount<'m>(
+    root: &Path,
+    mounts: &'m [CgroupMount],
+    membership: &Membership,
+) -> Option<(&'m CgroupMount, PathBuf)> {
+    let of_version = || mounts.iter().filter(|m| m.version == membership.version);
+    let mut showing: Vec<&CgroupMount> =
+        of_version().filter(|m| m.shows(&membership.path)).collect();
+    // Deepest root first: it shows the least beyond the process's own cgroup.
+    showing.sort_by_key(|m| std::cmp::Reverse(m.root.components().count()));
+    let existing = showing.iter().find_map(|m| {
+        let dir = m.dir_of(&membership.path)?;
+        rooted(root, &dir).is_dir().then_some((*m, dir))
+    });
+    if existing.is_some() {
+        return existing;
+    }
+    let mount = showing.first().copied().or_else(|| of_version().next())?;
+    Some((mount, mount.dir_of(&membership.path)?))
 }
 
 /// Parses `/proc/self/mountinfo`, keeping the cgroup2 mounts and the cgroup v1
@@ -403,17 +455,19 @@ mod tests {
         );
         // The container's own cgroup maps to the mount point; a deeper one below it.
         assert_eq!(
-            mounts[0].dir_of("/docker/abc"),
+            mounts[0].dir_of("/docker/abc").unwrap(),
             Path::new("/sys/fs/cgroup/memory")
         );
         assert_eq!(
-            mounts[0].dir_of("/docker/abc/worker"),
+            mounts[0].dir_of("/docker/abc/worker").unwrap(),
             Path::new("/sys/fs/cgroup/memory/worker")
         );
         assert_eq!(
-            mounts[0].dir_of("/elsewhere"),
+            mounts[0].dir_of("/elsewhere").unwrap(),
             Path::new("/sys/fs/cgroup/memory")
         );
+        assert_eq!(mounts[1].dir_of("/../sibling"), None);
+        assert_eq!(mounts[1].dir_of("/a/../../b"), None);
     }
 
     #[test]
@@ -512,6 +566,6 @@ mod tests {
     fn a_missing_root_gives_an_empty_chain() {
         let mut chain = CgroupChain::discover(Path::new("/nonexistent/heijunka-memory"));
         assert!(chain.is_empty());
-        assert_eq!(chain.read(), None);
+        assert_eq!(chain.read(0), None);
     }
 }

@@ -15,6 +15,12 @@ use crate::probe::{MemoryProbe, SystemProbe};
 /// default overload-manager refresh interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The shortest sampling interval the builder accepts: 1 ms. A sample costs
+/// microseconds of kernel file reads; sampling more often than this spends a core
+/// on it while no memory figure (the kernel's cgroup counters, RSS) moves that fast
+/// in a way worth acting on.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Builds a [`MemoryMonitor`]; from [`MemoryMonitor::builder`].
 ///
 /// | setting | default | rule |
@@ -22,7 +28,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// | [`elevated_threshold`](Self::elevated_threshold) | 0.80 | in `(0, 1]`, at most `critical_threshold` |
 /// | [`critical_threshold`](Self::critical_threshold) | 0.90 | in `(0, 1]` |
 /// | [`hysteresis`](Self::hysteresis) | 0.05 | in `[0, elevated_threshold)` |
-/// | [`interval`](Self::interval) | 1 s | longer than zero |
+/// | [`interval`](Self::interval) | 1 s | at least [`MIN_INTERVAL`] (1 ms) |
 /// | [`limit`](Self::limit) | none | at least 1 byte |
 /// | [`probe`](Self::probe) | [`SystemProbe::new()`] | |
 /// | [`clock`](Self::clock) | the system clock | |
@@ -80,9 +86,9 @@ impl MemoryMonitorBuilder {
         self
     }
 
-    /// A memory budget for the process, in bytes. The smallest of this, the cgroup
-    /// limit and the system total applies (each of them would end the process);
-    /// against this budget the process's resident set is counted.
+    /// A memory budget for the process, in bytes, against which the process's
+    /// resident set is counted. Of this, the cgroup limits and the system's memory,
+    /// the one with the least headroom binds (each of them would end the process).
     #[must_use]
     pub fn limit(mut self, bytes: u64) -> Self {
         self.limit = Some(bytes);
@@ -109,6 +115,13 @@ impl MemoryMonitorBuilder {
     pub fn build(self) -> Result<MemoryMonitor, ConfigError> {
         let thresholds = Thresholds::new(self.elevated, self.critical, self.hysteresis)?;
         let interval = validate::non_zero_duration("interval", self.interval)?;
+        if interval < MIN_INTERVAL {
+            return Err(ConfigError::new(
+                "interval",
+                interval,
+                format!("must be at least {MIN_INTERVAL:?}"),
+            ));
+        }
         let limit = self
             .limit
             .map(|l| validate::at_least("limit", l, 1))

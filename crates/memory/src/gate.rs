@@ -1,6 +1,7 @@
 //! The admission gate: admit or reject work by memory pressure and request size.
 
 use std::fmt;
+use std::time::Duration;
 
 use heijunka_core::{ConfigError, PressureLevel, Rejection, ShardedCounter, validate};
 use serde::Serialize;
@@ -16,6 +17,18 @@ use crate::sync::Arc;
 ///
 /// A check is one atomic load of the level and one sharded counter bump; it never
 /// samples. Rejections carry [`Rejection::MemoryPressure`] with the level.
+///
+/// # Stale readings
+///
+/// The monitor keeps its last level while sampling fails (a revoked cgroup file,
+/// a stopped sampler); a gate does not act on a level forever. Once the latest
+/// successful sample is older than [`stale_after`](MemoryGateBuilder::stale_after)
+/// (default [`DEFAULT_STALE_AFTER_INTERVALS`] sampling intervals), the gate applies
+/// its [`StalePolicy`]: by default it fails open (the level is treated as
+/// `Normal`: a stale critical level stops rejecting), or it fails closed (treated
+/// as `Critical`). [`GateStats::stale`] says whether the reading is stale now, and
+/// the stale counts say what was decided on one. With the default policy a check
+/// reads the clock only while the level would reject something.
 ///
 /// ```
 /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
@@ -44,6 +57,12 @@ pub struct MemoryGate {
     monitor: MemoryMonitor,
     reject_at: PressureLevel,
     large: Option<(u64, PressureLevel)>,
+    /// The lowest level at which the gate rejects anything.
+    rejects_from: PressureLevel,
+    stale_after: Duration,
+    stale_policy: StalePolicy,
+    /// Stall percentage at or above which the level counts as `Critical`.
+    stall_threshold: Option<f64>,
     counts: Arc<Counts>,
 }
 
@@ -51,6 +70,29 @@ struct Counts {
     admitted: ShardedCounter,
     rejected: ShardedCounter,
     rejected_large: ShardedCounter,
+    stale_admitted: ShardedCounter,
+    stale_rejected: ShardedCounter,
+}
+
+/// By default a gate distrusts a level whose latest successful sample is older
+/// than this many of the monitor's sampling intervals (10 s at the default 1 s):
+/// long enough that a sampler a few ticks late (a busy runtime) is not stale, short
+/// enough that a broken probe does not hold a critical level for minutes.
+pub const DEFAULT_STALE_AFTER_INTERVALS: u32 = 10;
+
+/// What a [`MemoryGate`] does with a level whose sample is older than its
+/// [`stale_after`](MemoryGateBuilder::stale_after) bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StalePolicy {
+    /// Treat the level as `Normal`: admit (the default; a monitor that cannot
+    /// measure must not take the service down with it).
+    #[default]
+    FailOpen,
+    /// Treat the level as `Critical`: reject (for work that must never run
+    /// without a fresh reading).
+    FailClosed,
 }
 
 /// Builds a [`MemoryGate`]; from [`MemoryGate::builder`].
@@ -60,6 +102,9 @@ pub struct MemoryGateBuilder {
     reject_at: PressureLevel,
     large_bytes: Option<u64>,
     large_reject_at: PressureLevel,
+    stale_after: Option<Duration>,
+    stale_policy: StalePolicy,
+    stall_threshold: Option<f64>,
 }
 
 impl MemoryGateBuilder {
@@ -88,6 +133,37 @@ impl MemoryGateBuilder {
         self
     }
 
+    /// How old the latest successful sample may be before the gate applies its
+    /// [`stale_policy`](Self::stale_policy) (default
+    /// [`DEFAULT_STALE_AFTER_INTERVALS`] × the monitor's
+    /// [interval](crate::MemoryMonitorBuilder::interval); longer than zero;
+    /// `Duration::MAX` trusts a level forever).
+    #[must_use]
+    pub fn stale_after(mut self, age: Duration) -> Self {
+        self.stale_after = Some(age);
+        self
+    }
+
+    /// Treat the level as `Critical` while the monitor's
+    /// [`stall_percent`](MemoryMonitor::stall_percent) (pressure stall
+    /// information: the share of the last 10 s in which some task waited for
+    /// memory) is at least `percent`, whatever the usage; in `(0, 100]`. Default:
+    /// none. Stalls show a shortage the usage figure hides (a cgroup at 85 % of
+    /// its limit with nothing left to reclaim); where the kernel gives no stall
+    /// information, the rule never fires.
+    #[must_use]
+    pub fn stall_threshold(mut self, percent: f64) -> Self {
+        self.stall_threshold = Some(percent);
+        self
+    }
+
+    /// What to do with a stale level (default [`StalePolicy::FailOpen`]).
+    #[must_use]
+    pub fn stale_policy(mut self, policy: StalePolicy) -> Self {
+        self.stale_policy = policy;
+        self
+    }
+
     /// Checks the settings and builds the gate.
     pub fn build(self) -> Result<MemoryGate, ConfigError> {
         if self.reject_at == PressureLevel::Normal {
@@ -109,14 +185,39 @@ impl MemoryGateBuilder {
             .map(|b| validate::at_least("large_request_bytes", b, 1))
             .transpose()?
             .map(|b| (b, self.large_reject_at));
+        let stale_after = match self.stale_after {
+            Some(age) => validate::non_zero_duration("stale_after", age)?,
+            None => self
+                .monitor
+                .inner
+                .interval
+                .saturating_mul(DEFAULT_STALE_AFTER_INTERVALS),
+        };
+        let stall_threshold = match self.stall_threshold {
+            Some(p) if !(p > 0.0 && p <= 100.0) => {
+                return Err(ConfigError::new(
+                    "stall_threshold",
+                    p,
+                    "must be a percentage in (0, 100]",
+                ));
+            }
+            other => other,
+        };
+        let rejects_from = large.map_or(self.reject_at, |(_, at)| at.min(self.reject_at));
         Ok(MemoryGate {
             monitor: self.monitor,
             reject_at: self.reject_at,
             large,
+            rejects_from,
+            stale_after,
+            stale_policy: self.stale_policy,
+            stall_threshold,
             counts: Arc::new(Counts {
                 admitted: ShardedCounter::new(),
                 rejected: ShardedCounter::new(),
                 rejected_large: ShardedCounter::new(),
+                stale_admitted: ShardedCounter::new(),
+                stale_rejected: ShardedCounter::new(),
             }),
         })
     }
@@ -130,20 +231,67 @@ impl MemoryGate {
             reject_at: PressureLevel::Critical,
             large_bytes: None,
             large_reject_at: PressureLevel::Elevated,
+            stale_after: None,
+            stale_policy: StalePolicy::FailOpen,
+            stall_threshold: None,
         }
+    }
+
+    /// The level to act on and whether it stands in for a stale reading. With
+    /// [`StalePolicy::FailOpen`], a level that rejects nothing needs no age check
+    /// (and no clock read).
+    #[inline]
+    fn level(&self) -> (PressureLevel, bool) {
+        let mut level = self.monitor.pressure();
+        if let Some(threshold) = self.stall_threshold
+            && self.monitor.stall_percent().is_some_and(|p| p >= threshold)
+        {
+            level = PressureLevel::Critical;
+        }
+        if self.stale_policy == StalePolicy::FailOpen && level < self.rejects_from {
+            return (level, false);
+        }
+        if self.monitor.is_stale(self.stale_after) {
+            let stand_in = match self.stale_policy {
+                StalePolicy::FailOpen => PressureLevel::Normal,
+                StalePolicy::FailClosed => PressureLevel::Critical,
+            };
+            return (stand_in, true);
+        }
+        (level, false)
+    }
+
+    #[inline]
+    fn admit(&self, stale: bool) -> Result<(), Rejection> {
+        self.counts.admitted.increment();
+        if stale {
+            self.counts.stale_admitted.increment();
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn reject(&self, level: PressureLevel, stale: bool, large: bool) -> Result<(), Rejection> {
+        if large {
+            self.counts.rejected_large.increment();
+        } else {
+            self.counts.rejected.increment();
+        }
+        if stale {
+            self.counts.stale_rejected.increment();
+        }
+        Err(Rejection::MemoryPressure { level })
     }
 
     /// Admits a request of unknown size, or rejects it at
     /// [`reject_at`](MemoryGateBuilder::reject_at).
     #[inline]
     pub fn check(&self) -> Result<(), Rejection> {
-        let level = self.monitor.pressure();
+        let (level, stale) = self.level();
         if level >= self.reject_at {
-            self.counts.rejected.increment();
-            return Err(Rejection::MemoryPressure { level });
+            return self.reject(level, stale, false);
         }
-        self.counts.admitted.increment();
-        Ok(())
+        self.admit(stale)
     }
 
     /// Admits a request of `bytes`, or rejects it: at
@@ -152,27 +300,26 @@ impl MemoryGate {
     /// [`large_request_bytes`](MemoryGateBuilder::large_request_bytes).
     #[inline]
     pub fn check_size(&self, bytes: u64) -> Result<(), Rejection> {
-        let level = self.monitor.pressure();
+        let (level, stale) = self.level();
         if level >= self.reject_at {
-            self.counts.rejected.increment();
-            return Err(Rejection::MemoryPressure { level });
+            return self.reject(level, stale, false);
         }
         if let Some((large, at)) = self.large
             && bytes >= large
             && level >= at
         {
-            self.counts.rejected_large.increment();
-            return Err(Rejection::MemoryPressure { level });
+            return self.reject(level, stale, true);
         }
-        self.counts.admitted.increment();
-        Ok(())
+        self.admit(stale)
     }
 
     /// The load-shedder signal: the rejection a request of unknown size would get
-    /// now, without counting it. One atomic load.
+    /// now, without counting it (the stale policy applies). One atomic load while
+    /// the level rejects nothing.
     #[inline]
     pub fn rejection(&self) -> Option<Rejection> {
-        self.monitor.rejection_at(self.reject_at)
+        let (level, _) = self.level();
+        (level >= self.reject_at).then_some(Rejection::MemoryPressure { level })
     }
 
     /// The monitor the gate reads.
@@ -189,6 +336,12 @@ impl MemoryGate {
             rejected_large: self.counts.rejected_large.sum(),
             reject_at: self.reject_at,
             large_request_bytes: self.large.map(|(b, _)| b),
+            stale: self.monitor.is_stale(self.stale_after),
+            sample_age: self.monitor.sample_age(),
+            stale_after: self.stale_after,
+            stale_policy: self.stale_policy,
+            stale_admitted: self.counts.stale_admitted.sum(),
+            stale_rejected: self.counts.stale_rejected.sum(),
         }
     }
 }
@@ -198,6 +351,9 @@ impl fmt::Debug for MemoryGate {
         f.debug_struct("MemoryGate")
             .field("reject_at", &self.reject_at)
             .field("large", &self.large)
+            .field("stale_after", &self.stale_after)
+            .field("stale_policy", &self.stale_policy)
+            .field("stall_threshold", &self.stall_threshold)
             .field("level", &self.monitor.pressure())
             .finish_non_exhaustive()
     }
@@ -219,4 +375,19 @@ pub struct GateStats {
     pub reject_at: PressureLevel,
     /// The size rule's threshold, if any.
     pub large_request_bytes: Option<u64>,
+    /// Whether the monitor's latest successful sample is older than
+    /// [`stale_after`](Self::stale_after) now, so the [`stale_policy`](Self::stale_policy)
+    /// decides instead of the level.
+    pub stale: bool,
+    /// The age of the monitor's latest successful sample.
+    pub sample_age: Duration,
+    /// The staleness bound.
+    pub stale_after: Duration,
+    /// What a stale reading means.
+    pub stale_policy: StalePolicy,
+    /// Requests admitted on a stale reading (also counted in `admitted`).
+    pub stale_admitted: u64,
+    /// Requests rejected on a stale reading (also counted in `rejected` or
+    /// `rejected_large`).
+    pub stale_rejected: u64,
 }

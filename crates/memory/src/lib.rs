@@ -52,12 +52,17 @@
 //!   the hierarchy's root: a limit set only on a parent (a Kubernetes pod, a
 //!   systemd slice) applies too, which `sysinfo`'s own cgroup reading misses.
 //!   [`ManualProbe`] is for tests; implement the trait for other figures.
-//! - **The limit that applies** is the smallest of the cgroup limit, the
-//!   [configured](MemoryMonitorBuilder::limit) one and the system total; each
+//! - **The limit that binds** is the one with the least headroom (the largest
+//!   `used / limit`) of the cgroup limits along the process's cgroup path, the
+//!   [configured](MemoryMonitorBuilder::limit) one and the system's memory: each
+//!   of them ends the process when full, whichever is the smallest. Each
 //!   [`MemorySample`] says which ([`LimitSource`]) and, for a cgroup, which
 //!   directory set it ([`CgroupMemory::path`]). Against a cgroup limit the cgroup's
 //!   working set is counted (usage less inactive file pages, the kubelet's figure);
-//!   against the others, the process's resident set.
+//!   against the configured limit, the process's resident set; against the system
+//!   total, when no cgroup limit applies, the memory in use on the machine (total
+//!   less `MemAvailable`; [`SystemProbe`] says once with a `tracing` warning that
+//!   it fell back to it), and the resident set otherwise.
 //! - **Levels**: [`Thresholds`] map `used / limit` to
 //!   [`PressureLevel`](heijunka_core::PressureLevel) normal / elevated / critical
 //!   (defaults 80 % and 90 %), with hysteresis (default 5 points) so a value
@@ -74,7 +79,12 @@
 //!   event (`warn` when it reaches critical, `info` otherwise).
 //! - **Admission**: [`MemoryGate`] rejects with
 //!   [`Rejection::MemoryPressure`](heijunka_core::Rejection::MemoryPressure) at
-//!   critical, and large requests from elevated.
+//!   critical, and large requests from elevated; a level whose sample is too old
+//!   (sampling keeps failing) is not trusted: the gate's [`StalePolicy`] fails open
+//!   (the default) or closed. With a
+//!   [`stall_threshold`](MemoryGateBuilder::stall_threshold) the gate also acts
+//!   on pressure stall information ([`MemoryStall`], from `memory.pressure` or
+//!   `/proc/pressure/memory`), which shows a shortage the usage figure hides.
 //! - **Stats**: [`MemoryMonitor::stats`] and [`MemoryGate::stats`] are plain
 //!   `Serialize` structs.
 //!
@@ -106,7 +116,7 @@
 //!
 //! # Failure and bad input
 //!
-//! Bad configuration (thresholds out of order or outside `(0, 1]`, a zero interval,
+//! Bad configuration (thresholds out of order or outside `(0, 1]`, an interval under 1 ms,
 //! a zero limit) is a [`ConfigError`](heijunka_core::ConfigError) naming the field
 //! and the value. Missing, unreadable or garbage `/proc` and cgroup files never
 //! panic: a garbage limit file is skipped (as if that directory set no limit), an
@@ -137,6 +147,7 @@ mod level;
 mod monitor;
 mod probe;
 mod procfs;
+mod psi;
 mod sample;
 mod sampler;
 mod stats;
@@ -149,14 +160,15 @@ pub use crate::alloc::{
 pub use crate::{
     callbacks::{CALLBACK_QUEUE_CAPACITY, CallbackId, LevelChange},
     cgroup::{CgroupMemory, CgroupVersion},
-    config::{DEFAULT_INTERVAL, MemoryMonitorBuilder},
+    config::{DEFAULT_INTERVAL, MIN_INTERVAL, MemoryMonitorBuilder},
     error::{SampleError, SpawnError},
-    gate::{GateStats, MemoryGate, MemoryGateBuilder},
+    gate::{DEFAULT_STALE_AFTER_INTERVALS, GateStats, MemoryGate, MemoryGateBuilder, StalePolicy},
     level::{
         DEFAULT_CRITICAL_THRESHOLD, DEFAULT_ELEVATED_THRESHOLD, DEFAULT_HYSTERESIS, Thresholds,
     },
     monitor::MemoryMonitor,
     probe::{ManualProbe, MemoryProbe, ProbeReading, RssSource, SystemProbe},
+    psi::{MemoryStall, StallAverages},
     sample::{LimitSource, MemorySample, MemoryStatus},
     sampler::Sampler,
     stats::MemoryStats,

@@ -63,6 +63,12 @@ pub(crate) struct Inner {
     clock: Clock,
     watch: watch::Sender<PressureLevel>,
     callbacks: Callbacks,
+    /// When the latest successful sample was taken (the monitor's creation before
+    /// the first), in the clock's nanoseconds: what a gate's staleness bound reads.
+    last_ok: CachePadded<AtomicU64>,
+    /// The latest sample's `some` avg10 stall percentage as `f64` bits; NaN when
+    /// the sample had no stall information.
+    stall: AtomicU64,
     sample_errors: AtomicU64,
     level_changes: AtomicU64,
     to_elevated: AtomicU64,
@@ -96,6 +102,7 @@ impl MemoryMonitor {
         clock: Clock,
     ) -> Self {
         let (watch, _) = watch::channel(PressureLevel::Normal);
+        let created = clock.now().as_nanos();
         Self {
             inner: Arc::new(Inner {
                 level: CachePadded::new(AtomicU8::new(PressureLevel::Normal.as_u8())),
@@ -112,6 +119,8 @@ impl MemoryMonitor {
                 clock,
                 watch,
                 callbacks: Callbacks::new(),
+                last_ok: CachePadded::new(AtomicU64::new(created)),
+                stall: AtomicU64::new(f64::NAN.to_bits()),
                 sample_errors: AtomicU64::new(0),
                 level_changes: AtomicU64::new(0),
                 to_elevated: AtomicU64::new(0),
@@ -142,6 +151,32 @@ impl MemoryMonitor {
     /// first successful sample.
     pub fn status(&self) -> Option<MemoryStatus> {
         decode(self.inner.cell.read())
+    }
+
+    /// How old the latest successful sample is, on the monitor's clock (since the
+    /// monitor was built, before the first one). While sampling fails the level is
+    /// kept and this grows: a [`MemoryGate`](crate::MemoryGate) stops trusting a
+    /// level older than its [`stale_after`](crate::MemoryGateBuilder::stale_after).
+    pub fn sample_age(&self) -> Duration {
+        // Relaxed: see the store in `sample_now`.
+        let at = self.inner.last_ok.load(Ordering::Relaxed);
+        self.inner.clock.elapsed(Instant::from_nanos(at))
+    }
+
+    /// The latest sample's memory stall: the `some` avg10 of its pressure stall
+    /// information (the percentage of the last 10 s in which some task waited for
+    /// memory), `None` where the kernel gives none. One atomic load.
+    #[inline]
+    pub fn stall_percent(&self) -> Option<f64> {
+        // Relaxed: pairs with the Relaxed store in `sample_now`; a figure alone.
+        let p = f64::from_bits(self.inner.stall.load(Ordering::Relaxed));
+        (!p.is_nan()).then_some(p)
+    }
+
+    /// Whether the latest successful sample is older than `bound`.
+    #[inline]
+    pub fn is_stale(&self, bound: Duration) -> bool {
+        self.sample_age() > bound
     }
 
     /// The latest sample in full (with the cgroup path), cloned under the sampling
@@ -201,16 +236,25 @@ impl MemoryMonitor {
             sampled_at: inner.clock.now(),
         };
         inner.cell.write(encode(&status));
+        // Relaxed: the age stands alone; a gate that reads an older stamp judges a
+        // reading older than it is, which only errs by the race's width.
+        inner
+            .last_ok
+            .store(status.sampled_at.as_nanos(), Ordering::Relaxed);
         if to != from {
             // Release: pairs with the Acquire load in `pressure`; the status above
             // is published first.
             inner.level.store(to.as_u8(), Ordering::Release);
             self.record_change(LevelChange { from, to, status });
         }
+        let stall = reading.stall.map_or(f64::NAN, |s| s.some.avg10);
+        // Relaxed: a figure standing alone, read by gates (see `stall_percent`).
+        inner.stall.store(stall.to_bits(), Ordering::Relaxed);
         let sample = MemorySample {
             status,
             ratio,
             cgroup: reading.cgroup,
+            stall: reading.stall,
         };
         sampling.last = Some(sample.clone());
         Ok(sample)
@@ -250,6 +294,13 @@ impl MemoryMonitor {
 
     /// Runs `f` each time the level changes to `level` (for example: evict caches
     /// when it becomes `Elevated`).
+    ///
+    /// A change that skips a level (normal to critical in one sample) reaches the
+    /// callbacks as one change per level crossed, in order, both ways (normal →
+    /// elevated, then elevated → critical; each with the sample that moved the
+    /// level), so the callback of a level crossed on the way still runs;
+    /// [`subscribe`](Self::subscribe)rs, [`stats`](Self::stats) and `tracing` see
+    /// the one change.
     ///
     /// Callbacks run in the order the changes happened, and for one change in the
     /// order they were registered, on a thread of their own (started by the first

@@ -7,13 +7,15 @@ use sysinfo::{MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, Sys
 
 use crate::cgroup::{CgroupChain, CgroupMemory};
 use crate::error::SampleError;
+use crate::file::KeptFile;
 use crate::procfs::ProcFiles;
+use crate::psi::MemoryStall;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering};
 
 /// What a probe read: the raw figures a [`MemorySample`](crate::MemorySample) is
 /// built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ProbeReading {
     /// The process's resident set, in bytes.
@@ -22,8 +24,11 @@ pub struct ProbeReading {
     pub system_total: u64,
     /// Memory the kernel could hand out without swapping, in bytes; 0 when unknown.
     pub system_available: u64,
-    /// The tightest cgroup limit over the process, when one is set.
+    /// The cgroup limit that binds the process (the least headroom along its
+    /// cgroup path), when one is set.
     pub cgroup: Option<CgroupMemory>,
+    /// Pressure stall information, where the kernel provides it.
+    pub stall: Option<MemoryStall>,
 }
 
 impl ProbeReading {
@@ -34,7 +39,15 @@ impl ProbeReading {
             system_total,
             system_available,
             cgroup: None,
+            stall: None,
         }
+    }
+
+    /// The same reading with stall information.
+    #[must_use]
+    pub fn with_stall(mut self, stall: MemoryStall) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     /// The same reading with a cgroup limit.
@@ -78,17 +91,22 @@ pub enum RssSource {
 /// v1/v2 limits along the process's cgroup path.
 ///
 /// The cgroup path is found once, when the probe is built (from `/proc/self/cgroup`
-/// and `/proc/self/mountinfo`); every reading then reads the limit file of each
-/// directory from the process's cgroup up to the hierarchy's root and keeps the
-/// smallest, so a limit set only on a parent (a Kubernetes pod's, a systemd slice's)
-/// is found. Files that are missing or hold garbage are skipped: a probe outside any
-/// container simply reports no cgroup limit. A file missing at one reading is
-/// looked for again every 64 readings.
+/// and `/proc/self/mountinfo`); every reading then reads the limit and usage files
+/// of each directory from the process's cgroup up to the hierarchy's root and keeps
+/// the one with the least headroom (the largest usage / limit), so a limit set only
+/// on a parent (a Kubernetes pod's, a systemd slice's), or a parent shared with
+/// siblings that fill it, is found. Files that are missing or hold garbage are
+/// skipped: a probe outside any container reports no cgroup limit, and says so
+/// once with a `tracing` warning (the monitor then measures the system's memory in
+/// use, total less available). A file missing at one reading is looked for again
+/// every 64 readings.
 ///
 /// The files are kept open and re-read from the start at each reading (the kernel
 /// regenerates them), so a probe holds a few file descriptors: two, plus up to
 /// three per cgroup directory in the chain. Resident and system memory come from
-/// `/proc` or `sysinfo` as [`RssSource`] says.
+/// `/proc` or `sysinfo` as [`RssSource`] says. Stall information comes from the
+/// process's cgroup v2 `memory.pressure`, else `/proc/pressure/memory`, where the
+/// kernel provides them.
 ///
 /// ```
 /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
@@ -110,6 +128,11 @@ pub struct SystemProbe {
     system: System,
     pid: Option<Pid>,
     statm_failed: bool,
+    /// The fall back to system memory (no cgroup limit) was logged.
+    fallback_said: bool,
+    /// Where stall information is read: the process's cgroup v2 `memory.pressure`,
+    /// then the system's `/proc/pressure/memory`; the first that parses is used.
+    psi: Vec<KeptFile>,
 }
 
 impl SystemProbe {
@@ -133,14 +156,23 @@ impl SystemProbe {
     }
 
     fn with_options(root: &Path, rss_source: RssSource) -> Self {
+        let chain = CgroupChain::discover(root);
+        let psi = chain
+            .v2_leaf()
+            .map(|leaf| KeptFile::new(leaf.join("memory.pressure")))
+            .into_iter()
+            .chain([KeptFile::new(root.join("proc/pressure/memory"))])
+            .collect();
         Self {
             root: root.to_path_buf(),
             rss_source,
             proc: ProcFiles::new(root),
-            chain: CgroupChain::discover(root),
+            chain,
+            psi,
             system: System::new(),
             pid: sysinfo::get_current_pid().ok(),
             statm_failed: false,
+            fallback_said: false,
         }
     }
 
@@ -212,11 +244,31 @@ impl MemoryProbe for SystemProbe {
                 .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
             (self.system.total_memory(), self.system.available_memory())
         });
+        let cgroup = self.chain.read(rss);
+        if cgroup.is_none() && !self.fallback_said {
+            self.fallback_said = true;
+            let reason = if self.chain.is_empty() {
+                "no cgroup hierarchy found for this process"
+            } else {
+                "no cgroup on this process's path sets a readable memory limit"
+            };
+            tracing::warn!(
+                root = %self.root.display(),
+                memory.system_total = system_total,
+                memory.system_available = system_available,
+                "{reason}; measuring against system memory (total less available) instead of a cgroup limit"
+            );
+        }
+        let stall = self
+            .psi
+            .iter_mut()
+            .find_map(|f| f.read().and_then(MemoryStall::parse));
         Ok(ProbeReading {
             rss,
             system_total,
             system_available,
-            cgroup: self.chain.read(),
+            cgroup,
+            stall,
         })
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cgroup::{CgroupMemory, CgroupVersion};
 use crate::probe::ProbeReading;
+use crate::psi::MemoryStall;
 
 /// Which limit a sample measured against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -88,9 +89,11 @@ pub struct MemorySample {
     pub status: MemoryStatus,
     /// `used / limit`.
     pub ratio: f64,
-    /// The tightest cgroup limit found, and the directory that set it, whether or
+    /// The binding cgroup limit found, and the directory that set it, whether or
     /// not it was the limit that applied.
     pub cgroup: Option<CgroupMemory>,
+    /// Pressure stall information, where the kernel provides it.
+    pub stall: Option<MemoryStall>,
 }
 
 /// `used / limit`, with a zero limit read as "no room at all".
@@ -102,17 +105,26 @@ pub(crate) fn ratio(used: u64, limit: u64) -> f64 {
     used as f64 / limit as f64
 }
 
-/// The limit that applies and the bytes counted against it: the smallest of the
-/// cgroup limit, the configured one and the system total (each would end the
-/// process first). On a tie the cgroup wins, then the configured limit.
+/// The limit that binds and the bytes counted against it: of the cgroup limit
+/// (against the cgroup's working set), the configured one (against the process's
+/// resident set) and the system's memory, the one with the least headroom, the
+/// largest `used / limit`. Against the system total the memory in use on the
+/// machine counts (total less available) when no cgroup limit applies: that is
+/// the fallback's measure, where nothing else sees the host filling up. Under a
+/// cgroup limit (where `/proc/meminfo` usually shows the whole node's memory, which
+/// the kubelet manages) and when available memory is unknown, the resident set
+/// counts. Each of them would
+/// end the process when full, whichever limit is the smallest. On a tie the cgroup
+/// wins, then the configured limit.
 pub(crate) fn resolve(
     reading: &ProbeReading,
     configured: Option<u64>,
 ) -> Option<(u64, u64, LimitSource)> {
-    let mut best: Option<(u64, u64, LimitSource)> = None;
+    let mut best: Option<(u64, u64, LimitSource, f64)> = None;
     let mut consider = |limit: u64, used: u64, source: LimitSource| {
-        if limit > 0 && best.is_none_or(|(l, _, _)| limit < l) {
-            best = Some((limit, used, source));
+        let r = ratio(used, limit);
+        if limit > 0 && best.is_none_or(|(_, _, _, b)| r > b) {
+            best = Some((limit, used, source, r));
         }
     };
     if let Some(cg) = &reading.cgroup {
@@ -125,8 +137,16 @@ pub(crate) fn resolve(
     if let Some(limit) = configured {
         consider(limit, reading.rss, LimitSource::Configured);
     }
-    consider(reading.system_total, reading.rss, LimitSource::System);
-    best.map(|(limit, used, source)| (used, limit, source))
+    let system_used = match (
+        &reading.cgroup,
+        reading.system_total,
+        reading.system_available,
+    ) {
+        (None, total, available) if available > 0 && available <= total => total - available,
+        _ => reading.rss,
+    };
+    consider(reading.system_total, system_used, LimitSource::System);
+    best.map(|(limit, used, source, _)| (used, limit, source))
 }
 
 #[cfg(test)]
@@ -134,9 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn smallest_limit_wins_and_says_where_it_came_from() {
+    fn least_headroom_wins_and_says_where_it_came_from() {
         let gib = 1_u64 << 30;
-        let plain = ProbeReading::new(gib, 16 * gib, 8 * gib);
+        // 1 GiB in use on a 16 GiB machine, all of it this process's.
+        let plain = ProbeReading::new(gib, 16 * gib, 15 * gib);
         assert_eq!(
             resolve(&plain, None),
             Some((gib, 16 * gib, LimitSource::System))
@@ -177,6 +198,36 @@ mod tests {
         assert_eq!(
             resolve(&v1, None),
             Some((gib, 2 * gib, LimitSource::CgroupV1))
+        );
+
+        // The machine's memory in use counts, not the process's share of it; a
+        // roomy cgroup or budget does not hide a full machine.
+        let full_host = ProbeReading::new(gib, 16 * gib, gib);
+        assert_eq!(
+            resolve(&full_host, Some(8 * gib)),
+            Some((15 * gib, 16 * gib, LimitSource::System))
+        );
+        // Unknown available memory: the resident set stands in.
+        assert_eq!(
+            resolve(&ProbeReading::new(gib, 16 * gib, 0), None),
+            Some((gib, 16 * gib, LimitSource::System))
+        );
+        // Under a cgroup limit the node's memory in use does not count: the
+        // process's resident set does.
+        let contained_on_full_host = full_host
+            .clone()
+            .with_cgroup(CgroupMemory::new(CgroupVersion::V2, "/pod", 4 * gib).with_usage(gib));
+        assert_eq!(
+            resolve(&contained_on_full_host, None),
+            Some((gib, 4 * gib, LimitSource::CgroupV2))
+        );
+        // A larger limit that is fuller binds.
+        let shared_pod = plain.clone().with_cgroup(
+            CgroupMemory::new(CgroupVersion::V2, "/pod", 4 * gib).with_usage(4 * gib - 1),
+        );
+        assert_eq!(
+            resolve(&shared_pod, Some(2 * gib)),
+            Some((4 * gib - 1, 4 * gib, LimitSource::CgroupV2))
         );
 
         // Nothing known: no limit.

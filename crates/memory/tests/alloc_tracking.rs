@@ -151,3 +151,72 @@ fn a_tokio_task_reports_at_least_what_it_allocated() {
     assert!(stats.allocated >= 96 << 10, "{stats:?}");
     assert!(stats.freed >= 96 << 10, "{stats:?}");
 }
+
+/// Allocates `per_poll` bytes (kept) on each of `polls` polls, then completes;
+/// counts its drops.
+struct AllocEachPoll<'a> {
+    polls: usize,
+    per_poll: usize,
+    kept: Vec<Vec<u8>>,
+    drops: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Future for AllocEachPoll<'_> {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.kept.len() == self.polls {
+            return Poll::Ready(self.kept.len());
+        }
+        let block = black_box(vec![1_u8; self.per_poll]);
+        self.kept.push(block);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for AllocEachPoll<'_> {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_tracked_future_dropped_at_any_poll_drops_its_inner_future_once() {
+    use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+    let drops = std::sync::atomic::AtomicUsize::new(0);
+    let covered = cancel_points(10, |k| {
+        let kept = Vec::with_capacity(8); // allocated outside the tracked polls
+        let tracked = track_allocations(AllocEachPoll {
+            polls: 3,
+            per_poll: 4096,
+            kept,
+            drops: &drops,
+        });
+        let mut polled = Polled::new(tracked);
+        let mut outcome = None;
+        for _ in 0..k {
+            if polled.poll() {
+                outcome = polled.take_output();
+                break;
+            }
+        }
+        let polls = polled.polls();
+        drop(polled);
+        // The invariant: the inner future is dropped exactly once, whatever k was.
+        assert_eq!(
+            drops.swap(0, std::sync::atomic::Ordering::SeqCst),
+            1,
+            "k = {k}"
+        );
+        match outcome {
+            Some((n, stats)) => {
+                // Every poll's allocation counted once: 3 blocks of 4 KiB.
+                assert_eq!(n, 3);
+                assert!(stats.allocated >= 3 * 4096, "{stats:?}");
+                Outcome::Completed { output: (), polls }
+            }
+            None => Outcome::Cancelled { polls },
+        }
+    });
+    assert_eq!(covered, 4);
+}

@@ -140,16 +140,16 @@ fn a_panicking_callback_is_isolated_and_counted() {
     let (tx, rx) = mpsc::channel();
     m.on_change(|_| panic!("callback bug")).unwrap();
     let id = m.on_change(move |c| tx.send(c.to).unwrap()).unwrap();
-    at(&m, &p, 950);
+    at(&m, &p, 850);
     at(&m, &p, 10);
     assert!(m.flush_callbacks(WAIT));
-    assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Critical, Normal]);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Elevated, Normal]);
     assert_eq!(m.stats().callback_panics, 2);
 
     // Removed callbacks stop running.
     assert!(m.remove_callback(id));
     assert!(!m.remove_callback(id));
-    at(&m, &p, 950);
+    at(&m, &p, 850);
     assert!(m.flush_callbacks(WAIT));
     assert_eq!(rx.try_iter().count(), 0);
     assert_eq!(m.stats().callback_panics, 3);
@@ -169,12 +169,13 @@ fn a_blocked_callback_never_blocks_sampling_and_its_backlog_is_bounded() {
     })
     .unwrap();
 
-    at(&m, &p, 950); // change 1: the callback thread takes it and blocks
+    at(&m, &p, 850); // change 1: the callback thread takes it and blocks
     entered.recv_timeout(WAIT).unwrap();
-    // 70 more changes while it is blocked: sampling goes on, the queue keeps 64.
+    // 70 more changes (one level each) while it is blocked: sampling goes on, the
+    // queue keeps 64.
     for i in 0..70 {
-        let want = if i % 2 == 0 { Normal } else { Critical };
-        assert_eq!(at(&m, &p, if i % 2 == 0 { 10 } else { 950 }), want);
+        let want = if i % 2 == 0 { Critical } else { Elevated };
+        assert_eq!(at(&m, &p, if i % 2 == 0 { 950 } else { 800 }), want);
     }
     let stats = m.stats();
     assert_eq!(stats.level_changes, 71);
@@ -188,11 +189,11 @@ fn a_blocked_callback_never_blocks_sampling_and_its_backlog_is_bounded() {
     assert!(m.flush_callbacks(WAIT));
     let got: Vec<_> = seen.try_iter().collect();
     assert_eq!(got.len(), 65);
-    assert_eq!(got[0], Critical);
+    assert_eq!(got[0], Elevated);
     // The oldest six queued changes were dropped; the newest ones ran, in order,
     // ending at the last level.
     assert!(got.windows(2).all(|w| w[0] != w[1]), "alternating: {got:?}");
-    assert_eq!(*got.last().unwrap(), Critical);
+    assert_eq!(*got.last().unwrap(), Elevated);
 }
 
 #[test]
@@ -385,7 +386,251 @@ fn the_thread_sampler_samples_at_once_and_stops_when_dropped() {
     probe.set_rss(990);
     let sampler = m.spawn_sampler().unwrap();
     assert!(!sampler.is_task(), "no runtime here");
-    assert_eq!(rx.recv_timeout(WAIT), Ok(Critical), "first sample at once");
+    assert_eq!(rx.recv_timeout(WAIT), Ok(Elevated), "first sample at once");
+    assert_eq!(rx.recv_timeout(WAIT), Ok(Critical), "every level crossed");
     sampler.stop(); // joins the thread
     assert_eq!(m.stats().samples, 2);
+}
+
+#[test]
+fn a_jump_runs_the_callbacks_of_every_level_crossed_in_order() {
+    let (m, p) = monitor();
+    let (tx, rx) = mpsc::channel::<(&'static str, PressureLevel, PressureLevel)>();
+    let any = tx.clone();
+    m.on_change(move |c| any.send(("any", c.from, c.to)).unwrap())
+        .unwrap();
+    for (name, level) in [
+        ("normal", Normal),
+        ("elevated", Elevated),
+        ("critical", Critical),
+    ] {
+        let tx = tx.clone();
+        m.on_level(level, move |c| tx.send((name, c.from, c.to)).unwrap())
+            .unwrap();
+    }
+    // Normal -> Critical in one sample, then Critical -> Normal in one sample.
+    assert_eq!(at(&m, &p, 950), Critical);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert!(m.flush_callbacks(WAIT));
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        got,
+        [
+            ("any", Normal, Elevated),
+            ("elevated", Normal, Elevated),
+            ("any", Elevated, Critical),
+            ("critical", Elevated, Critical),
+            ("any", Critical, Elevated),
+            ("elevated", Critical, Elevated),
+            ("any", Elevated, Normal),
+            ("normal", Elevated, Normal),
+        ]
+    );
+}
+
+/// A probe that fails on demand, as a revoked cgroup file or a broken `/proc` does.
+#[derive(Clone)]
+struct Failing {
+    inner: ManualProbe,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl heijunka_memory::MemoryProbe for Failing {
+    fn read(&mut self) -> Result<heijunka_memory::ProbeReading, SampleError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SampleError::NoLimit);
+        }
+        self.inner.read()
+    }
+}
+
+fn failing_monitor(clock: &ManualClock) -> (MemoryMonitor, ManualProbe, Failing) {
+    let probe = ManualProbe::new(1 << 40);
+    let failing = Failing {
+        inner: probe.clone(),
+        fail: Default::default(),
+    };
+    let m = MemoryMonitor::builder()
+        .limit(LIMIT)
+        .interval(Duration::from_secs(1))
+        .probe(failing.clone())
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    (m, probe, failing)
+}
+
+#[test]
+fn a_stale_critical_level_does_not_reject_forever() {
+    let clock = ManualClock::new();
+    let (m, p, failing) = failing_monitor(&clock);
+    let gate = MemoryGate::builder(&m).build().unwrap();
+    assert_eq!(at(&m, &p, 950), Critical);
+    assert!(gate.check().is_err(), "a fresh critical level rejects");
+
+    // From now on every sample fails, for an hour (one a minute: cheap under miri).
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..60 {
+        clock.advance(Duration::from_secs(60));
+        assert!(m.sample_now().is_err());
+    }
+    assert_eq!(m.pressure(), Critical, "the monitor keeps its last level");
+    // The gate does not act on an hour-old reading: by default it fails open.
+    assert_eq!(gate.check(), Ok(()));
+    assert_eq!(gate.check_size(u64::MAX), Ok(()));
+    assert_eq!(gate.rejection(), None);
+}
+
+#[test]
+fn a_stale_reading_follows_the_gate_policy_and_the_stats_say_so() {
+    use heijunka_memory::StalePolicy;
+    let clock = ManualClock::new();
+    let (m, p, failing) = failing_monitor(&clock);
+    let open = MemoryGate::builder(&m)
+        .stale_after(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let closed = MemoryGate::builder(&m)
+        .stale_after(Duration::from_secs(30))
+        .stale_policy(StalePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let default = MemoryGate::builder(&m).build().unwrap();
+    assert_eq!(
+        default.stats().stale_after,
+        Duration::from_secs(10),
+        "10 intervals of 1 s"
+    );
+    assert_eq!(at(&m, &p, 950), Critical);
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // 30 s old: still trusted (the bound is inclusive).
+    clock.advance(Duration::from_secs(30));
+    assert!(m.sample_now().is_err());
+    assert_eq!(m.sample_age(), Duration::from_secs(30));
+    let critical = Err(Rejection::MemoryPressure { level: Critical });
+    assert_eq!(open.check(), critical);
+    assert_eq!(closed.check(), critical);
+    assert!(!open.stats().stale);
+
+    // One nanosecond more: stale.
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(open.check(), Ok(()));
+    assert_eq!(open.check_size(u64::MAX), Ok(()));
+    assert_eq!(closed.check(), critical);
+    assert_eq!(closed.rejection(), critical.err());
+    assert_eq!(open.rejection(), None);
+    let s = open.stats();
+    assert!(s.stale);
+    assert_eq!((s.admitted, s.stale_admitted, s.rejected), (2, 2, 1));
+    assert_eq!(s.stale_policy, StalePolicy::FailOpen);
+    let s = closed.stats();
+    assert!(s.stale);
+    assert_eq!((s.rejected, s.stale_rejected), (2, 1));
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["stale_policy"], "fail_closed");
+    assert_eq!(json["stale"], true);
+
+    // A failing monitor whose level is Normal: fail-closed rejects it once stale,
+    // fail-open admits without looking at the clock.
+    failing
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert!(!closed.stats().stale, "a fresh sample");
+    assert_eq!(closed.check(), Ok(()));
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(closed.check(), critical);
+    assert_eq!(open.check(), Ok(()));
+
+    // Recovery: a successful sample is fresh again.
+    failing
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at(&m, &p, 10), Normal);
+    assert_eq!(closed.check(), Ok(()));
+    assert_eq!(m.sample_age(), Duration::ZERO);
+}
+
+#[test]
+fn a_monitor_that_never_sampled_ages_from_its_creation() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(100));
+    let probe = Failing {
+        inner: ManualProbe::new(1 << 40),
+        fail: std::sync::Arc::new(true.into()),
+    };
+    let m = MemoryMonitor::builder()
+        .limit(LIMIT)
+        .probe(probe)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    assert!(m.status().is_none());
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(m.sample_age(), Duration::from_secs(5));
+    let closed = MemoryGate::builder(&m)
+        .stale_policy(heijunka_memory::StalePolicy::FailClosed)
+        .build()
+        .unwrap();
+    assert_eq!(closed.check(), Ok(()));
+    clock.advance(Duration::from_secs(6));
+    assert!(closed.check().is_err());
+}
+
+#[test]
+fn gate_and_interval_bounds_are_config_errors() {
+    let (m, _) = monitor();
+    assert_eq!(
+        MemoryGate::builder(&m)
+            .stale_after(Duration::ZERO)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "stale_after must be longer than zero, got 0ns"
+    );
+    // A sampler interval below 1 ms would spin a core re-reading kernel files.
+    let err = MemoryMonitor::builder()
+        .probe(ManualProbe::new(1 << 30))
+        .interval(Duration::from_micros(999))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "interval must be at least 1ms, got 999µs");
+    assert!(
+        MemoryMonitor::builder()
+            .probe(ManualProbe::new(1 << 30))
+            .interval(Duration::from_millis(1))
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_stall_threshold_must_be_a_percentage() {
+    let (m, _) = monitor();
+    for bad in [0.0, -1.0, 100.5, f64::NAN] {
+        let err = MemoryGate::builder(&m)
+            .stall_threshold(bad)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("stall_threshold must be a percentage in (0, 100], got"),
+            "{err}"
+        );
+    }
+    assert!(
+        MemoryGate::builder(&m)
+            .stall_threshold(100.0)
+            .build()
+            .is_ok()
+    );
 }

@@ -69,9 +69,21 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
     }
 
     /// How many idle values the shared store keeps (default [`DEFAULT_CAPACITY`]):
-    /// at least 1, at most [`MAX_CAPACITY`]. Each thread's cache holds up to
-    /// [`per_thread`](Self::per_thread) more, so the recycler keeps at most
-    /// `capacity + threads × per_thread` idle values.
+    /// at least 1, at most [`MAX_CAPACITY`].
+    ///
+    /// **This is not the bound on idle values**: each thread that uses the
+    /// recycler also keeps up to [`per_thread`](Self::per_thread) in its own cache,
+    /// so the recycler holds at most `capacity + threads × per_thread` idle values,
+    /// a bound that grows with the number of threads (with the defaults and 64
+    /// threads: 256 + 64 × 8 = 768). Enforcing `capacity` across the caches would
+    /// put a shared counter on every get and return, the contention the caches
+    /// exist to avoid. For a hard bound of `capacity` idle values, set
+    /// `per_thread(0)` (every get and return then goes to the shared store); to
+    /// keep the caches, size `capacity` for the total you accept less `threads ×
+    /// per_thread`. [`RecyclerStats::idle`](crate::RecyclerStats::idle) counts
+    /// both; [`Recycler::clear`] empties the shared store and the calling
+    /// thread's cache, and a thread's cache goes back to the shared store (or is
+    /// dropped) when the thread exits.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
@@ -79,7 +91,9 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
 
     /// How many idle values each thread keeps for itself (default
     /// [`DEFAULT_PER_THREAD`], or `capacity` if smaller); at most `capacity`.
-    /// `0` sends every get and return to the shared store.
+    /// `0` sends every get and return to the shared store, and makes
+    /// [`capacity`](Self::capacity) the bound on idle values; otherwise that bound
+    /// is `capacity + threads × per_thread`.
     pub fn per_thread(mut self, per_thread: usize) -> Self {
         self.per_thread = Some(per_thread);
         self

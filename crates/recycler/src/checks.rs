@@ -1,17 +1,17 @@
 //! The debug checks' side table: which allocations are idle in which recycler, and
-//! which were detached from which.
+//! (the latest [`MAX_DETACHED`]) which were detached from which.
 //!
 //! Only consulted when [`DEBUG_CHECKS`] is true; in a release build without the
 //! `debug-checks` feature every call site is behind `if DEBUG_CHECKS` and compiles
 //! away. Values in a live guard have no entry: a guard always goes back to its own
 //! recycler, so only idle and detached values need remembering.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 
 use crate::Misuse;
 
-/// Whether this build runs the misuse checks: double return and foreign values on
+/// Whether this build runs the misuse checks: double return on
 /// [`Recycler::put`](crate::Recycler::put), poisoning of returned values, and the
 /// stale-write check on `get`. True in debug builds and with the `debug-checks`
 /// feature; a release build without the feature skips them at no cost.
@@ -59,10 +59,27 @@ enum State {
     Detached {
         recycler: u64,
         at: &'static Location<'static>,
+        /// Which detach this is: the record of an address detached again (or
+        /// returned and detached) is a new one, so an older place in the queue
+        /// does not remove it.
+        generation: u64,
     },
 }
 
-type Table = HashMap<usize, State>;
+/// The most detached values the table remembers; the oldest are forgotten. A
+/// detached value may live for ever or die unseen (the recycler never hears of its
+/// drop), so its record cannot wait for it: the bound keeps the table from
+/// growing with every detach.
+pub(crate) const MAX_DETACHED: usize = 1024;
+
+#[derive(Default)]
+struct Table {
+    states: HashMap<usize, State>,
+    /// Detached records, oldest first, as (address, generation); an entry whose
+    /// record was since replaced is skipped when it reaches the front.
+    detached: VecDeque<(usize, u64)>,
+    next_generation: u64,
+}
 
 #[cfg(not(loom))]
 fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
@@ -73,7 +90,7 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     let mut guard = TABLE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(guard.get_or_insert_with(HashMap::new))
+    f(guard.get_or_insert_with(Table::default))
 }
 
 /// Under loom the table is per model execution, so loom can replay it.
@@ -81,7 +98,7 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
 fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     use heijunka_core::sync::Mutex;
     loom::lazy_static! {
-        static ref TABLE: Mutex<Table> = Mutex::new(HashMap::new());
+        static ref TABLE: Mutex<Table> = Mutex::new(Table::default());
     }
     let mut guard = TABLE
         .lock()
@@ -89,9 +106,11 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     f(&mut guard)
 }
 
-/// A value comes back to `recycler`. `strict` (the `put` path) also refuses a value
-/// detached from another recycler; a guard's return accepts one (the user swapped
-/// values between guards, which is harmless).
+/// A value comes back to `recycler`. A value already idle is refused
+/// ([`Misuse::ReturnedTwice`]). A value last seen detached from another recycler
+/// is accepted: it may be that value moved between recyclers, or a new value the
+/// allocator placed at the address of a detached one since freed, and the two
+/// cannot be told apart; `put` (`strict`) logs it at `debug`.
 pub(crate) fn returned(
     address: usize,
     recycler: u64,
@@ -99,7 +118,7 @@ pub(crate) fn returned(
     strict: bool,
 ) -> Result<(), Misuse> {
     with_table(|t| {
-        match t.get(&address) {
+        match t.states.get(&address) {
             Some(&State::Idle {
                 recycler: holder,
                 at: first,
@@ -114,17 +133,19 @@ pub(crate) fn returned(
             Some(&State::Detached {
                 recycler: owner,
                 at: detached_at,
+                ..
             }) if strict && owner != recycler => {
-                return Err(Misuse::Foreign {
+                tracing::debug!(
                     address,
-                    owner,
-                    recycler,
-                    detached_at,
-                });
+                    recycler.owner = owner,
+                    recycler.id = recycler,
+                    %detached_at,
+                    "heijunka-recycler: put a value at the address of one detached from another recycler (moved between recyclers, or a new value at a freed one's address)"
+                );
             }
             _ => {}
         }
-        t.insert(address, State::Idle { recycler, at });
+        t.states.insert(address, State::Idle { recycler, at });
         Ok(())
     })
 }
@@ -137,9 +158,9 @@ pub(crate) fn moved(
     at: &'static Location<'static>,
 ) {
     with_table(|t| {
-        t.remove(&before);
+        t.states.remove(&before);
         if let Some(after) = after {
-            t.insert(after, State::Idle { recycler, at });
+            t.states.insert(after, State::Idle { recycler, at });
         }
     });
 }
@@ -147,15 +168,46 @@ pub(crate) fn moved(
 /// An idle value left its recycler: into a guard, or dropped.
 pub(crate) fn forget(address: usize) {
     with_table(|t| {
-        t.remove(&address);
+        t.states.remove(&address);
     });
 }
 
-/// A value was taken out of `recycler`'s care.
+/// A value was taken out of `recycler`'s care. The oldest detached record beyond
+/// [`MAX_DETACHED`] is forgotten.
 pub(crate) fn detached(address: usize, recycler: u64, at: &'static Location<'static>) {
     with_table(|t| {
-        t.insert(address, State::Detached { recycler, at });
+        let generation = t.next_generation;
+        t.next_generation += 1;
+        t.states.insert(
+            address,
+            State::Detached {
+                recycler,
+                at,
+                generation,
+            },
+        );
+        t.detached.push_back((address, generation));
+        while t.detached.len() > MAX_DETACHED {
+            let Some((old, g)) = t.detached.pop_front() else {
+                break;
+            };
+            if matches!(t.states.get(&old), Some(&State::Detached { generation, .. }) if generation == g)
+            {
+                t.states.remove(&old);
+            }
+        }
     });
+}
+
+/// How many detached values the table remembers now.
+#[cfg(all(test, not(loom)))]
+fn detached_records() -> usize {
+    with_table(|t| {
+        t.states
+            .values()
+            .filter(|s| matches!(s, State::Detached { .. }))
+            .count()
+    })
 }
 
 #[cfg(all(test, not(loom)))]
@@ -190,28 +242,45 @@ mod tests {
         forget(A);
     }
 
+    /// One test (the table is global): the flood below would push out the
+    /// records of a test running beside it.
     #[test]
-    fn detached_values_go_home_only() {
+    fn detached_records_are_bounded() {
         let at = Location::caller();
+        // Detached from 7, put into 8: a move between recyclers or a reused
+        // address; either way accepted.
         detached(B, 7, at);
-        let err = returned(B, 8, at, true).unwrap_err();
-        assert!(matches!(
-            err,
-            Misuse::Foreign {
-                owner: 7,
-                recycler: 8,
-                ..
-            }
-        ));
-        assert!(
-            err.to_string()
-                .contains("belongs to recycler #7, not to recycler #8")
-        );
-        // A guard's return is not strict.
-        returned(B, 8, at, false).unwrap();
-        moved(B, None, 8, at);
+        returned(B, 8, at, true).unwrap();
+        assert!(returned(B, 8, at, true).is_err(), "now idle in 8");
+        forget(B);
+        // A record detached again is newer than its old queue entry: flooding the
+        // queue past the bound forgets the old entries, not the new record.
         detached(B, 7, at);
         returned(B, 7, at, true).unwrap();
         forget(B);
+        detached(B, 7, at);
+        let base = usize::MAX / 4 + 1;
+        for i in 0..(MAX_DETACHED - 1) {
+            detached(base + 2 * i + 1, 9, at);
+        }
+        assert!(with_table(|t| matches!(
+            t.states.get(&B),
+            Some(State::Detached { recycler: 7, .. })
+        )));
+        returned(B, 7, at, true).unwrap();
+        forget(B);
+
+        // Values detached and then dropped (their owner never hears of it): the
+        // table must not keep one record per detach forever.
+        let at = Location::caller();
+        let base = usize::MAX / 2 + 1; // odd addresses no allocation has
+        for i in 0..(3 * MAX_DETACHED) {
+            detached(base + 2 * i + 1, 9, at);
+        }
+        assert!(
+            detached_records() <= MAX_DETACHED,
+            "{} records",
+            detached_records()
+        );
     }
 }

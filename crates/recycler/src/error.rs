@@ -24,21 +24,6 @@ pub enum Misuse {
         /// Where the second return happened.
         second: &'static Location<'static>,
     },
-    /// The value was detached from another recycler (still alive or not) and never
-    /// given back to it.
-    #[error(
-        "value at {address:#x} belongs to recycler #{owner}, not to recycler #{recycler} (detached at {detached_at})"
-    )]
-    Foreign {
-        /// The value's [identity](crate::Recycle::identity): its allocation.
-        address: usize,
-        /// The recycler the value came from.
-        owner: u64,
-        /// The recycler it was given to.
-        recycler: u64,
-        /// Where it was handed out by its owner.
-        detached_at: &'static Location<'static>,
-    },
 }
 
 /// A value [`Recycler::try_put`](crate::Recycler::try_put) refused, handed back

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::checks::{self, Origin};
 use crate::returns::Return;
-use crate::{DEBUG_CHECKS, Misuse, Recycler, Shared};
+use crate::stats::Field;
+use crate::{DEBUG_CHECKS, Recycler, Shared};
 
 /// A value on loan from a [`Recycler`]: dereferences to the value, and resets it and
 /// gives it back when dropped, also while unwinding from a panic.
@@ -55,9 +57,10 @@ impl<'a, T: Send + 'static> Recycled<'a, T> {
 
     /// Takes the value out of the recycler's care: it will not be reset or given
     /// back unless you [`put`](Recycler::put) it back (the box the recycler kept it
-    /// in is freed). With debug checks on, the
-    /// recycler remembers the value (by its [identity](crate::Recycle::identity)),
-    /// so putting it into another recycler is refused.
+    /// in is freed). With debug checks on, the recycler remembers the latest
+    /// detached values (by their [identity](crate::Recycle::identity)), for its
+    /// `debug` log when one is put into another recycler; the record is bounded and
+    /// never refuses a value.
     #[cfg_attr(any(debug_assertions, feature = "debug-checks"), track_caller)]
     pub fn detach(mut self) -> T {
         let at = Origin::caller();
@@ -119,9 +122,13 @@ impl<T: Send + 'static> Drop for Recycled<'_, T> {
 }
 
 /// Gives a value back from a `Drop`: a guard's or a shared handle's last clone.
-/// A value already idle (given back twice, only possible through unsafe code) is
-/// leaked rather than dropped, and reported by a panic unless the thread is
-/// already unwinding.
+///
+/// The guard owns its value, so a finding that it is already idle (given back
+/// twice) means its [`identity`](crate::Recycle::identity) names another value's
+/// allocation: a wrong `identity`, a safe impl the recycler must survive (or unsafe
+/// code that duplicated a value, whose double free is that code's). The value is
+/// dropped, counted as `evicted` and logged at `error`: never leaked, never a
+/// panic from a `Drop`.
 #[inline(always)]
 pub(crate) fn give_back<T: Send + 'static>(recycler: &Recycler<T>, value: Box<T>, origin: Origin) {
     if !DEBUG_CHECKS && recycler.plain_returns() {
@@ -131,18 +138,20 @@ pub(crate) fn give_back<T: Send + 'static>(recycler: &Recycler<T>, value: Box<T>
     give_back_checked(recycler, value, origin);
 }
 
+#[cold]
 fn give_back_checked<T: Send + 'static>(recycler: &Recycler<T>, value: Box<T>, origin: Origin) {
     if let Err(e) = recycler.return_value(value, Return::guard(origin)) {
         let misuse = e.misuse();
-        // A guard's return refuses only values already idle (`ReturnedTwice`):
-        // they share memory the pool holds, so dropping one would free it twice.
-        std::mem::forget(e.into_inner());
-        if std::thread::panicking() {
-            tracing::error!(%misuse, "heijunka-recycler: misuse found while unwinding");
-        } else {
-            debug_assert!(matches!(misuse, Misuse::ReturnedTwice { .. }));
-            panic!("heijunka-recycler: {misuse}");
-        }
+        recycler.count(&[Field::Returns, Field::Evicted]);
+        // Its `Drop` is user code: a panic there is contained too.
+        let value = e.into_inner();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+        tracing::error!(
+            recycler.id = recycler.id(),
+            recycler.value = std::any::type_name::<T>(),
+            %misuse,
+            "heijunka-recycler: a returned guard's value claims the identity of an idle one (is `Recycle::identity` wrong?); the value was dropped"
+        );
     }
 }
 

@@ -50,8 +50,8 @@
 //! - The manual path: [`Recycled::detach`] takes a value out of the recycler's
 //!   care; [`Recycler::put`] (or [`try_put`](Recycler::try_put)) gives one back.
 //! - Debug checks ([`DEBUG_CHECKS`]: debug builds, or the `debug-checks` feature):
-//!   a value given back twice is reported with both call sites ([`Misuse`]), a
-//!   value detached from another recycler is refused, and returned values are
+//!   a value given back twice is reported with both call sites ([`Misuse`]), and
+//!   returned values are
 //!   [`Poison`]ed (byte buffers filled with [`POISON_PATTERN`],
 //!   `0xDE 0xAD 0xBE 0xEF`) so a stale reader sees garbage, and a stale writer is
 //!   caught on the next `get`. Release builds skip all of it at no cost.

@@ -16,8 +16,10 @@ use std::hash::{BuildHasher, Hash};
 ///   the shrink rule ([`RecyclerBuilder::max_value_capacity`]): a buffer that grew
 ///   past the bound is dropped instead of kept.
 /// - [`identity`](Recycle::identity) names the value's heap allocation, for the
-///   debug checks that catch a value given back twice or to the wrong recycler
-///   through [`Recycler::put`].
+///   debug checks that catch a value given back twice through
+///   [`Recycler::put`]. A wrong identity (two live values naming one address)
+///   makes those checks report a value given back twice that was not; a guard's
+///   return then drops the value it owns (logged), never leaks it or panics.
 ///
 /// For a type you do not own, give the recycler a closure instead
 /// ([`Recycler::with_reset`]).
@@ -56,7 +58,7 @@ pub trait Recycle {
 
     /// The address of the heap allocation that makes this value unique, if it has
     /// one: two live values never share it. `None` (the default) opts the value out
-    /// of the double-return and foreign-value checks.
+    /// of the double-return check.
     fn identity(&self) -> Option<usize> {
         None
     }

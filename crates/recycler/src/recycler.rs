@@ -13,15 +13,16 @@ use crate::checks::{self, Origin};
 use crate::returns::Return;
 use crate::shared::SharedSlot;
 use crate::stats::{self, Field, Tally};
-use crate::{DEBUG_CHECKS, Misuse, PutError, Recycle, Recycled, RecyclerBuilder, RecyclerStats};
+use crate::{DEBUG_CHECKS, PutError, Recycle, Recycled, RecyclerBuilder, RecyclerStats};
 
 /// A pool of reusable values: [`get`](Recycler::get) hands one out in a guard that
 /// resets it and gives it back when dropped, also while unwinding from a panic.
 ///
 /// Idle values live in each thread's small cache (up to
 /// [`per_thread`](RecyclerBuilder::per_thread)) and then in a bounded shared store
-/// (up to [`capacity`](RecyclerBuilder::capacity)); a value returned when both are
-/// full is dropped and counted, never leaked. A `get` with nothing idle calls the
+/// (up to [`capacity`](RecyclerBuilder::capacity)), so at most `capacity + threads
+/// × per_thread` are idle (see [`capacity`](RecyclerBuilder::capacity)); a value
+/// returned when both are full is dropped and counted, never leaked. A `get` with nothing idle calls the
 /// factory. Cloning a `Recycler` is cheap and shares the pool. It is `Send` and
 /// `Sync` when `T` is both.
 ///
@@ -195,21 +196,20 @@ impl<T: Send + 'static> Recycler<T> {
     /// # Panics
     ///
     /// With debug checks on ([`DEBUG_CHECKS`]), if the value is already idle in a
-    /// recycler (given back twice) or was detached from another recycler; the
-    /// message names both places. Use [`try_put`](Recycler::try_put) to get the
-    /// value back instead.
+    /// recycler (given back twice); the message names both places. Use
+    /// [`try_put`](Recycler::try_put) to get the value back instead.
+    ///
+    /// A value detached from another recycler is accepted: the checks cannot tell
+    /// it from a new value the allocator placed at the address of a detached value
+    /// since dropped.
     #[cfg_attr(any(debug_assertions, feature = "debug-checks"), track_caller)]
     pub fn put(&self, value: T) {
         if let Err(e) = self.return_value(Box::new(value), Self::put_return()) {
             let misuse = e.misuse();
-            let value = e.into_inner();
-            if matches!(misuse, Misuse::ReturnedTwice { .. }) {
-                // It shares its allocation with the idle value: dropping it would
-                // free that memory under the pool.
-                std::mem::forget(value);
-            } else {
-                drop(value);
-            }
+            // `ReturnedTwice`, the only refusal: the value shares its allocation
+            // with the idle one (a value rebuilt from a raw pointer twice), so
+            // dropping it would free that memory under the pool.
+            std::mem::forget(e.into_inner());
             panic!("heijunka-recycler: {misuse}");
         }
     }
@@ -220,15 +220,23 @@ impl<T: Send + 'static> Recycler<T> {
     /// ```
     /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
     /// use heijunka_recycler::{Misuse, Recycler, DEBUG_CHECKS};
+    /// use std::sync::{Arc, Mutex};
     ///
-    /// let a = Recycler::new(4, || Vec::<u8>::with_capacity(16))?;
-    /// let b = Recycler::new(4, || Vec::<u8>::with_capacity(16))?;
+    /// // Handles whose clones share one buffer: the same value, twice, in safe code.
+    /// let a = Recycler::with_reset(
+    ///     || Arc::new(Mutex::new(Vec::<u8>::new())),
+    ///     |b| b.lock().unwrap().clear(),
+    /// )
+    /// .identity_of(|b| Some(Arc::as_ptr(b).addr()))
+    /// .build()?;
     /// let v = a.get().detach();
-    /// match b.try_put(v) {
+    /// let copy = Arc::clone(&v);
+    /// a.put(v);
+    /// match a.try_put(copy) {
     ///     Err(e) => {
     ///         assert!(DEBUG_CHECKS);
-    ///         assert!(matches!(e.misuse(), Misuse::Foreign { .. }));
-    ///         a.put(e.into_inner()); // home it goes
+    ///         assert!(matches!(e.misuse(), Misuse::ReturnedTwice { .. }));
+    ///         drop(e.into_inner()); // a clone of a handle: safe to drop
     ///     }
     ///     Ok(()) => assert!(!DEBUG_CHECKS),
     /// }
@@ -290,6 +298,78 @@ impl<T: Send + 'static> Recycler<T> {
             dropped,
             "recycler cleared"
         );
+        dropped
+    }
+
+    /// Drops up to `n` idle values (counted as `evicted`) and returns how many:
+    /// from the shared store first, then from this thread's cache; other threads'
+    /// caches keep theirs. For memory pressure with a lighter hand than
+    /// [`clear`](Self::clear): the recycler keeps the rest to serve the next
+    /// `get`s without the factory.
+    ///
+    /// The recycler cannot depend on `heijunka-memory` (both sit in layer 1); wire
+    /// them where both are in scope, with a level callback (see the `heijunka`
+    /// facade's docs):
+    ///
+    /// ```text
+    /// monitor.on_level(PressureLevel::Elevated, move |_| { pool.trim(pool.stats().idle as usize / 2); })?;
+    /// monitor.on_level(PressureLevel::Critical, move |_| { pool.clear(); })?;
+    /// ```
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_recycler::Recycler;
+    ///
+    /// let pool = Recycler::builder(|| Vec::<u8>::with_capacity(1024)).per_thread(0).build()?;
+    /// let held: Vec<_> = (0..5).map(|_| pool.get()).collect();
+    /// drop(held); // five idle values
+    /// assert_eq!(pool.trim(2), 2);
+    /// assert_eq!(pool.stats().idle, 3);
+    /// assert_eq!(pool.trim(100), 3);
+    /// assert_eq!(pool.trim(1), 0);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn trim(&self, n: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < n {
+            let Some(value) = self.inner.pop_shared() else {
+                break;
+            };
+            self.forget_identity(&value);
+            drop(value);
+            dropped += 1;
+        }
+        #[cfg(not(loom))]
+        if dropped < n {
+            let want = n - dropped;
+            // Taken out under the cache's borrow, dropped after it (a value's
+            // `Drop` is user code, which may use a recycler).
+            let taken = self
+                .inner
+                .with_local(|cache| {
+                    let keep = cache.items.len().saturating_sub(want);
+                    let taken = cache.items.split_off(keep);
+                    cache.note_idle();
+                    taken
+                })
+                .unwrap_or_default();
+            for value in taken {
+                self.forget_identity(&value);
+                drop(value);
+                dropped += 1;
+            }
+        }
+        for _ in 0..dropped {
+            self.count(&[Field::Evicted]);
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                recycler.id = self.inner.id,
+                recycler.value = type_name::<T>(),
+                dropped,
+                "recycler trimmed"
+            );
+        }
         dropped
     }
 

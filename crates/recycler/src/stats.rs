@@ -57,7 +57,9 @@ pub struct RecyclerStats {
     pub reset_panics: u64,
     /// Idle values dropped by the recycler: by `clear()`, when a thread's cache was
     /// handed back at thread exit to a full shared store, or (debug checks) when a
-    /// value was found written to while idle.
+    /// value was found written to while idle, or when a returned guard's value
+    /// claimed the [identity](crate::Recycle::identity) of an idle one (a wrong
+    /// `identity`; also counted in `returns`).
     pub evicted: u64,
     /// Values idle now: the shared store plus every live thread's cache.
     pub idle: u64,

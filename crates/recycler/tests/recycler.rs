@@ -318,6 +318,99 @@ fn clear_drops_idle_values() {
     assert_eq!(pool.stats().misses, 7, "the next get calls the factory");
 }
 
+/// Counts live values, so a test sees what `trim` really dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(live))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Recycle for Counted {
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn trim_drops_up_to_n_idle_values_shared_store_first() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let l = Arc::clone(&live);
+    let pool = Recycler::builder(move || Counted::new(&l))
+        .capacity(8)
+        .per_thread(2)
+        .build()
+        .unwrap();
+    let held: Vec<_> = (0..6).map(|_| pool.get()).collect();
+    drop(held); // 2 in this thread's cache, 4 in the shared store
+    assert_eq!((pool.stats().idle, live.load(Ordering::SeqCst)), (6, 6));
+    assert_eq!(pool.trim(0), 0);
+    assert_eq!(pool.trim(3), 3);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        3,
+        "dropped, not just uncounted"
+    );
+    assert_eq!(pool.trim(2), 2, "the last shared one, then one cached");
+    let s = pool.stats();
+    assert_eq!((s.idle, s.evicted), (1, 5), "{s:?}");
+    assert_balanced(&s);
+    assert_eq!(pool.trim(usize::MAX), 1);
+    assert_eq!(pool.trim(usize::MAX), 0);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+    // The pool carries on.
+    drop(pool.get());
+    assert_eq!(pool.stats().idle, 1);
+}
+
+#[test]
+fn with_no_thread_caches_capacity_bounds_the_idle_values() {
+    // The documented bound: `capacity + threads × per_thread`, `capacity` alone
+    // with `per_thread(0)`.
+    let pool = Arc::new(buffers(4, 0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let pool = Arc::clone(&pool);
+            s.spawn(move || {
+                let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
+                drop(held);
+            });
+        }
+    });
+    assert!(pool.stats().idle <= 4, "{:?}", pool.stats());
+    let cached = Arc::new(buffers(4, 2));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            let (pool, done_tx) = (Arc::clone(&cached), done_tx.clone());
+            let go_rx = &go_rx;
+            s.spawn(move || {
+                let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
+                drop(held);
+                done_tx.send(()).unwrap();
+                // Stay alive (caches kept) until every thread has returned.
+                let _ = go_rx.lock().unwrap().recv();
+            });
+        }
+        for _ in 0..3 {
+            done_rx.recv().unwrap();
+        }
+        let idle = cached.stats().idle;
+        assert!(idle > 4 && idle <= 4 + 3 * 2, "idle {idle}");
+        for _ in 0..3 {
+            go_tx.send(()).unwrap();
+        }
+    });
+}
+
 #[test]
 fn a_thread_hands_its_cached_values_back_when_it_exits() {
     let pool = buffers(4, 3);
