@@ -363,11 +363,13 @@ impl WorkerPool {
         make: fn(F) -> (BoxedJob, R),
     ) -> Result<R, Rejected<F>> {
         let s = &*self.shared;
-        if s.token.get().is_some_and(ShutdownToken::is_triggered) {
-            return Err(s.reject(f, Rejection::ShuttingDown));
-        }
         let backoff = Backoff::new();
         loop {
+            // Every round, not only on entry: a submitter that waited for room
+            // must not get in once the coordinator's shutdown has begun.
+            if s.token.get().is_some_and(ShutdownToken::is_triggered) {
+                return Err(s.reject(f, Rejection::ShuttingDown));
+            }
             match s.state.reserve(s.capacity) {
                 Reserve::Reserved { wake, .. } => {
                     let (job, handle) = make(f);

@@ -545,3 +545,110 @@ async fn a_cancelled_dispatch_leaves_nothing_counted() {
     let report = d.shutdown(Duration::from_secs(1)).await;
     assert!(report.clean, "{report:?}");
 }
+
+/// A `dispatch` waiting for room in the global bound when shutdown begins is
+/// refused with its request when room appears during the drain: the tokio
+/// semaphore is FIFO, so the freed permit would go to it before the drain.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_blocked_before_shutdown_is_not_admitted_while_draining() {
+    let d: D = dispatcher(1, 1); // global bound 2: one running, one queued
+    let gate = Arc::new(Semaphore::new(0));
+    gated(&d, "g", &gate);
+    let first = d.try_dispatch("g", 1).unwrap();
+    while d.stats().workers[0].queued > 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = d.try_dispatch("g", 2).unwrap();
+    let blocked = tokio::spawn({
+        let d = d.clone();
+        async move { d.dispatch("g", 3).await.map(drop) }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!blocked.is_finished(), "waits for room");
+    let shutdown = tokio::spawn({
+        let d = d.clone();
+        async move { d.shutdown(Duration::from_secs(10)).await }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(10);
+    match blocked.await.unwrap() {
+        Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
+        other => panic!("admitted while draining: {other:?}"),
+    }
+    assert_eq!((first.await, second.await), (Ok(1), Ok(2)));
+    let report = shutdown.await.unwrap();
+    assert!(report.clean, "{report:?}");
+    assert_eq!(report.completed, 2, "{report:?}");
+}
+
+/// The same through a registered coordinator: triggering it refuses a dispatch
+/// that was waiting for a worker's queue when it wakes.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_blocked_before_the_trigger_is_refused_when_it_wakes() {
+    let d: D = Dispatcher::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .global_bound(10)
+        .build()
+        .unwrap();
+    let shutdown = Shutdown::new();
+    d.register_with(&shutdown, "dispatcher", Duration::from_secs(10))
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    gated(&d, "g", &gate);
+    let first = d.try_dispatch("g", 1).unwrap();
+    while d.stats().workers[0].queued > 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = d.try_dispatch("g", 2).unwrap();
+    let blocked = tokio::spawn({
+        let d = d.clone();
+        async move { d.dispatch("g", 3).await.map(drop) }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!blocked.is_finished(), "waits for the worker's queue");
+    shutdown.trigger();
+    gate.add_permits(10);
+    match blocked.await.unwrap() {
+        Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
+        other => panic!("admitted after the trigger: {other:?}"),
+    }
+    assert_eq!((first.await, second.await), (Ok(1), Ok(2)));
+    assert!(shutdown.wait().await.is_clean());
+}
+
+/// `shutdown` dropped before it finishes (a caller's time-out) does not break the
+/// next call: that one waits for the same outcome, clean here, whatever poll the
+/// first was dropped at.
+#[test]
+fn a_cancelled_shutdown_is_finished_by_the_next_call() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let d = dispatcher(2, 4);
+        d.register("x", |x| async move { Ok(x) }).unwrap();
+        let replies: Vec<_> = (0..4).map(|x| d.try_dispatch("x", x).unwrap()).collect();
+        // Between polls the workers run (they drain the queues and end).
+        let outcome = Polled::new(d.shutdown(Duration::from_secs(5)))
+            .drop_after_with(k, |_| rt.block_on(tokio::task::yield_now()));
+        let report = rt.block_on(d.shutdown(Duration::from_secs(5)));
+        assert!(report.clean, "k = {k}: {report:?}");
+        assert_eq!(report.abandoned, 0, "k = {k}");
+        for (x, r) in replies.into_iter().enumerate() {
+            assert_eq!(rt.block_on(r), Ok(x as u64), "k = {k}");
+        }
+        assert_eq!(d.stats().in_flight, 0);
+        outcome
+    });
+}

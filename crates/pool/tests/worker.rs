@@ -411,3 +411,60 @@ fn huge_durations_do_not_panic() {
     assert_eq!(h.join().unwrap(), 5);
     assert!(pool.shutdown(Duration::MAX).clean);
 }
+
+/// Waits (bounded) until the thread named `name` sleeps (Linux: /proc); elsewhere
+/// yields a while.
+fn wait_asleep(name: &str) {
+    for _ in 0..1_000_000 {
+        let asleep = std::fs::read_dir("/proc/self/task").is_ok_and(|dir| {
+            dir.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+                    && std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('S'))
+                    })
+            })
+        });
+        if asleep {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// A `submit` blocked for room before the coordinator's trigger is refused, with
+/// its closure, when room appears while the pool drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
+    let shutdown = heijunka_shutdown::Shutdown::new();
+    let p = pool(1, 1, "trig");
+    p.register_with(&shutdown, "worker pool", Duration::from_secs(10))
+        .unwrap();
+    let gate = Gate::default();
+    let running = p.submit(gate.task()).unwrap();
+    gate.wait_started(1);
+    let queued = p.submit(gate.task()).unwrap();
+    let blocked = {
+        let p = p.clone();
+        std::thread::Builder::new()
+            .name("blocked-submit".into())
+            .spawn(move || {
+                p.submit(|| "late")
+                    .map(drop)
+                    .map_err(|e| (e.reason(), (e.into_inner())()))
+            })
+            .unwrap()
+    };
+    wait_asleep("blocked-submit");
+    shutdown.trigger();
+    gate.release(2);
+    assert_eq!(
+        blocked.join().unwrap(),
+        Err((Rejection::ShuttingDown, "late")),
+        "admitted after the trigger"
+    );
+    running.join().unwrap();
+    queued.join().unwrap();
+    assert!(shutdown.wait().await.is_clean());
+}

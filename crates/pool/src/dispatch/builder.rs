@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use heijunka_core::sync::atomic::{AtomicBool, AtomicU64};
 use heijunka_core::{ConfigError, validate};
-use tokio::sync::{OnceCell, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::load::Loads;
@@ -107,7 +107,8 @@ impl DispatcherBuilder {
                 queue_capacity: self.queue_capacity,
                 global_bound,
                 workers: Mutex::new(joins),
-                report: OnceCell::new(),
+                runtime,
+                report: OnceLock::new(),
                 token: OnceLock::new(),
             }),
         })
