@@ -29,16 +29,17 @@
 //!
 //! A submitter that is about to *sleep* for room announces itself (`want_room`)
 //! before it collects; a worker checks the announcement after counting a start.
-//! Both are `SeqCst` on two locations (a store-load pair): either the submitter's
-//! collection sees the worker's start, or the worker sees the announcement and
-//! gives its cell back at once, through the word, whose release wakes a registered
-//! submitter (the first protocol above). The loom model `started_job_frees_room_for_
+//! Each side writes, then a `SeqCst` fence, then reads the other's location (a
+//! store-load pair; fences, because `SeqCst` loads alone are not modelled by loom):
+//! either the submitter's collection sees the worker's start, or the worker sees
+//! the announcement and gives its cell back at once, through the word, whose
+//! release wakes a registered submitter (the first protocol above). The loom model `started_job_frees_room_for_
 //! a_sleeping_submitter` checks it.
 
 use std::time::Instant;
 
 use heijunka_backpressure::{Registered, Side, SlotState};
-use heijunka_core::sync::atomic::{AtomicUsize, Ordering};
+use heijunka_core::sync::atomic::{AtomicUsize, Ordering, fence};
 use heijunka_core::sync::{CachePadded, Condvar, Mutex, MutexGuard};
 
 /// A lock and condition variable for one side's sleepers.
@@ -137,25 +138,28 @@ impl Started {
     /// Worker `me` took a job off the queue; returns how many it holds now.
     #[inline]
     pub(crate) fn take(&self, me: usize) -> usize {
-        // SeqCst: the store half of the store-load pair with `wait_for_room`
-        // (announce, then collect); uncontended, the cell is this worker's.
-        self.cells[me].fetch_add(1, Ordering::SeqCst) + 1
+        // Relaxed: ordered for `wait_for_room` by the fence in `room_wanted`, which
+        // the worker calls next; uncontended, the cell is this worker's.
+        self.cells[me].fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Whether a submitter is about to sleep for room: the worker then gives its
-    /// cell back at once.
+    /// Whether a submitter is about to sleep for room (the worker then gives its
+    /// cell back at once). Call after [`take`](Self::take).
     #[inline]
     pub(crate) fn room_wanted(&self) -> bool {
-        // SeqCst: the load half of the pair with `wait_for_room`'s announcement.
-        self.want_room.load(Ordering::SeqCst) > 0
+        // The worker's half of the store-load pair: its `take` before, this load
+        // after; pairs with the fence in `wait_for_room`.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        self.want_room.load(Ordering::Relaxed) > 0
     }
 
     /// Gives worker `me`'s started jobs back to `state`, waking a submitter that
     /// sleeps for room.
     #[inline]
     pub(crate) fn give_back(&self, me: usize, state: &SlotState, space: &Parker) {
-        // SeqCst: as in `take`; swap, so each start is given back exactly once.
-        let n = self.cells[me].swap(0, Ordering::SeqCst);
+        // Relaxed: as in `collect`; swap, so each start is given back exactly once.
+        let n = self.cells[me].swap(0, Ordering::Relaxed);
         release(n, state, space);
     }
 
@@ -163,10 +167,11 @@ impl Started {
     pub(crate) fn collect(&self, state: &SlotState, space: &Parker) -> usize {
         let mut n = 0;
         for c in &*self.cells {
-            // SeqCst: the load half of the pair with `take` (see `wait_for_room`);
-            // skips the read-modify-write on cells holding nothing.
-            if c.load(Ordering::SeqCst) > 0 {
-                n += c.swap(0, Ordering::SeqCst);
+            // Relaxed: a start counted here is given back through `state`, whose
+            // AcqRel steps order it; `wait_for_room` fences before calling this.
+            // The load skips the read-modify-write on cells holding nothing.
+            if c.load(Ordering::Relaxed) > 0 {
+                n += c.swap(0, Ordering::Relaxed);
             }
         }
         release(n, state, space);
@@ -190,14 +195,17 @@ impl Started {
         capacity: usize,
         until: Option<Instant>,
     ) -> bool {
-        // SeqCst: the store half of the pair with `take`/`room_wanted`.
-        self.want_room.fetch_add(1, Ordering::SeqCst);
+        // Relaxed: ordered by the fence below.
+        self.want_room.fetch_add(1, Ordering::Relaxed);
+        // The submitter's half of the store-load pair: the announcement before,
+        // the collection after; pairs with the fence in `room_wanted`.
+        fence(Ordering::SeqCst);
         let slept = self.collect(state, space) == 0;
         if slept {
             space.park(state, Side::Push, |seen| seen.len >= capacity, until);
         }
-        // SeqCst: leaving only makes the workers' early give-back unnecessary.
-        self.want_room.fetch_sub(1, Ordering::SeqCst);
+        // Relaxed: leaving only makes the workers' early give-back unnecessary.
+        self.want_room.fetch_sub(1, Ordering::Relaxed);
         slept
     }
 }

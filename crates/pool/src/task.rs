@@ -13,6 +13,7 @@ use heijunka_backpressure::{Reserve, Side, SlotState};
 use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::panic_message;
 use crate::stats::{Counters, Timings};
-use crate::{PoolReport, PoolStats, Rejected, TaskError};
+use crate::{PoolReport, PoolStats, Rejected, SpawnError, TaskError};
 
 const TIMING_SHARDS: usize = 16;
 
@@ -39,7 +40,7 @@ const TIMING_SHARDS: usize = 16;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = TaskPool::builder().max_running(8).max_waiting(64).build()?;
-/// let handle = pool.try_spawn(async { 6 * 7 }).map_err(|e| e.reason())?;
+/// let handle = pool.try_spawn(async { 6 * 7 }).map_err(|e| e.to_string())?;
 /// assert_eq!(handle.join().await?, 42);
 /// # Ok(())
 /// # }
@@ -195,28 +196,48 @@ impl TaskPool {
     }
 
     /// Starts `future` now if a running slot is free, queues it if a waiting slot
-    /// is free; never waits. Must be called within a tokio runtime.
+    /// is free; never waits. The task runs on the tokio runtime of the caller.
     ///
     /// # Errors
     ///
-    /// The future comes back unpolled in [`Rejected`]: [`Rejection::QueueFull`]
-    /// or [`Rejection::ShuttingDown`].
-    pub fn try_spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    /// The future comes back unpolled in [`SpawnError`]: `Rejected` with
+    /// [`Rejection::QueueFull`] or [`Rejection::ShuttingDown`], or `NoRuntime`
+    /// when called outside a tokio runtime (nothing is taken from the pool then).
+    pub fn try_spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.try_spawn_inner(future)
-            .inspect_err(|_| Counters::bump(&self.inner.counters.rejected))
+        let Ok(rt) = Handle::try_current() else {
+            Counters::bump(&self.inner.counters.rejected);
+            return Err(SpawnError::NoRuntime(future));
+        };
+        self.try_spawn_on(&rt, future)
+            .map_err(|e| self.refused(e).into())
     }
 
-    fn try_spawn_inner<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    fn refused<F>(&self, e: Rejected<F>) -> Rejected<F> {
+        Counters::bump(&self.inner.counters.rejected);
+        e
+    }
+
+    /// Whether new tasks are refused: closed, or the coordinator triggered.
+    fn refuses(&self) -> bool {
+        let inner = &self.inner;
+        inner.waiting.is_closed() || inner.token.get().is_some_and(ShutdownToken::is_triggered)
+    }
+
+    fn try_spawn_on<F>(
+        &self,
+        rt: &Handle,
+        future: F,
+    ) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = &self.inner;
-        if inner.waiting.is_closed() || inner.token.get().is_some_and(ShutdownToken::is_triggered) {
+        if self.refuses() {
             return Err(Rejected {
                 task: future,
                 reason: Rejection::ShuttingDown,
@@ -226,10 +247,10 @@ impl TaskPool {
             // The task gives the slot back itself (`RunningSlot`): no `Arc` of the
             // semaphore travels with it.
             permit.forget();
-            return Ok(self.launch(future, true));
+            return Ok(self.launch(rt, future, true));
         }
         match inner.waiting.reserve(inner.max_waiting) {
-            Reserve::Reserved { .. } => Ok(self.launch(future, false)),
+            Reserve::Reserved { .. } => Ok(self.launch(rt, future, false)),
             Reserve::Full => Err(Rejected {
                 task: future,
                 reason: Rejection::QueueFull {
@@ -247,18 +268,34 @@ impl TaskPool {
     ///
     /// # Errors
     ///
-    /// [`Rejection::ShuttingDown`] with the future if the pool is (or gets) closed.
-    pub async fn spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    /// The future comes back unpolled in [`SpawnError`]: `Rejected` with
+    /// [`Rejection::ShuttingDown`] if the pool is (or gets, while this waits)
+    /// closed, or `NoRuntime` when polled outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe for the future: dropped while it waits for room, `spawn`
+    /// drops `future` with it, unpolled (as `tokio::sync::mpsc::Sender::send`
+    /// drops its message). Nothing is left counted: no waiting or running slot is
+    /// kept and no waiter stays registered. To keep the future when giving up,
+    /// retry [`try_spawn`](Self::try_spawn) instead, which hands it back.
+    pub async fn spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = &self.inner;
+        let Ok(rt) = Handle::try_current() else {
+            Counters::bump(&inner.counters.rejected);
+            return Err(SpawnError::NoRuntime(future));
+        };
         let mut future = future;
         loop {
-            match self.try_spawn_inner(future) {
+            match self.try_spawn_on(&rt, future) {
                 Ok(h) => return Ok(h),
-                Err(e) if e.reason == Rejection::ShuttingDown => return Err(e),
+                Err(e) if e.reason == Rejection::ShuttingDown => {
+                    return Err(self.refused(e).into());
+                }
                 Err(e) => future = e.task,
             }
             let notified = inner.room.notified();
@@ -278,16 +315,17 @@ impl TaskPool {
                     tokio::select! {
                         () = &mut notified => {}
                         slot = inner.running.acquire() => match slot {
-                            Ok(slot) => {
+                            // Woken after shutdown began: refused, and the slot
+                            // goes back (dropping the permit returns it).
+                            Ok(slot) if !self.refuses() => {
                                 slot.forget();
-                                return Ok(self.launch(future, true));
+                                return Ok(self.launch(&rt, future, true));
                             }
-                            Err(_) => {
-                                Counters::bump(&inner.counters.rejected);
-                                return Err(Rejected {
+                            _ => {
+                                return Err(self.refused(Rejected {
                                     task: future,
                                     reason: Rejection::ShuttingDown,
-                                });
+                                }).into());
                             }
                         },
                     }
@@ -298,13 +336,13 @@ impl TaskPool {
         }
     }
 
-    fn launch<F>(&self, future: F, has_slot: bool) -> TaskPoolHandle<F::Output>
+    fn launch<F>(&self, rt: &Handle, future: F, has_slot: bool) -> TaskPoolHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let join = tokio::spawn(async move {
+        let join = rt.spawn(async move {
             let _slot = if has_slot {
                 RunningSlot(&inner)
             } else {

@@ -41,7 +41,7 @@ async fn running_and_waiting_are_bounded_and_rejects_hand_the_future_back() {
     }
     assert_eq!(pool.stats().queued, 2);
     let err = pool.try_spawn(async { "handed back" }).unwrap_err();
-    assert_eq!(err.reason(), Rejection::QueueFull { capacity: 2 });
+    assert_eq!(err.reason(), Some(Rejection::QueueFull { capacity: 2 }));
     assert_eq!(err.into_inner().await, "handed back");
     // `spawn` waits for a waiting slot instead.
     let waited = pool
@@ -90,7 +90,7 @@ async fn shutdown_drains_within_grace_then_cancels_the_rest() {
     assert!(quick.join().await.is_ok());
     assert_eq!(
         pool.try_spawn(async {}).unwrap_err().reason(),
-        Rejection::ShuttingDown
+        Some(Rejection::ShuttingDown)
     );
 
     let pool = TaskPool::builder()
@@ -181,7 +181,7 @@ async fn spawn_without_a_waiting_queue_waits_for_a_running_slot() {
         .unwrap();
     assert_eq!(
         pool.try_spawn(async {}).map(drop).unwrap_err().reason(),
-        Rejection::QueueFull { capacity: 0 }
+        Some(Rejection::QueueFull { capacity: 0 })
     );
     // A cancelled wait leaves nothing behind...
     assert!(
@@ -198,4 +198,40 @@ async fn spawn_without_a_waiting_queue_waits_for_a_running_slot() {
     first.join().await.unwrap();
     assert_eq!(second.join().await.unwrap(), 7);
     assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
+}
+
+/// Outside a tokio runtime there is nothing to run a task on: `try_spawn` says so
+/// and hands the future back, keeping its running slot (with `max_running(1)`, a
+/// lost slot would leave every later task waiting for ever).
+#[test]
+fn try_spawn_outside_a_runtime_hands_the_future_back_and_keeps_the_slot() {
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(4)
+        .build()
+        .unwrap();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.try_spawn(async { 1 })
+            .map(drop)
+            .map_err(|e| (e.to_string(), e.into_inner()))
+    }))
+    .expect("an error, not a panic");
+    let (message, future) = refused.expect_err("no runtime: refused");
+    assert!(message.contains("runtime"), "{message}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(future.await, 1);
+        let later = pool
+            .try_spawn(async { 2 })
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let joined = tokio::time::timeout(Duration::from_secs(5), later.join()).await;
+        assert_eq!(joined, Ok(Ok(2)), "the running slot came back");
+        assert_eq!(pool.stats().rejected, 1);
+        assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
+    });
 }
