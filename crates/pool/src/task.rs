@@ -123,11 +123,16 @@ impl TaskPoolBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for `max_running` of zero (or above tokio's semaphore
-    /// limit), or `max_waiting` above the slot counter's limit.
+    /// A [`ConfigError`] for `max_running` of zero or above `u32::MAX` (shutdown
+    /// waits for every running slot at once, and tokio takes at most `u32::MAX`
+    /// permits in one wait), or `max_waiting` above the slot counter's limit.
     pub fn build(self) -> Result<TaskPool, ConfigError> {
         validate::at_least("max_running", self.max_running, 1)?;
-        validate::at_most("max_running", self.max_running, Semaphore::MAX_PERMITS)?;
+        validate::at_most(
+            "max_running",
+            self.max_running,
+            Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        )?;
         validate::at_most(
             "max_waiting",
             self.max_waiting,
@@ -415,6 +420,7 @@ impl TaskPool {
         let cancelled_before = Counters::get(&inner.counters.cancelled);
         // The semaphore is FIFO: taking every permit completes only after every
         // waiting task has had its turn and finished.
+        // At most `u32::MAX`: checked by the builder.
         let all = u32::try_from(inner.max_running).unwrap_or(u32::MAX);
         // First every waiting task must reach the semaphore's queue (a task spawned
         // but not yet polled is not in it, and would queue behind us); the pool is

@@ -64,6 +64,7 @@ impl WorkerPoolBuilder {
     }
 
     /// The threads' name prefix (`<name>-<index>`). Default `"heijunka-pool"`.
+    /// Must not contain a NUL byte.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -73,12 +74,19 @@ impl WorkerPoolBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for zero workers, more than 4096, or a queue capacity of
-    /// zero; or if the OS refuses to start a thread (named `workers`, with the OS
-    /// error).
+    /// A [`ConfigError`] for zero workers, more than [`MAX_WORKERS`](WorkerPool::MAX_WORKERS),
+    /// a queue capacity of zero, a `name` containing a NUL byte; or if the OS refuses
+    /// to start a thread (named `workers`, with the OS error).
     pub fn build(self) -> Result<WorkerPool, ConfigError> {
         validate::at_least("workers", self.workers, 1)?;
-        validate::at_most("workers", self.workers, 4096)?;
+        validate::at_most("workers", self.workers, WorkerPool::MAX_WORKERS)?;
+        if self.name.contains('\0') {
+            return Err(ConfigError::new(
+                "name",
+                &self.name,
+                "must not contain a NUL byte (thread names are C strings)",
+            ));
+        }
         validate::at_least("queue_capacity", self.queue, 1)?;
         validate::at_most(
             "queue_capacity",
@@ -216,6 +224,9 @@ pub struct PoolReport {
 }
 
 impl WorkerPool {
+    /// The most worker threads a pool may have.
+    pub const MAX_WORKERS: usize = 4096;
+
     /// A builder (defaults: one worker per CPU, a queue of 1024).
     pub fn builder() -> WorkerPoolBuilder {
         WorkerPoolBuilder {

@@ -652,3 +652,40 @@ fn a_cancelled_shutdown_is_finished_by_the_next_call() {
         outcome
     });
 }
+
+/// Errors name the fields the user set: too many workers (a documented maximum),
+/// a default global bound that overflows is blamed on `workers` and
+/// `queue_capacity`, and building outside a runtime names the `runtime` setting,
+/// which exists.
+#[test]
+fn configuration_errors_name_what_the_user_set() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let enter = rt.enter();
+    let err = Dispatcher::builder()
+        .workers(4097)
+        .build::<u8, u8, u8>()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "workers must be at most 4096, got 4097");
+    let err = Dispatcher::builder()
+        .workers(4096)
+        .queue_capacity(2_000_000)
+        .build::<u8, u8, u8>()
+        .unwrap_err();
+    assert_eq!(err.field(), "queue_capacity", "{err}");
+    assert!(err.to_string().contains("workers"), "{err}");
+    assert!(err.to_string().contains("global_bound"), "{err}");
+    drop(enter);
+    let err = Dispatcher::builder().build::<u8, u8, u8>().unwrap_err();
+    assert_eq!(err.field(), "runtime");
+    // The setting it names exists: a handle makes building outside work.
+    let d = Dispatcher::builder()
+        .runtime(rt.handle().clone())
+        .build::<u8, u8, u8>()
+        .unwrap();
+    d.register("x", |x| async move { Ok(x) }).unwrap();
+    assert_eq!(rt.block_on(d.try_dispatch("x", 3).unwrap()), Ok(3));
+    assert!(rt.block_on(d.shutdown(Duration::from_secs(1))).clean);
+}

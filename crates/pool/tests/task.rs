@@ -235,3 +235,20 @@ fn try_spawn_outside_a_runtime_hands_the_future_back_and_keeps_the_slot() {
         assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
     });
 }
+
+/// A `max_running` above `u32::MAX` could never be waited for by shutdown (tokio
+/// takes at most `u32::MAX` permits at once, so shutdown would report clean while
+/// tasks run): a `ConfigError` naming the field and the value.
+#[test]
+fn max_running_above_u32_max_is_a_config_error() {
+    let too_many = u32::MAX as usize + 1;
+    let err = TaskPool::builder()
+        .max_running(too_many)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_running");
+    assert_eq!(
+        err.to_string(),
+        format!("max_running must be at most {}, got {too_many}", u32::MAX)
+    );
+}

@@ -468,3 +468,23 @@ async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
     queued.join().unwrap();
     assert!(shutdown.wait().await.is_clean());
 }
+
+/// Bad input is a `ConfigError` naming the field and the value, never a panic:
+/// a thread name with a NUL byte (which `std::thread::Builder` panics on) and
+/// worker counts past the documented maximum.
+#[test]
+fn a_nul_in_the_name_or_too_many_workers_is_a_config_error() {
+    let err = std::panic::catch_unwind(|| {
+        WorkerPool::builder()
+            .workers(1)
+            .name("bad\0name")
+            .build()
+            .map(drop)
+    })
+    .expect("an error, not a panic")
+    .unwrap_err();
+    assert_eq!(err.field(), "name");
+    assert!(err.to_string().contains("NUL"), "{err}");
+    let err = WorkerPool::builder().workers(4097).build().unwrap_err();
+    assert_eq!(err.to_string(), "workers must be at most 4096, got 4097");
+}
