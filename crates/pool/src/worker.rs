@@ -48,6 +48,7 @@ pub struct WorkerPoolBuilder {
     workers: usize,
     queue: usize,
     name: String,
+    clock: heijunka_core::Clock,
 }
 
 impl WorkerPoolBuilder {
@@ -67,6 +68,15 @@ impl WorkerPoolBuilder {
     /// Must not contain a NUL byte.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The clock that times tasks for the run-time statistics
+    /// ([`PoolStats`]'s percentiles and mean). Default: the system clock. Waits
+    /// (`submit_timeout`, `shutdown`'s grace period) are the OS's timed waits and
+    /// do not read it.
+    pub fn clock(mut self, clock: heijunka_core::Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -123,7 +133,8 @@ struct Shared {
     token: std::sync::OnceLock<ShutdownToken>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     name: String,
-    /// Times tasks: the TSC-backed core clock costs less than `Instant::now()`.
+    /// Times tasks (the builder's `clock`; by default the TSC-backed system clock,
+    /// which costs less than `Instant::now()`).
     clock: heijunka_core::Clock,
 }
 
@@ -233,6 +244,7 @@ impl WorkerPool {
             workers: std::thread::available_parallelism().map_or(4, |n| n.get()),
             queue: 1024,
             name: "heijunka-pool".into(),
+            clock: heijunka_core::Clock::system(),
         }
     }
 
@@ -263,7 +275,7 @@ impl WorkerPool {
             token: std::sync::OnceLock::new(),
             threads: Mutex::new(Vec::with_capacity(cfg.workers)),
             name: cfg.name.clone(),
-            clock: heijunka_core::Clock::system(),
+            clock: cfg.clock.clone(),
         });
         for (i, local) in locals.into_iter().enumerate() {
             let s = Arc::clone(&shared);

@@ -488,3 +488,37 @@ fn a_nul_in_the_name_or_too_many_workers_is_a_config_error() {
     let err = WorkerPool::builder().workers(4097).build().unwrap_err();
     assert_eq!(err.to_string(), "workers must be at most 4096, got 4097");
 }
+
+/// Task run times come from the pool's clock: with a manual clock that each task
+/// advances by a known amount, the percentiles and mean are exact (to the
+/// histogram's two significant digits), whatever the machine's speed.
+#[test]
+fn run_time_statistics_follow_the_pools_clock() {
+    let clock = heijunka_core::ManualClock::new();
+    let p = WorkerPool::builder()
+        .workers(1)
+        .queue_capacity(16)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let clock = clock.clone();
+            let took = Duration::from_millis(if i == 9 { 100 } else { 1 });
+            p.submit(move || {
+                clock.advance(took);
+            })
+            .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = p.stats();
+    let near = |d: Duration, want: Duration| d.abs_diff(want) <= want / 100;
+    assert!(near(s.p50, Duration::from_millis(1)), "{s:?}");
+    assert!(near(s.p90, Duration::from_millis(1)), "{s:?}");
+    assert!(near(s.p99, Duration::from_millis(100)), "{s:?}");
+    assert!(near(s.mean, Duration::from_micros(10_900)), "{s:?}");
+    assert!(p.shutdown(Duration::from_secs(5)).clean);
+}
