@@ -14,7 +14,7 @@ use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +95,9 @@ struct Inner {
     /// Sharded by thread, so completing tasks do not contend on one lock.
     timings: Vec<Timings>,
     token: OnceLock<ShutdownToken>,
+    /// The shutdown's outcome, once it has begun: it runs in its own task, so a
+    /// caller that stops waiting does not stop it, and every call sees one outcome.
+    report: OnceLock<watch::Receiver<Option<PoolReport>>>,
 }
 
 /// Builds a [`TaskPool`].
@@ -152,6 +155,7 @@ impl TaskPoolBuilder {
                 counters: Counters::default(),
                 timings: (0..TIMING_SHARDS).map(|_| Timings::new()).collect(),
                 token: OnceLock::new(),
+                report: OnceLock::new(),
             }),
         })
     }
@@ -412,12 +416,58 @@ impl TaskPool {
     /// Stops intake, waits up to `grace` for running and waiting tasks, then cancels
     /// the rest (their handles report [`TaskError::Cancelled`]). A `grace` of zero
     /// cancels at once.
+    ///
+    /// The first call stops intake and starts the shutdown (with its `grace`) in a
+    /// task of the caller's runtime; every call, concurrent or later, waits for
+    /// that one outcome and returns its report. Must be called within a tokio
+    /// runtime (the grace period is a tokio timer).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops only the waiting. The shutdown goes
+    /// on, and a later call waits for the same outcome.
     pub async fn shutdown(&self, grace: Duration) -> PoolReport {
+        let mut report = self
+            .inner
+            .report
+            .get_or_init(|| {
+                let inner = &self.inner;
+                let start = Instant::now();
+                inner.waiting.close();
+                inner.room.notify_waiters();
+                let cancelled_before = Counters::get(&inner.counters.cancelled);
+                let (tx, rx) = watch::channel(None);
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let report = pool.run_shutdown(grace, start, cancelled_before).await;
+                    tx.send_replace(Some(report));
+                });
+                rx
+            })
+            .clone();
+        let seen = report.wait_for(Option::is_some).await.map(|r| r.clone());
+        match seen {
+            Ok(Some(report)) => report,
+            // The runtime dropped the shutdown task before it finished.
+            _ => PoolReport {
+                clean: false,
+                cancelled: 0,
+                // Relaxed: a statistic.
+                still_running: self.inner.active.load(Ordering::Relaxed),
+                elapsed: Duration::ZERO,
+            },
+        }
+    }
+
+    /// The shutdown, after intake stopped at `start` with `cancelled_before`
+    /// tasks cancelled.
+    async fn run_shutdown(
+        &self,
+        grace: Duration,
+        start: Instant,
+        cancelled_before: u64,
+    ) -> PoolReport {
         let inner = &self.inner;
-        let start = Instant::now();
-        inner.waiting.close();
-        inner.room.notify_waiters();
-        let cancelled_before = Counters::get(&inner.counters.cancelled);
         // The semaphore is FIFO: taking every permit completes only after every
         // waiting task has had its turn and finished.
         // At most `u32::MAX`: checked by the builder.

@@ -252,3 +252,119 @@ fn max_running_above_u32_max_is_a_config_error() {
         format!("max_running must be at most {}, got {too_many}", u32::MAX)
     );
 }
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// `shutdown` dropped part-way (a caller's time-out) does not change the outcome
+/// the next call reports: here the grace period runs out on a task that never
+/// ends, so every call, whatever poll the first was dropped at, says unclean with
+/// that task cancelled.
+#[test]
+fn a_cancelled_shutdown_is_finished_by_the_next_call() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(32, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder()
+            .max_running(1)
+            .max_waiting(1)
+            .build()
+            .unwrap();
+        let stuck = pool.try_spawn(std::future::pending::<()>()).unwrap();
+        let outcome = Polled::new(pool.shutdown(Duration::from_secs(1))).drop_after_with(k, |_| {
+            rt.block_on(tokio::time::advance(Duration::from_millis(300)));
+        });
+        let report = rt.block_on(pool.shutdown(Duration::from_secs(1)));
+        assert!(!report.clean, "k = {k}: {report:?}");
+        assert_eq!(report.cancelled, 1, "k = {k}: {report:?}");
+        assert_eq!(
+            rt.block_on(stuck.join()),
+            Err(TaskError::Cancelled),
+            "k = {k}"
+        );
+        outcome
+    });
+}
+
+/// A `spawn` dropped while it waits for room (poll k times, then drop): the
+/// future is dropped with it, unrun (as documented), and nothing stays counted:
+/// the waiting slot is free for the next task, the running slot comes back.
+#[test]
+fn a_cancelled_spawn_drops_its_future_and_keeps_nothing() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    struct Tracked(Arc<AtomicUsize>, Arc<AtomicUsize>);
+    impl std::future::Future for Tracked {
+        type Output = u32;
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<u32> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::task::Poll::Ready(9)
+        }
+    }
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder()
+            .max_running(1)
+            .max_waiting(1)
+            .build()
+            .unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let running = pool
+            .try_spawn(async move { g.acquire().await.unwrap().forget() })
+            .unwrap();
+        let queued = pool.try_spawn(async { 1 }).unwrap();
+        let (polled, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let fut = Tracked(polled.clone(), dropped.clone());
+        // Room appears before the third poll: the running task ends, the queued
+        // one takes the running slot.
+        let outcome = Polled::new(pool.spawn(fut)).drop_after_with(k, |i| {
+            if i == 2 {
+                gate.add_permits(1);
+                for _ in 0..4 {
+                    rt.block_on(tokio::task::yield_now());
+                }
+            }
+        });
+        let spawned = match outcome {
+            heijunka_core::cancel::Outcome::Completed { ref output, .. } => output.is_ok(),
+            heijunka_core::cancel::Outcome::Cancelled { .. } => false,
+        };
+        gate.add_permits(8);
+        rt.block_on(async {
+            running.join().await.ok();
+            assert_eq!(queued.join().await, Ok(1), "k = {k}");
+        });
+        if !spawned {
+            assert_eq!(
+                dropped.load(Ordering::SeqCst),
+                1,
+                "k = {k}: dropped with the spawn"
+            );
+            assert_eq!(polled.load(Ordering::SeqCst), 0, "k = {k}: never ran");
+        }
+        // Nothing kept: both slots serve new tasks, and the pool drains clean.
+        rt.block_on(async {
+            let a = pool.try_spawn(async { 2 }).unwrap();
+            let b = pool.try_spawn(async { 3 }).unwrap();
+            assert_eq!((a.join().await, b.join().await), (Ok(2), Ok(3)), "k = {k}");
+            assert_eq!(pool.stats().queued, 0, "k = {k}");
+            assert!(pool.shutdown(Duration::from_secs(1)).await.clean, "k = {k}");
+        });
+        outcome
+    });
+}
