@@ -173,6 +173,11 @@ impl<T> TaskPoolHandle<T> {
     ///
     /// [`TaskError::Panicked`] with the message, or [`TaskError::Cancelled`] if the
     /// pool's shutdown (or the runtime's) stopped it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future detaches the task, as dropping the handle does: it
+    /// still runs (and holds its running slot until it ends); its value is dropped.
     pub async fn join(self) -> Result<T, TaskError> {
         match self.join.await {
             Ok(r) => r,

@@ -689,3 +689,101 @@ fn configuration_errors_name_what_the_user_set() {
     assert_eq!(rt.block_on(d.try_dispatch("x", 3).unwrap()), Ok(3));
     assert!(rt.block_on(d.shutdown(Duration::from_secs(1))).clean);
 }
+
+/// `dispatch` (and `dispatch_keyed`) dropped after k polls while waiting for room:
+/// the request is dropped with it, undelivered (as documented), and nothing stays
+/// counted (global bound, worker load); or, once it got in, the message runs.
+#[test]
+fn a_cancelled_dispatch_drops_its_request_and_keeps_nothing() {
+    use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Debug)]
+    struct Req(u64, Arc<AtomicUsize>);
+    impl Drop for Req {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    for keyed in [false, true] {
+        cancel_points(16, |k| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let _g = rt.enter();
+            let d: Dispatcher<Req, u64, String> = Dispatcher::builder()
+                .workers(1)
+                .queue_capacity(1)
+                .global_bound(2)
+                .build()
+                .unwrap();
+            let gate = Arc::new(Semaphore::new(0));
+            {
+                let gate = Arc::clone(&gate);
+                d.register("g", move |r: Req| {
+                    let gate = Arc::clone(&gate);
+                    async move {
+                        gate.acquire().await.unwrap().forget();
+                        Ok(r.0)
+                    }
+                })
+                .unwrap();
+            }
+            let drops = Arc::new(AtomicUsize::new(0));
+            let first = d.try_dispatch("g", Req(1, drops.clone())).unwrap();
+            rt.block_on(async {
+                while d.stats().workers[0].queued > 0 {
+                    tokio::task::yield_now().await;
+                }
+            });
+            let second = d.try_dispatch("g", Req(2, drops.clone())).unwrap();
+            let req = Req(3, drops.clone());
+            type Fut<'a> = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<heijunka_pool::Reply<u64, String>, DispatchError<Req>>,
+                        > + 'a,
+                >,
+            >;
+            let fut: Fut<'_> = if keyed {
+                Box::pin(d.dispatch_keyed("g", &7_u8, req))
+            } else {
+                Box::pin(d.dispatch("g", req))
+            };
+            let outcome = Polled::new(fut).drop_after_with(k, |i| {
+                // Room appears before the third poll.
+                if i == 2 {
+                    gate.add_permits(1);
+                    for _ in 0..4 {
+                        rt.block_on(tokio::task::yield_now());
+                    }
+                }
+            });
+            gate.add_permits(8);
+            let delivered = matches!(&outcome, Outcome::Completed { output: Ok(_), .. });
+            rt.block_on(async {
+                assert_eq!(first.await, Ok(1), "k = {k}");
+                assert_eq!(second.await, Ok(2), "k = {k}");
+            });
+            let outcome = match outcome {
+                Outcome::Completed { output, polls } => {
+                    let reply = output.unwrap();
+                    assert_eq!(rt.block_on(reply), Ok(3), "k = {k}");
+                    Outcome::Completed { output: (), polls }
+                }
+                Outcome::Cancelled { polls } => {
+                    assert!(!delivered);
+                    Outcome::Cancelled { polls }
+                }
+            };
+            // Every request was dropped exactly once: delivered ones by the
+            // handler, the cancelled one with its future.
+            assert_eq!(drops.load(Ordering::SeqCst), 3, "k = {k}");
+            assert_eq!(d.stats().in_flight, 0, "k = {k}: nothing counted");
+            let report = rt.block_on(d.shutdown(Duration::from_secs(1)));
+            assert!(report.clean, "k = {k}: {report:?}");
+            outcome
+        });
+    }
+}

@@ -368,3 +368,34 @@ fn a_cancelled_spawn_drops_its_future_and_keeps_nothing() {
         outcome
     });
 }
+
+/// `join` dropped after k polls detaches the task: it still runs to the end and
+/// gives its running slot back.
+#[test]
+fn a_cancelled_join_detaches_the_task() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder().max_running(1).build().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let h = pool
+            .try_spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                r.fetch_add(1, Ordering::SeqCst);
+                5
+            })
+            .unwrap();
+        let outcome = Polled::new(h.join()).drop_after_with(k, |_| {
+            rt.block_on(tokio::time::advance(Duration::from_millis(4)));
+        });
+        rt.block_on(async {
+            let next = pool.spawn(async { 6 }).await.unwrap();
+            assert_eq!(next.join().await, Ok(6), "k = {k}: the slot came back");
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "k = {k}: the task ran");
+        assert_eq!(pool.stats().completed, 2, "k = {k}");
+        outcome
+    });
+}

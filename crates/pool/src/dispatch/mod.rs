@@ -337,8 +337,17 @@ where
     ///
     /// # Errors
     ///
-    /// `UnknownHandler`, or `Closed` if the dispatcher is (or gets) shut down;
-    /// the request comes back.
+    /// `UnknownHandler`, or `Closed` if the dispatcher is (or gets, while this
+    /// waits) shut down; the request comes back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe for the request: dropped while it waits for room, the
+    /// future drops `request` with it, undelivered (as
+    /// `tokio::sync::mpsc::Sender::send` drops its message). Nothing stays
+    /// counted: its place in the global bound and its worker's load come back.
+    /// To keep the request when giving up, retry
+    /// [`try_dispatch`](Self::try_dispatch) instead, which hands it back.
     pub async fn dispatch(
         &self,
         name: &str,
@@ -353,6 +362,11 @@ where
     /// # Errors
     ///
     /// As [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`dispatch`](Self::dispatch): dropped while it waits, the request is
+    /// dropped with it and nothing stays counted.
     pub async fn dispatch_keyed<K: Hash + ?Sized>(
         &self,
         name: &str,
