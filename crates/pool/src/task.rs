@@ -109,7 +109,7 @@ pub struct TaskPoolBuilder {
 }
 
 impl TaskPoolBuilder {
-    /// The most futures running at once. Default 64.
+    /// The most futures running at once. Default 64; at most `u32::MAX`.
     pub fn max_running(mut self, n: usize) -> Self {
         self.max_running = n;
         self

@@ -52,7 +52,8 @@ pub struct WorkerPoolBuilder {
 }
 
 impl WorkerPoolBuilder {
-    /// Worker threads. Default: the number of CPUs.
+    /// Worker threads. Default: the number of CPUs; at most
+    /// [`WorkerPool::MAX_WORKERS`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
