@@ -66,7 +66,7 @@ pub use crate::{
         DispatchError, DispatchReport, Dispatcher, DispatcherBuilder, DispatcherStats,
         HandlerError, HandlerStats, RegisterError, Reply, WorkerStats,
     },
-    error::{Rejected, TaskError},
+    error::{Rejected, SpawnError, TaskError},
     group::{
         Group, GroupBuilder, GroupErrors, GroupToken, PanicPolicy, TaskFailure, ThreadGroup,
         ThreadScope,

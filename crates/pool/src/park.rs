@@ -17,11 +17,30 @@
 //! sleeper (and notifies; the sleeper holds the lock from registering until it
 //! waits, so the notification cannot fall between the two). The loom model below
 //! explores every interleaving of a worker and a submitter.
+//!
+//! # Started jobs: [`Started`]
+//!
+//! The queue's bound counts the jobs not yet started. A worker does not give each
+//! started job's slot back to the shared word at once (that would be one contended
+//! read-modify-write per task): it counts it in its own padded cell, and gives the
+//! cell back in batches. Anyone who needs the exact count collects the cells
+//! (`swap(0)`, so each start is given back exactly once): a submitter that finds
+//! the queue full, an idle worker before it sleeps, `stats()`.
+//!
+//! A submitter that is about to *sleep* for room announces itself (`want_room`)
+//! before it collects; a worker checks the announcement after counting a start.
+//! Each side writes, then a `SeqCst` fence, then reads the other's location (a
+//! store-load pair; fences, because `SeqCst` loads alone are not modelled by loom):
+//! either the submitter's collection sees the worker's start, or the worker sees
+//! the announcement and gives its cell back at once, through the word, whose
+//! release wakes a registered submitter (the first protocol above). The loom model `started_job_frees_room_for_
+//! a_sleeping_submitter` checks it.
 
 use std::time::Instant;
 
 use heijunka_backpressure::{Registered, Side, SlotState};
-use heijunka_core::sync::{Condvar, Mutex, MutexGuard};
+use heijunka_core::sync::atomic::{AtomicUsize, Ordering, fence};
+use heijunka_core::sync::{CachePadded, Condvar, Mutex, MutexGuard};
 
 /// A lock and condition variable for one side's sleepers.
 pub(crate) struct Parker {
@@ -94,6 +113,112 @@ impl Parker {
         }
         drop(registration);
         seen
+    }
+}
+
+/// Jobs each worker has started (taken off the queue) but not yet given back to
+/// the queue's [`SlotState`] count; see the module docs.
+pub(crate) struct Started {
+    cells: Box<[CachePadded<AtomicUsize>]>,
+    /// Submitters about to sleep for room (rarely written: only while the queue is
+    /// full, so the workers' reads of it stay cheap).
+    want_room: CachePadded<AtomicUsize>,
+}
+
+impl Started {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            cells: (0..workers)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
+            want_room: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Worker `me` took a job off the queue; returns how many it holds now.
+    #[inline]
+    pub(crate) fn take(&self, me: usize) -> usize {
+        // Relaxed: ordered for `wait_for_room` by the fence in `room_wanted`, which
+        // the worker calls next; uncontended, the cell is this worker's.
+        self.cells[me].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether a submitter is about to sleep for room (the worker then gives its
+    /// cell back at once). Call after [`take`](Self::take).
+    #[inline]
+    pub(crate) fn room_wanted(&self) -> bool {
+        // The worker's half of the store-load pair: its `take` before, this load
+        // after; pairs with the fence in `wait_for_room`.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        self.want_room.load(Ordering::Relaxed) > 0
+    }
+
+    /// Gives worker `me`'s started jobs back to `state`, waking a submitter that
+    /// sleeps for room.
+    #[inline]
+    pub(crate) fn give_back(&self, me: usize, state: &SlotState, space: &Parker) {
+        // Relaxed: as in `collect`; swap, so each start is given back exactly once.
+        let n = self.cells[me].swap(0, Ordering::Relaxed);
+        release(n, state, space);
+    }
+
+    /// Gives every worker's started jobs back; returns how many.
+    pub(crate) fn collect(&self, state: &SlotState, space: &Parker) -> usize {
+        let mut n = 0;
+        for c in &*self.cells {
+            // Relaxed: a start counted here is given back through `state`, whose
+            // AcqRel steps order it; `wait_for_room` fences before calling this.
+            // The load skips the read-modify-write on cells holding nothing.
+            if c.load(Ordering::Relaxed) > 0 {
+                n += c.swap(0, Ordering::Relaxed);
+            }
+        }
+        release(n, state, space);
+        n
+    }
+
+    /// Started jobs not yet given back, for a statistics snapshot.
+    pub(crate) fn held(&self) -> usize {
+        // Relaxed: a statistic.
+        self.cells.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// A submitter found the queue full (`capacity` taken): announces itself,
+    /// collects the started jobs, and sleeps for room only if none were found.
+    /// Returns `true` if it slept (or yielded), `false` if it collected room; the
+    /// caller tries to reserve again in both cases.
+    pub(crate) fn wait_for_room(
+        &self,
+        state: &SlotState,
+        space: &Parker,
+        capacity: usize,
+        until: Option<Instant>,
+    ) -> bool {
+        // Relaxed: ordered by the fence below.
+        self.want_room.fetch_add(1, Ordering::Relaxed);
+        // The submitter's half of the store-load pair: the announcement before,
+        // the collection after; pairs with the fence in `room_wanted`.
+        fence(Ordering::SeqCst);
+        let slept = self.collect(state, space) == 0;
+        if slept {
+            space.park(state, Side::Push, |seen| seen.len >= capacity, until);
+        }
+        // Relaxed: leaving only makes the workers' early give-back unnecessary.
+        self.want_room.fetch_sub(1, Ordering::Relaxed);
+        slept
+    }
+}
+
+/// `n` jobs left the queue: free their slots and wake a submitter waiting for room.
+#[inline]
+pub(crate) fn release(n: usize, state: &SlotState, space: &Parker) {
+    if n == 0 {
+        return;
+    }
+    let (_, wake) = state.release_many(n);
+    if wake {
+        space.wake_one();
     }
 }
 
@@ -194,6 +319,44 @@ mod loom_tests {
                 p.space.wake_all();
             }
             assert_eq!(w.join().unwrap(), vec![1]);
+        });
+    }
+
+    /// A worker starts a job with more taken work behind it (so it keeps the slot
+    /// in its own cell) and then stays busy; a submitter finds the queue full and
+    /// sleeps for room. The start must free the slot for it: either its collection
+    /// sees the start, or the worker sees it waiting and gives the slot back, which
+    /// wakes it. Drives the real [`Started`], [`Parker`] and [`SlotState`].
+    #[test]
+    fn started_job_frees_room_for_a_sleeping_submitter() {
+        loom::model(|| {
+            let p = pool();
+            let started = Arc::new(Started::new(1));
+            assert!(matches!(p.state.reserve(1), Reserve::Reserved { .. }));
+            p.jobs.lock().unwrap().push(1);
+            let w = {
+                let (p, started) = (Arc::clone(&p), Arc::clone(&started));
+                thread::spawn(move || {
+                    let job = p.jobs.lock().unwrap().pop();
+                    assert_eq!(job, Some(1));
+                    started.take(0);
+                    // Local work remains, the batch is not full: keep the slot
+                    // unless a submitter waits. Then the job "runs" for ever.
+                    if started.room_wanted() {
+                        started.give_back(0, &p.state, &p.space);
+                    }
+                })
+            };
+            loop {
+                match p.state.reserve(1) {
+                    Reserve::Reserved { .. } => break,
+                    Reserve::Closed => unreachable!(),
+                    Reserve::Full => {
+                        started.wait_for_room(&p.state, &p.space, 1, None);
+                    }
+                }
+            }
+            w.join().unwrap();
         });
     }
 

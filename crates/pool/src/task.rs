@@ -13,14 +13,15 @@ use heijunka_backpressure::{Reserve, Side, SlotState};
 use heijunka_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
-use tokio::sync::{Notify, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::panic_message;
 use crate::stats::{Counters, Timings};
-use crate::{PoolReport, PoolStats, Rejected, TaskError};
+use crate::{PoolReport, PoolStats, Rejected, SpawnError, TaskError};
 
 const TIMING_SHARDS: usize = 16;
 
@@ -39,7 +40,7 @@ const TIMING_SHARDS: usize = 16;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = TaskPool::builder().max_running(8).max_waiting(64).build()?;
-/// let handle = pool.try_spawn(async { 6 * 7 }).map_err(|e| e.reason())?;
+/// let handle = pool.try_spawn(async { 6 * 7 }).map_err(|e| e.to_string())?;
 /// assert_eq!(handle.join().await?, 42);
 /// # Ok(())
 /// # }
@@ -79,6 +80,9 @@ struct Inner {
     /// Sharded by thread, so completing tasks do not contend on one lock.
     timings: Vec<Timings>,
     token: OnceLock<ShutdownToken>,
+    /// The shutdown's outcome, once it has begun: it runs in its own task, so a
+    /// caller that stops waiting does not stop it, and every call sees one outcome.
+    report: OnceLock<watch::Receiver<Option<PoolReport>>>,
 }
 
 /// Builds a [`TaskPool`].
@@ -90,7 +94,7 @@ pub struct TaskPoolBuilder {
 }
 
 impl TaskPoolBuilder {
-    /// The most futures running at once. Default 64.
+    /// The most futures running at once. Default 64; at most `u32::MAX`.
     pub fn max_running(mut self, n: usize) -> Self {
         self.max_running = n;
         self
@@ -107,11 +111,16 @@ impl TaskPoolBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for `max_running` of zero (or above tokio's semaphore
-    /// limit), or `max_waiting` above the slot counter's limit.
+    /// A [`ConfigError`] for `max_running` of zero or above `u32::MAX` (shutdown
+    /// waits for every running slot at once, and tokio takes at most `u32::MAX`
+    /// permits in one wait), or `max_waiting` above the slot counter's limit.
     pub fn build(self) -> Result<TaskPool, ConfigError> {
         validate::at_least("max_running", self.max_running, 1)?;
-        validate::at_most("max_running", self.max_running, Semaphore::MAX_PERMITS)?;
+        validate::at_most(
+            "max_running",
+            self.max_running,
+            Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        )?;
         validate::at_most(
             "max_waiting",
             self.max_waiting,
@@ -131,6 +140,7 @@ impl TaskPoolBuilder {
                 counters: Counters::default(),
                 timings: (0..TIMING_SHARDS).map(|_| Timings::new()).collect(),
                 token: OnceLock::new(),
+                report: OnceLock::new(),
             }),
         })
     }
@@ -148,6 +158,11 @@ impl<T> TaskPoolHandle<T> {
     ///
     /// [`TaskError::Panicked`] with the message, or [`TaskError::Cancelled`] if the
     /// pool's shutdown (or the runtime's) stopped it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future detaches the task, as dropping the handle does: it
+    /// still runs (and holds its running slot until it ends); its value is dropped.
     pub async fn join(self) -> Result<T, TaskError> {
         match self.join.await {
             Ok(r) => r,
@@ -180,28 +195,48 @@ impl TaskPool {
     }
 
     /// Starts `future` now if a running slot is free, queues it if a waiting slot
-    /// is free; never waits. Must be called within a tokio runtime.
+    /// is free; never waits. The task runs on the tokio runtime of the caller.
     ///
     /// # Errors
     ///
-    /// The future comes back unpolled in [`Rejected`]: [`Rejection::QueueFull`]
-    /// or [`Rejection::ShuttingDown`].
-    pub fn try_spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    /// The future comes back unpolled in [`SpawnError`]: `Rejected` with
+    /// [`Rejection::QueueFull`] or [`Rejection::ShuttingDown`], or `NoRuntime`
+    /// when called outside a tokio runtime (nothing is taken from the pool then).
+    pub fn try_spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.try_spawn_inner(future)
-            .inspect_err(|_| Counters::bump(&self.inner.counters.rejected))
+        let Ok(rt) = Handle::try_current() else {
+            Counters::bump(&self.inner.counters.rejected);
+            return Err(SpawnError::NoRuntime(future));
+        };
+        self.try_spawn_on(&rt, future)
+            .map_err(|e| self.refused(e).into())
     }
 
-    fn try_spawn_inner<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    fn refused<F>(&self, e: Rejected<F>) -> Rejected<F> {
+        Counters::bump(&self.inner.counters.rejected);
+        e
+    }
+
+    /// Whether new tasks are refused: closed, or the coordinator triggered.
+    fn refuses(&self) -> bool {
+        let inner = &self.inner;
+        inner.waiting.is_closed() || inner.token.get().is_some_and(ShutdownToken::is_triggered)
+    }
+
+    fn try_spawn_on<F>(
+        &self,
+        rt: &Handle,
+        future: F,
+    ) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = &self.inner;
-        if inner.waiting.is_closed() || inner.token.get().is_some_and(ShutdownToken::is_triggered) {
+        if self.refuses() {
             return Err(Rejected {
                 task: future,
                 reason: Rejection::ShuttingDown,
@@ -211,10 +246,10 @@ impl TaskPool {
             // The task gives the slot back itself (`RunningSlot`): no `Arc` of the
             // semaphore travels with it.
             permit.forget();
-            return Ok(self.launch(future, true));
+            return Ok(self.launch(rt, future, true));
         }
         match inner.waiting.reserve(inner.max_waiting) {
-            Reserve::Reserved { .. } => Ok(self.launch(future, false)),
+            Reserve::Reserved { .. } => Ok(self.launch(rt, future, false)),
             Reserve::Full => Err(Rejected {
                 task: future,
                 reason: Rejection::QueueFull {
@@ -232,18 +267,34 @@ impl TaskPool {
     ///
     /// # Errors
     ///
-    /// [`Rejection::ShuttingDown`] with the future if the pool is (or gets) closed.
-    pub async fn spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, Rejected<F>>
+    /// The future comes back unpolled in [`SpawnError`]: `Rejected` with
+    /// [`Rejection::ShuttingDown`] if the pool is (or gets, while this waits)
+    /// closed, or `NoRuntime` when polled outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe for the future: dropped while it waits for room, `spawn`
+    /// drops `future` with it, unpolled (as `tokio::sync::mpsc::Sender::send`
+    /// drops its message). Nothing is left counted: no waiting or running slot is
+    /// kept and no waiter stays registered. To keep the future when giving up,
+    /// retry [`try_spawn`](Self::try_spawn) instead, which hands it back.
+    pub async fn spawn<F>(&self, future: F) -> Result<TaskPoolHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = &self.inner;
+        let Ok(rt) = Handle::try_current() else {
+            Counters::bump(&inner.counters.rejected);
+            return Err(SpawnError::NoRuntime(future));
+        };
         let mut future = future;
         loop {
-            match self.try_spawn_inner(future) {
+            match self.try_spawn_on(&rt, future) {
                 Ok(h) => return Ok(h),
-                Err(e) if e.reason == Rejection::ShuttingDown => return Err(e),
+                Err(e) if e.reason == Rejection::ShuttingDown => {
+                    return Err(self.refused(e).into());
+                }
                 Err(e) => future = e.task,
             }
             let notified = inner.room.notified();
@@ -260,16 +311,17 @@ impl TaskPool {
                     tokio::select! {
                         () = &mut notified => {}
                         slot = inner.running.acquire() => match slot {
-                            Ok(slot) => {
+                            // Woken after shutdown began: refused, and the slot
+                            // goes back (dropping the permit returns it).
+                            Ok(slot) if !self.refuses() => {
                                 slot.forget();
-                                return Ok(self.launch(future, true));
+                                return Ok(self.launch(&rt, future, true));
                             }
-                            Err(_) => {
-                                Counters::bump(&inner.counters.rejected);
-                                return Err(Rejected {
+                            _ => {
+                                return Err(self.refused(Rejected {
                                     task: future,
                                     reason: Rejection::ShuttingDown,
-                                });
+                                }).into());
                             }
                         },
                     }
@@ -280,13 +332,13 @@ impl TaskPool {
         }
     }
 
-    fn launch<F>(&self, future: F, has_slot: bool) -> TaskPoolHandle<F::Output>
+    fn launch<F>(&self, rt: &Handle, future: F, has_slot: bool) -> TaskPoolHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let join = tokio::spawn(async move {
+        let join = rt.spawn(async move {
             let _slot = if has_slot {
                 RunningSlot(&inner)
             } else {
@@ -351,14 +403,61 @@ impl TaskPool {
     /// Stops intake, waits up to `grace` for running and waiting tasks, then cancels
     /// the rest (their handles report [`TaskError::Cancelled`]). A `grace` of zero
     /// cancels at once.
+    ///
+    /// The first call stops intake and starts the shutdown (with its `grace`) in a
+    /// task of the caller's runtime; every call, concurrent or later, waits for
+    /// that one outcome and returns its report. Must be called within a tokio
+    /// runtime (the grace period is a tokio timer).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops only the waiting. The shutdown goes
+    /// on, and a later call waits for the same outcome.
     pub async fn shutdown(&self, grace: Duration) -> PoolReport {
+        let mut report = self
+            .inner
+            .report
+            .get_or_init(|| {
+                let inner = &self.inner;
+                let start = Instant::now();
+                inner.waiting.close();
+                inner.room.notify_waiters();
+                let cancelled_before = Counters::get(&inner.counters.cancelled);
+                let (tx, rx) = watch::channel(None);
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let report = pool.run_shutdown(grace, start, cancelled_before).await;
+                    tx.send_replace(Some(report));
+                });
+                rx
+            })
+            .clone();
+        let seen = report.wait_for(Option::is_some).await.map(|r| r.clone());
+        match seen {
+            Ok(Some(report)) => report,
+            // The runtime dropped the shutdown task before it finished.
+            _ => PoolReport {
+                clean: false,
+                cancelled: 0,
+                // Relaxed: a statistic.
+                still_running: self.inner.active.load(Ordering::Relaxed),
+                elapsed: Duration::ZERO,
+            },
+        }
+    }
+
+    /// The shutdown, after intake stopped at `start` with `cancelled_before`
+    /// tasks cancelled.
+    async fn run_shutdown(
+        &self,
+        grace: Duration,
+        start: Instant,
+        cancelled_before: u64,
+    ) -> PoolReport {
         let inner = &self.inner;
-        let start = Instant::now();
-        inner.waiting.close();
-        inner.room.notify_waiters();
-        let cancelled_before = Counters::get(&inner.counters.cancelled);
         // The semaphore is FIFO: taking every permit completes only after every
         // waiting task has had its turn and finished.
+        // At most `u32::MAX`: checked by the builder.
         let all = u32::try_from(inner.max_running).unwrap_or(u32::MAX);
         // First every waiting task must reach the semaphore's queue (a task spawned
         // but not yet polled is not in it, and would queue behind us); the pool is

@@ -16,7 +16,7 @@ use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
 
 use crate::handle::{DetachedJob, Job, TaskJob};
-use crate::park::Parker;
+use crate::park::{Parker, Started};
 use crate::stats::{Counters, Timings};
 use crate::{PoolStats, Rejected, TaskHandle};
 
@@ -24,7 +24,8 @@ use crate::{PoolStats, Rejected, TaskHandle};
 /// `heijunka_core::InlineOnce`), larger ones boxed.
 type BoxedJob = InlineOnce<Counters>;
 
-/// How many taken jobs a worker gives back to the queue's count at once.
+/// How many started jobs a worker gives back to the queue's count at once (sooner
+/// when its deque empties or a submitter waits for room; see `park::Started`).
 const RELEASE_BATCH: usize = 16;
 
 /// Idle rounds that see work counted but find none before a worker naps.
@@ -47,10 +48,12 @@ pub struct WorkerPoolBuilder {
     workers: usize,
     queue: usize,
     name: String,
+    clock: heijunka_core::Clock,
 }
 
 impl WorkerPoolBuilder {
-    /// Worker threads. Default: the number of CPUs.
+    /// Worker threads. Default: the number of CPUs; at most
+    /// [`WorkerPool::MAX_WORKERS`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -63,8 +66,18 @@ impl WorkerPoolBuilder {
     }
 
     /// The threads' name prefix (`<name>-<index>`). Default `"heijunka-pool"`.
+    /// Must not contain a NUL byte.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The clock that times tasks for the run-time statistics
+    /// ([`PoolStats`]'s percentiles and mean). Default: the system clock. Waits
+    /// (`submit_timeout`, `shutdown`'s grace period) are the OS's timed waits and
+    /// do not read it.
+    pub fn clock(mut self, clock: heijunka_core::Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -72,12 +85,19 @@ impl WorkerPoolBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for zero workers, more than 4096, or a queue capacity of
-    /// zero; or if the OS refuses to start a thread (named `workers`, with the OS
-    /// error).
+    /// A [`ConfigError`] for zero workers, more than [`MAX_WORKERS`](WorkerPool::MAX_WORKERS),
+    /// a queue capacity of zero, a `name` containing a NUL byte; or if the OS refuses
+    /// to start a thread (named `workers`, with the OS error).
     pub fn build(self) -> Result<WorkerPool, ConfigError> {
         validate::at_least("workers", self.workers, 1)?;
-        validate::at_most("workers", self.workers, 4096)?;
+        validate::at_most("workers", self.workers, WorkerPool::MAX_WORKERS)?;
+        if self.name.contains('\0') {
+            return Err(ConfigError::new(
+                "name",
+                &self.name,
+                "must not contain a NUL byte (thread names are C strings)",
+            ));
+        }
         validate::at_least("queue_capacity", self.queue, 1)?;
         validate::at_most(
             "queue_capacity",
@@ -100,6 +120,8 @@ struct Shared {
     work: Parker,
     /// Submitters waiting for room sleep here.
     space: Parker,
+    /// Jobs started but not yet given back to `state`'s count.
+    started: Started,
     /// Set when the grace period ends: queued jobs are dropped, not run.
     cancel_queued: AtomicBool,
     alive: Mutex<usize>,
@@ -112,7 +134,8 @@ struct Shared {
     token: std::sync::OnceLock<ShutdownToken>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     name: String,
-    /// Times tasks: the TSC-backed core clock costs less than `Instant::now()`.
+    /// Times tasks (the builder's `clock`; by default the TSC-backed system clock,
+    /// which costs less than `Instant::now()`).
     clock: heijunka_core::Clock,
 }
 
@@ -213,12 +236,16 @@ pub struct PoolReport {
 }
 
 impl WorkerPool {
+    /// The most worker threads a pool may have.
+    pub const MAX_WORKERS: usize = 4096;
+
     /// A builder (defaults: one worker per CPU, a queue of 1024).
     pub fn builder() -> WorkerPoolBuilder {
         WorkerPoolBuilder {
             workers: std::thread::available_parallelism().map_or(4, |n| n.get()),
             queue: 1024,
             name: "heijunka-pool".into(),
+            clock: heijunka_core::Clock::system(),
         }
     }
 
@@ -232,6 +259,7 @@ impl WorkerPool {
             workers: cfg.workers,
             work: Parker::new(),
             space: Parker::new(),
+            started: Started::new(cfg.workers),
             cancel_queued: AtomicBool::new(false),
             alive: Mutex::new(cfg.workers),
             all_exited: Condvar::new(),
@@ -248,7 +276,7 @@ impl WorkerPool {
             token: std::sync::OnceLock::new(),
             threads: Mutex::new(Vec::with_capacity(cfg.workers)),
             name: cfg.name.clone(),
-            clock: heijunka_core::Clock::system(),
+            clock: cfg.clock.clone(),
         });
         for (i, local) in locals.into_iter().enumerate() {
             let s = Arc::clone(&shared);
@@ -359,11 +387,13 @@ impl WorkerPool {
         make: fn(F) -> (BoxedJob, R),
     ) -> Result<R, Rejected<F>> {
         let s = &*self.shared;
-        if s.token.get().is_some_and(ShutdownToken::is_triggered) {
-            return Err(s.reject(f, Rejection::ShuttingDown));
-        }
         let backoff = Backoff::new();
         loop {
+            // Every round, not only on entry: a submitter that waited for room
+            // must not get in once the coordinator's shutdown has begun.
+            if s.token.get().is_some_and(ShutdownToken::is_triggered) {
+                return Err(s.reject(f, Rejection::ShuttingDown));
+            }
             match s.state.reserve(s.capacity) {
                 Reserve::Reserved { wake, .. } => {
                     let (job, handle) = make(f);
@@ -375,6 +405,10 @@ impl WorkerPool {
                 }
                 Reserve::Closed => return Err(s.reject(f, Rejection::ShuttingDown)),
                 Reserve::Full => {}
+            }
+            // Full as counted: slots of started jobs may not be given back yet.
+            if s.started.collect(&s.state, &s.space) > 0 {
+                continue;
             }
             let until = match deadline {
                 Some(None) => {
@@ -400,8 +434,8 @@ impl WorkerPool {
             }) {
                 continue;
             }
-            s.space
-                .park(&s.state, Side::Push, |seen| seen.len >= s.capacity, until);
+            s.started
+                .wait_for_room(&s.state, &s.space, s.capacity, until);
         }
     }
 
@@ -561,7 +595,8 @@ impl Shared {
             workers: self.workers,
             // Relaxed: a statistic.
             active: self.active(),
-            queued: self.state.len(),
+            // Started jobs whose slots are not yet given back are not queued.
+            queued: self.state.len().saturating_sub(self.started.held()),
             completed: sum(|c| &c.completed),
             failed: panicked + cancelled,
             panicked,
@@ -618,19 +653,7 @@ impl Shared {
     /// A job left the queue: free its slot and wake a blocked submitter.
     #[inline]
     fn dequeued(&self) {
-        self.dequeued_many(1);
-    }
-
-    /// `n` jobs left the queue.
-    #[inline]
-    fn dequeued_many(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let (_, wake) = self.state.release_many(n);
-        if wake {
-            self.space.wake_one();
-        }
+        crate::park::release(1, &self.state, &self.space);
     }
 
     fn find_job(&self, me: usize, local: &Worker<BoxedJob>) -> Option<BoxedJob> {
@@ -660,11 +683,6 @@ impl Shared {
 
     fn work(&self, me: usize, local: Worker<BoxedJob>) {
         let backoff = Backoff::new();
-        // Slots of jobs this worker has taken but not yet given back: released in
-        // batches so the shared word is touched once per batch, not once per tiny
-        // task. The bound stays conservative: the queue looks at most this many
-        // fuller than it is, never emptier.
-        let mut taken = 0_usize;
         // Sleeps that ended with work counted but none found: work in transit, or
         // slots a busy peer holds for jobs it has already taken.
         let mut stale = 0_u32;
@@ -672,13 +690,15 @@ impl Shared {
             if let Some(job) = self.find_job(me, &local) {
                 backoff.reset();
                 stale = 0;
-                taken += 1;
-                // Give back at the batch size, or when no more taken work waits in
-                // this worker's deque: a running task never holds a queue slot
-                // while nothing else is queued behind it (unless a peer steals
-                // that work meanwhile; idle peers then sleep in short naps, below).
-                if taken == RELEASE_BATCH || local.is_empty() {
-                    self.dequeued_many(std::mem::take(&mut taken));
+                // The job has left the queue: count it in this worker's own cell
+                // (no contended write per task), and give the cell back to the
+                // shared count at the batch size, when no more taken work waits in
+                // this worker's deque, or when a submitter waits for room. Anyone
+                // who finds the queue full collects the cells first, so the bound
+                // counts exactly the jobs not yet started (see `park::Started`).
+                let held = self.started.take(me);
+                if held >= RELEASE_BATCH || local.is_empty() || self.started.room_wanted() {
+                    self.started.give_back(me, &self.state, &self.space);
                 }
                 if self.cancel_queued.load(Ordering::SeqCst) {
                     drop(job);
@@ -697,16 +717,20 @@ impl Shared {
             // Nothing found: give back what we took, spin briefly (tiny tasks arrive
             // faster than a sleep and wake-up take), then exit if closed and
             // drained, else sleep.
-            self.dequeued_many(std::mem::take(&mut taken));
+            self.started.give_back(me, &self.state, &self.space);
             if !backoff.is_completed() {
                 backoff.snooze();
                 continue;
             }
             backoff.reset();
+            // About to sleep: collect the slots busy peers still hold for jobs they
+            // started, so a non-zero count below means work that can be found.
+            self.started.collect(&self.state, &self.space);
             // Sleep unless tasks are queued (perhaps in transit: being pushed, or
-            // in a peer's deque mid-steal), then look again. Work that stays
-            // counted but unfound is slots a busy peer holds: nap (a new task
-            // still wakes us) instead of spinning until its job ends.
+            // in a peer's deque mid-steal), then look again. Should work stay
+            // counted but unfound round after round (a safety net: the collection
+            // above frees busy peers' slots), nap (a new task still wakes us)
+            // instead of spinning.
             let nap = stale >= STALE_ROUNDS;
             let seen = self.work.park(
                 &self.state,

@@ -545,3 +545,245 @@ async fn a_cancelled_dispatch_leaves_nothing_counted() {
     let report = d.shutdown(Duration::from_secs(1)).await;
     assert!(report.clean, "{report:?}");
 }
+
+/// A `dispatch` waiting for room in the global bound when shutdown begins is
+/// refused with its request when room appears during the drain: the tokio
+/// semaphore is FIFO, so the freed permit would go to it before the drain.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_blocked_before_shutdown_is_not_admitted_while_draining() {
+    let d: D = dispatcher(1, 1); // global bound 2: one running, one queued
+    let gate = Arc::new(Semaphore::new(0));
+    gated(&d, "g", &gate);
+    let first = d.try_dispatch("g", 1).unwrap();
+    while d.stats().workers[0].queued > 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = d.try_dispatch("g", 2).unwrap();
+    let blocked = tokio::spawn({
+        let d = d.clone();
+        async move { d.dispatch("g", 3).await.map(drop) }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!blocked.is_finished(), "waits for room");
+    let shutdown = tokio::spawn({
+        let d = d.clone();
+        async move { d.shutdown(Duration::from_secs(10)).await }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(10);
+    match blocked.await.unwrap() {
+        Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
+        other => panic!("admitted while draining: {other:?}"),
+    }
+    assert_eq!((first.await, second.await), (Ok(1), Ok(2)));
+    let report = shutdown.await.unwrap();
+    assert!(report.clean, "{report:?}");
+    assert_eq!(report.completed, 2, "{report:?}");
+}
+
+/// The same through a registered coordinator: triggering it refuses a dispatch
+/// that was waiting for a worker's queue when it wakes.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_blocked_before_the_trigger_is_refused_when_it_wakes() {
+    let d: D = Dispatcher::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .global_bound(10)
+        .build()
+        .unwrap();
+    let shutdown = Shutdown::new();
+    d.register_with(&shutdown, "dispatcher", Duration::from_secs(10))
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    gated(&d, "g", &gate);
+    let first = d.try_dispatch("g", 1).unwrap();
+    while d.stats().workers[0].queued > 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = d.try_dispatch("g", 2).unwrap();
+    let blocked = tokio::spawn({
+        let d = d.clone();
+        async move { d.dispatch("g", 3).await.map(drop) }
+    });
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!blocked.is_finished(), "waits for the worker's queue");
+    shutdown.trigger();
+    gate.add_permits(10);
+    match blocked.await.unwrap() {
+        Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
+        other => panic!("admitted after the trigger: {other:?}"),
+    }
+    assert_eq!((first.await, second.await), (Ok(1), Ok(2)));
+    assert!(shutdown.wait().await.is_clean());
+}
+
+/// `shutdown` dropped before it finishes (a caller's time-out) does not break the
+/// next call: that one waits for the same outcome, clean here, whatever poll the
+/// first was dropped at.
+#[test]
+fn a_cancelled_shutdown_is_finished_by_the_next_call() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let d = dispatcher(2, 4);
+        d.register("x", |x| async move { Ok(x) }).unwrap();
+        let replies: Vec<_> = (0..4).map(|x| d.try_dispatch("x", x).unwrap()).collect();
+        // Between polls the workers run (they drain the queues and end).
+        let outcome = Polled::new(d.shutdown(Duration::from_secs(5)))
+            .drop_after_with(k, |_| rt.block_on(tokio::task::yield_now()));
+        let report = rt.block_on(d.shutdown(Duration::from_secs(5)));
+        assert!(report.clean, "k = {k}: {report:?}");
+        assert_eq!(report.abandoned, 0, "k = {k}");
+        for (x, r) in replies.into_iter().enumerate() {
+            assert_eq!(rt.block_on(r), Ok(x as u64), "k = {k}");
+        }
+        assert_eq!(d.stats().in_flight, 0);
+        outcome
+    });
+}
+
+/// Errors name the fields the user set: too many workers (a documented maximum),
+/// a default global bound that overflows is blamed on `workers` and
+/// `queue_capacity`, and building outside a runtime names the `runtime` setting,
+/// which exists.
+#[test]
+fn configuration_errors_name_what_the_user_set() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let enter = rt.enter();
+    let err = Dispatcher::builder()
+        .workers(4097)
+        .build::<u8, u8, u8>()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "workers must be at most 4096, got 4097");
+    let err = Dispatcher::builder()
+        .workers(4096)
+        .queue_capacity(2_000_000)
+        .build::<u8, u8, u8>()
+        .unwrap_err();
+    assert_eq!(err.field(), "queue_capacity", "{err}");
+    assert!(err.to_string().contains("workers"), "{err}");
+    assert!(err.to_string().contains("global_bound"), "{err}");
+    drop(enter);
+    let err = Dispatcher::builder().build::<u8, u8, u8>().unwrap_err();
+    assert_eq!(err.field(), "runtime");
+    // The setting it names exists: a handle makes building outside work.
+    let d = Dispatcher::builder()
+        .runtime(rt.handle().clone())
+        .build::<u8, u8, u8>()
+        .unwrap();
+    d.register("x", |x| async move { Ok(x) }).unwrap();
+    assert_eq!(rt.block_on(d.try_dispatch("x", 3).unwrap()), Ok(3));
+    assert!(rt.block_on(d.shutdown(Duration::from_secs(1))).clean);
+}
+
+/// `dispatch` (and `dispatch_keyed`) dropped after k polls while waiting for room:
+/// the request is dropped with it, undelivered (as documented), and nothing stays
+/// counted (global bound, worker load); or, once it got in, the message runs.
+#[test]
+fn a_cancelled_dispatch_drops_its_request_and_keeps_nothing() {
+    use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Debug)]
+    struct Req(u64, Arc<AtomicUsize>);
+    impl Drop for Req {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    for keyed in [false, true] {
+        cancel_points(16, |k| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let _g = rt.enter();
+            let d: Dispatcher<Req, u64, String> = Dispatcher::builder()
+                .workers(1)
+                .queue_capacity(1)
+                .global_bound(2)
+                .build()
+                .unwrap();
+            let gate = Arc::new(Semaphore::new(0));
+            {
+                let gate = Arc::clone(&gate);
+                d.register("g", move |r: Req| {
+                    let gate = Arc::clone(&gate);
+                    async move {
+                        gate.acquire().await.unwrap().forget();
+                        Ok(r.0)
+                    }
+                })
+                .unwrap();
+            }
+            let drops = Arc::new(AtomicUsize::new(0));
+            let first = d.try_dispatch("g", Req(1, drops.clone())).unwrap();
+            rt.block_on(async {
+                while d.stats().workers[0].queued > 0 {
+                    tokio::task::yield_now().await;
+                }
+            });
+            let second = d.try_dispatch("g", Req(2, drops.clone())).unwrap();
+            let req = Req(3, drops.clone());
+            type Fut<'a> = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<heijunka_pool::Reply<u64, String>, DispatchError<Req>>,
+                        > + 'a,
+                >,
+            >;
+            let fut: Fut<'_> = if keyed {
+                Box::pin(d.dispatch_keyed("g", &7_u8, req))
+            } else {
+                Box::pin(d.dispatch("g", req))
+            };
+            let outcome = Polled::new(fut).drop_after_with(k, |i| {
+                // Room appears before the third poll.
+                if i == 2 {
+                    gate.add_permits(1);
+                    for _ in 0..4 {
+                        rt.block_on(tokio::task::yield_now());
+                    }
+                }
+            });
+            gate.add_permits(8);
+            let delivered = matches!(&outcome, Outcome::Completed { output: Ok(_), .. });
+            rt.block_on(async {
+                assert_eq!(first.await, Ok(1), "k = {k}");
+                assert_eq!(second.await, Ok(2), "k = {k}");
+            });
+            let outcome = match outcome {
+                Outcome::Completed { output, polls } => {
+                    let reply = output.unwrap();
+                    assert_eq!(rt.block_on(reply), Ok(3), "k = {k}");
+                    Outcome::Completed { output: (), polls }
+                }
+                Outcome::Cancelled { polls } => {
+                    assert!(!delivered);
+                    Outcome::Cancelled { polls }
+                }
+            };
+            // Every request was dropped exactly once: delivered ones by the
+            // handler, the cancelled one with its future.
+            assert_eq!(drops.load(Ordering::SeqCst), 3, "k = {k}");
+            assert_eq!(d.stats().in_flight, 0, "k = {k}: nothing counted");
+            let report = rt.block_on(d.shutdown(Duration::from_secs(1)));
+            assert!(report.clean, "k = {k}: {report:?}");
+            outcome
+        });
+    }
+}

@@ -457,3 +457,46 @@ async fn a_cancelled_spawn_leaves_no_task_behind() {
     assert_eq!(third, 1, "the given-up spawn took no index");
     assert_eq!(group.wait_ordered().await.unwrap(), vec![1, 3]);
 }
+
+/// Results stream while spawning: `try_next` between spawns takes what has
+/// finished, so a caller never holds more than `max_concurrency` finished outputs
+/// (observed: how many each drain returns), and every task's result comes back
+/// exactly once, with `next` returning the rest and then `None`.
+#[tokio::test(start_paused = true)]
+async fn results_stream_while_spawning_with_a_bounded_backlog() {
+    const K: usize = 3;
+    const N: usize = 200;
+    let mut group = Group::builder().max_concurrency(K).build().unwrap();
+    let mut seen = vec![0_u32; N];
+    let mut most_held = 0;
+    for i in 0..N {
+        let index = group
+            .spawn(move |_| async move {
+                tokio::time::sleep(Duration::from_millis((i % 5) as u64)).await;
+                if i % 17 == 0 { Err(i) } else { Ok(i) }
+            })
+            .await;
+        assert_eq!(index, i);
+        let mut held = 0;
+        while let Some((index, result)) = group.try_next() {
+            held += 1;
+            let expected = if index % 17 == 0 {
+                Err(TaskFailure::Error(index))
+            } else {
+                Ok(index)
+            };
+            assert_eq!(result, expected);
+            seen[index] += 1;
+        }
+        most_held = most_held.max(held);
+    }
+    assert!(
+        most_held <= K,
+        "{most_held} finished outputs held at once, more than {K}"
+    );
+    while let Some((index, _)) = group.next().await {
+        seen[index] += 1;
+    }
+    assert!(group.try_next().is_none());
+    assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+}

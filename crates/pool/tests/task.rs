@@ -41,7 +41,7 @@ async fn running_and_waiting_are_bounded_and_rejects_hand_the_future_back() {
     }
     assert_eq!(pool.stats().queued, 2);
     let err = pool.try_spawn(async { "handed back" }).unwrap_err();
-    assert_eq!(err.reason(), Rejection::QueueFull { capacity: 2 });
+    assert_eq!(err.reason(), Some(Rejection::QueueFull { capacity: 2 }));
     assert_eq!(err.into_inner().await, "handed back");
     // `spawn` waits for a waiting slot instead.
     let waited = pool
@@ -90,7 +90,7 @@ async fn shutdown_drains_within_grace_then_cancels_the_rest() {
     assert!(quick.join().await.is_ok());
     assert_eq!(
         pool.try_spawn(async {}).unwrap_err().reason(),
-        Rejection::ShuttingDown
+        Some(Rejection::ShuttingDown)
     );
 
     let pool = TaskPool::builder()
@@ -181,7 +181,7 @@ async fn spawn_without_a_waiting_queue_waits_for_a_running_slot() {
         .unwrap();
     assert_eq!(
         pool.try_spawn(async {}).map(drop).unwrap_err().reason(),
-        Rejection::QueueFull { capacity: 0 }
+        Some(Rejection::QueueFull { capacity: 0 })
     );
     // A cancelled wait leaves nothing behind...
     assert!(
@@ -198,4 +198,204 @@ async fn spawn_without_a_waiting_queue_waits_for_a_running_slot() {
     first.join().await.unwrap();
     assert_eq!(second.join().await.unwrap(), 7);
     assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
+}
+
+/// Outside a tokio runtime there is nothing to run a task on: `try_spawn` says so
+/// and hands the future back, keeping its running slot (with `max_running(1)`, a
+/// lost slot would leave every later task waiting for ever).
+#[test]
+fn try_spawn_outside_a_runtime_hands_the_future_back_and_keeps_the_slot() {
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(4)
+        .build()
+        .unwrap();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.try_spawn(async { 1 })
+            .map(drop)
+            .map_err(|e| (e.to_string(), e.into_inner()))
+    }))
+    .expect("an error, not a panic");
+    let (message, future) = refused.expect_err("no runtime: refused");
+    assert!(message.contains("runtime"), "{message}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(future.await, 1);
+        let later = pool
+            .try_spawn(async { 2 })
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let joined = tokio::time::timeout(Duration::from_secs(5), later.join()).await;
+        assert_eq!(joined, Ok(Ok(2)), "the running slot came back");
+        assert_eq!(pool.stats().rejected, 1);
+        assert!(pool.shutdown(Duration::from_secs(1)).await.clean);
+    });
+}
+
+/// A `max_running` above `u32::MAX` could never be waited for by shutdown (tokio
+/// takes at most `u32::MAX` permits at once, so shutdown would report clean while
+/// tasks run): a `ConfigError` naming the field and the value.
+#[test]
+fn max_running_above_u32_max_is_a_config_error() {
+    let too_many = u32::MAX as usize + 1;
+    let err = TaskPool::builder()
+        .max_running(too_many)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_running");
+    assert_eq!(
+        err.to_string(),
+        format!("max_running must be at most {}, got {too_many}", u32::MAX)
+    );
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// `shutdown` dropped part-way (a caller's time-out) does not change the outcome
+/// the next call reports: here the grace period runs out on a task that never
+/// ends, so every call, whatever poll the first was dropped at, says unclean with
+/// that task cancelled.
+#[test]
+fn a_cancelled_shutdown_is_finished_by_the_next_call() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(32, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder()
+            .max_running(1)
+            .max_waiting(1)
+            .build()
+            .unwrap();
+        let stuck = pool.try_spawn(std::future::pending::<()>()).unwrap();
+        let outcome = Polled::new(pool.shutdown(Duration::from_secs(1))).drop_after_with(k, |_| {
+            rt.block_on(tokio::time::advance(Duration::from_millis(300)));
+        });
+        let report = rt.block_on(pool.shutdown(Duration::from_secs(1)));
+        assert!(!report.clean, "k = {k}: {report:?}");
+        assert_eq!(report.cancelled, 1, "k = {k}: {report:?}");
+        assert_eq!(
+            rt.block_on(stuck.join()),
+            Err(TaskError::Cancelled),
+            "k = {k}"
+        );
+        outcome
+    });
+}
+
+/// A `spawn` dropped while it waits for room (poll k times, then drop): the
+/// future is dropped with it, unrun (as documented), and nothing stays counted:
+/// the waiting slot is free for the next task, the running slot comes back.
+#[test]
+fn a_cancelled_spawn_drops_its_future_and_keeps_nothing() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    struct Tracked(Arc<AtomicUsize>, Arc<AtomicUsize>);
+    impl std::future::Future for Tracked {
+        type Output = u32;
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<u32> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::task::Poll::Ready(9)
+        }
+    }
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder()
+            .max_running(1)
+            .max_waiting(1)
+            .build()
+            .unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let running = pool
+            .try_spawn(async move { g.acquire().await.unwrap().forget() })
+            .unwrap();
+        let queued = pool.try_spawn(async { 1 }).unwrap();
+        let (polled, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let fut = Tracked(polled.clone(), dropped.clone());
+        // Room appears before the third poll: the running task ends, the queued
+        // one takes the running slot.
+        let outcome = Polled::new(pool.spawn(fut)).drop_after_with(k, |i| {
+            if i == 2 {
+                gate.add_permits(1);
+                for _ in 0..4 {
+                    rt.block_on(tokio::task::yield_now());
+                }
+            }
+        });
+        let spawned = match outcome {
+            heijunka_core::cancel::Outcome::Completed { ref output, .. } => output.is_ok(),
+            heijunka_core::cancel::Outcome::Cancelled { .. } => false,
+        };
+        gate.add_permits(8);
+        rt.block_on(async {
+            running.join().await.ok();
+            assert_eq!(queued.join().await, Ok(1), "k = {k}");
+        });
+        if !spawned {
+            assert_eq!(
+                dropped.load(Ordering::SeqCst),
+                1,
+                "k = {k}: dropped with the spawn"
+            );
+            assert_eq!(polled.load(Ordering::SeqCst), 0, "k = {k}: never ran");
+        }
+        // Nothing kept: both slots serve new tasks, and the pool drains clean.
+        rt.block_on(async {
+            let a = pool.try_spawn(async { 2 }).unwrap();
+            let b = pool.try_spawn(async { 3 }).unwrap();
+            assert_eq!((a.join().await, b.join().await), (Ok(2), Ok(3)), "k = {k}");
+            assert_eq!(pool.stats().queued, 0, "k = {k}");
+            assert!(pool.shutdown(Duration::from_secs(1)).await.clean, "k = {k}");
+        });
+        outcome
+    });
+}
+
+/// `join` dropped after k polls detaches the task: it still runs to the end and
+/// gives its running slot back.
+#[test]
+fn a_cancelled_join_detaches_the_task() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let pool = TaskPool::builder().max_running(1).build().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let h = pool
+            .try_spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                r.fetch_add(1, Ordering::SeqCst);
+                5
+            })
+            .unwrap();
+        let outcome = Polled::new(h.join()).drop_after_with(k, |_| {
+            rt.block_on(tokio::time::advance(Duration::from_millis(4)));
+        });
+        rt.block_on(async {
+            let next = pool.spawn(async { 6 }).await.unwrap();
+            assert_eq!(next.join().await, Ok(6), "k = {k}: the slot came back");
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "k = {k}: the task ran");
+        assert_eq!(pool.stats().completed, 2, "k = {k}");
+        outcome
+    });
 }

@@ -1,8 +1,8 @@
 //! `WorkerPool`: bounds, rejection hands the closure back, panics, shutdown, stress.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use heijunka_core::Rejection;
 use heijunka_pool::{TaskError, WorkerPool};
@@ -60,16 +60,139 @@ fn bad_configuration_is_an_error() {
     );
 }
 
+/// Tasks the test lets finish one at a time, counting their starts from inside.
+#[derive(Clone, Default)]
+struct Gate {
+    started: Arc<AtomicUsize>,
+    permits: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Gate {
+    /// A task that reports its start, then waits for a permit.
+    fn task(&self) -> impl FnOnce() + Send + 'static {
+        let g = self.clone();
+        move || {
+            g.started.fetch_add(1, Ordering::SeqCst);
+            let (m, cv) = &*g.permits;
+            let mut n = m.lock().unwrap();
+            while *n == 0 {
+                n = cv.wait(n).unwrap();
+            }
+            *n -= 1;
+        }
+    }
+
+    fn release(&self, n: usize) {
+        let (m, cv) = &*self.permits;
+        *m.lock().unwrap() += n;
+        cv.notify_all();
+    }
+
+    /// Waits (bounded) until `n` tasks have started, seen from inside them.
+    fn wait_started(&self, n: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.started.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < until,
+                "only {} of {n} started",
+                self.started.load(Ordering::SeqCst)
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// The bound counts exactly the tasks not yet started, observed from inside the
+/// tasks (not from the pool's own counter): with every worker held in a task, exactly
+/// `capacity` more are accepted; once one more task starts, exactly one more is.
+#[test]
+fn the_bound_counts_exactly_the_tasks_not_yet_started() {
+    const W: usize = 3;
+    const C: usize = 6;
+    for round in 0..20 {
+        let p = pool(W, C, "exact");
+        let gate = Gate::default();
+        let mut handles = Vec::new();
+        for _ in 0..W {
+            handles.push(p.try_submit(gate.task()).unwrap());
+        }
+        gate.wait_started(W);
+        for i in 0..C {
+            match p.try_submit(gate.task()) {
+                Ok(h) => handles.push(h),
+                Err(e) => panic!(
+                    "round {round}: submit {i} of {C} refused ({:?}) with room",
+                    e.reason()
+                ),
+            }
+        }
+        assert_eq!(
+            p.try_submit(|| ()).unwrap_err().reason(),
+            Rejection::QueueFull { capacity: C },
+            "round {round}: one past the bound"
+        );
+        assert_eq!(p.stats().queued, C, "round {round}");
+        for k in 1..=2 {
+            // One task ends and a queued one starts (seen from inside it): exactly
+            // one more fits.
+            gate.release(1);
+            gate.wait_started(W + k);
+            match p.try_submit(gate.task()) {
+                Ok(h) => handles.push(h),
+                Err(e) => panic!(
+                    "round {round}: refused ({:?}) after a task started",
+                    e.reason()
+                ),
+            }
+            assert_eq!(
+                p.try_submit(|| ()).unwrap_err().reason(),
+                Rejection::QueueFull { capacity: C },
+                "round {round}: one past the bound after a start"
+            );
+            assert_eq!(p.stats().queued, C, "round {round}");
+        }
+        // A blocking submitter waiting for room gets in when a task starts, with
+        // every worker still busy.
+        let blocked = {
+            let (p, task) = (p.clone(), gate.task());
+            std::thread::spawn(move || p.submit_timeout(task, Duration::from_secs(10)))
+        };
+        gate.release(1);
+        gate.wait_started(W + 3);
+        handles.push(
+            blocked
+                .join()
+                .unwrap()
+                .map_err(|e| e.reason())
+                .expect("a slot freed"),
+        );
+        gate.release(usize::MAX / 2);
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(p.shutdown(Duration::from_secs(10)).clean);
+    }
+}
+
+/// Counted independently of the pool: tasks accepted (by this, the only
+/// submitter) against tasks started (seen from inside them). A task the pool has
+/// dequeued may not have reached its first line yet, so up to `workers` of them
+/// can look unstarted: accepted - started <= capacity + workers at every moment.
+/// (The exact bound, at rest, is `the_bound_counts_exactly_the_tasks_not_yet_started`.)
 #[test]
 fn never_more_than_workers_run_and_never_more_than_the_bound_wait() {
     let p = pool(3, 5, "bound");
     let running = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
     let max_running = Arc::new(AtomicUsize::new(0));
-    let mut max_queued = 0;
+    let mut max_unstarted = 0;
+    let mut accepted = 0;
     let mut handles = Vec::new();
     for _ in 0..200 {
-        let (running, max_running) = (running.clone(), max_running.clone());
+        let (running, max_running, starts) =
+            (running.clone(), max_running.clone(), started.clone());
         let task = move || {
+            starts.fetch_add(1, Ordering::SeqCst);
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             max_running.fetch_max(now, Ordering::SeqCst);
             std::thread::yield_now();
@@ -79,13 +202,17 @@ fn never_more_than_workers_run_and_never_more_than_the_bound_wait() {
             Ok(h) => handles.push(h),
             Err(e) => handles.push(p.submit(e.into_inner()).unwrap()),
         }
-        max_queued = max_queued.max(p.stats().queued);
+        accepted += 1;
+        max_unstarted = max_unstarted.max(accepted - started.load(Ordering::SeqCst));
     }
     for h in handles {
         h.join().unwrap();
     }
     assert!(max_running.load(Ordering::SeqCst) <= 3);
-    assert!(max_queued <= 5, "queued {max_queued} > 5");
+    assert!(
+        max_unstarted <= 5 + 3,
+        "{max_unstarted} accepted and unstarted > 5 + 3"
+    );
     assert_eq!(p.stats().completed, 200);
     assert!(p.shutdown(Duration::from_secs(5)).clean);
 }
@@ -283,4 +410,115 @@ fn huge_durations_do_not_panic() {
     let h = pool.submit_timeout(|| 5, Duration::MAX).unwrap();
     assert_eq!(h.join().unwrap(), 5);
     assert!(pool.shutdown(Duration::MAX).clean);
+}
+
+/// Waits (bounded) until the thread named `name` sleeps (Linux: /proc); elsewhere
+/// yields a while.
+fn wait_asleep(name: &str) {
+    for _ in 0..1_000_000 {
+        let asleep = std::fs::read_dir("/proc/self/task").is_ok_and(|dir| {
+            dir.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+                    && std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('S'))
+                    })
+            })
+        });
+        if asleep {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// A `submit` blocked for room before the coordinator's trigger is refused, with
+/// its closure, when room appears while the pool drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
+    let shutdown = heijunka_shutdown::Shutdown::new();
+    let p = pool(1, 1, "trig");
+    p.register_with(&shutdown, "worker pool", Duration::from_secs(10))
+        .unwrap();
+    let gate = Gate::default();
+    let running = p.submit(gate.task()).unwrap();
+    gate.wait_started(1);
+    let queued = p.submit(gate.task()).unwrap();
+    let blocked = {
+        let p = p.clone();
+        std::thread::Builder::new()
+            .name("blocked-submit".into())
+            .spawn(move || {
+                p.submit(|| "late")
+                    .map(drop)
+                    .map_err(|e| (e.reason(), (e.into_inner())()))
+            })
+            .unwrap()
+    };
+    wait_asleep("blocked-submit");
+    shutdown.trigger();
+    gate.release(2);
+    assert_eq!(
+        blocked.join().unwrap(),
+        Err((Rejection::ShuttingDown, "late")),
+        "admitted after the trigger"
+    );
+    running.join().unwrap();
+    queued.join().unwrap();
+    assert!(shutdown.wait().await.is_clean());
+}
+
+/// Bad input is a `ConfigError` naming the field and the value, never a panic:
+/// a thread name with a NUL byte (which `std::thread::Builder` panics on) and
+/// worker counts past the documented maximum.
+#[test]
+fn a_nul_in_the_name_or_too_many_workers_is_a_config_error() {
+    let err = std::panic::catch_unwind(|| {
+        WorkerPool::builder()
+            .workers(1)
+            .name("bad\0name")
+            .build()
+            .map(drop)
+    })
+    .expect("an error, not a panic")
+    .unwrap_err();
+    assert_eq!(err.field(), "name");
+    assert!(err.to_string().contains("NUL"), "{err}");
+    let err = WorkerPool::builder().workers(4097).build().unwrap_err();
+    assert_eq!(err.to_string(), "workers must be at most 4096, got 4097");
+}
+
+/// Task run times come from the pool's clock: with a manual clock that each task
+/// advances by a known amount, the percentiles and mean are exact (to the
+/// histogram's two significant digits), whatever the machine's speed.
+#[test]
+fn run_time_statistics_follow_the_pools_clock() {
+    let clock = heijunka_core::ManualClock::new();
+    let p = WorkerPool::builder()
+        .workers(1)
+        .queue_capacity(16)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let clock = clock.clone();
+            let took = Duration::from_millis(if i == 9 { 100 } else { 1 });
+            p.submit(move || {
+                clock.advance(took);
+            })
+            .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = p.stats();
+    let near = |d: Duration, want: Duration| d.abs_diff(want) <= want / 100;
+    assert!(near(s.p50, Duration::from_millis(1)), "{s:?}");
+    assert!(near(s.p90, Duration::from_millis(1)), "{s:?}");
+    assert!(near(s.p99, Duration::from_millis(100)), "{s:?}");
+    assert!(near(s.mean, Duration::from_micros(10_900)), "{s:?}");
+    assert!(p.shutdown(Duration::from_secs(5)).clean);
 }

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use heijunka_core::sync::atomic::{AtomicBool, AtomicU64};
 use heijunka_core::{ConfigError, validate};
-use tokio::sync::{OnceCell, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::load::Loads;
@@ -21,10 +21,15 @@ pub struct DispatcherBuilder {
     workers: usize,
     queue_capacity: usize,
     global_bound: Option<usize>,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
+/// The most workers a dispatcher may have.
+const MAX_WORKERS: usize = 4096;
+
 impl DispatcherBuilder {
-    /// Worker tasks, each running one message at a time. Default 4.
+    /// Worker tasks, each running one message at a time. Default 4, at most
+    /// 4096.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -44,12 +49,22 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Validates, builds and starts the workers on the current tokio runtime.
+    /// The tokio runtime the workers (and the shutdown) run on. Default: the
+    /// runtime `build` is called in.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Validates, builds and starts the workers on the [`runtime`](Self::runtime).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for zero `workers`, `queue_capacity` or `global_bound`, a
-    /// `global_bound` above `u32::MAX`, or when called outside a tokio runtime.
+    /// A [`ConfigError`] for zero `workers`, `queue_capacity` or `global_bound`,
+    /// more than 4096 `workers`, a `global_bound` above `u32::MAX` (or, with none
+    /// set, a default `workers * (queue_capacity + 1)` above it, named as
+    /// `queue_capacity`), or with no `runtime` set when called outside a tokio
+    /// runtime.
     pub fn build<Req, Resp, Err>(self) -> Result<Dispatcher<Req, Resp, Err>, ConfigError>
     where
         Req: Send + 'static,
@@ -57,6 +72,7 @@ impl DispatcherBuilder {
         Err: Send + 'static,
     {
         validate::at_least("workers", self.workers, 1)?;
+        validate::at_most("workers", self.workers, MAX_WORKERS)?;
         validate::at_least("queue_capacity", self.queue_capacity, 1)?;
         validate::at_most(
             "queue_capacity",
@@ -64,20 +80,41 @@ impl DispatcherBuilder {
             Semaphore::MAX_PERMITS,
         )?;
         let global_bound = match self.global_bound {
-            Some(n) => n,
-            None => self
-                .workers
-                .saturating_mul(self.queue_capacity.saturating_add(1)),
+            Some(n) => {
+                validate::at_least("global_bound", n, 1)?;
+                validate::at_most("global_bound", n, u32::MAX as usize)?
+            }
+            None => {
+                // The default is derived: blame the settings it is derived from.
+                let n = self
+                    .workers
+                    .saturating_mul(self.queue_capacity.saturating_add(1));
+                if n > u32::MAX as usize {
+                    return Err(ConfigError::new(
+                        "queue_capacity",
+                        self.queue_capacity,
+                        format!(
+                            "makes workers * (queue_capacity + 1) = {n} with {} workers, above \
+                             the {} messages a dispatcher can count: lower it or set a \
+                             global_bound",
+                            self.workers,
+                            u32::MAX
+                        ),
+                    ));
+                }
+                n
+            }
         };
-        validate::at_least("global_bound", global_bound, 1)?;
-        validate::at_most("global_bound", global_bound, u32::MAX as usize)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::new(
-                "runtime",
-                "none",
-                "must be a tokio runtime: build the dispatcher within one",
-            )
-        })?;
+        let runtime = match self.runtime {
+            Some(handle) => handle,
+            None => tokio::runtime::Handle::try_current().map_err(|_| {
+                ConfigError::new(
+                    "runtime",
+                    "none",
+                    "must be given (`.runtime(handle)`) when building outside a tokio runtime",
+                )
+            })?,
+        };
         let shared = Arc::new(Shared {
             loads: Loads::new(self.workers),
             processed: (0..self.workers)
@@ -107,7 +144,8 @@ impl DispatcherBuilder {
                 queue_capacity: self.queue_capacity,
                 global_bound,
                 workers: Mutex::new(joins),
-                report: OnceCell::new(),
+                runtime,
+                report: OnceLock::new(),
                 token: OnceLock::new(),
             }),
         })
@@ -122,6 +160,7 @@ impl Dispatcher<(), (), ()> {
             workers: 4,
             queue_capacity: 1024,
             global_bound: None,
+            runtime: None,
         }
     }
 }

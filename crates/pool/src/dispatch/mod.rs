@@ -22,7 +22,7 @@ use heijunka_core::Rejection;
 use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
-use tokio::sync::{OnceCell, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,7 +107,11 @@ struct Inner<Req, Resp, Err> {
     queue_capacity: usize,
     global_bound: usize,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    report: OnceCell<DispatchReport>,
+    /// The runtime the workers run on; the shutdown runs there too.
+    runtime: tokio::runtime::Handle,
+    /// The shutdown's outcome, once it has begun: it runs in its own task, so a
+    /// caller that stops waiting does not stop it, and every call sees one outcome.
+    report: OnceLock<watch::Receiver<Option<DispatchReport>>>,
     token: OnceLock<ShutdownToken>,
 }
 
@@ -333,8 +337,17 @@ where
     ///
     /// # Errors
     ///
-    /// `UnknownHandler`, or `Closed` if the dispatcher is (or gets) shut down;
-    /// the request comes back.
+    /// `UnknownHandler`, or `Closed` if the dispatcher is (or gets, while this
+    /// waits) shut down; the request comes back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe for the request: dropped while it waits for room, the
+    /// future drops `request` with it, undelivered (as
+    /// `tokio::sync::mpsc::Sender::send` drops its message). Nothing stays
+    /// counted: its place in the global bound and its worker's load come back.
+    /// To keep the request when giving up, retry
+    /// [`try_dispatch`](Self::try_dispatch) instead, which hands it back.
     pub async fn dispatch(
         &self,
         name: &str,
@@ -349,6 +362,11 @@ where
     /// # Errors
     ///
     /// As [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`dispatch`](Self::dispatch): dropped while it waits, the request is
+    /// dropped with it and nothing stays counted.
     pub async fn dispatch_keyed<K: Hash + ?Sized>(
         &self,
         name: &str,
@@ -483,22 +501,24 @@ where
             worker: w,
             delivered: false,
         };
+        // Room in the worker's queue first; the request stays here until then.
+        let Ok(slot) = inner.senders[w].reserve().await else {
+            return Err(DispatchError::Closed { request });
+        };
+        // This dispatch may have waited: if shutdown began meanwhile (here or in
+        // the registered coordinator), it is refused, not admitted while draining.
+        if self.is_closed() {
+            return Err(DispatchError::Closed { request });
+        }
         let (tx, rx) = oneshot::channel();
-        let job = Job {
+        slot.send(Msg::Job(Job {
             entry,
             request,
             reply: tx,
-        };
-        match inner.senders[w].send(Msg::Job(job)).await {
-            Ok(()) => {
-                // The worker calls `finish` when the message is done.
-                routed.delivered = true;
-                Ok(Reply { rx })
-            }
-            Err(mpsc::error::SendError(msg)) => Err(DispatchError::Closed {
-                request: msg.into_request(),
-            }),
-        }
+        }));
+        // The worker calls `finish` when the message is done.
+        routed.delivered = true;
+        Ok(Reply { rx })
     }
 }
 
@@ -506,8 +526,9 @@ impl<Req, Resp, Err> Dispatcher<Req, Resp, Err> {
     /// Whether the dispatcher refuses new messages (shutdown began, here or in a
     /// registered [`Shutdown`]).
     pub fn is_closed(&self) -> bool {
-        // Relaxed: a flag; the queues and the global bound synchronise messages.
-        self.inner.closed.load(Ordering::Relaxed)
+        // SeqCst: pairs with the store in `run_shutdown`, so a dispatch that waited
+        // for room and woke after shutdown began sees it.
+        self.inner.closed.load(Ordering::SeqCst)
             || self
                 .inner
                 .token
@@ -515,25 +536,15 @@ impl<Req, Resp, Err> Dispatcher<Req, Resp, Err> {
                 .is_some_and(ShutdownToken::is_triggered)
     }
 
-    /// Stops accepting messages, lets the workers drain their queues for up to
-    /// `grace`, then abandons what is left (queued messages and running handlers;
-    /// their replies resolve to [`HandlerError::Abandoned`]) and ends the workers.
-    ///
-    /// Calling it again (or concurrently) returns the first call's report.
-    pub async fn shutdown(&self, grace: Duration) -> DispatchReport {
-        self.inner
-            .report
-            .get_or_init(|| self.run_shutdown(grace))
-            .await
-            .clone()
-    }
-
-    async fn run_shutdown(&self, grace: Duration) -> DispatchReport {
-        let inner = &*self.inner;
-        let start = Instant::now();
-        inner.closed.store(true, Ordering::SeqCst);
+    /// The shutdown, after intake stopped at `start` with `completed_before`
+    /// messages finished.
+    async fn run_shutdown(
+        inner: &Inner<Req, Resp, Err>,
+        grace: Duration,
+        start: Instant,
+        completed_before: u64,
+    ) -> DispatchReport {
         let shared = &inner.shared;
-        let completed_before = shared.completed();
         // Every accepted message holds one permit until it is finished: taking all
         // of them means every queue is drained.
         let all = u32::try_from(inner.global_bound).unwrap_or(u32::MAX);
@@ -617,6 +628,51 @@ where
     Resp: Send + 'static,
     Err: Send + 'static,
 {
+    /// Stops accepting messages, lets the workers drain their queues for up to
+    /// `grace`, then abandons what is left (queued messages and running handlers;
+    /// their replies resolve to [`HandlerError::Abandoned`]) and ends the workers.
+    ///
+    /// The first call starts the shutdown (with its `grace`) in a task of the
+    /// dispatcher's runtime; every call, concurrent or later, waits for that one
+    /// outcome and returns its report.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops only the waiting. The shutdown goes
+    /// on, and a later call waits for the same outcome.
+    pub async fn shutdown(&self, grace: Duration) -> DispatchReport {
+        let mut report = self
+            .inner
+            .report
+            .get_or_init(|| {
+                // Intake stops now, in the call, not when the task first runs.
+                let start = Instant::now();
+                self.inner.closed.store(true, Ordering::SeqCst);
+                let completed_before = self.inner.shared.completed();
+                let (tx, rx) = watch::channel(None);
+                let inner = Arc::clone(&self.inner);
+                self.inner.runtime.spawn(async move {
+                    let report = Self::run_shutdown(&inner, grace, start, completed_before).await;
+                    tx.send_replace(Some(report));
+                });
+                rx
+            })
+            .clone();
+        let seen = report.wait_for(Option::is_some).await.map(|r| r.clone());
+        match seen {
+            Ok(Some(report)) => report,
+            // The runtime dropped the shutdown task before it finished: nothing
+            // more can be drained.
+            _ => DispatchReport {
+                clean: false,
+                completed: 0,
+                // Relaxed: a statistic.
+                abandoned: self.inner.shared.abandoned.load(Ordering::Relaxed),
+                elapsed: Duration::ZERO,
+            },
+        }
+    }
+
     /// Refuses messages once `shutdown` is triggered, and registers a stop hook
     /// that shuts this dispatcher down with `grace` (the hook fails, naming the
     /// count, if messages were abandoned).

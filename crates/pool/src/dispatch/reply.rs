@@ -14,6 +14,8 @@ pub(super) type ReplySender<Resp, Err> = oneshot::Sender<Result<Resp, HandlerErr
 /// The result of a dispatched message: resolves to the handler's reply, or to a
 /// [`HandlerError`] (failed, panicked, abandoned by shutdown).
 ///
+/// # Cancel safety
+///
 /// Dropping it does not cancel the message; the handler runs and its reply is
 /// discarded.
 #[must_use = "a reply does nothing unless awaited (the message runs either way)"]

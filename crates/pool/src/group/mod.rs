@@ -164,7 +164,9 @@ impl fmt::Debug for GroupToken {
 /// - [`spawn`](Self::spawn) waits for a free slot, then starts the task: at most
 ///   `max_concurrency` tasks exist at once. Each task is given the group's
 ///   [`GroupToken`].
-/// - Results come back as the tasks finish ([`next`](Self::next)), in spawn order
+/// - Results come back as the tasks finish ([`next`](Self::next), or
+///   [`try_next`](Self::try_next) between spawns to stream them with a bounded
+///   backlog while spawning), in spawn order
 ///   ([`wait_ordered`](Self::wait_ordered)), or not at all ([`wait`](Self::wait)),
 ///   with every error, panic and cancellation in [`GroupErrors`].
 /// - With [`fail_fast`](GroupBuilder::fail_fast) the first failure cancels the
@@ -327,27 +329,90 @@ where
         Some((index, outcome.settle(self.panic_policy)))
     }
 
+    /// Returns the next result of a task that has already finished, without
+    /// waiting; `None` if none has (tasks may still be running: [`next`](Self::next)
+    /// waits for them).
+    ///
+    /// Use it to stream results while spawning: draining it after each
+    /// [`spawn`](Self::spawn) keeps at most `max_concurrency` finished outputs
+    /// held at once (a spawn waits until a task finishes, and at most
+    /// `max_concurrency` can have finished meanwhile), instead of every output
+    /// until spawning ends.
+    ///
+    /// ```
+    /// use heijunka_pool::Group;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut group = Group::builder().max_concurrency(4).build()?;
+    /// let mut sum = 0;
+    /// for n in 0..1_000_u64 {
+    ///     group.spawn(move |_| async move { Ok::<_, String>(n) }).await;
+    ///     while let Some((_, value)) = group.try_next() {
+    ///         sum += value?;
+    ///     }
+    /// }
+    /// while let Some((_, value)) = group.next().await {
+    ///     sum += value?;
+    /// }
+    /// assert_eq!(sum, 499_500);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Resumes a task's panic under [`PanicPolicy::Resume`].
+    pub fn try_next(&mut self) -> Option<(usize, Result<T, TaskFailure<E>>)> {
+        let (index, outcome) = loop {
+            if let Some(r) = self.unrun_or_lost() {
+                break r;
+            }
+            match self.set.try_join_next() {
+                Some(Ok(r)) => break r,
+                // A cancellation, as in `next_outcome`.
+                Some(Err(_)) => self.lost += 1,
+                None => return None,
+            }
+        };
+        self.mark_seen(index);
+        Some((index, outcome.settle(self.panic_policy)))
+    }
+
+    /// A task that never ran, or (once the set is empty) one the runtime
+    /// cancelled.
+    fn unrun_or_lost(&mut self) -> Option<(usize, Outcome<T, E>)> {
+        if let Some(index) = self.unrun.pop() {
+            return Some((index, Outcome::Cancelled));
+        }
+        if self.lost > 0 && self.set.is_empty() {
+            self.lost -= 1;
+            let index = (0..self.spawned)
+                .find(|&i| self.seen[i / 64] & (1 << (i % 64)) == 0)
+                .expect("a cancelled task's result was never returned");
+            return Some((index, Outcome::Cancelled));
+        }
+        None
+    }
+
+    fn mark_seen(&mut self, index: usize) {
+        self.seen[index / 64] |= 1 << (index % 64);
+    }
+
     async fn next_outcome(&mut self) -> Option<(usize, Outcome<T, E>)> {
         let (index, outcome) = loop {
-            if let Some(index) = self.unrun.pop() {
-                break (index, Outcome::Cancelled);
+            if let Some(r) = self.unrun_or_lost() {
+                break r;
             }
             match self.set.join_next().await {
                 Some(Ok(r)) => break r,
                 // The wrapper catches panics, so this is a cancellation (the
                 // runtime shutting down). Its index is found once the set is empty.
                 Some(Err(_)) => self.lost += 1,
-                None if self.lost > 0 => {
-                    self.lost -= 1;
-                    let index = (0..self.spawned)
-                        .find(|&i| self.seen[i / 64] & (1 << (i % 64)) == 0)
-                        .expect("a cancelled task's result was never returned");
-                    break (index, Outcome::Cancelled);
-                }
                 None => return None,
             }
         };
-        self.seen[index / 64] |= 1 << (index % 64);
+        self.mark_seen(index);
         Some((index, outcome))
     }
 
