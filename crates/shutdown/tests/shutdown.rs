@@ -537,3 +537,43 @@ fn a_trigger_outside_a_runtime_runs_the_shutdown_to_the_end() {
     .expect("the shutdown reached Stopped without a waiter");
     assert!(hook_ran.load(Ordering::SeqCst), "the stop hook ran");
 }
+
+/// A component registered with its grace gets that grace plus the margin (or the
+/// hook timeout if longer); one that overruns it is cut off and named in the report
+/// with its limit and how long it ran.
+#[tokio::test(start_paused = true)]
+async fn a_component_that_overruns_its_grace_is_named_in_the_report() {
+    use heijunka_shutdown::HOOK_GRACE_MARGIN;
+    let shutdown = builder(5); // hook timeout 5 s
+    shutdown
+        .on_stop_with_grace("quick cache", Duration::from_secs(1), || async {
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    shutdown
+        .on_stop_with_grace("stuck exporter", Duration::from_secs(10), || async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let start = Instant::now();
+    shutdown.trigger();
+    let report = shutdown.wait().await;
+    let limit = Duration::from_secs(10) + HOOK_GRACE_MARGIN;
+    assert_eq!(start.elapsed(), limit, "cut off at its grace plus the margin");
+    let overran: Vec<_> = report
+        .overran()
+        .map(|h| (h.name.as_str(), h.timeout, h.elapsed))
+        .collect();
+    assert_eq!(overran, [("stuck exporter", limit, limit)]);
+    assert_eq!(
+        report.hooks[1].timeout,
+        Duration::from_secs(5),
+        "a short grace still gets the hook timeout"
+    );
+    assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
+    assert!(
+        report.to_string().contains("stuck exporter: overran its 11s limit"),
+        "{report}"
+    );
+}
