@@ -560,7 +560,11 @@ async fn a_component_that_overruns_its_grace_is_named_in_the_report() {
     shutdown.trigger();
     let report = shutdown.wait().await;
     let limit = Duration::from_secs(10) + HOOK_GRACE_MARGIN;
-    assert_eq!(start.elapsed(), limit, "cut off at its grace plus the margin");
+    assert_eq!(
+        start.elapsed(),
+        limit,
+        "cut off at its grace plus the margin"
+    );
     let overran: Vec<_> = report
         .overran()
         .map(|h| (h.name.as_str(), h.timeout, h.elapsed))
@@ -573,7 +577,9 @@ async fn a_component_that_overruns_its_grace_is_named_in_the_report() {
     );
     assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
     assert!(
-        report.to_string().contains("stuck exporter: overran its 11s limit"),
+        report
+            .to_string()
+            .contains("stuck exporter: overran its 11s limit"),
         "{report}"
     );
 }
