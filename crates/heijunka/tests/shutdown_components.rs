@@ -22,11 +22,11 @@ use tokio::time::{Instant, sleep};
 const GRACE: Duration = Duration::from_secs(10);
 const TASK: Duration = Duration::from_secs(3);
 
-/// A one-shot signal a handler (called through `Fn`) can wait for once.
-fn baton() -> (
-    oneshot::Sender<()>,
-    Arc<Mutex<Option<oneshot::Receiver<()>>>>,
-) {
+/// The receiving end of a one-shot signal, which a handler (called through `Fn`)
+/// takes and waits for once.
+type Baton = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
+
+fn baton() -> (oneshot::Sender<()>, Baton) {
     let (tx, rx) = oneshot::channel();
     (tx, Arc::new(Mutex::new(Some(rx))))
 }
