@@ -39,11 +39,13 @@ impl Shutdown {
     /// [`wait`](Self::wait) for code without a runtime (a thread pool's shutdown
     /// path): blocks the calling thread until the shutdown finishes.
     ///
-    /// If no task is running the sequence yet, it runs on a private single-threaded
-    /// tokio runtime (hooks run there too). Do not call it from inside an async
-    /// task: that blocks the runtime's thread; use [`wait`](Self::wait) there. If
-    /// it is called from inside a runtime anyway, the private runtime runs on a
-    /// separate thread, so it does not panic as a nested `block_on` would.
+    /// If no runner has started the sequence yet (none was spawned, or the one the
+    /// trigger spawned sits on the runtime this call is blocking), it runs on a
+    /// private single-threaded tokio runtime (hooks run there too). Do not call it
+    /// from inside an async task: that blocks the runtime's thread; use
+    /// [`wait`](Self::wait) there. If it is called from inside a runtime anyway, the
+    /// private runtime runs on a separate thread, so it does not panic as a nested
+    /// `block_on` would.
     ///
     /// # Panics
     ///
