@@ -80,7 +80,12 @@ fn drain_latency(c: &mut Criterion) {
                     .map(|_| shutdown.try_enter_owned().expect("running"))
                     .collect();
                 let last = guards.pop().expect("10,000 guards");
-                shutdown.trigger();
+                {
+                    // Inside the runtime, so the sequence the trigger starts runs on
+                    // it (as the waiter does), not on a thread of its own.
+                    let _rt = rt.enter();
+                    shutdown.trigger();
+                }
                 let waiter = {
                     let s = shutdown.clone();
                     rt.spawn(async move { s.wait().await })

@@ -171,6 +171,12 @@ impl EventBus {
     /// [`shutdown(grace)`](Self::shutdown): topics close after the service's
     /// in-flight work drained, and handlers finish their buffered events.
     ///
+    /// The hook's time limit is `grace` plus
+    /// [`HOOK_GRACE_MARGIN`](heijunka_shutdown::HOOK_GRACE_MARGIN) (or the
+    /// coordinator's hook timeout if longer), so the shutdown never cuts this
+    /// component off before its grace is over
+    /// ([`Shutdown::on_stop_with_grace`](heijunka_shutdown::Shutdown::on_stop_with_grace)).
+    ///
     /// ```
     /// use heijunka_event_bus::EventBus;
     /// use heijunka_shutdown::{HookOutcome, Shutdown};
@@ -198,7 +204,7 @@ impl EventBus {
     /// [`ShuttingDown`] if the shutdown's hooks already ran.
     pub fn register_with(&self, shutdown: &Shutdown, grace: Duration) -> Result<(), ShuttingDown> {
         let bus = self.clone();
-        shutdown.on_stop("event bus", move || async move {
+        shutdown.on_stop_with_grace("event bus", grace, move || async move {
             if bus.shutdown(grace).await {
                 Ok(())
             } else {

@@ -507,6 +507,12 @@ impl TaskPool {
     /// Refuses work once `shutdown` is triggered, and registers a stop hook that
     /// shuts this pool down with `grace`.
     ///
+    /// The hook's time limit is `grace` plus
+    /// [`HOOK_GRACE_MARGIN`](heijunka_shutdown::HOOK_GRACE_MARGIN) (or the
+    /// coordinator's hook timeout if longer), so the shutdown never cuts this
+    /// component off before its grace is over
+    /// ([`Shutdown::on_stop_with_grace`](heijunka_shutdown::Shutdown::on_stop_with_grace)).
+    ///
     /// # Errors
     ///
     /// [`heijunka_shutdown::ShuttingDown`] if the shutdown's hooks already ran.
@@ -518,7 +524,7 @@ impl TaskPool {
     ) -> Result<(), heijunka_shutdown::ShuttingDown> {
         let _ = self.inner.token.set(shutdown.token());
         let pool = self.clone();
-        shutdown.on_stop(name, move || async move {
+        shutdown.on_stop_with_grace(name, grace, move || async move {
             let report = pool.shutdown(grace).await;
             if report.clean {
                 Ok(())

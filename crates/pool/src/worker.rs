@@ -506,6 +506,12 @@ impl WorkerPool {
     /// runs the hooks). A pool follows one coordinator: later calls register the
     /// hook but keep the first coordinator's token.
     ///
+    /// The hook's time limit is `grace` plus
+    /// [`HOOK_GRACE_MARGIN`](heijunka_shutdown::HOOK_GRACE_MARGIN) (or the
+    /// coordinator's hook timeout if longer), so the shutdown never cuts this
+    /// component off before its grace is over
+    /// ([`Shutdown::on_stop_with_grace`](heijunka_shutdown::Shutdown::on_stop_with_grace)).
+    ///
     /// # Errors
     ///
     /// [`heijunka_shutdown::ShuttingDown`] if the shutdown's hooks already ran.
@@ -517,7 +523,7 @@ impl WorkerPool {
     ) -> Result<(), heijunka_shutdown::ShuttingDown> {
         let _ = self.shared.token.set(shutdown.token());
         let pool = self.clone();
-        shutdown.on_stop(name, move || async move {
+        shutdown.on_stop_with_grace(name, grace, move || async move {
             let report = tokio::task::spawn_blocking(move || pool.shutdown(grace))
                 .await
                 .map_err(|e| e.to_string())?;

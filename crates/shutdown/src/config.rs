@@ -10,6 +10,15 @@ use crate::Shutdown;
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// The default time limit of each stop hook: 5 s.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a component registered with
+/// [`on_stop_with_grace`](crate::Shutdown::on_stop_with_grace) gets on top of its
+/// grace period before its stop hook is cut off: 1 s.
+///
+/// Once its grace period is over a component only cancels what is left and reports
+/// (a poll of each cancelled task, a join of threads that have exited, a report),
+/// which takes microseconds; the margin absorbs a loaded machine's scheduling delay
+/// for those steps, and is short beside any grace period a server uses.
+pub const HOOK_GRACE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Builds a [`Shutdown`]; see [`Shutdown::builder`].
 ///

@@ -11,27 +11,23 @@ use crate::{HookOutcome, HookReport, Phase, Shutdown, ShutdownReport};
 impl Shutdown {
     /// Waits for the shutdown to be triggered and to finish, and returns the report.
     ///
-    /// The first call starts the shutdown sequence on the current tokio runtime as a
-    /// task of its own, so cancelling a waiter does not interrupt it: drain in-flight
-    /// work (up to the grace period), then run the stop hooks in reverse
-    /// registration order, each within its timeout. Any number of tasks may wait,
-    /// before or after the shutdown finishes; all get the same report.
+    /// The sequence (drain in-flight work up to the grace period, then run the stop
+    /// hooks in reverse registration order, each within its timeout) runs as a task
+    /// of its own, started by the trigger or by the first `wait`, whichever comes
+    /// first (see [`trigger`](Self::trigger) for where it runs); waiting is not what
+    /// moves it. Any number of tasks may wait, before or after the shutdown
+    /// finishes; all get the same report.
     ///
-    /// # Panics
+    /// # Cancel safety
     ///
-    /// Outside a tokio runtime (it spawns the sequence), as `tokio::spawn` does.
+    /// Cancel-safe. Dropping the future only stops this waiter: it leaves no
+    /// waiter behind, the shutdown still runs to its end for everyone else, and a
+    /// later `wait` returns the same report.
     pub async fn wait(&self) -> ShutdownReport {
         if let Some(report) = self.inner.report.get() {
             return report.clone();
         }
-        let start_driver = {
-            let mut st = self.inner.state();
-            !std::mem::replace(&mut st.driver_started, true)
-        };
-        if start_driver {
-            let this = self.clone();
-            tokio::spawn(async move { this.drive().await });
-        }
+        self.start_driver();
         self.reached(Phase::Stopped).await;
         self.inner
             .report
@@ -43,11 +39,13 @@ impl Shutdown {
     /// [`wait`](Self::wait) for code without a runtime (a thread pool's shutdown
     /// path): blocks the calling thread until the shutdown finishes.
     ///
-    /// If no task is running the sequence yet, it runs on a private single-threaded
-    /// tokio runtime (hooks run there too). Do not call it from inside an async
-    /// task: that blocks the runtime's thread; use [`wait`](Self::wait) there. If
-    /// it is called from inside a runtime anyway, the private runtime runs on a
-    /// separate thread, so it does not panic as a nested `block_on` would.
+    /// If no runner has started the sequence yet (none was spawned, or the one the
+    /// trigger spawned sits on the runtime this call is blocking), it runs on a
+    /// private single-threaded tokio runtime (hooks run there too). Do not call it
+    /// from inside an async task: that blocks the runtime's thread; use
+    /// [`wait`](Self::wait) there. If it is called from inside a runtime anyway, the
+    /// private runtime runs on a separate thread, so it does not panic as a nested
+    /// `block_on` would.
     ///
     /// # Panics
     ///
@@ -109,7 +107,7 @@ impl Shutdown {
         }
     }
 
-    async fn drive(&self) {
+    pub(crate) async fn drive(&self) {
         self.inner.trigger.cancelled().await;
         let TriggerInfo {
             reason,
@@ -143,12 +141,11 @@ impl Shutdown {
         };
         let drain_time = started.elapsed();
         let in_flight_at_deadline = if drained { 0 } else { self.inner.gate.count() };
-        let mut abandoned_tasks: Vec<String> = if drained {
+        let abandoned_tasks: Vec<String> = if drained {
             Vec::new()
         } else {
-            self.inner.state().tasks.values().cloned().collect()
+            self.inner.state().tasks.running()
         };
-        abandoned_tasks.sort();
         if drained {
             tracing::info!(shutdown.drain_time = ?drain_time, "shutdown drained");
         } else {
@@ -174,6 +171,7 @@ impl Shutdown {
                 reports.push(HookReport {
                     name: hook.name,
                     outcome: HookOutcome::Skipped,
+                    timeout: hook.timeout,
                     elapsed: Duration::ZERO,
                 });
                 continue;
@@ -205,6 +203,9 @@ impl Shutdown {
                 HookOutcome::Ok => {
                     tracing::debug!(shutdown.hook = %hook.name, ?elapsed, "stop hook finished");
                 }
+                HookOutcome::TimedOut => {
+                    tracing::warn!(shutdown.hook = %hook.name, timeout = ?hook.timeout, ?elapsed, "stop hook overran its time limit: cut off");
+                }
                 other => {
                     tracing::warn!(shutdown.hook = %hook.name, outcome = ?other, ?elapsed, "stop hook failed");
                 }
@@ -212,6 +213,7 @@ impl Shutdown {
             reports.push(HookReport {
                 name: hook.name,
                 outcome,
+                timeout: hook.timeout,
                 elapsed,
             });
         }
@@ -243,5 +245,125 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_string()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+
+    use crate::{Phase, Shutdown, ShutdownReport};
+
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    }
+
+    /// A coordinator with one in-flight guard and one stop hook that takes 1 s.
+    fn fixture() -> (Shutdown, Option<crate::OwnedInFlight>) {
+        let shutdown = Shutdown::builder()
+            .grace_period(Duration::from_secs(5))
+            .build()
+            .expect("valid configuration");
+        shutdown
+            .on_stop("db", || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, std::io::Error>(())
+            })
+            .expect("hooks have not run");
+        let guard = shutdown.try_enter_owned().expect("running");
+        (shutdown, Some(guard))
+    }
+
+    /// Between polls: trigger before the second, release the work before the
+    /// third, and let the runtime run with 500 ms of paused time passing.
+    fn world(
+        rt: &tokio::runtime::Runtime,
+        shutdown: &Shutdown,
+        guard: &mut Option<crate::OwnedInFlight>,
+    ) -> impl FnMut(usize) {
+        move |i| {
+            if i == 1 {
+                shutdown.trigger();
+            }
+            if i == 2 {
+                drop(guard.take());
+            }
+            rt.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::time::advance(Duration::from_millis(500)).await;
+            });
+        }
+    }
+
+    /// After the future was dropped: the shutdown still finishes for another
+    /// waiter, a later `wait` gets the same report, and no phase receiver (a
+    /// waiter) is left.
+    fn check_after_drop(
+        rt: &tokio::runtime::Runtime,
+        shutdown: &Shutdown,
+        guard: Option<crate::OwnedInFlight>,
+        other: tokio::task::JoinHandle<ShutdownReport>,
+    ) -> ShutdownReport {
+        shutdown.trigger();
+        drop(guard);
+        let report = rt.block_on(other).expect("the other waiter finishes");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(rt.block_on(shutdown.wait()), report, "a second wait");
+        assert_eq!(
+            shutdown.inner.phase.receiver_count(),
+            0,
+            "a dropped waiter left its receiver behind"
+        );
+        report
+    }
+
+    #[test]
+    fn wait_cancelled_at_every_poll() {
+        let covered = cancel_points(64, |k| {
+            let rt = paused_runtime();
+            let _g = rt.enter();
+            let (shutdown, mut guard) = fixture();
+            let other = rt.spawn({
+                let s = shutdown.clone();
+                async move { s.wait().await }
+            });
+            let outcome =
+                Polled::new(shutdown.wait()).drop_after_with(k, world(&rt, &shutdown, &mut guard));
+            let report = check_after_drop(&rt, &shutdown, guard, other);
+            if let Outcome::Completed { output, .. } = &outcome {
+                assert_eq!(*output, report, "every waiter gets the same report");
+            }
+            outcome
+        });
+        assert!(covered > 3, "the wait completed after {covered} polls");
+    }
+
+    #[cfg_attr(miri, ignore)] // too slow under miri: a runtime per cancel point and phase
+    #[test]
+    fn reached_cancelled_at_every_poll() {
+        for phase in [Phase::Draining, Phase::Stopping, Phase::Stopped] {
+            cancel_points(64, |k| {
+                let rt = paused_runtime();
+                let _g = rt.enter();
+                let (shutdown, mut guard) = fixture();
+                let other = rt.spawn({
+                    let s = shutdown.clone();
+                    async move { s.wait().await }
+                });
+                let outcome = Polled::new(shutdown.reached(phase))
+                    .drop_after_with(k, world(&rt, &shutdown, &mut guard));
+                if outcome.is_completed() {
+                    assert!(shutdown.phase().has_reached(phase));
+                }
+                check_after_drop(&rt, &shutdown, guard, other);
+                outcome
+            });
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! shutdown.on_stop("http listener", || async { Ok::<_, std::io::Error>(()) })?;
 //!
 //! // Requests run as tracked tasks (or hold an `InFlight` guard).
-//! shutdown.spawn("request 1", async {
+//! shutdown.spawn_named("request 1", async {
 //!     tokio::time::sleep(Duration::from_secs(2)).await;
 //! })?;
 //!
@@ -51,7 +51,12 @@
 //!   [`Shutdown::phases`].
 //! - Stop hooks ([`Shutdown::on_stop`]) run after the drain (or the grace period),
 //!   last registered first, each within its timeout; an error, a panic or a hang is
-//!   reported and the next hook runs.
+//!   reported and the next hook runs. A component that stops itself within a grace
+//!   period registers with [`Shutdown::on_stop_with_grace`]: its limit is that grace
+//!   plus [`HOOK_GRACE_MARGIN`], and the report names a hook that overran
+//!   ([`ShutdownReport::overran`]).
+//! - The sequence (drain, hooks, report) starts at the trigger, as a task of its
+//!   own, whether or not anyone waits (see [`Shutdown::trigger`] for where it runs).
 //! - [`Shutdown::wait`] (async) or [`Shutdown::wait_blocking`] returns the
 //!   [`ShutdownReport`]: clean or forced, time to drain, in-flight counts at the
 //!   trigger and at the deadline, each hook's outcome, the tracked tasks abandoned.
@@ -86,7 +91,7 @@ mod signal;
 mod token;
 
 pub use crate::{
-    config::{DEFAULT_GRACE_PERIOD, DEFAULT_HOOK_TIMEOUT, ShutdownBuilder},
+    config::{DEFAULT_GRACE_PERIOD, DEFAULT_HOOK_TIMEOUT, HOOK_GRACE_MARGIN, ShutdownBuilder},
     error::{ShuttingDown, SpawnError},
     guard::{InFlight, OwnedInFlight},
     report::{HookOutcome, HookReport, Phase, ShutdownReport, TriggerReason},

@@ -110,8 +110,20 @@ pub struct HookReport {
     pub name: String,
     /// How it ended.
     pub outcome: HookOutcome,
-    /// How long it ran (zero if skipped).
+    /// Its time limit: the one it was registered with (for a component registered
+    /// with its grace period, that grace plus
+    /// [`HOOK_GRACE_MARGIN`](crate::HOOK_GRACE_MARGIN)).
+    pub timeout: Duration,
+    /// How long it ran (zero if skipped before it started).
     pub elapsed: Duration,
+}
+
+impl HookReport {
+    /// Whether it overran its time limit and was cut off
+    /// ([`HookOutcome::TimedOut`]).
+    pub fn overran(&self) -> bool {
+        self.outcome == HookOutcome::TimedOut
+    }
 }
 
 /// What a shutdown did, returned by [`Shutdown::wait`](crate::Shutdown::wait).
@@ -148,6 +160,12 @@ impl ShutdownReport {
         !self.forced && self.drained && self.hooks.iter().all(|h| h.outcome == HookOutcome::Ok)
     }
 
+    /// The stop hooks that overran their time limit and were cut off, in the order
+    /// they ran: each names the component, its limit and how long it ran.
+    pub fn overran(&self) -> impl Iterator<Item = &HookReport> {
+        self.hooks.iter().filter(|h| h.overran())
+    }
+
     /// The final phase: `Forced` or `Stopped`.
     pub fn phase(&self) -> Phase {
         if self.forced {
@@ -179,7 +197,15 @@ impl fmt::Display for ShutdownReport {
             self.in_flight_at_trigger, self.in_flight_at_deadline, self.drain_time
         )?;
         for h in &self.hooks {
-            write!(f, "; hook {}: {:?}", h.name, h.outcome)?;
+            if h.overran() {
+                write!(
+                    f,
+                    "; hook {}: overran its {:?} limit, cut off after {:?}",
+                    h.name, h.timeout, h.elapsed
+                )?;
+            } else {
+                write!(f, "; hook {}: {:?}", h.name, h.outcome)?;
+            }
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! The [`Shutdown`] coordinator: triggers, in-flight tracking, hooks and children.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 // The coordinator's plumbing uses std's Arc and Mutex directly: it is not part of the
 // atomic protocol (the gate, which takes its atomics from the loom shim), and
 // children are held through `Weak`, which loom's `Arc` does not offer.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::HOOK_GRACE_MARGIN;
 use crate::config::ShutdownBuilder;
 use crate::gate::{Enter, Gate};
 use crate::{
@@ -46,10 +48,44 @@ pub(crate) struct State {
     pub(crate) trigger: Option<TriggerInfo>,
     pub(crate) hooks: Vec<Hook>,
     pub(crate) hooks_started: bool,
-    pub(crate) driver_started: bool,
-    pub(crate) tasks: HashMap<u64, String>,
-    next_task: u64,
+    /// Names of the named tracked tasks still running ([`Shutdown::spawn_named`]).
+    pub(crate) tasks: TaskNames,
     children: Vec<Weak<Inner>>,
+}
+
+/// The names of running named tasks: a slab, so a slot freed by a finished task is
+/// reused and, once it has grown to the most tasks running at once, registering a
+/// name allocates nothing.
+#[derive(Default)]
+pub(crate) struct TaskNames {
+    slots: Vec<Option<Cow<'static, str>>>,
+    free: Vec<usize>,
+}
+
+impl TaskNames {
+    fn insert(&mut self, name: Cow<'static, str>) -> usize {
+        if let Some(slot) = self.free.pop() {
+            self.slots[slot] = Some(name);
+            slot
+        } else {
+            self.slots.push(Some(name));
+            self.slots.len() - 1
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(name) = self.slots.get_mut(slot).and_then(Option::take) {
+            drop(name);
+            self.free.push(slot);
+        }
+    }
+
+    /// The names of the tasks still running, sorted.
+    pub(crate) fn running(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.slots.iter().flatten().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
 }
 
 pub(crate) struct Inner {
@@ -60,6 +96,10 @@ pub(crate) struct Inner {
     pub(crate) config: ShutdownBuilder,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) report: OnceLock<ShutdownReport>,
+    /// Set by the first `install_signal_handlers`: later calls do nothing.
+    pub(crate) signals_installed: AtomicBool,
+    /// Set by the runner that runs the shutdown sequence (once).
+    pub(crate) drive_claimed: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -137,6 +177,8 @@ impl Shutdown {
                 config,
                 phase,
                 report: OnceLock::new(),
+                signals_installed: AtomicBool::new(false),
+                drive_claimed: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -209,7 +251,13 @@ impl Shutdown {
 
     /// Completes once the shutdown has reached `phase` (see
     /// [`Phase::has_reached`]): `reached(Phase::Stopped)` also completes when the
-    /// shutdown was forced.
+    /// shutdown was forced. Observing does not drive: the sequence runs on its own
+    /// once triggered (see [`trigger`](Self::trigger)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the future holds only its own phase receiver, which dropping it
+    /// releases; the shutdown and other observers are unaffected.
     pub async fn reached(&self, phase: Phase) {
         let mut rx = self.inner.phase.subscribe();
         // The sender lives in `self.inner`, which `self` keeps alive, so the
@@ -218,8 +266,18 @@ impl Shutdown {
     }
 
     /// Begins the shutdown: new work is refused from now on, tokens report it, and
-    /// [`wait`](Self::wait) starts draining. Returns `true` if this call began it,
+    /// the shutdown sequence (drain, stop hooks, report) runs to its end whether or
+    /// not anyone [`wait`](Self::wait)s. Returns `true` if this call began it,
     /// `false` if it had begun already (triggering twice is fine).
+    ///
+    /// # Where the sequence runs
+    ///
+    /// The sequence starts at the trigger, or at the first `wait` if that comes
+    /// first, as a task of its own: on the tokio runtime of the caller if there is
+    /// one (so hooks run there, and a paused test clock applies), otherwise on a
+    /// thread of its own (`heijunka-shutdown`) with a private single-threaded
+    /// runtime. If that runtime shuts down before the sequence ends, the sequence
+    /// ends with it; trigger from a runtime that outlives the shutdown.
     pub fn trigger(&self) -> bool {
         self.trigger_with(TriggerReason::Call)
     }
@@ -248,10 +306,48 @@ impl Shutdown {
             "shutdown triggered: draining"
         );
         self.inner.trigger.cancel();
+        self.start_driver();
         for child in children {
             child.trigger_with(TriggerReason::Parent);
         }
         true
+    }
+
+    /// Makes sure the shutdown sequence runs: unless a runner has already claimed
+    /// it, spawns a candidate runner on the current tokio runtime if there is one,
+    /// on a thread of its own otherwise (see [`trigger`](Self::trigger)). The first
+    /// candidate to be polled claims the sequence and runs it; later ones end at
+    /// once. A candidate that never runs (its runtime is blocked, as under
+    /// `wait_blocking` on a single-threaded runtime, or going away) claims nothing,
+    /// so the next `wait` or `wait_blocking` still gets the sequence run.
+    pub(crate) fn start_driver(&self) {
+        if self.inner.drive_claimed.load(Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        let run = async move {
+            if !this.inner.drive_claimed.swap(true, Ordering::SeqCst) {
+                this.drive().await;
+            }
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(run);
+            return;
+        }
+        let started = std::thread::Builder::new()
+            .name("heijunka-shutdown".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run),
+                    Err(e) => tracing::error!(error = %e, "cannot start the shutdown's runtime"),
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the shutdown's thread");
+        }
     }
 
     /// Forces the shutdown: stop draining and skip the remaining hooks (a hook that
@@ -322,8 +418,13 @@ impl Shutdown {
     }
 
     /// Spawns `future` on the current tokio runtime as tracked work: it counts as in
-    /// flight until it finishes, and if it is still running when the grace period
-    /// ends its `name` is listed in the report's `abandoned_tasks`.
+    /// flight until it finishes (or is aborted), like work holding an [`InFlight`]
+    /// guard. A task still running when the grace period ends is counted in the
+    /// report's `in_flight_at_deadline`; use [`spawn_named`](Self::spawn_named) to
+    /// have it listed by name too.
+    ///
+    /// Costs what `tokio::spawn` costs plus two atomic operations (enter and leave)
+    /// and an `Arc` clone: no lock, no allocation of its own.
     ///
     /// # Errors
     ///
@@ -333,9 +434,49 @@ impl Shutdown {
     /// # Panics
     ///
     /// Outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn<F>(
+    ///
+    /// # Cancel safety
+    ///
+    /// The returned [`JoinHandle`] is tokio's: dropping it detaches the task, which
+    /// keeps running and keeps counting as in flight until it ends.
+    pub fn spawn<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Ok(guard) = self.try_enter_owned() else {
+            return Err(SpawnError { future });
+        };
+        Ok(tokio::spawn(async move {
+            // Dropped when the task ends, also on panic or abort.
+            let _guard = guard;
+            future.await
+        }))
+    }
+
+    /// [`spawn`](Self::spawn), and if the task is still running when the grace
+    /// period ends, its `name` is listed in the report's `abandoned_tasks`.
+    ///
+    /// The name is kept in a slab under the coordinator's lock while the task runs
+    /// (a lock on spawn and on exit; a `&'static str` name allocates nothing once
+    /// the slab has grown to the most named tasks running at once). Use
+    /// [`spawn`](Self::spawn) on hot paths.
+    ///
+    /// # Errors
+    ///
+    /// Once shutdown has begun the future is not spawned and comes back in the
+    /// [`SpawnError`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`spawn`](Self::spawn): dropping the [`JoinHandle`] detaches the task.
+    pub fn spawn_named<F>(
         &self,
-        name: impl Into<String>,
+        name: impl Into<Cow<'static, str>>,
         future: F,
     ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
     where
@@ -345,16 +486,10 @@ impl Shutdown {
         let Ok(guard) = self.try_enter_owned() else {
             return Err(SpawnError { future });
         };
-        let id = {
-            let mut st = self.inner.state();
-            let id = st.next_task;
-            st.next_task += 1;
-            st.tasks.insert(id, name.into());
-            id
-        };
+        let slot = self.inner.state().tasks.insert(name.into());
         let entry = TaskEntry {
             inner: Arc::clone(&self.inner),
-            id,
+            slot,
         };
         Ok(tokio::spawn(async move {
             // Dropped in reverse order, also on panic or abort: the name goes before
@@ -381,6 +516,33 @@ impl Shutdown {
         E: Into<HookError>,
     {
         self.on_stop_with_timeout(name, self.inner.config.hook_timeout, hook)
+    }
+
+    /// [`on_stop`](Self::on_stop) for a component that stops itself within
+    /// `grace` (a pool, a dispatcher, a bus: their `register_with`): the hook's
+    /// time limit is `grace` plus [`HOOK_GRACE_MARGIN`], or the coordinator's hook
+    /// timeout if that is longer, so the component gets the whole grace it was given
+    /// and is cut off only if it overruns it. The report names a hook that overran
+    /// ([`ShutdownReport::overran`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] if the hooks have already started running.
+    pub fn on_stop_with_grace<F, Fut, E>(
+        &self,
+        name: impl Into<String>,
+        grace: Duration,
+        hook: F,
+    ) -> Result<(), ShuttingDown>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<HookError>,
+    {
+        let timeout = grace
+            .saturating_add(HOOK_GRACE_MARGIN)
+            .max(self.inner.config.hook_timeout);
+        self.on_stop_with_timeout(name, timeout, hook)
     }
 
     /// [`on_stop`](Self::on_stop) with this hook's own time limit. A zero timeout
@@ -433,14 +595,14 @@ impl fmt::Debug for Shutdown {
     }
 }
 
-/// Removes a tracked task's name when the task ends, however it ends.
+/// Removes a named task's name when the task ends, however it ends.
 struct TaskEntry {
     inner: Arc<Inner>,
-    id: u64,
+    slot: usize,
 }
 
 impl Drop for TaskEntry {
     fn drop(&mut self) {
-        self.inner.state().tasks.remove(&self.id);
+        self.inner.state().tasks.remove(self.slot);
     }
 }

@@ -42,6 +42,11 @@ impl ShutdownToken {
     }
 
     /// Completes when shutdown begins (at once if it has).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future removes its registration from the token;
+    /// the shutdown and other waiters are unaffected.
     pub async fn triggered(&self) {
         self.trigger.cancelled().await;
     }
@@ -52,7 +57,11 @@ impl ShutdownToken {
         self.force.is_cancelled()
     }
 
-    /// Completes when the shutdown is forced.
+    /// Completes when the shutdown is forced (at once if it was).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`triggered`](Self::triggered).
     pub async fn forced(&self) {
         self.force.cancelled().await;
     }
@@ -62,5 +71,72 @@ impl ShutdownToken {
     /// affecting the shutdown.
     pub fn child_token(&self) -> CancellationToken {
         self.trigger.child_token()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::Future;
+
+    use heijunka_core::cancel::{Outcome, Polled, cancel_points};
+
+    use crate::{Shutdown, ShutdownToken};
+
+    /// Drives `wait(token)` for k polls, triggering (or forcing) before the third,
+    /// then checks that another waiter on the same token still completes and that a
+    /// fresh wait completes at once.
+    fn case<'a, F: Future<Output = ()> + 'a>(
+        rt: &tokio::runtime::Runtime,
+        k: usize,
+        force: bool,
+        shutdown: &Shutdown,
+        token: &'a ShutdownToken,
+        wait: impl Fn(&'a ShutdownToken) -> F,
+    ) -> Outcome<()> {
+        let other = {
+            let token = token.clone();
+            rt.spawn(async move {
+                if force {
+                    token.forced().await;
+                } else {
+                    token.triggered().await;
+                }
+            })
+        };
+        let outcome = Polled::new(wait(token)).drop_after_with(k, |i| {
+            if i == 2 {
+                if force {
+                    shutdown.force();
+                } else {
+                    shutdown.trigger();
+                }
+            }
+        });
+        shutdown.force();
+        rt.block_on(other).expect("the other waiter completes");
+        assert!(Polled::new(wait(token)).drop_after(1).is_completed());
+        outcome
+    }
+
+    #[test]
+    fn token_waits_cancelled_at_every_poll() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime");
+        let _g = rt.enter();
+        let covered = cancel_points(8, |k| {
+            let shutdown = Shutdown::new();
+            let token = shutdown.token();
+            case(&rt, k, false, &shutdown, &token, ShutdownToken::triggered)
+        });
+        assert_eq!(covered, 3, "completes on the poll after the trigger");
+        let covered = cancel_points(8, |k| {
+            let shutdown = Shutdown::new();
+            let token = shutdown.token();
+            case(&rt, k, true, &shutdown, &token, ShutdownToken::forced)
+        });
+        assert_eq!(covered, 3, "completes on the poll after the force");
     }
 }

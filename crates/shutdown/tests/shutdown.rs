@@ -24,7 +24,7 @@ async fn work_within_the_grace_period_is_never_interrupted() {
     for i in 0..5_u64 {
         let finished = Arc::clone(&finished);
         shutdown
-            .spawn(format!("req-{i}"), async move {
+            .spawn_named(format!("req-{i}"), async move {
                 sleep(Duration::from_secs(1 + i)).await;
                 finished.fetch_add(1, Ordering::SeqCst);
             })
@@ -61,10 +61,10 @@ async fn work_within_the_grace_period_is_never_interrupted() {
 async fn work_outliving_the_grace_period_is_abandoned_and_wait_returns_at_the_deadline() {
     let shutdown = builder(2);
     shutdown
-        .spawn("quick", sleep(Duration::from_millis(500)))
+        .spawn_named("quick", sleep(Duration::from_millis(500)))
         .unwrap();
     shutdown
-        .spawn("stuck-export", sleep(Duration::from_secs(3600)))
+        .spawn_named("stuck-export", sleep(Duration::from_secs(3600)))
         .unwrap();
     let _held = shutdown.try_enter_owned().unwrap(); // never released
     let start = Instant::now();
@@ -229,7 +229,7 @@ async fn force_deadline_cuts_a_hanging_hook_short() {
 async fn triggering_twice_and_waiting_from_many_tasks_all_see_one_report() {
     let shutdown = builder(5);
     shutdown
-        .spawn("job", sleep(Duration::from_secs(1)))
+        .spawn_named("job", sleep(Duration::from_secs(1)))
         .unwrap();
     let waiters: Vec<_> = (0..8)
         .map(|_| {
@@ -264,7 +264,7 @@ async fn a_cancelled_waiter_does_not_stop_the_shutdown() {
         })
         .unwrap();
     shutdown
-        .spawn("job", sleep(Duration::from_secs(2)))
+        .spawn_named("job", sleep(Duration::from_secs(2)))
         .unwrap();
     shutdown.trigger();
     // A waiter that gives up after 1 s.
@@ -284,7 +284,7 @@ async fn no_new_work_after_the_trigger() {
     shutdown.trigger();
     assert_eq!(shutdown.try_enter().unwrap_err(), ShuttingDown);
     assert!(shutdown.try_enter_owned().is_err());
-    let err = shutdown.spawn("late", async { 42 }).unwrap_err();
+    let err = shutdown.spawn(async { 42 }).unwrap_err();
     assert_eq!(err.reason(), heijunka_core::Rejection::ShuttingDown);
     // The refused future is handed back, unpolled, and still works.
     assert_eq!(err.into_inner().await, 42);
@@ -484,4 +484,102 @@ async fn report_serialises_for_logs() {
     assert_eq!(json["hooks"][0]["outcome"]["outcome"], "ok");
     assert_eq!(json["drained"], true);
     assert!(report.to_string().contains("clean"), "{report}");
+}
+
+/// Nobody calls `wait()`: the trigger alone drives the shutdown through its phases
+/// and runs the hooks.
+#[tokio::test(start_paused = true)]
+async fn a_trigger_alone_runs_the_shutdown_to_the_end() {
+    let shutdown = builder(5);
+    let hook_ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&hook_ran);
+    shutdown
+        .on_stop("db", move || async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let guard = shutdown.try_enter_owned().unwrap();
+    tokio::spawn(async move {
+        sleep(Duration::from_secs(1)).await;
+        drop(guard);
+    });
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(60), shutdown.reached(Phase::Stopped))
+        .await
+        .expect("the shutdown reached Stopped without a waiter");
+    assert!(hook_ran.load(Ordering::SeqCst), "the stop hook ran");
+    assert_eq!(shutdown.phase(), Phase::Stopped);
+}
+
+/// The same from a thread with no runtime: the trigger starts the sequence on a
+/// thread of its own. The bound is real time (the sequence runs on another thread,
+/// where this runtime's paused clock does not reach); nothing sleeps.
+#[test]
+fn a_trigger_outside_a_runtime_runs_the_shutdown_to_the_end() {
+    let shutdown = builder(5);
+    let hook_ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&hook_ran);
+    shutdown
+        .on_stop("db", move || async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    shutdown.trigger();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), shutdown.reached(Phase::Stopped)).await
+    })
+    .expect("the shutdown reached Stopped without a waiter");
+    assert!(hook_ran.load(Ordering::SeqCst), "the stop hook ran");
+}
+
+/// A component registered with its grace gets that grace plus the margin (or the
+/// hook timeout if longer); one that overruns it is cut off and named in the report
+/// with its limit and how long it ran.
+#[tokio::test(start_paused = true)]
+async fn a_component_that_overruns_its_grace_is_named_in_the_report() {
+    use heijunka_shutdown::HOOK_GRACE_MARGIN;
+    let shutdown = builder(5); // hook timeout 5 s
+    shutdown
+        .on_stop_with_grace("quick cache", Duration::from_secs(1), || async {
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    shutdown
+        .on_stop_with_grace("stuck exporter", Duration::from_secs(10), || async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let start = Instant::now();
+    shutdown.trigger();
+    let report = shutdown.wait().await;
+    let limit = Duration::from_secs(10) + HOOK_GRACE_MARGIN;
+    assert_eq!(
+        start.elapsed(),
+        limit,
+        "cut off at its grace plus the margin"
+    );
+    let overran: Vec<_> = report
+        .overran()
+        .map(|h| (h.name.as_str(), h.timeout, h.elapsed))
+        .collect();
+    assert_eq!(overran, [("stuck exporter", limit, limit)]);
+    assert_eq!(
+        report.hooks[1].timeout,
+        Duration::from_secs(5),
+        "a short grace still gets the hook timeout"
+    );
+    assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
+    assert!(
+        report
+            .to_string()
+            .contains("stuck exporter: overran its 11s limit"),
+        "{report}"
+    );
 }

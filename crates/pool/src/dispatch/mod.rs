@@ -677,6 +677,12 @@ where
     /// that shuts this dispatcher down with `grace` (the hook fails, naming the
     /// count, if messages were abandoned).
     ///
+    /// The hook's time limit is `grace` plus
+    /// [`HOOK_GRACE_MARGIN`](heijunka_shutdown::HOOK_GRACE_MARGIN) (or the
+    /// coordinator's hook timeout if longer), so the shutdown never cuts this
+    /// component off before its grace is over
+    /// ([`Shutdown::on_stop_with_grace`](heijunka_shutdown::Shutdown::on_stop_with_grace)).
+    ///
     /// # Errors
     ///
     /// [`heijunka_shutdown::ShuttingDown`] if the shutdown's hooks already ran.
@@ -688,7 +694,7 @@ where
     ) -> Result<(), heijunka_shutdown::ShuttingDown> {
         let _ = self.inner.token.set(shutdown.token());
         let dispatcher = self.clone();
-        shutdown.on_stop(name, move || async move {
+        shutdown.on_stop_with_grace(name, grace, move || async move {
             let report = dispatcher.shutdown(grace).await;
             if report.clean {
                 Ok(())
