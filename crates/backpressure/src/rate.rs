@@ -48,26 +48,41 @@ pub enum RateLimitError {
         /// When a held key is expected to be idle, making room (above zero).
         retry_after: Duration,
     },
+    /// A waiting call with a timeout (such as
+    /// [`LeakyBucket::acquire_timeout`]) was not let through within `after`; it
+    /// took nothing and left no place behind.
+    #[error("not let through within {after:?}")]
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+    },
 }
 
 impl RateLimitError {
     /// The shared rejection reason, where there is one: [`Rejection::RateLimited`]
-    /// with the retry-after (also for an exhausted key budget); `None` for
+    /// with the retry-after (also for an exhausted key budget),
+    /// [`Rejection::TimedOut`] for [`TimedOut`](Self::TimedOut); `None` for
     /// [`InsufficientCapacity`](Self::InsufficientCapacity), which waiting cannot
     /// fix.
     pub fn reason(&self) -> Option<Rejection> {
-        self.retry_after()
-            .map(|retry_after| Rejection::RateLimited { retry_after })
+        match *self {
+            Self::TimedOut { after } => Some(Rejection::TimedOut { after }),
+            _ => self
+                .retry_after()
+                .map(|retry_after| Rejection::RateLimited { retry_after }),
+        }
     }
 
-    /// The wait before retrying: above zero whenever there is one, `None` where
-    /// waiting cannot help ([`InsufficientCapacity`](Self::InsufficientCapacity)).
+    /// The wait before retrying: above zero whenever there is one; `None` where
+    /// waiting cannot help ([`InsufficientCapacity`](Self::InsufficientCapacity))
+    /// and where the limiter gave no estimate ([`TimedOut`](Self::TimedOut): the
+    /// caller chose how long to wait).
     pub fn retry_after(&self) -> Option<Duration> {
         match *self {
             Self::RateLimited { retry_after } | Self::KeyBudgetExhausted { retry_after, .. } => {
                 Some(retry_after)
             }
-            Self::InsufficientCapacity { .. } => None,
+            Self::InsufficientCapacity { .. } | Self::TimedOut { .. } => None,
         }
     }
 }

@@ -147,7 +147,8 @@ fn bad_capacity_and_rate_are_config_errors() {
         "capacity"
     );
     let err = LeakyBucket::new(1, f64::NAN, clock).unwrap_err();
-    assert_eq!(err.field(), "leak_rate");
+    // The error names the argument the caller passed.
+    assert_eq!(err.field(), "per_second");
     assert!(err.to_string().contains("NaN"), "{err}");
 }
 
@@ -240,4 +241,141 @@ fn acquire_is_send_so_it_can_be_spawned() {
     let bucket = LeakyBucket::new(1, 1.0, ManualClock::new().clock()).unwrap();
     let future = bucket.acquire();
     assert_send(&future);
+}
+
+/// After a stall (the runtime did not poll the waiters for ten intervals), the
+/// backlog is not released at once: the first caller leaves when polled, and the
+/// rest keep leaving one interval apart, measured from then. A shaper that made up
+/// for lost time would let ~10 callers out back to back, the very burst it exists
+/// to smooth.
+#[test]
+fn after_a_stall_the_backlog_leaves_one_interval_apart_not_at_once() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let manual = ManualClock::new();
+    let interval = 10 * MS; // 100 per second
+    let bucket = LeakyBucket::new(16, 100.0, manual.clock()).unwrap();
+    bucket.try_acquire().unwrap(); // the next may leave at 10 ms
+    let mut waiters: Vec<_> = (0..12).map(|_| Polled::new(bucket.acquire())).collect();
+    for w in &mut waiters {
+        assert!(!w.poll(), "queued");
+    }
+    // The stall: time passes, nobody is polled.
+    advance(&rt, &manual, 10 * interval);
+    let mut left = Vec::new();
+    for _ in 0..400 {
+        for w in &mut waiters {
+            if !w.is_completed() && w.poll() {
+                assert_eq!(w.take_output().unwrap(), Ok(()));
+                left.push(manual.now().as_nanos() / 1_000_000);
+            }
+        }
+        if left.len() == waiters.len() {
+            break;
+        }
+        advance(&rt, &manual, MS);
+    }
+    assert_eq!(left.len(), waiters.len(), "all left: {left:?}");
+    let gaps: Vec<_> = left.windows(2).map(|p| p[1] - p[0]).collect();
+    assert!(
+        gaps.iter().all(|&g| g >= 10),
+        "departures (ms) {left:?}: gaps {gaps:?}, some under one interval (10 ms)"
+    );
+}
+
+/// `acquire_timeout` leaves at its slot if that comes within the timeout, and
+/// otherwise gives up at the timeout with `TimedOut`, its place given back.
+#[test]
+fn acquire_timeout_leaves_in_time_or_times_out_and_gives_its_place_back() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let manual = ManualClock::new();
+    let bucket = LeakyBucket::new(4, 10.0, manual.clock()).unwrap();
+    bucket.try_acquire().unwrap(); // the next may leave at 100 ms
+    let mut late = Polled::new(bucket.acquire_timeout(70 * MS));
+    let mut in_time = Polled::new(bucket.acquire_timeout(500 * MS));
+    assert!(!late.poll() && !in_time.poll());
+    assert_eq!(bucket.waiting(), 2);
+    advance(&rt, &manual, 70 * MS);
+    assert!(late.poll());
+    let err = late.take_output().unwrap().unwrap_err();
+    assert_eq!(err, RateLimitError::TimedOut { after: 70 * MS });
+    assert_eq!(
+        err.reason(),
+        Some(heijunka_core::Rejection::TimedOut { after: 70 * MS })
+    );
+    assert_eq!(bucket.waiting(), 1, "the timed-out caller left the queue");
+    // The one behind moved up and takes the first free slot, 100 ms.
+    advance(&rt, &manual, 30 * MS);
+    assert!(in_time.poll());
+    assert_eq!(in_time.take_output().unwrap(), Ok(()));
+    assert_eq!(manual.now().as_nanos(), 100_000_000);
+}
+
+/// `acquire_timeout` dropped after k polls, for every k, with 40 ms passing
+/// between polls and a 70 ms timeout against a slot at 100 ms: it times out on
+/// its third poll; dropped earlier it is simply gone. Either way nothing is left
+/// registered and the slot at 100 ms was not spent: a caller then leaves at once.
+#[test]
+fn cancelled_or_timed_out_acquire_timeout_leaves_nothing_behind() {
+    let covered = cancel_points(10, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let manual = ManualClock::new();
+        let bucket = LeakyBucket::new(4, 10.0, manual.clock()).unwrap();
+        bucket.try_acquire().unwrap(); // the next may leave at 100 ms
+        let outcome = Polled::new(bucket.acquire_timeout(70 * MS)).drop_after_with(k, |i| {
+            if i >= 1 {
+                advance(&rt, &manual, 40 * MS);
+            }
+        });
+        if let Outcome::Completed { output, .. } = &outcome {
+            assert_eq!(*output, Err(RateLimitError::TimedOut { after: 70 * MS }));
+        }
+        assert_eq!(bucket.waiting(), 0, "k = {k}: nothing left registered");
+        let to_slot = Duration::from_millis(100)
+            .saturating_sub(Duration::from_nanos(manual.now().as_nanos()));
+        advance(&rt, &manual, to_slot);
+        assert_eq!(
+            bucket.try_acquire(),
+            Ok(()),
+            "k = {k}: the slot was not spent"
+        );
+        outcome
+    });
+    assert_eq!(covered, 3, "enqueue, sleep, time out");
+}
+
+/// Sub-millisecond intervals against tokio's 1 ms timer: the waiters due within a
+/// tick leave together at the tick, so the rate holds on average (10,000 per
+/// second: 40 callers in about 4 ms), and no tick lets out more than one tick's
+/// worth (10) plus the one due at the tick itself.
+#[test]
+fn sub_millisecond_intervals_keep_their_rate_per_timer_tick() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let manual = ManualClock::new();
+    let bucket = LeakyBucket::new(64, 10_000.0, manual.clock()).unwrap();
+    bucket.try_acquire().unwrap();
+    let mut waiters: Vec<_> = (0..40).map(|_| Polled::new(bucket.acquire())).collect();
+    for w in &mut waiters {
+        assert!(!w.poll());
+    }
+    let mut per_tick = Vec::new();
+    for _ in 0..10 {
+        advance(&rt, &manual, MS);
+        let before = waiters.iter().filter(|w| w.is_completed()).count();
+        for w in &mut waiters {
+            if !w.is_completed() {
+                w.poll();
+            }
+        }
+        per_tick.push(waiters.iter().filter(|w| w.is_completed()).count() - before);
+    }
+    assert!(
+        waiters.iter().all(Polled::is_completed),
+        "all 40 left within 10 ms: {per_tick:?}"
+    );
+    assert!(per_tick.iter().all(|&n| n <= 11), "{per_tick:?}");
+    assert!(per_tick[..5].iter().sum::<usize>() == 40, "{per_tick:?}");
 }

@@ -153,3 +153,116 @@ proptest! {
         }
     }
 }
+
+/// Runs `workers` threads calling `call(thread, i)` while another thread advances
+/// `clock` by `step` at a time, until every worker has made `calls` calls or two
+/// seconds of real time have passed. A panic in a worker fails the test. (Found
+/// with 200,000 calls per thread on two cores: the old code failed every run.)
+fn race_with_a_moving_clock(
+    clock: &ManualClock,
+    step: Duration,
+    workers: usize,
+    calls: u64,
+    call: &(dyn Fn(usize, u64) + Sync),
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    std::thread::scope(|s| {
+        let ticker = s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                clock.advance(step);
+            }
+        });
+        let handles: Vec<_> = (0..workers)
+            .map(|t| {
+                s.spawn(move || {
+                    for i in 0..calls {
+                        if i % 256 == 0 && std::time::Instant::now() > deadline {
+                            break;
+                        }
+                        call(t, i);
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        done.store(true, Ordering::SeqCst);
+        ticker.join().unwrap();
+        for r in results {
+            if let Err(panic) = r {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
+/// A thread that read the clock, then waited for the lock behind a thread that
+/// read it later, must not corrupt the log: every retry-after stays within the
+/// window (a unit admitted now leaves at most `w` from now), and nothing panics.
+#[test]
+#[cfg_attr(miri, ignore)] // hundreds of thousands of calls on 7 threads: too slow under miri
+fn sliding_log_stress_retry_after_stays_within_the_window_under_a_racing_clock() {
+    let clock = ManualClock::new();
+    let w = Duration::from_nanos(30);
+    let limiter = SlidingLog::new(4, w, clock.clock()).unwrap();
+    race_with_a_moving_clock(&clock, Duration::from_nanos(1), 6, 200_000, &|t, i| {
+        let n = u32::try_from((t as u64 + i) % 4).unwrap() + 1;
+        if let Err(e) = limiter.check_n(n) {
+            let retry = e.retry_after().expect("n <= limit");
+            assert!(
+                retry > Duration::ZERO && retry <= w,
+                "retry-after {retry:?} outside (0, {w:?}]"
+            );
+        }
+    });
+}
+
+/// Admissions whose call began and ended in one fixed window (both clock readings,
+/// taken by the test around the call, fall in it) certainly belong to that window:
+/// per window there are at most `limit` of them, however late a thread that read
+/// an older clock value gets the lock.
+fn no_window_admits_more_than_the_limit_under_a_racing_clock(
+    limiter: &dyn RateLimiter,
+    clock: &ManualClock,
+    w: Duration,
+) {
+    use std::sync::Mutex;
+    let w_ns = w.as_nanos() as u64;
+    let admitted: Mutex<HashMap<u64, u32>> = Mutex::default();
+    race_with_a_moving_clock(clock, Duration::from_nanos(100), 6, 200_000, &|_, _| {
+        let before = clock.now().as_nanos() / w_ns;
+        let ok = limiter.check().is_ok();
+        let after = clock.now().as_nanos() / w_ns;
+        if ok && before == after {
+            *admitted.lock().unwrap().entry(before).or_default() += 1;
+        }
+    });
+    let admitted = admitted.into_inner().unwrap();
+    let over: Vec<_> = admitted.iter().filter(|&(_, &n)| n > 1).collect();
+    assert!(
+        over.is_empty(),
+        "{} of {} windows admitted more than the limit of 1: {:?}",
+        over.len(),
+        admitted.len(),
+        over.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // hundreds of thousands of calls on 7 threads: too slow under miri
+fn fixed_window_stress_a_late_thread_never_resets_the_window() {
+    let clock = ManualClock::new();
+    let w = Duration::from_micros(3);
+    let limiter = FixedWindow::new(1, w, clock.clock()).unwrap();
+    no_window_admits_more_than_the_limit_under_a_racing_clock(&limiter, &clock, w);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // hundreds of thousands of calls on 7 threads: too slow under miri
+fn sliding_window_stress_a_late_thread_never_resets_the_window() {
+    let clock = ManualClock::new();
+    let w = Duration::from_micros(3);
+    let limiter = SlidingWindow::new(1, w, clock.clock()).unwrap();
+    no_window_admits_more_than_the_limit_under_a_racing_clock(&limiter, &clock, w);
+}

@@ -45,11 +45,19 @@ pub enum OverflowPolicy {
 ///   [`EVICTION_PROBES`] keys from the front of the ring: an idle one is removed
 ///   (its removal and its idleness test happen under the key's shard write lock, so
 ///   a concurrent check of that key either lands before, making it busy and kept,
-///   or after, on a fresh bucket); a busy one goes to the back. Known keys are never
-///   slowed by new ones: no request scans the key set. The price is one clone of
-///   each key in the ring, and that an idle key may wait up to
-///   `max_keys / EVICTION_PROBES` refused new keys to be found;
-///   [`retain_recent`](Self::retain_recent) removes every idle key at once.
+///   or after, on a fresh bucket); a busy one goes to the back. No request scans
+///   the key set. New keys do slow known ones somewhat: each new key at a full
+///   budget takes up to [`EVICTION_PROBES`] shard write locks (plus one for its
+///   own insert), and a known key whose shard is write-locked at that moment waits
+///   for it; a flood of new keys costs known keys lock contention, bounded per new
+///   key, never a scan. The price is also one clone of each key in the ring, and
+///   that an idle key may wait up to `max_keys / EVICTION_PROBES` refused new keys
+///   to be found; [`retain_recent`](Self::retain_recent) removes every idle key at
+///   once.
+/// - **Consistent keys.** `K`'s `Hash` and `Eq` must agree, as for any hash map.
+///   If they do not, a held key may be lost to lookups; the limiter then gives its
+///   unit of the budget back when the eviction probe finds it missing (and logs a
+///   `tracing` warning), but the unreachable map entry stays.
 /// - **An honest wait.** A refused new key gets
 ///   [`RateLimitError::KeyBudgetExhausted`] with a retry-after above zero: the time
 ///   until the soonest of the keys it examined is idle (or the emission interval if
@@ -84,8 +92,6 @@ pub struct KeyedRateLimiter<K: Hash + Eq> {
     max_keys: usize,
     policy: OverflowPolicy,
     clock: Clock,
-    /// Keys examined for idleness, for tests (see [`KeyedRateLimiter::keys_examined`]).
-    examined: AtomicU64,
 }
 
 /// Keys a new key examines for idleness when it arrives at a full key budget.
@@ -152,7 +158,6 @@ impl KeyedRateLimiterBuilder {
             max_keys: self.max_keys,
             policy: self.policy,
             clock: self.clock,
-            examined: AtomicU64::new(0),
         })
     }
 }
@@ -295,8 +300,6 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     /// back (`None`); otherwise puts it at the back of the ring and returns the TAT
     /// at which it will be idle.
     fn evict_if_idle(&self, key: K, now: u64) -> Option<u64> {
-        // Relaxed: a statistic for tests.
-        self.examined.fetch_add(1, Ordering::Relaxed);
         let mut busy_until = None;
         // The idleness test runs under the shard's write lock, so no check of this
         // key is between the test and the removal.
@@ -317,9 +320,17 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
             self.ring.push(key);
             Some(busy_until)
         } else {
-            // Not in the map: cannot happen (each held key is in the ring once and
-            // only its popper removes it); nothing to give back.
-            debug_assert!(false, "a key in the eviction ring was not in the map");
+            // Not in the map. Each held key is in the ring once and only its popper
+            // removes it, so this happens only with a key type whose `Hash` and `Eq`
+            // disagree (or whose hash changed while held): the map entry, if any, is
+            // unreachable. The ring copy held this key's unit of the budget: give it
+            // back, or the budget would shrink for good.
+            self.release();
+            tracing::warn!(
+                "KeyedRateLimiter: a held key was not found in its map (its `Hash` and \
+                 `Eq` disagree, or its hash changed); its unit of the key budget is \
+                 given back"
+            );
             None
         }
     }
@@ -333,15 +344,6 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
             let Some(key) = self.ring.pop() else { break };
             let _ = self.evict_if_idle(key, now);
         }
-    }
-
-    /// Keys examined for idleness so far (by new keys at the budget and by
-    /// [`retain_recent`](Self::retain_recent)): tests use it to check that a new key
-    /// does not scan the key set. Not a stable API.
-    #[doc(hidden)]
-    pub fn keys_examined(&self) -> u64 {
-        // Relaxed: a statistic.
-        self.examined.load(Ordering::Relaxed)
     }
 
     /// Keys held now, counting one whose insertion is under way: never above

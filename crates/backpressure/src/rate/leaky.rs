@@ -29,7 +29,17 @@
 //! order, and at most `capacity` callers wait. Actual departures are at or after
 //! the scheduled ones: a waiter whose timer fires late (tokio rounds to the
 //! millisecond, and its task must be polled) leaves late, but the schedule behind
-//! it does not drift.
+//! it does not drift, up to a bound: if the head leaves more than one interval
+//! (or one 1 ms timer tick, whichever is longer) after its scheduled time, the
+//! schedule is re-based to its actual departure. A stall is not made up for by
+//! releasing the backlog back to back; the output resumes one interval apart.
+//!
+//! # Sub-millisecond intervals
+//!
+//! tokio's timer has a 1 ms resolution. With an interval below 1 ms the waiters
+//! due within one tick leave together when the tick fires (about `1 ms / interval`
+//! of them), so the rate holds on average over milliseconds, not between
+//! consecutive callers.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -90,6 +100,9 @@ struct Waiter {
     waker: Option<Waker>,
 }
 
+/// tokio's timer resolution (ns): a sleep ends on a millisecond tick.
+const TIMER_GRANULARITY: u64 = 1_000_000;
+
 /// The largest queue a [`LeakyBucket`] takes: each waiting caller holds one entry.
 const MAX_CAPACITY: usize = 1 << 24;
 
@@ -106,13 +119,13 @@ impl LeakyBucket {
     /// # Errors
     ///
     /// A [`ConfigError`] for a zero `capacity` (or one above 16,777,216), or a
-    /// `leak_rate` that is not a finite number above zero (or is beyond 1e9 per
+    /// `per_second` that is not a finite number above zero (or is beyond 1e9 per
     /// second).
     pub fn new(capacity: usize, per_second: f64, clock: Clock) -> Result<Self, ConfigError> {
         validate::at_least("capacity", capacity, 1)?;
         validate::at_most("capacity", capacity, MAX_CAPACITY)?;
         let params = Params::new(per_second, 1)
-            .map_err(|e| ConfigError::new("leak_rate", per_second, e.rule().to_string()))?;
+            .map_err(|e| ConfigError::new("per_second", per_second, e.rule().to_string()))?;
         Ok(Self {
             interval: params.interval,
             capacity,
@@ -191,6 +204,39 @@ impl LeakyBucket {
         }
     }
 
+    /// [`acquire`](Self::acquire), giving up after `timeout` (tokio's timer).
+    ///
+    /// ```
+    /// use heijunka_backpressure::{LeakyBucket, RateLimitError};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// let bucket = LeakyBucket::new(10, 10.0, ManualClock::new().clock())?;
+    /// bucket.try_acquire()?; // the next may leave 100 ms later
+    /// let err = bucket.acquire_timeout(Duration::from_millis(10)).await.unwrap_err();
+    /// assert_eq!(err, RateLimitError::TimedOut { after: Duration::from_millis(10) });
+    /// assert_eq!(bucket.waiting(), 0, "it gave its place back");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::TimedOut`] if it has not left within `timeout`,
+    /// otherwise as [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire): dropped or timed out, it takes
+    /// no departure and gives its place in the queue back.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<(), RateLimitError> {
+        tokio::time::timeout(timeout, self.acquire())
+            .await
+            .unwrap_or(Err(RateLimitError::TimedOut { after: timeout }))
+    }
+
     /// Callers waiting now.
     pub fn waiting(&self) -> usize {
         lock(&self.state).queue.len()
@@ -261,7 +307,16 @@ impl LeakyBucket {
         if leaves_at > now {
             return Poll::Ready(Turn::Sleep(Duration::from_nanos(leaves_at - now)));
         }
-        st.next_free = leaves_at.saturating_add(self.interval);
+        // But the schedule may fall behind by at most `slack`: after a longer stall
+        // (the task was not polled, the timer fired very late) this departure counts
+        // as now, so the backlog resumes one interval apart instead of leaving back
+        // to back to make up for lost time.
+        let departed = if now - leaves_at > self.slack() {
+            now
+        } else {
+            leaves_at
+        };
+        st.next_free = departed.saturating_add(self.interval);
         st.queue.pop_front();
         let next = st.queue.front_mut().and_then(|w| w.waker.take());
         drop(st);
@@ -269,6 +324,14 @@ impl LeakyBucket {
             next.wake();
         }
         Poll::Ready(Turn::Left)
+    }
+
+    /// How far behind its schedule the queue may fall and still catch up: one
+    /// interval, or tokio's timer granularity (1 ms) when the interval is shorter,
+    /// so that sub-millisecond intervals keep their rate (the waiters due within
+    /// one timer tick leave together at the tick).
+    fn slack(&self) -> u64 {
+        self.interval.max(TIMER_GRANULARITY)
     }
 
     /// Removes a waiter that gave up; if it was the head, the next one is woken to

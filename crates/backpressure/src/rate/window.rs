@@ -80,10 +80,14 @@ impl FixedWindow {
 impl RateLimiter for FixedWindow {
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
         too_many(n, self.limit)?;
-        let now = self.clock.now().as_nanos();
-        let index = now / self.window;
         let mut st = lock(&self.state);
-        if st.0 != index {
+        // Read under the lock, so the readings that reach the state are in lock
+        // order; and never move the window back (readings of the system clock on
+        // different threads may still be a little out of order): a reading from an
+        // older window counts against the current one, at its start.
+        let now = self.clock.now().as_nanos().max(st.0 * self.window);
+        let index = now / self.window;
+        if index > st.0 {
             *st = (index, 0);
         }
         // Checked: `used + n` overflows a u32 when the limit is near u32::MAX.
@@ -160,11 +164,13 @@ impl SlidingWindow {
 impl RateLimiter for SlidingWindow {
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
         too_many(n, self.limit)?;
-        let now = self.clock.now().as_nanos();
+        let mut st = lock(&self.state);
+        // As in `FixedWindow`: read under the lock, and a reading from an older
+        // window counts against the current one, at its start (never resets it).
+        let now = self.clock.now().as_nanos().max(st.0 * self.window);
         let index = now / self.window;
         let elapsed = now % self.window;
-        let mut st = lock(&self.state);
-        if st.0 != index {
+        if index > st.0 {
             let previous = if st.0.checked_add(1) == Some(index) {
                 st.1
             } else {
@@ -266,8 +272,13 @@ impl SlidingLog {
 impl RateLimiter for SlidingLog {
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
         too_many(n, self.limit)?;
-        let now = self.clock.now().as_nanos();
         let mut log = lock(&self.log);
+        // Read under the lock, and never before the newest entry (readings of the
+        // system clock on different threads may be a little out of order): the log
+        // stays sorted, so the front is the oldest unit and `leaving + w > now`.
+        let now = self.clock.now().as_nanos();
+        let now = log.back().map_or(now, |&newest| now.max(newest));
+        debug_assert!(log.iter().is_sorted(), "the sliding log is sorted");
         while log
             .front()
             .is_some_and(|&t| t.saturating_add(self.window) <= now)
@@ -282,12 +293,12 @@ impl RateLimiter for SlidingLog {
         } else {
             // The unit that must leave for `n` to fit.
             let leaving = log[used + n as usize - limit - 1];
-            // It leaves at `leaving + w > now` (it is still in the window); u128, as
-            // that can be past u64::MAX nanoseconds.
+            // It leaves at `leaving + w > now` (the log is sorted and the front is
+            // still in the window); u128, as that can be past u64::MAX nanoseconds.
+            // Saturating, and at least a nanosecond, all the same: it was refused now.
+            let leaves_at = u128::from(leaving) + u128::from(self.window);
             Err(RateLimitError::RateLimited {
-                retry_after: duration_from_nanos(
-                    u128::from(leaving) + u128::from(self.window) - u128::from(now),
-                ),
+                retry_after: duration_from_nanos(leaves_at.saturating_sub(u128::from(now)).max(1)),
             })
         }
     }
