@@ -527,7 +527,8 @@ impl Inner {
         // Relaxed: a statistic.
         self.rejected.fetch_add(1, Ordering::Relaxed);
         TryAcquireError::AtCapacity {
-            limit: limit as u64,
+            // Saturating: a limit above `u32::MAX` permits reads as `u32::MAX`.
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
         }
     }
 
