@@ -39,7 +39,7 @@ pub enum TryAcquireError {
     #[error("no permit free: the limit of {limit} is reached")]
     AtCapacity {
         /// The limit when the request was refused.
-        limit: u64,
+        limit: u32,
     },
     /// The limit was closed.
     #[error("the limit is closed")]
@@ -62,7 +62,9 @@ impl TryAcquireError {
     /// [`Rejection::ShuttingDown`]; `None` for the bad-input cases.
     pub fn reason(&self) -> Option<Rejection> {
         match *self {
-            Self::AtCapacity { limit } => Some(Rejection::AtCapacity { limit }),
+            Self::AtCapacity { limit } => Some(Rejection::AtCapacity {
+                limit: u64::from(limit),
+            }),
             Self::Closed => Some(Rejection::ShuttingDown),
             Self::ZeroPermits | Self::ExceedsLimit { .. } => None,
         }
@@ -118,12 +120,15 @@ impl AcquireError {
 }
 
 impl AcquireError {
-    /// The waiting form's refusal for a `try_` refusal other than at capacity.
-    pub(crate) fn from_try(e: TryAcquireError) -> Self {
+    /// The waiting form's refusal for a `try_` refusal: `None` for
+    /// [`TryAcquireError::AtCapacity`], which is no refusal for a call that may
+    /// wait (it waits instead).
+    pub(crate) fn from_try(e: TryAcquireError) -> Option<Self> {
         match e {
-            TryAcquireError::ZeroPermits => Self::ZeroPermits,
-            TryAcquireError::ExceedsLimit { n, limit } => Self::ExceedsLimit { n, limit },
-            TryAcquireError::Closed | TryAcquireError::AtCapacity { .. } => Self::Closed,
+            TryAcquireError::AtCapacity { .. } => None,
+            TryAcquireError::Closed => Some(Self::Closed),
+            TryAcquireError::ZeroPermits => Some(Self::ZeroPermits),
+            TryAcquireError::ExceedsLimit { n, limit } => Some(Self::ExceedsLimit { n, limit }),
         }
     }
 }
@@ -199,5 +204,38 @@ impl From<AcquireError> for AcquireTimeoutError {
             AcquireError::ZeroPermits => Self::ZeroPermits,
             AcquireError::ExceedsLimit { n, limit } => Self::ExceedsLimit { n, limit },
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_capacity_is_no_refusal_for_a_waiting_call() {
+        assert_eq!(
+            AcquireError::from_try(TryAcquireError::AtCapacity { limit: 3 }),
+            None
+        );
+        assert_eq!(
+            AcquireError::from_try(TryAcquireError::Closed),
+            Some(AcquireError::Closed)
+        );
+        assert_eq!(
+            AcquireError::from_try(TryAcquireError::ZeroPermits),
+            Some(AcquireError::ZeroPermits)
+        );
+        assert_eq!(
+            AcquireError::from_try(TryAcquireError::ExceedsLimit { n: 4, limit: 3 }),
+            Some(AcquireError::ExceedsLimit { n: 4, limit: 3 })
+        );
+    }
+
+    #[test]
+    fn at_capacity_reports_the_shared_rejection() {
+        assert_eq!(
+            TryAcquireError::AtCapacity { limit: 7 }.reason(),
+            Some(Rejection::AtCapacity { limit: 7 })
+        );
     }
 }

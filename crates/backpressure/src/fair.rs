@@ -1,5 +1,6 @@
 //! [`FairScheduler`]: per-client queues served by weighted deficit round robin.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
@@ -18,6 +19,9 @@ use crate::Rejected;
 pub const DEFAULT_CLIENT_CAPACITY: usize = 128;
 /// Default bound on the number of clients with queued work.
 pub const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// Default bound on the number of idle clients (no queued work) whose weight is
+/// kept; see [`max_weighted_clients`](FairSchedulerBuilder::max_weighted_clients).
+pub const DEFAULT_MAX_WEIGHTED_CLIENTS: usize = 1024;
 /// Default [`quantum`](FairSchedulerBuilder::quantum): the cost a weight-1 client
 /// may send per round, one unit-cost item.
 pub const DEFAULT_QUANTUM: u32 = 1;
@@ -43,7 +47,9 @@ type CostFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 /// deficit is reset to zero (so idle time banks nothing), and its state is
 /// dropped: the scheduler holds state only for clients with queued work (at most
 /// [`max_clients`](FairSchedulerBuilder::max_clients); see
-/// [`clients`](Self::clients)). Over any span in which clients stay backlogged,
+/// [`clients`](Self::clients)), and weights for at most
+/// [`max_weighted_clients`](FairSchedulerBuilder::max_weighted_clients) idle
+/// clients (see [`set_weight`](Self::set_weight)). Over any span in which clients stay backlogged,
 /// each gets `weight / sum of backlogged weights` of the **served cost**, within
 /// one largest item cost plus one quantum per weight, however different their item
 /// costs are.
@@ -96,13 +102,17 @@ pub struct FairScheduler<K, T> {
     cost: Option<CostFn<T>>,
     client_capacity: usize,
     max_clients: usize,
+    max_weighted_clients: usize,
     quantum: u64,
 }
 
 struct State<K, T> {
     /// Clients with queued work; an entry is removed when its queue empties.
     clients: HashMap<K, Flow<T>>,
-    weights: HashMap<K, u32>,
+    /// Weights (other than 1) of clients with no queued work.
+    idle_weights: IdleWeights<K>,
+    /// Entries of `clients` whose weight is not 1.
+    weighted_active: usize,
     /// Clients with queued work, in turn order; the front is taking its turn.
     active: VecDeque<K>,
     len: usize,
@@ -115,8 +125,65 @@ struct Flow<T> {
     /// Items with their costs (each at least 1).
     queue: VecDeque<(u64, T)>,
     deficit: u64,
+    /// Its weight: it lives with the flow and goes back to
+    /// [`IdleWeights`] when the queue empties.
+    weight: u32,
     /// Whether the current turn at the front has been granted its quantum.
     in_turn: bool,
+}
+
+/// Weights of idle clients (no queued work), at most `max` of them: the oldest
+/// is evicted to make room (that client goes back to weight 1).
+struct IdleWeights<K> {
+    /// Weight and the stamp of its entry in `order`.
+    map: HashMap<K, (u32, u64)>,
+    /// Insertion order; an entry is live while its stamp matches `map`'s. Compacted
+    /// when it reaches twice `max`, so it stays bounded too.
+    order: VecDeque<(K, u64)>,
+    next_stamp: u64,
+    max: usize,
+}
+
+impl<K> IdleWeights<K> {
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            max,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> IdleWeights<K> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn take(&mut self, client: &K) -> Option<u32> {
+        self.map.remove(client).map(|(w, _)| w)
+    }
+
+    /// Keeps `weight` for `client`, evicting the oldest idle weights beyond `max`.
+    fn keep(&mut self, client: K, weight: u32) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.map.insert(client.clone(), (weight, stamp));
+        self.order.push_back((client, stamp));
+        while self.map.len() > self.max {
+            let Some((k, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|&(_, s)| s == stamp) {
+                self.map.remove(&k);
+            }
+        }
+        if self.order.len() >= 2 * self.max {
+            let map = &self.map;
+            self.order
+                .retain(|(k, stamp)| map.get(k).is_some_and(|&(_, s)| s == *stamp));
+        }
+    }
 }
 
 /// Builds a [`FairScheduler`]; see [`FairScheduler::builder`].
@@ -124,6 +191,7 @@ struct Flow<T> {
 pub struct FairSchedulerBuilder<K, T> {
     client_capacity: usize,
     max_clients: usize,
+    max_weighted_clients: usize,
     quantum: u32,
     cost: Option<CostFn<T>>,
     key: PhantomData<fn() -> K>,
@@ -134,6 +202,7 @@ impl<K, T> Clone for FairSchedulerBuilder<K, T> {
         Self {
             client_capacity: self.client_capacity,
             max_clients: self.max_clients,
+            max_weighted_clients: self.max_weighted_clients,
             quantum: self.quantum,
             cost: self.cost.clone(),
             key: PhantomData,
@@ -146,6 +215,7 @@ impl<K, T> fmt::Debug for FairSchedulerBuilder<K, T> {
         f.debug_struct("FairSchedulerBuilder")
             .field("client_capacity", &self.client_capacity)
             .field("max_clients", &self.max_clients)
+            .field("max_weighted_clients", &self.max_weighted_clients)
             .field("quantum", &self.quantum)
             .field("cost", &self.cost.as_ref().map(|_| "fn"))
             .finish()
@@ -162,6 +232,18 @@ impl<K, T> FairSchedulerBuilder<K, T> {
     /// The most clients with queued work at once. Default [`DEFAULT_MAX_CLIENTS`].
     pub fn max_clients(mut self, n: usize) -> Self {
         self.max_clients = n;
+        self
+    }
+
+    /// The most idle clients (no queued work) whose weight is kept. A weight lives
+    /// with the client's queue while it has work; when the queue empties the weight
+    /// is kept here, and when more than this many idle clients have one, the
+    /// weight of the one idle longest (by when it went idle or was set) is dropped
+    /// and that client goes back to weight 1. So the weights held never exceed
+    /// `max_clients + max_weighted_clients`, however many clients come and go.
+    /// Default [`DEFAULT_MAX_WEIGHTED_CLIENTS`].
+    pub fn max_weighted_clients(mut self, n: usize) -> Self {
+        self.max_weighted_clients = n;
         self
     }
 
@@ -187,15 +269,17 @@ impl<K, T> FairSchedulerBuilder<K, T> {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field for a zero `client_capacity`,
-    /// `max_clients` or `quantum`.
+    /// `max_clients`, `max_weighted_clients` or `quantum`.
     pub fn build(self) -> Result<FairScheduler<K, T>, ConfigError> {
         validate::at_least("client_capacity", self.client_capacity, 1)?;
         validate::at_least("max_clients", self.max_clients, 1)?;
+        validate::at_least("max_weighted_clients", self.max_weighted_clients, 1)?;
         validate::at_least("quantum", self.quantum, 1)?;
         Ok(FairScheduler {
             state: Mutex::new(State {
                 clients: HashMap::new(),
-                weights: HashMap::new(),
+                idle_weights: IdleWeights::new(self.max_weighted_clients),
+                weighted_active: 0,
                 active: VecDeque::new(),
                 len: 0,
                 rejected: 0,
@@ -205,6 +289,7 @@ impl<K, T> FairSchedulerBuilder<K, T> {
             cost: self.cost,
             client_capacity: self.client_capacity,
             max_clients: self.max_clients,
+            max_weighted_clients: self.max_weighted_clients,
             quantum: u64::from(self.quantum),
         })
     }
@@ -217,7 +302,10 @@ pub struct FairStats {
     pub len: usize,
     /// Clients with queued work (the only clients the scheduler holds state for).
     pub active_clients: usize,
-    /// Clients with a weight set by [`FairScheduler::set_weight`].
+    /// Clients with a weight other than 1 (set by [`FairScheduler::set_weight`]):
+    /// those with queued work, plus at most
+    /// [`max_weighted_clients`](FairSchedulerBuilder::max_weighted_clients) idle
+    /// ones.
     pub weighted_clients: usize,
     /// Items handed back.
     pub rejected: u64,
@@ -230,6 +318,7 @@ impl<K, T> FairScheduler<K, T> {
         FairSchedulerBuilder {
             client_capacity: DEFAULT_CLIENT_CAPACITY,
             max_clients: DEFAULT_MAX_CLIENTS,
+            max_weighted_clients: DEFAULT_MAX_WEIGHTED_CLIENTS,
             quantum: DEFAULT_QUANTUM,
             cost: None,
             key: PhantomData,
@@ -246,22 +335,46 @@ where
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets `client`'s weight (default 1). Takes effect from its next turn. A weight
-    /// is configuration: it is kept (whether or not the client has work) until
-    /// [`reset_weight`](Self::reset_weight).
+    /// Sets `client`'s weight (default 1). Takes effect from its next turn.
+    ///
+    /// The weight lives with the client's queue while it has queued work. A client
+    /// with no queued work (set before its first push, or after its queue emptied)
+    /// keeps its weight among at most
+    /// [`max_weighted_clients`](FairSchedulerBuilder::max_weighted_clients) idle
+    /// ones; beyond that, the weight of the client idle longest is dropped and it
+    /// goes back to weight 1. So the scheduler's state stays bounded however many
+    /// distinct clients are weighted; set weights again (for instance on each
+    /// push) if more clients than that must keep theirs while idle.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming `weight` for 0.
     pub fn set_weight(&self, client: K, weight: u32) -> Result<(), ConfigError> {
         validate::at_least("weight", weight, 1)?;
-        self.lock().weights.insert(client, weight);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if let Some(flow) = st.clients.get_mut(&client) {
+            st.weighted_active -= usize::from(flow.weight != 1);
+            st.weighted_active += usize::from(weight != 1);
+            flow.weight = weight;
+        } else if weight == 1 {
+            st.idle_weights.take(&client);
+        } else {
+            st.idle_weights.keep(client, weight);
+        }
         Ok(())
     }
 
     /// Forgets `client`'s weight (it goes back to 1).
     pub fn reset_weight(&self, client: &K) {
-        self.lock().weights.remove(client);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if let Some(flow) = st.clients.get_mut(client) {
+            st.weighted_active -= usize::from(flow.weight != 1);
+            flow.weight = 1;
+        } else {
+            st.idle_weights.take(client);
+        }
     }
 
     /// Queues `item` for `client`; never waits.
@@ -295,11 +408,19 @@ where
         }
         {
             let st = &mut *st;
-            let flow = st.clients.entry(client.clone()).or_insert_with(|| Flow {
-                queue: VecDeque::new(),
-                deficit: 0,
-                in_turn: false,
-            });
+            let flow = match st.clients.entry(client.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let weight = st.idle_weights.take(e.key()).unwrap_or(1);
+                    st.weighted_active += usize::from(weight != 1);
+                    e.insert(Flow {
+                        queue: VecDeque::new(),
+                        deficit: 0,
+                        weight,
+                        in_turn: false,
+                    })
+                }
+            };
             if flow.queue.is_empty() {
                 st.active.push_back(client);
             }
@@ -319,11 +440,11 @@ where
         let mut idle_turns = 0;
         loop {
             let key = st.active.front()?;
-            let grant = self.quantum * u64::from(st.weights.get(key).copied().unwrap_or(1));
             let flow = st
                 .clients
                 .get_mut(key)
                 .expect("an active client has an entry");
+            let grant = self.quantum * u64::from(flow.weight);
             if !flow.in_turn {
                 flow.in_turn = true;
                 flow.deficit = flow.deficit.saturating_add(grant);
@@ -337,9 +458,14 @@ where
                 flow.deficit -= cost;
                 st.len -= 1;
                 if flow.queue.is_empty() {
-                    // Leaves the round; its deficit (and all its state) goes.
+                    // Leaves the round; its deficit (and all its state) goes, its
+                    // weight to the bounded idle weights.
                     let key = st.active.pop_front().expect("checked non-empty");
-                    st.clients.remove(&key);
+                    let flow = st.clients.remove(&key).expect("checked present");
+                    if flow.weight != 1 {
+                        st.weighted_active -= 1;
+                        st.idle_weights.keep(key.clone(), flow.weight);
+                    }
                     return Some((key, item));
                 }
                 return Some((key.clone(), item));
@@ -361,14 +487,14 @@ where
     /// those rounds would have done: every client's deficit grows by its grant
     /// once per round.
     fn skip_idle_rounds(&self, st: &mut State<K, T>) {
-        let grants = |k: &K| self.quantum * u64::from(st.weights.get(k).copied().unwrap_or(1));
+        let grant = |flow: &Flow<T>| self.quantum * u64::from(flow.weight);
         let rounds = st
             .active
             .iter()
             .map(|k| {
                 let flow = &st.clients[k];
                 let short = flow.queue.front().map_or(0, |&(c, _)| c) - flow.deficit;
-                short.div_ceil(grants(k))
+                short.div_ceil(grant(flow))
             })
             .min()
             .unwrap_or(1)
@@ -377,11 +503,11 @@ where
             return;
         }
         for k in &st.active {
-            let add = rounds.saturating_mul(grants(k));
             let flow = st
                 .clients
                 .get_mut(k)
                 .expect("an active client has an entry");
+            let add = rounds.saturating_mul(grant(flow));
             flow.deficit = flow.deficit.saturating_add(add);
         }
     }
@@ -427,8 +553,9 @@ where
     }
 
     /// Clients the scheduler holds state for: those with queued work. A client
-    /// whose queue empties is forgotten (weights set by
-    /// [`set_weight`](Self::set_weight) aside), so this never exceeds
+    /// whose queue empties is forgotten (its weight aside, kept among a bounded
+    /// number of idle ones: see [`set_weight`](Self::set_weight)), so this never
+    /// exceeds
     /// [`max_clients`](FairSchedulerBuilder::max_clients).
     pub fn clients(&self) -> usize {
         self.lock().clients.len()
@@ -456,7 +583,7 @@ where
         FairStats {
             len: st.len,
             active_clients: st.active.len(),
-            weighted_clients: st.weights.len(),
+            weighted_clients: st.weighted_active + st.idle_weights.len(),
             rejected: st.rejected,
         }
     }
@@ -467,6 +594,7 @@ impl<K, T> fmt::Debug for FairScheduler<K, T> {
         f.debug_struct("FairScheduler")
             .field("client_capacity", &self.client_capacity)
             .field("max_clients", &self.max_clients)
+            .field("max_weighted_clients", &self.max_weighted_clients)
             .field("quantum", &self.quantum)
             .finish_non_exhaustive()
     }

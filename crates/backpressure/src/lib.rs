@@ -100,8 +100,8 @@ pub use crate::{
         DEFAULT_MAX_WAIT, MAX_BATCH_QUEUE,
     },
     fair::{
-        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, DEFAULT_QUANTUM, FairScheduler,
-        FairSchedulerBuilder, FairStats,
+        DEFAULT_CLIENT_CAPACITY, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_WEIGHTED_CLIENTS,
+        DEFAULT_QUANTUM, FairScheduler, FairSchedulerBuilder, FairStats,
     },
     level::{DEFAULT_CLASS_CAPACITY, LevelStats, LevelledScheduler, LevelledSchedulerBuilder},
     limit::{ConcurrencyLimit, LimitStats, MAX_PERMITS, OwnedPermit, Permit, PollConcurrencyLimit},

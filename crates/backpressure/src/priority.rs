@@ -78,7 +78,7 @@ struct State<T> {
 /// `#[must_use]`: a displaced item is handed back to the pusher, and dropping this
 /// value drops it.
 #[must_use = "a displaced item is handed back here; dropping it loses that item"]
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Pushed<T> {
     /// The item was queued; nothing else moved.
     Queued,
@@ -90,6 +90,20 @@ pub enum Pushed<T> {
         /// The displaced item.
         item: T,
     },
+}
+
+/// Shows the variant and the class, never the displaced item (as
+/// [`Rejected`] does), so it is `Debug` for any item type and logs no payload.
+impl<T> fmt::Debug for Pushed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pushed::Queued => f.write_str("Queued"),
+            Pushed::Displaced { class, .. } => f
+                .debug_struct("Displaced")
+                .field("class", class)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl<T> Pushed<T> {

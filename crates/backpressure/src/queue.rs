@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
-use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use heijunka_core::sync::CachePadded;
+use heijunka_core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use heijunka_core::{ConfigError, PressureLevel, Rejection, validate};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -68,12 +69,19 @@ struct Shared<T> {
     not_empty: Notify,
     not_full: Notify,
     marks: Watermarks,
-    rejected: AtomicU64,
-    /// Whether the warn mark was reached and has not cleared since (a latch for
-    /// the once-per-crossing event).
-    elevated: AtomicBool,
-    /// The same for the reject mark.
-    critical: AtomicBool,
+    /// Bumped by every refused push: on its own line, away from the latches
+    /// every pop near a mark reads.
+    rejected: CachePadded<AtomicU64>,
+    /// The crossing latches, one word: [`ELEVATED`] while the warn mark was
+    /// reached and has not cleared since (for the once-per-crossing event),
+    /// [`CRITICAL`] the same for the reject mark.
+    latches: CachePadded<AtomicU8>,
+    /// Pops that take the length to at least this read the latches (see
+    /// `crossed_down`); computed once at build.
+    watch_from: usize,
+    /// `clear_below(warn_slots)` and `clear_below(reject_slots)`, computed once.
+    clear_elevated: usize,
+    clear_critical: usize,
     elevated_crossings: AtomicU64,
     critical_crossings: AtomicU64,
 }
@@ -138,6 +146,11 @@ impl<T> BoundedQueueBuilder<T> {
             self.reject_at,
             self.hysteresis,
         )?;
+        let clear_elevated = marks.clear_below(marks.warn_slots());
+        let clear_critical = marks.clear_below(marks.reject_slots());
+        // The band reaches one margin (at least one slot) under the warn mark's
+        // clear point: slack for a latch raised late by a racing push.
+        let watch_from = clear_elevated.saturating_sub(marks.margin_slots().max(1));
         Ok(BoundedQueue {
             shared: Arc::new(Shared {
                 items: ArrayQueue::new(self.capacity),
@@ -145,9 +158,11 @@ impl<T> BoundedQueueBuilder<T> {
                 not_empty: Notify::new(),
                 not_full: Notify::new(),
                 marks,
-                rejected: AtomicU64::new(0),
-                elevated: AtomicBool::new(false),
-                critical: AtomicBool::new(false),
+                rejected: CachePadded::new(AtomicU64::new(0)),
+                latches: CachePadded::new(AtomicU8::new(0)),
+                watch_from,
+                clear_elevated,
+                clear_critical,
                 elevated_crossings: AtomicU64::new(0),
                 critical_crossings: AtomicU64::new(0),
             }),
@@ -534,7 +549,7 @@ impl<T> Shared<T> {
         if len < self.marks.warn_slots() {
             return;
         }
-        if raise(&self.elevated) {
+        if raise(&self.latches, ELEVATED) {
             // Relaxed: a statistic.
             self.elevated_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -544,7 +559,7 @@ impl<T> Shared<T> {
                 "queue pressure elevated"
             );
         }
-        if len >= self.marks.reject_slots() && raise(&self.critical) {
+        if len >= self.marks.reject_slots() && raise(&self.latches, CRITICAL) {
             // Relaxed: a statistic.
             self.critical_crossings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -558,17 +573,26 @@ impl<T> Shared<T> {
 
     /// After a pop took the length down from `before`: reports each mark the
     /// length has cleared (fallen below by the hysteresis margin), once.
+    ///
+    /// Only pops that end in the band `[watch_from, clear_critical)` look at the
+    /// latches; every other pop costs two integer compares. A latch can only clear
+    /// below its clear point, and the length falls one pop at a time, so every
+    /// descent from a mark to below its clear point ends a pop in the band, at
+    /// the clear point itself or within the margin under the warn mark's.
     #[inline]
     fn crossed_down(&self, before: usize) {
         let len = before - 1;
-        if len < self.marks.clear_below(self.marks.reject_slots()) && clear(&self.critical) {
+        if len < self.watch_from || len >= self.clear_critical {
+            return;
+        }
+        if clear(&self.latches, CRITICAL) {
             tracing::info!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
                 "queue pressure below the reject mark"
             );
         }
-        if len < self.marks.clear_below(self.marks.warn_slots()) && clear(&self.elevated) {
+        if len < self.clear_elevated && clear(&self.latches, ELEVATED) {
             tracing::debug!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
@@ -578,26 +602,27 @@ impl<T> Shared<T> {
     }
 }
 
-/// Sets a crossing latch; `true` if this call set it (and so reports the crossing).
+/// The warn-mark latch bit in `Shared::latches`.
+const ELEVATED: u8 = 1;
+/// The reject-mark latch bit in `Shared::latches`.
+const CRITICAL: u8 = 2;
+
+/// Sets the latch `bit`; `true` if this call set it (and so reports the crossing).
 /// A load first, so that pushes above a mark that is already raised only read.
 #[inline]
-fn raise(latch: &AtomicBool) -> bool {
+fn raise(latches: &AtomicU8, bit: u8) -> bool {
     // Relaxed: the latch only picks which call reports a crossing; it publishes
-    // no data, and the compare-exchange alone decides the winner.
-    !latch.load(Ordering::Relaxed)
-        && latch
-            .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    // no data, and the read-modify-write alone decides the winner.
+    latches.load(Ordering::Relaxed) & bit == 0
+        && latches.fetch_or(bit, Ordering::Relaxed) & bit == 0
 }
 
-/// Clears a crossing latch; `true` if this call cleared it.
+/// Clears the latch `bit`; `true` if this call cleared it.
 #[inline]
-fn clear(latch: &AtomicBool) -> bool {
+fn clear(latches: &AtomicU8, bit: u8) -> bool {
     // Relaxed: as in `raise`.
-    latch.load(Ordering::Relaxed)
-        && latch
-            .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    latches.load(Ordering::Relaxed) & bit != 0
+        && latches.fetch_and(!bit, Ordering::Relaxed) & bit != 0
 }
 
 impl<T> Clone for BoundedQueue<T> {

@@ -458,3 +458,60 @@ fn pop_timeout_cancelled_at_every_point_takes_nothing() {
     s.try_push(0, 1).unwrap();
     assert_eq!(s.len(), 1);
 }
+
+/// 100,000 distinct clients each get a weight, push one item and are drained:
+/// the weights of those idle clients do not pile up (ARCHITECTURE principle 2:
+/// every map is bounded), they stay within the default `max_weighted_clients`.
+#[cfg_attr(miri, ignore)] // too slow under miri
+#[test]
+fn weights_of_drained_idle_clients_stay_bounded() {
+    let s = FairScheduler::<u32, u32>::builder().build().unwrap();
+    for i in 0..100_000_u32 {
+        s.set_weight(i, 2).unwrap();
+        s.try_push(i, i).unwrap();
+        assert_eq!(s.try_pop(), Some((i, i)));
+    }
+    assert_eq!(s.clients(), 0);
+    let weighted = s.stats().weighted_clients;
+    assert!(
+        weighted <= 1_024,
+        "{weighted} weights held for 100,000 idle clients"
+    );
+}
+
+/// A weight survives its client's queue draining (it is configuration while
+/// there is room), is in effect on the next push, and idle weights beyond
+/// `max_weighted_clients` evict the longest idle, which goes back to weight 1.
+#[test]
+fn idle_weights_are_kept_up_to_the_bound_then_the_oldest_goes() {
+    let s = FairScheduler::<u32, u32>::builder()
+        .max_weighted_clients(2)
+        .build()
+        .unwrap();
+    let turn = |s: &FairScheduler<u32, u32>, a: u32| {
+        for i in 0..4 {
+            s.try_push(a, i).unwrap();
+            s.try_push(99, i).unwrap();
+        }
+        let order: Vec<u32> = std::iter::from_fn(|| s.try_pop()).map(|(k, _)| k).collect();
+        order
+    };
+    s.set_weight(1, 3).unwrap();
+    // Weight 3 in effect, and again after the first drain.
+    assert_eq!(turn(&s, 1), [1, 1, 1, 99, 1, 99, 99, 99]);
+    assert_eq!(turn(&s, 1), [1, 1, 1, 99, 1, 99, 99, 99]);
+    assert_eq!(s.stats().weighted_clients, 1);
+    s.set_weight(2, 2).unwrap();
+    s.set_weight(3, 2).unwrap(); // evicts client 1, idle longest
+    assert_eq!(s.stats().weighted_clients, 2);
+    assert_eq!(turn(&s, 1), [1, 99, 1, 99, 1, 99, 1, 99]);
+    assert_eq!(turn(&s, 3), [3, 3, 99, 3, 3, 99, 99, 99]);
+    assert_eq!(
+        FairScheduler::<u8, u8>::builder()
+            .max_weighted_clients(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "max_weighted_clients"
+    );
+}

@@ -237,22 +237,33 @@ fn late_polls_keep_the_long_run_rate() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn release_waits_and_ends_after_close() {
-    // The system clock and a takt of one per nanosecond: releases are always due,
-    // so this exercises the waiting for items, never a sleep.
-    let s = LevelledScheduler::builder(1_000_000, Duration::from_millis(1))
+    // A manual clock and tokio's paused time: nothing here depends on the
+    // machine's clock. Each await is bounded by a (paused, so instant) hour: a
+    // release that never comes fails the test instead of hanging it.
+    let bound = Duration::from_secs(3_600);
+    let step = Duration::from_millis(10);
+    let clock = ManualClock::new();
+    let s = LevelledScheduler::builder(1, step)
+        .clock(clock.clock())
         .build()
         .unwrap();
-    let (got, ()) = tokio::join!(s.release(), async {
+    // Waits for an item; the first release is due at once.
+    let (got, ()) = tokio::join!(tokio::time::timeout(bound, s.release()), async {
         tokio::task::yield_now().await;
         s.try_push(0, 'x').unwrap();
     });
-    assert_eq!(got, Some((0, 'x')));
+    assert_eq!(got.expect("released"), Some((0, 'x')));
     s.try_push(0, 'y').unwrap();
     s.close();
-    assert_eq!(s.release().await, Some((0, 'y')));
-    assert_eq!(s.release().await, None);
+    // Closed, but what is buffered is still released, on its takt.
+    assert_eq!(s.try_release(), None, "released before its time");
+    clock.advance(step);
+    let got = tokio::time::timeout(bound, s.release()).await;
+    assert_eq!(got.expect("released"), Some((0, 'y')));
+    let got = tokio::time::timeout(bound, s.release()).await;
+    assert_eq!(got.expect("ends after close"), None);
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {

@@ -115,7 +115,14 @@ fn blocking_acquire_needs_no_runtime_and_times_out() {
         let limit = limit.clone();
         std::thread::spawn(move || limit.acquire_blocking().map(|p| p.num_permits()))
     };
+    // Bounded, so a waiter that never registers fails the test instead of
+    // hanging it (the deadline only guards; nothing is timed).
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
     while limit.waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the blocked acquire never showed as waiting"
+        );
         std::thread::yield_now();
     }
     drop(held);

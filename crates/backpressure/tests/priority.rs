@@ -354,3 +354,22 @@ fn pop_timeout_cancelled_at_every_point_takes_nothing() {
     push(&q, 0, 1);
     assert_eq!(q.len(), 1);
 }
+
+/// `Pushed`'s `Debug` names the variant and the class, never the displaced item
+/// (which may be a payload the caller did not mean to log), as `Rejected` does;
+/// so it is `Debug` whatever the item type.
+#[test]
+fn pushed_debug_shows_the_class_not_the_item() {
+    let q = PriorityQueue::builder(3, 1).build().unwrap();
+    q.try_push(2, "secret-payload").unwrap().into_displaced();
+    let pushed = q.try_push(0, "high").unwrap();
+    let shown = format!("{pushed:?}");
+    assert!(!shown.contains("secret"), "Debug prints the item: {shown}");
+    assert!(
+        shown.contains("Displaced") && shown.contains('2'),
+        "{shown}"
+    );
+    assert_eq!(pushed.into_displaced(), Some("secret-payload"));
+    let queued = Pushed::<&str>::Queued;
+    assert_eq!(format!("{queued:?}"), "Queued");
+}

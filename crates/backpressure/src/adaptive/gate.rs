@@ -53,21 +53,31 @@ impl Gate {
     }
 
     /// Publishes a new limit (at least 1) unless the gate is closed; returns the
-    /// old one (0 when closed). Callers serialise `set_limit` and `close`.
+    /// old one (0 when closed). A compare-and-swap that never overwrites
+    /// [`CLOSED`], so `close` needs no lock shared with the callers of this.
     #[inline]
     pub(super) fn set_limit(&self, limit: usize) -> usize {
         debug_assert!(limit >= 1, "a limit of 0 means closed");
-        let old = self.limit.load(Ordering::SeqCst);
-        if old != limit && old != CLOSED {
-            self.limit.store(limit, Ordering::SeqCst);
+        let mut old = self.limit.load(Ordering::SeqCst);
+        while old != limit && old != CLOSED {
+            match self
+                .limit
+                .compare_exchange_weak(old, limit, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(actual) => old = actual,
+            }
         }
         old
     }
 
     /// Closes the gate for good: a limit of 0 admits nothing, and `set_limit`
-    /// leaves it.
+    /// leaves it. Lock-free; safe to race with `set_limit`.
     pub(super) fn close(&self) {
-        self.limit.store(CLOSED, Ordering::SeqCst);
+        // A swap, not a store: the same on hardware, and loom (tokio-rs/loom#254)
+        // lets a plain store fall between the read and the write of a racing
+        // `set_limit` compare-and-swap, which no real execution can.
+        self.limit.swap(CLOSED, Ordering::SeqCst);
     }
 
     #[inline]

@@ -81,6 +81,13 @@ pub trait LimitAlgorithm: Send {
     fn initial_limit(&self) -> usize;
 
     /// Takes one sample and returns the new limit (values below 1 are read as 1).
+    ///
+    /// Runs on the thread that ends a permit, under the limit's lock (samples
+    /// reach the algorithm one at a time). It must not block and must not call
+    /// back into the [`AdaptiveLimit`] it drives (its permits, `stats`, ...),
+    /// which would deadlock; while it runs, other permits that end wait for it.
+    /// [`close`](AdaptiveLimit::close), `try_acquire` and `limit` do not take the
+    /// lock and are never delayed by it.
     fn update(&mut self, sample: &Sample) -> usize;
 }
 
@@ -323,7 +330,9 @@ impl AdaptiveLimit {
     /// Closes the limit: every waiter wakes with [`AcquireError::Closed`], every
     /// later acquisition is refused the same way, and [`limit`](Self::limit) reads
     /// 0. Permits already held stay valid and still report their outcome (counted
-    /// in the stats; the limit stays closed).
+    /// in the stats; the limit stays closed). Takes no lock, so it never waits
+    /// for an algorithm's [`update`](LimitAlgorithm::update) in progress; that
+    /// update's new limit is not published.
     ///
     /// ```
     /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
@@ -339,10 +348,9 @@ impl AdaptiveLimit {
     /// ```
     pub fn close(&self) {
         let inner = &*self.inner;
-        {
-            let _st = inner.lock();
-            inner.gate.close();
-        }
+        // No lock: a user algorithm's `update` may hold it. The gate's limit
+        // publication never overwrites the closed mark.
+        inner.gate.close();
         inner.notify.notify_waiters();
     }
 
@@ -527,7 +535,8 @@ impl Inner {
         // Relaxed: a statistic.
         self.rejected.fetch_add(1, Ordering::Relaxed);
         TryAcquireError::AtCapacity {
-            limit: limit as u64,
+            // Saturating: a limit above `u32::MAX` permits reads as `u32::MAX`.
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
         }
     }
 
@@ -841,6 +850,63 @@ mod tests {
         assert_eq!(limit.stats().drops, 1);
     }
 
+    /// `close()` does not wait for a user algorithm's `update` in progress: an
+    /// algorithm blocked (on a channel the test holds) must not delay it.
+    #[test]
+    fn close_completes_while_a_user_update_is_blocked() {
+        use std::sync::mpsc;
+        struct Blocking {
+            entered: mpsc::Sender<()>,
+            release: Mutex<mpsc::Receiver<()>>,
+        }
+        impl LimitAlgorithm for Blocking {
+            fn initial_limit(&self) -> usize {
+                2
+            }
+            fn update(&mut self, _: &Sample) -> usize {
+                self.entered.send(()).unwrap();
+                // Bounded, so a regression fails rather than hangs.
+                let _ = self
+                    .release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+                3
+            }
+        }
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let limit = AdaptiveLimit::builder(Blocking {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        })
+        .build()
+        .unwrap();
+        let permit = limit.try_acquire().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| permit.success());
+            entered
+                .recv_timeout(Duration::from_secs(30))
+                .expect("update was called");
+            let (closed_tx, closed) = mpsc::channel();
+            let limit = &limit;
+            s.spawn(move || {
+                limit.close();
+                closed_tx.send(()).unwrap();
+            });
+            let done = closed.recv_timeout(Duration::from_secs(2));
+            release.send(()).unwrap();
+            assert!(
+                done.is_ok(),
+                "close() waited for the user algorithm's update"
+            );
+        });
+        // The update that was in progress does not reopen the limit.
+        assert!(limit.is_closed());
+        assert_eq!(limit.limit(), 0);
+        assert_eq!(limit.try_acquire().unwrap_err(), TryAcquireError::Closed);
+    }
+
     #[test]
     fn limit_moves_and_is_enforced() {
         let limit = AdaptiveLimit::builder(Fixed(2)).build().unwrap();
@@ -926,6 +992,26 @@ mod loom_tests {
                 w.join().unwrap();
             }
             assert_eq!(gate.in_flight(), 0);
+        });
+    }
+
+    /// `close` races a limit publication (no lock between them): the gate ends
+    /// closed, whichever goes first, and a publication that lost reports it.
+    #[test]
+    fn close_wins_over_a_racing_set_limit() {
+        loom::model(|| {
+            let gate = Arc::new(Gate::new(2));
+            let g2 = Arc::clone(&gate);
+            let t = thread::spawn(move || g2.set_limit(5));
+            gate.close();
+            let old = t.join().unwrap();
+            assert_eq!(
+                gate.limit(),
+                0,
+                "a publication reopened a closed gate (old {old})"
+            );
+            assert!(old == 2 || old == super::gate::CLOSED);
+            assert_eq!(gate.try_enter(), Err(super::gate::CLOSED));
         });
     }
 

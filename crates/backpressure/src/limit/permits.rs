@@ -146,7 +146,7 @@ impl Inner {
                 }
                 Err(TokioTryAcquireError::NoPermits) => {
                     return Err(TryAcquireError::AtCapacity {
-                        limit: u64::from(self.limit.load(Ordering::SeqCst)),
+                        limit: self.limit.load(Ordering::SeqCst),
                     });
                 }
                 Err(TokioTryAcquireError::Closed) => return Err(TryAcquireError::Closed),
@@ -159,8 +159,11 @@ impl Inner {
     pub(super) async fn take(&self, n: u32) -> Result<(), AcquireError> {
         match self.try_take(n) {
             Ok(()) => return Ok(()),
-            Err(TryAcquireError::AtCapacity { .. }) => {}
-            Err(e) => return Err(AcquireError::from_try(e)),
+            Err(e) => {
+                if let Some(e) = AcquireError::from_try(e) {
+                    return Err(e);
+                }
+            }
         }
         let _waiting = WaitingMark::new(&self.waiting);
         loop {

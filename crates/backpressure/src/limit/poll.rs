@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::{ConcurrencyLimit, OwnedPermit};
-use crate::acquire::{AcquireError, TryAcquireError};
+use crate::acquire::AcquireError;
 
 type Pending = Pin<Box<dyn Future<Output = Result<OwnedPermit, AcquireError>> + Send>>;
 
@@ -121,8 +121,11 @@ impl PollConcurrencyLimit {
         if self.pending.is_none() {
             match self.limit.try_acquire_many_owned(n) {
                 Ok(permit) => return Poll::Ready(Ok(permit)),
-                Err(TryAcquireError::AtCapacity { .. }) => {}
-                Err(e) => return Poll::Ready(Err(AcquireError::from_try(e))),
+                Err(e) => {
+                    if let Some(e) = AcquireError::from_try(e) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
             }
             self.pending = Some((n, Box::pin(self.limit.acquire_many_owned(n))));
         }
