@@ -66,6 +66,8 @@ fn a_classifier_for_the_same_type_again_replaces_the_first() {
 }
 
 #[test]
+// The classifier's parameter must be exactly `&E`, and here `E` is the box.
+#[allow(clippy::borrowed_box)]
 fn the_match_is_on_the_exact_type_not_a_boxed_one() {
     let clock = ManualClock::new();
     let b = builder(&clock)

@@ -54,7 +54,7 @@ fn fixture() -> Fixture {
 
 /// Alternates manual states: each call is one transition.
 fn transition(b: &CircuitBreaker, i: usize) {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         b.disable()
     } else {
         b.force_open()

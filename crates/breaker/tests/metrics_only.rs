@@ -44,13 +44,13 @@ fn metrics_only_counts_concurrent_outcomes_exactly_and_never_trips() {
                     for i in 0..CALLS {
                         // One call in 50 fails on one thread: enough to trip any
                         // non-metrics-only breaker at these thresholds.
-                        let fail = t == 0 && i % 50 == 0;
+                        let fail = t == 0 && i.is_multiple_of(50);
                         let r = b.call(|| if fail { Err(()) } else { Ok(()) });
                         match r {
                             Ok(()) => succeeded.fetch_add(1, Ordering::Relaxed),
                             Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                         };
-                        if i % 1_000 == 0 {
+                        if i.is_multiple_of(1_000) {
                             let _ = b.stats(); // folds concurrently with counting
                         }
                     }
