@@ -85,16 +85,33 @@ impl CircuitBreaker {
     /// probes in half-open; in open state, the window that tripped), folding in the
     /// successes not yet folded. Takes the breaker's lock: for dashboards, not for
     /// every call.
+    ///
+    /// It also applies what is due, so it may change the state, **on the calling
+    /// thread**: an open breaker whose wait has elapsed moves to half-open
+    /// (automatic transition on), a half-open one past its maximum wait re-opens,
+    /// and folding the successes counted without the lock may reveal a window at
+    /// its thresholds and trip the breaker. The listeners
+    /// ([`subscribe`](Self::subscribe)) of such a change run on this thread before
+    /// `stats` returns, after the lock is released; so do events another thread
+    /// left queued (see `subscribe`). Do not call `stats` where a listener's work
+    /// must not run.
     pub fn stats(&self) -> BreakerStats {
         self.inner.stats()
     }
 
     /// Calls `listener` on every state change, in the order the changes were made
-    /// (each [`StateTransition`] carries its `sequence` number), with no lock held
-    /// (the listener may call back into the breaker). It runs on a thread that made
-    /// a change: when two threads change the state at once, one of them delivers
-    /// both, in order. A listener that panics is logged and skipped. Every change is also logged with `tracing`
-    /// (`warn` when the breaker opens).
+    /// (each [`StateTransition`] carries its `sequence` number, strictly increasing
+    /// for each listener), with no lock held (the listener may call back into the
+    /// breaker). It runs on a thread that made a change, or that called
+    /// [`stats`](Self::stats): a thread delivers the changes queued when it starts
+    /// delivering, never those made after; a change made while another thread
+    /// delivers is delivered by the next thread that changes this breaker's state or
+    /// calls `stats` (including a change a listener itself makes). At most
+    /// [`LISTENER_QUEUE_CAPACITY`](crate::LISTENER_QUEUE_CAPACITY) changes wait;
+    /// beyond that their events are dropped, counted in
+    /// [`BreakerStats::dropped_events`] and logged at `warn` (the state still
+    /// changes). A listener that panics is logged and skipped. Every change is also
+    /// logged with `tracing` (`warn` when the breaker opens).
     pub fn subscribe<F>(&self, listener: F) -> SubscriptionId
     where
         F: Fn(&StateTransition) + Send + Sync + 'static,

@@ -415,25 +415,43 @@ impl BreakerBuilder {
     /// [`call_async`](CircuitBreaker::call_async) count an error of type `E`:
     /// a [`Verdict::Failure`] (what every error is without a classifier), a
     /// [`Verdict::Success`], or [`Verdict::Ignore`]d (recorded nothing; a half-open
-    /// probe slot goes back). Errors of other types still count as failures; a
-    /// classifier passed to [`call_with`](CircuitBreaker::call_with) replaces this
-    /// one for that call. resilience4j's `recordExceptions`, `ignoreExceptions` and
-    /// `recordException(Predicate)`, set once for every call site.
+    /// probe slot goes back). resilience4j's `recordExceptions`, `ignoreExceptions`
+    /// and `recordException(Predicate)`, set once for every call site.
+    ///
+    /// Classifiers accumulate, one per type: a classifier for another type is
+    /// added, one for the same type again replaces the earlier one. An error is
+    /// classified by the classifier registered for *exactly* its type (the first
+    /// such, in registration order); errors of other types count as failures. The
+    /// match is on the call's `E`, not on what it contains: with
+    /// `E = Box<dyn Error + Send + Sync>` a classifier for `std::io::Error` is
+    /// not consulted; register one for the boxed type and `downcast_ref` inside it.
+    ///
+    /// [`call_with`](CircuitBreaker::call_with) and
+    /// [`call_async_with`](CircuitBreaker::call_async_with) take their own
+    /// classifier and apply none of the builder's.
     ///
     /// ```
     /// use heijunka_breaker::{CallError, CircuitBreaker, Verdict};
     /// use std::io::{Error, ErrorKind};
     ///
+    /// type Boxed = Box<dyn std::error::Error + Send + Sync>;
     /// let breaker = CircuitBreaker::builder()
     ///     .classify_errors(|e: &Error| match e.kind() {
     ///         ErrorKind::NotFound => Verdict::Success, // the disk answered
     ///         ErrorKind::InvalidInput => Verdict::Ignore, // the caller's mistake
     ///         _ => Verdict::Failure,
     ///     })
+    ///     // A second type adds a classifier; it does not replace the first.
+    ///     .classify_errors(|e: &Boxed| match e.downcast_ref::<Error>() {
+    ///         Some(io) if io.kind() == ErrorKind::NotFound => Verdict::Success,
+    ///         _ => Verdict::Failure,
+    ///     })
     /// #   .clock(heijunka_core::ManualClock::new())
     ///     .build()?;
     /// let r = breaker.call(|| Err::<(), _>(Error::from(ErrorKind::NotFound)));
     /// assert!(matches!(r, Err(CallError::Failed(_))), "the caller still sees the error");
+    /// let r = breaker.call(|| Err::<(), Boxed>(Error::from(ErrorKind::NotFound).into()));
+    /// assert!(r.is_err());
     /// assert_eq!(breaker.stats().failed_calls, 0);
     /// # Ok::<(), heijunka_core::ConfigError>(())
     /// ```
@@ -441,16 +459,21 @@ impl BreakerBuilder {
         mut self,
         classify: impl Fn(&E) -> Verdict + Send + Sync + 'static,
     ) -> Self {
-        self.config.classifiers.set_errors(classify);
+        self.config.classifiers.add_errors(classify);
         self
     }
 
-    /// How the calls through [`call`](CircuitBreaker::call),
-    /// [`call_with`](CircuitBreaker::call_with) and the async forms count a
-    /// successful result of type `T`: a [`Verdict::Success`] (what every result is
-    /// without a classifier), a [`Verdict::Failure`] (an `Ok` that reports trouble,
-    /// such as an HTTP 503 response), or [`Verdict::Ignore`]d. Results of other types
-    /// still count as successes. resilience4j's `recordResult(Predicate)`.
+    /// How the calls through [`call`](CircuitBreaker::call) and
+    /// [`call_async`](CircuitBreaker::call_async) count a successful result of
+    /// type `T`: a [`Verdict::Success`] (what every result is without a
+    /// classifier), a [`Verdict::Failure`] (an `Ok` that reports trouble, such as
+    /// an HTTP 503 response), or [`Verdict::Ignore`]d. resilience4j's
+    /// `recordResult(Predicate)`.
+    ///
+    /// Accumulates per type and matches the exact type, as
+    /// [`classify_errors`](Self::classify_errors); results of other types count as
+    /// successes. [`call_with`](CircuitBreaker::call_with) and
+    /// [`call_async_with`](CircuitBreaker::call_async_with) do not apply it.
     ///
     /// ```
     /// use heijunka_breaker::{CircuitBreaker, Verdict};
@@ -468,7 +491,7 @@ impl BreakerBuilder {
         mut self,
         classify: impl Fn(&T) -> Verdict + Send + Sync + 'static,
     ) -> Self {
-        self.config.classifiers.set_results(classify);
+        self.config.classifiers.add_results(classify);
         self
     }
 

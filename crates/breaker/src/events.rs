@@ -15,17 +15,27 @@ type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 
+/// How many state changes may wait for delivery to the listeners of one breaker.
+/// Beyond it a change is not queued: its event is dropped (counted in
+/// [`BreakerStats::dropped_events`](crate::BreakerStats::dropped_events) and logged
+/// at `warn`), so a slow listener never makes a state change block or the queue
+/// grow without bound. The state change itself always happens.
+pub const LISTENER_QUEUE_CAPACITY: usize = 1024;
+
 /// The listeners, and the transitions waiting to be delivered to them.
 ///
 /// Delivery keeps transition order without running user code under a lock: a
 /// transition is queued under the breaker's lock (so the queue is in transition
 /// order), and after releasing it the thread that made it calls
 /// [`dispatch`](Listeners::dispatch). One thread at a time holds the dispatch token
-/// (`Queue::busy`) and delivers queued events, front first, with no lock held while
-/// a listener runs; a thread that finds the token taken leaves its event to the
-/// holder, which looks at the queue again, under the queue's lock, after each event
-/// and gives the token back only when it finds the queue empty. So no event waits
-/// forever, and each listener sees the transitions in the order they were made.
+/// (`Queue::busy`) and delivers, front first, with no lock held while a listener
+/// runs, only the events that were queued when it took the token: so a thread
+/// delivers a bounded batch, never the changes other threads keep making. It then
+/// hands the token off: events queued meanwhile (by threads that found the token
+/// taken and left) are delivered by the next thread that dispatches (the next state
+/// change of this breaker, or [`stats`](crate::CircuitBreaker::stats)). Only the
+/// token holder pops, so each listener sees the transitions in the order they were
+/// made (strictly increasing sequence numbers, with gaps where events were dropped).
 pub(crate) struct Listeners {
     inner: Mutex<ListenerList>,
     queue: Mutex<Queue>,
@@ -34,6 +44,10 @@ pub(crate) struct Listeners {
 struct Queue {
     events: std::collections::VecDeque<StateTransition>,
     busy: bool,
+    /// Events dropped because the queue was full, since the breaker was built.
+    dropped: u64,
+    /// Drops not yet logged (logged by the next dispatch, with no lock held).
+    unlogged: u64,
 }
 
 struct ListenerList {
@@ -51,6 +65,8 @@ impl Listeners {
             queue: Mutex::new(Queue {
                 events: std::collections::VecDeque::new(),
                 busy: false,
+                dropped: 0,
+                unlogged: 0,
             }),
         }
     }
@@ -71,35 +87,57 @@ impl Listeners {
     }
 
     /// Queues `event` for delivery; called under the breaker's lock, in transition
-    /// order.
+    /// order. Never blocks: with [`LISTENER_QUEUE_CAPACITY`] events waiting, the
+    /// event is dropped and counted.
     pub(crate) fn enqueue(&self, event: StateTransition) {
-        lock(&self.queue).events.push_back(event);
+        let mut queue = lock(&self.queue);
+        if queue.events.len() >= LISTENER_QUEUE_CAPACITY {
+            queue.dropped += 1;
+            queue.unlogged += 1;
+            return;
+        }
+        queue.events.push_back(event);
     }
 
-    /// Delivers the queued events, in order, unless another thread holds the
-    /// dispatch token (it will deliver them). Called with no lock held.
-    pub(crate) fn dispatch(&self) {
-        {
+    /// Events dropped because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        lock(&self.queue).dropped
+    }
+
+    /// Delivers, in order, the events queued now, unless another thread holds the
+    /// dispatch token (its batch ends before our event; the next dispatch after it
+    /// delivers ours). Called with no lock held.
+    pub(crate) fn dispatch(&self, breaker: &str) {
+        let (batch, unlogged) = {
             let mut queue = lock(&self.queue);
-            if queue.busy {
-                return; // the holder delivers our event after its current one
+            let unlogged = std::mem::take(&mut queue.unlogged);
+            let batch = if queue.busy { 0 } else { queue.events.len() };
+            if batch > 0 {
+                queue.busy = true;
             }
-            queue.busy = true;
+            (batch, unlogged)
+        };
+        if unlogged > 0 {
+            tracing::warn!(
+                breaker,
+                dropped = unlogged,
+                capacity = LISTENER_QUEUE_CAPACITY,
+                "circuit breaker state events dropped: the listeners are too slow"
+            );
         }
-        loop {
-            let event = {
-                let mut queue = lock(&self.queue);
-                match queue.events.pop_front() {
-                    Some(event) => event,
-                    None => {
-                        queue.busy = false;
-                        return;
-                    }
-                }
+        for _ in 0..batch {
+            // Only the token holder pops, so the front is the next event of our batch.
+            let Some(event) = lock(&self.queue).events.pop_front() else {
+                break;
             };
             // No lock held: listeners are user code (their panics are caught, so
             // the token is always given back).
             self.emit(&event);
+        }
+        if batch > 0 {
+            // The hand-off: events queued after we took the token are left to the
+            // next dispatch, so this thread leaves user code after its own batch.
+            lock(&self.queue).busy = false;
         }
     }
 
@@ -180,7 +218,9 @@ mod loom_tests {
 
     /// Two threads change the state at once; the listener sees both changes, in
     /// the order they were made (each leaves the state the previous one entered),
-    /// and the last one is the state the breaker ends in.
+    /// and the last one is the state the breaker ends in. A thread delivers only
+    /// what was queued when it took the token, so the change made meanwhile is
+    /// delivered by the next dispatch (`stats`), which the hand-off makes possible.
     #[test]
     fn listeners_see_transitions_in_order() {
         loom::model(|| {
@@ -197,12 +237,51 @@ mod loom_tests {
             };
             b.disable();
             other.join().unwrap();
+            let _ = b.stats(); // delivers what a busy holder left
             let seen = seen.lock().unwrap();
             assert_eq!(seen.len(), 2, "{seen:?}");
             assert_eq!(seen[0].1, State::Closed, "{seen:?}");
             assert_eq!(seen[1].1, seen[0].2, "out of order: {seen:?}");
             assert!(seen[1].0 > seen[0].0, "{seen:?}");
             assert_eq!(seen[1].2, b.state(), "{seen:?}");
+        });
+    }
+
+    /// A listener that makes a change itself while a second thread makes one: the
+    /// thread holding the token delivers no more than its batch, and every event is
+    /// delivered once, in sequence order, by the dispatches that follow.
+    #[test]
+    fn a_reentrant_change_is_delivered_in_order() {
+        loom::model(|| {
+            let b = CircuitBreaker::builder()
+                .clock(ManualClock::new())
+                .build()
+                .expect("valid");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&seen);
+            let inner = b.clone();
+            let id = b.subscribe(move |t| {
+                sink.lock().unwrap().push(t.sequence);
+                if t.to == State::ForcedOpen {
+                    inner.metrics_only();
+                }
+            });
+            let other = {
+                let b = b.clone();
+                thread::spawn(move || b.force_open())
+            };
+            b.disable();
+            other.join().unwrap();
+            let _ = b.stats();
+            let _ = b.stats(); // a listener's own change may be left to the next one
+            // Three changes: forced open, disabled, and the listener's metrics-only
+            // (made when it sees forced open, whoever delivers that).
+            assert_eq!(
+                *seen.lock().unwrap(),
+                [1, 2, 3],
+                "each event once, in order"
+            );
+            assert!(b.unsubscribe(id)); // the listener holds the breaker: break the cycle
         });
     }
 }

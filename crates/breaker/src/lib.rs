@@ -94,11 +94,13 @@
 //! A maximum wait in half-open re-opens a breaker whose probes hang.
 //!
 //! While open, calls are rejected by the coarse clock
-//! ([`Clock::recent`](heijunka_core::Clock::recent)), without reading the precise
-//! one: on a manual clock that is the exact time; on the system clock it is a sample
-//! at most about a millisecond old (one process-wide thread, started when a breaker
-//! first opens), so the first call admitted after the wait may come that much later,
-//! and a rejection's retry-after errs long by as much.
+//! ([`Clock::recent`](heijunka_core::Clock::recent)): on a manual clock that is the
+//! exact time; on the system clock it is a sample taken by one process-wide thread
+//! every [`COARSE_TICK`](heijunka_core::COARSE_TICK) while at least one breaker is
+//! open (it parks when none is), never used once older than
+//! [`COARSE_STALE_AFTER`](heijunka_core::COARSE_STALE_AFTER) (the precise time is
+//! read instead). So the first call admitted after the wait may come up to that
+//! much later, and a rejection's retry-after errs long by as much.
 //!
 //! # Calling through it
 //!
@@ -161,7 +163,7 @@ pub use crate::{
         MAX_COUNT_WINDOW_SIZE, MAX_TIME_WINDOW_SECONDS, PermitDrop, SlidingWindowType,
     },
     error::{CallError, RegistryFull, Rejected},
-    events::SubscriptionId,
+    events::{LISTENER_QUEUE_CAPACITY, SubscriptionId},
     permit::{OwnedPermit, Permit, Verdict},
     registry::{BreakerRegistry, DEFAULT_REGISTRY_CAPACITY, RegistryBuilder},
     state::{State, StateTransition, TransitionReason},

@@ -66,6 +66,10 @@ struct Central {
     rng: u64,
     /// Transitions made so far: the last one's sequence number.
     transitions: u64,
+    /// Open state on the system clock: keeps the coarse ticker behind
+    /// `Clock::recent` running (taken in `announce`, with no lock held; dropped by
+    /// the transition out of open).
+    coarse: Option<heijunka_core::CoarseUse>,
 }
 
 impl Central {
@@ -149,6 +153,7 @@ impl Inner {
                 trips: 0,
                 half_open_since: Instant::ZERO,
                 transitions: 0,
+                coarse: None,
                 rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
             }),
             listeners: Listeners::new(),
@@ -216,9 +221,9 @@ impl Inner {
                     // that our Acquire load saw.
                     let until = Instant::from_nanos(self.open_until.load(Ordering::Relaxed));
                     // The coarse time (`Clock::recent`: exact on a manual clock, a
-                    // cached sample on the system clock) rejects without reading the
-                    // clock; its retry-after errs long, by the sample's age. Once it
-                    // reaches the deadline, the precise time decides.
+                    // sample at most `COARSE_STALE_AFTER` old on the system clock)
+                    // rejects; its retry-after errs long, by the sample's age. Once
+                    // it reaches the deadline, the precise time decides.
                     let recent = self.clock.recent();
                     if recent < until {
                         return Err(self.reject(State::Open, Some(until - recent)));
@@ -346,6 +351,8 @@ impl Inner {
             State::Closed => self.record_closed(&mut central, c, o, &mut now),
             State::HalfOpen => self.record_probe(&mut central, c, o, &mut now),
             State::MetricsOnly => {
+                // The successes counted on the shards came before this outcome.
+                self.fold(&mut central, t.generation, &mut now, false);
                 central.window.push(o, || now.get());
                 None
             }

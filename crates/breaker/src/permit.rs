@@ -75,6 +75,11 @@ impl CircuitBreaker {
     /// for their types. A panic in `f` is recorded as a failure and then continues
     /// to unwind.
     ///
+    /// `T` and `E` are `'static` because the builder's classifiers are found by
+    /// type (`TypeId`, which only `'static` types have). For a borrowed result or
+    /// error, use [`call_with`](Self::call_with), which takes no builder
+    /// classifier and has no such bound.
+    ///
     /// ```
     /// use heijunka_breaker::{CallError, CircuitBreaker};
     ///
@@ -106,9 +111,12 @@ impl CircuitBreaker {
         }
     }
 
-    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts
-    /// (in place of the builder's error classifier; its result classifier still
-    /// applies to an `Ok`).
+    /// Runs `f` if the breaker admits it; `classify` decides how an `Err` counts,
+    /// and an `Ok` is a success. The builder's classifiers
+    /// ([`classify_errors`](crate::BreakerBuilder::classify_errors),
+    /// [`classify_results`](crate::BreakerBuilder::classify_results)) do not apply,
+    /// so `T` and `E` may borrow (no `'static` bound). A panic in `f` is recorded as
+    /// a failure and then continues to unwind.
     ///
     /// ```
     /// use heijunka_breaker::{CircuitBreaker, Verdict};
@@ -130,14 +138,13 @@ impl CircuitBreaker {
     #[inline]
     pub fn call_with<T, E, F, C>(&self, classify: C, f: F) -> Result<T, CallError<E>>
     where
-        T: 'static,
         F: FnOnce() -> Result<T, E>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match f() {
             Ok(v) => {
-                permit.verdict(self.inner.config.classifiers.result(&v));
+                permit.success();
                 Ok(v)
             }
             Err(e) => {
@@ -148,7 +155,9 @@ impl CircuitBreaker {
     }
 
     /// Awaits `fut` if the breaker admits it; outcomes count as in
-    /// [`call`](Self::call) (an `Err` is a failure unless classified otherwise). A
+    /// [`call`](Self::call) (an `Err` is a failure and an `Ok` a success unless the
+    /// builder's classifiers say otherwise; `T` and `E` are `'static` for the same
+    /// reason, see [`call_async_with`](Self::call_async_with) for borrowed types). A
     /// panic while polling `fut` is recorded as a failure and continues to unwind;
     /// dropping the returned future before it completes (a timeout, a `select!`)
     /// applies the [`PermitDrop`] rule. Needs no particular runtime.
@@ -183,13 +192,24 @@ impl CircuitBreaker {
         E: 'static,
         Fut: Future<Output = Result<T, E>>,
     {
+        let permit = self.try_acquire()?;
         let classifiers = &self.inner.config.classifiers;
-        self.call_async_with(|e: &E| classifiers.error(e), fut)
-            .await
+        match fut.await {
+            Ok(v) => {
+                permit.verdict(classifiers.result(&v));
+                Ok(v)
+            }
+            Err(e) => {
+                permit.verdict(classifiers.error(&e));
+                Err(CallError::Failed(e))
+            }
+        }
     }
 
-    /// [`call_async`](Self::call_async) with a classifier, as
-    /// [`call_with`](Self::call_with).
+    /// [`call_async`](Self::call_async) with a per-call classifier, as
+    /// [`call_with`](Self::call_with): `classify` decides how an `Err` counts, an
+    /// `Ok` is a success, the builder's classifiers do not apply, and `T` and `E`
+    /// may borrow.
     ///
     /// # Cancel safety
     ///
@@ -202,14 +222,13 @@ impl CircuitBreaker {
         fut: Fut,
     ) -> Result<T, CallError<E>>
     where
-        T: 'static,
         Fut: Future<Output = Result<T, E>>,
         C: FnOnce(&E) -> Verdict,
     {
         let permit = self.try_acquire()?;
         match fut.await {
             Ok(v) => {
-                permit.verdict(self.inner.config.classifiers.result(&v));
+                permit.success();
                 Ok(v)
             }
             Err(e) => {

@@ -47,4 +47,9 @@ pub struct BreakerStats {
     pub rejected_calls: u64,
     /// Open: time until the breaker admits probes.
     pub retry_after: Option<Duration>,
+    /// State-change events not delivered to the listeners because
+    /// [`LISTENER_QUEUE_CAPACITY`](crate::LISTENER_QUEUE_CAPACITY) events were
+    /// already waiting (a listener too slow for the rate of changes), since the
+    /// breaker was built.
+    pub dropped_events: u64,
 }

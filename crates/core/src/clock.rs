@@ -12,7 +12,7 @@ use std::sync::Arc;
 // by the test itself, and a loom model that reads it must not count those reads as
 // scheduling points of the code under test.
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A point in time read from a [`Clock`]: nanoseconds since that clock's origin.
@@ -282,82 +282,170 @@ impl Clock {
         matches!(self.source, Source::Manual(_))
     }
 
-    /// A cheap, slightly late reading: for a hot path that compares the time with a
-    /// deadline far more often than the deadline passes (a breaker rejecting calls
-    /// while open).
+    /// A slightly late reading, for a path that compares the time with a deadline
+    /// far more often than the deadline passes (a breaker rejecting calls while
+    /// open), and that may be up to [`COARSE_STALE_AFTER`] late.
     ///
     /// A [`ManualClock`] gives its exact time. The system clock gives the time the
-    /// coarse ticker last sampled (one atomic load): never later than
-    /// [`now`](Self::now), usually earlier by up to [`COARSE_TICK`] (more while the
-    /// ticker's thread waits for a CPU). Until the ticker is started
-    /// ([`start_coarse_ticker`](Self::start_coarse_ticker)) it is `now()`.
+    /// coarse ticker last sampled while one is running (some [`CoarseUse`] is held,
+    /// see [`coarse_use`](Self::coarse_use)), otherwise [`now`](Self::now). A sample
+    /// older than [`COARSE_STALE_AFTER`] (a ticker starved of CPU, or just woken) is
+    /// not used: `recent` then reads the precise clock, and publishes that reading
+    /// as the sample. So the reading is never earlier than the time by more than
+    /// `COARSE_STALE_AFTER`, and never later than [`now`](Self::now) read on the
+    /// same thread afterwards by more than the cross-thread error (the sample was
+    /// read on the ticker's thread; see "What is monotonic" under [`Clock`]).
     ///
     /// ```
-    /// use heijunka_core::{Clock, ManualClock};
+    /// use heijunka_core::{COARSE_STALE_AFTER, Clock, ManualClock};
     /// use std::time::Duration;
     ///
     /// let manual = ManualClock::new();
     /// manual.advance(Duration::from_millis(5));
     /// assert_eq!(manual.clock().recent(), manual.now());
     ///
+    /// // On the system clock: a sample at most COARSE_STALE_AFTER old while some
+    /// // `CoarseUse` keeps the ticker running, the precise time otherwise.
     /// let system = Clock::system();
-    /// let recent = system.recent();
-    /// assert!(recent <= system.now());
+    /// let _use = system.coarse_use();
+    /// let _recent = system.recent();
+    /// assert!(COARSE_STALE_AFTER >= Duration::from_millis(1));
     /// ```
     #[inline]
     pub fn recent(&self) -> Instant {
         match &self.source {
             Source::System(source) => {
                 // Relaxed: the value is only a time; nothing else is published
-                // with it. Zero: the ticker has not started.
-                match COARSE_NOW.load(Ordering::Relaxed) {
-                    0 => source.now(),
-                    nanos => Instant::from_nanos(nanos),
+                // with it. Zero: no ticker is running.
+                let sample = COARSE_NOW.load(Ordering::Relaxed);
+                let now = source.now();
+                match fresh_sample(sample, now) {
+                    Some(sample) => sample,
+                    None if sample == 0 => now,
+                    None => {
+                        // Stale: publish the precise reading so that later readers
+                        // see time move on. Relaxed: see above. `fetch_max`: the
+                        // sample never goes back.
+                        COARSE_NOW.fetch_max(now.as_nanos(), Ordering::Relaxed);
+                        now
+                    }
                 }
             }
             Source::Manual(_) => self.now(),
         }
     }
 
-    /// Starts the process-wide thread behind [`recent`](Self::recent) for the
-    /// system clock, if it is not running yet: it samples the clock every
-    /// [`COARSE_TICK`] for the rest of the process. Does nothing for a
-    /// [`ManualClock`] (its `recent` is exact), or where threads cannot be spawned
-    /// (`recent` then stays `now`).
-    pub fn start_coarse_ticker(&self) {
+    /// Registers a user of [`recent`](Self::recent) (an open breaker): while at
+    /// least one [`CoarseUse`] is held, the process-wide coarse ticker samples the
+    /// system clock every [`COARSE_TICK`]; when the last one is dropped, the ticker
+    /// parks (it stops waking) until the next one. The first call starts the
+    /// ticker's thread; later ones wake it if it is parked. `None` for a
+    /// [`ManualClock`] (its `recent` is exact).
+    ///
+    /// Call it with no lock held: it may spawn or unpark a thread. Where a thread
+    /// cannot be spawned, `recent` keeps reading the precise clock.
+    pub fn coarse_use(&self) -> Option<CoarseUse> {
         let Source::System(source) = &self.source else {
-            return;
+            return None;
         };
-        static STARTED: OnceLock<()> = OnceLock::new();
-        let source: &'static SystemSource = source;
-        STARTED.get_or_init(|| {
-            let spawned = std::thread::Builder::new()
-                .name("heijunka-coarse-clock".into())
-                .spawn(move || {
-                    loop {
-                        // At least 1, so that a sample is never taken for "not
-                        // started".
-                        let nanos = source.now().as_nanos().max(1);
-                        // Relaxed: see `recent`. `fetch_max`: readers never see the
-                        // time go back.
-                        COARSE_NOW.fetch_max(nanos, Ordering::Relaxed);
-                        std::thread::sleep(COARSE_TICK);
-                    }
-                });
-            // Without a thread, `recent` keeps reading the precise clock.
-            drop(spawned);
-        });
+        // AcqRel: the ticker's Acquire load of the count pairs with it, so a ticker
+        // that sees no user parks only after our unpark below can reach it (the
+        // unpark token is never lost: `park` returns at once if it was set).
+        if COARSE_USERS.fetch_add(1, Ordering::AcqRel) == 0 {
+            let source: &'static SystemSource = source;
+            if let Some(ticker) = TICKER.get_or_init(|| spawn_ticker(source)) {
+                ticker.unpark();
+            }
+        }
+        Some(CoarseUse { _private: () })
+    }
+
+    #[doc(hidden)]
+    /// How many times the coarse ticker has woken since the process started: a
+    /// test hook (the only way to observe from outside that it parks).
+    pub fn coarse_ticker_wakeups() -> u64 {
+        // Relaxed: a counter read by tests.
+        COARSE_WAKEUPS.load(Ordering::Relaxed)
     }
 }
 
-/// How often the coarse ticker behind [`Clock::recent`] samples the system clock:
-/// 1 ms, fine enough for breaker waits (seconds) and retry-after hints, coarse
-/// enough that the thread costs nothing measurable.
+/// The coarse `sample` if one is taken (non-zero) and fresh: at most
+/// [`COARSE_STALE_AFTER`] before `now`.
+#[inline]
+fn fresh_sample(sample: u64, now: Instant) -> Option<Instant> {
+    let sample = Instant::from_nanos(sample);
+    (sample != Instant::ZERO && now.saturating_duration_since(sample) <= COARSE_STALE_AFTER)
+        .then_some(sample)
+}
+
+/// Spawns the coarse ticker's thread; `None` if it cannot be spawned.
+fn spawn_ticker(source: &'static SystemSource) -> Option<std::thread::Thread> {
+    std::thread::Builder::new()
+        .name("heijunka-coarse-clock".into())
+        .spawn(move || {
+            loop {
+                // Relaxed: a counter read by tests.
+                COARSE_WAKEUPS.fetch_add(1, Ordering::Relaxed);
+                // Acquire: pairs with the AcqRel increment in `coarse_use`.
+                if COARSE_USERS.load(Ordering::Acquire) == 0 {
+                    // No user: `recent` reads the precise clock while parked.
+                    // Relaxed: see `recent`.
+                    COARSE_NOW.store(0, Ordering::Relaxed);
+                    // A user that arrived after the load above has unparked us
+                    // already (the token), so this returns at once; spurious
+                    // wake-ups loop back to the check.
+                    std::thread::park();
+                    continue;
+                }
+                // At least 1, so that a sample is never taken for "not running".
+                let nanos = source.now().as_nanos().max(1);
+                // Relaxed: see `recent`. `fetch_max`: readers never see the time
+                // go back.
+                COARSE_NOW.fetch_max(nanos, Ordering::Relaxed);
+                std::thread::sleep(COARSE_TICK);
+            }
+        })
+        .ok()
+        .map(|handle| handle.thread().clone())
+}
+
+/// A registered user of [`Clock::recent`] on the system clock, from
+/// [`Clock::coarse_use`]: the coarse ticker runs while one is held. Dropping it
+/// (no lock needed; it only decrements a count) lets the ticker park.
+#[must_use = "the coarse ticker runs only while the CoarseUse is held"]
+#[derive(Debug)]
+pub struct CoarseUse {
+    _private: (),
+}
+
+impl Drop for CoarseUse {
+    fn drop(&mut self) {
+        // Release: pairs with the ticker's Acquire load of the count.
+        COARSE_USERS.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// How often the coarse ticker behind [`Clock::recent`] samples the system clock
+/// while it runs: 1 ms, fine enough for breaker waits (seconds) and retry-after
+/// hints, coarse enough that the thread costs nothing measurable.
 pub const COARSE_TICK: Duration = Duration::from_millis(1);
 
+/// How old a coarse sample may be before [`Clock::recent`] reads the precise clock
+/// instead: 4 ticks. A ticker starved of CPU never makes `recent` later than that,
+/// so a breaker never stays open past its wait by more than this.
+pub const COARSE_STALE_AFTER: Duration = Duration::from_millis(4);
+
 /// The coarse ticker's last sample of the system clock (nanoseconds since the
-/// system origin); zero until it starts.
+/// system origin); zero while no ticker runs.
 static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// Live [`CoarseUse`]s.
+static COARSE_USERS: AtomicUsize = AtomicUsize::new(0);
+
+/// The ticker's thread, once spawned (`None`: it could not be).
+static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
+
+static COARSE_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 
 impl Default for Clock {
     fn default() -> Self {
@@ -516,25 +604,57 @@ mod tests {
     fn recent_is_exact_for_a_manual_clock() {
         let manual = ManualClock::new();
         let clock = manual.clock();
-        clock.start_coarse_ticker(); // nothing to start for a manual clock
+        assert!(clock.coarse_use().is_none(), "no ticker for a manual clock");
         for step in [0, 1, 999_999, 1_000_000_000] {
             manual.advance(Duration::from_nanos(step));
             assert_eq!(clock.recent(), manual.now());
         }
     }
 
+    /// A sample is used while at most `COARSE_STALE_AFTER` old, never after;
+    /// zero means no sample. Instants from a manual clock, so no real time passes.
     #[test]
-    #[cfg_attr(miri, ignore)] // starts a thread that runs for the rest of the process
-    fn recent_is_never_later_than_now() {
+    fn a_stale_sample_is_not_used() {
+        let manual = ManualClock::starting_at(Instant::from_nanos(1_000_000_000));
+        let sample = manual.now();
+        for (age, fresh) in [
+            (Duration::ZERO, true),
+            (COARSE_TICK, true),
+            (COARSE_STALE_AFTER, true),
+            (COARSE_STALE_AFTER + Duration::from_nanos(1), false),
+            (Duration::from_secs(60), false),
+        ] {
+            let now = sample + age;
+            assert_eq!(
+                fresh_sample(sample.as_nanos(), now),
+                fresh.then_some(sample),
+                "a sample {age:?} old"
+            );
+        }
+        assert_eq!(fresh_sample(0, manual.now()), None, "no sample taken");
+    }
+
+    /// `recent` is never later than a `now` read after it by more than the
+    /// documented cross-thread error (the sample is read on the ticker's thread),
+    /// and never goes back by more than that error either.
+    #[test]
+    #[cfg_attr(miri, ignore)] // starts the ticker thread
+    fn recent_is_within_its_documented_bounds_of_now() {
+        const CROSS_THREAD: Duration = Duration::from_millis(1);
         let clock = Clock::system();
-        assert!(clock.recent() <= clock.now());
-        clock.start_coarse_ticker();
-        clock.start_coarse_ticker(); // once per process
+        let _use = clock.coarse_use().expect("a system clock");
         let mut last = clock.recent();
         for _ in 0..1_000 {
             let recent = clock.recent();
-            assert!(recent >= last, "went back: {recent:?} after {last:?}");
-            assert!(recent <= clock.now());
+            let now = clock.now();
+            assert!(
+                last.saturating_duration_since(recent) <= CROSS_THREAD,
+                "went back: {recent:?} after {last:?}"
+            );
+            assert!(
+                recent.saturating_duration_since(now) <= CROSS_THREAD,
+                "{recent:?} later than now {now:?}"
+            );
             last = recent;
         }
     }

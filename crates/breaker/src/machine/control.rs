@@ -161,6 +161,22 @@ impl Inner {
             return;
         }
         let (mut now, slow) = self.finish(&t);
+        if t.kind == Kind::MetricsOnly && !slow {
+            // Nothing trips in metrics-only state, so a success is only counted on
+            // the calling thread's shard, without the lock; `stats()` and the next
+            // failure fold the shards into the window (`record`, `stats`).
+            let epoch = if self.time_based {
+                epoch_of(*now.get_or_insert_with(|| self.clock.now()))
+            } else {
+                0
+            };
+            // The shard's generation tag keeps a success admitted by a state that is
+            // over out of the window (`Stale`, or dropped when folded).
+            match self.shards.add(t.generation, epoch, &self.ctrl) {
+                Added::Counted(_) | Added::Stale => return,
+                Added::NeedsFold => {} // folded, then recorded, under the lock
+            }
+        }
         if t.kind == Kind::Closed && !slow {
             // Acquire: as in `on_success`.
             let c = self.ctrl.load(Ordering::Acquire);

@@ -23,6 +23,11 @@ impl Inner {
     ) -> StateTransition {
         let from = ctrl::state(c);
         let mut wait = None;
+        if to != State::Open {
+            // Lets the coarse ticker park once no breaker is open (a decrement; the
+            // move to open takes a new one in `announce`, outside this lock).
+            central.coarse = None;
+        }
         let (flags, probes) = match to {
             State::Closed => {
                 central.window.reset();
@@ -39,12 +44,6 @@ impl Inner {
                 // Relaxed: published by the Release store of the control word below.
                 self.open_until
                     .store(now.saturating_add(w).as_nanos(), Ordering::Relaxed);
-                // Open calls are rejected by the coarse clock (`acquire_slow`); its
-                // ticker is one process-wide thread, not started under loom or miri.
-                #[cfg(not(loom))]
-                if !cfg!(miri) {
-                    self.clock.start_coarse_ticker();
-                }
                 wait = Some(w);
                 (0, 0)
             }
@@ -151,7 +150,29 @@ impl Inner {
         if self.needs_timer(event.to) {
             self.timer.schedule();
         }
-        self.listeners.dispatch();
+        // Open calls are rejected by the coarse clock (`acquire_slow`); its ticker
+        // is one process-wide thread, not started under loom or miri.
+        #[cfg(not(loom))]
+        if event.to == State::Open && !cfg!(miri) {
+            self.use_coarse_clock();
+        }
+        self.listeners.dispatch(&self.config.name);
+    }
+
+    /// Keeps the coarse ticker running while this breaker is open: registers a
+    /// user with no lock held (it may spawn or unpark the ticker), then keeps it
+    /// if the breaker is still open (a later transition out of open drops it).
+    #[cfg(not(loom))]
+    fn use_coarse_clock(&self) {
+        let Some(coarse) = self.clock.coarse_use() else {
+            return; // a manual clock: `recent` is exact
+        };
+        let mut central = self.lock();
+        // Acquire: as in `record`.
+        if ctrl::state(self.ctrl.load(Ordering::Acquire)) == State::Open {
+            central.coarse = Some(coarse);
+        }
+        drop(central);
     }
 
     /// Whether the timer thread should watch this breaker in state `to`.
@@ -218,6 +239,10 @@ impl Inner {
             event = self.fold_and_judge(&mut central, c, &mut now);
             // Acquire: as above; the word may have just changed.
             c = self.ctrl.load(Ordering::Acquire);
+        } else if ctrl::state(c) == State::MetricsOnly {
+            // Metrics-only successes are counted on the shards (control.rs); nothing
+            // trips, so they are folded and not judged.
+            self.fold(&mut central, ctrl::generation(c), &mut now, false);
         }
         let state = ctrl::state(c);
         let (counts, rules) = match central.shown {
@@ -244,10 +269,13 @@ impl Inner {
             available_probes: (state == State::HalfOpen).then(|| ctrl::probes(c)),
             rejected_calls: self.rejected.sum(),
             retry_after,
+            dropped_events: self.listeners.dropped(),
         };
         drop(central);
-        if let Some(e) = event {
-            self.announce(&e);
+        match event {
+            Some(e) => self.announce(&e),
+            // Delivers the events a dispatching thread left (see `Listeners`).
+            None => self.listeners.dispatch(&self.config.name),
         }
         stats
     }
