@@ -88,9 +88,11 @@ impl CircuitBreaker {
     ///
     /// It also applies what is due, so it may change the state, **on the calling
     /// thread**: an open breaker whose wait has elapsed moves to half-open
-    /// (automatic transition on), a half-open one past its maximum wait re-opens,
-    /// and folding the successes counted without the lock may reveal a window at
-    /// its thresholds and trip the breaker. The listeners
+    /// (automatic transition on) and a half-open one past its maximum wait
+    /// re-opens. Reading the stats never trips a closed breaker: as in
+    /// resilience4j, thresholds are judged when a call is recorded, so a
+    /// time-based window whose older calls have expired may show a rate at its
+    /// threshold while closed, until the next recorded call judges it. The listeners
     /// ([`subscribe`](Self::subscribe)) of such a change run on this thread before
     /// `stats` returns, after the lock is released; so do events another thread
     /// left queued (see `subscribe`). Do not call `stats` where a listener's work

@@ -231,17 +231,17 @@ impl Inner {
         };
         let mut central = self.lock();
         // Acquire: as in `record`.
-        let mut c = self.ctrl.load(Ordering::Acquire);
-        let mut event = None;
-        if ctrl::is_closed(c) {
-            // Folded successes are judged like any other (control.rs): the stats
-            // never show a closed breaker with a window at its thresholds.
-            event = self.fold_and_judge(&mut central, c, &mut now);
-            // Acquire: as above; the word may have just changed.
-            c = self.ctrl.load(Ordering::Acquire);
-        } else if ctrl::state(c) == State::MetricsOnly {
-            // Metrics-only successes are counted on the shards (control.rs); nothing
-            // trips, so they are folded and not judged.
+        let c = self.ctrl.load(Ordering::Acquire);
+        if ctrl::is_closed(c) || ctrl::state(c) == State::MetricsOnly {
+            // The shards' successes are folded in so the counts are exact, and not
+            // judged: a closed-state success was counted on a shard only while no
+            // run of successes could trip the window (`SAFE`, control.rs), and a
+            // fold only adds successes and lets old outcomes expire, neither of
+            // which can make `SAFE` wrong. As in resilience4j, the thresholds are
+            // judged when a call is recorded, never by reading the metrics: a
+            // time-based window whose fast calls have expired may show a slow-call
+            // (or failure) rate at its threshold while closed, until the next
+            // recorded call judges it. Metrics-only successes never trip.
             self.fold(&mut central, ctrl::generation(c), &mut now, false);
         }
         let state = ctrl::state(c);
@@ -272,11 +272,8 @@ impl Inner {
             dropped_events: self.listeners.dropped(),
         };
         drop(central);
-        match event {
-            Some(e) => self.announce(&e),
-            // Delivers the events a dispatching thread left (see `Listeners`).
-            None => self.listeners.dispatch(&self.config.name),
-        }
+        // Delivers the events a dispatching thread left (see `Listeners`).
+        self.listeners.dispatch(&self.config.name);
         stats
     }
 }
