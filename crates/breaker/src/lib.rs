@@ -97,10 +97,13 @@
 //! ([`Clock::recent`](heijunka_core::Clock::recent)): on a manual clock that is the
 //! exact time; on the system clock it is a sample taken by one process-wide thread
 //! every [`COARSE_TICK`](heijunka_core::COARSE_TICK) while at least one breaker is
-//! open (it parks when none is), never used once older than
-//! [`COARSE_STALE_AFTER`](heijunka_core::COARSE_STALE_AFTER) (the precise time is
-//! read instead). So the first call admitted after the wait may come up to that
-//! much later, and a rejection's retry-after errs long by as much.
+//! open (it parks when none is); a rejection reads no clock. One call in
+//! [`COARSE_CHECK_EVERY`](heijunka_core::COARSE_CHECK_EVERY) on each thread checks
+//! the sample against the precise clock and replaces one older than
+//! [`COARSE_STALE_AFTER`](heijunka_core::COARSE_STALE_AFTER). So the first call
+//! admitted after the wait may come up to that much later (more only while the
+//! ticker is starved of CPU, for at most that many calls a thread), and a
+//! rejection's retry-after errs long by as much.
 //!
 //! # Calling through it
 //!

@@ -288,11 +288,15 @@ impl Clock {
     ///
     /// A [`ManualClock`] gives its exact time. The system clock gives the time the
     /// coarse ticker last sampled while one is running (some [`CoarseUse`] is held,
-    /// see [`coarse_use`](Self::coarse_use)), otherwise [`now`](Self::now). A sample
-    /// older than [`COARSE_STALE_AFTER`] (a ticker starved of CPU, or just woken) is
-    /// not used: `recent` then reads the precise clock, and publishes that reading
-    /// as the sample. So the reading is never earlier than the time by more than
-    /// `COARSE_STALE_AFTER`, and never later than [`now`](Self::now) read on the
+    /// see [`coarse_use`](Self::coarse_use)), otherwise [`now`](Self::now). Reading
+    /// the sample is one relaxed load and a thread-local counter: no clock read. One
+    /// call in [`COARSE_CHECK_EVERY`] on each thread also reads the precise clock,
+    /// and a sample found older than [`COARSE_STALE_AFTER`] (a ticker starved of
+    /// CPU, or just woken) is not used: that call returns the precise reading and
+    /// publishes it as the sample. So a reading is at most `COARSE_STALE_AFTER`
+    /// late, except that a starved ticker's sample may serve up to
+    /// `COARSE_CHECK_EVERY - 1` further calls on a thread before that thread's
+    /// check replaces it; and it is never later than [`now`](Self::now) read on the
     /// same thread afterwards by more than the cross-thread error (the sample was
     /// read on the ticker's thread; see "What is monotonic" under [`Clock`]).
     ///
@@ -318,6 +322,9 @@ impl Clock {
                 // Relaxed: the value is only a time; nothing else is published
                 // with it. Zero: no ticker is running.
                 let sample = COARSE_NOW.load(Ordering::Relaxed);
+                if sample != 0 && !precise_check_due() {
+                    return Instant::from_nanos(sample);
+                }
                 let now = source.now();
                 match fresh_sample(sample, now) {
                     Some(sample) => sample,
@@ -367,6 +374,31 @@ impl Clock {
         // Relaxed: a counter read by tests.
         COARSE_WAKEUPS.load(Ordering::Relaxed)
     }
+}
+
+/// How often (one call in this many, per thread) [`Clock::recent`] checks the coarse
+/// sample against the precise clock. 64 makes the check's cost (a clock read, about
+/// the price of the whole rejection it serves) a small fraction of a rejection,
+/// while a starved ticker's stale sample serves at most 63 calls on a thread.
+pub const COARSE_CHECK_EVERY: u32 = 64;
+
+std::thread_local! {
+    /// Calls of `Clock::recent` on this thread since its last precise check.
+    static RECENT_CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a `recent` call on this thread; whether this one checks the sample.
+#[inline]
+fn precise_check_due() -> bool {
+    RECENT_CALLS
+        .try_with(|calls| {
+            let n = calls.get() + 1;
+            let due = n >= COARSE_CHECK_EVERY;
+            calls.set(if due { 0 } else { n });
+            due
+        })
+        // A thread whose locals are being destroyed checks every time.
+        .unwrap_or(true)
 }
 
 /// The coarse `sample` if one is taken (non-zero) and fresh: at most
@@ -657,6 +689,22 @@ mod tests {
             );
             last = recent;
         }
+    }
+
+    /// One `recent` call in `COARSE_CHECK_EVERY` on a thread checks the sample
+    /// against the precise clock; the others read no clock. Counted on a fresh
+    /// thread, whose counter starts at zero.
+    #[test]
+    fn one_recent_call_in_coarse_check_every_checks_the_sample() {
+        let due: Vec<usize> = std::thread::spawn(|| {
+            (1..=3 * COARSE_CHECK_EVERY as usize)
+                .filter(|_| precise_check_due())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let every = COARSE_CHECK_EVERY as usize;
+        assert_eq!(due, [every, 2 * every, 3 * every]);
     }
 
     #[test]

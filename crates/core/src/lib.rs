@@ -71,7 +71,9 @@ pub mod validate;
 
 pub use crate::{
     bitwise::Bitwise,
-    clock::{COARSE_STALE_AFTER, COARSE_TICK, Clock, CoarseUse, Instant, ManualClock},
+    clock::{
+        COARSE_CHECK_EVERY, COARSE_STALE_AFTER, COARSE_TICK, Clock, CoarseUse, Instant, ManualClock,
+    },
     config::ConfigError,
     counter::ShardedCounter,
     once::{INLINE_BYTES, InlineOnce},
