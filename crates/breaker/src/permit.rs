@@ -280,6 +280,7 @@ impl Permit<'_> {
     }
 
     /// Records the outcome `verdict` names.
+    #[inline]
     pub fn verdict(self, verdict: Verdict) {
         match verdict {
             Verdict::Failure => self.failure(),
@@ -341,6 +342,7 @@ impl OwnedPermit {
     }
 
     /// Records the outcome `verdict` names.
+    #[inline]
     pub fn verdict(self, verdict: Verdict) {
         match verdict {
             Verdict::Failure => self.failure(),
