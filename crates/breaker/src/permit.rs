@@ -101,7 +101,12 @@ impl CircuitBreaker {
         let classifiers = &self.inner.config.classifiers;
         match f() {
             Ok(v) => {
-                permit.verdict(classifiers.result(&v));
+                // Without a result classifier (the common case) this is exactly a
+                // plain `success`, so the closed path pays nothing for the feature.
+                match classifiers.result(&v) {
+                    Verdict::Success => permit.success(),
+                    other => permit.verdict(other),
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -196,7 +201,12 @@ impl CircuitBreaker {
         let classifiers = &self.inner.config.classifiers;
         match fut.await {
             Ok(v) => {
-                permit.verdict(classifiers.result(&v));
+                // Without a result classifier (the common case) this is exactly a
+                // plain `success`, so the closed path pays nothing for the feature.
+                match classifiers.result(&v) {
+                    Verdict::Success => permit.success(),
+                    other => permit.verdict(other),
+                }
                 Ok(v)
             }
             Err(e) => {
