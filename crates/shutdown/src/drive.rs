@@ -1,22 +1,102 @@
 //! Running the shutdown: drain, hooks, report.
 
 use std::any::Any;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::shutdown::TriggerInfo;
+use crate::shutdown::{Hook, HookFn, TriggerInfo};
 use crate::{HookOutcome, HookReport, Phase, Shutdown, ShutdownReport};
+
+/// A started hook's body, shared between its task (which takes it when first
+/// polled) and the runner (which takes it back if the task never ran).
+type HookSlot = Arc<Mutex<Option<HookFn>>>;
+
+/// Who runs the shutdown sequence, and how far it has got: kept in the coordinator
+/// (under its state lock) so that a runner lost on the way can be replaced by one
+/// that goes on from there.
+#[derive(Default)]
+pub(crate) struct RunState {
+    /// The claim of the runner running the sequence (0: none).
+    claim: u64,
+    /// Claims handed out so far (each claim gets a new number).
+    claims: u64,
+    /// The thread the runner claimed on (a single-threaded runtime's tasks run on
+    /// one thread: `wait_blocking` there freezes that runner).
+    thread: Option<ThreadId>,
+    /// The drain's outcome, once it has ended.
+    drain: Option<Drain>,
+    /// The hooks that have ended, in the order they ran.
+    reports: Vec<HookReport>,
+    /// The hook running now.
+    current: Option<Running>,
+}
+
+impl RunState {
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claim != 0
+    }
+}
+
+#[derive(Clone)]
+struct Drain {
+    forced: bool,
+    drained: bool,
+    in_flight_at_deadline: u64,
+    abandoned_tasks: Vec<String>,
+    drain_time: Duration,
+}
+
+struct Running {
+    name: String,
+    timeout: Duration,
+    start: Instant,
+    run: HookSlot,
+}
+
+/// A runner's claim on the sequence. Dropped before the report is stored (the
+/// runner's task was dropped with its runtime, or panicked), it hands the sequence
+/// on: a runner on a caller's runtime to the coordinator's own thread; a runner on
+/// the coordinator's own thread (which only a bug can stop) ends the sequence with
+/// a forced report of what it knows, so no waiter hangs.
+pub(crate) struct Claim {
+    shutdown: Shutdown,
+    id: u64,
+    own_thread: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let s = &self.shutdown;
+        if s.inner.report.get().is_some() {
+            return;
+        }
+        if self.own_thread {
+            s.abandon(self.id);
+        } else if s.release(
+            self.id,
+            "cancelled: the runtime running the shutdown went away while it ran",
+        ) {
+            tracing::warn!(
+                "the task running the shutdown was lost before the end (its runtime shut down or has no timers): going on on the coordinator's own thread"
+            );
+            s.run_on_own_thread();
+        }
+    }
+}
 
 impl Shutdown {
     /// Waits for the shutdown to be triggered and to finish, and returns the report.
     ///
     /// The sequence (drain in-flight work up to the grace period, then run the stop
     /// hooks in reverse registration order, each within its timeout) runs as a task
-    /// of its own, started by the trigger or by the first `wait`, whichever comes
-    /// first (see [`trigger`](Self::trigger) for where it runs); waiting is not what
-    /// moves it. Any number of tasks may wait, before or after the shutdown
-    /// finishes; all get the same report.
+    /// of its own, started by the trigger (see [`trigger`](Self::trigger) for where
+    /// it runs, and why it always finishes); waiting is not what moves it. Any
+    /// number of tasks may wait, before or after the shutdown finishes; all get the
+    /// same report.
     ///
     /// # Cancel safety
     ///
@@ -39,13 +119,13 @@ impl Shutdown {
     /// [`wait`](Self::wait) for code without a runtime (a thread pool's shutdown
     /// path): blocks the calling thread until the shutdown finishes.
     ///
-    /// If no runner has started the sequence yet (none was spawned, or the one the
-    /// trigger spawned sits on the runtime this call is blocking), it runs on a
-    /// private single-threaded tokio runtime (hooks run there too). Do not call it
-    /// from inside an async task: that blocks the runtime's thread; use
-    /// [`wait`](Self::wait) there. If it is called from inside a runtime anyway, the
-    /// private runtime runs on a separate thread, so it does not panic as a nested
-    /// `block_on` would.
+    /// It waits on a private single-threaded tokio runtime, which runs the sequence
+    /// if no runner holds it. Prefer [`wait`](Self::wait) inside an async task:
+    /// this call blocks the runtime's thread. Called there anyway, it does not
+    /// deadlock: the private runtime runs on a separate thread (no nested
+    /// `block_on` panic), and on a single-threaded runtime, whose tasks this call
+    /// freezes, it takes over the sequence if a task of that runtime was running it
+    /// (see [`trigger`](Self::trigger)).
     ///
     /// # Panics
     ///
@@ -61,7 +141,10 @@ impl Shutdown {
                 .expect("cannot create the runtime for Shutdown::wait_blocking")
                 .block_on(self.wait())
         };
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if let Ok(handle) = Handle::try_current() {
+            if handle.runtime_flavor() == RuntimeFlavor::CurrentThread {
+                self.release_frozen_runner();
+            }
             std::thread::scope(|s| {
                 std::thread::Builder::new()
                     .name("heijunka-shutdown-wait".into())
@@ -72,6 +155,112 @@ impl Shutdown {
             })
         } else {
             run()
+        }
+    }
+
+    /// Called on a single-threaded runtime's thread that is about to block: a
+    /// runner claimed on this thread cannot be polled until the block ends, so its
+    /// claim is released for another runner to go on.
+    fn release_frozen_runner(&self) {
+        let me = std::thread::current().id();
+        let frozen = {
+            let st = self.inner.state();
+            (st.run.thread == Some(me)).then_some(st.run.claim)
+        };
+        if let Some(id) = frozen {
+            self.release(
+                id,
+                "cancelled: Shutdown::wait_blocking blocked the runtime running it",
+            );
+        }
+    }
+
+    /// Releases claim `id` if it still holds the sequence: the hook it was running
+    /// is put back to run again if its future had not started, reported as an
+    /// error (`why`) if it had. Returns whether it released anything.
+    pub(crate) fn release(&self, id: u64, why: &str) -> bool {
+        let mut st = self.inner.state();
+        if id == 0 || st.run.claim != id {
+            return false;
+        }
+        st.run.claim = 0;
+        st.run.thread = None;
+        if let Some(cur) = st.run.current.take() {
+            let body = cur
+                .run
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            match body {
+                Some(run) => st.hooks.push(Hook {
+                    name: cur.name,
+                    timeout: cur.timeout,
+                    run,
+                }),
+                None => st.run.reports.push(HookReport {
+                    name: cur.name,
+                    outcome: HookOutcome::Error(why.to_string()),
+                    timeout: cur.timeout,
+                    elapsed: cur.start.elapsed(),
+                }),
+            }
+        }
+        true
+    }
+
+    /// Ends the sequence held by claim `id` with a forced report of what is known
+    /// (the runner on the coordinator's own thread was lost: a bug).
+    fn abandon(&self, id: u64) {
+        let report = {
+            let mut st = self.inner.state();
+            if st.run.claim != id {
+                return;
+            }
+            let Some(info) = st.trigger.clone() else {
+                return;
+            };
+            let drain = st.run.drain.clone().unwrap_or_else(|| Drain {
+                forced: true,
+                drained: false,
+                in_flight_at_deadline: self.inner.gate.count(),
+                abandoned_tasks: st.tasks.running(),
+                drain_time: info.at.elapsed(),
+            });
+            let mut hooks = std::mem::take(&mut st.run.reports);
+            if let Some(cur) = st.run.current.take() {
+                hooks.push(HookReport {
+                    name: cur.name,
+                    outcome: HookOutcome::Error("cancelled: the shutdown's runner was lost".into()),
+                    timeout: cur.timeout,
+                    elapsed: cur.start.elapsed(),
+                });
+            }
+            st.hooks_started = true;
+            for hook in std::mem::take(&mut st.hooks).into_iter().rev() {
+                hooks.push(HookReport {
+                    name: hook.name,
+                    outcome: HookOutcome::Skipped,
+                    timeout: hook.timeout,
+                    elapsed: Duration::ZERO,
+                });
+            }
+            let report = ShutdownReport {
+                trigger: info.reason,
+                forced: true,
+                drained: drain.drained,
+                in_flight_at_trigger: info.in_flight,
+                in_flight_at_deadline: drain.in_flight_at_deadline,
+                abandoned_tasks: drain.abandoned_tasks,
+                drain_time: drain.drain_time,
+                total_time: info.at.elapsed(),
+                hooks,
+            };
+            let _ = self.inner.report.set(report);
+            self.inner.report.get().map(ShutdownReport::phase)
+        };
+        tracing::error!("the shutdown's runner was lost: the shutdown ends forced");
+        if let Some(phase) = report {
+            self.inner.phase.send_replace(phase);
         }
     }
 
@@ -107,8 +296,35 @@ impl Shutdown {
         }
     }
 
-    pub(crate) async fn drive(&self) {
+    /// A runner: once triggered, claims the sequence unless another runner holds
+    /// it (or it has ended), and runs it from where it is.
+    pub(crate) async fn run_sequence(&self, own_thread: bool) {
         self.inner.trigger.cancelled().await;
+        if self.inner.report.get().is_some() {
+            return;
+        }
+        let id = {
+            let mut st = self.inner.state();
+            if st.run.claim != 0 {
+                return;
+            }
+            st.run.claims += 1;
+            st.run.claim = st.run.claims;
+            st.run.thread = Some(std::thread::current().id());
+            st.run.claim
+        };
+        let claim = Claim {
+            shutdown: self.clone(),
+            id,
+            own_thread,
+        };
+        self.drive(claim.id).await;
+        drop(claim);
+    }
+
+    /// Runs the sequence under claim `id`, from where a former runner left it;
+    /// returns early once the claim was taken away (`wait_blocking`).
+    async fn drive(&self, id: u64) {
         let TriggerInfo {
             reason,
             at: started,
@@ -123,63 +339,106 @@ impl Shutdown {
         let force_at = config.force_after.map(|d| started + d);
         let force = self.forced(force_at);
         tokio::pin!(force);
-        let mut forced = self.inner.force.is_cancelled();
 
-        // 1. Drain.
-        let drained = if forced {
-            self.inner.gate.count() == 0
-        } else {
-            tokio::select! {
-                biased;
-                () = &mut force => {
-                    forced = true;
+        // 1. Drain, unless a former runner saw it end.
+        let done = self.inner.state().run.drain.clone();
+        let drain = match done {
+            Some(drain) => drain,
+            None => {
+                let mut forced = self.inner.force.is_cancelled();
+                let drained = if forced {
                     self.inner.gate.count() == 0
+                } else {
+                    tokio::select! {
+                        biased;
+                        () = &mut force => {
+                            forced = true;
+                            self.inner.gate.count() == 0
+                        }
+                        () = self.drained() => true,
+                        () = sleep_until(started + config.grace_period) => self.inner.gate.count() == 0,
+                    }
+                };
+                let drain_time = started.elapsed();
+                let in_flight_at_deadline = if drained { 0 } else { self.inner.gate.count() };
+                let drain = {
+                    let mut st = self.inner.state();
+                    if st.run.claim != id {
+                        return;
+                    }
+                    let drain = Drain {
+                        forced,
+                        drained,
+                        in_flight_at_deadline,
+                        abandoned_tasks: if drained {
+                            Vec::new()
+                        } else {
+                            st.tasks.running()
+                        },
+                        drain_time,
+                    };
+                    st.run.drain = Some(drain.clone());
+                    drain
+                };
+                if drained {
+                    tracing::info!(shutdown.drain_time = ?drain_time, "shutdown drained");
+                } else {
+                    tracing::warn!(
+                        shutdown.abandoned = in_flight_at_deadline,
+                        shutdown.drain_time = ?drain_time,
+                        "shutdown abandoned in-flight work"
+                    );
                 }
-                () = self.drained() => true,
-                () = sleep_until(started + config.grace_period) => self.inner.gate.count() == 0,
+                drain
             }
         };
-        let drain_time = started.elapsed();
-        let in_flight_at_deadline = if drained { 0 } else { self.inner.gate.count() };
-        let abandoned_tasks: Vec<String> = if drained {
-            Vec::new()
-        } else {
-            self.inner.state().tasks.running()
-        };
-        if drained {
-            tracing::info!(shutdown.drain_time = ?drain_time, "shutdown drained");
-        } else {
-            tracing::warn!(
-                shutdown.abandoned = in_flight_at_deadline,
-                shutdown.drain_time = ?drain_time,
-                "shutdown abandoned in-flight work"
-            );
-        }
+        let mut forced = drain.forced || self.inner.force.is_cancelled();
 
         // 2. Hooks, last registered first.
-        let hooks = {
-            let mut st = self.inner.state();
-            st.hooks_started = true;
-            std::mem::take(&mut st.hooks)
-        };
+        self.inner.state().hooks_started = true;
         if !forced {
             self.inner.phase.send_replace(Phase::Stopping);
         }
-        let mut reports = Vec::with_capacity(hooks.len());
-        for hook in hooks.into_iter().rev() {
-            if forced {
-                reports.push(HookReport {
-                    name: hook.name,
-                    outcome: HookOutcome::Skipped,
+        loop {
+            // Take the next hook and mark it running in one step, so a runner lost
+            // from here on hands it on (see `release`).
+            let (name, limit, slot) = {
+                let mut st = self.inner.state();
+                if st.run.claim != id {
+                    return;
+                }
+                let Some(hook) = st.hooks.pop() else {
+                    break;
+                };
+                if forced {
+                    st.run.reports.push(HookReport {
+                        name: hook.name,
+                        outcome: HookOutcome::Skipped,
+                        timeout: hook.timeout,
+                        elapsed: Duration::ZERO,
+                    });
+                    continue;
+                }
+                let slot: HookSlot = Arc::new(Mutex::new(Some(hook.run)));
+                st.run.current = Some(Running {
+                    name: hook.name.clone(),
                     timeout: hook.timeout,
-                    elapsed: Duration::ZERO,
+                    start: Instant::now(),
+                    run: Arc::clone(&slot),
                 });
-                continue;
-            }
+                (hook.name, hook.timeout, slot)
+            };
             let hook_start = Instant::now();
-            let run = hook.run;
-            // The hook's own task: its panics are caught by the runtime.
-            let mut task = tokio::spawn(async move { run().await });
+            // The hook's own task: its panics are caught by the runtime. It takes
+            // the body when first polled; a body taken back by `release` runs
+            // elsewhere, and this task ends at once.
+            let mut task = tokio::spawn(async move {
+                let body = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                match body {
+                    Some(run) => run().await,
+                    None => Ok(()),
+                }
+            });
             let outcome = tokio::select! {
                 biased;
                 () = &mut force => {
@@ -187,7 +446,7 @@ impl Shutdown {
                     task.abort();
                     HookOutcome::Skipped
                 }
-                res = timeout(hook.timeout, &mut task) => match res {
+                res = timeout(limit, &mut task) => match res {
                     Err(_) => {
                         task.abort();
                         HookOutcome::TimedOut
@@ -199,41 +458,61 @@ impl Shutdown {
                 }
             };
             let elapsed = hook_start.elapsed();
+            {
+                let mut st = self.inner.state();
+                if st.run.claim != id {
+                    return;
+                }
+                st.run.current = None;
+                st.run.reports.push(HookReport {
+                    name: name.clone(),
+                    outcome: outcome.clone(),
+                    timeout: limit,
+                    elapsed,
+                });
+            }
             match &outcome {
                 HookOutcome::Ok => {
-                    tracing::debug!(shutdown.hook = %hook.name, ?elapsed, "stop hook finished");
+                    tracing::debug!(shutdown.hook = %name, ?elapsed, "stop hook finished");
                 }
                 HookOutcome::TimedOut => {
-                    tracing::warn!(shutdown.hook = %hook.name, timeout = ?hook.timeout, ?elapsed, "stop hook overran its time limit: cut off");
+                    tracing::warn!(shutdown.hook = %name, timeout = ?limit, ?elapsed, "stop hook overran its time limit: cut off");
                 }
                 other => {
-                    tracing::warn!(shutdown.hook = %hook.name, outcome = ?other, ?elapsed, "stop hook failed");
+                    tracing::warn!(shutdown.hook = %name, outcome = ?other, ?elapsed, "stop hook failed");
                 }
             }
-            reports.push(HookReport {
-                name: hook.name,
-                outcome,
-                timeout: hook.timeout,
-                elapsed,
-            });
         }
 
-        let report = ShutdownReport {
-            trigger: reason,
-            forced,
-            drained,
-            in_flight_at_trigger,
-            in_flight_at_deadline,
-            abandoned_tasks,
-            drain_time,
-            total_time: started.elapsed(),
-            hooks: reports,
+        // Store the report under the lock (no runner can take over meanwhile), then
+        // publish the phase: `wait` reads the report once it sees a final phase.
+        let phase = {
+            let mut st = self.inner.state();
+            if st.run.claim != id {
+                return;
+            }
+            let report = ShutdownReport {
+                trigger: reason,
+                forced,
+                drained: drain.drained,
+                in_flight_at_trigger,
+                in_flight_at_deadline: drain.in_flight_at_deadline,
+                abandoned_tasks: drain.abandoned_tasks,
+                drain_time: drain.drain_time,
+                total_time: started.elapsed(),
+                hooks: std::mem::take(&mut st.run.reports),
+            };
+            let summary = (report.phase(), report.is_clean(), report.total_time);
+            let _ = self.inner.report.set(report);
+            summary
         };
-        tracing::info!(shutdown.clean = report.is_clean(), shutdown.forced = forced, total_time = ?report.total_time, "shutdown finished");
-        let phase = report.phase();
-        // Store first, then publish the phase: `wait` reads the report once it sees
-        // a final phase.
-        let _ = self.inner.report.set(report);
+        let (phase, clean, total_time) = phase;
+        tracing::info!(
+            shutdown.clean = clean,
+            shutdown.forced = forced,
+            ?total_time,
+            "shutdown finished"
+        );
         self.inner.phase.send_replace(phase);
     }
 }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 // The coordinator's plumbing uses std's Arc and Mutex directly: it is not part of the
 // atomic protocol (the gate, which takes its atomics from the loom shim), and
 // children are held through `Weak`, which loom's `Arc` does not offer.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::HOOK_GRACE_MARGIN;
 use crate::config::ShutdownBuilder;
+use crate::drive::RunState;
 use crate::gate::{Enter, Gate};
 use crate::{
     InFlight, OwnedInFlight, Phase, ShutdownReport, ShutdownToken, ShuttingDown, SpawnError,
@@ -30,10 +31,13 @@ pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 type HookFuture = Pin<Box<dyn Future<Output = Result<(), HookError>> + Send + 'static>>;
 
+/// A stop hook's body: called once, when its turn comes.
+pub(crate) type HookFn = Box<dyn FnOnce() -> HookFuture + Send + 'static>;
+
 pub(crate) struct Hook {
     pub(crate) name: String,
     pub(crate) timeout: Duration,
-    pub(crate) run: Box<dyn FnOnce() -> HookFuture + Send + 'static>,
+    pub(crate) run: HookFn,
 }
 
 #[derive(Clone)]
@@ -50,6 +54,8 @@ pub(crate) struct State {
     pub(crate) hooks_started: bool,
     /// Names of the named tracked tasks still running ([`Shutdown::spawn_named`]).
     pub(crate) tasks: TaskNames,
+    /// Who runs the shutdown sequence now, and how far it has got.
+    pub(crate) run: RunState,
     children: Vec<Weak<Inner>>,
 }
 
@@ -98,8 +104,6 @@ pub(crate) struct Inner {
     pub(crate) report: OnceLock<ShutdownReport>,
     /// Set by the first `install_signal_handlers`: later calls do nothing.
     pub(crate) signals_installed: AtomicBool,
-    /// Set by the runner that runs the shutdown sequence (once).
-    pub(crate) drive_claimed: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -178,7 +182,6 @@ impl Shutdown {
                 phase,
                 report: OnceLock::new(),
                 signals_installed: AtomicBool::new(false),
-                drive_claimed: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -272,12 +275,28 @@ impl Shutdown {
     ///
     /// # Where the sequence runs
     ///
-    /// The sequence starts at the trigger, or at the first `wait` if that comes
-    /// first, as a task of its own: on the tokio runtime of the caller if there is
-    /// one (so hooks run there, and a paused test clock applies), otherwise on a
-    /// thread of its own (`heijunka-shutdown`) with a private single-threaded
-    /// runtime. If that runtime shuts down before the sequence ends, the sequence
-    /// ends with it; trigger from a runtime that outlives the shutdown.
+    /// The sequence starts at the trigger as a task of its own: on the tokio
+    /// runtime of the caller if there is one (so hooks run there, and a paused test
+    /// clock applies), otherwise on a thread of its own (`heijunka-shutdown`) with a
+    /// private single-threaded runtime with timers. A `wait` (or `wait_blocking`)
+    /// that finds no task running the sequence starts one the same way.
+    ///
+    /// The sequence keeps its progress (drain result, hooks run, their reports) in
+    /// the coordinator, not in the task, so it always finishes:
+    ///
+    /// - if the task is dropped before the end (its runtime shuts down, say
+    ///   mid-grace) or panics (its runtime has no timers: `enable_time` was not
+    ///   called), the sequence goes on from where it was on the coordinator's own
+    ///   `heijunka-shutdown` thread. A hook whose future had started on the lost
+    ///   runtime is reported as [`HookOutcome::Error`](crate::HookOutcome::Error)
+    ///   (it was cancelled with that runtime); one not yet started runs there.
+    /// - if [`wait_blocking`](Self::wait_blocking) blocks the single-threaded
+    ///   runtime whose task runs the sequence (trigger, an `.await`, then
+    ///   `wait_blocking` in the same task), `wait_blocking` takes the sequence over
+    ///   on a private runtime in the same way.
+    ///
+    /// After such a move the grace period and hook timeouts are measured on the
+    /// new runtime's clock (real time), from the same trigger instant.
     pub fn trigger(&self) -> bool {
         self.trigger_with(TriggerReason::Call)
     }
@@ -313,27 +332,28 @@ impl Shutdown {
         true
     }
 
-    /// Makes sure the shutdown sequence runs: unless a runner has already claimed
-    /// it, spawns a candidate runner on the current tokio runtime if there is one,
-    /// on a thread of its own otherwise (see [`trigger`](Self::trigger)). The first
-    /// candidate to be polled claims the sequence and runs it; later ones end at
-    /// once. A candidate that never runs (its runtime is blocked, as under
-    /// `wait_blocking` on a single-threaded runtime, or going away) claims nothing,
-    /// so the next `wait` or `wait_blocking` still gets the sequence run.
+    /// Makes sure the shutdown sequence runs: unless a runner holds it, spawns a
+    /// candidate runner on the current tokio runtime if there is one, on the
+    /// coordinator's own thread otherwise (see [`trigger`](Self::trigger)). Once
+    /// triggered, the first candidate to be polled claims the sequence and runs it;
+    /// later ones end at once. A candidate that never runs claims nothing, and a
+    /// runner lost before the end hands its claim back (see `drive::Claim`).
     pub(crate) fn start_driver(&self) {
-        if self.inner.drive_claimed.load(Ordering::SeqCst) {
+        if self.inner.report.get().is_some() || self.inner.state().run.is_claimed() {
             return;
         }
-        let this = self.clone();
-        let run = async move {
-            if !this.inner.drive_claimed.swap(true, Ordering::SeqCst) {
-                this.drive().await;
-            }
-        };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(run);
+            let this = self.clone();
+            handle.spawn(async move { this.run_sequence(false).await });
             return;
         }
+        self.run_on_own_thread();
+    }
+
+    /// Runs the sequence on the coordinator's own thread (`heijunka-shutdown`),
+    /// with a private single-threaded runtime with timers.
+    pub(crate) fn run_on_own_thread(&self) {
+        let this = self.clone();
         let started = std::thread::Builder::new()
             .name("heijunka-shutdown".into())
             .spawn(move || {
@@ -341,7 +361,7 @@ impl Shutdown {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run),
+                    Ok(rt) => rt.block_on(this.run_sequence(true)),
                     Err(e) => tracing::error!(error = %e, "cannot start the shutdown's runtime"),
                 }
             });

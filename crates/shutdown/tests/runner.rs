@@ -1,0 +1,140 @@
+//! The shutdown sequence finishes whatever happens to the runtime its runner started
+//! on: dropped mid-grace, without a timer, or blocked by `wait_blocking`. Each test
+//! runs its scenario on a thread of its own and bounds it in real time (a guard
+//! against a hang, not a measurement): on a hang the test fails instead of blocking.
+#![cfg(not(loom))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use heijunka_shutdown::{HookOutcome, Shutdown, ShutdownReport};
+
+/// A guard against a hang: the scenario gets this long in real time.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Runs `scenario` on a thread of its own; fails the test with `what` if it does
+/// not return within [`BOUND`].
+fn bounded(
+    what: &str,
+    scenario: impl FnOnce() -> ShutdownReport + Send + 'static,
+) -> ShutdownReport {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(scenario());
+    });
+    rx.recv_timeout(BOUND)
+        .unwrap_or_else(|e| panic!("{what}: no report within {BOUND:?} ({e})"))
+}
+
+/// A coordinator with a long grace period and one stop hook that records it ran.
+fn fixture() -> (Shutdown, Arc<AtomicBool>) {
+    let shutdown = Shutdown::builder()
+        .grace_period(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    shutdown
+        .on_stop("db", move || async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    (shutdown, ran)
+}
+
+fn hook_outcomes(report: &ShutdownReport) -> Vec<(&str, HookOutcome)> {
+    report
+        .hooks
+        .iter()
+        .map(|h| (h.name.as_str(), h.outcome.clone()))
+        .collect()
+}
+
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn a_runner_whose_runtime_is_dropped_mid_grace_is_taken_over() {
+    let (shutdown, ran) = fixture();
+    let held = shutdown.try_enter_owned().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        shutdown.trigger();
+        // The runner claims the sequence and waits out the grace period.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    assert!(!ran.load(Ordering::SeqCst), "still draining");
+    drop(rt); // the runner's runtime goes away mid-grace
+    drop(held); // the last in-flight work finishes
+    let s = shutdown.clone();
+    let report = bounded(
+        "wait_blocking after the runner's runtime was dropped",
+        move || s.wait_blocking(),
+    );
+    assert!(report.drained, "{report}");
+    assert_eq!(hook_outcomes(&report), [("db", HookOutcome::Ok)]);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook ran");
+    assert!(report.is_clean(), "{report}");
+}
+
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn a_trigger_from_a_runtime_without_timers_still_completes() {
+    let (shutdown, ran) = fixture();
+    let s = shutdown.clone();
+    let report = bounded(
+        "a shutdown triggered on a runtime without timers",
+        move || {
+            // No `enable_time`: the runner cannot sleep on this runtime.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                s.trigger();
+                s.wait().await
+            })
+        },
+    );
+    assert_eq!(hook_outcomes(&report), [("db", HookOutcome::Ok)]);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook ran");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        shutdown.wait_blocking(),
+        report,
+        "every waiter, the same report"
+    );
+}
+
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn wait_blocking_in_the_current_thread_task_that_triggered_does_not_deadlock() {
+    let (shutdown, ran) = fixture();
+    let held = shutdown.try_enter_owned().unwrap();
+    let s = shutdown.clone();
+    let report = bounded("wait_blocking inside the triggering task", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            s.trigger();
+            // The runner is polled: it claims the sequence and waits for the work
+            // in flight; then this task blocks the runtime, and another thread
+            // finishes that work (a release, not a measurement).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                drop(held);
+            });
+            s.wait_blocking()
+        })
+    });
+    assert_eq!(hook_outcomes(&report), [("db", HookOutcome::Ok)]);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook ran");
+    assert!(report.is_clean(), "{report}");
+}
