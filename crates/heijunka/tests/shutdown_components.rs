@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use heijunka::event_bus::EventBus;
 use heijunka::pool::{Dispatcher, TaskPool, WorkerPool};
-use heijunka::shutdown::{HookOutcome, Shutdown};
+use heijunka::shutdown::{DEFAULT_HOOK_TIMEOUT, HOOK_GRACE_MARGIN, HookOutcome, Shutdown};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 
@@ -33,10 +33,12 @@ fn baton() -> (oneshot::Sender<()>, Baton) {
 
 /// One 3 s task in each registered component. The event bus handler, the
 /// dispatcher's handler and the task pool's task form a pipeline (each starts when
-/// the one before it has finished: 0-3 s, 3-6 s, 6-9 s); the worker pool's task runs
-/// 0-3 s. The hooks run dispatcher, event bus, task pool, worker pool (reverse
-/// registration order), so the dispatcher's stop hook waits 6 s for its message:
-/// more than the default 5 s hook timeout, well within its 10 s grace.
+/// the one before it has finished: 0-3 s, 3-6 s, 6-9 s), and a second task pool
+/// task follows it (9-12 s); the worker pool's task runs 0-3 s. The hooks run
+/// dispatcher, event bus, task pool, worker pool (reverse registration order), so
+/// the dispatcher's stop hook waits 6 s for its message (0-6 s) and the task pool's
+/// 6 s for its two tasks (6-12 s): each more than the default 5 s hook timeout,
+/// within its 10 s grace.
 #[tokio::test(start_paused = true)]
 async fn every_registered_component_drains_within_the_grace_it_was_given() {
     let shutdown = Shutdown::builder().grace_period(GRACE).build().unwrap();
@@ -100,14 +102,23 @@ async fn every_registered_component_drains_within_the_grace_it_was_given() {
         })
         .unwrap();
 
-    // Task pool: 6-9 s.
+    // Task pool: 6-9 s, then hands the baton to its second task: 9-12 s.
     let tasks = TaskPool::builder().max_running(2).build().unwrap();
     let go = pool_go.lock().unwrap().take().unwrap();
+    let (pool_done, second_go) = oneshot::channel::<()>();
     let pool_task = tasks
         .try_spawn(async move {
             let _ = go.await;
             sleep(TASK).await;
+            let _ = pool_done.send(());
             3_u64
+        })
+        .unwrap();
+    let second_pool_task = tasks
+        .try_spawn(async move {
+            let _ = second_go.await;
+            sleep(TASK).await;
+            4_u64
         })
         .unwrap();
 
@@ -139,17 +150,29 @@ async fn every_registered_component_drains_within_the_grace_it_was_given() {
         [
             ("dispatcher", HookOutcome::Ok, Duration::from_secs(6)),
             ("event bus", HookOutcome::Ok, Duration::ZERO),
-            ("task pool", HookOutcome::Ok, Duration::from_secs(3)),
+            ("task pool", HookOutcome::Ok, Duration::from_secs(6)),
             ("worker pool", HookOutcome::Ok, Duration::ZERO),
         ]
     );
-    assert!(
-        report.hooks.iter().all(|h| h.timeout >= GRACE),
-        "each component's hook timeout covers its grace: {:?}",
-        report.hooks
-    );
-    assert_eq!(start.elapsed(), Duration::from_secs(9));
+    // The promise of `register_with`: the hook's limit is the component's grace
+    // plus the margin, or the coordinator's hook timeout if that is longer.
+    let promised = GRACE
+        .saturating_add(HOOK_GRACE_MARGIN)
+        .max(DEFAULT_HOOK_TIMEOUT);
+    for h in &report.hooks {
+        assert_eq!(h.timeout, promised, "{}'s hook time limit", h.name);
+    }
+    // Two components drained for longer than the default hook timeout.
+    let long: Vec<_> = report
+        .hooks
+        .iter()
+        .filter(|h| h.elapsed > DEFAULT_HOOK_TIMEOUT)
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(long, ["dispatcher", "task pool"]);
+    assert_eq!(start.elapsed(), Duration::from_secs(12));
     assert_eq!(reply.await, Ok(2));
     assert_eq!(pool_task.join().await, Ok(3));
+    assert_eq!(second_pool_task.join().await, Ok(4));
     assert_eq!(worker_job.join(), Ok(1));
 }

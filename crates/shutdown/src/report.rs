@@ -104,14 +104,22 @@ pub enum HookOutcome {
 }
 
 /// One stop hook's entry in the report.
+///
+/// Built by the coordinator, read by users: `#[non_exhaustive]`, so fields can be
+/// added.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HookReport {
     /// The name it was registered with.
     pub name: String,
     /// How it ended.
     pub outcome: HookOutcome,
-    /// Its time limit: the one it was registered with (for a component registered
-    /// with its grace period, that grace plus
+    /// Its time limit, the one it was registered with: the coordinator's hook
+    /// timeout for [`on_stop`](crate::Shutdown::on_stop), the given one for
+    /// [`on_stop_with_timeout`](crate::Shutdown::on_stop_with_timeout), and
+    /// `max(grace + HOOK_GRACE_MARGIN, hook_timeout)` for a component registered
+    /// with its grace ([`on_stop_with_grace`](crate::Shutdown::on_stop_with_grace),
+    /// which every `register_with` uses; see
     /// [`HOOK_GRACE_MARGIN`](crate::HOOK_GRACE_MARGIN)).
     pub timeout: Duration,
     /// How long it ran (zero if skipped before it started).
@@ -128,8 +136,10 @@ impl HookReport {
 
 /// What a shutdown did, returned by [`Shutdown::wait`](crate::Shutdown::wait).
 ///
-/// Every waiter gets the same report.
+/// Every waiter gets the same report. Built by the coordinator, read by users:
+/// `#[non_exhaustive]`, so fields can be added.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// What started the shutdown.
     pub trigger: TriggerReason,
