@@ -128,6 +128,19 @@ impl Inner {
 ///
 /// Cheap to clone (an `Arc`); every clone is the same coordinator.
 ///
+/// # Where the shutdown runs
+///
+/// The sequence (drain, hooks, report) runs as a task started by the
+/// [`trigger`](Self::trigger): on the caller's tokio runtime, so hooks run there
+/// and a paused test clock applies, or, outside a runtime, on the coordinator's
+/// own `heijunka-shutdown` thread. Its progress is kept in the coordinator, not in
+/// that task, so it always reaches a report: a task lost before the end (its
+/// runtime shut down mid-grace, or it panicked because the runtime has no timers)
+/// hands the rest over to the coordinator's own thread, and
+/// [`wait_blocking`](Self::wait_blocking) on a single-threaded runtime takes over
+/// the sequence from the task it freezes. A hook cut short by such a move is
+/// reported as an error; the others run. See [`trigger`](Self::trigger).
+///
 /// ```
 /// use heijunka_shutdown::Shutdown;
 /// use std::time::Duration;

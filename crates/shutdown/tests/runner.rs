@@ -138,3 +138,82 @@ fn wait_blocking_in_the_current_thread_task_that_triggered_does_not_deadlock() {
     assert!(ran.load(Ordering::SeqCst), "the stop hook ran");
     assert!(report.is_clean(), "{report}");
 }
+
+/// A coordinator whose first hook to run (`stuck`, registered last) waits forever
+/// once started, followed by `db` (registered first).
+fn fixture_with_a_stuck_hook() -> (Shutdown, Arc<AtomicBool>, Arc<AtomicBool>) {
+    let (shutdown, ran) = fixture();
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&started);
+    shutdown
+        .on_stop("stuck", move || async move {
+            flag.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    (shutdown, ran, started)
+}
+
+/// A hook whose future had started on the runtime that went away was cancelled
+/// with it: reported as an error, and the hooks after it still run.
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn a_hook_cancelled_with_its_runtime_is_reported_and_the_rest_run() {
+    let (shutdown, ran, started) = fixture_with_a_stuck_hook();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    assert!(started.load(Ordering::SeqCst), "the stuck hook is running");
+    drop(rt);
+    let s = shutdown.clone();
+    let report = bounded(
+        "wait_blocking after the hook's runtime was dropped",
+        move || s.wait_blocking(),
+    );
+    assert_eq!(report.hooks.len(), 2, "{report}");
+    assert_eq!(report.hooks[0].name, "stuck");
+    assert!(
+        matches!(&report.hooks[0].outcome, HookOutcome::Error(m) if m.contains("went away")),
+        "{report}"
+    );
+    assert_eq!(report.hooks[1].name, "db");
+    assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook after it ran");
+    assert!(!report.is_clean(), "a hook was cut off: {report}");
+}
+
+/// `wait_blocking` on the single-threaded runtime whose hook it freezes: the
+/// frozen hook is reported as cancelled, the rest run, and the call returns.
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn wait_blocking_that_freezes_a_running_hook_reports_it_and_returns() {
+    let (shutdown, ran, started) = fixture_with_a_stuck_hook();
+    let s = shutdown.clone();
+    let report = bounded("wait_blocking freezing a running hook", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            s.trigger();
+            while !started.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+            s.wait_blocking()
+        })
+    });
+    assert_eq!(report.hooks.len(), 2, "{report}");
+    assert!(
+        matches!(&report.hooks[0].outcome, HookOutcome::Error(m) if m.contains("wait_blocking")),
+        "{report}"
+    );
+    assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook after it ran");
+}
