@@ -107,7 +107,11 @@ impl Shutdown {
         if let Some(report) = self.inner.report.get() {
             return report.clone();
         }
-        self.start_driver();
+        // The trigger starts the sequence; a wait after it makes sure it runs (in
+        // case no runner holds it). Before the trigger there is nothing to start.
+        if self.is_triggered() {
+            self.start_driver();
+        }
         self.reached(Phase::Stopped).await;
         self.inner
             .report
@@ -297,8 +301,9 @@ impl Shutdown {
     }
 
     /// A runner: once triggered, claims the sequence unless another runner holds
-    /// it (or it has ended), and runs it from where it is.
-    pub(crate) async fn run_sequence(&self, own_thread: bool) {
+    /// it (or it has ended), and runs it from where it is. Sets `claimed` when it
+    /// has claimed (from then on its `Claim` hands the sequence on if it is lost).
+    pub(crate) async fn run_sequence(&self, own_thread: bool, claimed: &mut bool) {
         self.inner.trigger.cancelled().await;
         if self.inner.report.get().is_some() {
             return;
@@ -313,6 +318,7 @@ impl Shutdown {
             st.run.thread = Some(std::thread::current().id());
             st.run.claim
         };
+        *claimed = true;
         let claim = Claim {
             shutdown: self.clone(),
             id,

@@ -356,8 +356,14 @@ impl Shutdown {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let this = self.clone();
-            handle.spawn(async move { this.run_sequence(false).await });
+            let mut candidate = Candidate {
+                shutdown: self.clone(),
+                claimed: false,
+            };
+            handle.spawn(async move {
+                let this = candidate.shutdown.clone();
+                this.run_sequence(false, &mut candidate.claimed).await;
+            });
             return;
         }
         self.run_on_own_thread();
@@ -374,7 +380,7 @@ impl Shutdown {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(this.run_sequence(true)),
+                    Ok(rt) => rt.block_on(this.run_sequence(true, &mut false)),
                     Err(e) => tracing::error!(error = %e, "cannot start the shutdown's runtime"),
                 }
             });
@@ -625,6 +631,29 @@ impl fmt::Debug for Shutdown {
             .field("grace_period", &self.inner.config.grace_period)
             .field("force_after", &self.inner.config.force_after)
             .finish_non_exhaustive()
+    }
+}
+
+/// A runner spawned on a caller's runtime. Dropped without having claimed the
+/// sequence (its runtime went away before polling it, or after the trigger woke
+/// it) while the sequence is triggered, unclaimed and unfinished, it hands the
+/// sequence to the coordinator's own thread: nobody need `wait` for it to run.
+/// (A runner that claimed hands it on through its `Claim`.)
+struct Candidate {
+    shutdown: Shutdown,
+    claimed: bool,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        let s = &self.shutdown;
+        if !self.claimed
+            && s.is_triggered()
+            && s.inner.report.get().is_none()
+            && !s.inner.state().run.is_claimed()
+        {
+            s.run_on_own_thread();
+        }
     }
 }
 

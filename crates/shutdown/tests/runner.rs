@@ -217,3 +217,53 @@ fn wait_blocking_that_freezes_a_running_hook_reports_it_and_returns() {
     assert_eq!(report.hooks[1].outcome, HookOutcome::Ok);
     assert!(ran.load(Ordering::SeqCst), "the stop hook after it ran");
 }
+
+/// The trigger's runner was spawned on a runtime that went away before polling it:
+/// the sequence still runs without anyone calling `wait`, so an observer of the
+/// final phase is not left hanging.
+#[cfg_attr(miri, ignore)] // real threads and a real-time bound
+#[test]
+fn a_runner_dropped_before_its_first_poll_still_gets_the_sequence_run() {
+    let (shutdown, ran) = fixture();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // Triggered inside the runtime, which ends before running the runner's task.
+    rt.block_on(async { shutdown.trigger() });
+    drop(rt);
+    let s = shutdown.clone();
+    let report = bounded(
+        "reached(Stopped) with the runner dropped unpolled",
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                s.reached(heijunka_shutdown::Phase::Stopped).await;
+                s.wait().await
+            })
+        },
+    );
+    assert_eq!(hook_outcomes(&report), [("db", HookOutcome::Ok)]);
+    assert!(ran.load(Ordering::SeqCst), "the stop hook ran");
+}
+
+/// Waiting before the trigger starts nothing: a `wait` polled in a loop (under a
+/// timeout, in a `select!`) leaves no task behind; the trigger starts the sequence.
+#[tokio::test(start_paused = true)]
+async fn waiting_before_the_trigger_leaves_no_task_behind() {
+    let (shutdown, ran) = fixture();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for _ in 0..100 {
+        let waited = tokio::time::timeout(Duration::from_millis(1), shutdown.wait()).await;
+        assert!(waited.is_err(), "not triggered yet");
+    }
+    assert_eq!(metrics.num_alive_tasks(), before, "tasks left by waiting");
+    shutdown.trigger();
+    let report = shutdown.wait().await;
+    assert!(report.is_clean(), "{report}");
+    assert!(ran.load(Ordering::SeqCst));
+}
