@@ -608,6 +608,40 @@ mod tests {
         report
     }
 
+    /// A runner lost after it took a hook but before the hook's task ran (its
+    /// runtime never polled it) puts the hook back: it runs exactly once, on the
+    /// coordinator's own thread, and the report says it ran.
+    #[cfg_attr(miri, ignore)] // a real thread runs the rest
+    #[test]
+    fn a_lost_runner_puts_back_a_hook_that_had_not_started() {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let shutdown = Shutdown::new();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&runs);
+        shutdown
+            .on_stop("db", move || async move {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::io::Error>(())
+            })
+            .expect("hooks have not run");
+        shutdown.trigger(); // its runner's task sits on `rt`, which never runs it
+        let mut claimed = false;
+        let mut runner = Polled::new(shutdown.run_sequence(false, &mut claimed));
+        // One poll: claims, drains (nothing in flight), spawns the hook's task on
+        // `rt` (not run: nothing drives `rt`) and waits for it.
+        assert!(!runner.poll(), "the runner waits for its hook");
+        assert_eq!(shutdown.phase(), Phase::Stopping);
+        drop(runner); // the runner is lost
+        let report = shutdown.wait_blocking();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the hook ran once"
+        );
+    }
+
     #[test]
     fn wait_cancelled_at_every_poll() {
         let covered = cancel_points(64, |k| {
