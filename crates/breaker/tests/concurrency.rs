@@ -379,28 +379,42 @@ fn stress_listeners_see_transitions_in_order() {
         w.join().unwrap();
     }
     let end = breaker.state();
+    // Delivers what a dispatching thread left, and says how many events the
+    // bounded listener queue dropped (`LISTENER_QUEUE_CAPACITY`): a dropped event
+    // leaves a gap in the sequence numbers, for every listener alike.
+    let dropped = breaker.stats().dropped_events;
     for log in logs {
         let log = log.lock().unwrap();
         assert!(!log.is_empty());
+        let mut missing = 0;
         for pair in log.windows(2) {
-            assert_eq!(
-                pair[1].from,
-                pair[0].to,
-                "delivered out of order: {:?} then {:?}",
-                (pair[0].from, pair[0].to),
-                (pair[1].from, pair[1].to)
-            );
             assert!(
                 pair[1].sequence > pair[0].sequence,
                 "sequence numbers must increase: {} then {}",
                 pair[0].sequence,
                 pair[1].sequence
             );
+            missing += pair[1].sequence - pair[0].sequence - 1;
+            if pair[1].sequence == pair[0].sequence + 1 {
+                assert_eq!(
+                    pair[1].from,
+                    pair[0].to,
+                    "delivered out of order: {:?} then {:?}",
+                    (pair[0].from, pair[0].to),
+                    (pair[1].from, pair[1].to)
+                );
+            }
         }
-        assert_eq!(
-            log.last().unwrap().to,
-            end,
-            "the last event matches the state"
+        assert!(
+            missing <= dropped,
+            "{missing} events missing between delivered ones, but only {dropped} dropped"
         );
+        if dropped == 0 {
+            assert_eq!(
+                log.last().unwrap().to,
+                end,
+                "the last event matches the state"
+            );
+        }
     }
 }
