@@ -575,6 +575,7 @@ impl TaskPool {
             panicked,
             cancelled,
             rejected: Counters::get(&inner.counters.rejected),
+            blocked_submitters: inner.waiting.waiters(Side::Push),
             p50,
             p90,
             p99,

@@ -608,6 +608,7 @@ impl Shared {
             panicked,
             cancelled,
             rejected: Counters::get(&self.counters.rejected),
+            blocked_submitters: self.state.waiters(Side::Push),
             p50,
             p90,
             p99,
