@@ -168,7 +168,8 @@ impl Started {
         let mut n = 0;
         for c in &*self.cells {
             // Relaxed: a start counted here is given back through `state`, whose
-            // AcqRel steps order it; `wait_for_room` fences before calling this.
+            // AcqRel steps order it; `wait_for_room`, and `submit_until` on a full
+            // queue, fence before calling this (pairing with `room_wanted`).
             // The load skips the read-modify-write on cells holding nothing.
             if c.load(Ordering::Relaxed) > 0 {
                 n += c.swap(0, Ordering::Relaxed);
