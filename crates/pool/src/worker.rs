@@ -10,7 +10,7 @@ use crossbeam::deque::{Injector, Steal, Stealer, Worker};
 use crossbeam::utils::Backoff;
 use heijunka_backpressure::{Reserve, Side, SlotState};
 use heijunka_core::sync::CachePadded;
-use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::{ConfigError, InlineOnce, Rejection, validate};
 use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
@@ -414,16 +414,9 @@ impl WorkerPool {
                 Reserve::Full => {}
             }
             // Full as counted: slots of started jobs may not be given back yet.
-            // The fence pairs with the one in `Started::room_wanted`, which a worker
-            // passes after counting a start it has not given back: either its fence
-            // comes first in the SeqCst order and `collect` sees that start, or ours
-            // does and the start is ordered after this check (it raced the check,
-            // and refusing is what a check before it would have done). A start that
-            // happened before this call (the caller learned of it through any
-            // synchronisation) is seen in any case, by coherence. Cold: the queue
-            // is full.
-            fence(Ordering::SeqCst);
-            if s.started.collect(&s.state, &s.space) > 0 {
+            // Fenced (see `Started::collect_checked`): a start that happened
+            // before this check is collected.
+            if s.started.collect_checked(&s.state, &s.space) > 0 {
                 continue;
             }
             let until = match deadline {
