@@ -444,3 +444,34 @@ fn shutdown_polled_off_the_runtime_runs_on_the_pools_runtime() {
     let report = outcome.output().expect("the shutdown completes");
     assert!(report.clean, "{report:?}");
 }
+
+/// A `spawn` waiting for a waiting slot is reported in `blocked_submitters`
+/// while it waits, and no longer once it got in.
+#[test]
+fn a_spawn_waiting_for_room_is_reported_while_it_waits() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(1)
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let running = pool
+        .try_spawn(async move { g.acquire().await.unwrap().forget() })
+        .unwrap();
+    let queued = pool.try_spawn(async { 1 }).unwrap();
+    assert_eq!(pool.stats().blocked_submitters, 0);
+    let p = pool.clone();
+    let blocked = rt.spawn(async move { p.spawn(async { 2 }).await.map(drop).is_ok() });
+    for _ in 0..4 {
+        rt.block_on(tokio::task::yield_now());
+    }
+    assert_eq!(pool.stats().blocked_submitters, 1, "{:?}", pool.stats());
+    gate.add_permits(1);
+    assert!(rt.block_on(blocked).unwrap());
+    rt.block_on(running.join()).unwrap();
+    assert_eq!(rt.block_on(queued.join()), Ok(1));
+    assert_eq!(pool.stats().blocked_submitters, 0);
+}
