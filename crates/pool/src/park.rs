@@ -168,7 +168,8 @@ impl Started {
         let mut n = 0;
         for c in &*self.cells {
             // Relaxed: a start counted here is given back through `state`, whose
-            // AcqRel steps order it; `wait_for_room` fences before calling this.
+            // AcqRel steps order it; `wait_for_room`, and `submit_until` on a full
+            // queue, fence before calling this (pairing with `room_wanted`).
             // The load skips the read-modify-write on cells holding nothing.
             if c.load(Ordering::Relaxed) > 0 {
                 n += c.swap(0, Ordering::Relaxed);
@@ -176,6 +177,18 @@ impl Started {
         }
         release(n, state, space);
         n
+    }
+
+    /// [`collect`](Self::collect) for a submitter that found the queue full and
+    /// will refuse (or wait) if nothing is collected: a `SeqCst` fence first,
+    /// pairing with the one in [`room_wanted`](Self::room_wanted). Either the
+    /// worker's fence comes first in the `SeqCst` order and this collects its
+    /// start, or this one does and the start is ordered after the check (it
+    /// raced it). A start the caller learned of, through any synchronisation or
+    /// none, is therefore collected. Cold: the queue is full.
+    pub(crate) fn collect_checked(&self, state: &SlotState, space: &Parker) -> usize {
+        fence(Ordering::SeqCst);
+        self.collect(state, space)
     }
 
     /// Started jobs not yet given back, for a statistics snapshot.
@@ -355,6 +368,43 @@ mod loom_tests {
                         started.wait_for_room(&p.state, &p.space, 1, None);
                     }
                 }
+            }
+            w.join().unwrap();
+        });
+    }
+
+    /// A worker starts a job and keeps its slot in its cell (more work waits, no
+    /// submitter waits); the job says it started through a relaxed flag, which
+    /// orders nothing. A non-blocking submitter that read the flag and then finds
+    /// the queue full must collect that start (no false "full"): the fence in
+    /// `collect_checked` pairs with the one in `room_wanted`.
+    #[test]
+    fn a_start_the_submitter_saw_is_collected() {
+        loom::model(|| {
+            let p = pool();
+            let started = Arc::new(Started::new(1));
+            let running = Arc::new(AtomicUsize::new(0));
+            assert!(matches!(p.state.reserve(1), Reserve::Reserved { .. }));
+            let w = {
+                let (p, started, running) =
+                    (Arc::clone(&p), Arc::clone(&started), Arc::clone(&running));
+                thread::spawn(move || {
+                    started.take(0);
+                    if started.room_wanted() {
+                        started.give_back(0, &p.state, &p.space);
+                    }
+                    // Relaxed: the point of the model, a signal that orders nothing.
+                    running.store(1, Ordering::Relaxed);
+                })
+            };
+            // Relaxed: as the store.
+            let saw = running.load(Ordering::Relaxed) == 1;
+            if matches!(p.state.reserve(1), Reserve::Full) {
+                let collected = started.collect_checked(&p.state, &p.space);
+                assert!(
+                    !saw || collected == 1,
+                    "a start seen by the caller was not collected"
+                );
             }
             w.join().unwrap();
         });

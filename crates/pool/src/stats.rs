@@ -27,6 +27,13 @@ pub struct PoolStats {
     pub cancelled: u64,
     /// Submissions refused.
     pub rejected: u64,
+    /// Submitters blocked now waiting for room: [`WorkerPool`](crate::WorkerPool)'s
+    /// `submit`, `submit_timeout` and `execute` asleep on a full queue,
+    /// [`TaskPool`](crate::TaskPool)'s `spawn` waiting for a waiting slot. A
+    /// submitter is counted from the moment it registers to sleep (after its
+    /// last check for room and for shutdown) until it wakes; one that only spins
+    /// or yields briefly on a full queue is not counted.
+    pub blocked_submitters: usize,
     /// Task run time (from start to end, not queueing), median.
     pub p50: Duration,
     /// 90th percentile run time.

@@ -83,6 +83,9 @@ struct Inner {
     /// The shutdown's outcome, once it has begun: it runs in its own task, so a
     /// caller that stops waiting does not stop it, and every call sees one outcome.
     report: OnceLock<watch::Receiver<Option<PoolReport>>>,
+    /// The runtime the pool was built in, if any: `shutdown` runs there when it
+    /// is awaited outside a runtime.
+    rt: Option<Handle>,
 }
 
 /// Builds a [`TaskPool`].
@@ -141,6 +144,7 @@ impl TaskPoolBuilder {
                 timings: (0..TIMING_SHARDS).map(|_| Timings::new()).collect(),
                 token: OnceLock::new(),
                 report: OnceLock::new(),
+                rt: Handle::try_current().ok(),
             }),
         })
     }
@@ -406,43 +410,64 @@ impl TaskPool {
     ///
     /// The first call stops intake and starts the shutdown (with its `grace`) in a
     /// task of the caller's runtime; every call, concurrent or later, waits for
-    /// that one outcome and returns its report. Must be called within a tokio
-    /// runtime (the grace period is a tokio timer).
+    /// that one outcome and returns its report. The shutdown task runs on the
+    /// current tokio runtime, or else on the one the pool was built in (the grace
+    /// period is a tokio timer). With neither (a pool built outside any runtime,
+    /// shut down from a plain executor) nothing is done: intake stays open, the
+    /// report says unclean with every running task still running, an error is
+    /// logged, and a later call from within a runtime shuts the pool down.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future stops only the waiting. The shutdown goes
     /// on, and a later call waits for the same outcome.
     pub async fn shutdown(&self, grace: Duration) -> PoolReport {
-        let mut report = self
-            .inner
-            .report
-            .get_or_init(|| {
-                let inner = &self.inner;
-                let start = Instant::now();
-                inner.waiting.close();
-                inner.room.notify_waiters();
-                let cancelled_before = Counters::get(&inner.counters.cancelled);
-                let (tx, rx) = watch::channel(None);
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let report = pool.run_shutdown(grace, start, cancelled_before).await;
-                    tx.send_replace(Some(report));
-                });
-                rx
-            })
-            .clone();
+        let mut report = match self.inner.report.get() {
+            Some(report) => report.clone(),
+            None => {
+                // Before anything is closed: a pool closed with no shutdown
+                // running would refuse work and never drain.
+                let Some(rt) = Handle::try_current().ok().or_else(|| self.inner.rt.clone()) else {
+                    tracing::error!(
+                        "task pool shutdown called outside any tokio runtime, for a pool built outside one: nothing done"
+                    );
+                    return self.unfinished_report();
+                };
+                self.inner
+                    .report
+                    .get_or_init(|| {
+                        let inner = &self.inner;
+                        let start = Instant::now();
+                        inner.waiting.close();
+                        inner.room.notify_waiters();
+                        let cancelled_before = Counters::get(&inner.counters.cancelled);
+                        let (tx, rx) = watch::channel(None);
+                        let pool = self.clone();
+                        rt.spawn(async move {
+                            let report = pool.run_shutdown(grace, start, cancelled_before).await;
+                            tx.send_replace(Some(report));
+                        });
+                        rx
+                    })
+                    .clone()
+            }
+        };
         let seen = report.wait_for(Option::is_some).await.map(|r| r.clone());
         match seen {
             Ok(Some(report)) => report,
             // The runtime dropped the shutdown task before it finished.
-            _ => PoolReport {
-                clean: false,
-                cancelled: 0,
-                // Relaxed: a statistic.
-                still_running: self.inner.active.load(Ordering::Relaxed),
-                elapsed: Duration::ZERO,
-            },
+            _ => self.unfinished_report(),
+        }
+    }
+
+    /// The report of a shutdown that did not run to its end.
+    fn unfinished_report(&self) -> PoolReport {
+        PoolReport {
+            clean: false,
+            cancelled: 0,
+            // Relaxed: a statistic.
+            still_running: self.inner.active.load(Ordering::Relaxed),
+            elapsed: Duration::ZERO,
         }
     }
 
@@ -550,6 +575,7 @@ impl TaskPool {
             panicked,
             cancelled,
             rejected: Counters::get(&inner.counters.rejected),
+            blocked_submitters: inner.waiting.waiters(Side::Push),
             p50,
             p90,
             p99,

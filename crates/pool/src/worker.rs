@@ -73,9 +73,13 @@ impl WorkerPoolBuilder {
     }
 
     /// The clock that times tasks for the run-time statistics
-    /// ([`PoolStats`]'s percentiles and mean). Default: the system clock. Waits
-    /// (`submit_timeout`, `shutdown`'s grace period) are the OS's timed waits and
-    /// do not read it.
+    /// ([`PoolStats`]'s percentiles and mean). Default: the system clock.
+    ///
+    /// A limitation: only the statistics read it. Waits are the OS's timed waits
+    /// on `std::time::Instant` (condition variables): `submit_timeout`'s time-out,
+    /// [`shutdown`](WorkerPool::shutdown)'s grace period and the one given to
+    /// [`register_with`](WorkerPool::register_with) are measured on the OS
+    /// clock, and a manual clock does not advance them.
     pub fn clock(mut self, clock: heijunka_core::Clock) -> Self {
         self.clock = clock;
         self
@@ -181,7 +185,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// - A fixed number of named workers share one bounded queue: submissions go to a
 ///   global injector and idle workers steal in batches from it and from each other
 ///   (crossbeam-deque), so uneven tasks balance; the bound counts every task not
-///   yet started, wherever it sits.
+///   yet started, wherever it sits: a task that started before a submission
+///   (as its caller can know, or ordered by the pool's fences) never counts
+///   against it; one starting at the same moment may count either way.
 /// - [`try_submit`](Self::try_submit) never blocks and hands the closure back when
 ///   the queue is full; [`submit`](Self::submit) blocks for room;
 ///   [`submit_timeout`](Self::submit_timeout) gives up after a while.
@@ -356,7 +362,8 @@ impl WorkerPool {
         self.submit_until(f, None, with_handle)
     }
 
-    /// [`submit`](Self::submit), giving up after `timeout`.
+    /// [`submit`](Self::submit), giving up after `timeout` (measured on the OS
+    /// clock, not the pool's [`clock`](WorkerPoolBuilder::clock)).
     ///
     /// # Errors
     ///
@@ -407,7 +414,9 @@ impl WorkerPool {
                 Reserve::Full => {}
             }
             // Full as counted: slots of started jobs may not be given back yet.
-            if s.started.collect(&s.state, &s.space) > 0 {
+            // Fenced (see `Started::collect_checked`): a start that happened
+            // before this check is collected.
+            if s.started.collect_checked(&s.state, &s.space) > 0 {
                 continue;
             }
             let until = match deadline {
@@ -512,6 +521,11 @@ impl WorkerPool {
     /// component off before its grace is over
     /// ([`Shutdown::on_stop_with_grace`](heijunka_shutdown::Shutdown::on_stop_with_grace)).
     ///
+    /// The grace is measured on the OS clock (`std::time::Instant` and timed
+    /// condition-variable waits), not on the pool's
+    /// [`clock`](WorkerPoolBuilder::clock) nor the coordinator's tokio time: a
+    /// paused tokio clock or a manual clock does not shorten or extend it.
+    ///
     /// # Errors
     ///
     /// [`heijunka_shutdown::ShuttingDown`] if the shutdown's hooks already ran.
@@ -608,6 +622,7 @@ impl Shared {
             panicked,
             cancelled,
             rejected: Counters::get(&self.counters.rejected),
+            blocked_submitters: self.state.waiters(Side::Push),
             p50,
             p90,
             p99,
@@ -700,8 +715,9 @@ impl Shared {
                 // (no contended write per task), and give the cell back to the
                 // shared count at the batch size, when no more taken work waits in
                 // this worker's deque, or when a submitter waits for room. Anyone
-                // who finds the queue full collects the cells first, so the bound
-                // counts exactly the jobs not yet started (see `park::Started`).
+                // who finds the queue full fences and collects the cells first, so
+                // the bound counts exactly the jobs not yet started as of that check;
+                // a start racing the check counts either way (see `park::Started`).
                 let held = self.started.take(me);
                 if held >= RELEASE_BATCH || local.is_empty() || self.started.room_wanted() {
                     self.started.give_back(me, &self.state, &self.space);

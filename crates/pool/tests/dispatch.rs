@@ -530,9 +530,11 @@ async fn a_cancelled_dispatch_leaves_nothing_counted() {
     let gate = Arc::new(Semaphore::new(0));
     gated(&d, "g", &gate);
     let first = d.try_dispatch("g", 1).unwrap();
-    while d.stats().workers[0].queued > 0 {
-        tokio::task::yield_now().await; // the worker takes it and blocks
-    }
+    // The worker takes it and blocks.
+    yield_until("the worker takes the first request", || {
+        d.stats().workers[0].queued == 0
+    })
+    .await;
     let second = d.try_dispatch("g", 2).unwrap(); // fills the queue
     for _ in 0..3 {
         let gave_up = tokio::time::timeout(Duration::from_millis(5), d.dispatch("g", 3)).await;
@@ -555,9 +557,10 @@ async fn a_dispatch_blocked_before_shutdown_is_not_admitted_while_draining() {
     let gate = Arc::new(Semaphore::new(0));
     gated(&d, "g", &gate);
     let first = d.try_dispatch("g", 1).unwrap();
-    while d.stats().workers[0].queued > 0 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("the worker takes the first request", || {
+        d.stats().workers[0].queued == 0
+    })
+    .await;
     let second = d.try_dispatch("g", 2).unwrap();
     let blocked = tokio::spawn({
         let d = d.clone();
@@ -575,7 +578,11 @@ async fn a_dispatch_blocked_before_shutdown_is_not_admitted_while_draining() {
         tokio::task::yield_now().await;
     }
     gate.add_permits(10);
-    match blocked.await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(60), blocked)
+        .await
+        .expect("the blocked dispatch never woke")
+        .unwrap()
+    {
         Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
         other => panic!("admitted while draining: {other:?}"),
     }
@@ -601,9 +608,10 @@ async fn a_dispatch_blocked_before_the_trigger_is_refused_when_it_wakes() {
     let gate = Arc::new(Semaphore::new(0));
     gated(&d, "g", &gate);
     let first = d.try_dispatch("g", 1).unwrap();
-    while d.stats().workers[0].queued > 0 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("the worker takes the first request", || {
+        d.stats().workers[0].queued == 0
+    })
+    .await;
     let second = d.try_dispatch("g", 2).unwrap();
     let blocked = tokio::spawn({
         let d = d.clone();
@@ -615,7 +623,11 @@ async fn a_dispatch_blocked_before_the_trigger_is_refused_when_it_wakes() {
     assert!(!blocked.is_finished(), "waits for the worker's queue");
     shutdown.trigger();
     gate.add_permits(10);
-    match blocked.await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(60), blocked)
+        .await
+        .expect("the blocked dispatch never woke")
+        .unwrap()
+    {
         Err(DispatchError::Closed { request }) => assert_eq!(request, 3),
         other => panic!("admitted after the trigger: {other:?}"),
     }
@@ -733,9 +745,10 @@ fn a_cancelled_dispatch_drops_its_request_and_keeps_nothing() {
             let drops = Arc::new(AtomicUsize::new(0));
             let first = d.try_dispatch("g", Req(1, drops.clone())).unwrap();
             rt.block_on(async {
-                while d.stats().workers[0].queued > 0 {
-                    tokio::task::yield_now().await;
-                }
+                yield_until("the worker takes the first request", || {
+                    d.stats().workers[0].queued == 0
+                })
+                .await;
             });
             let second = d.try_dispatch("g", Req(2, drops.clone())).unwrap();
             let req = Req(3, drops.clone());
@@ -786,4 +799,17 @@ fn a_cancelled_dispatch_drops_its_request_and_keeps_nothing() {
             outcome
         });
     }
+}
+
+/// Yields (bounded) until `done()` says so: a regression fails here, naming
+/// `what`, instead of hanging (an iteration bound, not a timer: under paused time
+/// a yielding task keeps the clock from advancing).
+async fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
 }

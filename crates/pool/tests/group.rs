@@ -500,3 +500,226 @@ async fn results_stream_while_spawning_with_a_bounded_backlog() {
     assert!(group.try_next().is_none());
     assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
 }
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Separates a driven future's output from the outcome `cancel_points` wants.
+fn split<T>(
+    outcome: heijunka_core::cancel::Outcome<T>,
+) -> (heijunka_core::cancel::Outcome<()>, Option<T>) {
+    use heijunka_core::cancel::Outcome;
+    match outcome {
+        Outcome::Completed { output, polls } => {
+            (Outcome::Completed { output: (), polls }, Some(output))
+        }
+        Outcome::Cancelled { polls } => (Outcome::Cancelled { polls }, None),
+    }
+}
+
+/// Lets the runtime run its ready tasks.
+fn settle(rt: &tokio::runtime::Runtime) {
+    for _ in 0..8 {
+        rt.block_on(tokio::task::yield_now());
+    }
+}
+
+/// `next` dropped at any poll loses no result: a finished output it did not
+/// return is returned by a later `next`; every task's result comes back once.
+#[test]
+fn a_cancelled_next_loses_no_result() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let mut group = Group::builder().max_concurrency(2).build().unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        rt.block_on(group.spawn(move |_| async move {
+            g.acquire().await.unwrap().forget();
+            Ok::<_, ()>(7)
+        }));
+        // The task finishes between the first and second polls.
+        let outcome = Polled::new(group.next()).drop_after_with(k, |i| {
+            if i == 1 {
+                gate.add_permits(1);
+                settle(&rt);
+            }
+        });
+        let (outcome, output) = split(outcome);
+        let mut results: Vec<_> = output.flatten().into_iter().collect();
+        gate.add_permits(1); // (one more than the task takes, if it had one)
+        while let Some(r) = rt
+            .block_on(tokio::time::timeout(Duration::from_secs(1), group.next()))
+            .expect("the task has finished")
+        {
+            results.push(r);
+        }
+        assert_eq!(results, vec![(0, Ok(7))], "k = {k}");
+        outcome
+    });
+}
+
+/// `spawn` dropped while it waits for a slot spawns nothing (its task never
+/// runs, observed from inside the task) and leaks no slot: the next spawn gets
+/// the slot and the next index.
+#[test]
+fn a_cancelled_spawn_spawns_nothing_and_keeps_no_slot() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(16, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let mut group = Group::builder().max_concurrency(1).build().unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        rt.block_on(group.spawn(move |_| async move {
+            g.acquire().await.unwrap().forget();
+            Ok::<_, ()>(1)
+        }));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        // The only slot frees before the third poll.
+        let outcome = Polled::new(group.spawn(move |_| async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(2)
+        }))
+        .drop_after_with(k, |i| {
+            if i == 2 {
+                gate.add_permits(1);
+                settle(&rt);
+            }
+        });
+        let (outcome, index) = split(outcome);
+        gate.add_permits(1);
+        let third = rt
+            .block_on(tokio::time::timeout(
+                Duration::from_secs(1),
+                group.spawn(|_| async { Ok(3) }),
+            ))
+            .expect("a slot is free: the dropped spawn kept none");
+        let values = rt.block_on(group.wait_ordered()).unwrap();
+        match index {
+            Some(index) => {
+                assert_eq!((index, third), (1, 2), "k = {k}");
+                assert_eq!(values, vec![1, 2, 3], "k = {k}");
+                assert_eq!(ran.load(Ordering::SeqCst), 1, "k = {k}");
+            }
+            None => {
+                assert_eq!(third, 1, "k = {k}: the dropped spawn took no index");
+                assert_eq!(values, vec![1, 3], "k = {k}");
+                assert_eq!(ran.load(Ordering::SeqCst), 0, "k = {k}: nothing spawned");
+            }
+        }
+        outcome
+    });
+}
+
+/// Counts how a task ended: finished, or dropped before finishing (aborted).
+struct Ending {
+    finished: Arc<AtomicUsize>,
+    aborted: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.finished
+        } else {
+            &self.aborted
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `wait` and `wait_ordered` take the group: dropped before they complete, the
+/// group goes with them and every running task is aborted (observed from inside
+/// the tasks: each one's guard is dropped unfinished), its result lost.
+#[test]
+fn a_cancelled_wait_aborts_every_running_task() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    for ordered in [false, true] {
+        cancel_points(16, |k| {
+            let rt = paused_runtime();
+            let _g = rt.enter();
+            let mut group = Group::builder().max_concurrency(4).build().unwrap();
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let finished = Arc::new(AtomicUsize::new(0));
+            let aborted = Arc::new(AtomicUsize::new(0));
+            for i in 0..3_u32 {
+                let (g, f, a) = (
+                    Arc::clone(&gate),
+                    Arc::clone(&finished),
+                    Arc::clone(&aborted),
+                );
+                rt.block_on(group.spawn(move |_| async move {
+                    let mut ending = Ending {
+                        finished: f,
+                        aborted: a,
+                        done: false,
+                    };
+                    g.acquire().await.unwrap().forget();
+                    ending.done = true;
+                    Ok::<_, ()>(i)
+                }));
+            }
+            settle(&rt);
+            // The tasks may finish from the third poll on.
+            let between = |i: usize| {
+                if i == 2 {
+                    gate.add_permits(3);
+                    settle(&rt);
+                }
+            };
+            let outcome = if ordered {
+                split(Polled::new(group.wait_ordered()).drop_after_with(k, between)).0
+            } else {
+                split(Polled::new(group.wait()).drop_after_with(k, between)).0
+            };
+            settle(&rt);
+            let (f, a) = (
+                finished.load(Ordering::SeqCst),
+                aborted.load(Ordering::SeqCst),
+            );
+            assert_eq!(
+                f + a,
+                3,
+                "k = {k}, ordered {ordered}: a task outlived the group"
+            );
+            if k < 3 && !outcome.is_completed() {
+                assert_eq!((f, a), (0, 3), "k = {k}, ordered {ordered}");
+            }
+            outcome
+        });
+    }
+}
+
+/// `GroupToken::cancelled` dropped at any poll changes nothing: a later call
+/// completes once the group is cancelled.
+#[test]
+fn a_cancelled_token_wait_changes_nothing() {
+    use heijunka_core::cancel::{Polled, cancel_points};
+    cancel_points(8, |k| {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let group: Group<(), ()> = Group::builder().max_concurrency(1).build().unwrap();
+        let token = group.token();
+        let outcome = Polled::new(token.cancelled()).drop_after_with(k, |i| {
+            if i == 1 {
+                group.cancel();
+            }
+        });
+        group.cancel();
+        rt.block_on(tokio::time::timeout(
+            Duration::from_secs(1),
+            token.cancelled(),
+        ))
+        .expect("a later wait sees the cancellation");
+        outcome
+    });
+}

@@ -399,3 +399,79 @@ fn a_cancelled_join_detaches_the_task() {
         outcome
     });
 }
+
+/// `shutdown` awaited outside any tokio runtime (a plain executor), for a pool
+/// built outside one: no panic, and the pool is not left closed with no shutdown
+/// running: the call reports unclean, intake stays open, and a shutdown from a
+/// runtime later does the work.
+#[test]
+fn shutdown_outside_any_runtime_neither_panics_nor_strands_the_pool() {
+    use heijunka_core::cancel::Polled;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let pool = TaskPool::builder().max_running(1).build().unwrap();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        Polled::new(pool.shutdown(Duration::from_secs(1))).drop_after(1)
+    }))
+    .expect("shutdown panicked outside a runtime");
+    let report = outcome.output().expect("it completes at once");
+    assert!(!report.clean, "{report:?}");
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let task = pool
+        .try_spawn(async { 5 })
+        .map_err(|e| e.to_string())
+        .expect("intake is still open");
+    assert_eq!(rt.block_on(task.join()), Ok(5));
+    let report = rt.block_on(pool.shutdown(Duration::from_secs(1)));
+    assert!(report.clean, "{report:?}");
+}
+
+/// `shutdown` polled outside a runtime context for a pool built inside one: the
+/// shutdown runs on the runtime the pool was built in.
+#[test]
+fn shutdown_polled_off_the_runtime_runs_on_the_pools_runtime() {
+    use heijunka_core::cancel::Polled;
+    let rt = paused_runtime();
+    let pool = {
+        let _g = rt.enter();
+        TaskPool::builder().max_running(1).build().unwrap()
+    };
+    let outcome = Polled::new(pool.shutdown(Duration::from_secs(1))).drop_after_with(16, |_| {
+        for _ in 0..4 {
+            rt.block_on(tokio::task::yield_now());
+        }
+    });
+    let report = outcome.output().expect("the shutdown completes");
+    assert!(report.clean, "{report:?}");
+}
+
+/// A `spawn` waiting for a waiting slot is reported in `blocked_submitters`
+/// while it waits, and no longer once it got in.
+#[test]
+fn a_spawn_waiting_for_room_is_reported_while_it_waits() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let pool = TaskPool::builder()
+        .max_running(1)
+        .max_waiting(1)
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let running = pool
+        .try_spawn(async move { g.acquire().await.unwrap().forget() })
+        .unwrap();
+    let queued = pool.try_spawn(async { 1 }).unwrap();
+    assert_eq!(pool.stats().blocked_submitters, 0);
+    let p = pool.clone();
+    let blocked = rt.spawn(async move { p.spawn(async { 2 }).await.map(drop).is_ok() });
+    for _ in 0..4 {
+        rt.block_on(tokio::task::yield_now());
+    }
+    assert_eq!(pool.stats().blocked_submitters, 1, "{:?}", pool.stats());
+    gate.add_permits(1);
+    assert!(rt.block_on(blocked).unwrap());
+    rt.block_on(running.join()).unwrap();
+    assert_eq!(rt.block_on(queued.join()), Ok(1));
+    assert_eq!(pool.stats().blocked_submitters, 0);
+}

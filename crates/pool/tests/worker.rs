@@ -412,25 +412,40 @@ fn huge_durations_do_not_panic() {
     assert!(pool.shutdown(Duration::MAX).clean);
 }
 
-/// Waits (bounded) until the thread named `name` sleeps (Linux: /proc); elsewhere
-/// yields a while.
-fn wait_asleep(name: &str) {
-    for _ in 0..1_000_000 {
-        let asleep = std::fs::read_dir("/proc/self/task").is_ok_and(|dir| {
-            dir.flatten().any(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-                    && std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .is_some_and(|r| r.trim_start().starts_with('S'))
-                    })
-            })
-        });
-        if asleep {
-            return;
-        }
+/// Waits (bounded) until `n` submitters are blocked waiting for room, as the
+/// pool itself reports them (`PoolStats::blocked_submitters`).
+fn wait_blocked(p: &WorkerPool, n: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while p.stats().blocked_submitters < n {
+        assert!(
+            Instant::now() < until,
+            "{n} submitters never blocked: {:?}",
+            p.stats()
+        );
         std::thread::yield_now();
     }
+}
+
+/// A submitter blocked for room is reported while it waits, and no longer once
+/// it got in.
+#[test]
+fn a_blocked_submitter_is_reported_while_it_waits() {
+    let p = pool(1, 1, "blocked");
+    let gate = Gate::default();
+    let running = p.submit(gate.task()).unwrap();
+    gate.wait_started(1);
+    let queued = p.submit(gate.task()).unwrap();
+    assert_eq!(p.stats().blocked_submitters, 0);
+    let blocked = {
+        let p = p.clone();
+        std::thread::spawn(move || p.submit(|| 3).map_err(|e| e.reason()).unwrap().join())
+    };
+    wait_blocked(&p, 1);
+    gate.release(2);
+    assert_eq!(blocked.join().unwrap().unwrap(), 3);
+    running.join().unwrap();
+    queued.join().unwrap();
+    assert_eq!(p.stats().blocked_submitters, 0);
 }
 
 /// A `submit` blocked for room before the coordinator's trigger is refused, with
@@ -456,7 +471,7 @@ async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
             })
             .unwrap()
     };
-    wait_asleep("blocked-submit");
+    wait_blocked(&p, 1);
     shutdown.trigger();
     gate.release(2);
     assert_eq!(

@@ -29,10 +29,13 @@ pub enum Misuse {
 /// A value [`Recycler::try_put`](crate::Recycler::try_put) refused, handed back
 /// with the reason.
 ///
-/// After [`Misuse::ReturnedTwice`] the value shares its allocation with one the
-/// recycler holds: dropping it would free that memory twice. Take it back with
-/// [`into_inner`](PutError::into_inner) only to dispose of it the way it was
-/// created (`std::mem::forget` for a value rebuilt from a raw pointer).
+/// After [`Misuse::ReturnedTwice`] the value's identity names the allocation of a
+/// value the recycler holds. In safe code (a wrong
+/// [`identity`](crate::Recycle::identity), a clone of a shared handle) the value
+/// owns what it holds and may be dropped, as [`put`](crate::Recycler::put) does;
+/// a value rebuilt from a raw pointer a second time by unsafe code really shares
+/// that memory, and that code disposes of it the way it was created
+/// (`std::mem::forget`).
 pub struct PutError<T> {
     value: T,
     misuse: Misuse,

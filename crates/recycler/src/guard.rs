@@ -141,18 +141,45 @@ pub(crate) fn give_back<T: Send + 'static>(recycler: &Recycler<T>, value: Box<T>
 #[cold]
 fn give_back_checked<T: Send + 'static>(recycler: &Recycler<T>, value: Box<T>, origin: Origin) {
     if let Err(e) = recycler.return_value(value, Return::guard(origin)) {
-        let misuse = e.misuse();
-        recycler.count(&[Field::Returns, Field::Evicted]);
-        // Its `Drop` is user code: a panic there is contained too.
-        let value = e.into_inner();
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
-        tracing::error!(
-            recycler.id = recycler.id(),
-            recycler.value = std::any::type_name::<T>(),
-            %misuse,
-            "heijunka-recycler: a returned guard's value claims the identity of an idle one (is `Recycle::identity` wrong?); the value was dropped"
-        );
+        drop_misreturned(recycler, e, false);
     }
+}
+
+/// Disposes of a value the debug checks refused as already idle
+/// ([`Misuse::ReturnedTwice`](crate::Misuse::ReturnedTwice)), for a guard's drop
+/// and for [`Recycler::put`].
+///
+/// In safe code the finding means the value's
+/// [`identity`](crate::Recycle::identity) names an allocation it does not own (a
+/// wrong `identity`, or a handle whose clones share one buffer, as `Arc`'s): the
+/// value owns whatever it holds, so dropping it is sound and is the only way not to
+/// leak it. Only unsafe code that duplicated a value (rebuilt it from a raw pointer
+/// twice) makes the drop a double free, and that duplication is already undefined
+/// behaviour of that code, not of the recycler: the same argument for both paths.
+/// The drop (user code) is contained, counted as `evicted` (and as a return, and a
+/// put for `put`), and logged at `error`; never a leak, never a panic.
+#[cold]
+pub(crate) fn drop_misreturned<T: Send + 'static>(
+    recycler: &Recycler<T>,
+    e: crate::PutError<T>,
+    put: bool,
+) {
+    let misuse = e.misuse();
+    if put {
+        recycler.count(&[Field::Returns, Field::Puts, Field::Evicted]);
+    } else {
+        recycler.count(&[Field::Returns, Field::Evicted]);
+    }
+    // Its `Drop` is user code: a panic there is contained too.
+    let value = e.into_inner();
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+    tracing::error!(
+        recycler.id = recycler.id(),
+        recycler.value = std::any::type_name::<T>(),
+        %misuse,
+        put,
+        "heijunka-recycler: a returned value claims the identity of an idle one (is `Recycle::identity` wrong?); the value was dropped"
+    );
 }
 
 impl<T: Send + fmt::Debug + 'static> fmt::Debug for Recycled<'_, T> {

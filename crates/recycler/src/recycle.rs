@@ -19,7 +19,8 @@ use std::hash::{BuildHasher, Hash};
 ///   debug checks that catch a value given back twice through
 ///   [`Recycler::put`]. A wrong identity (two live values naming one address)
 ///   makes those checks report a value given back twice that was not; a guard's
-///   return then drops the value it owns (logged), never leaks it or panics.
+///   return or a `put` then drops the value it owns (counted as evicted, logged),
+///   never leaks it or panics.
 ///
 /// For a type you do not own, give the recycler a closure instead
 /// ([`Recycler::with_reset`]).

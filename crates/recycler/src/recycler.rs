@@ -193,11 +193,15 @@ impl<T: Send + 'static> Recycler<T> {
     /// elsewhere): it is reset and kept like a returned guard's value (in a new
     /// box: one allocation).
     ///
-    /// # Panics
-    ///
-    /// With debug checks on ([`DEBUG_CHECKS`]), if the value is already idle in a
-    /// recycler (given back twice); the message names both places. Use
-    /// [`try_put`](Recycler::try_put) to get the value back instead.
+    /// With debug checks on ([`DEBUG_CHECKS`]), a value found already idle in a
+    /// recycler ([`Misuse::ReturnedTwice`](crate::Misuse::ReturnedTwice): its
+    /// [`identity`](crate::Recycle::identity) names the allocation of an idle
+    /// value) is not kept: it is dropped, counted as `evicted` and logged at
+    /// `error`, as a guard's value is. In safe code that finding means a wrong
+    /// `identity` or a handle whose clones share one buffer (an `Arc`), and the
+    /// drop is sound; only unsafe code that rebuilt one value from a raw pointer
+    /// twice makes it a double free, and that code's duplication is the bug. Use
+    /// [`try_put`](Recycler::try_put) to get the refused value back instead.
     ///
     /// A value detached from another recycler is accepted: the checks cannot tell
     /// it from a new value the allocator placed at the address of a detached value
@@ -205,17 +209,12 @@ impl<T: Send + 'static> Recycler<T> {
     #[cfg_attr(any(debug_assertions, feature = "debug-checks"), track_caller)]
     pub fn put(&self, value: T) {
         if let Err(e) = self.return_value(Box::new(value), Self::put_return()) {
-            let misuse = e.misuse();
-            // `ReturnedTwice`, the only refusal: the value shares its allocation
-            // with the idle one (a value rebuilt from a raw pointer twice), so
-            // dropping it would free that memory under the pool.
-            std::mem::forget(e.into_inner());
-            panic!("heijunka-recycler: {misuse}");
+            crate::guard::drop_misreturned(self, e, true);
         }
     }
 
     /// Like [`put`](Recycler::put), but hands a refused value back with the
-    /// reason instead of panicking. Refusals happen only with debug checks on.
+    /// reason instead of dropping it. Refusals happen only with debug checks on.
     ///
     /// ```
     /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model

@@ -69,30 +69,32 @@ fn a_value_given_back_twice_is_reported_with_both_call_sites() {
     let copy = h.clone();
     let first_line = line!() + 1;
     pool.put(h);
-    if cfg!(miri) {
-        // `put` leaks the refused duplicate on purpose (for a value rebuilt from a raw
-        // pointer, dropping it would free memory twice), and miri reports leaks:
-        // check the same refusal through `try_put` there.
-        let err = pool.try_put(copy).unwrap_err();
-        assert!(matches!(err.misuse(), Misuse::ReturnedTwice { .. }));
-        drop(err.into_inner());
-    } else {
-        let second_line = line!() + 2;
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            pool.put(copy); // the same allocation, again
-        }));
-        let msg = panic_message(r);
-        assert!(msg.contains("given back twice"), "{msg}");
-        assert!(
-            msg.contains(&format!("debug_checks.rs:{first_line}:")),
-            "first site: {msg}"
-        );
-        assert!(
-            msg.contains(&format!("debug_checks.rs:{second_line}:")),
-            "second site: {msg}"
-        );
-    }
-    assert_eq!(pool.stats().puts, 1, "the second put was refused");
+    // The second `put` of the same allocation is not kept: dropped (a clone of a
+    // handle owns its reference) and counted as evicted, never a panic.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        pool.put(copy.clone()); // the same allocation, again
+    }));
+    assert!(r.is_ok(), "put panicked: {}", panic_message(r));
+    assert_eq!(pool.stats().evicted, 1);
+    // `try_put` names both call sites.
+    let second_line = line!() + 1;
+    let err = pool.try_put(copy).unwrap_err();
+    let msg = err.misuse().to_string();
+    assert!(msg.contains("given back twice"), "{msg}");
+    assert!(
+        msg.contains(&format!("debug_checks.rs:{first_line}:")),
+        "first site: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("debug_checks.rs:{second_line}:")),
+        "second site: {msg}"
+    );
+    drop(err.into_inner());
+    assert_eq!(
+        pool.stats().puts,
+        2,
+        "the refused put is counted as a put (and evicted)"
+    );
 
     // `try_put` hands the duplicate back instead.
     let dup = pool.get();
@@ -294,6 +296,40 @@ fn a_lying_identity_neither_leaks_nor_panics_a_guard() {
     // The second claims the address of the idle first: "given back twice".
     let r = catch_unwind(AssertUnwindSafe(|| drop(second)));
     assert!(r.is_ok(), "a guard's drop panicked: {}", panic_message(r));
+    drop(pool);
+    assert_eq!(
+        drops.load(std::sync::atomic::Ordering::SeqCst),
+        made.load(std::sync::atomic::Ordering::SeqCst),
+        "every value made was dropped"
+    );
+}
+
+#[test]
+#[cfg(any(debug_assertions, feature = "debug-checks"))]
+fn a_lying_identity_neither_leaks_nor_panics_a_put() {
+    let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, m) = (Arc::clone(&drops), Arc::clone(&made));
+    let pool = Recycler::builder(move || {
+        m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Liar(Arc::clone(&d))
+    })
+    .per_thread(0)
+    .build()
+    .unwrap();
+    let first = pool.get().detach();
+    let second = pool.get().detach();
+    pool.put(first);
+    // The second claims the address of the idle first: "given back twice".
+    let r = catch_unwind(AssertUnwindSafe(|| pool.put(second)));
+    assert!(r.is_ok(), "put panicked: {}", panic_message(r));
+    assert_eq!(
+        drops.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the refused value was dropped at once"
+    );
+    let s = pool.stats();
+    assert_eq!((s.puts, s.evicted, s.idle), (2, 1, 1), "{s:?}");
     drop(pool);
     assert_eq!(
         drops.load(std::sync::atomic::Ordering::SeqCst),

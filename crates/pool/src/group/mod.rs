@@ -139,6 +139,11 @@ impl GroupToken {
     }
 
     /// Completes once the group is cancelled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future changes nothing; a later call completes
+    /// once the group is cancelled.
     pub async fn cancelled(&self) {
         self.0.token.cancelled().await;
     }
@@ -260,8 +265,11 @@ where
     /// and keeps running holds its slot: the spawner waits for a slot, then sees
     /// the cancellation.)
     ///
-    /// Cancel-safe: dropping the returned future before it completes spawns
-    /// nothing and takes no index.
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the returned future before it completes (while it
+    /// waits for a slot) spawns nothing, takes no index and keeps no slot; `task`
+    /// is dropped unrun.
     ///
     /// # Panics
     ///
@@ -320,6 +328,12 @@ where
     /// Waits for the next task to finish and returns its index and result, or
     /// `None` once every spawned task has been returned. Tasks that never ran come
     /// first; tasks the runtime cancelled (it is shutting down) come last.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future before it completes loses no result; a
+    /// task that finished meanwhile is returned by a later `next` (or
+    /// [`try_next`](Self::try_next)).
     ///
     /// # Panics
     ///
@@ -418,6 +432,12 @@ where
 
     /// Waits for every task and discards their values.
     ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: it takes the group, so dropping the future before it
+    /// completes drops the group, which aborts every task still running and loses
+    /// every result and failure not yet collected.
+    ///
     /// # Errors
     ///
     /// [`GroupErrors`] with every failure, if any task failed.
@@ -437,6 +457,13 @@ where
     }
 
     /// Waits for every task and returns their values in spawn order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: it takes the group, so dropping the future before it
+    /// completes drops the group, which aborts every task still running and loses
+    /// every value and failure, collected or not. To keep results across a
+    /// time-out, collect them with [`next`](Self::next) instead.
     ///
     /// # Errors
     ///
