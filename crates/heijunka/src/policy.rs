@@ -23,6 +23,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use heijunka_backpressure::{
@@ -279,7 +280,7 @@ impl PolicyBuilder {
         }
         Ok(Policy {
             inner: Arc::new(Inner {
-                timeout: self.timeout,
+                timeout: AtomicU64::new(timeout_nanos(self.timeout)),
                 rate: self.rate,
                 memory: self.memory,
                 signals: self.signals.into_boxed_slice(),
@@ -314,12 +315,29 @@ impl fmt::Debug for PolicyBuilder {
 }
 
 struct Inner {
-    timeout: Option<Duration>,
+    /// The timeout in nanoseconds, 0 for none (changed at run time by
+    /// [`Policy::set_timeout`]).
+    timeout: AtomicU64,
     rate: Option<Arc<dyn RateLimiter>>,
     memory: Option<MemoryGate>,
     signals: Box<[(String, Signal)]>,
     limit: Option<Limit>,
     breaker: Option<CircuitBreaker>,
+}
+
+impl Inner {
+    fn timeout(&self) -> Option<Duration> {
+        // Relaxed: see `Policy::set_timeout`.
+        match self.timeout.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+}
+
+/// A timeout in nanoseconds (saturating at about 584 years), 0 for none.
+fn timeout_nanos(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1))
 }
 
 /// Admission control for calls to one kind of work or one dependency: deadline →
@@ -464,7 +482,36 @@ impl Policy {
 
     /// The configured timeout, if any.
     pub fn timeout(&self) -> Option<Duration> {
-        self.inner.timeout
+        self.inner.timeout()
+    }
+
+    /// Changes the timeout at run time (`None` removes it): requests admitted from
+    /// now on get the new one; requests already admitted keep the deadline they
+    /// were given.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder().timeout(Duration::from_secs(2)).build()?;
+    /// policy.set_timeout(Some(Duration::from_millis(500)))?;
+    /// assert_eq!(policy.timeout(), Some(Duration::from_millis(500)));
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `timeout` for a zero timeout (the old one is kept).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ConfigError> {
+        if let Some(t) = timeout {
+            validate::non_zero_duration("timeout", t)?;
+        }
+        // Relaxed: a single value read on its own by each admission; nothing else
+        // is published with it.
+        self.inner
+            .timeout
+            .store(timeout_nanos(timeout), Ordering::Relaxed);
+        Ok(())
     }
 
     /// The static concurrency limit, if that is the concurrency stage.
@@ -506,7 +553,7 @@ impl Policy {
             return Err(PolicyError::Cancelled);
         }
         let started = Instant::now();
-        let deadline = match s.timeout {
+        let deadline = match s.timeout() {
             Some(t) => started
                 .checked_add(t)
                 .map_or(ctx.deadline(), |d| d.min(ctx.deadline())),
@@ -626,7 +673,7 @@ impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.inner;
         f.debug_struct("Policy")
-            .field("timeout", &s.timeout)
+            .field("timeout", &s.timeout())
             .field("rate_limit", &s.rate.is_some())
             .field("memory_gate", &s.memory.is_some())
             .field(
