@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use heijunka_core::{ConfigError, validate};
@@ -31,25 +31,35 @@ std::thread_local! {
 pub struct TraceId(u128);
 
 impl TraceId {
-    /// A new random id (never zero).
+    /// A new random id (never zero): 128 bits from a per-thread SplitMix64
+    /// generator seeded from std's per-process random hash keys (a few
+    /// nanoseconds, no lock, no system call after the thread's first id).
+    /// Random enough for correlation and sampling; not a secret.
     pub fn generate() -> Self {
-        // Random enough for correlation: std's per-process random SipHash keys
-        // over a counter and the time; not a secret.
+        use std::cell::Cell;
         use std::hash::{BuildHasher, Hasher};
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let state = std::collections::hash_map::RandomState::new();
-        let half = |salt: u64| {
-            let mut h = state.build_hasher();
-            h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
-            h.write_u64(salt);
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
-            h.finish()
-        };
-        let id = (u128::from(half(1)) << 64) | u128::from(half(2));
+        std::thread_local! {
+            static STATE: Cell<u64> = Cell::new({
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos()),
+                );
+                h.finish()
+            });
+        }
+        // SplitMix64 (Steele, Lea and Flood 2014): a Weyl sequence through a
+        // bijective mixer, so one thread never repeats within 2^64 draws.
+        fn next(state: &Cell<u64>) -> u64 {
+            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(s);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        let id = STATE.with(|s| (u128::from(next(s)) << 64) | u128::from(next(s)));
         Self(id.max(1))
     }
 
@@ -116,16 +126,49 @@ impl Outcome {
     }
 }
 
+/// Where a context's cancellation comes from besides its own
+/// [`cancel`](RequestContext::cancel).
+enum Parent {
+    None,
+    /// Cancelled when shutdown begins.
+    Shutdown(ShutdownToken),
+    /// Cancelled with the parent context.
+    Context(RequestContext),
+}
+
 struct Inner {
     trace_id: TraceId,
     deadline: Instant,
     start: Instant,
-    token: CancellationToken,
+    parent: Parent,
+    /// Set by [`RequestContext::cancel`].
+    cancelled: AtomicBool,
+    /// The request's [`CancellationToken`]: given to the builder, or made on first
+    /// use (a child of the parent's) by [`RequestContext::token`] or
+    /// [`RequestContext::cancelled`]. Making it takes the parent token's lock, so
+    /// a request that never waits for cancellation never makes it: checking
+    /// [`is_cancelled`](RequestContext::is_cancelled) is a few atomic loads.
+    token: OnceLock<CancellationToken>,
     /// The process's resident set when the request started, if known.
     rss_at_start: Option<u64>,
     /// Bytes allocated while polling this request's futures inside
     /// [`RequestContext::scope`] (counted with the `alloc-tracking` feature).
     allocated: AtomicU64,
+}
+
+impl Inner {
+    fn new(trace_id: TraceId, deadline: Instant, start: Instant, parent: Parent) -> Self {
+        Self {
+            trace_id,
+            deadline,
+            start,
+            parent,
+            cancelled: AtomicBool::new(false),
+            token: OnceLock::new(),
+            rss_at_start: None,
+            allocated: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What one request carries through the stack: a [`TraceId`], a deadline
@@ -172,6 +215,7 @@ pub struct RequestContextBuilder {
     timeout: Duration,
     deadline: Option<Instant>,
     token: Option<CancellationToken>,
+    shutdown: Option<ShutdownToken>,
     rss: Option<u64>,
 }
 
@@ -197,17 +241,22 @@ impl RequestContextBuilder {
         self
     }
 
-    /// Cancels the request when `shutdown` begins (the context's token is a
-    /// child of the shutdown token).
+    /// Cancels the request when `shutdown` begins. Lock-free: the context keeps a
+    /// clone of the shutdown token and checks its flag; the context's own
+    /// [`token`](RequestContext::token), a child of the shutdown's, is made only
+    /// if someone asks for it. Replaces a [`token`](Self::token) set before.
     pub fn shutdown(mut self, shutdown: &ShutdownToken) -> Self {
-        self.token = Some(shutdown.child_token());
+        self.shutdown = Some(shutdown.clone());
+        self.token = None;
         self
     }
 
     /// Uses `token` (or, to link it to a parent, `parent.child_token()`) as the
-    /// request's cancellation.
+    /// request's cancellation. Replaces a [`shutdown`](Self::shutdown) link set
+    /// before.
     pub fn token(mut self, token: CancellationToken) -> Self {
         self.token = Some(token);
+        self.shutdown = None;
         self
     }
 
@@ -225,15 +274,22 @@ impl RequestContextBuilder {
         let deadline = self
             .deadline
             .unwrap_or_else(|| start.checked_add(self.timeout).unwrap_or_else(far_future));
+        let parent = match self.shutdown {
+            Some(s) => Parent::Shutdown(s),
+            None => Parent::None,
+        };
+        let mut inner = Inner::new(
+            self.trace_id.unwrap_or_else(TraceId::generate),
+            deadline,
+            start,
+            parent,
+        );
+        inner.rss_at_start = self.rss;
+        if let Some(token) = self.token {
+            inner.token = OnceLock::from(token);
+        }
         RequestContext {
-            inner: Arc::new(Inner {
-                trace_id: self.trace_id.unwrap_or_else(TraceId::generate),
-                deadline,
-                start,
-                token: self.token.unwrap_or_default(),
-                rss_at_start: self.rss,
-                allocated: AtomicU64::new(0),
-            }),
+            inner: Arc::new(inner),
         }
     }
 }
@@ -263,6 +319,7 @@ impl RequestContext {
             timeout: DEFAULT_REQUEST_TIMEOUT,
             deadline: None,
             token: None,
+            shutdown: None,
             rss: None,
         }
     }
@@ -309,43 +366,115 @@ impl RequestContext {
         self.inner.start.elapsed()
     }
 
-    /// The request's cancellation token.
+    /// The request's cancellation token: cancelled with the request (by
+    /// [`cancel`](Self::cancel), its parent, or shutdown), and cancelling it
+    /// cancels the request. Made on the first call (a child of the parent's
+    /// token, which takes that token's lock once); a request that only checks
+    /// [`is_cancelled`](Self::is_cancelled) never makes it.
     pub fn token(&self) -> &CancellationToken {
-        &self.inner.token
+        let inner = &*self.inner;
+        let token = inner.token.get_or_init(|| match &inner.parent {
+            Parent::None => CancellationToken::new(),
+            Parent::Shutdown(s) => s.child_token(),
+            Parent::Context(c) => c.token().child_token(),
+        });
+        // SeqCst fence: pairs with the one in `cancel`. Either `cancel` sees the
+        // token made here, or this sees the flag `cancel` set; never neither.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if inner.cancelled.load(Ordering::Relaxed) {
+            token.cancel();
+        }
+        token
     }
 
-    /// Whether the request was cancelled (or shutdown began, for a context linked
-    /// to it).
+    /// Whether the request was cancelled (by [`cancel`](Self::cancel), its
+    /// token, its parent, or shutdown for a context linked to it). Lock-free: a
+    /// few atomic loads, unless the context's token was made (then one
+    /// uncontended lock of that token's own).
     pub fn is_cancelled(&self) -> bool {
-        self.inner.token.is_cancelled()
+        let inner = &*self.inner;
+        // Acquire: pairs with the Release of `cancel`'s store.
+        inner.cancelled.load(Ordering::Acquire)
+            || match &inner.parent {
+                Parent::None => false,
+                Parent::Shutdown(s) => s.is_triggered(),
+                Parent::Context(c) => c.is_cancelled(),
+            }
+            || inner
+                .token
+                .get()
+                .is_some_and(CancellationToken::is_cancelled)
     }
 
-    /// Cancels the request (and everything holding a child of its token).
+    /// Cancels the request (and its children, and everything holding a child of
+    /// its token).
     pub fn cancel(&self) {
-        self.inner.token.cancel();
+        let inner = &*self.inner;
+        inner.cancelled.store(true, Ordering::Release);
+        // SeqCst fence: pairs with the one in `token`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(token) = inner.token.get() {
+            token.cancel();
+        }
     }
 
-    /// Completes when the request is cancelled.
+    /// Completes when the request is cancelled (at once if it was).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future removes its registration from the
+    /// context's token; the context and other waiters are unaffected.
     pub async fn cancelled(&self) {
-        self.inner.token.cancelled().await;
+        self.token().cancelled().await;
     }
 
     /// A context for a sub-request: the same trace id, the earlier of the two
     /// deadlines, and a child token (cancelling the child leaves this one alone;
     /// cancelling this one cancels the child).
     pub fn child(&self, timeout: Option<Duration>) -> RequestContext {
+        let now = Instant::now();
         let deadline = timeout
-            .and_then(|t| Instant::now().checked_add(t))
+            .and_then(|t| now.checked_add(t))
             .map_or(self.inner.deadline, |d| d.min(self.inner.deadline));
+        self.derived(deadline, now)
+    }
+
+    /// This context with its deadline cut to `deadline` if that is earlier: the
+    /// same trace id and start, cancelled with this one (a child). Returns a
+    /// clone of this context when `deadline` is not earlier.
+    ///
+    /// ```
+    /// use heijunka::context::RequestContext;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let ctx = RequestContext::builder().timeout(Duration::from_secs(30)).build();
+    /// let soon = tokio::time::Instant::now() + Duration::from_secs(2);
+    /// let call = ctx.until(soon);
+    /// assert_eq!(call.deadline(), soon);
+    /// assert_eq!(call.trace_id(), ctx.trace_id());
+    /// ctx.cancel();
+    /// assert!(call.is_cancelled());
+    /// # }
+    /// ```
+    pub fn until(&self, deadline: Instant) -> RequestContext {
+        if deadline >= self.inner.deadline {
+            return self.clone();
+        }
+        self.derived(deadline, self.inner.start)
+    }
+
+    fn derived(&self, deadline: Instant, start: Instant) -> RequestContext {
+        let mut inner = Inner::new(
+            self.inner.trace_id,
+            deadline,
+            start,
+            Parent::Context(self.clone()),
+        );
+        inner.rss_at_start = self.inner.rss_at_start;
         RequestContext {
-            inner: Arc::new(Inner {
-                trace_id: self.inner.trace_id,
-                deadline,
-                start: Instant::now(),
-                token: self.inner.token.child_token(),
-                rss_at_start: self.inner.rss_at_start,
-                allocated: AtomicU64::new(0),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -414,6 +543,13 @@ impl RequestContext {
             let _restore = Restore(previous);
             ctx.measure(f)
         }
+    }
+
+    /// Runs `f` with this context as the [`current`](Self::current) one (the
+    /// task-local [`scope`](Self::scope) sets, for one synchronous call such as
+    /// one poll), counting its allocations with the `alloc-tracking` feature.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), || self.measure(f))
     }
 
     #[cfg(feature = "alloc-tracking")]

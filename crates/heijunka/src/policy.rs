@@ -156,6 +156,7 @@ impl<E: std::error::Error + 'static> std::error::Error for PolicyError<E> {
 #[must_use = "a builder does nothing until `build()`"]
 pub struct PolicyBuilder {
     timeout: Option<Duration>,
+    max_wait: Option<Duration>,
     rate: Option<Arc<dyn RateLimiter>>,
     memory: Option<MemoryGate>,
     signals: Vec<(String, Signal)>,
@@ -191,6 +192,18 @@ impl PolicyBuilder {
     /// earlier wins). Must not be zero.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Waits up to `max_wait` for a concurrency permit (and never past the
+    /// request's deadline) instead of refusing at once when the limit is full,
+    /// as tower's `ConcurrencyLimit` with a timeout would. [`Policy::call`] and
+    /// [`Policy::admit`] wait; [`Policy::try_admit`] never does. With
+    /// [`PolicyLayer`](crate::tower::PolicyLayer) the wait happens in
+    /// `poll_ready` ([`reserve_in_poll_ready`](crate::tower::PolicyLayer::reserve_in_poll_ready)).
+    /// Must not be zero.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
         self
     }
 
@@ -265,11 +278,14 @@ impl PolicyBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `timeout` for a zero timeout, or
-    /// `shed_signal.name` for an empty signal name.
+    /// A [`ConfigError`] naming `timeout` for a zero timeout, `max_wait` for a
+    /// zero wait, or `shed_signal.name` for an empty signal name.
     pub fn build(self) -> Result<Policy, ConfigError> {
         if let Some(t) = self.timeout {
             validate::non_zero_duration("timeout", t)?;
+        }
+        if let Some(t) = self.max_wait {
+            validate::non_zero_duration("max_wait", t)?;
         }
         if let Some((name, _)) = self.signals.iter().find(|(n, _)| n.trim().is_empty()) {
             return Err(ConfigError::new(
@@ -281,6 +297,7 @@ impl PolicyBuilder {
         Ok(Policy {
             inner: Arc::new(Inner {
                 timeout: AtomicU64::new(timeout_nanos(self.timeout)),
+                max_wait: self.max_wait,
                 rate: self.rate,
                 memory: self.memory,
                 signals: self.signals.into_boxed_slice(),
@@ -295,6 +312,7 @@ impl fmt::Debug for PolicyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyBuilder")
             .field("timeout", &self.timeout)
+            .field("max_wait", &self.max_wait)
             .field("rate_limit", &self.rate.is_some())
             .field("memory_gate", &self.memory.is_some())
             .field(
@@ -318,6 +336,7 @@ struct Inner {
     /// The timeout in nanoseconds, 0 for none (changed at run time by
     /// [`Policy::set_timeout`]).
     timeout: AtomicU64,
+    max_wait: Option<Duration>,
     rate: Option<Arc<dyn RateLimiter>>,
     memory: Option<MemoryGate>,
     signals: Box<[(String, Signal)]>,
@@ -337,7 +356,9 @@ impl Inner {
 
 /// A timeout in nanoseconds (saturating at about 584 years), 0 for none.
 fn timeout_nanos(timeout: Option<Duration>) -> u64 {
-    timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1))
+    timeout.map_or(0, |t| {
+        u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 /// Admission control for calls to one kind of work or one dependency: deadline →
@@ -401,7 +422,43 @@ pub struct Admission {
     started: Instant,
 }
 
+/// How an outcome counts, for the breaker and an adaptive limit alike: what a
+/// classifier (for example [`Classify`](crate::tower::Classify) in the tower
+/// layers, or the closure of [`Policy::call_classified`]) decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// A success: the breaker records a success, an adaptive limit a latency
+    /// sample.
+    Success,
+    /// A failure: the breaker records a failure; an adaptive limit ignores it (a
+    /// fast error says nothing about capacity).
+    Failure,
+    /// Says nothing about the dependency's health (a client error, a caller that
+    /// went away): nothing is recorded.
+    Ignore,
+}
+
 impl Admission {
+    /// An admission holding only a breaker probe (the tower breaker layer's).
+    pub(crate) fn from_breaker(permit: BreakerPermit) -> Self {
+        let now = Instant::now();
+        Self {
+            limit: None,
+            breaker: Some(permit),
+            deadline: now + Duration::from_secs(86_400 * 365 * 30),
+            started: now,
+        }
+    }
+
+    /// Reports the outcome as `classification` says.
+    pub fn record(self, classification: Classification) {
+        match classification {
+            Classification::Success => self.success(),
+            Classification::Failure => self.failure(),
+            Classification::Ignore => self.ignore(),
+        }
+    }
+
     /// The work succeeded: a success in the breaker, a latency sample for an
     /// adaptive limit.
     pub fn success(mut self) {
@@ -548,6 +605,129 @@ impl Policy {
         &self,
         ctx: &RequestContext,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
+        self.try_admit_reserved(ctx, None)
+    }
+
+    /// [`try_admit`](Self::try_admit) with a concurrency permit already reserved
+    /// (in `poll_ready`): it is used instead of taking one, and released if an
+    /// earlier stage refuses.
+    pub(crate) fn try_admit_reserved(
+        &self,
+        ctx: &RequestContext,
+        reserved: Option<LimitPermit>,
+    ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
+        let (started, deadline) = self.admit_front(ctx)?;
+        let limit = match reserved {
+            Some(p) => Some(Permit::Static(p)),
+            None => self.take_limit()?,
+        };
+        let breaker = self.take_breaker()?;
+        Ok(Admission {
+            limit,
+            breaker,
+            deadline,
+            started,
+        })
+    }
+
+    /// [`try_admit`](Self::try_admit), but when the concurrency limit is full and
+    /// the policy has a [`max_wait`](PolicyBuilder::max_wait), waits for a permit
+    /// up to that long (never past the deadline, and not once the request is
+    /// cancelled) before refusing.
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::policy::Policy;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let policy = Policy::builder()
+    ///     .concurrency_limit(limit.clone())
+    ///     .max_wait(Duration::from_millis(50))
+    ///     .build()?;
+    /// let held = limit.try_acquire_owned()?;
+    /// tokio::spawn(async move {
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     drop(held);
+    /// });
+    /// let admission = policy.admit(&RequestContext::new()).await?;
+    /// assert!(admission.holds_permit());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_admit`](Self::try_admit); a wait that runs out is refused by
+    /// [`Stage::Concurrency`], a cancellation while waiting is
+    /// [`PolicyError::Cancelled`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future while it waits gives up its place in the
+    /// limit's queue and holds nothing (no permit, no breaker probe).
+    pub async fn admit(
+        &self,
+        ctx: &RequestContext,
+    ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
+        let (started, deadline) = self.admit_front(ctx)?;
+        let limit = match self.take_limit() {
+            Ok(limit) => limit,
+            Err(refused) => match self.inner.max_wait {
+                Some(wait) => Some(
+                    self.wait_for_permit(ctx, started, deadline, wait, refused)
+                        .await?,
+                ),
+                None => return Err(refused),
+            },
+        };
+        let breaker = self.take_breaker()?;
+        Ok(Admission {
+            limit,
+            breaker,
+            deadline,
+            started,
+        })
+    }
+
+    async fn wait_for_permit(
+        &self,
+        ctx: &RequestContext,
+        started: Instant,
+        deadline: Instant,
+        wait: Duration,
+        refused: PolicyError<std::convert::Infallible>,
+    ) -> Result<Permit, PolicyError<std::convert::Infallible>> {
+        let until = started
+            .checked_add(wait)
+            .map_or(deadline, |t| t.min(deadline));
+        let acquire = async {
+            match &self.inner.limit {
+                Some(Limit::Static(l)) => l.acquire_owned().await.map(Permit::Static).ok(),
+                Some(Limit::Adaptive(l)) => l.acquire_owned().await.map(Permit::Adaptive).ok(),
+                None => None,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = ctx.cancelled() => Err(PolicyError::Cancelled),
+            got = tokio::time::timeout_at(until, acquire) => match got {
+                Ok(Some(permit)) => Ok(permit),
+                // Closed, or the wait ran out: the refusal the first try had.
+                Ok(None) | Err(_) => Err(refused),
+            },
+        }
+    }
+
+    /// The stateless stages: cancellation, deadline, rate limit, load shedding.
+    /// Returns the admission's start and deadline.
+    fn admit_front(
+        &self,
+        ctx: &RequestContext,
+    ) -> Result<(Instant, Instant), PolicyError<std::convert::Infallible>> {
         let s = &*self.inner;
         if ctx.is_cancelled() {
             return Err(PolicyError::Cancelled);
@@ -582,7 +762,11 @@ impl Policy {
         for (_, signal) in &*s.signals {
             signal().map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
         }
-        let limit = match &s.limit {
+        Ok((started, deadline))
+    }
+
+    fn take_limit(&self) -> Result<Option<Permit>, PolicyError<std::convert::Infallible>> {
+        Ok(match &self.inner.limit {
             Some(Limit::Static(l)) => Some(Permit::Static(l.try_acquire_owned().map_err(|e| {
                 PolicyError::rejected(
                     Stage::Concurrency,
@@ -602,44 +786,118 @@ impl Policy {
                 })?))
             }
             None => None,
-        };
-        let breaker = match &s.breaker {
-            Some(b) => Some(
-                b.try_acquire_owned()
-                    .map_err(|r| PolicyError::rejected(Stage::Breaker, r.reason()))?,
-            ),
-            None => None,
-        };
-        Ok(Admission {
-            limit,
-            breaker,
-            deadline,
-            started,
         })
     }
 
-    /// Runs `f` through the stages. `f` gets the request's context (for its
-    /// deadline, cancellation and trace id); the future it returns is stopped at
-    /// the deadline or on cancellation. Outcomes go to the breaker: `Ok` is a
-    /// success, `Err` and a time-out are failures, a cancellation is ignored.
+    fn take_breaker(&self) -> Result<Option<BreakerPermit>, PolicyError<std::convert::Infallible>> {
+        match &self.inner.breaker {
+            Some(b) => b
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|r| PolicyError::rejected(Stage::Breaker, r.reason())),
+            None => Ok(None),
+        }
+    }
+
+    /// The policy's [`max_wait`](PolicyBuilder::max_wait), if any.
+    pub fn max_wait(&self) -> Option<Duration> {
+        self.inner.max_wait
+    }
+
+    /// Runs `f` through the stages. `f` gets the request's context with its
+    /// deadline cut to the admission's (the earlier of the request's and the
+    /// policy's [`timeout`](PolicyBuilder::timeout)), so a callee that passes its
+    /// deadline on sees the time it really has; the future it returns is stopped
+    /// at that deadline or on cancellation. Outcomes go to the breaker and an
+    /// adaptive limit: `Ok` is a success, `Err` a failure, a time-out a failure
+    /// (and a drop for an adaptive limit), a cancellation is ignored.
+    /// [`call_classified`](Self::call_classified) decides with a classifier.
     ///
     /// # Errors
     ///
     /// [`PolicyError::Rejected`] naming the stage that refused,
     /// [`PolicyError::TimedOut`], [`PolicyError::Cancelled`], or the call's own
     /// error in [`PolicyError::Call`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future drops `f`'s future and the admission,
+    /// which releases the concurrency permit and records nothing in the breaker
+    /// or the adaptive limit (as a cancellation); a wait for a permit
+    /// ([`max_wait`](PolicyBuilder::max_wait)) gives up its place.
     pub async fn call<T, E, F, Fut>(&self, ctx: &RequestContext, f: F) -> Result<T, PolicyError<E>>
     where
         F: FnOnce(RequestContext) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let admission = self.try_admit(ctx).map_err(|e| match e {
+        self.call_classified(
+            ctx,
+            |r: &Result<T, E>| match r {
+                Ok(_) => Classification::Success,
+                Err(_) => Classification::Failure,
+            },
+            f,
+        )
+        .await
+    }
+
+    /// [`call`](Self::call) with the outcome decided by `classify`: for example,
+    /// an HTTP client's `Ok` response with a 503 status is a
+    /// [`Failure`](Classification::Failure), a 404 an
+    /// [`Ignore`](Classification::Ignore) or a success. Time-outs are always
+    /// failures, cancellations always ignored.
+    ///
+    /// ```
+    /// use heijunka::breaker::CircuitBreaker;
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::policy::{Classification, Policy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let breaker = CircuitBreaker::builder().name("users").build()?;
+    /// let policy = Policy::builder().breaker(breaker.clone()).build()?;
+    /// let status = policy
+    ///     .call_classified(
+    ///         &RequestContext::new(),
+    ///         |r: &Result<u16, std::io::Error>| match r {
+    ///             Ok(s) if *s >= 500 => Classification::Failure,
+    ///             Ok(_) => Classification::Success,
+    ///             Err(_) => Classification::Failure,
+    ///         },
+    ///         |_| async { Ok(503) },
+    ///     )
+    ///     .await?;
+    /// assert_eq!(status, 503);
+    /// assert_eq!(breaker.stats().failed_calls, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_classified<T, E, F, Fut, C>(
+        &self,
+        ctx: &RequestContext,
+        classify: C,
+        f: F,
+    ) -> Result<T, PolicyError<E>>
+    where
+        F: FnOnce(RequestContext) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Classification,
+    {
+        let admission = self.admit(ctx).await.map_err(|e| match e {
             PolicyError::Rejected { stage, reason } => PolicyError::Rejected { stage, reason },
             PolicyError::TimedOut { after } => PolicyError::TimedOut { after },
             PolicyError::Cancelled => PolicyError::Cancelled,
         })?;
         let deadline = admission.deadline();
-        let fut = f(ctx.clone());
+        let fut = f(ctx.until(deadline));
         // The call first: one that finishes at once never registers a timer or a
         // cancellation waiter.
         let outcome = tokio::select! {
@@ -657,13 +915,9 @@ impl Policy {
                 admission.timed_out();
                 Err(PolicyError::TimedOut { after })
             }
-            Some(Ok(Ok(v))) => {
-                admission.success();
-                Ok(v)
-            }
-            Some(Ok(Err(e))) => {
-                admission.failure();
-                Err(PolicyError::Call(e))
+            Some(Ok(result)) => {
+                admission.record(classify(&result));
+                result.map_err(PolicyError::Call)
             }
         }
     }
@@ -674,6 +928,7 @@ impl fmt::Debug for Policy {
         let s = &*self.inner;
         f.debug_struct("Policy")
             .field("timeout", &s.timeout())
+            .field("max_wait", &s.max_wait)
             .field("rate_limit", &s.rate.is_some())
             .field("memory_gate", &s.memory.is_some())
             .field(

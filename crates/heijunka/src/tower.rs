@@ -57,6 +57,7 @@
 
 mod body;
 mod breaker;
+mod classify;
 mod error;
 mod limit;
 mod policy;
@@ -66,9 +67,10 @@ pub use crate::policy::Stage;
 pub use crate::tower::{
     body::ResponseBody,
     breaker::{Breaker, BreakerFuture, BreakerLayer},
+    classify::{Classification, Classify, ClassifyFn, GrpcClassifier, HttpClassifier, classify_fn},
     error::{Rejected, handle_error, rejection_response},
     limit::{ConcurrencyLimitLayer, ConcurrencyLimited, GuardedFuture},
-    policy::{PolicyFuture, PolicyLayer, PolicyService},
+    policy::{DeadlineFormat, PolicyFuture, PolicyLayer, PolicyService},
     shed::{LoadShed, LoadShedLayer, RateLimit, RateLimitLayer, ResponseFuture},
 };
 

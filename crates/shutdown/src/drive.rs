@@ -289,14 +289,14 @@ impl Shutdown {
         match deadline {
             Some(deadline) => {
                 tokio::select! {
-                    () = self.inner.force.cancelled() => {}
+                    () = self.inner.signals.force.cancelled() => {}
                     () = sleep_until(deadline) => {
                         tracing::warn!("shutdown force deadline passed");
                         self.force();
                     }
                 }
             }
-            None => self.inner.force.cancelled().await,
+            None => self.inner.signals.force.cancelled().await,
         }
     }
 
@@ -304,7 +304,7 @@ impl Shutdown {
     /// it (or it has ended), and runs it from where it is. Sets `claimed` when it
     /// has claimed (from then on its `Claim` hands the sequence on if it is lost).
     pub(crate) async fn run_sequence(&self, own_thread: bool, claimed: &mut bool) {
-        self.inner.trigger.cancelled().await;
+        self.inner.signals.trigger.cancelled().await;
         if self.inner.report.get().is_some() {
             return;
         }
@@ -351,7 +351,7 @@ impl Shutdown {
         let drain = match done {
             Some(drain) => drain,
             None => {
-                let mut forced = self.inner.force.is_cancelled();
+                let mut forced = self.inner.signals.is_forced();
                 let drained = if forced {
                     self.inner.gate.count() == 0
                 } else {
@@ -398,7 +398,7 @@ impl Shutdown {
                 drain
             }
         };
-        let mut forced = drain.forced || self.inner.force.is_cancelled();
+        let mut forced = drain.forced || self.inner.signals.is_forced();
 
         // 2. Hooks, last registered first.
         self.inner.state().hooks_started = true;

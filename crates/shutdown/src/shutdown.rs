@@ -15,7 +15,6 @@ use heijunka_core::ConfigError;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::HOOK_GRACE_MARGIN;
 use crate::config::ShutdownBuilder;
@@ -97,8 +96,7 @@ impl TaskNames {
 pub(crate) struct Inner {
     pub(crate) gate: Gate,
     pub(crate) drained: Notify,
-    pub(crate) trigger: CancellationToken,
-    pub(crate) force: CancellationToken,
+    pub(crate) signals: Arc<crate::token::Signals>,
     pub(crate) config: ShutdownBuilder,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) report: OnceLock<ShutdownReport>,
@@ -189,8 +187,7 @@ impl Shutdown {
             inner: Arc::new(Inner {
                 gate: Gate::new(),
                 drained: Notify::new(),
-                trigger: CancellationToken::new(),
-                force: CancellationToken::new(),
+                signals: Arc::default(),
                 config,
                 phase,
                 report: OnceLock::new(),
@@ -223,7 +220,7 @@ impl Shutdown {
             let mut st = self.inner.state();
             st.children.retain(|w| w.strong_count() > 0);
             st.children.push(Arc::downgrade(&child.inner));
-            (st.trigger.is_some(), self.inner.force.is_cancelled())
+            (st.trigger.is_some(), self.inner.signals.is_forced())
         };
         if triggered {
             child.trigger_with(TriggerReason::Parent);
@@ -237,21 +234,20 @@ impl Shutdown {
     /// A cheap handle for work that needs to know when shutdown begins.
     pub fn token(&self) -> ShutdownToken {
         ShutdownToken {
-            trigger: self.inner.trigger.clone(),
-            force: self.inner.force.clone(),
+            signals: Arc::clone(&self.inner.signals),
         }
     }
 
     /// Whether shutdown has begun. One atomic load; needs no runtime.
     #[inline]
     pub fn is_triggered(&self) -> bool {
-        self.inner.trigger.is_cancelled()
+        self.inner.signals.is_triggered()
     }
 
     /// Whether the shutdown has been forced.
     #[inline]
     pub fn is_forced(&self) -> bool {
-        self.inner.force.is_cancelled()
+        self.inner.signals.is_forced()
     }
 
     /// The current phase.
@@ -337,7 +333,7 @@ impl Shutdown {
             shutdown.in_flight = in_flight,
             "shutdown triggered: draining"
         );
-        self.inner.trigger.cancel();
+        self.inner.signals.trigger();
         self.start_driver();
         for child in children {
             child.trigger_with(TriggerReason::Parent);
@@ -394,10 +390,10 @@ impl Shutdown {
     /// [`is_forced`](ShutdownToken::is_forced); child scopes are forced too.
     pub fn force(&self) {
         self.trigger();
-        if !self.inner.force.is_cancelled() {
+        if !self.inner.signals.is_forced() {
             tracing::warn!("shutdown forced");
         }
-        self.inner.force.cancel();
+        self.inner.signals.force();
         let children: Vec<Shutdown> = self
             .inner
             .state()

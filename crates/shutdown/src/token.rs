@@ -1,6 +1,51 @@
 //! [`ShutdownToken`]: a cheap handle for work that watches for shutdown.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_util::sync::CancellationToken;
+
+/// What a [`Shutdown`](crate::Shutdown) shares with its tokens: the two
+/// cancellation tokens, for waiting, and a flag beside each, for checking.
+///
+/// tokio-util's `CancellationToken::is_cancelled` takes the token's mutex (the
+/// root of every child made from it), so a check on every request would serialise
+/// all threads on one lock; the flags make a check one atomic load.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    pub(crate) trigger: CancellationToken,
+    pub(crate) force: CancellationToken,
+    triggered: AtomicBool,
+    forced: AtomicBool,
+}
+
+impl Signals {
+    #[inline]
+    pub(crate) fn is_triggered(&self) -> bool {
+        // Acquire: pairs with the Release in `trigger`, so a reader that sees the
+        // flag also sees what the trigger wrote before it.
+        self.triggered.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn is_forced(&self) -> bool {
+        // Acquire: pairs with the Release in `force`.
+        self.forced.load(Ordering::Acquire)
+    }
+
+    /// Sets the flag, then wakes the waiters (who then see the flag set).
+    pub(crate) fn trigger(&self) {
+        // Release: pairs with the Acquire in `is_triggered`.
+        self.triggered.store(true, Ordering::Release);
+        self.trigger.cancel();
+    }
+
+    pub(crate) fn force(&self) {
+        // Release: pairs with the Acquire in `is_forced`.
+        self.forced.store(true, Ordering::Release);
+        self.force.cancel();
+    }
+}
 
 /// A cheap, cloneable handle that says whether shutdown has begun.
 ///
@@ -30,15 +75,14 @@ use tokio_util::sync::CancellationToken;
 /// [`triggered`]: ShutdownToken::triggered
 #[derive(Clone, Debug)]
 pub struct ShutdownToken {
-    pub(crate) trigger: CancellationToken,
-    pub(crate) force: CancellationToken,
+    pub(crate) signals: Arc<Signals>,
 }
 
 impl ShutdownToken {
     /// Whether shutdown has begun.
     #[inline]
     pub fn is_triggered(&self) -> bool {
-        self.trigger.is_cancelled()
+        self.signals.is_triggered()
     }
 
     /// Completes when shutdown begins (at once if it has).
@@ -48,13 +92,13 @@ impl ShutdownToken {
     /// Cancel-safe: dropping the future removes its registration from the token;
     /// the shutdown and other waiters are unaffected.
     pub async fn triggered(&self) {
-        self.trigger.cancelled().await;
+        self.signals.trigger.cancelled().await;
     }
 
     /// Whether the shutdown has been forced: stop now, do not finish.
     #[inline]
     pub fn is_forced(&self) -> bool {
-        self.force.is_cancelled()
+        self.signals.is_forced()
     }
 
     /// Completes when the shutdown is forced (at once if it was).
@@ -63,14 +107,14 @@ impl ShutdownToken {
     ///
     /// Cancel-safe, as [`triggered`](Self::triggered).
     pub async fn forced(&self) {
-        self.force.cancelled().await;
+        self.signals.force.cancelled().await;
     }
 
     /// A [`CancellationToken`] cancelled when shutdown begins, and which can also be
     /// cancelled on its own (a per-connection or per-request scope) without
     /// affecting the shutdown.
     pub fn child_token(&self) -> CancellationToken {
-        self.trigger.child_token()
+        self.signals.trigger.child_token()
     }
 }
 

@@ -1,15 +1,21 @@
 //! A response body that holds a permit until it has streamed.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use heijunka_backpressure::OwnedPermit;
+use heijunka_core::Rejection;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use crate::context::{Outcome, RequestContext};
-use crate::policy::Admission;
+use crate::policy::{Admission, Classification};
+use crate::tower::classify::SharedClassifier;
+use crate::tower::{BoxError, Rejected, Stage};
 
 pin_project! {
     /// A response body that holds its request's concurrency permit (or policy
@@ -45,6 +51,8 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<Guard>,
+        // The body's deadline passed: it ended with an error and ends now.
+        timed_out: bool,
     }
 }
 
@@ -57,53 +65,147 @@ pub(crate) enum Guard {
     Admission(Box<AdmissionGuard>),
 }
 
+/// When the body must be done, for [`AdmissionGuard`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyDeadline {
+    /// The whole body must have ended by then.
+    pub(crate) total: Instant,
+    /// At most this long between two frames.
+    pub(crate) idle: Option<Duration>,
+}
+
 /// Records an admission's outcome, and completes the request's context, when
 /// dropped.
 pub(crate) struct AdmissionGuard {
     admission: Option<Admission>,
-    ctx: RequestContext,
-    failed: bool,
+    ctx: Option<RequestContext>,
+    classifier: SharedClassifier,
+    /// The outcome known so far: from the headers, the trailers or an error;
+    /// `None` while the classifier waits for the end of the body.
+    verdict: Option<Classification>,
     /// The body reached its end (or had none).
     ended: bool,
+    /// The body ran past its deadline.
+    timed_out: bool,
+    deadline: Option<BodyDeadline>,
+    /// Made when the body first waits (a body that never waits needs no timer).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl AdmissionGuard {
-    /// Holds `admission`; `failed` is the outcome known so far (a 5xx status).
-    pub(crate) fn new(admission: Admission, ctx: RequestContext, failed: bool) -> Self {
+    /// Holds `admission`; `verdict` is what the classifier said at the headers.
+    pub(crate) fn new(
+        admission: Admission,
+        ctx: Option<RequestContext>,
+        classifier: SharedClassifier,
+        verdict: Option<Classification>,
+        deadline: Option<BodyDeadline>,
+    ) -> Self {
         Self {
             admission: Some(admission),
             ctx,
-            failed,
+            classifier,
+            verdict,
             ended: false,
+            timed_out: false,
+            deadline,
+            timer: None,
         }
     }
 
-    /// Marks the call failed (the body failed).
-    pub(crate) fn fail(&mut self) {
-        self.failed = true;
+    /// The body failed with `error`.
+    fn fail(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.verdict = Some(match self.classifier.classify_error(error) {
+            // A body that failed did not deliver the response: never a success.
+            Classification::Success => Classification::Ignore,
+            other => other,
+        });
+    }
+
+    /// The body delivered its trailers.
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.verdict.is_none() {
+            self.verdict = Some(self.classifier.classify_end(Some(trailers)));
+        }
     }
 
     /// Marks the body ended: the response was delivered whole.
     pub(crate) fn end(&mut self) {
+        if self.verdict.is_none() {
+            self.verdict = Some(self.classifier.classify_end(None));
+        }
         self.ended = true;
+    }
+
+    /// Runs `f` with the request's context as the current one.
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.ctx {
+            Some(ctx) => ctx.enter(f),
+            None => f(),
+        }
+    }
+
+    /// Polls the body's deadline: `Ready` once it has passed. Makes the timer on
+    /// the first call.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
+        };
+        let timer = self.timer.get_or_insert_with(|| {
+            let at = deadline
+                .idle
+                .and_then(|idle| Instant::now().checked_add(idle))
+                .map_or(deadline.total, |t| t.min(deadline.total));
+            Box::pin(tokio::time::sleep_until(at))
+        });
+        timer.as_mut().poll(cx)
+    }
+
+    /// A frame arrived: the idle deadline starts again.
+    fn frame(&mut self) {
+        if let (Some(deadline), Some(timer)) = (self.deadline, self.timer.as_mut())
+            && let Some(idle) = deadline.idle
+        {
+            let at = Instant::now()
+                .checked_add(idle)
+                .map_or(deadline.total, |t| t.min(deadline.total));
+            timer.as_mut().reset(at);
+        }
     }
 }
 
 impl Drop for AdmissionGuard {
     fn drop(&mut self) {
-        if let Some(admission) = self.admission.take() {
-            if self.failed {
-                admission.failure();
-                self.ctx.complete(Outcome::Error);
-            } else if self.ended {
-                admission.success();
-                self.ctx.complete(Outcome::Success);
-            } else {
-                // Dropped mid-stream (the client went away): says nothing about the
-                // service's health.
-                admission.ignore();
-                self.ctx.complete(Outcome::Cancelled);
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let outcome = if self.timed_out {
+            admission.timed_out();
+            Outcome::TimedOut
+        } else {
+            match (self.verdict, self.ended) {
+                (Some(Classification::Failure), _) => {
+                    admission.failure();
+                    Outcome::Error
+                }
+                (Some(Classification::Success), true) => {
+                    admission.success();
+                    Outcome::Success
+                }
+                (Some(Classification::Ignore), true) => {
+                    admission.ignore();
+                    Outcome::Success
+                }
+                // Dropped mid-stream (the client went away): says nothing about
+                // the service's health.
+                _ => {
+                    admission.ignore();
+                    Outcome::Cancelled
+                }
             }
+        };
+        if let Some(ctx) = &self.ctx {
+            ctx.complete(outcome);
         }
     }
 }
@@ -113,6 +215,16 @@ impl<B> ResponseBody<B> {
         Self {
             inner,
             guard: Some(guard),
+            timed_out: false,
+        }
+    }
+
+    /// A body holding nothing (a route exempt from the policy).
+    pub(crate) fn unguarded(inner: B) -> Self {
+        Self {
+            inner,
+            guard: None,
+            timed_out: false,
         }
     }
 
@@ -146,45 +258,81 @@ impl<B> ResponseBody<B> {
     }
 }
 
-impl<B: Body> Body for ResponseBody<B> {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
+        let Some(Guard::Admission(guard)) = this.guard.as_mut() else {
+            // A plain permit (or nothing left to hold): the inner body as it is.
+            if *this.timed_out {
+                return Poll::Ready(None);
+            }
+            let polled = this.inner.as_mut().poll_frame(cx);
+            if matches!(polled, Poll::Ready(None | Some(Err(_))))
+                || (matches!(polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream())
+            {
+                // Ended, failed, or known to be done (a `Full` may never be polled
+                // again): let go of the permit.
+                drop(this.guard.take());
+            }
+            return polled.map(|f| f.map(|r| r.map_err(Into::into)));
+        };
+        let inner = this.inner.as_mut();
+        let polled = guard.enter(|| inner.poll_frame(cx));
+        match polled {
             Poll::Ready(None) => {
-                if let Some(Guard::Admission(a)) = this.guard.as_mut() {
-                    a.end();
-                }
+                guard.end();
                 drop(this.guard.take());
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(Guard::Admission(a)) = this.guard.as_mut() {
-                    a.fail();
-                }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                guard.fail(&*e);
                 drop(this.guard.take());
+                Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    guard.trailers(trailers);
+                }
+                guard.frame();
                 // A body that knows it is done (a `Full`) may never be polled again.
                 if this.inner.is_end_stream() {
-                    if let Some(Guard::Admission(a)) = this.guard.as_mut() {
-                        a.end();
-                    }
+                    guard.end();
                     drop(this.guard.take());
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                if guard.poll_deadline(cx).is_ready() {
+                    guard.timed_out = true;
+                    let after = guard
+                        .admission
+                        .as_ref()
+                        .map_or(Duration::ZERO, Admission::elapsed);
+                    drop(this.guard.take());
+                    *this.timed_out = true;
+                    return Poll::Ready(Some(Err(Box::new(Rejected::new(
+                        Stage::Deadline,
+                        Rejection::TimedOut { after },
+                    )))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.timed_out || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -5,20 +5,28 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use heijunka_breaker::{CircuitBreaker, OwnedPermit};
 use http::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::tower::{BoxError, Rejected, Stage};
+use crate::policy::Admission;
+use crate::tower::body::{AdmissionGuard, Guard};
+use crate::tower::classify::{Classify, SharedClassifier, default_classifier};
+use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 
 /// Guards a service with a [`CircuitBreaker`]: each request takes a breaker permit
 /// (refused with [`CircuitOpen`](heijunka_core::Rejection::CircuitOpen) and the
 /// time to the next probe while the breaker is open), and its outcome is recorded
-/// when the response headers arrive: a `5xx` status or an error from the inner
-/// service is a failure, anything else a success. A call cancelled before it
-/// answers (the request future dropped) records per the breaker's
-/// [`PermitDrop`](heijunka_breaker::PermitDrop) rule.
+/// as the [classifier](Self::classifier) says: by default when the response
+/// headers arrive, a `5xx` status or an error from the inner service a failure,
+/// anything else a success. A classifier that waits for the trailers (as
+/// [`GrpcClassifier`](crate::tower::GrpcClassifier) does for a status not in the
+/// headers) keeps the permit in the response body until it ends. A call
+/// cancelled before it answers (the request future dropped) records per the
+/// breaker's [`PermitDrop`](heijunka_breaker::PermitDrop) rule.
 ///
 /// Put it around the client of one dependency (or around a route that needs only
 /// that dependency); the layer shares its breaker with every service it makes.
@@ -50,15 +58,43 @@ use crate::tower::{BoxError, Rejected, Stage};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BreakerLayer {
     breaker: CircuitBreaker,
+    classifier: SharedClassifier,
+}
+
+impl fmt::Debug for BreakerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerLayer")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BreakerLayer {
     /// A layer guarding services with `breaker`.
     pub fn new(breaker: CircuitBreaker) -> Self {
-        Self { breaker }
+        Self {
+            breaker,
+            classifier: default_classifier(),
+        }
+    }
+
+    /// Decides how responses and errors count (default
+    /// [`HttpClassifier`](crate::tower::HttpClassifier)).
+    ///
+    /// ```
+    /// use heijunka::breaker::CircuitBreaker;
+    /// use heijunka::tower::{BreakerLayer, GrpcClassifier};
+    ///
+    /// let layer = BreakerLayer::new(CircuitBreaker::builder().name("orders").build()?)
+    ///     .classifier(GrpcClassifier::new());
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    pub fn classifier(mut self, classifier: impl Classify) -> Self {
+        self.classifier = Arc::new(classifier);
+        self
     }
 
     /// The shared breaker, for its state and stats.
@@ -83,6 +119,7 @@ impl<S> Layer<S> for BreakerLayer {
         Breaker {
             inner,
             breaker: self.breaker.clone(),
+            classifier: Arc::clone(&self.classifier),
         }
     }
 }
@@ -100,18 +137,29 @@ impl<S> Layer<S> for BreakerLayer {
 ///     }));
 /// # Ok::<(), heijunka::core::ConfigError>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Breaker<S> {
     inner: S,
     breaker: CircuitBreaker,
+    classifier: SharedClassifier,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Breaker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, Req, B> Service<Req> for Breaker<S>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
 {
-    type Response = Response<B>;
+    type Response = Response<ResponseBody<B>>;
     type Error = BoxError;
     type Future = BreakerFuture<S::Future>;
 
@@ -124,11 +172,13 @@ where
             Ok(permit) => BreakerFuture {
                 future: Some(self.inner.call(req)),
                 permit: Some(permit),
+                classifier: Some(Arc::clone(&self.classifier)),
                 rejected: None,
             },
             Err(e) => BreakerFuture {
                 future: None,
                 permit: None,
+                classifier: None,
                 rejected: Some(Rejected::new(Stage::Breaker, e.reason())),
             },
         }
@@ -159,6 +209,7 @@ pin_project! {
         #[pin]
         future: Option<F>,
         permit: Option<OwnedPermit>,
+        classifier: Option<SharedClassifier>,
         rejected: Option<Rejected>,
     }
 }
@@ -167,8 +218,9 @@ impl<F, B, E> Future for BreakerFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: http_body::Body,
 {
-    type Output = Result<Response<B>, BoxError>;
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -181,13 +233,43 @@ where
         let result = std::task::ready!(future.poll(cx));
         // Fused: a later poll answers "polled after completion".
         this.future.set(None);
-        if let Some(permit) = this.permit.take() {
-            match &result {
-                Ok(response) if !response.status().is_server_error() => permit.success(),
-                _ => permit.failure(),
+        let (Some(permit), Some(classifier)) = (this.permit.take(), this.classifier.take()) else {
+            return Poll::Ready(Err("polled after completion".into()));
+        };
+        Poll::Ready(match result {
+            Ok(response) => {
+                match classifier.classify_response(response.status(), response.headers()) {
+                    Some(verdict) => {
+                        Admission::from_breaker(permit).record(verdict);
+                        Ok(response.map(ResponseBody::unguarded))
+                    }
+                    // Decided at the end of the body (trailers): the body holds
+                    // the probe until then.
+                    None => {
+                        let mut guard = AdmissionGuard::new(
+                            Admission::from_breaker(permit),
+                            None,
+                            classifier,
+                            None,
+                            None,
+                        );
+                        if response.body().is_end_stream() {
+                            guard.end();
+                            drop(guard);
+                            Ok(response.map(ResponseBody::unguarded))
+                        } else {
+                            let guard = Guard::Admission(Box::new(guard));
+                            Ok(response.map(|b| ResponseBody::new(b, guard)))
+                        }
+                    }
+                }
             }
-        }
-        Poll::Ready(result.map_err(Into::into))
+            Err(e) => {
+                let e: BoxError = e.into();
+                Admission::from_breaker(permit).record(classifier.classify_error(&*e));
+                Err(e)
+            }
+        })
     }
 }
 

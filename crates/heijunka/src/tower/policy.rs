@@ -3,18 +3,24 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use heijunka_core::Rejection;
+use heijunka_backpressure::{OwnedPermit, PollConcurrencyLimit};
+use heijunka_core::{ConfigError, Rejection};
 use heijunka_shutdown::ShutdownToken;
-use http::{Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::context::{Outcome, RequestContext, TraceId};
+use crate::context::{DEFAULT_REQUEST_TIMEOUT, Outcome, RequestContext, TraceId};
 use crate::policy::{Admission, Policy};
-use crate::tower::body::{AdmissionGuard, Guard};
+use crate::tower::body::{AdmissionGuard, BodyDeadline, Guard};
+use crate::tower::classify::{Classify, SharedClassifier, default_classifier};
+#[cfg(doc)]
+use crate::tower::classify::{GrpcClassifier, HttpClassifier};
 use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 
 /// Runs every request through a [`Policy`]: its stages admit or refuse the request
@@ -72,24 +78,125 @@ use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PolicyLayer {
+    cfg: Arc<LayerConfig>,
+}
+
+/// Which side of the service a [`PolicyLayer`] guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Requests coming in: the context is made from the request's headers.
+    Inbound,
+    /// Requests going out to a dependency: the context is the caller's, and the
+    /// deadline is written on the request.
+    Outbound,
+}
+
+/// How a deadline header's value is written: see
+/// [`PolicyLayer::deadline_header`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadlineFormat {
+    /// The time left, in whole milliseconds (`"250"`), as Envoy's
+    /// `x-envoy-expected-rq-timeout-ms`.
+    TimeoutMillis,
+    /// The deadline as Unix time in milliseconds (`"1767225600000"`): needs the
+    /// two hosts' clocks to agree.
+    UnixMillis,
+}
+
+#[derive(Clone)]
+struct LayerConfig {
     policy: Policy,
     shutdown: Option<ShutdownToken>,
+    direction: Direction,
+    classifier: SharedClassifier,
+    grpc_timeout: bool,
+    deadline_header: Option<(HeaderName, DeadlineFormat)>,
+    body_timeout: Option<Duration>,
+    body_idle_timeout: Option<Duration>,
+    reserve: bool,
+    /// Path prefixes with their own policy, or none (exempt); first match wins.
+    routes: Vec<(String, Option<Policy>)>,
 }
 
 impl PolicyLayer {
-    /// A layer running requests through `policy` (shared by every service made).
+    /// A layer for incoming requests, running them through `policy` (shared by
+    /// every service made): an **inbound** policy — deadline, rate limit, load
+    /// shedding, a concurrency or adaptive limit. A breaker on incoming traffic
+    /// turns overload into an outage (time-outs caused by our own load open it,
+    /// and then every route answers 503), so keep breakers for
+    /// [`client`](Self::client) layers around calls to a dependency.
     pub fn new(policy: Policy) -> Self {
+        Self::with_direction(policy, Direction::Inbound)
+    }
+
+    /// A layer for calls **out** to a dependency, around a client service (a
+    /// `hyper_util` client, `reqwest` through a tower adapter, a tonic channel):
+    /// an outbound policy — breaker, limit, timeout. Each call's context is the
+    /// caller's ([`RequestContext::current`], or one in the request's
+    /// extensions), its deadline cut to the policy's timeout; the deadline left is
+    /// written on the request as `grpc-timeout` (for a gRPC request) and as the
+    /// [`deadline_header`](Self::deadline_header) if one is set, so the
+    /// dependency stops when the caller stops waiting.
+    ///
+    /// ```
+    /// use heijunka::breaker::CircuitBreaker;
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::{DeadlineFormat, PolicyLayer};
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let users = Policy::builder()
+    ///     .timeout(Duration::from_millis(300))
+    ///     .breaker(CircuitBreaker::builder().name("users").build()?)
+    ///     .build()?;
+    /// // Stands in for a hyper or reqwest client service.
+    /// let client = service_fn(|req: http::Request<String>| async move {
+    ///     let left: u64 = req.headers()["x-request-timeout-ms"].to_str()?.parse()?;
+    ///     assert!(left <= 300);
+    ///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(String::from("{}")))
+    /// });
+    /// let mut client = PolicyLayer::client(users)
+    ///     .deadline_header("x-request-timeout-ms", DeadlineFormat::TimeoutMillis)?
+    ///     .layer(client);
+    /// let response = client.ready().await?.call(http::Request::new(String::new())).await?;
+    /// assert_eq!(response.status(), 200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client(policy: Policy) -> Self {
+        Self::with_direction(policy, Direction::Outbound)
+    }
+
+    fn with_direction(policy: Policy, direction: Direction) -> Self {
         Self {
-            policy,
-            shutdown: None,
+            cfg: Arc::new(LayerConfig {
+                policy,
+                shutdown: None,
+                direction,
+                classifier: default_classifier(),
+                grpc_timeout: true,
+                deadline_header: None,
+                body_timeout: None,
+                body_idle_timeout: None,
+                reserve: false,
+                routes: Vec::new(),
+            }),
         }
+    }
+
+    fn cfg(&mut self) -> &mut LayerConfig {
+        Arc::make_mut(&mut self.cfg)
     }
 
     /// Links each request's cancellation to `shutdown`: once it begins, requests
     /// in flight see their context cancelled and new ones are refused with
-    /// [`Rejection::ShuttingDown`].
+    /// [`Rejection::ShuttingDown`]. Lock-free per request: the context keeps the
+    /// token and checks its flag.
     ///
     /// ```
     /// use heijunka::policy::Policy;
@@ -101,7 +208,112 @@ impl PolicyLayer {
     /// # Ok::<(), heijunka::core::ConfigError>(())
     /// ```
     pub fn shutdown(mut self, token: ShutdownToken) -> Self {
-        self.shutdown = Some(token);
+        self.cfg().shutdown = Some(token);
+        self
+    }
+
+    /// Decides how responses and errors count for the breaker and an adaptive
+    /// limit (default [`HttpClassifier`]: `5xx` fail, `4xx` do not; use
+    /// [`GrpcClassifier`] for gRPC). Time-outs are always failures.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::{GrpcClassifier, PolicyLayer};
+    ///
+    /// let layer = PolicyLayer::client(Policy::builder().build()?).classifier(GrpcClassifier::new());
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    pub fn classifier(mut self, classifier: impl Classify) -> Self {
+        self.cfg().classifier = Arc::new(classifier);
+        self
+    }
+
+    /// Whether an incoming `grpc-timeout` header shortens the request's deadline
+    /// (inbound), and whether calls out write one on gRPC requests (outbound).
+    /// Default on.
+    pub fn grpc_timeout(mut self, honour: bool) -> Self {
+        self.cfg().grpc_timeout = honour;
+        self
+    }
+
+    /// A deadline header besides `grpc-timeout` (such as `x-request-deadline`):
+    /// inbound, a request carrying it gets the earlier of that deadline and the
+    /// policy's; outbound, it is written on each call with the time left. An
+    /// unreadable value is ignored (the policy's deadline holds).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `deadline_header` for a name that is not a valid
+    /// header name.
+    pub fn deadline_header(
+        mut self,
+        name: &str,
+        format: DeadlineFormat,
+    ) -> Result<Self, ConfigError> {
+        let name = HeaderName::try_from(name).map_err(|_| {
+            ConfigError::new("deadline_header", name, "must be a valid HTTP header name")
+        })?;
+        self.cfg().deadline_header = Some((name, format));
+        Ok(self)
+    }
+
+    /// The most time the response body may take to stream, from the headers.
+    /// Default: the body must end by the request's deadline. When it passes, the
+    /// body ends with a [`Rejected`] error ([`Stage::Deadline`],
+    /// [`Rejection::TimedOut`]), the admission is let go and the outcome recorded
+    /// as a time-out.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `body_timeout` for zero.
+    pub fn body_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        heijunka_core::validate::non_zero_duration("body_timeout", timeout)?;
+        self.cfg().body_timeout = Some(timeout);
+        Ok(self)
+    }
+
+    /// The most time between two frames of the response body (a client reading
+    /// slowly, or a handler stalled mid-stream), within the total deadline. Off
+    /// by default.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `body_idle_timeout` for zero.
+    pub fn body_idle_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        heijunka_core::validate::non_zero_duration("body_idle_timeout", timeout)?;
+        self.cfg().body_idle_timeout = Some(timeout);
+        Ok(self)
+    }
+
+    /// Readiness mode: the service reserves a concurrency permit in
+    /// `poll_ready` (waiting there, so tower's `load_shed`, `Buffer` and
+    /// balancers see saturation) and `call` uses it. With the policy's
+    /// [`max_wait`](crate::policy::PolicyBuilder::max_wait), `poll_ready` gives up
+    /// after that long with a [`Rejected`] error ([`Stage::Concurrency`]).
+    /// Needs a static [`ConcurrencyLimit`](crate::backpressure::ConcurrencyLimit)
+    /// in the policy (an adaptive limit has no poll-based acquire; it then
+    /// refuses in `call`, as without this mode). A permit reserved for a request
+    /// that an earlier stage refuses in `call` is released there.
+    ///
+    /// The default (off) refuses in `call` at once, which suits axum.
+    pub fn reserve_in_poll_ready(mut self, on: bool) -> Self {
+        self.cfg().reserve = on;
+        self
+    }
+
+    /// Lets requests whose path is `prefix` or below it (`/health` matches
+    /// `/health` and `/health/live`, not `/healthz`) through without the policy:
+    /// health checks and metrics keep answering while the policy sheds.
+    pub fn exempt(mut self, prefix: impl Into<String>) -> Self {
+        self.cfg().routes.push((prefix.into(), None));
+        self
+    }
+
+    /// Runs requests under `prefix` through `policy` instead of the layer's own
+    /// (the first matching [`exempt`](Self::exempt) or `route` wins, in the order
+    /// added).
+    pub fn route(mut self, prefix: impl Into<String>, policy: Policy) -> Self {
+        self.cfg().routes.push((prefix.into(), Some(policy)));
         self
     }
 
@@ -117,7 +329,30 @@ impl PolicyLayer {
     /// # Ok::<(), heijunka::core::ConfigError>(())
     /// ```
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.cfg.policy
+    }
+}
+
+impl fmt::Debug for PolicyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.cfg;
+        f.debug_struct("PolicyLayer")
+            .field("policy", &c.policy)
+            .field("direction", &c.direction)
+            .field("shutdown", &c.shutdown.is_some())
+            .field("grpc_timeout", &c.grpc_timeout)
+            .field("deadline_header", &c.deadline_header)
+            .field("body_timeout", &c.body_timeout)
+            .field("body_idle_timeout", &c.body_idle_timeout)
+            .field("reserve_in_poll_ready", &c.reserve)
+            .field(
+                "routes",
+                &c.routes
+                    .iter()
+                    .map(|(p, pol)| (p.as_str(), if pol.is_some() { "policy" } else { "exempt" }))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
@@ -125,10 +360,7 @@ impl<S> Layer<S> for PolicyLayer {
     type Service = PolicyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PolicyService {
-            inner,
-            layer: self.clone(),
-        }
+        PolicyService::new(inner, Arc::clone(&self.cfg))
     }
 }
 
@@ -145,15 +377,98 @@ impl<S> Layer<S> for PolicyLayer {
 ///     }));
 /// # Ok::<(), heijunka::core::ConfigError>(())
 /// ```
-#[derive(Clone, Debug)]
 pub struct PolicyService<S> {
     inner: S,
-    layer: PolicyLayer,
+    cfg: Arc<LayerConfig>,
+    /// Readiness mode: the limit polled in `poll_ready`, the permit it gave and
+    /// the `max_wait` timer. In a `Mutex` only to be `Sync` (axum wants
+    /// services that are): it is reached through `&mut self` with `get_mut`,
+    /// never locked.
+    reserve: Option<Box<Mutex<Reservation>>>,
+}
+
+struct Reservation {
+    limit: PollConcurrencyLimit,
+    permit: Option<OwnedPermit>,
+    wait: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> PolicyService<S> {
-    fn context<ReqB>(&self, req: &Request<ReqB>) -> RequestContext {
-        let mut builder = RequestContext::builder();
+    fn new(inner: S, cfg: Arc<LayerConfig>) -> Self {
+        let reserve = if cfg.reserve {
+            cfg.policy.concurrency_limit().map(|l| {
+                Box::new(Mutex::new(Reservation {
+                    limit: PollConcurrencyLimit::new(l.clone()),
+                    permit: None,
+                    wait: None,
+                }))
+            })
+        } else {
+            None
+        };
+        Self {
+            inner,
+            cfg,
+            reserve,
+        }
+    }
+
+    /// Whether the service holds a permit reserved by `poll_ready`.
+    pub fn holds_reservation(&mut self) -> bool {
+        self.reservation().is_some_and(|r| r.permit.is_some())
+    }
+
+    fn reservation(&mut self) -> Option<&mut Reservation> {
+        self.reserve
+            .as_deref_mut()
+            .map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The policy for `path`: `None` when the path is exempt.
+    fn policy_for(&self, path: &str) -> Option<&Policy> {
+        for (prefix, policy) in &self.cfg.routes {
+            let below = path.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/')
+            });
+            if below {
+                return policy.as_ref();
+            }
+        }
+        Some(&self.cfg.policy)
+    }
+
+    /// The deadline an incoming request asks for: the earlier of its
+    /// `grpc-timeout` and the configured header, if any.
+    fn incoming_deadline<ReqB>(&self, req: &Request<ReqB>, now: Instant) -> Option<Instant> {
+        let c = &*self.cfg;
+        let mut deadline: Option<Instant> = None;
+        let mut earlier = |d: Instant| deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        if c.grpc_timeout
+            && let Some(t) = req
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        {
+            earlier(now.checked_add(t).unwrap_or(now + FAR));
+        }
+        if let Some((name, format)) = &c.deadline_header
+            && let Some(left) = req
+                .headers()
+                .get(name)
+                .and_then(|v| parse_deadline(v, *format))
+        {
+            earlier(now.checked_add(left).unwrap_or(now + FAR));
+        }
+        deadline
+    }
+
+    fn inbound_context<ReqB>(&self, req: &Request<ReqB>, policy: &Policy) -> RequestContext {
+        let now = Instant::now();
+        let mut deadline = now + policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if let Some(d) = self.incoming_deadline(req, now) {
+            deadline = deadline.min(d);
+        }
+        let mut builder = RequestContext::builder().deadline(deadline);
         if let Some(id) = req
             .headers()
             .get("traceparent")
@@ -163,11 +478,137 @@ impl<S> PolicyService<S> {
         {
             builder = builder.trace_id(id);
         }
-        if let Some(token) = &self.layer.shutdown {
+        if let Some(token) = &self.cfg.shutdown {
             builder = builder.shutdown(token);
         }
         builder.build()
     }
+
+    fn outbound_context<ReqB>(&self, req: &Request<ReqB>, policy: &Policy) -> RequestContext {
+        let caller = req
+            .extensions()
+            .get::<RequestContext>()
+            .cloned()
+            .or_else(RequestContext::current);
+        let now = Instant::now();
+        let timeout = policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        match caller {
+            Some(caller) => caller.until(now.checked_add(timeout).unwrap_or(now + FAR)),
+            None => {
+                let mut builder = RequestContext::builder().timeout(timeout);
+                if let Some(token) = &self.cfg.shutdown {
+                    builder = builder.shutdown(token);
+                }
+                builder.build()
+            }
+        }
+    }
+
+    /// Writes the time left before `deadline` on an outgoing request.
+    fn write_deadline<ReqB>(&self, req: &mut Request<ReqB>, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let c = &*self.cfg;
+        let is_grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if c.grpc_timeout && is_grpc {
+            req.headers_mut()
+                .insert("grpc-timeout", format_grpc_timeout(left));
+        }
+        if let Some((name, format)) = &c.deadline_header {
+            let value = match format {
+                DeadlineFormat::TimeoutMillis => millis(left),
+                DeadlineFormat::UnixMillis => std::time::SystemTime::now()
+                    .checked_add(left)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(u64::MAX, millis),
+            };
+            req.headers_mut()
+                .insert(name.clone(), HeaderValue::from(value));
+        }
+    }
+}
+
+impl<S: Clone> Clone for PolicyService<S> {
+    /// A clone shares the layer's policy; it holds no reservation of its own
+    /// until polled ready.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), Arc::clone(&self.cfg))
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for PolicyService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyService")
+            .field("inner", &self.inner)
+            .field("policy", &self.cfg.policy)
+            .field("readiness_mode", &self.reserve.is_some())
+            .finish()
+    }
+}
+
+/// About 30 years: a deadline that never comes.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Parses a `grpc-timeout` value: at most 8 ASCII digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`), as the gRPC over HTTP/2 specification writes it.
+pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Writes `d` as a `grpc-timeout` value: the finest unit whose count fits in 8
+/// digits, rounded up so the callee never gets more time than is left.
+pub(crate) fn format_grpc_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (per, unit) in units {
+        let n = nanos.div_ceil(per);
+        if n <= MAX {
+            return HeaderValue::try_from(format!("{n}{unit}"))
+                .unwrap_or(HeaderValue::from_static("99999999H"));
+        }
+    }
+    HeaderValue::from_static("99999999H")
+}
+
+/// Parses a deadline header: the time left, or `None` when unreadable.
+fn parse_deadline(v: &HeaderValue, format: DeadlineFormat) -> Option<Duration> {
+    let n: u64 = v.to_str().ok()?.trim().parse().ok()?;
+    Some(match format {
+        DeadlineFormat::TimeoutMillis => Duration::from_millis(n),
+        DeadlineFormat::UnixMillis => {
+            let at = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(n))?;
+            // A deadline already past leaves no time.
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        }
+    })
 }
 
 impl<S, ReqB, B> Service<Request<ReqB>> for PolicyService<S>
@@ -181,19 +622,79 @@ where
     type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let max_wait = self.cfg.policy.max_wait();
+        if let Some(r) = self.reservation()
+            && r.permit.is_none()
+        {
+            match r.limit.poll_acquire(cx) {
+                Poll::Ready(Ok(permit)) => {
+                    r.permit = Some(permit);
+                    r.wait = None;
+                }
+                Poll::Ready(Err(e)) => {
+                    let limit = u64::from(r.limit.limit().limit());
+                    return Poll::Ready(Err(Rejected::new(
+                        Stage::Concurrency,
+                        e.reason().unwrap_or(Rejection::AtCapacity { limit }),
+                    )
+                    .into()));
+                }
+                Poll::Pending => {
+                    if let Some(max_wait) = max_wait {
+                        let timer = r
+                            .wait
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(max_wait)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            // Give up the place in the queue with the wait.
+                            r.wait = None;
+                            let limit = r.limit.limit().clone();
+                            let capacity = u64::from(limit.limit());
+                            r.limit = PollConcurrencyLimit::new(limit);
+                            return Poll::Ready(Err(Rejected::new(
+                                Stage::Concurrency,
+                                Rejection::AtCapacity { limit: capacity },
+                            )
+                            .into()));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let ctx = self.context(&req);
-        match self.layer.policy.try_admit(&ctx) {
+        // Taken whatever happens next: no reservation outlives a call.
+        let reserved = self.reservation().and_then(|r| r.permit.take());
+        let Some(policy) = self.policy_for(req.uri().path()) else {
+            drop(reserved);
+            return PolicyFuture::exempt(self.inner.call(req));
+        };
+        // A route's own policy does not use the layer's reservation.
+        let reserved = reserved.filter(|_| std::ptr::eq(policy, &self.cfg.policy));
+        let outbound = self.cfg.direction == Direction::Outbound;
+        let ctx = if outbound {
+            self.outbound_context(&req, policy)
+        } else {
+            self.inbound_context(&req, policy)
+        };
+        match policy.try_admit_reserved(&ctx, reserved) {
             Ok(admission) => {
-                let deadline = admission.deadline();
-                req.extensions_mut().insert(ctx.clone());
+                if outbound {
+                    self.write_deadline(&mut req, admission.deadline());
+                } else {
+                    req.extensions_mut().insert(ctx.clone());
+                }
+                let future = ctx.enter(|| self.inner.call(req));
                 PolicyFuture {
-                    future: Some(self.inner.call(req)),
-                    sleep: Some(tokio::time::sleep_until(deadline)),
-                    admitted: Some((admission, ctx)),
+                    future: Some(future),
+                    sleep: None,
+                    admitted: Some(Admitted {
+                        admission,
+                        ctx,
+                        cfg: Arc::clone(&self.cfg),
+                    }),
                     rejected: None,
                 }
             }
@@ -205,10 +706,19 @@ where
     }
 }
 
+/// What an admitted request's future holds.
+struct Admitted {
+    admission: Admission,
+    ctx: RequestContext,
+    cfg: Arc<LayerConfig>,
+}
+
 pin_project! {
     /// The future of [`PolicyService`]: the inner call under the admission's
-    /// deadline, holding the admission; the response comes back with its body
-    /// wrapped in a [`ResponseBody`] that holds the admission on.
+    /// deadline, with the request's context as the
+    /// [current](RequestContext::current) one, holding the admission; the
+    /// response comes back with its body wrapped in a [`ResponseBody`] that holds
+    /// the admission on.
     ///
     /// ```
     /// use heijunka::policy::Policy;
@@ -226,13 +736,31 @@ pin_project! {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the response drops the inner call and the
+    /// admission: the permit is released, the breaker records nothing (a
+    /// cancellation says nothing about the service's health) and the request's
+    /// context is completed as cancelled.
     pub struct PolicyFuture<F> {
         #[pin]
         future: Option<F>,
+        // Made when the inner call first waits: a call that is ready at once
+        // never registers a timer.
         #[pin]
         sleep: Option<Sleep>,
-        admitted: Option<(Admission, RequestContext)>,
+        admitted: Option<Admitted>,
         rejected: Option<Rejected>,
+    }
+
+    impl<F> PinnedDrop for PolicyFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(a) = this.project().admitted.take() {
+                a.admission.ignore();
+                a.ctx.complete(Outcome::Cancelled);
+            }
+        }
     }
 }
 
@@ -243,6 +771,15 @@ impl<F> PolicyFuture<F> {
             sleep: None,
             admitted: None,
             rejected: Some(rejected),
+        }
+    }
+
+    fn exempt(future: F) -> Self {
+        Self {
+            future: Some(future),
+            sleep: None,
+            admitted: None,
+            rejected: None,
         }
     }
 }
@@ -263,40 +800,85 @@ where
                 .take()
                 .map_or_else(|| "polled after completion".into(), Into::into)));
         };
-        if let Poll::Ready(result) = future.poll(cx) {
+        let polled = match this.admitted.as_ref() {
+            Some(a) => a.ctx.enter(|| future.poll(cx)),
+            None => future.poll(cx),
+        };
+        if let Poll::Ready(result) = polled {
             this.future.set(None);
-            let Some((admission, ctx)) = this.admitted.take() else {
-                return Poll::Ready(Err("polled after completion".into()));
+            this.sleep.set(None);
+            let Some(Admitted {
+                admission,
+                ctx,
+                cfg,
+            }) = this.admitted.take()
+            else {
+                // An exempt route: nothing held.
+                return Poll::Ready(
+                    result
+                        .map(|r| r.map(ResponseBody::unguarded))
+                        .map_err(Into::into),
+                );
             };
             return Poll::Ready(match result {
                 Ok(response) => {
-                    let failed = response.status().is_server_error();
-                    let mut guard = AdmissionGuard::new(admission, ctx, failed);
+                    let verdict = cfg
+                        .classifier
+                        .classify_response(response.status(), response.headers());
+                    let total = match cfg.body_timeout {
+                        Some(t) => Instant::now()
+                            .checked_add(t)
+                            .unwrap_or(Instant::now() + FAR),
+                        None => admission.deadline(),
+                    };
+                    let mut guard = AdmissionGuard::new(
+                        admission,
+                        Some(ctx),
+                        Arc::clone(&cfg.classifier),
+                        verdict,
+                        Some(BodyDeadline {
+                            total,
+                            idle: cfg.body_idle_timeout,
+                        }),
+                    );
                     if response.body().is_end_stream() {
-                        // An empty body may never be polled: it has ended already.
+                        // Nothing left to stream: record the outcome now, hold
+                        // nothing.
                         guard.end();
+                        drop(guard);
+                        Ok(response.map(ResponseBody::unguarded))
+                    } else {
+                        let guard = Guard::Admission(Box::new(guard));
+                        Ok(response.map(|b| ResponseBody::new(b, guard)))
                     }
-                    let guard = Guard::Admission(Box::new(guard));
-                    Ok(response.map(|b| ResponseBody::new(b, guard)))
                 }
                 Err(e) => {
-                    admission.failure();
+                    let e: BoxError = e.into();
+                    admission.record(cfg.classifier.classify_error(&*e));
                     ctx.complete(Outcome::Error);
-                    Err(e.into())
+                    Err(e)
                 }
             });
+        }
+        let Some(a) = this.admitted.as_ref() else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            this.sleep
+                .set(Some(tokio::time::sleep_until(a.admission.deadline())));
         }
         if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
             ready!(sleep.poll(cx));
             this.future.set(None);
+            this.sleep.set(None);
             let after = match this.admitted.take() {
-                Some((admission, ctx)) => {
-                    let after = admission.elapsed();
-                    admission.timed_out();
-                    ctx.complete(Outcome::TimedOut);
+                Some(a) => {
+                    let after = a.admission.elapsed();
+                    a.admission.timed_out();
+                    a.ctx.complete(Outcome::TimedOut);
                     after
                 }
-                None => std::time::Duration::ZERO,
+                None => Duration::ZERO,
             };
             return Poll::Ready(Err(Rejected::new(
                 Stage::Deadline,
@@ -314,5 +896,42 @@ impl<F> fmt::Debug for PolicyFuture<F> {
             .field("running", &self.future.is_some())
             .field("rejected", &self.rejected)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trips() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("250m", Some(ms(250))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789m", None), // nine digits
+            ("m", None),
+            ("10x", None),
+            ("-1S", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), want, "{text:?}");
+        }
+        for d in [
+            ms(1),
+            ms(250),
+            Duration::from_secs(30),
+            Duration::from_secs(86_400 * 400),
+        ] {
+            let v = format_grpc_timeout(d);
+            let back = parse_grpc_timeout(v.as_bytes()).unwrap();
+            assert!(back >= d, "{v:?} gives {back:?} < {d:?}");
+        }
+        assert_eq!(format_grpc_timeout(ms(250)), "250000u"); // 250000000n has nine digits
+        assert_eq!(format_grpc_timeout(Duration::from_secs(30)), "30000000u");
     }
 }
