@@ -1,0 +1,809 @@
+//! The facade as a production service uses it (issue 20): deadline headers in and
+//! out, body idle time-outs, outcome classification (HTTP and gRPC, headers and
+//! trailers), exempt routes while the inbound policy sheds, readiness mode behind
+//! tower's `load_shed`, bounded waiting, and each future dropped at every await.
+#![cfg(feature = "tower")]
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
+use axum::routing::get;
+use heijunka::backpressure::{ConcurrencyLimit, Gcra};
+use heijunka::breaker::CircuitBreaker;
+use heijunka::context::RequestContext;
+use heijunka::core::Rejection;
+use heijunka::core::cancel::{Outcome, Polled, cancel_points};
+use heijunka::policy::{Policy, PolicyError, Stage};
+use heijunka::shutdown::Shutdown;
+use heijunka::tower::{
+    BreakerLayer, DeadlineFormat, GrpcClassifier, PolicyLayer, Rejected, handle_error,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// A response body fed through a channel: a frame per message, the end when the
+/// sender is dropped, pending in between.
+struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// The `remaining()` a handler behind `layer` sees for `req`.
+async fn remaining_seen(layer: PolicyLayer, req: http::Request<()>) -> Duration {
+    let mut svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        let ctx = req.extensions().get::<RequestContext>().cloned().unwrap();
+        Ok::<_, Infallible>(http::Response::new(format!(
+            "{}",
+            ctx.remaining().as_millis()
+        )))
+    }));
+    let response = svc.ready().await.unwrap().call(req).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    ms(std::str::from_utf8(&body).unwrap().parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_deadline_header_shortens_the_deadline() {
+    let policy = Policy::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let layer = PolicyLayer::new(policy.clone())
+        .deadline_header("x-request-deadline", DeadlineFormat::TimeoutMillis)
+        .unwrap();
+    let req = http::Request::builder()
+        .header("x-request-deadline", "250")
+        .body(())
+        .unwrap();
+    assert_eq!(remaining_seen(layer.clone(), req).await, ms(250));
+    // Unreadable: the policy's deadline holds.
+    let req = http::Request::builder()
+        .header("x-request-deadline", "soon")
+        .body(())
+        .unwrap();
+    assert_eq!(remaining_seen(layer, req).await, ms(2000));
+
+    // As Unix milliseconds (the wall clock: a deadline 40 s away is cut to 2 s).
+    let layer = PolicyLayer::new(policy.clone())
+        .deadline_header("x-request-deadline", DeadlineFormat::UnixMillis)
+        .unwrap();
+    let far = std::time::SystemTime::now() + Duration::from_secs(40);
+    let unix = far
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let req = http::Request::builder()
+        .header("x-request-deadline", unix.to_string())
+        .body(())
+        .unwrap();
+    assert_eq!(remaining_seen(layer, req).await, ms(2000));
+
+    let err = PolicyLayer::new(policy)
+        .deadline_header("bad header", DeadlineFormat::TimeoutMillis)
+        .unwrap_err();
+    assert!(err.to_string().contains("deadline_header"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_deadline_has_passed_is_refused_before_it_takes_a_permit() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let layer = PolicyLayer::new(policy)
+        .deadline_header("x-request-deadline", DeadlineFormat::UnixMillis)
+        .unwrap();
+    let past = std::time::SystemTime::now() - Duration::from_secs(1);
+    let unix = past
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(String::new()))
+    }));
+    let req = http::Request::builder()
+        .header("x-request-deadline", unix.to_string())
+        .body(())
+        .unwrap();
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    let rejected = err.downcast_ref::<Rejected>().unwrap();
+    assert_eq!(rejected.stage(), Stage::Deadline);
+    assert_eq!(limit.in_use(), 0, "refused before the limit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_body_idle_timeout_ends_a_body_that_stops_sending() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .timeout(Duration::from_secs(60))
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let mut rx = Some(rx);
+    let layer = PolicyLayer::new(policy).body_idle_timeout(ms(100)).unwrap();
+    let mut svc = layer.layer(service_fn(move |_: http::Request<()>| {
+        let body = ChannelBody(rx.take().unwrap());
+        async move { Ok::<_, Infallible>(http::Response::new(body)) }
+    }));
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    let start = tokio::time::Instant::now();
+    // Frames 80 ms apart keep it alive past the 100 ms idle limit, four times.
+    let sender = tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            for _ in 0..4 {
+                tokio::time::sleep(ms(80)).await;
+                tx.send(Frame::data(Bytes::from("x"))).await.unwrap();
+            }
+        }
+    });
+    for _ in 0..4 {
+        let frame = body.frame().await.unwrap().unwrap();
+        assert!(frame.is_data());
+    }
+    sender.await.unwrap();
+    assert_eq!(limit.in_use(), 1);
+    // Then silence: 100 ms after the last frame the body ends with a time-out.
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert!(err.downcast_ref::<Rejected>().is_some(), "{err}");
+    assert_eq!(start.elapsed(), ms(420));
+    assert_eq!(limit.in_use(), 0);
+    assert!(body.frame().await.is_none(), "ended after the error");
+    drop(tx);
+}
+
+/// A body of frames that are all ready.
+struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A gRPC-like service: 200 with a data frame, its `grpc-status` either in the
+/// trailers or (a trailers-only response) in the headers.
+fn grpc_service(
+    code: &'static str,
+    in_trailers: bool,
+) -> impl Service<
+    http::Request<()>,
+    Response = http::Response<Frames>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<http::Response<Frames>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |_: http::Request<()>| async move {
+        let mut frames = std::collections::VecDeque::from([Frame::data(Bytes::from("message"))]);
+        let mut response_headers = HeaderMap::new();
+        if in_trailers {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static(code));
+            frames.push_back(Frame::trailers(t));
+        } else {
+            response_headers.insert("grpc-status", HeaderValue::from_static(code));
+        }
+        let mut response = http::Response::new(Frames(frames));
+        *response.headers_mut() = response_headers;
+        Ok::<_, Infallible>(response)
+    })
+}
+
+#[tokio::test]
+async fn grpc_status_in_trailers_or_headers_decides_the_breaker_outcome() {
+    for (code, in_trailers, failed) in [
+        ("14", true, 1),  // UNAVAILABLE
+        ("4", true, 1),   // DEADLINE_EXCEEDED
+        ("5", true, 0),   // NOT_FOUND: an answer, not a failure
+        ("0", true, 0),   // OK
+        ("14", false, 1), // trailers-only response
+        ("5", false, 0),
+    ] {
+        let breaker = CircuitBreaker::builder().name("grpc").build().unwrap();
+        let policy = Policy::builder().breaker(breaker.clone()).build().unwrap();
+        let mut svc = PolicyLayer::client(policy)
+            .classifier(GrpcClassifier::new())
+            .layer(grpc_service(code, in_trailers));
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().is_some(), in_trailers);
+        let stats = breaker.stats();
+        assert_eq!(
+            (stats.calls, stats.failed_calls),
+            (1, failed),
+            "code {code}, in trailers: {in_trailers}"
+        );
+
+        // The breaker layer alone classifies the same way.
+        let breaker = CircuitBreaker::builder().name("grpc").build().unwrap();
+        let mut svc = BreakerLayer::new(breaker.clone())
+            .classifier(GrpcClassifier::new())
+            .layer(grpc_service(code, in_trailers));
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        if in_trailers {
+            assert_eq!(
+                breaker.stats().calls,
+                0,
+                "decided at the trailers, not the headers"
+            );
+        }
+        let _ = response.into_body().collect().await.unwrap();
+        let stats = breaker.stats();
+        assert_eq!(
+            (stats.calls, stats.failed_calls),
+            (1, failed),
+            "breaker layer, code {code}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_4xx_is_not_a_failure_and_5xx_is() {
+    let breaker = CircuitBreaker::builder().name("http").build().unwrap();
+    let policy = Policy::builder().breaker(breaker.clone()).build().unwrap();
+    let mut svc =
+        PolicyLayer::client(policy).layer(service_fn(|req: http::Request<()>| async move {
+            let status: u16 = req.uri().path()[1..].parse().unwrap();
+            let mut r = http::Response::new(String::from("body"));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, Infallible>(r)
+        }));
+    for status in [200, 404, 400, 429, 500, 503] {
+        let req = http::Request::get(format!("/{status}")).body(()).unwrap();
+        let r = svc.ready().await.unwrap().call(req).await.unwrap();
+        let _ = r.into_body().collect().await;
+    }
+    let stats = breaker.stats();
+    assert_eq!((stats.calls, stats.failed_calls), (6, 2));
+}
+
+#[tokio::test]
+async fn health_routes_answer_while_the_inbound_limit_sheds() {
+    let limit = ConcurrencyLimit::new(2).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/api/orders", get(|| async { "orders" }))
+        .route("/health", get(|| async { "ok" }))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "not exempt" }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(handle_error))
+                .layer(PolicyLayer::new(policy).exempt("/health")),
+        );
+    let status = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            app.oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status("/api/orders").await, 200);
+    let _held = (
+        limit.try_acquire_owned().unwrap(),
+        limit.try_acquire_owned().unwrap(),
+    );
+    assert_eq!(status("/api/orders").await, 503, "the inbound limit sheds");
+    assert_eq!(status("/health").await, 200, "health is exempt");
+    assert_eq!(status("/health/live").await, 200, "and below it");
+    assert_eq!(
+        status("/healthz").await,
+        503,
+        "a prefix is a path segment, not a string prefix"
+    );
+}
+
+#[tokio::test]
+async fn a_route_can_have_its_own_policy() {
+    let api = ConcurrencyLimit::new(1).unwrap();
+    let metrics = ConcurrencyLimit::new(1).unwrap();
+    let layer = PolicyLayer::new(
+        Policy::builder()
+            .concurrency_limit(api.clone())
+            .build()
+            .unwrap(),
+    )
+    .route(
+        "/metrics",
+        Policy::builder()
+            .concurrency_limit(metrics.clone())
+            .build()
+            .unwrap(),
+    );
+    let mut svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(String::from("x")))
+    }));
+    let r = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::get("/metrics").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((api.in_use(), metrics.in_use()), (0, 1));
+    drop(r);
+    assert_eq!(metrics.in_use(), 0);
+}
+
+#[tokio::test]
+async fn readiness_mode_lets_load_shed_see_saturation() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .load_shed()
+        .layer(PolicyLayer::new(policy).reserve_in_poll_ready(true))
+        .service(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::from("streamed")))
+        }));
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(limit.in_use(), 1, "the first body holds the permit");
+    // tower's load_shed asks poll_ready; the policy says "not ready", so it sheds
+    // at once with its own Overloaded error (the request is not queued).
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.downcast_ref::<tower::load_shed::error::Overloaded>()
+            .is_some(),
+        "{err}"
+    );
+    let _ = first.into_body().collect().await;
+    // The shed poll_ready kept its place in the limit's queue (as tower's own
+    // ConcurrencyLimit does), so the freed permit went to it: the next call
+    // uses it.
+    assert_eq!(limit.in_use(), 1);
+    let again = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    drop(again);
+    assert_eq!(limit.in_use(), 0);
+}
+
+#[tokio::test]
+async fn no_reservation_outlives_a_refused_call() {
+    let limit = ConcurrencyLimit::new(4).unwrap();
+    let policy = Policy::builder()
+        .rate_limiter(Gcra::builder(0.001).burst(1).build().unwrap())
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let mut svc = PolicyLayer::new(policy)
+        .reserve_in_poll_ready(true)
+        .layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        }));
+    let ok = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    drop(ok);
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert!(svc.holds_reservation());
+    assert_eq!(limit.in_use(), 1, "reserved in poll_ready");
+    let err = svc.call(http::Request::new(())).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Rejected>().unwrap().stage(),
+        Stage::RateLimit
+    );
+    assert!(!svc.holds_reservation());
+    assert_eq!(
+        limit.in_use(),
+        0,
+        "the refused call gave its reservation back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_mode_waits_up_to_max_wait_then_refuses() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .max_wait(ms(50))
+        .build()
+        .unwrap();
+    let mut svc = PolicyLayer::new(policy)
+        .reserve_in_poll_ready(true)
+        .layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        }));
+    let held = limit.try_acquire_owned().unwrap();
+    let start = tokio::time::Instant::now();
+    let err = std::future::poll_fn(|cx| svc.poll_ready(cx))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), ms(50));
+    let rejected = err.downcast_ref::<Rejected>().unwrap();
+    assert_eq!(rejected.stage(), Stage::Concurrency);
+    assert_eq!(limit.waiting(), 0, "the wait gave up its place");
+    // A permit that comes back within the wait is taken.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(ms(20)).await;
+        drop(held);
+    });
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    release.await.unwrap();
+    assert!(svc.holds_reservation());
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_call_waits_up_to_max_wait() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .max_wait(ms(50))
+        .build()
+        .unwrap();
+    let ctx = RequestContext::new();
+    let held = limit.try_acquire_owned().unwrap();
+    let start = tokio::time::Instant::now();
+    let err = policy
+        .call(&ctx, |_| async { Ok::<_, Infallible>(()) })
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), ms(50));
+    assert!(matches!(
+        err,
+        PolicyError::Rejected {
+            stage: Stage::Concurrency,
+            reason: Rejection::AtCapacity { limit: 1 }
+        }
+    ));
+    tokio::spawn(async move {
+        tokio::time::sleep(ms(30)).await;
+        drop(held);
+    });
+    let start = tokio::time::Instant::now();
+    policy
+        .call(&ctx, |_| async { Ok::<_, Infallible>(()) })
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), ms(30));
+    // The wait stops at the deadline if that comes first.
+    let _held = limit.try_acquire_owned().unwrap();
+    let hurried = RequestContext::builder().timeout(ms(10)).build();
+    let start = tokio::time::Instant::now();
+    assert!(
+        policy
+            .call(&hurried, |_| async { Ok::<_, Infallible>(()) })
+            .await
+            .is_err()
+    );
+    assert_eq!(start.elapsed(), ms(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_layer_passes_the_callers_deadline_on() {
+    let policy = Policy::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut client = PolicyLayer::client(policy)
+        .deadline_header("x-request-timeout-ms", DeadlineFormat::TimeoutMillis)
+        .unwrap()
+        .layer(service_fn(|req: http::Request<()>| async move {
+            let h = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            Ok::<_, Infallible>(http::Response::new(format!(
+                "{:?} {:?}",
+                h("x-request-timeout-ms"),
+                h("grpc-timeout")
+            )))
+        }));
+    let body = |r: http::Response<_>| async move {
+        let b = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    // No caller context: the policy's 2 s.
+    let r = client
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(body(r).await, r#"Some("2000") None"#);
+    // A caller with 500 ms left (current in its scope): the call gets 500 ms,
+    // and a gRPC request carries it as grpc-timeout too.
+    let caller = RequestContext::builder().timeout(ms(500)).build();
+    let req = http::Request::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let r = caller
+        .scope(async { client.ready().await.unwrap().call(req).await.unwrap() })
+        .await;
+    assert_eq!(body(r).await, r#"Some("500") Some("500000u")"#);
+}
+
+#[test]
+fn policy_call_dropped_at_every_await_holds_nothing() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let covered = cancel_points(16, |k| {
+        let limit = ConcurrencyLimit::new(1).unwrap();
+        let breaker = CircuitBreaker::builder().name("c").build().unwrap();
+        let policy = Policy::builder()
+            .concurrency_limit(limit.clone())
+            .breaker(breaker.clone())
+            .max_wait(ms(100))
+            .build()
+            .unwrap();
+        let ctx = RequestContext::new();
+        let held = std::cell::RefCell::new(Some(limit.try_acquire_owned().unwrap()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = std::cell::RefCell::new(Some(tx));
+        let call = policy.call(&ctx, |_| async move {
+            let _ = rx.await;
+            Ok::<_, Infallible>(7)
+        });
+        // Poll 0 waits for the permit; before poll 1 it comes back; the call
+        // then waits for its answer, which comes before poll 2.
+        let outcome = Polled::new(call).drop_after_with(k, |i| match i {
+            1 => drop(held.borrow_mut().take()),
+            2 => {
+                let _ = tx.borrow_mut().take().map(|tx| tx.send(()));
+            }
+            _ => {}
+        });
+        drop(held);
+        assert_eq!(limit.in_use(), 0, "k = {k}: the permit is back");
+        assert_eq!(limit.waiting(), 0, "k = {k}: no waiter left");
+        let calls = breaker.stats().calls;
+        match &outcome {
+            Outcome::Completed { output, .. } => {
+                assert_eq!(output.as_ref().ok(), Some(&7));
+                assert_eq!(calls, 1);
+            }
+            Outcome::Cancelled { .. } => {
+                assert_eq!(calls, 0, "k = {k}: a cancellation is not recorded")
+            }
+        }
+        outcome
+    });
+    assert_eq!(covered, 3);
+}
+
+#[test]
+fn policy_future_dropped_at_every_poll_holds_nothing() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let covered = cancel_points(8, |k| {
+        let limit = ConcurrencyLimit::new(1).unwrap();
+        let breaker = CircuitBreaker::builder().name("f").build().unwrap();
+        let policy = Policy::builder()
+            .concurrency_limit(limit.clone())
+            .breaker(breaker.clone())
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut rx = Some(rx);
+        let mut svc = PolicyLayer::new(policy).layer(service_fn(move |_: http::Request<()>| {
+            let rx = rx.take().unwrap();
+            async move {
+                let _ = rx.await;
+                Ok::<_, Infallible>(http::Response::new(String::from("done")))
+            }
+        }));
+        let tx = std::cell::RefCell::new(Some(tx));
+        let future = svc.call(http::Request::new(()));
+        let outcome = Polled::new(future).drop_after_with(k, |i| {
+            if i == 1 {
+                let _ = tx.borrow_mut().take().map(|tx| tx.send(()));
+            }
+        });
+        let completed = match outcome {
+            Outcome::Completed { output, polls } => {
+                let response = output.unwrap();
+                assert_eq!(limit.in_use(), 1, "the unread body holds the permit");
+                drop(response);
+                Outcome::Completed { output: (), polls }
+            }
+            Outcome::Cancelled { polls } => Outcome::Cancelled { polls },
+        };
+        assert_eq!(limit.in_use(), 0, "k = {k}");
+        // Cancelled, or answered with a body dropped unread (the client went
+        // away): neither says anything about the service's health.
+        assert_eq!(breaker.stats().calls, 0, "k = {k}");
+        completed
+    });
+    assert_eq!(covered, 2);
+}
+
+#[test]
+fn policy_admit_dropped_while_waiting_leaves_no_waiter() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let covered = cancel_points(8, |k| {
+        let limit = ConcurrencyLimit::new(1).unwrap();
+        let policy = Policy::builder()
+            .concurrency_limit(limit.clone())
+            .max_wait(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let ctx = RequestContext::new();
+        let held = std::cell::RefCell::new(Some(limit.try_acquire_owned().unwrap()));
+        let outcome = Polled::new(policy.admit(&ctx)).drop_after_with(k, |i| {
+            if i == 1 {
+                drop(held.borrow_mut().take());
+            }
+        });
+        let outcome = match outcome {
+            Outcome::Completed { output, polls } => {
+                let admission = output.unwrap();
+                assert!(admission.holds_permit());
+                assert_eq!(limit.in_use(), 1);
+                drop(admission);
+                Outcome::Completed { output: (), polls }
+            }
+            Outcome::Cancelled { polls } => Outcome::Cancelled { polls },
+        };
+        drop(held);
+        assert_eq!(limit.in_use(), 0, "k = {k}");
+        assert_eq!(limit.waiting(), 0, "k = {k}");
+        outcome
+    });
+    assert_eq!(covered, 2);
+}
+
+#[test]
+fn context_cancelled_dropped_at_every_poll() {
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let covered = cancel_points(8, |k| {
+        let shutdown = Shutdown::new();
+        let ctx = RequestContext::builder()
+            .shutdown(&shutdown.token())
+            .build();
+        let other = ctx.clone();
+        let outcome = Polled::new(ctx.cancelled()).drop_after_with(k, |i| {
+            if i == 1 {
+                shutdown.trigger();
+            }
+        });
+        // Another waiter on the same context still completes.
+        if k >= 2 {
+            assert!(Polled::new(other.cancelled()).drop_after(1).is_completed());
+        }
+        outcome
+    });
+    assert_eq!(covered, 2);
+}
+
+#[test]
+fn a_context_linked_to_shutdown_sees_it_without_making_a_token() {
+    let shutdown = Shutdown::new();
+    let ctx = RequestContext::builder()
+        .shutdown(&shutdown.token())
+        .build();
+    let child = ctx.child(None);
+    assert!(!ctx.is_cancelled() && !child.is_cancelled());
+    shutdown.trigger();
+    assert!(ctx.is_cancelled(), "checked through the shutdown flag");
+    assert!(child.is_cancelled(), "and through the parent context");
+    assert!(
+        ctx.token().is_cancelled(),
+        "a token made afterwards is cancelled too"
+    );
+
+    // cancel() before and after the token exists.
+    let ctx = RequestContext::new();
+    ctx.cancel();
+    assert!(ctx.token().is_cancelled());
+    let ctx = RequestContext::new();
+    let token = ctx.token().clone();
+    ctx.cancel();
+    assert!(token.is_cancelled());
+    // Cancelling the token cancels the context.
+    let ctx = RequestContext::new();
+    ctx.token().cancel();
+    assert!(ctx.is_cancelled());
+}
+
+#[test]
+fn cancel_and_token_racing_never_lose_the_cancellation() {
+    // Bounded: 2000 rounds of cancel() on one thread against token() on another.
+    for _ in 0..2000 {
+        let ctx = RequestContext::new();
+        let other = ctx.clone();
+        let t = std::thread::spawn(move || other.token().clone());
+        ctx.cancel();
+        let token = t.join().unwrap();
+        assert!(token.is_cancelled(), "the token missed a cancel()");
+    }
+}
+
+#[tokio::test]
+async fn shared_arc_classifier_is_a_classifier() {
+    // A classifier shared between layers.
+    let shared = Arc::new(GrpcClassifier::new());
+    let _a =
+        PolicyLayer::client(Policy::builder().build().unwrap()).classifier(Arc::clone(&shared));
+    let _b = BreakerLayer::new(CircuitBreaker::builder().build().unwrap()).classifier(shared);
+}
