@@ -36,3 +36,40 @@ async fn a_request_counts_what_it_allocates() {
     assert!(other.allocated_bytes() >= 50_000);
     assert!(ctx.allocated_bytes() < after_scope + 80_000 + 50_000);
 }
+
+#[cfg(feature = "tower")]
+#[tokio::test]
+async fn a_handler_behind_the_policy_layer_is_counted() {
+    use heijunka::policy::Policy;
+    use heijunka::tower::PolicyLayer;
+    use tower::{Layer, Service, ServiceExt, service_fn};
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut svc = PolicyLayer::new(Policy::builder().build().unwrap()).layer(service_fn(
+        move |req: http::Request<()>| {
+            let tx = tx.clone();
+            async move {
+                tokio::task::yield_now().await;
+                let ctx = req.extensions().get::<RequestContext>().cloned().unwrap();
+                let v = vec![7_u8; 200_000];
+                tokio::task::yield_now().await;
+                tx.send(ctx).unwrap();
+                Ok::<_, std::convert::Infallible>(http::Response::new(format!("{}", v.len())))
+            }
+        },
+    ));
+    let response = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    drop(response);
+    let ctx = rx.recv().unwrap();
+    assert!(
+        ctx.allocated_bytes() >= 200_000,
+        "the handler's allocations were not counted: {}",
+        ctx.allocated_bytes()
+    );
+}
