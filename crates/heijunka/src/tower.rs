@@ -17,6 +17,41 @@
 //! # Ok::<(), heijunka::core::ConfigError>(())
 //! ```
 //!
+//! An inbound policy on a router, health checks exempt, shutdown wired (the
+//! README's snippet):
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, error_handling::HandleErrorLayer, routing::get};
+//! use heijunka::backpressure::{ConcurrencyLimit, Gcra};
+//! use heijunka::policy::Policy;
+//! use heijunka::shutdown::Shutdown;
+//! use heijunka::tower::{PolicyLayer, handle_error};
+//! use tower::ServiceBuilder;
+//!
+//! let shutdown = Shutdown::new();
+//! // Inbound: deadline, rate, concurrency. No breaker on incoming traffic.
+//! let inbound = Policy::builder()
+//!     .timeout(Duration::from_secs(5))
+//!     .rate_limiter(Gcra::builder(2_000.0).burst(2_000).build()?)
+//!     .concurrency_limit(ConcurrencyLimit::new(256)?)
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/orders", get(|| async { "orders" }))
+//!     .route("/health", get(|| async { "ok" }))
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             // Refusals become 429 / 503 / 504 with Retry-After.
+//!             .layer(HandleErrorLayer::new(handle_error))
+//!             .layer(
+//!                 PolicyLayer::new(inbound)
+//!                     .shutdown(shutdown.token())
+//!                     .exempt("/health"), // health checks answer while the policy sheds
+//!             ),
+//!     );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The layers
 //!
 //! | layer | refuses with | stage | holds until |
@@ -24,12 +59,37 @@
 //! | [`ConcurrencyLimitLayer`] | [`AtCapacity`](crate::core::Rejection::AtCapacity) | [`Stage::Concurrency`] | the response body ends or is dropped |
 //! | [`RateLimitLayer`] | [`RateLimited`](crate::core::Rejection::RateLimited) (with retry-after) | [`Stage::RateLimit`] | nothing held |
 //! | [`LoadShedLayer`] | whatever its [`Signal`](crate::backpressure::Signal) says | [`Stage::LoadShed`] | nothing held |
-//! | [`BreakerLayer`] | [`CircuitOpen`](crate::core::Rejection::CircuitOpen) (with retry-after) | [`Stage::Breaker`] | the response headers (outcome by status) |
-//! | [`PolicyLayer`] | any of the above, or [`TimedOut`](crate::core::Rejection::TimedOut) | the stage that refused | the response body ends or is dropped |
+//! | [`BreakerLayer`] | [`CircuitOpen`](crate::core::Rejection::CircuitOpen) (with retry-after) | [`Stage::Breaker`] | the response headers, or the body's end when the [classifier](Classify) waits for trailers |
+//! | [`PolicyLayer`] | any of the above, or [`TimedOut`](crate::core::Rejection::TimedOut) | the stage that refused | the response body ends, fails, is dropped or runs past its deadline |
 //!
-//! Every layer decides at once: a refused request is answered with an error at
-//! `call`, it never waits in `poll_ready` as tower's own `ConcurrencyLimit` does, so
-//! a full server sheds load in microseconds instead of queueing it.
+//! # Inbound and outbound
+//!
+//! [`PolicyLayer::new`] guards incoming requests: deadline (the policy's timeout,
+//! shortened by an incoming `grpc-timeout` or a [configured
+//! header](PolicyLayer::deadline_header)), rate, shedding, concurrency. Keep the
+//! breaker out of it: on incoming traffic, time-outs caused by our own overload
+//! open it, and every route then answers 503 for the open period.
+//! [`PolicyLayer::client`] guards calls to one dependency (breaker, limit,
+//! timeout) around a client service, takes the caller's context and writes the
+//! time left on the outgoing request. [`PolicyLayer::exempt`] and
+//! [`PolicyLayer::route`] keep health and metrics routes out of a policy or give
+//! them their own.
+//!
+//! # Outcomes
+//!
+//! A [`Classify`] decides what counts as a failure for the breaker and an
+//! adaptive limit: [`HttpClassifier`] (default: `5xx` fail, `4xx` do not),
+//! [`GrpcClassifier`] (`grpc-status` in the headers or the trailers), or
+//! [`classify_fn`]. Time-outs are always failures; a body dropped mid-stream (the
+//! client went away) records nothing.
+//!
+//! Every layer decides at once by default: a refused request is answered with an
+//! error at `call`, it never waits in `poll_ready` as tower's own
+//! `ConcurrencyLimit` does, so a full server sheds load in microseconds instead of
+//! queueing it. [`PolicyLayer::reserve_in_poll_ready`] switches to tower's way
+//! (reserve the permit in `poll_ready`, optionally waiting up to the policy's
+//! [`max_wait`](crate::policy::PolicyBuilder::max_wait)) for stacks where tower's
+//! `load_shed`, `Buffer` or a balancer must see saturation.
 //!
 //! # One limit per layer, not per connection
 //!
