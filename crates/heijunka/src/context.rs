@@ -172,9 +172,11 @@ impl Inner {
 }
 
 /// What one request carries through the stack: a [`TraceId`], a deadline
-/// (default [`DEFAULT_REQUEST_TIMEOUT`]), a [`CancellationToken`] (a child of the
-/// shutdown token when built with [`shutdown`](RequestContextBuilder::shutdown)),
-/// its start time and, when known, the process's memory at the start.
+/// (default [`DEFAULT_REQUEST_TIMEOUT`]), cancellation (linked to shutdown when
+/// built with [`shutdown`](RequestContextBuilder::shutdown), to its parent for a
+/// [`child`](Self::child); a [`CancellationToken`] is made only when asked for),
+/// its start time and, when known, the process's memory at the start. Making a
+/// context and checking it take no lock.
 ///
 /// Clones share one context. [`scope`](Self::scope) makes it the
 /// [`current`](Self::current) context across `.await`s of a future, and
@@ -270,7 +272,11 @@ impl RequestContextBuilder {
     /// The context. The deadline is measured on tokio's clock (the system's
     /// monotonic clock, or paused time in tests).
     pub fn build(self) -> RequestContext {
-        let start = Instant::now();
+        self.build_at(Instant::now())
+    }
+
+    /// [`build`](Self::build) with the start time the caller has just read.
+    pub(crate) fn build_at(self, start: Instant) -> RequestContext {
         let deadline = self
             .deadline
             .unwrap_or_else(|| start.checked_add(self.timeout).unwrap_or_else(far_future));
@@ -574,23 +580,22 @@ impl RequestContext {
     /// and time-outs) with the trace id, duration, bytes allocated, the resident
     /// set at the start and the outcome.
     pub fn complete(&self, outcome: Outcome) {
-        let duration = self.elapsed();
-        let allocated = self.allocated_bytes();
-        let rss_at_start = self.inner.rss_at_start.unwrap_or(0);
+        // The field values are computed only when a subscriber wants the event
+        // (reading the clock is most of this function's cost otherwise).
         match outcome {
             Outcome::Error | Outcome::TimedOut => tracing::warn!(
                 trace_id = %self.inner.trace_id,
-                ?duration,
-                allocated_bytes = allocated,
-                rss_at_start,
+                duration = ?self.elapsed(),
+                allocated_bytes = self.allocated_bytes(),
+                rss_at_start = self.inner.rss_at_start.unwrap_or(0),
                 outcome = outcome.as_str(),
                 "request complete"
             ),
             _ => tracing::info!(
                 trace_id = %self.inner.trace_id,
-                ?duration,
-                allocated_bytes = allocated,
-                rss_at_start,
+                duration = ?self.elapsed(),
+                allocated_bytes = self.allocated_bytes(),
+                rss_at_start = self.inner.rss_at_start.unwrap_or(0),
                 outcome = outcome.as_str(),
                 "request complete"
             ),

@@ -605,18 +605,20 @@ impl Policy {
         &self,
         ctx: &RequestContext,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
-        self.try_admit_reserved(ctx, None)
+        self.try_admit_reserved(ctx, None, Instant::now())
     }
 
     /// [`try_admit`](Self::try_admit) with a concurrency permit already reserved
     /// (in `poll_ready`): it is used instead of taking one, and released if an
     /// earlier stage refuses.
+    /// `now` is the time of admission (the caller has just read the clock).
     pub(crate) fn try_admit_reserved(
         &self,
         ctx: &RequestContext,
         reserved: Option<LimitPermit>,
+        now: Instant,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
-        let (started, deadline) = self.admit_front(ctx)?;
+        let (started, deadline) = self.admit_front(ctx, now)?;
         let limit = match reserved {
             Some(p) => Some(Permit::Static(p)),
             None => self.take_limit()?,
@@ -673,7 +675,7 @@ impl Policy {
         &self,
         ctx: &RequestContext,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
-        let (started, deadline) = self.admit_front(ctx)?;
+        let (started, deadline) = self.admit_front(ctx, Instant::now())?;
         let limit = match self.take_limit() {
             Ok(limit) => limit,
             Err(refused) => match self.inner.max_wait {
@@ -727,12 +729,12 @@ impl Policy {
     fn admit_front(
         &self,
         ctx: &RequestContext,
+        started: Instant,
     ) -> Result<(Instant, Instant), PolicyError<std::convert::Infallible>> {
         let s = &*self.inner;
         if ctx.is_cancelled() {
             return Err(PolicyError::Cancelled);
         }
-        let started = Instant::now();
         let deadline = match s.timeout() {
             Some(t) => started
                 .checked_add(t)

@@ -462,8 +462,12 @@ impl<S> PolicyService<S> {
         deadline
     }
 
-    fn inbound_context<ReqB>(&self, req: &Request<ReqB>, policy: &Policy) -> RequestContext {
-        let now = Instant::now();
+    fn inbound_context<ReqB>(
+        &self,
+        req: &Request<ReqB>,
+        policy: &Policy,
+        now: Instant,
+    ) -> RequestContext {
         let mut deadline = now + policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         if let Some(d) = self.incoming_deadline(req, now) {
             deadline = deadline.min(d);
@@ -481,16 +485,20 @@ impl<S> PolicyService<S> {
         if let Some(token) = &self.cfg.shutdown {
             builder = builder.shutdown(token);
         }
-        builder.build()
+        builder.build_at(now)
     }
 
-    fn outbound_context<ReqB>(&self, req: &Request<ReqB>, policy: &Policy) -> RequestContext {
+    fn outbound_context<ReqB>(
+        &self,
+        req: &Request<ReqB>,
+        policy: &Policy,
+        now: Instant,
+    ) -> RequestContext {
         let caller = req
             .extensions()
             .get::<RequestContext>()
             .cloned()
             .or_else(RequestContext::current);
-        let now = Instant::now();
         let timeout = policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         match caller {
             Some(caller) => caller.until(now.checked_add(timeout).unwrap_or(now + FAR)),
@@ -499,7 +507,7 @@ impl<S> PolicyService<S> {
                 if let Some(token) = &self.cfg.shutdown {
                     builder = builder.shutdown(token);
                 }
-                builder.build()
+                builder.build_at(now)
             }
         }
     }
@@ -674,12 +682,13 @@ where
         // A route's own policy does not use the layer's reservation.
         let reserved = reserved.filter(|_| std::ptr::eq(policy, &self.cfg.policy));
         let outbound = self.cfg.direction == Direction::Outbound;
+        let now = Instant::now();
         let ctx = if outbound {
-            self.outbound_context(&req, policy)
+            self.outbound_context(&req, policy, now)
         } else {
-            self.inbound_context(&req, policy)
+            self.inbound_context(&req, policy, now)
         };
-        match policy.try_admit_reserved(&ctx, reserved) {
+        match policy.try_admit_reserved(&ctx, reserved, now) {
             Ok(admission) => {
                 if outbound {
                     self.write_deadline(&mut req, admission.deadline());
