@@ -303,13 +303,22 @@ fn the_peer_address_sources() {
     req.extensions_mut().insert(addr);
     assert_eq!(key.extract(&req), Some(addr.ip()), "a bare SocketAddr");
     req.extensions_mut().insert(PeerAddr(other));
-    assert_eq!(key.extract(&req), Some(other.ip()), "PeerAddr first");
+    assert_eq!(
+        key.extract(&req),
+        Some(other.ip()),
+        "PeerAddr before SocketAddr"
+    );
 
     let mut req = Request::new(());
     req.extensions_mut().insert(ConnectInfo(addr));
     assert_eq!(key.extract(&req), None, "ConnectInfo needs a reader");
     let key = key.peer_addr_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     assert_eq!(key.extract(&req), Some(addr.ip()));
+    req.extensions_mut().insert(PeerAddr(other));
+    assert_eq!(key.extract(&req), Some(addr.ip()), "the reader first");
+    let mut req = Request::new(());
+    req.extensions_mut().insert(PeerAddr(other));
+    assert_eq!(key.extract(&req), Some(other.ip()), "then PeerAddr");
 }
 
 #[tokio::test]

@@ -50,9 +50,7 @@ impl Rejected {
     ///
     /// ```
     /// use heijunka::backpressure::KeyedRateLimiter;
-    /// use heijunka::core::Rejection;
     /// use heijunka::tower::{BoxError, QuotaHeaders, RateLimitHeaders, Rejected, Stage, handle_error};
-    /// use std::time::Duration;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

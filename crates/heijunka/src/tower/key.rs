@@ -92,9 +92,10 @@ pub enum ForwardedHeader {
 ///
 /// # Where the peer address comes from
 ///
-/// The request extensions: a [`PeerAddr`], else a `SocketAddr`, else whatever the
-/// reader given to [`peer_addr_from`](Self::peer_addr_from) finds (axum's
-/// `ConnectInfo<SocketAddr>`). No address: no key.
+/// The request extensions: what the reader given to
+/// [`peer_addr_from`](Self::peer_addr_from) finds (axum's
+/// `ConnectInfo<SocketAddr>`), else a [`PeerAddr`], else a `SocketAddr`. No
+/// address: no key.
 ///
 /// # Proxies
 ///
@@ -180,8 +181,8 @@ impl PeerIp {
         self
     }
 
-    /// Also reads the peer address with `reader` when the request has neither a
-    /// [`PeerAddr`] nor a `SocketAddr` extension. For axum, served with
+    /// Reads the peer address with `reader` first, then (if it finds none) from a
+    /// [`PeerAddr`] or `SocketAddr` extension. For axum, served with
     /// `into_make_service_with_connect_info::<SocketAddr>()`:
     ///
     /// ```
@@ -199,10 +200,10 @@ impl PeerIp {
     }
 
     fn peer(&self, ext: &Extensions) -> Option<SocketAddr> {
-        ext.get::<PeerAddr>()
-            .map(|p| p.0)
+        self.reader
+            .and_then(|read| read(ext))
+            .or_else(|| ext.get::<PeerAddr>().map(|p| p.0))
             .or_else(|| ext.get::<SocketAddr>().copied())
-            .or_else(|| self.reader.and_then(|read| read(ext)))
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {

@@ -220,9 +220,9 @@ impl<K: Hash + Eq, E> KeyedRateLimitLayer<K, E> {
     ///
     /// ```
     /// use heijunka::backpressure::KeyedRateLimiter;
-    /// use heijunka::tower::{FromHeader, KeyedRateLimitLayer};
+    /// use heijunka::tower::{FromHeader, HeaderKey, KeyedRateLimitLayer};
     ///
-    /// let layer = KeyedRateLimitLayer::new(
+    /// let layer: KeyedRateLimitLayer<HeaderKey, _> = KeyedRateLimitLayer::new(
     ///     KeyedRateLimiter::builder(5.0).burst(10).build()?,
     ///     FromHeader::named("x-api-key")?,
     /// );
@@ -284,9 +284,11 @@ impl<K: Hash + Eq, E> KeyedRateLimitLayer<K, E> {
     /// ```
     /// use heijunka::backpressure::KeyedRateLimiter;
     /// use heijunka::tower::{KeyedRateLimitLayer, PeerIp, RateLimitHeaders};
+    /// use std::net::IpAddr;
     ///
-    /// let layer = KeyedRateLimitLayer::new(KeyedRateLimiter::builder(5.0).build()?, PeerIp::new())
-    ///     .headers(RateLimitHeaders::XRateLimit);
+    /// let layer: KeyedRateLimitLayer<IpAddr, _> =
+    ///     KeyedRateLimitLayer::new(KeyedRateLimiter::builder(5.0).build()?, PeerIp::new())
+    ///         .headers(RateLimitHeaders::XRateLimit);
     /// # Ok::<(), heijunka::core::ConfigError>(())
     /// ```
     #[must_use]
