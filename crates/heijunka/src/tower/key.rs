@@ -486,7 +486,9 @@ impl fmt::Debug for Cidr {
 /// header, or with it empty, have no key.
 ///
 /// The key is a [`HeaderKey`]: taking it from a request copies nothing (it shares
-/// the request's bytes); the limiter stores a copy of its own only for a new key,
+/// the request's bytes: for a header hyper parsed, a reference-count increment on
+/// the connection's read buffer); the limiter stores a copy of its own only for a
+/// new key,
 /// so a held key does not keep the request's read buffer alive. The key set's
 /// memory is bounded by the limiter's `max_keys` times the longest value your
 /// server accepts in a header.

@@ -46,6 +46,9 @@ pub enum RateLimitHeaders {
 /// - *reset*: seconds until the bucket is full again, rounded up (never advise
 ///   coming back early), `0` when it is full.
 ///
+/// Plain numbers, `Copy`; writing them allocates nothing for numbers below 1000
+/// (their text is in a static table), one small buffer each for larger ones.
+///
 /// ```
 /// use heijunka::backpressure::KeyedRateLimiter;
 /// use heijunka::tower::{QuotaHeaders, RateLimitHeaders};
@@ -104,16 +107,53 @@ impl QuotaHeaders {
         };
         headers.insert(
             HeaderName::from_static(limit),
-            HeaderValue::from(self.limit),
+            number(u64::from(self.limit)),
         );
         headers.insert(
             HeaderName::from_static(remaining),
-            HeaderValue::from(self.remaining),
+            number(u64::from(self.remaining)),
         );
         headers.insert(
             HeaderName::from_static(reset),
-            HeaderValue::from(seconds_up(self.reset_after)),
+            number(seconds_up(self.reset_after)),
         );
+    }
+}
+
+/// Numbers below this are written from [`DIGITS`] without allocating: the
+/// remaining count and the reset seconds of most quotas (a burst up to a
+/// thousand, a bucket refilling within a quarter hour).
+const SMALL: usize = 1000;
+
+/// The decimal text of `0..SMALL`, three digits each with leading zeros.
+static DIGITS: [[u8; 3]; SMALL] = {
+    let mut table = [[0_u8; 3]; SMALL];
+    let mut i = 0;
+    while i < SMALL {
+        // Each digit is below 10, so the casts are exact.
+        table[i] = [
+            b'0' + (i / 100) as u8,
+            b'0' + (i / 10 % 10) as u8,
+            b'0' + (i % 10) as u8,
+        ];
+        i += 1;
+    }
+    table
+};
+
+/// `n` as a header value; borrowed from [`DIGITS`] (no allocation) below [`SMALL`].
+fn number(n: u64) -> HeaderValue {
+    match usize::try_from(n) {
+        Ok(i) if i < SMALL => {
+            let skip = match i {
+                0..=9 => 2,
+                10..=99 => 1,
+                _ => 0,
+            };
+            let text = std::str::from_utf8(&DIGITS[i][skip..]).expect("DIGITS holds ASCII digits");
+            HeaderValue::from_static(text)
+        }
+        _ => HeaderValue::from(n),
     }
 }
 
@@ -523,5 +563,31 @@ impl<F> fmt::Debug for KeyedFuture<F> {
             .field("quota", &self.quota)
             .field("refused", &self.refused)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_as_header_values() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1001,
+            65_536,
+            u64::MAX,
+        ] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
     }
 }
