@@ -164,14 +164,15 @@ fn tower_layers(c: &mut Criterion) {
 ///
 /// - `keys=1` / `keys=1000`: requests from 1 or 1000 client IPs, round-robin,
 ///   every key known before timing starts (the steady state of a per-client limit);
-/// - `/headers`: both write their rate-limit headers on every response (heijunka
+/// - `,headers`: both write their rate-limit headers on every response (heijunka
 ///   `X-RateLimit-Limit`, `-Remaining`, `-Reset`; tower-governor with
 ///   `use_headers()`: `x-ratelimit-limit`, `-remaining`); without it neither does.
 ///
 /// Fairness: the same per-key quota (1e9 per second, so never refusing, with a
 /// typical per-client burst of 100: heijunka writes header numbers below 1000
-/// without allocating, larger ones allocate as tower-governor's always do), the same key (the peer IP, read from axum's `ConnectInfo` request
-/// extension, which is where tower-governor's `PeerIpKeyExtractor` reads it), the
+/// without allocating, larger ones allocate as tower-governor's always do), the
+/// same key (the peer IP, read from axum's `ConnectInfo` request extension, which
+/// is where tower-governor's `PeerIpKeyExtractor` reads it), the
 /// same request built the same way, the same inner service returning an axum
 /// body (tower-governor needs `Response<axum::body::Body>: From<GovernorError>`).
 fn keyed_layer(c: &mut Criterion) {
@@ -234,7 +235,7 @@ fn keyed_layer(c: &mut Criterion) {
             .map(|k| SocketAddr::new(IpAddr::from([10, 0, (k >> 8) as u8, k as u8]), 40_000))
             .collect();
         for headers in [false, true] {
-            let param = format!("keys={keys}{}", if headers { "/headers" } else { "" });
+            let param = format!("keys={keys}{}", if headers { ",headers" } else { "" });
 
             let limiter = KeyedRateLimiter::builder(1e9)
                 .burst(100)
