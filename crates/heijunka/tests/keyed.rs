@@ -321,6 +321,40 @@ fn the_peer_address_sources() {
     assert_eq!(key.extract(&req), Some(other.ip()), "then PeerAddr");
 }
 
+#[test]
+fn ipv6_clients_keyed_by_prefix() {
+    let key = PeerIp::new()
+        .trust_proxies(["10.0.0.0/8"])
+        .unwrap()
+        .ipv6_prefix(64)
+        .unwrap();
+    let cases = [
+        ("[2001:db8:1:2:aaaa::1]:1", None, "2001:db8:1:2::"),
+        ("[2001:db8:1:2:ffff::9]:1", None, "2001:db8:1:2::"),
+        ("[2001:db8:1:3::1]:1", None, "2001:db8:1:3::"),
+        ("192.0.2.7:1", None, "192.0.2.7"),
+        // The client behind a proxy is masked too; the walk compares whole
+        // addresses.
+        ("10.0.0.1:1", Some("2001:db8:9:9:1::1"), "2001:db8:9:9::"),
+    ];
+    for (peer, xff, want) in cases {
+        let mut req = Request::get("/");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        let mut req = req.body(()).unwrap();
+        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        assert_eq!(key.extract(&req), Some(ip(want)), "{peer}");
+    }
+    for bad in [0, 129] {
+        let e = PeerIp::new().ipv6_prefix(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("ipv6_prefix") && e.contains(&bad.to_string()),
+            "{e}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_header_keys_requests() {
     let clock = ManualClock::new();

@@ -140,6 +140,8 @@ pub struct PeerIp {
     trusted: Arc<[Cidr]>,
     header: ForwardedHeader,
     reader: Option<fn(&Extensions) -> Option<SocketAddr>>,
+    /// Mask applied to an IPv6 client address (all ones: the whole address).
+    v6_mask: u128,
 }
 
 impl PeerIp {
@@ -149,6 +151,43 @@ impl PeerIp {
             trusted: Arc::from([]),
             header: ForwardedHeader::default(),
             reader: None,
+            v6_mask: u128::MAX,
+        }
+    }
+
+    /// Keys IPv6 clients by their first `len` bits (`64`: one key per /64, the
+    /// block one subscriber usually gets, so rotating through its addresses
+    /// gains nothing). IPv4 clients keep their whole address. Default 128 (the
+    /// whole address).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for `ipv6_prefix` if `len` is 0 or above 128.
+    ///
+    /// ```
+    /// use heijunka::tower::{KeyExtractor, PeerAddr, PeerIp};
+    /// use http::Request;
+    /// use std::net::IpAddr;
+    ///
+    /// let key = PeerIp::new().ipv6_prefix(64)?;
+    /// let mut req = Request::new(());
+    /// req.extensions_mut().insert(PeerAddr("[2001:db8:1:2:aaaa::1]:443".parse().unwrap()));
+    /// assert_eq!(key.extract(&req), Some("2001:db8:1:2::".parse::<IpAddr>().unwrap()));
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    pub fn ipv6_prefix(mut self, len: u8) -> Result<Self, ConfigError> {
+        if !(1..=128).contains(&len) {
+            return Err(ConfigError::new("ipv6_prefix", len, "must be in 1..=128"));
+        }
+        self.v6_mask = u128::MAX << (128 - u32::from(len));
+        Ok(self)
+    }
+
+    /// `ip` as a key: IPv6 masked to the configured prefix.
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & self.v6_mask)),
+            v4 => v4,
         }
     }
 
@@ -275,6 +314,7 @@ impl fmt::Debug for PeerIp {
         f.debug_struct("PeerIp")
             .field("trusted", &self.trusted)
             .field("header", &self.header)
+            .field("ipv6_prefix", &self.v6_mask.count_ones())
             .finish_non_exhaustive()
     }
 }
@@ -285,9 +325,9 @@ impl<B> KeyExtractor<B> for PeerIp {
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = self.peer(req.extensions())?.ip().to_canonical();
         if !self.is_trusted(peer) {
-            return Some(peer);
+            return Some(self.key(peer));
         }
-        Some(self.client(peer, req.headers()))
+        Some(self.key(self.client(peer, req.headers())))
     }
 }
 
