@@ -37,7 +37,8 @@
 //! - Rate limiters behind the [`RateLimiter`] trait: [`Gcra`] (token bucket, and
 //!   leaky bucket as a meter; lock-free), [`FixedWindow`], [`SlidingWindow`] and
 //!   [`SlidingLog`]; [`until_ready`] waits for one; [`KeyedRateLimiter`] keeps a
-//!   bucket per client in a bounded key set; [`LeakyBucket`] shapes callers into an
+//!   bucket per client in a bounded key set (and reports it as a
+//!   [`RateLimitState`] in a [`KeyedDecision`]); [`LeakyBucket`] shapes callers into an
 //!   even stream from a bounded queue.
 //!
 //! - [`SlotState`]: the one-word slot-and-sleeper protocol under the queue, for
@@ -111,9 +112,9 @@ pub use crate::{
         QueueStats,
     },
     rate::{
-        DEFAULT_MAX_KEYS, EVICTION_PROBES, FixedWindow, Gcra, KeyedRateLimiter,
-        KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError, RateLimiter,
-        SlidingLog, SlidingWindow, until_ready,
+        DEFAULT_MAX_KEYS, EVICTION_PROBES, FixedWindow, Gcra, KeyedDecision, KeyedRateLimiter,
+        KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError, RateLimitState,
+        RateLimiter, SlidingLog, SlidingWindow, until_ready,
     },
     rejected::{ClassPushError, Rejected},
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},

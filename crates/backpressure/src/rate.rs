@@ -14,7 +14,8 @@ use heijunka_core::{Clock, Rejection};
 
 pub use self::gcra::Gcra;
 pub use self::keyed::{
-    DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedRateLimiter, KeyedRateLimiterBuilder, OverflowPolicy,
+    DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedDecision, KeyedRateLimiter, KeyedRateLimiterBuilder,
+    OverflowPolicy, RateLimitState,
 };
 pub use self::leaky::LeakyBucket;
 pub use self::window::{FixedWindow, SlidingLog, SlidingWindow};

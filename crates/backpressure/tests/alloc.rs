@@ -63,6 +63,7 @@ fn hot_paths_do_not_allocate() {
             queue.try_push(i).unwrap();
             assert_eq!(queue.try_pop(), Some(i));
             let _ = keyed.check_key(&7);
+            let _ = keyed.check_key_state(&7);
         }
     });
     assert_eq!(n, 0, "{n} allocations on the hot paths");

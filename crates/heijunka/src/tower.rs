@@ -58,6 +58,7 @@
 //! | --- | --- | --- | --- |
 //! | [`ConcurrencyLimitLayer`] | [`AtCapacity`](crate::core::Rejection::AtCapacity) | [`Stage::Concurrency`] | the response body ends or is dropped |
 //! | [`RateLimitLayer`] | [`RateLimited`](crate::core::Rejection::RateLimited) (with retry-after) | [`Stage::RateLimit`] | nothing held |
+//! | [`KeyedRateLimitLayer`] | [`RateLimited`](crate::core::Rejection::RateLimited) per client key (with retry-after and the `RateLimit-*` quota) | [`Stage::RateLimit`] | nothing held |
 //! | [`LoadShedLayer`] | whatever its [`Signal`](crate::backpressure::Signal) says | [`Stage::LoadShed`] | nothing held |
 //! | [`BreakerLayer`] | [`CircuitOpen`](crate::core::Rejection::CircuitOpen) (with retry-after) | [`Stage::Breaker`] | the response headers, or the body's end when the [classifier](Classify) waits for trailers |
 //! | [`PolicyLayer`] | any of the above, or [`TimedOut`](crate::core::Rejection::TimedOut) | the stage that refused | the response body ends, fails, is dropped or runs past its deadline |
@@ -119,6 +120,8 @@ mod body;
 mod breaker;
 mod classify;
 mod error;
+mod key;
+mod keyed;
 mod limit;
 mod policy;
 mod shed;
@@ -129,6 +132,11 @@ pub use crate::tower::{
     breaker::{Breaker, BreakerFuture, BreakerLayer},
     classify::{Classification, Classify, ClassifyFn, GrpcClassifier, HttpClassifier, classify_fn},
     error::{Rejected, handle_error, rejection_response},
+    key::{ForwardedHeader, FromHeader, HeaderKey, KeyExtractor, PeerAddr, PeerIp},
+    keyed::{
+        KeyedFuture, KeyedRateLimit, KeyedRateLimitLayer, MissingKey, NoKeyError, QuotaHeaders,
+        RateLimitHeaders,
+    },
     limit::{ConcurrencyLimitLayer, ConcurrencyLimited, GuardedFuture},
     policy::{DeadlineFormat, PolicyFuture, PolicyLayer, PolicyService},
     shed::{LoadShed, LoadShedLayer, RateLimit, RateLimitLayer, ResponseFuture},

@@ -9,7 +9,7 @@ use heijunka_core::sync::CachePadded;
 use heijunka_core::sync::atomic::{AtomicU64, Ordering};
 use heijunka_core::{Clock, ConfigError, validate};
 
-use super::{RateLimitError, RateLimiter};
+use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
 
 /// The GCRA arithmetic, shared by [`Gcra`] and the keyed limiter.
 ///
@@ -79,6 +79,54 @@ impl Params {
             let new_tat = self.decide(tat, now, n)?;
             match state.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+impl Params {
+    /// The bucket as a TAT of `tat` stands at `now`: the units that would conform
+    /// one after another right now, and the time until the bucket is full (TAT at
+    /// or before `now`).
+    ///
+    /// `k` more units conform at `now` iff `max(tat, now) + k·T − now ≤ burst·T`,
+    /// so the count is `⌊(burst·T − ahead) / T⌋` with `ahead = max(tat − now, 0)`.
+    #[inline]
+    pub(crate) fn state(&self, tat: u64, now: u64) -> RateLimitState {
+        let ahead = tat.saturating_sub(now);
+        let remaining = self.tolerance.saturating_sub(ahead) / self.interval;
+        RateLimitState {
+            limit: self.burst,
+            // At most `burst`, since `ahead` is never negative.
+            remaining: u32::try_from(remaining).unwrap_or(self.burst),
+            reset_after: Duration::from_nanos(ahead),
+        }
+    }
+
+    /// As [`check`](Self::check), also returning the bucket's state after the
+    /// decision (after the admission, or unchanged by a refusal).
+    #[inline]
+    pub(crate) fn check_state(&self, state: &AtomicU64, now: u64, n: u32) -> KeyedDecision {
+        // Relaxed: as in `check`.
+        let mut tat = state.load(Ordering::Relaxed);
+        loop {
+            let new_tat = match self.decide(tat, now, n) {
+                Ok(new_tat) => new_tat,
+                Err(e) => {
+                    return KeyedDecision {
+                        result: Err(e),
+                        state: self.state(tat, now),
+                    };
+                }
+            };
+            match state.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    return KeyedDecision {
+                        result: Ok(()),
+                        state: self.state(new_tat, now),
+                    };
+                }
                 Err(current) => tat = current,
             }
         }

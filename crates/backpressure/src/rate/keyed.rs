@@ -27,6 +27,33 @@ pub enum OverflowPolicy {
     SharedBucket,
 }
 
+/// The state of one key's bucket after a check, as rate-limit response headers
+/// report it (`RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitState {
+    /// Units a full bucket admits at once (the burst).
+    pub limit: u32,
+    /// Units that would be admitted one after another right now (0 to `limit`).
+    pub remaining: u32,
+    /// Time until the bucket is full again, `remaining` back at `limit`
+    /// ([`Duration::ZERO`] when it is full now).
+    pub reset_after: Duration,
+}
+
+/// What [`KeyedRateLimiter::check_key_state`] decided, with the bucket's state
+/// after the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use = "the request is admitted only if `result` is `Ok`"]
+pub struct KeyedDecision {
+    /// Admitted (`Ok`), or the refusal as [`KeyedRateLimiter::check_key`] gives it.
+    pub result: Result<(), RateLimitError>,
+    /// The bucket after the decision: after the admission, or as it was for a
+    /// refusal (which takes nothing).
+    pub state: RateLimitState,
+}
+
 /// Per-client rate limits: one GCRA state (one `AtomicU64`) per key in a sharded
 /// concurrent map ([`dashmap`]), with at most `max_keys` keys.
 ///
@@ -204,24 +231,88 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     where
         K: Clone,
     {
+        self.check_with(key, n, |state, now| self.params.check(state, now, n), Err)
+    }
+
+    /// Admits one unit for `key` and reports the key's bucket as the decision left
+    /// it: what the `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
+    /// response headers say. Same decision, same cost as [`check_key`](Self::check_key)
+    /// plus one division.
+    ///
+    /// The state is the key's own bucket; for a key served by the shared overflow
+    /// bucket ([`OverflowPolicy::SharedBucket`]) it is that bucket's; for a new key
+    /// refused by an exhausted key budget it is `remaining` 0 and `reset_after`
+    /// the refusal's retry-after (it holds no bucket).
+    ///
+    /// ```
+    /// use heijunka_backpressure::KeyedRateLimiter;
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// // One per second, bursts of 3.
+    /// let limiter = KeyedRateLimiter::builder(1.0).burst(3).clock(clock.clock()).build()?;
+    /// let d = limiter.check_key_state(&"alice");
+    /// assert!(d.result.is_ok());
+    /// assert_eq!((d.state.limit, d.state.remaining), (3, 2));
+    /// assert_eq!(d.state.reset_after, Duration::from_secs(1));
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn check_key_state(&self, key: &K) -> KeyedDecision
+    where
+        K: Clone,
+    {
+        let fresh = self.params.state(0, 0);
+        self.check_with(
+            key,
+            1,
+            |state, now| self.params.check_state(state, now, 1),
+            |e| KeyedDecision {
+                result: Err(e),
+                state: match e {
+                    RateLimitError::KeyBudgetExhausted { retry_after, .. } => RateLimitState {
+                        remaining: 0,
+                        reset_after: retry_after,
+                        ..fresh
+                    },
+                    // Refused before any bucket was touched (`n` above the burst).
+                    _ => fresh,
+                },
+            },
+        )
+    }
+
+    /// The keyed decision: `check` applies it to the key's bucket (or the overflow
+    /// bucket), `refuse` makes the answer for a refusal that touched no bucket.
+    #[inline]
+    fn check_with<R>(
+        &self,
+        key: &K,
+        n: u32,
+        check: impl Fn(&AtomicU64, u64) -> R,
+        refuse: impl FnOnce(RateLimitError) -> R,
+    ) -> R
+    where
+        K: Clone,
+    {
         let now = self.clock.now().as_nanos();
         if let Some(state) = self.map.get(key) {
-            return self.params.check(&state, now, n);
+            return check(&state, now);
         }
         if n > self.params.burst {
             // Never possible: refuse before a key is spent on it.
-            return Err(RateLimitError::InsufficientCapacity {
+            return refuse(RateLimitError::InsufficientCapacity {
                 requested: n,
                 capacity: self.params.burst,
             });
         }
         if let Err(retry_after) = self.reserve(now) {
             return match self.policy {
-                OverflowPolicy::Reject => Err(RateLimitError::KeyBudgetExhausted {
+                OverflowPolicy::Reject => refuse(RateLimitError::KeyBudgetExhausted {
                     max_keys: self.max_keys,
                     retry_after,
                 }),
-                OverflowPolicy::SharedBucket => self.params.check(&self.overflow_bucket, now, n),
+                OverflowPolicy::SharedBucket => check(&self.overflow_bucket, now),
             };
         }
         // From here the unit is given back unless the key goes into both the map and
@@ -237,7 +328,7 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
                 AtomicU64::new(0)
             })
             .downgrade();
-        let result = self.params.check(&state, now, n);
+        let result = check(&state, now);
         drop(state);
         if inserted {
             // The unit is now the key's; the key joins the ring (after the shard
@@ -248,6 +339,16 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         // Otherwise another thread inserted the same key first and holds its own
         // unit: `reservation` gives this one back as it drops.
         result
+    }
+
+    /// The units per key at once (the burst).
+    pub fn burst(&self) -> u32 {
+        self.params.burst
+    }
+
+    /// The interval between units at the steady rate, per key.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.params.interval)
     }
 
     /// Reserves one unit of the key budget, first evicting idle keys from the
@@ -381,5 +482,147 @@ impl<K: Hash + Eq> fmt::Debug for KeyedRateLimiter<K> {
             .field("max_keys", &self.max_keys)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! `check_key_state` against values worked out by hand from the GCRA rule: with
+    //! interval `T` and burst `b`, a check at `now` admits iff
+    //! `max(tat, now) + T − now ≤ b·T`, then sets `tat = max(tat, now) + T`;
+    //! `remaining = ⌊(b·T − max(tat − now, 0)) / T⌋`, `reset = max(tat − now, 0)`.
+    //! Here `T` = 100 ms (10 per second) and `b` = 3 (`b·T` = 300 ms).
+
+    use super::*;
+    use heijunka_core::ManualClock;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn limiter(
+        clock: &ManualClock,
+        max_keys: usize,
+        policy: OverflowPolicy,
+    ) -> KeyedRateLimiter<&'static str> {
+        KeyedRateLimiter::builder(10.0)
+            .burst(3)
+            .max_keys(max_keys)
+            .overflow(policy)
+            .clock(clock.clock())
+            .build()
+            .unwrap()
+    }
+
+    fn state(limit: u32, remaining: u32, reset_after: Duration) -> RateLimitState {
+        RateLimitState {
+            limit,
+            remaining,
+            reset_after,
+        }
+    }
+
+    #[test]
+    fn a_burst_counts_down_then_refuses_with_the_bucket_unchanged() {
+        let clock = ManualClock::new();
+        let l = limiter(&clock, 10, OverflowPolicy::Reject);
+        // t = 0: tat 0 → 100 → 200 → 300 ms.
+        for (remaining, reset) in [(2, 100), (1, 200), (0, 300)] {
+            let d = l.check_key_state(&"a");
+            assert_eq!(d.result, Ok(()));
+            assert_eq!(d.state, state(3, remaining, ms(reset)));
+        }
+        // tat 300 + T − 0 = 400 > 300: refused, retry after 400 − 300 = 100 ms;
+        // the bucket stays at tat 300.
+        let d = l.check_key_state(&"a");
+        assert_eq!(
+            d.result,
+            Err(RateLimitError::RateLimited {
+                retry_after: ms(100)
+            })
+        );
+        assert_eq!(d.state, state(3, 0, ms(300)));
+    }
+
+    #[test]
+    fn remaining_rounds_down_between_emissions() {
+        let clock = ManualClock::new();
+        let l = limiter(&clock, 10, OverflowPolicy::Reject);
+        for _ in 0..3 {
+            l.check_key_state(&"a").result.unwrap();
+        }
+        // t = 250: tat 300 → 400; ahead 150 ms; (300 − 150) / 100 = 1.5 → 1.
+        clock.advance(ms(250));
+        let d = l.check_key_state(&"a");
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(d.state, state(3, 1, ms(150)));
+        // The one remaining: tat 500, ahead 250, (300 − 250) / 100 → 0.
+        let d = l.check_key_state(&"a");
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(d.state, state(3, 0, ms(250)));
+        // Then refused: 500 + 100 − (250 + 300) = 50 ms.
+        let d = l.check_key_state(&"a");
+        assert_eq!(
+            d.result,
+            Err(RateLimitError::RateLimited {
+                retry_after: ms(50)
+            })
+        );
+        assert_eq!(d.state, state(3, 0, ms(250)));
+        // t = 1250: tat 500 is past, the bucket is full: as a fresh one.
+        clock.advance(ms(1000));
+        let d = l.check_key_state(&"a");
+        assert_eq!(d.state, state(3, 2, ms(100)));
+    }
+
+    #[test]
+    fn keys_have_their_own_state() {
+        let clock = ManualClock::new();
+        let l = limiter(&clock, 10, OverflowPolicy::Reject);
+        l.check_key_state(&"a").result.unwrap();
+        l.check_key_state(&"a").result.unwrap();
+        let d = l.check_key_state(&"b");
+        assert_eq!(d.state, state(3, 2, ms(100)));
+    }
+
+    #[test]
+    fn an_exhausted_key_budget_reports_no_remaining_and_its_wait() {
+        let clock = ManualClock::new();
+        let l = limiter(&clock, 1, OverflowPolicy::Reject);
+        l.check_key_state(&"a").result.unwrap(); // a: tat 100
+        // b finds the budget full; a is busy until 100 ms: retry after 100 ms.
+        let d = l.check_key_state(&"b");
+        assert_eq!(
+            d.result,
+            Err(RateLimitError::KeyBudgetExhausted {
+                max_keys: 1,
+                retry_after: ms(100)
+            })
+        );
+        assert_eq!(d.state, state(3, 0, ms(100)));
+    }
+
+    #[test]
+    fn the_shared_overflow_bucket_reports_its_own_state() {
+        let clock = ManualClock::new();
+        let l = limiter(&clock, 1, OverflowPolicy::SharedBucket);
+        l.check_key_state(&"a").result.unwrap();
+        l.check_key_state(&"a").result.unwrap();
+        // b and c share the overflow bucket: tat 100, then 200.
+        assert_eq!(l.check_key_state(&"b").state, state(3, 2, ms(100)));
+        assert_eq!(l.check_key_state(&"c").state, state(3, 1, ms(200)));
+    }
+
+    #[test]
+    fn check_key_state_decides_as_check_key() {
+        // Two limiters on one clock, one driven by each method, same sequence.
+        let clock = ManualClock::new();
+        let a = limiter(&clock, 2, OverflowPolicy::Reject);
+        let b = limiter(&clock, 2, OverflowPolicy::Reject);
+        let keys = ["x", "y", "x", "z", "x", "x", "y", "z", "x"];
+        for (i, key) in keys.iter().cycle().take(60).enumerate() {
+            assert_eq!(a.check_key(key), b.check_key_state(key).result, "step {i}");
+            clock.advance(ms(37));
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use heijunka_core::Rejection;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::tower::{BoxError, Stage};
+use crate::tower::{BoxError, QuotaHeaders, Stage};
 
 /// A request refused by a layer: which [`Stage`] said no and why.
 ///
@@ -30,12 +30,71 @@ use crate::tower::{BoxError, Stage};
 pub struct Rejected {
     stage: Stage,
     reason: Rejection,
+    quota: Option<QuotaHeaders>,
 }
 
 impl Rejected {
     /// A refusal by `stage` for `reason`.
     pub fn new(stage: Stage, reason: Rejection) -> Self {
-        Self { stage, reason }
+        Self {
+            stage,
+            reason,
+            quota: None,
+        }
+    }
+
+    /// The same refusal carrying the client's rate-limit quota, which
+    /// [`handle_error`] writes on the `429` as `RateLimit-*` (or `X-RateLimit-*`)
+    /// headers. [`KeyedRateLimitLayer`](crate::tower::KeyedRateLimitLayer) refuses
+    /// with one.
+    ///
+    /// ```
+    /// use heijunka::backpressure::KeyedRateLimiter;
+    /// use heijunka::tower::{BoxError, QuotaHeaders, RateLimitHeaders, Rejected, Stage, handle_error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter = KeyedRateLimiter::builder(1.0).burst(1).build()?;
+    /// limiter.check_key(&"alice")?;
+    /// let decision = limiter.check_key_state(&"alice");
+    /// let reason = decision.result.unwrap_err().reason().unwrap();
+    /// let quota = QuotaHeaders::new(RateLimitHeaders::Ietf, decision.state);
+    /// let err: BoxError = Rejected::new(Stage::RateLimit, reason).with_quota(quota).into();
+    /// let response = handle_error(err).await;
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["ratelimit-remaining"], "0");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_quota(mut self, quota: QuotaHeaders) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// The rate-limit quota this refusal reports, if any (see
+    /// [`with_quota`](Self::with_quota)).
+    pub fn quota(&self) -> Option<QuotaHeaders> {
+        self.quota
+    }
+
+    /// The HTTP response for this refusal: [`rejection_response`] for its reason,
+    /// plus its [`quota`](Self::quota) headers if it has one. What [`handle_error`]
+    /// answers; hyper and tonic users can call it themselves.
+    ///
+    /// ```
+    /// use heijunka::core::Rejection;
+    /// use heijunka::tower::{Rejected, Stage};
+    ///
+    /// let r = Rejected::new(Stage::Concurrency, Rejection::AtCapacity { limit: 8 });
+    /// assert_eq!(r.to_response::<String>().status(), 503);
+    /// ```
+    pub fn to_response<B: From<String>>(&self) -> Response<B> {
+        let mut response = rejection_response(&self.reason);
+        if let Some(quota) = &self.quota {
+            quota.write_to(response.headers_mut());
+        }
+        response
     }
 
     /// The stage that refused the request.
@@ -117,12 +176,13 @@ pub fn rejection_response<B: From<String>>(reason: &Rejection) -> Response<B> {
 }
 
 /// Whole seconds in `d`, rounded up.
-fn seconds_up(d: Duration) -> u64 {
+pub(crate) fn seconds_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Turns a layer's error into a response, for axum's `HandleErrorLayer`: a
-/// [`Rejected`] becomes [`rejection_response`], any other error a bare
+/// [`Rejected`] becomes [`rejection_response`] (with its rate-limit
+/// [`quota`](Rejected::quota) headers, if it carries some), any other error a bare
 /// `500 Internal Server Error` (the error's text is not sent to the client).
 ///
 /// ```
@@ -145,7 +205,7 @@ pub async fn handle_error(err: BoxError) -> Response<String> {
 /// The synchronous form of [`handle_error`].
 pub(crate) fn error_response(err: &BoxError) -> Response<String> {
     match err.downcast_ref::<Rejected>() {
-        Some(rejected) => rejection_response(&rejected.reason),
+        Some(rejected) => rejected.to_response(),
         None => {
             let mut response = Response::new(String::from("internal server error"));
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
