@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use heijunka::config::Config;
+use heijunka::config::{BuildOptions, Config};
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -162,7 +162,7 @@ fn bad_values_name_their_path() {
         let err = Config::from_toml_str(text)
             .and_then(|c| c.build().map(drop))
             .unwrap_err();
-        assert_eq!(err.field(), *path, "{text:?} gave {err}");
+        assert_eq!(err.first().field(), *path, "{text:?} gave {err}");
         assert!(err.to_string().starts_with(path), "{err}");
     }
 }
@@ -181,7 +181,196 @@ fn unknown_fields_and_malformed_values_are_refused() {
     let err = Config::from_yaml_str("concurrency:\n  limit:\n    max_concurent: 3\n").unwrap_err();
     assert!(err.to_string().contains("max_concurent"), "{err}");
     let err = Config::from_file("/nonexistent/heijunka.toml").unwrap_err();
-    assert_eq!(err.field(), "path");
+    assert_eq!(err.first().field(), "path");
     let err = Config::from_file(example("../README.md")).unwrap_err();
-    assert_eq!(err.field(), "path");
+    assert_eq!(err.first().field(), "path");
+}
+
+/// Configs `build()` refuses must be refused by `validate()` too, under the
+/// config's own path.
+#[test]
+fn validate_refuses_what_build_would_refuse() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[concurrency.timeouts]\nshutdown = \"0s\"",
+            "concurrency.timeouts.shutdown",
+        ),
+        (
+            "[concurrency.memory]\nelevated = 0.05\ncritical = 0.9",
+            "concurrency.memory.elevated",
+        ),
+        (
+            "[concurrency.memory]\ncheck_interval = \"500us\"",
+            "concurrency.memory.check_interval",
+        ),
+        (
+            "[concurrency.memory]\nreject_at = \"normal\"",
+            "concurrency.memory.reject_at",
+        ),
+        (
+            "[concurrency.limit]\nmax_concurrent = 4000000000",
+            "concurrency.limit.max_concurrent",
+        ),
+        (
+            "[concurrency.rate_limit]\nper_second = 1e12",
+            "concurrency.rate_limit.per_second",
+        ),
+        (
+            "[concurrency.breaker]\nwindow = 2000000",
+            "concurrency.breaker.window",
+        ),
+        (
+            "[concurrency.breaker]\nhalf_open_max = 2000000",
+            "concurrency.breaker.half_open_max",
+        ),
+        (
+            "[concurrency.worker_pool]\nmax_workers = 2\nqueue_size = 9999999999",
+            "concurrency.worker_pool.queue_size",
+        ),
+        (
+            "[concurrency.task_pool]\nmax_running = 1\nmax_waiting = 9999999999",
+            "concurrency.task_pool.max_waiting",
+        ),
+        (
+            "[concurrency.bus]\nbuffer_size = 999999999999",
+            "concurrency.bus.buffer_size",
+        ),
+    ];
+    for (text, path) in cases {
+        let config = Config::from_toml_str(text).unwrap();
+        let err = config.clone().validate().map(drop).unwrap_err();
+        assert!(
+            err.to_string().starts_with(path),
+            "{text:?}: validate gave {err}"
+        );
+        let err = config.build().map(drop).unwrap_err();
+        assert!(
+            err.to_string().starts_with(path),
+            "{text:?}: build gave {err}"
+        );
+    }
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once() {
+    let text = "[concurrency.breaker]\nfailure_threshold = 1.5\nhalf_open_max = 0\n\
+                [concurrency.timeouts]\nrequest = \"0s\"\n";
+    let err = Config::from_toml_str(text)
+        .unwrap()
+        .validate()
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    for path in [
+        "concurrency.breaker.failure_threshold",
+        "concurrency.breaker.half_open_max",
+        "concurrency.timeouts.request",
+    ] {
+        assert!(err.contains(path), "{path} missing from {err}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_named_with_their_full_path() {
+    let err = Config::from_toml_str("[concurrency.breaker]\nfailur_threshold = 0.5").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("concurrency.breaker.failur_threshold"),
+        "{err}"
+    );
+    let err = Config::from_yaml_str("concurrency:\n  limit:\n    max_concurent: 3\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("concurrency.limit.max_concurent"),
+        "{err}"
+    );
+    let err = Config::from_toml_str("[concurrency.limit]\nmax_concurrent = \"many\"").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("concurrency.limit.max_concurrent"),
+        "{err}"
+    );
+    let err =
+        Config::from_yaml_str("concurrency:\n  limit:\n    max_concurrent: many\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("concurrency.limit.max_concurrent"),
+        "{err}"
+    );
+}
+
+/// A tiny seeded generator (splitmix64) for the traffic tests.
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1_u64 << 53) as f64
+    }
+
+    /// An exponential inter-arrival time at `rate` per second.
+    fn gap(&mut self, rate: f64) -> Duration {
+        Duration::from_secs_f64(-(1.0 - self.unit()).ln() / rate)
+    }
+}
+
+/// The share of `n` Poisson arrivals at `rate` per second that `limiter` refuses.
+fn refused_share(
+    limiter: &heijunka::backpressure::Gcra,
+    clock: &heijunka::core::ManualClock,
+    rate: f64,
+    n: usize,
+) -> f64 {
+    use heijunka::backpressure::RateLimiter;
+    let mut rng = Rng(7);
+    let mut refused = 0;
+    for _ in 0..n {
+        clock.advance(rng.gap(rate));
+        if limiter.check().is_err() {
+            refused += 1;
+        }
+    }
+    refused as f64 / n as f64
+}
+
+/// The default burst admits Poisson traffic at half the configured rate (the old
+/// default of 1 refused about a third of it).
+#[test]
+fn the_default_burst_admits_poisson_traffic_at_half_the_rate() {
+    let config = Config::from_toml_str("[concurrency.rate_limit]\nper_second = 100.0").unwrap();
+    let r = config.concurrency.rate_limit.as_ref().unwrap();
+    let clock = heijunka::core::ManualClock::new();
+    assert_eq!(r.burst(), 100, "one second's worth");
+    let limiter = heijunka::backpressure::Gcra::builder(r.per_second)
+        .burst(r.burst())
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let refused = refused_share(&limiter, &clock, 50.0, 20_000);
+    assert!(refused < 0.001, "the default burst refused {refused:.3}");
+    // The old default, a burst of 1, refuses about a third of the same traffic.
+    let clock = heijunka::core::ManualClock::new();
+    let old = heijunka::backpressure::Gcra::builder(r.per_second)
+        .burst(1)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let refused = refused_share(&old, &clock, 50.0, 20_000);
+    assert!(
+        (0.25..0.45).contains(&refused),
+        "a burst of 1 refused {refused:.3}"
+    );
+    // The stack's own limiter has the same default.
+    let clock = heijunka::core::ManualClock::new();
+    let stack = config
+        .build_with(BuildOptions::new().clock(&clock))
+        .unwrap();
+    let limiter = stack.rate_limiter.as_ref().unwrap();
+    assert_eq!(limiter.burst(), 100);
+    let refused = refused_share(limiter, &clock, 50.0, 20_000);
+    assert!(refused < 0.001, "the stack's limiter refused {refused:.3}");
 }
