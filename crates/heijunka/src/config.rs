@@ -364,9 +364,17 @@ impl Config {
     /// position.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigErrors> {
         let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            // The line the error is on, as the value.
+            let line = e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map_or("", |before| {
+                    let start = before.rfind('\n').map_or(0, |i| i + 1);
+                    text[start..].lines().next().unwrap_or("")
+                });
             ConfigError::new(
                 "config",
-                Raw("TOML"),
+                line.trim(),
                 format!(
                     "is not valid TOML: {}{}",
                     e.message(),
@@ -406,9 +414,11 @@ impl Config {
             // what comes before it.
             let text = inner.to_string();
             let message = text.split(" at line ").next().unwrap_or(&text);
-            let message = message
-                .strip_prefix(&format!("{path}: "))
-                .unwrap_or(message);
+            // serde_yaml_ng puts its own path first: `concurrency.limit: unknown ...`.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(char::is_whitespace) => rest,
+                _ => message,
+            };
             de_error(&path, message, None, &note).into()
         })
     }

@@ -374,3 +374,204 @@ fn the_default_burst_admits_poisson_traffic_at_half_the_rate() {
     let refused = refused_share(limiter, &clock, 50.0, 20_000);
     assert!(refused < 0.001, "the stack's limiter refused {refused:.3}");
 }
+
+/// The gate built from the config follows the memory level by itself: `build`
+/// starts the sampler; nobody calls `sample_now`.
+#[test]
+fn the_memory_gate_from_the_config_sees_a_level_change() {
+    use heijunka::memory::ManualProbe;
+    let probe = ManualProbe::new(64 << 30);
+    // A manual clock that stays put: samples never go stale, so only the level
+    // decides (the sampler's own waits are on the OS clock).
+    let clock = heijunka::core::ManualClock::new();
+    let stack =
+        Config::from_toml_str("[concurrency.memory]\nthreshold_mb = 100\ncheck_interval = \"1ms\"")
+            .unwrap()
+            .build_with(
+                BuildOptions::new()
+                    .clock(&clock)
+                    .memory_probe(probe.clone()),
+            )
+            .unwrap();
+    let gate = stack.memory_gate.clone().unwrap();
+    let ctx = heijunka::context::RequestContext::new();
+    assert!(gate.check().is_ok());
+    assert!(stack.policy.try_admit(&ctx).is_ok());
+
+    probe.set_rss(95 << 20); // 95 of 100 MiB: critical
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gate.check().is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never saw it"
+        );
+        std::thread::yield_now();
+    }
+    assert!(stack.policy.try_admit(&ctx).is_err());
+    probe.set_rss(10 << 20);
+    while gate.check().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never saw it fall"
+        );
+        std::thread::yield_now();
+    }
+    // Dropping the stack stops (and joins) the sampler.
+    drop(stack);
+}
+
+/// `validate` accepts exactly what `build` builds: edge values of every field,
+/// each in a config of its own, agree.
+#[test]
+fn validate_agrees_with_build() {
+    use heijunka::backpressure::{MAX_CAPACITY, MAX_PERMITS};
+    let max_capacity = MAX_CAPACITY as u64;
+    let mut cases: Vec<String> = Vec::new();
+    let table =
+        |cases: &mut Vec<String>, name: &str, fields: &[(&str, Vec<String>)], base: &str| {
+            for (field, values) in fields {
+                for v in values {
+                    cases.push(format!("[concurrency.{name}]\n{base}\n{field} = {v}\n"));
+                }
+            }
+        };
+    let n = |values: &[u64]| values.iter().map(u64::to_string).collect::<Vec<_>>();
+    let f = |values: &[&str]| values.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let d = |values: &[&str]| values.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>();
+    table(
+        &mut cases,
+        "worker_pool",
+        &[
+            ("max_workers", n(&[0, 1, 4097])),
+            ("queue_size", n(&[0, 1, max_capacity, max_capacity + 1])),
+        ],
+        "",
+    );
+    table(
+        &mut cases,
+        "task_pool",
+        &[
+            ("max_running", n(&[0, 1, u64::from(u32::MAX) + 1])),
+            ("max_waiting", n(&[0, max_capacity, max_capacity + 1])),
+        ],
+        "max_running = 1",
+    );
+    table(
+        &mut cases,
+        "rate_limit",
+        &[
+            (
+                "per_second",
+                f(&[
+                    "-1.0", "0.0", "nan", "inf", "1e-12", "1e-9", "0.5", "1.0", "1e9", "2e9",
+                    "1e10",
+                ]),
+            ),
+            ("burst", n(&[0, 1, u64::from(u32::MAX)])),
+        ],
+        "",
+    );
+    // A burst whose tolerance (burst × interval) overflows.
+    cases.push("[concurrency.rate_limit]\nper_second = 0.1\nburst = 4294967295\n".into());
+    for algorithm in ["static", "aimd", "vegas", "gradient2"] {
+        table(
+            &mut cases,
+            "limit",
+            &[
+                (
+                    "max_concurrent",
+                    n(&[
+                        0,
+                        1,
+                        20,
+                        u64::from(MAX_PERMITS),
+                        u64::from(MAX_PERMITS) + 1,
+                        u64::from(u32::MAX),
+                    ]),
+                ),
+                ("min_concurrent", n(&[0, 1, 20, 21])),
+                ("initial", n(&[0, 1, 20, 21])),
+            ],
+            &format!("algorithm = {algorithm:?}"),
+        );
+    }
+    table(
+        &mut cases,
+        "memory",
+        &[
+            ("threshold_mb", n(&[0, 1, u64::MAX >> 1])),
+            (
+                "elevated",
+                f(&["0.0", "0.05", "0.0500001", "0.9", "1.0", "1.5", "nan"]),
+            ),
+            ("critical", f(&["0.0", "0.5", "0.8", "1.0", "1.01"])),
+            ("check_interval", d(&["0s", "999us", "1ms", "10s"])),
+            ("reject_at", d(&["normal", "elevated", "critical"])),
+        ],
+        "",
+    );
+    table(
+        &mut cases,
+        "breaker",
+        &[
+            ("name", d(&["", " ", "x"])),
+            (
+                "failure_threshold",
+                f(&["0.0", "1e-9", "1.0", "1.0001", "nan", "-0.5"]),
+            ),
+            ("window", n(&[0, 1, 1_000_000, 1_000_001])),
+            ("minimum_calls", n(&[0, 1, u64::from(u32::MAX)])),
+            ("reset_timeout", d(&["0s", "1ns", "100years"])),
+            ("half_open_max", n(&[0, 1, 1_000_000, 1_000_001])),
+        ],
+        "",
+    );
+    table(
+        &mut cases,
+        "timeouts",
+        &[
+            ("request", d(&["0s", "1ns", "1h"])),
+            ("shutdown", d(&["0s", "1ns", "1h"])),
+            ("idle", d(&["0s", "1ns"])),
+        ],
+        "",
+    );
+    table(
+        &mut cases,
+        "bus",
+        &[
+            ("buffer_size", n(&[0, 1, 1 << 28, (1 << 28) + 1])),
+            ("publish_timeout", d(&["0s", "1ms"])),
+        ],
+        "",
+    );
+    let (mut accepted, mut refused) = (0, 0);
+    for text in &cases {
+        let Ok(config) = Config::from_toml_str(text) else {
+            continue; // out of the field's type: not a value to validate
+        };
+        let validated = config.clone().validate();
+        let built = config.build();
+        match (&validated, &built) {
+            (Ok(_), Ok(_)) => accepted += 1,
+            (Err(v), Err(b)) => {
+                assert_eq!(v, b, "{text}");
+                refused += 1;
+            }
+            _ => panic!(
+                "{text}: validate {:?} but build {:?}",
+                validated.as_ref().map(drop),
+                built.as_ref().map(drop)
+            ),
+        }
+        if let Ok(stack) = built
+            && let Some(pool) = stack.worker_pool
+        {
+            assert!(pool.shutdown(Duration::from_secs(5)).clean);
+        }
+    }
+    assert!(
+        accepted > 40 && refused > 40,
+        "{accepted} accepted, {refused} refused"
+    );
+}

@@ -231,32 +231,39 @@ impl Config {
                 Err(rule) => errors.push(o.error(rule)),
             }
         }
-        errors.finish()?;
-        serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.inner().message().to_owned();
-            let err = super::de_error(&path, &message, None, "");
-            // Name the variable that set the field, or made its table.
-            let culprit = applied
-                .iter()
-                .find(|o| o.path.join(".") == err.field())
-                .or_else(|| {
-                    applied.iter().find(|o| {
-                        err.field()
-                            .starts_with(&format!("{}.", o.path[..o.path.len() - 1].join(".")))
-                    })
-                });
-            match culprit {
-                Some(o) => o
-                    .error(format!(
-                        "is not valid for `{}`: {} {}",
-                        o.path.join("."),
-                        err.field(),
-                        err.rule()
-                    ))
-                    .into(),
-                None => ConfigErrors::from(err),
+        // The tree is read once with every override that has the right kind of
+        // value, so its error comes with those found above.
+        match serde_path_to_error::deserialize(Value::Table(table)) {
+            Ok(config) => errors.finish().map(|()| config),
+            Err(e) => {
+                let path = e.path().to_string();
+                let message = e.inner().message().to_owned();
+                errors.push(blame(&applied, super::de_error(&path, &message, None, "")));
+                Err(errors.finish().expect_err("an error was just recorded"))
             }
-        })
+        }
+    }
+}
+
+/// `err`, found reading the tree, as the error of the override that set its
+/// field, or else of the first that made its table; as is if none did.
+fn blame(applied: &[Override], err: ConfigError) -> ConfigError {
+    let table_of = |o: &Override| o.path[..o.path.len() - 1].join(".");
+    if let Some(o) = applied.iter().find(|o| o.path.join(".") == err.field()) {
+        let rule = err.rule();
+        let rule = rule.strip_prefix("is invalid: ").unwrap_or(rule);
+        return o.error(format!("is not valid for `{}`: {rule}", o.path.join(".")));
+    }
+    match applied
+        .iter()
+        .find(|o| err.field().starts_with(&format!("{}.", table_of(o))))
+    {
+        Some(o) => o.error(format!(
+            "makes the table `{}`, in which {} {}",
+            table_of(o),
+            err.field(),
+            err.rule()
+        )),
+        None => err,
     }
 }

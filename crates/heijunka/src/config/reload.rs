@@ -129,27 +129,18 @@ impl Live {
         let mut errors = Collector::default();
         let mut actions = Vec::new();
         let mut changed = Vec::new();
-        let mut fixed = |path: &str, was: &dyn Debug, now: &dyn Debug, differ: bool| {
-            if differ {
-                errors.push(ConfigError::new(
-                    path.to_owned(),
-                    super::error::Raw(&format!("{now:?}")),
-                    format!("cannot change at run time (it is {was:?}); it needs a restart"),
-                ));
-            }
-        };
         macro_rules! section {
             ($name:literal, $o:expr, $n:expr) => {
                 match (&$o, &$n) {
                     (Some(o), Some(n)) => Some((o, n)),
                     (None, None) => None,
-                    (o, n) => {
-                        fixed(
+                    (o, _) => {
+                        let what = if o.is_some() { "removed" } else { "added" };
+                        errors.push(ConfigError::new(
                             concat!("concurrency.", $name),
-                            &o.as_ref().map(|_| "present").unwrap_or("absent"),
-                            &n.as_ref().map(|_| "present").unwrap_or("absent"),
-                            true,
-                        );
+                            super::error::Raw(&format!("the table {what}")),
+                            format!("cannot be {what} at run time; it needs a restart"),
+                        ));
                         None
                     }
                 }
@@ -159,12 +150,14 @@ impl Live {
             // A pool's thread count and queue are fixed when it starts.
             let p = "concurrency.worker_pool";
             fixed(
+                &mut errors,
                 &format!("{p}.max_workers"),
                 &o.max_workers,
                 &n.max_workers,
                 o.max_workers != n.max_workers,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.queue_size"),
                 &o.queue_size,
                 &n.queue_size,
@@ -174,12 +167,14 @@ impl Live {
         if let Some((o, n)) = section!("task_pool", o.task_pool, n.task_pool) {
             let p = "concurrency.task_pool";
             fixed(
+                &mut errors,
                 &format!("{p}.max_running"),
                 &o.max_running,
                 &n.max_running,
                 o.max_running != n.max_running,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.max_waiting"),
                 &o.max_waiting,
                 &n.max_waiting,
@@ -200,6 +195,7 @@ impl Live {
         if let Some((o, n)) = section!("limit", o.limit, n.limit) {
             let p = "concurrency.limit";
             fixed(
+                &mut errors,
                 &format!("{p}.algorithm"),
                 &o.algorithm,
                 &n.algorithm,
@@ -214,18 +210,21 @@ impl Live {
             } else if o.algorithm == n.algorithm {
                 // An adaptive algorithm's bounds are fixed when it is built.
                 fixed(
+                    &mut errors,
                     &format!("{p}.max_concurrent"),
                     &o.max_concurrent,
                     &n.max_concurrent,
                     o.max_concurrent != n.max_concurrent,
                 );
                 fixed(
+                    &mut errors,
                     &format!("{p}.min_concurrent"),
                     &o.min_concurrent,
                     &n.min_concurrent,
                     o.min_concurrent != n.min_concurrent,
                 );
                 fixed(
+                    &mut errors,
                     &format!("{p}.initial"),
                     &o.initial,
                     &n.initial,
@@ -237,30 +236,35 @@ impl Live {
             // The monitor's thresholds and the gate's level are fixed when built.
             let p = "concurrency.memory";
             fixed(
+                &mut errors,
                 &format!("{p}.threshold_mb"),
                 &o.threshold_mb,
                 &n.threshold_mb,
                 o.threshold_mb != n.threshold_mb,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.elevated"),
                 &o.elevated,
                 &n.elevated,
                 o.elevated != n.elevated,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.critical"),
                 &o.critical,
                 &n.critical,
                 o.critical != n.critical,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.check_interval"),
                 &o.check_interval,
                 &n.check_interval,
                 o.check_interval != n.check_interval,
             );
             fixed(
+                &mut errors,
                 &format!("{p}.reject_at"),
                 &o.reject_at,
                 &n.reject_at,
@@ -269,8 +273,15 @@ impl Live {
         }
         if let Some((o, n)) = section!("breaker", o.breaker, n.breaker) {
             let p = "concurrency.breaker";
-            fixed(&format!("{p}.name"), &o.name, &n.name, o.name != n.name);
             fixed(
+                &mut errors,
+                &format!("{p}.name"),
+                &o.name,
+                &n.name,
+                o.name != n.name,
+            );
+            fixed(
+                &mut errors,
                 &format!("{p}.window"),
                 &o.window,
                 &n.window,
@@ -313,20 +324,39 @@ impl Live {
             actions.push(Action::Timeout(nt.request));
         }
         fixed(
+            &mut errors,
             "concurrency.timeouts.shutdown",
             &ot.shutdown,
             &nt.shutdown,
             ot.shutdown != nt.shutdown,
         );
         fixed(
+            &mut errors,
             "concurrency.timeouts.idle",
             &ot.idle,
             &nt.idle,
             ot.idle != nt.idle,
         );
-        fixed("concurrency.bus", &o.bus, &n.bus, o.bus != n.bus);
+        fixed(
+            &mut errors,
+            "concurrency.bus",
+            &o.bus,
+            &n.bus,
+            o.bus != n.bus,
+        );
         errors.finish()?;
         Ok((actions, changed))
+    }
+}
+
+/// Records that `path` cannot change at run time, if it `differ`s.
+fn fixed(errors: &mut Collector, path: &str, was: &dyn Debug, now: &dyn Debug, differ: bool) {
+    if differ {
+        errors.push(ConfigError::new(
+            path.to_owned(),
+            super::error::Raw(&format!("{now:?}")),
+            format!("cannot change at run time (it is {was:?}); it needs a restart"),
+        ));
     }
 }
 
