@@ -308,4 +308,34 @@ mod loom_tests {
             assert_eq!(b.state(), State::Closed);
         });
     }
+
+    /// A lower threshold set while a success is being recorded (on a shard,
+    /// without the lock, while the old rules let it) is judged against the whole
+    /// window: the breaker ends open whichever comes first.
+    #[test]
+    fn a_reconfigure_racing_a_success_judges_the_whole_window() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let rules = |threshold: f64| {
+                CircuitBreaker::builder()
+                    .sliding_window(SlidingWindowType::CountBased, 2)
+                    .minimum_number_of_calls(2)
+                    .failure_rate_threshold(threshold)
+                    .clock(&clock)
+            };
+            let b = rules(1.0).build().expect("valid");
+            let _ = b.call(|| Err::<(), ()>(()));
+            let lower = rules(0.5).build_config().expect("valid");
+            let succeeding = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let _ = b.call(|| Ok::<(), ()>(()));
+                })
+            };
+            b.reconfigure(&lower).expect("only thresholds change");
+            succeeding.join().unwrap();
+            // One failure in two calls: 50 %, the new threshold.
+            assert_eq!(b.state(), State::Open);
+        });
+    }
 }

@@ -1,5 +1,6 @@
 //! One configuration tree for the whole stack, read from TOML or YAML, in the shape
-//! of the seeds' `concurrency:` block.
+//! of the seeds' `concurrency:` block; environment overrides on top; applied to a
+//! running [`Stack`] by [`Stack::reload`].
 //!
 //! ```
 //! use heijunka::config::Config;
@@ -20,19 +21,63 @@
 //! "#)?;
 //! assert_eq!(config.concurrency.timeouts.request, std::time::Duration::from_secs(30));
 //!
-//! // A bad value is reported with the path of its field.
-//! let err = Config::from_toml_str("[concurrency.breaker]\nfailure_threshold = 1.5")
-//!     .and_then(|c| c.validate())
-//!     .unwrap_err();
-//! assert!(err.to_string().starts_with("concurrency.breaker.failure_threshold"));
-//! # Ok::<(), heijunka::core::ConfigError>(())
+//! // Bad values are reported together, each with the path of its field.
+//! let text = "[concurrency.breaker]\nfailure_threshold = 1.5\nhalf_open_max = 0";
+//! let errors = Config::from_toml_str(text)?.validate().unwrap_err();
+//! assert_eq!(errors.first().field(), "concurrency.breaker.failure_threshold");
+//! assert_eq!(errors.iter().count(), 2);
+//! # Ok::<(), heijunka::config::ConfigErrors>(())
 //! ```
+//!
+//! # The file
 //!
 //! Every table and field is optional; a missing table leaves that part out of the
 //! [`Stack`], a missing field takes the default documented on it. Unknown fields
-//! are errors (a typo must not be silently ignored). Durations are written as
-//! `"30s"`, `"250ms"`, `"1m 30s"` ([humantime](https://docs.rs/humantime)).
+//! are errors (a typo must not be silently ignored), named with their full path
+//! (`concurrency.breaker.failur_threshold is not a known field ...`), as are
+//! values of the wrong type. Durations are written as `"30s"`, `"250ms"`,
+//! `"1m 30s"` ([humantime](https://docs.rs/humantime)).
 //! `repo/config/heijunka.example.toml` is a complete example.
+//!
+//! # Checking
+//!
+//! [`Config::validate`] applies every rule of the parts [`Config::build`] makes
+//! (worker and task pools, rate limiter, concurrency limit, memory monitor and
+//! gate, breaker, shutdown, bus), under the config's own field paths, and
+//! returns every problem at once as [`ConfigErrors`]. A config it accepts builds.
+//!
+//! # Environment overrides
+//!
+//! [`Config::with_env_overrides`] (or [`Config::from_file_with_env`], which reads
+//! the process's environment) sets fields from variables named
+//! `HEIJUNKA__` + the field's path with its segments joined by `__` (double
+//! underscore; the segments are lowercased):
+//!
+//! | variable | field |
+//! | --- | --- |
+//! | `HEIJUNKA__CONCURRENCY__RATE_LIMIT__PER_SECOND=200` | `concurrency.rate_limit.per_second` |
+//! | `HEIJUNKA__CONCURRENCY__LIMIT__MAX_CONCURRENT=64` | `concurrency.limit.max_concurrent` |
+//! | `HEIJUNKA__CONCURRENCY__TIMEOUTS__REQUEST=250ms` | `concurrency.timeouts.request` |
+//! | `HEIJUNKA__CONCURRENCY__BREAKER__NAME=payments` | `concurrency.breaker.name` |
+//!
+//! A value is read as its field's type (a number, a duration, a name, a level
+//! such as `elevated`). An override inside a table the file leaves out creates
+//! the table, with the defaults for its other fields (a table with a required
+//! field, such as `worker_pool.max_workers`, needs that one set too). A variable
+//! whose path is no field, and a value that is not of the field's type, are
+//! errors naming the variable (and the value). Only the canonical names work
+//! (`BREAKER`, not the `circuit_breaker` alias).
+//!
+//! # Reloading
+//!
+//! [`Stack::reload`] applies a new config to a running stack, all of it or none:
+//! the static concurrency limit, the rate and burst, the breaker's thresholds
+//! and the request timeout change in place, keeping permits in flight and the
+//! breaker's state (unless [`ReloadOptions::reset_breakers`]); a change to
+//! anything else (pool sizes, adding or removing a table, the limit's algorithm,
+//! ...) is refused as needing a restart, and a config that fails validation is
+//! refused with all its errors. [`Stack::watch_file`] reloads when a file
+//! changes, logging what it refuses.
 
 use std::time::Duration;
 

@@ -32,6 +32,7 @@ async fn the_example_files_build_a_full_stack() {
 
     let stack = toml.build().unwrap();
     assert_eq!(stack.request_timeout, Duration::from_secs(30));
+    assert_eq!(stack.body_idle_timeout, Some(Duration::from_secs(120)));
     assert_eq!(stack.policy.timeout(), Some(Duration::from_secs(30)));
     assert_eq!(stack.policy.concurrency_limit().unwrap().limit(), 512);
     assert_eq!(stack.policy.breaker().unwrap().name(), "downstream");

@@ -135,7 +135,7 @@ impl Config {
 
     /// Applies the overrides among `vars` (name, value pairs; those not starting
     /// with [`ENV_PREFIX`] are ignored) on top of this config; the
-    /// [module docs](super) give the convention. Pass `std::env::vars()` for the
+    /// [module docs](crate::config#environment-overrides) give the convention. Pass `std::env::vars()` for the
     /// process's environment.
     ///
     /// ```
