@@ -199,16 +199,23 @@ fn a_watched_file_reloads_on_change_and_a_bad_one_is_refused() {
     let watcher = stack.watch_file(&path, Duration::from_millis(5)).unwrap();
     let limit = stack.limit.clone().unwrap();
 
-    std::fs::write(&path, "[concurrency.limit]\nmax_concurrent = 3\n").unwrap();
-    eventually("the new limit", || limit.limit() == 3);
-    assert_eq!(watcher.applied(), 1);
+    // Written whole (a rename), as deployment tools and editors do: a watcher
+    // that reads a half-written file refuses it and takes the whole one next.
+    let replace = |text: &str| {
+        let tmp = dir.join("heijunka.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    replace("[concurrency.limit]\nmax_concurrent = 3\n");
+    eventually("the reload", || watcher.applied() == 1);
+    assert_eq!(limit.limit(), 3);
 
-    std::fs::write(&path, "[concurrency.limit]\nmax_concurrent = 0\n").unwrap();
+    replace("[concurrency.limit]\nmax_concurrent = 0\n");
     eventually("the refusal", || watcher.refused() == 1);
     assert_eq!(limit.limit(), 3, "the config in force is kept");
 
     watcher.stop();
-    std::fs::write(&path, "[concurrency.limit]\nmax_concurrent = 7\n").unwrap();
+    replace("[concurrency.limit]\nmax_concurrent = 7\n");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(limit.limit(), 3, "a stopped watcher reloads nothing");
     assert!(stack.watch_file(&path, Duration::ZERO).is_err());

@@ -64,7 +64,7 @@ pub(super) struct Live {
 enum Action {
     Limit(u32),
     Rate(f64, u32),
-    Breaker(heijunka_breaker::BreakerConfig),
+    Breaker(Box<heijunka_breaker::BreakerConfig>),
     Timeout(Duration),
 }
 
@@ -146,40 +146,28 @@ impl Live {
                 }
             };
         }
+        // Refuses a change of `$field` (fixed once built).
+        macro_rules! same {
+            ($p:expr, $o:expr, $n:expr, $field:ident) => {
+                fixed(
+                    &mut errors,
+                    &format!("{}.{}", $p, stringify!($field)),
+                    &$o.$field,
+                    &$n.$field,
+                    $o.$field != $n.$field,
+                )
+            };
+        }
         if let Some((o, n)) = section!("worker_pool", o.worker_pool, n.worker_pool) {
             // A pool's thread count and queue are fixed when it starts.
             let p = "concurrency.worker_pool";
-            fixed(
-                &mut errors,
-                &format!("{p}.max_workers"),
-                &o.max_workers,
-                &n.max_workers,
-                o.max_workers != n.max_workers,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.queue_size"),
-                &o.queue_size,
-                &n.queue_size,
-                o.queue_size != n.queue_size,
-            );
+            same!(p, o, n, max_workers);
+            same!(p, o, n, queue_size);
         }
         if let Some((o, n)) = section!("task_pool", o.task_pool, n.task_pool) {
             let p = "concurrency.task_pool";
-            fixed(
-                &mut errors,
-                &format!("{p}.max_running"),
-                &o.max_running,
-                &n.max_running,
-                o.max_running != n.max_running,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.max_waiting"),
-                &o.max_waiting,
-                &n.max_waiting,
-                o.max_waiting != n.max_waiting,
-            );
+            same!(p, o, n, max_running);
+            same!(p, o, n, max_waiting);
         }
         if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit) {
             if o.per_second != n.per_second {
@@ -194,13 +182,7 @@ impl Live {
         }
         if let Some((o, n)) = section!("limit", o.limit, n.limit) {
             let p = "concurrency.limit";
-            fixed(
-                &mut errors,
-                &format!("{p}.algorithm"),
-                &o.algorithm,
-                &n.algorithm,
-                o.algorithm != n.algorithm,
-            );
+            same!(p, o, n, algorithm);
             if o.algorithm == n.algorithm && n.algorithm == LimitKind::Static {
                 // A static limit has only its size; the adaptive bounds are unused.
                 if o.max_concurrent != n.max_concurrent {
@@ -209,84 +191,24 @@ impl Live {
                 }
             } else if o.algorithm == n.algorithm {
                 // An adaptive algorithm's bounds are fixed when it is built.
-                fixed(
-                    &mut errors,
-                    &format!("{p}.max_concurrent"),
-                    &o.max_concurrent,
-                    &n.max_concurrent,
-                    o.max_concurrent != n.max_concurrent,
-                );
-                fixed(
-                    &mut errors,
-                    &format!("{p}.min_concurrent"),
-                    &o.min_concurrent,
-                    &n.min_concurrent,
-                    o.min_concurrent != n.min_concurrent,
-                );
-                fixed(
-                    &mut errors,
-                    &format!("{p}.initial"),
-                    &o.initial,
-                    &n.initial,
-                    o.initial != n.initial,
-                );
+                same!(p, o, n, max_concurrent);
+                same!(p, o, n, min_concurrent);
+                same!(p, o, n, initial);
             }
         }
         if let Some((o, n)) = section!("memory", o.memory, n.memory) {
             // The monitor's thresholds and the gate's level are fixed when built.
             let p = "concurrency.memory";
-            fixed(
-                &mut errors,
-                &format!("{p}.threshold_mb"),
-                &o.threshold_mb,
-                &n.threshold_mb,
-                o.threshold_mb != n.threshold_mb,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.elevated"),
-                &o.elevated,
-                &n.elevated,
-                o.elevated != n.elevated,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.critical"),
-                &o.critical,
-                &n.critical,
-                o.critical != n.critical,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.check_interval"),
-                &o.check_interval,
-                &n.check_interval,
-                o.check_interval != n.check_interval,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.reject_at"),
-                &o.reject_at,
-                &n.reject_at,
-                o.reject_at != n.reject_at,
-            );
+            same!(p, o, n, threshold_mb);
+            same!(p, o, n, elevated);
+            same!(p, o, n, critical);
+            same!(p, o, n, check_interval);
+            same!(p, o, n, reject_at);
         }
         if let Some((o, n)) = section!("breaker", o.breaker, n.breaker) {
             let p = "concurrency.breaker";
-            fixed(
-                &mut errors,
-                &format!("{p}.name"),
-                &o.name,
-                &n.name,
-                o.name != n.name,
-            );
-            fixed(
-                &mut errors,
-                &format!("{p}.window"),
-                &o.window,
-                &n.window,
-                o.window != n.window,
-            );
+            same!(p, o, n, name);
+            same!(p, o, n, window);
             let mut tuned = false;
             for (field, differs) in [
                 (
@@ -302,20 +224,22 @@ impl Live {
                     tuned = true;
                 }
             }
-            if tuned && o.name == n.name && o.window == n.window {
-                if let Some(b) = &self.breaker {
-                    let config = CircuitBreaker::builder()
-                        .name(n.name.clone())
-                        .failure_rate_threshold(n.failure_threshold)
-                        .sliding_window(SlidingWindowType::CountBased, n.window)
-                        .minimum_number_of_calls(n.minimum_calls)
-                        .wait_duration_in_open_state(n.reset_timeout)
-                        .permitted_number_of_calls_in_half_open_state(n.half_open_max)
-                        .clock(b.config().clock().clone())
-                        .build_config()
-                        .map_err(|e| e.within(p))?;
-                    actions.push(Action::Breaker(config));
-                }
+            if tuned
+                && o.name == n.name
+                && o.window == n.window
+                && let Some(b) = &self.breaker
+            {
+                let config = CircuitBreaker::builder()
+                    .name(n.name.clone())
+                    .failure_rate_threshold(n.failure_threshold)
+                    .sliding_window(SlidingWindowType::CountBased, n.window)
+                    .minimum_number_of_calls(n.minimum_calls)
+                    .wait_duration_in_open_state(n.reset_timeout)
+                    .permitted_number_of_calls_in_half_open_state(n.half_open_max)
+                    .clock(b.config().clock().clone())
+                    .build_config()
+                    .map_err(|e| e.within(p))?;
+                actions.push(Action::Breaker(Box::new(config)));
             }
         }
         let (ot, nt) = (&o.timeouts, &n.timeouts);
@@ -427,7 +351,10 @@ impl Stack {
     /// `HEIJUNKA__` overrides on top, as [`Config::from_file_with_env`] reads it).
     /// A config that cannot be read, parsed, validated or applied is logged with
     /// `tracing::warn!` and the one in force kept; the watcher tries again when
-    /// the file changes again. Stops when the handle is dropped or
+    /// the file changes again. Write the file whole (to a temporary file, then
+    /// rename it over the watched one), as deployment tools do: a watcher that
+    /// reads a file half-written refuses it, then applies it on the next read
+    /// once it is complete. Stops when the handle is dropped or
     /// [`stop`](WatchHandle::stop)ped.
     ///
     /// # Errors
