@@ -557,6 +557,10 @@ fn validate_agrees_with_build() {
             (Ok(_), Ok(_)) => accepted += 1,
             (Err(v), Err(b)) => {
                 assert_eq!(v, b, "{text}");
+                let mut seen = std::collections::HashSet::new();
+                for e in v {
+                    assert!(seen.insert(e.clone()), "{text}: reported twice: {e}");
+                }
                 refused += 1;
             }
             _ => panic!(

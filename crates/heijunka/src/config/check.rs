@@ -81,7 +81,9 @@ impl Config {
             if let Some(b) = r.burst {
                 errors.at(at, validate::at_least("burst", b, 1));
             }
-            if r.per_second > 0.0 && r.burst != Some(0) {
+            // The range and overflow rules, once the simple ones hold (each field
+            // reported once).
+            if r.per_second > 0.0 && r.per_second.is_finite() && r.burst != Some(0) {
                 errors.at(
                     at,
                     Gcra::builder(r.per_second)
