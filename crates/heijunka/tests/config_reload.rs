@@ -220,3 +220,48 @@ fn a_watched_file_reloads_on_change_and_a_bad_one_is_refused() {
     assert_eq!(limit.limit(), 3, "a stopped watcher reloads nothing");
     assert!(stack.watch_file(&path, Duration::ZERO).is_err());
 }
+
+/// A breaker listener (the caller's code) that reads the stack runs with no
+/// reload lock held: a reload whose new threshold trips the breaker completes.
+#[test]
+fn a_breaker_listener_may_read_the_stack_during_a_reload() {
+    let clock = ManualClock::new();
+    let stack = std::sync::Arc::new(
+        config(BREAKER)
+            .build_with(BuildOptions::new().clock(&clock))
+            .unwrap(),
+    );
+    let breaker = stack.breaker.clone().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let weak = std::sync::Arc::downgrade(&stack);
+    breaker.subscribe(move |t| {
+        if let Some(stack) = weak.upgrade() {
+            let threshold = stack
+                .config()
+                .concurrency
+                .breaker
+                .unwrap()
+                .failure_threshold;
+            let _ = seen_tx.send((t.to, threshold));
+        }
+    });
+    // One failure in four calls: 25 %, below the configured 50 %.
+    for i in 0..4 {
+        let _ = breaker.call(|| if i < 1 { Err("down") } else { Ok(()) });
+    }
+    assert_eq!(breaker.state(), State::Closed);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let reloading = std::sync::Arc::clone(&stack);
+    std::thread::spawn(move || {
+        let lower = format!("{BREAKER}failure_threshold = 0.25\n");
+        let _ = done_tx.send(reloading.reload(config(&lower)).map(|r| r.changed));
+    });
+    let changed = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the reload never finished: a lock held across the listener")
+        .unwrap();
+    assert_eq!(changed, ["concurrency.breaker.failure_threshold"]);
+    assert_eq!(breaker.state(), State::Open, "25 % reaches the new 25 %");
+    assert_eq!(seen_rx.try_recv().unwrap(), (State::Open, 0.25));
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heijunka_backpressure::{AdaptiveLimit, Aimd, ConcurrencyLimit, Gcra, Gradient2, Vegas};
-use heijunka_breaker::{CircuitBreaker, SlidingWindowType};
+use heijunka_breaker::{BreakerConfig, CircuitBreaker, SlidingWindowType};
 use heijunka_core::{Clock, ConfigError};
 use heijunka_memory::{MemoryGate, MemoryMonitor, MemoryMonitorBuilder, MemoryProbe, Sampler};
 use heijunka_pool::{TaskPool, WorkerPool};
@@ -13,7 +13,7 @@ use heijunka_shutdown::Shutdown;
 
 use super::error::ConfigErrors;
 use super::reload::Live;
-use super::{BusConfig, Config, LimitConfig, LimitKind};
+use super::{BreakerSettings, BusConfig, Config, LimitConfig, LimitKind};
 use crate::policy::Policy;
 
 /// The live primitives built from a [`Config`] by [`Config::build`].
@@ -230,17 +230,7 @@ impl Config {
         let breaker = c
             .breaker
             .as_ref()
-            .map(|b| {
-                CircuitBreaker::builder()
-                    .name(b.name.clone())
-                    .failure_rate_threshold(b.failure_threshold)
-                    .sliding_window(SlidingWindowType::CountBased, b.window)
-                    .minimum_number_of_calls(b.minimum_calls)
-                    .wait_duration_in_open_state(b.reset_timeout)
-                    .permitted_number_of_calls_in_half_open_state(b.half_open_max)
-                    .clock(clock.clone())
-                    .build()
-            })
+            .map(|b| breaker_config(b, &clock).map(CircuitBreaker::new))
             .transpose()
             .map_err(at("concurrency.breaker"))?;
         let limit = c
@@ -323,6 +313,22 @@ impl Config {
             live,
         })
     }
+}
+
+/// The breaker's configuration from `concurrency.breaker`.
+pub(super) fn breaker_config(
+    b: &BreakerSettings,
+    clock: &Clock,
+) -> Result<BreakerConfig, ConfigError> {
+    CircuitBreaker::builder()
+        .name(b.name.clone())
+        .failure_rate_threshold(b.failure_threshold)
+        .sliding_window(SlidingWindowType::CountBased, b.window)
+        .minimum_number_of_calls(b.minimum_calls)
+        .wait_duration_in_open_state(b.reset_timeout)
+        .permitted_number_of_calls_in_half_open_state(b.half_open_max)
+        .clock(clock.clone())
+        .build_config()
 }
 
 /// A builder's error about its one field, named by the config's `path`.

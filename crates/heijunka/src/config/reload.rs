@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use heijunka_backpressure::{ConcurrencyLimit, Gcra};
-use heijunka_breaker::{CircuitBreaker, SlidingWindowType};
+use heijunka_breaker::CircuitBreaker;
 use heijunka_core::ConfigError;
 
 use super::build::Stack;
@@ -53,18 +53,26 @@ pub struct ReloadReport {
 
 /// The parts of a [`Stack`] a reload changes, and the config in force.
 pub(super) struct Live {
-    current: Mutex<Config>,
+    current: Mutex<Current>,
     policy: Policy,
     limit: Option<ConcurrencyLimit>,
     rate: Option<Arc<Gcra>>,
     breaker: Option<CircuitBreaker>,
 }
 
+/// The config in force, and how many reloads have applied one.
+struct Current {
+    config: Config,
+    version: u64,
+}
+
 /// One change to make once the whole new config is known to apply.
 enum Action {
     Limit(u32),
     Rate(f64, u32),
-    Breaker(Box<heijunka_breaker::BreakerConfig>),
+    /// New thresholds for the breaker (applied after the config is committed:
+    /// see [`Live::sync_breaker`]).
+    Breaker,
     Timeout(Duration),
 }
 
@@ -77,7 +85,7 @@ impl Live {
         breaker: Option<CircuitBreaker>,
     ) -> Self {
         Self {
-            current: Mutex::new(config),
+            current: Mutex::new(Current { config, version: 0 }),
             policy,
             limit,
             rate,
@@ -85,35 +93,47 @@ impl Live {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        // A panic cannot leave `Current` half-written (two plain stores).
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn current(&self) -> Config {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().config.clone()
     }
 
     fn reload(&self, new: Config, options: ReloadOptions) -> Result<ReloadReport, ConfigErrors> {
         new.check()?;
         // One reload at a time: each plans against the config the last one left.
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let (actions, changed) = self.plan(&current, &new)?;
+        let mut current = self.lock();
+        let (actions, changed) = self.plan(&current.config, &new)?;
+        let mut breaker = false;
         for action in actions {
             // Every value was validated and every change planned: these succeed.
             match action {
                 Action::Limit(n) => self.limit.as_ref().map(|l| l.set_limit(n)),
                 Action::Rate(r, b) => self.rate.as_ref().map(|g| g.set_rate(r, b)),
-                Action::Breaker(c) => self.breaker.as_ref().map(|b| b.reconfigure(&c)),
                 Action::Timeout(t) => Some(self.policy.set_timeout(Some(t))),
+                Action::Breaker => {
+                    breaker = true;
+                    None
+                }
             }
             .transpose()
             .map_err(|e| e.within("reload"))?;
+        }
+        current.config = new;
+        current.version += 1;
+        drop(current);
+        // The breaker calls its listeners (code of the caller's) when a change of
+        // state is made, so it is told with no lock held.
+        if breaker {
+            self.sync_breaker()?;
         }
         let breaker_reset = options.reset_breakers && self.breaker.is_some();
         if breaker_reset && let Some(b) = &self.breaker {
             b.reset();
         }
-        *current = new;
-        drop(current);
         if !changed.is_empty() || breaker_reset {
             tracing::info!(changed = ?changed, breaker_reset, "heijunka config reloaded");
         }
@@ -121,6 +141,34 @@ impl Live {
             changed,
             breaker_reset,
         })
+    }
+
+    /// Gives the breaker the thresholds of the config in force, with no lock held
+    /// while it applies them. A reload that overtakes this one may apply its own
+    /// in between; each applies the settings of the latest config it reads and
+    /// tries again if a newer one was committed meanwhile, so the settings left in
+    /// the breaker are the latest config's.
+    fn sync_breaker(&self) -> Result<(), ConfigErrors> {
+        let Some(breaker) = &self.breaker else {
+            return Ok(());
+        };
+        let clock = breaker.config().clock().clone();
+        loop {
+            let (settings, version) = {
+                let current = self.lock();
+                (current.config.concurrency.breaker.clone(), current.version)
+            };
+            if let Some(s) = &settings {
+                let config = super::build::breaker_config(s, &clock)
+                    .map_err(|e| e.within("concurrency.breaker"))?;
+                breaker
+                    .reconfigure(&config)
+                    .map_err(|e| e.within("concurrency.breaker"))?;
+            }
+            if self.lock().version == version {
+                return Ok(());
+            }
+        }
     }
 
     /// The changes from `old` to `new`, or every change that needs a restart.
@@ -224,22 +272,12 @@ impl Live {
                     tuned = true;
                 }
             }
-            if tuned
-                && o.name == n.name
-                && o.window == n.window
-                && let Some(b) = &self.breaker
-            {
-                let config = CircuitBreaker::builder()
-                    .name(n.name.clone())
-                    .failure_rate_threshold(n.failure_threshold)
-                    .sliding_window(SlidingWindowType::CountBased, n.window)
-                    .minimum_number_of_calls(n.minimum_calls)
-                    .wait_duration_in_open_state(n.reset_timeout)
-                    .permitted_number_of_calls_in_half_open_state(n.half_open_max)
-                    .clock(b.config().clock().clone())
-                    .build_config()
-                    .map_err(|e| e.within(p))?;
-                actions.push(Action::Breaker(Box::new(config)));
+            if tuned && o.name == n.name && o.window == n.window {
+                // Checked now, so that nothing is applied if it would fail.
+                if let Some(b) = &self.breaker {
+                    super::build::breaker_config(n, b.config().clock()).map_err(|e| e.within(p))?;
+                }
+                actions.push(Action::Breaker);
             }
         }
         let (ot, nt) = (&o.timeouts, &n.timeouts);
