@@ -265,3 +265,58 @@ fn a_breaker_listener_may_read_the_stack_during_a_reload() {
     assert_eq!(breaker.state(), State::Open, "25 % reaches the new 25 %");
     assert_eq!(seen_rx.try_recv().unwrap(), (State::Open, 0.25));
 }
+
+/// Threads admitting through the policy while reloads move the limit up and
+/// down: never more in flight (counted by the threads themselves) than the
+/// highest limit, and every permit back in the end, on the last limit.
+#[test]
+fn reloads_racing_admissions_lose_no_permit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stack = Arc::new(
+        config("[concurrency.limit]\nmax_concurrent = 8")
+            .build()
+            .unwrap(),
+    );
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (stack, inflight, most, stop) =
+                (stack.clone(), inflight.clone(), most.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let ctx = heijunka::context::RequestContext::new();
+                let mut admitted = 0_u32;
+                while !stop.load(Ordering::SeqCst) && admitted < 200_000 {
+                    if let Ok(a) = stack.policy.try_admit(&ctx) {
+                        let n = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(n, Ordering::SeqCst);
+                        inflight.fetch_sub(1, Ordering::SeqCst);
+                        a.success();
+                        admitted += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        let n = if i % 2 == 0 { 2 } else { 8 };
+        stack
+            .reload(config(&format!(
+                "[concurrency.limit]\nmax_concurrent = {n}"
+            )))
+            .unwrap();
+    }
+    stack
+        .reload(config("[concurrency.limit]\nmax_concurrent = 5"))
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(most.load(Ordering::SeqCst) <= 8);
+    let limit = stack.limit.as_ref().unwrap();
+    assert_eq!(limit.in_use(), 0, "every permit came back");
+    assert_eq!((limit.limit(), limit.available_permits()), (5, 5));
+}
