@@ -173,9 +173,10 @@ pub struct Concurrency {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerPoolConfig {
-    /// Worker threads (at least 1).
+    /// Worker threads (1 to 4096).
     pub max_workers: usize,
-    /// The most tasks waiting (at least 1). Default 1000.
+    /// The most tasks waiting (at least 1, at most
+    /// [`MAX_CAPACITY`](heijunka_backpressure::MAX_CAPACITY)). Default 1000.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
 }
@@ -199,7 +200,7 @@ pub struct TaskPoolConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Requests per second (positive).
+    /// Requests per second: above zero, at most 1e9, at least one per 584 years.
     pub per_second: f64,
     /// Requests admitted at once from a full bucket (at least 1). Default: one
     /// second's worth, `ceil(per_second)` (see [`burst`](Self::burst)).
@@ -240,8 +241,9 @@ fn one() -> u32 {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
-    /// Requests in flight at once (at least 1): the limit, or the adaptive
-    /// limit's ceiling.
+    /// Requests in flight at once (at least 1; a static limit at most
+    /// [`MAX_PERMITS`](heijunka_backpressure::MAX_PERMITS)): the limit, or the
+    /// adaptive limit's ceiling.
     pub max_concurrent: u32,
     /// `static` (default), `aimd`, `vegas` or `gradient2`.
     #[serde(default)]
@@ -275,16 +277,19 @@ pub enum LimitKind {
 pub struct MemoryConfig {
     /// The memory limit in MiB. Default: the cgroup limit, else the system's memory.
     pub threshold_mb: Option<u64>,
-    /// Used/limit ratio at which pressure is elevated. Default 0.80.
+    /// Used/limit ratio at which pressure is elevated, in `(0.05, 1]` (above the
+    /// monitor's hysteresis, so that pressure can fall back). Default 0.80.
     #[serde(default = "default_elevated")]
     pub elevated: f64,
     /// Used/limit ratio at which pressure is critical. Default 0.90.
     #[serde(default = "default_critical")]
     pub critical: f64,
-    /// How often to sample. Default 10 s, as in the seeds.
+    /// How often the sampler (started by [`Config::build`]) samples; at least
+    /// 1 ms. Default 10 s, as in the seeds.
     #[serde(with = "duration", default = "default_check_interval")]
     pub check_interval: Duration,
-    /// The level at which the gate refuses requests. Default `critical`.
+    /// The level at which the gate refuses requests: `elevated` or `critical`.
+    /// Default `critical`.
     #[serde(default = "default_reject_at")]
     pub reject_at: PressureLevel,
 }
@@ -312,7 +317,7 @@ pub struct BreakerSettings {
     /// Failure rate over the window that opens the breaker, in (0, 1]. Default 0.5.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: f64,
-    /// Calls in the count-based sliding window (at least 1). Default 100.
+    /// Calls in the count-based sliding window (1 to 1 000 000). Default 100.
     #[serde(default = "default_window")]
     pub window: u32,
     /// Calls needed before the rate is judged (at least 1). Default 10.
@@ -321,7 +326,7 @@ pub struct BreakerSettings {
     /// Time open before probing. Default 60 s, as in the seeds.
     #[serde(with = "duration", default = "default_reset_timeout")]
     pub reset_timeout: Duration,
-    /// Probes let through half-open (at least 1). Default 3, as in the seeds.
+    /// Probes let through half-open (1 to 1 000 000). Default 3, as in the seeds.
     #[serde(default = "default_half_open_max")]
     pub half_open_max: u32,
 }
