@@ -70,9 +70,60 @@ impl CircuitBreaker {
         &self.inner.config.name
     }
 
-    /// The configuration it was built with.
-    pub fn config(&self) -> &BreakerConfig {
-        &self.inner.config
+    /// Its configuration, with the settings in force now (those
+    /// [`reconfigure`](Self::reconfigure) changed included).
+    pub fn config(&self) -> BreakerConfig {
+        self.inner.current_config()
+    }
+
+    /// Changes the thresholds while the breaker runs, keeping its state, its
+    /// window and the calls in flight: the failure-rate and slow-call-rate
+    /// thresholds, the minimum number of calls, the wait in open state (with its
+    /// growth and jitter) and the number of half-open probes are taken from
+    /// `config`; call [`reset`](Self::reset) as well to start afresh.
+    ///
+    /// When each applies:
+    /// - closed: the window is judged by the new thresholds at once (a lower
+    ///   threshold the window already reaches opens the breaker now);
+    /// - open: the wait in progress ends when it was due; the new wait applies
+    ///   from the next trip;
+    /// - half-open: the period in progress keeps its number of probes and its
+    ///   rules (so it cannot be stranded waiting for probes it never handed out);
+    ///   the next period takes the new ones.
+    ///
+    /// The other settings (name, window type and size, slow-call duration,
+    /// consecutive and counted failure thresholds, automatic transition, maximum
+    /// wait in half-open, permit-drop rule) cannot change on a running breaker.
+    /// The clock and the classifiers stay those it was built with.
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, SlidingWindowType, State};
+    /// use heijunka_core::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let builder = || {
+    ///     CircuitBreaker::builder()
+    ///         .sliding_window(SlidingWindowType::CountBased, 10)
+    ///         .minimum_number_of_calls(10)
+    ///         .clock(&clock)
+    /// };
+    /// let breaker = builder().failure_rate_threshold(0.5).build()?;
+    /// for i in 0..10 {
+    ///     let _ = breaker.call(|| if i < 3 { Err("down") } else { Ok(()) });
+    /// }
+    /// assert_eq!(breaker.state(), State::Closed, "30 % is below 50 %");
+    /// breaker.reconfigure(&builder().failure_rate_threshold(0.25).build_config()?)?;
+    /// assert_eq!(breaker.state(), State::Open, "30 % is above 25 %");
+    /// assert_eq!(breaker.config().failure_rate_threshold(), 0.25);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](heijunka_core::ConfigError) naming the first setting that
+    /// cannot change at run time and differs; then nothing is changed.
+    pub fn reconfigure(&self, config: &BreakerConfig) -> Result<(), heijunka_core::ConfigError> {
+        self.inner.reconfigure(config)
     }
 
     /// The current state. With automatic transitions, or a maximum wait in
@@ -255,6 +306,36 @@ mod loom_tests {
                 "a second probe while the first was in flight: {admitted:?}"
             );
             assert_eq!(b.state(), State::Closed);
+        });
+    }
+
+    /// A lower threshold set while a success is being recorded (on a shard,
+    /// without the lock, while the old rules let it) is judged against the whole
+    /// window: the breaker ends open whichever comes first.
+    #[test]
+    fn a_reconfigure_racing_a_success_judges_the_whole_window() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let rules = |threshold: f64| {
+                CircuitBreaker::builder()
+                    .sliding_window(SlidingWindowType::CountBased, 2)
+                    .minimum_number_of_calls(2)
+                    .failure_rate_threshold(threshold)
+                    .clock(&clock)
+            };
+            let b = rules(1.0).build().expect("valid");
+            let _ = b.call(|| Err::<(), ()>(()));
+            let lower = rules(0.5).build_config().expect("valid");
+            let succeeding = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let _ = b.call(|| Ok::<(), ()>(()));
+                })
+            };
+            b.reconfigure(&lower).expect("only thresholds change");
+            succeeding.join().unwrap();
+            // One failure in two calls: 50 %, the new threshold.
+            assert_eq!(b.state(), State::Open);
         });
     }
 }

@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use heijunka_core::{Clock, Instant, ShardedCounter};
+use heijunka_core::{Clock, ConfigError, Instant, ShardedCounter};
 
-use crate::config::BreakerConfig;
+use crate::config::{BreakerConfig, OpenWait};
 use crate::events::Listeners;
 use crate::shards::Shards;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +70,42 @@ struct Central {
     /// `Clock::recent` running (taken in `announce`, with no lock held; dropped by
     /// the transition out of open).
     coarse: Option<heijunka_core::CoarseUse>,
+    /// The settings [`Inner::reconfigure`] may change, read only under the lock.
+    tuning: Tuning,
+    /// The rules of the half-open period in progress (fixed when it began, so a
+    /// change of settings cannot strand it: it hands out `probe_cap` probes and is
+    /// judged on as many).
+    probe_rules: Rules,
+    /// The probes the half-open period in progress was given.
+    probe_cap: u32,
+}
+
+/// The settings a breaker can change while it runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_rate_threshold: Option<f64>,
+    pub(crate) minimum_calls: u32,
+    pub(crate) wait: OpenWait,
+    pub(crate) permitted_in_half_open: u32,
+    /// The closed window's rules, from the settings above.
+    pub(crate) closed_rules: Rules,
+    /// The next half-open period's rules.
+    pub(crate) half_open_rules: Rules,
+}
+
+impl Tuning {
+    fn of(config: &BreakerConfig) -> Self {
+        Self {
+            failure_rate_threshold: config.failure_rate_threshold,
+            slow_rate_threshold: config.slow_calls.map(|s| s.rate_threshold),
+            minimum_calls: config.minimum_calls,
+            wait: config.wait,
+            permitted_in_half_open: config.permitted_in_half_open,
+            closed_rules: Rules::closed(config),
+            half_open_rules: Rules::half_open(config),
+        }
+    }
 }
 
 impl Central {
@@ -113,8 +149,8 @@ pub(crate) struct Inner {
     rejected: ShardedCounter,
     central: Mutex<Central>,
     pub(crate) listeners: Listeners,
-    closed_rules: Rules,
-    half_open_rules: Rules,
+    /// The configuration built with; the settings that can change at run time are
+    /// in `Central::tuning`.
     pub(crate) config: BreakerConfig,
     #[cfg(not(loom))]
     pub(crate) timer: crate::timer::Registration,
@@ -127,7 +163,7 @@ impl Inner {
             SlidingWindowType::CountBased => Window::Count(CountWindow::new(config.window_size)),
             SlidingWindowType::TimeBased => Window::Time(TimeWindow::new(config.window_size)),
         };
-        let closed_rules = Rules::closed(&config);
+        let tuning = Tuning::of(&config);
         let generation = 0;
         Self {
             ctrl: CachePadded::new(AtomicU64::new(ctrl::pack(
@@ -155,10 +191,11 @@ impl Inner {
                 transitions: 0,
                 coarse: None,
                 rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
+                tuning,
+                probe_rules: tuning.half_open_rules,
+                probe_cap: tuning.permitted_in_half_open,
             }),
             listeners: Listeners::new(),
-            closed_rules,
-            half_open_rules: Rules::half_open(&config),
             config,
             #[cfg(not(loom))]
             timer: crate::timer::Registration::default(),
@@ -313,14 +350,19 @@ impl Inner {
         if t.kind != Kind::Probe {
             return;
         }
+        // The lock holds the half-open period still (periods begin and end only
+        // under it), so `probe_cap` is the cap of the period the word shows.
+        let central = self.lock();
+        let cap = central.probe_cap;
         // Relaxed: giving a slot back publishes nothing; the generation in the word
         // keeps the slot in its own half-open period.
         let mut c = self.ctrl.load(Ordering::Relaxed);
         loop {
             if ctrl::state(c) != State::HalfOpen
                 || ctrl::generation(c) != t.generation
-                || ctrl::probes(c) >= self.config.permitted_in_half_open
+                || ctrl::probes(c) >= cap
             {
+                drop(central);
                 return;
             }
             match self
@@ -374,7 +416,8 @@ impl Inner {
         self.fold(central, ctrl::generation(c), now, false);
         central.window.push(o, || now.get());
         let absolute = self.count_failure(central, o.failed, now);
-        if self
+        if central
+            .tuning
             .closed_rules
             .tripped(&central.window.counts())
             .is_none()
@@ -399,14 +442,14 @@ impl Inner {
         }
         central.probes.push(o);
         let counts = central.probes.counts();
-        let rate = self.half_open_rules.tripped(&counts);
+        let rate = central.probe_rules.tripped(&counts);
         let absolute = self.count_failure(central, o.failed, now);
         if let Some(reason) = rate.or(absolute) {
             return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
         // Judged from min(minimum, permitted) probes on, as resilience4j's
         // `HalfOpenState` (see `Rules::half_open`).
-        if counts.calls >= self.half_open_rules.minimum_calls {
+        if counts.calls >= central.probe_rules.minimum_calls {
             let reason = TransitionReason::ProbesPassed {
                 failure_rate: counts.failure_rate(),
                 slow_call_rate: self.config.slow_calls.map(|_| counts.slow_call_rate()),
@@ -450,6 +493,105 @@ impl Inner {
             });
         }
         reason
+    }
+}
+
+impl Inner {
+    /// The configuration with the settings in force now.
+    pub(crate) fn current_config(&self) -> BreakerConfig {
+        let t = self.lock().tuning;
+        let mut config = self.config.clone();
+        config.failure_rate_threshold = t.failure_rate_threshold;
+        if let (Some(slow), Some(rate)) = (&mut config.slow_calls, t.slow_rate_threshold) {
+            slow.rate_threshold = rate;
+        }
+        config.minimum_calls = t.minimum_calls;
+        config.wait = t.wait;
+        config.permitted_in_half_open = t.permitted_in_half_open;
+        config
+    }
+
+    /// Takes the settings of `new` that can change at run time; refuses, changing
+    /// nothing, if it differs in one that cannot.
+    pub(crate) fn reconfigure(&self, new: &BreakerConfig) -> Result<(), ConfigError> {
+        let old = &self.config;
+        let fixed = |field: &'static str, was: &dyn std::fmt::Debug, now: &dyn std::fmt::Debug| {
+            ConfigError::new(
+                field,
+                format!("{now:?}"),
+                format!("cannot change while the breaker runs (it is {was:?})"),
+            )
+        };
+        if new.name != old.name {
+            return Err(fixed("name", &old.name, &new.name));
+        }
+        if (new.window_type, new.window_size) != (old.window_type, old.window_size) {
+            return Err(fixed(
+                "sliding_window_size",
+                &(old.window_type, old.window_size),
+                &(new.window_type, new.window_size),
+            ));
+        }
+        let slow_duration = |c: &BreakerConfig| c.slow_calls.map(|s| s.duration_threshold);
+        if slow_duration(new) != slow_duration(old) {
+            return Err(fixed(
+                "slow_call_duration_threshold",
+                &slow_duration(old),
+                &slow_duration(new),
+            ));
+        }
+        if new.consecutive_failures != old.consecutive_failures {
+            return Err(fixed(
+                "consecutive_failure_threshold",
+                &old.consecutive_failures,
+                &new.consecutive_failures,
+            ));
+        }
+        if new.failure_count != old.failure_count {
+            return Err(fixed(
+                "failure_count_threshold",
+                &old.failure_count,
+                &new.failure_count,
+            ));
+        }
+        if new.automatic_half_open != old.automatic_half_open {
+            return Err(fixed(
+                "automatic_transition_to_half_open",
+                &old.automatic_half_open,
+                &new.automatic_half_open,
+            ));
+        }
+        if new.max_wait_in_half_open != old.max_wait_in_half_open {
+            return Err(fixed(
+                "max_wait_duration_in_half_open_state",
+                &old.max_wait_in_half_open,
+                &new.max_wait_in_half_open,
+            ));
+        }
+        if new.permit_drop != old.permit_drop {
+            return Err(fixed("permit_drop", &old.permit_drop, &new.permit_drop));
+        }
+        let mut central = self.lock();
+        central.tuning = Tuning::of(new);
+        // Acquire: as in `record`.
+        let c = self.ctrl.load(Ordering::Acquire);
+        // A closed window is judged by the new rules at once (a lower threshold
+        // may trip it), and its flags re-derived: whether successes may skip the
+        // lock depends on the rules.
+        let event = if ctrl::state(c) == State::Closed {
+            let mut now = Now {
+                clock: &self.clock,
+                at: None,
+            };
+            self.fold_and_judge(&mut central, c, &mut now)
+        } else {
+            None
+        };
+        drop(central);
+        if let Some(e) = event {
+            self.announce(&e);
+        }
+        Ok(())
     }
 }
 

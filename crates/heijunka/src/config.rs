@@ -1,5 +1,6 @@
 //! One configuration tree for the whole stack, read from TOML or YAML, in the shape
-//! of the seeds' `concurrency:` block.
+//! of the seeds' `concurrency:` block; environment overrides on top; applied to a
+//! running [`Stack`] by [`Stack::reload`].
 //!
 //! ```
 //! use heijunka::config::Config;
@@ -20,31 +21,80 @@
 //! "#)?;
 //! assert_eq!(config.concurrency.timeouts.request, std::time::Duration::from_secs(30));
 //!
-//! // A bad value is reported with the path of its field.
-//! let err = Config::from_toml_str("[concurrency.breaker]\nfailure_threshold = 1.5")
-//!     .and_then(|c| c.validate())
-//!     .unwrap_err();
-//! assert!(err.to_string().starts_with("concurrency.breaker.failure_threshold"));
-//! # Ok::<(), heijunka::core::ConfigError>(())
+//! // Bad values are reported together, each with the path of its field.
+//! let text = "[concurrency.breaker]\nfailure_threshold = 1.5\nhalf_open_max = 0";
+//! let errors = Config::from_toml_str(text)?.validate().unwrap_err();
+//! assert_eq!(errors.first().field(), "concurrency.breaker.failure_threshold");
+//! assert_eq!(errors.iter().count(), 2);
+//! # Ok::<(), heijunka::config::ConfigErrors>(())
 //! ```
+//!
+//! # The file
 //!
 //! Every table and field is optional; a missing table leaves that part out of the
 //! [`Stack`], a missing field takes the default documented on it. Unknown fields
-//! are errors (a typo must not be silently ignored). Durations are written as
-//! `"30s"`, `"250ms"`, `"1m 30s"` ([humantime](https://docs.rs/humantime)).
+//! are errors (a typo must not be silently ignored), named with their full path
+//! (`concurrency.breaker.failur_threshold is not a known field ...`), as are
+//! values of the wrong type. Durations are written as `"30s"`, `"250ms"`,
+//! `"1m 30s"` ([humantime](https://docs.rs/humantime)).
 //! `repo/config/heijunka.example.toml` is a complete example.
+//!
+//! # Checking
+//!
+//! [`Config::validate`] applies every rule of the parts [`Config::build`] makes
+//! (worker and task pools, rate limiter, concurrency limit, memory monitor and
+//! gate, breaker, shutdown, bus), under the config's own field paths, and
+//! returns every problem at once as [`ConfigErrors`]. A config it accepts builds.
+//!
+//! # Environment overrides
+//!
+//! [`Config::with_env_overrides`] (or [`Config::from_file_with_env`], which reads
+//! the process's environment) sets fields from variables named
+//! `HEIJUNKA__` + the field's path with its segments joined by `__` (double
+//! underscore; the segments are lowercased):
+//!
+//! | variable | field |
+//! | --- | --- |
+//! | `HEIJUNKA__CONCURRENCY__RATE_LIMIT__PER_SECOND=200` | `concurrency.rate_limit.per_second` |
+//! | `HEIJUNKA__CONCURRENCY__LIMIT__MAX_CONCURRENT=64` | `concurrency.limit.max_concurrent` |
+//! | `HEIJUNKA__CONCURRENCY__TIMEOUTS__REQUEST=250ms` | `concurrency.timeouts.request` |
+//! | `HEIJUNKA__CONCURRENCY__BREAKER__NAME=payments` | `concurrency.breaker.name` |
+//!
+//! A value is read as its field's type (a number, a duration, a name, a level
+//! such as `elevated`). An override inside a table the file leaves out creates
+//! the table, with the defaults for its other fields (a table with a required
+//! field, such as `worker_pool.max_workers`, needs that one set too). A variable
+//! whose path is no field, and a value that is not of the field's type, are
+//! errors naming the variable (and the value). Only the canonical names work
+//! (`BREAKER`, not the `circuit_breaker` alias).
+//!
+//! # Reloading
+//!
+//! [`Stack::reload`] applies a new config to a running stack, all of it or none:
+//! the static concurrency limit, the rate and burst, the breaker's thresholds
+//! and the request timeout change in place, keeping permits in flight and the
+//! breaker's state (unless [`ReloadOptions::reset_breakers`]); a change to
+//! anything else (pool sizes, adding or removing a table, the limit's algorithm,
+//! ...) is refused as needing a restart, and a config that fails validation is
+//! refused with all its errors. [`Stack::watch_file`] reloads when a file
+//! changes, logging what it refuses.
 
 use std::time::Duration;
 
-use heijunka_backpressure::{AdaptiveLimit, Aimd, ConcurrencyLimit, Gcra, Gradient2, Vegas};
-use heijunka_breaker::{CircuitBreaker, SlidingWindowType};
-use heijunka_core::{ConfigError, PressureLevel, validate};
-use heijunka_memory::{MemoryGate, MemoryMonitor};
-use heijunka_pool::{TaskPool, WorkerPool};
-use heijunka_shutdown::Shutdown;
+use heijunka_core::{ConfigError, PressureLevel};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
+mod build;
+mod check;
+mod env;
+mod error;
+mod reload;
+
+pub use self::build::{BuildOptions, Stack};
+pub use self::env::ENV_PREFIX;
+pub use self::error::ConfigErrors;
+use self::error::Raw;
+pub use self::reload::{ReloadOptions, ReloadReport, WatchHandle};
 
 /// Durations as humantime strings (`"30s"`).
 mod duration {
@@ -63,6 +113,26 @@ mod duration {
                 "{text:?} is not a duration ({e}); write it like \"30s\" or \"250ms\""
             ))
         })
+    }
+}
+
+/// Optional durations as humantime strings; absent is `None`.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
     }
 }
 
@@ -103,9 +173,10 @@ pub struct Concurrency {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerPoolConfig {
-    /// Worker threads (at least 1).
+    /// Worker threads (1 to 4096).
     pub max_workers: usize,
-    /// The most tasks waiting (at least 1). Default 1000.
+    /// The most tasks waiting (at least 1, at most
+    /// [`MAX_CAPACITY`](heijunka_backpressure::MAX_CAPACITY)). Default 1000.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
 }
@@ -129,11 +200,36 @@ pub struct TaskPoolConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Requests per second (positive).
+    /// Requests per second: above zero, at most 1e9, at least one per 584 years.
     pub per_second: f64,
-    /// Requests allowed at once above the rate (at least 1). Default 1.
-    #[serde(default = "one")]
-    pub burst: u32,
+    /// Requests admitted at once from a full bucket (at least 1). Default: one
+    /// second's worth, `ceil(per_second)` (see [`burst`](Self::burst)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// The burst in effect: the configured one, else one second's worth of the
+    /// rate, `ceil(per_second)`, at least 1.
+    ///
+    /// A burst of one second's worth is what lets ordinary traffic through: with
+    /// a burst of 1, Poisson arrivals at half the rate find the bucket empty about
+    /// a third of the time (two arrivals closer than one interval), so a limiter
+    /// meant to cap abuse refuses honest clients; with `ceil(per_second)` such
+    /// traffic is almost never refused (`tests/config.rs` measures both), while a
+    /// client sending faster than the rate is still held to it after one second.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| {
+            let second = self.per_second.ceil();
+            if second >= f64::from(u32::MAX) {
+                u32::MAX
+            } else if second >= 1.0 {
+                second as u32
+            } else {
+                1
+            }
+        })
+    }
 }
 
 fn one() -> u32 {
@@ -145,8 +241,9 @@ fn one() -> u32 {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
-    /// Requests in flight at once (at least 1): the limit, or the adaptive
-    /// limit's ceiling.
+    /// Requests in flight at once (at least 1; a static limit at most
+    /// [`MAX_PERMITS`](heijunka_backpressure::MAX_PERMITS)): the limit, or the
+    /// adaptive limit's ceiling.
     pub max_concurrent: u32,
     /// `static` (default), `aimd`, `vegas` or `gradient2`.
     #[serde(default)]
@@ -180,16 +277,19 @@ pub enum LimitKind {
 pub struct MemoryConfig {
     /// The memory limit in MiB. Default: the cgroup limit, else the system's memory.
     pub threshold_mb: Option<u64>,
-    /// Used/limit ratio at which pressure is elevated. Default 0.80.
+    /// Used/limit ratio at which pressure is elevated, in `(0.05, 1]` (above the
+    /// monitor's hysteresis, so that pressure can fall back). Default 0.80.
     #[serde(default = "default_elevated")]
     pub elevated: f64,
     /// Used/limit ratio at which pressure is critical. Default 0.90.
     #[serde(default = "default_critical")]
     pub critical: f64,
-    /// How often to sample. Default 10 s, as in the seeds.
+    /// How often the sampler (started by [`Config::build`]) samples; at least
+    /// 1 ms. Default 10 s, as in the seeds.
     #[serde(with = "duration", default = "default_check_interval")]
     pub check_interval: Duration,
-    /// The level at which the gate refuses requests. Default `critical`.
+    /// The level at which the gate refuses requests: `elevated` or `critical`.
+    /// Default `critical`.
     #[serde(default = "default_reject_at")]
     pub reject_at: PressureLevel,
 }
@@ -217,7 +317,7 @@ pub struct BreakerSettings {
     /// Failure rate over the window that opens the breaker, in (0, 1]. Default 0.5.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: f64,
-    /// Calls in the count-based sliding window (at least 1). Default 100.
+    /// Calls in the count-based sliding window (1 to 1 000 000). Default 100.
     #[serde(default = "default_window")]
     pub window: u32,
     /// Calls needed before the rate is judged (at least 1). Default 10.
@@ -226,7 +326,7 @@ pub struct BreakerSettings {
     /// Time open before probing. Default 60 s, as in the seeds.
     #[serde(with = "duration", default = "default_reset_timeout")]
     pub reset_timeout: Duration,
-    /// Probes let through half-open (at least 1). Default 3, as in the seeds.
+    /// Probes let through half-open (1 to 1 000 000). Default 3, as in the seeds.
     #[serde(default = "default_half_open_max")]
     pub half_open_max: u32,
 }
@@ -260,9 +360,17 @@ pub struct Timeouts {
     /// The shutdown grace period. Default 30 s.
     #[serde(with = "duration", default = "thirty_seconds")]
     pub shutdown: Duration,
-    /// How long an idle connection is kept. Default 120 s.
-    #[serde(with = "duration", default = "idle_default")]
-    pub idle: Duration,
+    /// The longest a streaming response body may go between two frames before it
+    /// ends with a time-out and releases its permit (exposed as
+    /// [`Stack::body_idle_timeout`] for `PolicyLayer`). Default: none, no idle
+    /// limit (a long-poll or server-sent-events stream may rightly be quiet for
+    /// minutes; set it where bodies are expected to flow).
+    #[serde(
+        with = "opt_duration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -270,16 +378,13 @@ impl Default for Timeouts {
         Self {
             request: thirty_seconds(),
             shutdown: thirty_seconds(),
-            idle: idle_default(),
+            idle: None,
         }
     }
 }
 
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
-}
-fn idle_default() -> Duration {
-    Duration::from_secs(120)
 }
 
 /// `concurrency.bus`.
@@ -298,48 +403,46 @@ fn five_seconds() -> Duration {
     Duration::from_secs(5)
 }
 
-/// The live primitives built from a [`Config`] by [`Config::build`].
-#[derive(Debug)]
-pub struct Stack {
-    /// The request policy: timeout → rate limit → memory gate → concurrency limit
-    /// → breaker, with each stage present when its table is.
-    pub policy: Policy,
-    /// The shutdown coordinator, with the configured grace period.
-    pub shutdown: Shutdown,
-    /// The worker pool, if configured (already running).
-    pub worker_pool: Option<WorkerPool>,
-    /// The task pool, if configured.
-    pub task_pool: Option<TaskPool>,
-    /// The memory monitor, if configured (start sampling with
-    /// `spawn_sampler()`).
-    pub memory: Option<MemoryMonitor>,
-    /// The breaker, if configured (the policy holds a clone).
-    pub breaker: Option<CircuitBreaker>,
-    /// The static concurrency limit, if configured (the policy holds a clone).
-    pub limit: Option<ConcurrencyLimit>,
-    /// The adaptive concurrency limit, if configured (the policy holds a clone).
-    pub adaptive_limit: Option<AdaptiveLimit>,
-    /// The request deadline for [`RequestContext`](crate::context::RequestContext)s.
-    pub request_timeout: Duration,
-    /// The event bus settings, if configured (validated).
-    pub bus: Option<BusConfig>,
-}
-
 impl Config {
-    /// Parses TOML (fields are checked by [`validate`](Self::validate) or
+    /// Parses TOML (values are checked by [`validate`](Self::validate) or
     /// [`build`](Self::build)).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] with the parser's message (line, column and the unknown
-    /// or malformed field) for a syntax or type error.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+    /// A syntax error, or a field that is unknown, missing or of the wrong type,
+    /// named with its full path (`concurrency.breaker.failur_threshold`) and
+    /// position.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigErrors> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            // The line the error is on, as the value.
+            let line = e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map_or("", |before| {
+                    let start = before.rfind('\n').map_or(0, |i| i + 1);
+                    text[start..].lines().next().unwrap_or("")
+                });
             ConfigError::new(
                 "config",
-                "TOML",
-                e.message().to_owned() + &span_note(text, e.span()),
+                line.trim(),
+                format!(
+                    "is not valid TOML: {}{}",
+                    e.message(),
+                    span_note(text, e.span())
+                ),
             )
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let value = inner.span().and_then(|s| text.get(s)).map(str::to_owned);
+            de_error(
+                &path,
+                inner.message(),
+                value.as_deref(),
+                &span_note(text, inner.span()),
+            )
+            .into()
         })
     }
 
@@ -348,17 +451,35 @@ impl Config {
     /// # Errors
     ///
     /// As [`from_toml_str`](Self::from_toml_str).
-    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::new("config", "YAML", e.to_string()))
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigErrors> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let note = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            // The YAML error's text carries its own position; the bare message is
+            // what comes before it.
+            let text = inner.to_string();
+            let message = text.split(" at line ").next().unwrap_or(&text);
+            // serde_yaml_ng puts its own path first: `concurrency.limit: unknown ...`.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(char::is_whitespace) => rest,
+                _ => message,
+            };
+            de_error(&path, message, None, &note).into()
+        })
     }
 
     /// Reads a file, TOML or YAML by its extension (`.toml`, `.yaml`, `.yml`).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `path` if it cannot be read or has another
-    /// extension; parse errors as above.
-    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+    /// An error naming `path` if it cannot be read or has another extension;
+    /// parse errors as above.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigErrors> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(
@@ -367,265 +488,70 @@ impl Config {
                 format!("cannot be read: {e}"),
             )
         })?;
+        Self::from_file_text(path, &text)
+    }
+
+    /// Parses `text` read from `path`, by the path's extension.
+    fn from_file_text(path: &std::path::Path, text: &str) -> Result<Self, ConfigErrors> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Self::from_toml_str(&text),
-            Some("yaml" | "yml") => Self::from_yaml_str(&text),
+            Some("toml") => Self::from_toml_str(text),
+            Some("yaml" | "yml") => Self::from_yaml_str(text),
             _ => Err(ConfigError::new(
                 "path",
                 path.display().to_string(),
                 "must end in .toml, .yaml or .yml",
-            )),
+            )
+            .into()),
         }
-    }
-
-    /// Checks every value; the error names the path of the first bad field.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] whose field is the full path, such as
-    /// `concurrency.breaker.failure_threshold`.
-    pub fn validate(self) -> Result<Self, ConfigError> {
-        let c = &self.concurrency;
-        let at = |path: &'static str| move |e: ConfigError| e.within(path);
-        if let Some(p) = &c.worker_pool {
-            (|| {
-                validate::at_least("max_workers", p.max_workers, 1)?;
-                validate::at_most("max_workers", p.max_workers, 4096)?;
-                validate::at_least("queue_size", p.queue_size, 1).map(drop)
-            })()
-            .map_err(at("concurrency.worker_pool"))?;
-        }
-        if let Some(p) = &c.task_pool {
-            validate::at_least("max_running", p.max_running, 1)
-                .map_err(at("concurrency.task_pool"))?;
-        }
-        if let Some(r) = &c.rate_limit {
-            (|| {
-                validate::positive("per_second", r.per_second)?;
-                validate::at_least("burst", r.burst, 1).map(drop)
-            })()
-            .map_err(at("concurrency.rate_limit"))?;
-        }
-        if let Some(l) = &c.limit {
-            (|| {
-                validate::at_least("max_concurrent", l.max_concurrent, 1)?;
-                validate::at_least("min_concurrent", l.min_concurrent, 1)?;
-                validate::ordered(
-                    "min_concurrent",
-                    l.min_concurrent,
-                    "max_concurrent",
-                    l.max_concurrent,
-                )?;
-                if let Some(i) = l.initial {
-                    validate::at_least("initial", i, l.min_concurrent)?;
-                    validate::at_most("initial", i, l.max_concurrent)?;
-                }
-                Ok(())
-            })()
-            .map_err(at("concurrency.limit"))?;
-        }
-        if let Some(m) = &c.memory {
-            (|| {
-                if let Some(mb) = m.threshold_mb {
-                    validate::at_least("threshold_mb", mb, 1)?;
-                }
-                validate::ratio("elevated", m.elevated)?;
-                validate::ratio("critical", m.critical)?;
-                if m.critical < m.elevated {
-                    return Err(ConfigError::new(
-                        "critical",
-                        m.critical,
-                        format!("must be at least `elevated` ({})", m.elevated),
-                    ));
-                }
-                validate::non_zero_duration("check_interval", m.check_interval).map(drop)
-            })()
-            .map_err(at("concurrency.memory"))?;
-        }
-        if let Some(b) = &c.breaker {
-            (|| {
-                if b.name.trim().is_empty() {
-                    return Err(ConfigError::new("name", &b.name, "must not be empty"));
-                }
-                if !(b.failure_threshold > 0.0 && b.failure_threshold <= 1.0) {
-                    return Err(ConfigError::new(
-                        "failure_threshold",
-                        b.failure_threshold,
-                        "must be in (0, 1]",
-                    ));
-                }
-                validate::at_least("window", b.window, 1)?;
-                validate::at_least("minimum_calls", b.minimum_calls, 1)?;
-                validate::non_zero_duration("reset_timeout", b.reset_timeout)?;
-                validate::at_least("half_open_max", b.half_open_max, 1).map(drop)
-            })()
-            .map_err(at("concurrency.breaker"))?;
-        }
-        (|| {
-            validate::non_zero_duration("request", c.timeouts.request)?;
-            validate::non_zero_duration("idle", c.timeouts.idle).map(drop)
-        })()
-        .map_err(at("concurrency.timeouts"))?;
-        if let Some(b) = &c.bus {
-            (|| {
-                validate::at_least("buffer_size", b.buffer_size, 1)?;
-                validate::non_zero_duration("publish_timeout", b.publish_timeout).map(drop)
-            })()
-            .map_err(at("concurrency.bus"))?;
-        }
-        Ok(self)
-    }
-
-    /// Validates, then builds the live primitives. Starts the worker pool's
-    /// threads; needs a tokio runtime only if a task pool is configured.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the path of the bad field.
-    pub fn build(&self) -> Result<Stack, ConfigError> {
-        let cfg = self.clone().validate()?;
-        let c = &cfg.concurrency;
-        let at = |path: &'static str| move |e: ConfigError| e.within(path);
-        let shutdown = Shutdown::builder()
-            .grace_period(c.timeouts.shutdown)
-            .build()
-            .map_err(at("concurrency.timeouts"))?;
-        let worker_pool = c
-            .worker_pool
-            .as_ref()
-            .map(|p| {
-                WorkerPool::builder()
-                    .workers(p.max_workers)
-                    .queue_capacity(p.queue_size)
-                    .build()
-            })
-            .transpose()
-            .map_err(at("concurrency.worker_pool"))?;
-        let task_pool = c
-            .task_pool
-            .as_ref()
-            .map(|p| {
-                TaskPool::builder()
-                    .max_running(p.max_running)
-                    .max_waiting(p.max_waiting)
-                    .build()
-            })
-            .transpose()
-            .map_err(at("concurrency.task_pool"))?;
-        let memory = c
-            .memory
-            .as_ref()
-            .map(|m| {
-                let mut b = MemoryMonitor::builder()
-                    .elevated_threshold(m.elevated)
-                    .critical_threshold(m.critical)
-                    .interval(m.check_interval);
-                if let Some(mb) = m.threshold_mb {
-                    b = b.limit(mb.saturating_mul(1024 * 1024));
-                }
-                b.build()
-            })
-            .transpose()
-            .map_err(at("concurrency.memory"))?;
-        let breaker = c
-            .breaker
-            .as_ref()
-            .map(|b| {
-                CircuitBreaker::builder()
-                    .name(b.name.clone())
-                    .failure_rate_threshold(b.failure_threshold)
-                    .sliding_window(SlidingWindowType::CountBased, b.window)
-                    .minimum_number_of_calls(b.minimum_calls)
-                    .wait_duration_in_open_state(b.reset_timeout)
-                    .permitted_number_of_calls_in_half_open_state(b.half_open_max)
-                    .build()
-            })
-            .transpose()
-            .map_err(at("concurrency.breaker"))?;
-        let limit = c
-            .limit
-            .as_ref()
-            .filter(|l| l.algorithm == LimitKind::Static)
-            .map(|l| ConcurrencyLimit::new(l.max_concurrent))
-            .transpose()
-            .map_err(at("concurrency.limit"))?;
-        let adaptive = c
-            .limit
-            .as_ref()
-            .filter(|l| l.algorithm != LimitKind::Static)
-            .map(adaptive_limit)
-            .transpose()
-            .map_err(at("concurrency.limit"))?;
-
-        let mut policy = Policy::builder().timeout(c.timeouts.request);
-        if let Some(r) = &c.rate_limit {
-            let gcra = Gcra::builder(r.per_second)
-                .burst(r.burst)
-                .build()
-                .map_err(at("concurrency.rate_limit"))?;
-            policy = policy.rate_limiter(gcra);
-        }
-        if let (Some(m), Some(monitor)) = (&c.memory, &memory) {
-            let gate = MemoryGate::builder(monitor)
-                .reject_at(m.reject_at)
-                .build()
-                .map_err(at("concurrency.memory"))?;
-            policy = policy.memory_gate(gate);
-        }
-        if let Some(l) = &limit {
-            policy = policy.concurrency_limit(l.clone());
-        }
-        if let Some(l) = &adaptive {
-            policy = policy.adaptive_limit(l.clone());
-        }
-        if let Some(b) = &breaker {
-            policy = policy.breaker(b.clone());
-        }
-        let policy = policy.build().map_err(at("concurrency.timeouts"))?;
-        Ok(Stack {
-            policy,
-            shutdown,
-            worker_pool,
-            task_pool,
-            memory,
-            breaker,
-            limit,
-            adaptive_limit: adaptive,
-            request_timeout: c.timeouts.request,
-            bus: c.bus.clone(),
-        })
     }
 }
 
-/// An adaptive limit from `concurrency.limit` (the algorithm's published
-/// defaults for everything not in the file).
-fn adaptive_limit(l: &LimitConfig) -> Result<AdaptiveLimit, ConfigError> {
-    let (min, max) = (l.min_concurrent as usize, l.max_concurrent as usize);
-    let initial = l.initial.map_or(20.clamp(min, max), |i| i as usize);
-    let builder = match l.algorithm {
-        LimitKind::Aimd => AdaptiveLimit::builder(
-            Aimd::builder()
-                .initial_limit(initial)
-                .min_limit(min)
-                .max_limit(max)
-                .build()?,
-        ),
-        LimitKind::Vegas => AdaptiveLimit::builder(
-            Vegas::builder()
-                .initial_limit(initial)
-                .min_limit(min)
-                .max_limit(max)
-                .build()?,
-        ),
-        LimitKind::Gradient2 | LimitKind::Static => AdaptiveLimit::builder(
-            Gradient2::builder()
-                .initial_limit(initial)
-                .min_limit(min)
-                .max_limit(max)
-                .build()?,
-        ),
+/// A deserialization error at `path` (`.` for the root) as a [`ConfigError`] naming
+/// the full path of the field: an unknown field is named by its own path, a
+/// missing one too.
+fn de_error(path: &str, message: &str, value: Option<&str>, note: &str) -> ConfigError {
+    let path = if path == "." { "" } else { path };
+    let join = |name: &str| {
+        if path.is_empty() || path.ends_with(&format!(".{name}")) || path == name {
+            if path.is_empty() {
+                name.to_owned()
+            } else {
+                path.to_owned()
+            }
+        } else {
+            format!("{path}.{name}")
+        }
     };
-    builder.build()
+    // serde's wording: "unknown field `x`, expected one of `a`, `b`" and
+    // "missing field `x`".
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, rest)| {
+                (
+                    name.to_owned(),
+                    rest.trim_start_matches(',').trim().to_owned(),
+                )
+            })
+    };
+    if let Some((name, expected)) = quoted("unknown field `") {
+        let rule = if expected.is_empty() {
+            format!("is not a known field{note}")
+        } else {
+            format!("is not a known field ({expected}){note}")
+        };
+        return ConfigError::new(join(&name), &name, rule);
+    }
+    if let Some((name, _)) = quoted("missing field `") {
+        return ConfigError::new(join(&name), Raw("nothing"), format!("is required{note}"));
+    }
+    let field = if path.is_empty() { "config" } else { path };
+    ConfigError::new(
+        field.to_owned(),
+        Raw(value.unwrap_or("an invalid value")),
+        format!("is invalid: {message}{note}"),
+    )
 }
 
 /// " (line L, column C)" for a byte span of `text`, or nothing.

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use heijunka_core::sync::CachePadded;
-use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use heijunka_core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use heijunka_core::sync::{CachePadded, hint};
 use heijunka_core::{Clock, ConfigError, validate};
 
 use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
@@ -151,10 +151,107 @@ impl Params {
 /// assert!(limiter.check().is_ok());
 /// # Ok::<(), heijunka_core::ConfigError>(())
 /// ```
+///
+/// # Changing the rate at run time
+///
+/// [`set_rate`](Gcra::set_rate) replaces the rate and burst while checks run.
+/// Each check decides with one whole parameter set, the old or the new, never a
+/// mix (the set sits behind a sequence lock: a check reads it with a few loads and
+/// no write; a change is rare). The theoretical arrival time is kept, so the
+/// transition is continuous in time: the debt already taken (how far the TAT is
+/// ahead of now) stays, and is judged by the new burst. Lowering the rate or the
+/// burst refuses until the debt has drained below the new tolerance; raising
+/// them admits more at once. Nothing is reset, so a reload cannot be used to
+/// reopen a full bucket.
 pub struct Gcra {
     tat: CachePadded<AtomicU64>,
-    params: Params,
+    params: ParamsCell,
     clock: Clock,
+}
+
+/// The parameters of a [`Gcra`], changeable while checks read them: a sequence
+/// lock (as crossbeam's `AtomicCell` fallback).
+///
+/// The protocol: a writer makes `seq` odd (a compare-and-swap from even, which
+/// also shuts out other writers), issues a Release fence, stores the fields, and
+/// makes `seq` even again with a Release store. A reader loads `seq` (Acquire),
+/// retries while it is odd, loads the fields, issues an Acquire fence and loads
+/// `seq` again: if it is unchanged, no write overlapped the field loads. For if a
+/// field load saw a store of a write, the reader's fence synchronizes with that
+/// write's fence, so the write's odd `seq` happens before the second load, which
+/// then cannot return the first value; and if the first load saw a write's final
+/// even value, the Acquire/Release pair makes that write's fields visible.
+struct ParamsCell {
+    seq: AtomicU64,
+    interval: AtomicU64,
+    burst: AtomicU32,
+    tolerance: AtomicU64,
+}
+
+impl ParamsCell {
+    fn new(p: Params) -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            interval: AtomicU64::new(p.interval),
+            burst: AtomicU32::new(p.burst),
+            tolerance: AtomicU64::new(p.tolerance),
+        }
+    }
+
+    /// One whole parameter set.
+    #[inline]
+    fn load(&self) -> Params {
+        loop {
+            // Acquire: pairs with the Release store that ended the last write.
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                // Relaxed: ordered by the fences around them (see the type's docs).
+                let p = Params {
+                    interval: self.interval.load(Ordering::Relaxed),
+                    burst: self.burst.load(Ordering::Relaxed),
+                    tolerance: self.tolerance.load(Ordering::Relaxed),
+                };
+                // Acquire fence: pairs with the writer's Release fence after it made
+                // `seq` odd.
+                fence(Ordering::Acquire);
+                // Relaxed: ordered after the field loads by the fence above.
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return p;
+                }
+            }
+            hint::spin_loop();
+        }
+    }
+
+    /// Replaces the set; concurrent writers take turns.
+    fn store(&self, p: Params) {
+        // Relaxed: only a starting guess for the compare-and-swap.
+        let mut s = self.seq.load(Ordering::Relaxed);
+        loop {
+            if s & 1 == 0 {
+                // Acquire: a writer after another sees its fields as its start.
+                match self
+                    .seq
+                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(actual) => s = actual,
+                }
+            } else {
+                hint::spin_loop();
+                // Relaxed: a retry's guess, as above.
+                s = self.seq.load(Ordering::Relaxed);
+            }
+        }
+        // Release fence: pairs with the readers' Acquire fence (see the docs).
+        fence(Ordering::Release);
+        // Relaxed: published by the fence above and the Release store below.
+        self.interval.store(p.interval, Ordering::Relaxed);
+        self.burst.store(p.burst, Ordering::Relaxed);
+        self.tolerance.store(p.tolerance, Ordering::Relaxed);
+        // Release: pairs with the readers' first Acquire load of `seq`.
+        self.seq.store(s + 2, Ordering::Release);
+    }
 }
 
 /// Builds a [`Gcra`].
@@ -188,7 +285,7 @@ impl GcraBuilder {
     pub fn build(self) -> Result<Gcra, ConfigError> {
         Ok(Gcra {
             tat: CachePadded::new(AtomicU64::new(0)),
-            params: Params::new(self.per_second, self.burst)?,
+            params: ParamsCell::new(Params::new(self.per_second, self.burst)?),
             clock: self.clock,
         })
     }
@@ -206,19 +303,48 @@ impl Gcra {
 
     /// The interval between units at the steady rate.
     pub fn interval(&self) -> Duration {
-        Duration::from_nanos(self.params.interval)
+        Duration::from_nanos(self.params.load().interval)
     }
 
     /// Units admissible at once from a full bucket.
     pub fn burst(&self) -> u32 {
-        self.params.burst
+        self.params.load().burst
+    }
+
+    /// Changes the rate and the burst while the limiter is in use: checks after
+    /// it returns decide with the new values; the state (the theoretical arrival
+    /// time) is kept, so debt already taken is judged by the new burst (see
+    /// [Changing the rate at run time](Gcra#changing-the-rate-at-run-time)).
+    ///
+    /// ```
+    /// use heijunka_backpressure::{Gcra, RateLimiter};
+    /// use heijunka_core::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let limiter = Gcra::builder(10.0).burst(1).clock(clock.clock()).build()?;
+    /// assert!(limiter.check().is_ok());
+    /// assert!(limiter.check().is_err(), "one per 100 ms");
+    /// limiter.set_rate(10.0, 5)?;
+    /// assert!(limiter.check().is_ok(), "the new burst has room");
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`GcraBuilder::build`] (the fields are named `rate` and `burst`); the
+    /// old values are kept.
+    pub fn set_rate(&self, per_second: f64, burst: u32) -> Result<(), ConfigError> {
+        self.params.store(Params::new(per_second, burst)?);
+        Ok(())
     }
 }
 
 impl RateLimiter for Gcra {
     #[inline]
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
-        self.params.check(&self.tat, self.clock.now().as_nanos(), n)
+        self.params
+            .load()
+            .check(&self.tat, self.clock.now().as_nanos(), n)
     }
 
     fn clock(&self) -> &Clock {
@@ -228,9 +354,110 @@ impl RateLimiter for Gcra {
 
 impl fmt::Debug for Gcra {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.params.load();
         f.debug_struct("Gcra")
-            .field("interval", &self.interval())
-            .field("burst", &self.params.burst)
+            .field("interval", &Duration::from_nanos(p.interval))
+            .field("burst", &p.burst)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use heijunka_core::ManualClock;
+
+    use crate::{Gcra, RateLimiter};
+
+    /// Admissions in `window` of arrivals every `gap`.
+    fn admitted(limiter: &Gcra, clock: &ManualClock, gap: Duration, window: Duration) -> u32 {
+        let mut n = 0;
+        let mut elapsed = Duration::ZERO;
+        while elapsed < window {
+            if limiter.check().is_ok() {
+                n += 1;
+            }
+            clock.advance(gap);
+            elapsed += gap;
+        }
+        n
+    }
+
+    #[test]
+    fn a_new_rate_applies_to_the_next_check_and_keeps_the_debt() {
+        let clock = ManualClock::new();
+        let limiter = Gcra::builder(10.0)
+            .burst(1)
+            .clock(clock.clock())
+            .build()
+            .unwrap();
+        let ms = Duration::from_millis;
+        // Arrivals every millisecond for a second: the rate, 10.
+        assert_eq!(admitted(&limiter, &clock, ms(1), ms(1000)), 10);
+        limiter.set_rate(100.0, 1).unwrap();
+        assert_eq!((limiter.interval(), limiter.burst()), (ms(10), 1));
+        assert_eq!(admitted(&limiter, &clock, ms(1), ms(1000)), 100);
+        // Lowering the burst keeps the debt: a full burst of 50 taken, then the
+        // burst cut to 1 refuses until the debt has drained (0.5 s at 100/s).
+        limiter.set_rate(100.0, 50).unwrap();
+        clock.advance(ms(1000));
+        for _ in 0..50 {
+            limiter.check().unwrap();
+        }
+        limiter.set_rate(100.0, 1).unwrap();
+        let mut refused_for = Duration::ZERO;
+        while limiter.check().is_err() {
+            clock.advance(ms(1));
+            refused_for += ms(1);
+            assert!(refused_for < ms(2000), "never drained");
+        }
+        assert!(
+            (ms(480)..=ms(500)).contains(&refused_for),
+            "refused for {refused_for:?}"
+        );
+        // A bad value is refused and the old one kept.
+        assert!(limiter.set_rate(0.0, 1).is_err());
+        assert!(limiter.set_rate(10.0, 0).is_err());
+        assert_eq!((limiter.interval(), limiter.burst()), (ms(10), 1));
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use heijunka_core::sync::{Arc, thread};
+
+    use super::{Params, ParamsCell};
+
+    fn set(per_second: f64, burst: u32) -> Params {
+        Params::new(per_second, burst).expect("valid")
+    }
+
+    /// A reader racing a writer (and a second writer) sees one whole parameter
+    /// set, never a mix of two.
+    #[test]
+    fn a_check_sees_one_whole_parameter_set() {
+        loom::model(|| {
+            let (old, new, third) = (set(10.0, 1), set(1000.0, 7), set(1.0, 3));
+            let cell = Arc::new(ParamsCell::new(old));
+            let writer = {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || cell.store(new))
+            };
+            let second = {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || cell.store(third))
+            };
+            let p = cell.load();
+            let whole = |q: &Params| (q.interval, q.burst, q.tolerance);
+            assert!(
+                [old, new, third].iter().any(|q| whole(q) == whole(&p)),
+                "a mixed set: {p:?}"
+            );
+            writer.join().unwrap();
+            second.join().unwrap();
+            let last = whole(&cell.load());
+            assert!(last == whole(&new) || last == whole(&third));
+        });
     }
 }

@@ -317,7 +317,11 @@ impl Inner {
         c: u64,
         now: &mut Now<'_>,
     ) -> Option<StateTransition> {
-        if let Some(reason) = self.closed_rules.tripped(&central.window.counts()) {
+        if let Some(reason) = central
+            .tuning
+            .closed_rules
+            .tripped(&central.window.counts())
+        {
             return Some(self.transition(central, c, State::Open, reason, now.get()));
         }
         self.refresh_flags(central, c, now)
@@ -325,7 +329,7 @@ impl Inner {
 
     pub(super) fn closed_flags(&self, central: &Central) -> u64 {
         let counts = central.window.counts();
-        if !self.closed_rules.successes_are_safe(&counts) {
+        if !central.tuning.closed_rules.successes_are_safe(&counts) {
             0
         } else if central.window.is_saturated_with_successes() {
             ctrl::SAFE | ctrl::FREE
@@ -357,7 +361,11 @@ impl Inner {
         }
         // `SAFE` revoked: sweep the successes counted by threads that saw it set.
         self.fold(central, ctrl::generation(next), now, true);
-        if let Some(reason) = self.closed_rules.tripped(&central.window.counts()) {
+        if let Some(reason) = central
+            .tuning
+            .closed_rules
+            .tripped(&central.window.counts())
+        {
             return Some(self.transition(central, next, State::Open, reason, now.get()));
         }
         // The folded successes can only make the window safer.

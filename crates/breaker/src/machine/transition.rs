@@ -7,6 +7,7 @@ use heijunka_core::Instant;
 use super::ctrl;
 use super::{Central, Inner, Now, Shown};
 use crate::sync::atomic::Ordering;
+use crate::window::CountWindow;
 use crate::{State, StateTransition, TransitionReason};
 
 impl Inner {
@@ -36,10 +37,8 @@ impl Inner {
                 (self.closed_flags(central), 0)
             }
             State::Open => {
-                let w = self
-                    .config
-                    .wait
-                    .jittered(central.trips, central.next_unit());
+                let unit = central.next_unit();
+                let w = central.tuning.wait.jittered(central.trips, unit);
                 central.trips = central.trips.saturating_add(1);
                 // Relaxed: published by the Release store of the control word below.
                 self.open_until
@@ -48,7 +47,14 @@ impl Inner {
                 (0, 0)
             }
             State::HalfOpen => {
-                central.probes.reset();
+                // The period takes the settings in force now (see `probe_rules`).
+                central.probe_rules = central.tuning.half_open_rules;
+                central.probe_cap = central.tuning.permitted_in_half_open;
+                if central.probes.size() == u64::from(central.probe_cap) {
+                    central.probes.reset();
+                } else {
+                    central.probes = CountWindow::new(central.probe_cap);
+                }
                 central.shown = Shown::Probes;
                 central.half_open_since = now;
                 let deadline = self
@@ -57,7 +63,7 @@ impl Inner {
                     .map_or(u64::MAX, |max| now.saturating_add(max).as_nanos());
                 // Relaxed: published by the Release store of the control word below.
                 self.half_open_deadline.store(deadline, Ordering::Relaxed);
-                (0, self.config.permitted_in_half_open)
+                (0, central.probe_cap)
             }
             State::ForcedOpen | State::Disabled | State::MetricsOnly => {
                 central.window.reset();
@@ -246,8 +252,8 @@ impl Inner {
         }
         let state = ctrl::state(c);
         let (counts, rules) = match central.shown {
-            Shown::Window => (central.window.counts(), &self.closed_rules),
-            Shown::Probes => (central.probes.counts(), &self.half_open_rules),
+            Shown::Window => (central.window.counts(), &central.tuning.closed_rules),
+            Shown::Probes => (central.probes.counts(), &central.probe_rules),
         };
         let judged = counts.calls >= rules.minimum_calls;
         let retry_after = (state == State::Open).then(|| {

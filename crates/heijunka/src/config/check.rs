@@ -1,0 +1,237 @@
+//! [`Config::validate`]: every rule the builders behind [`Config::build`] apply,
+//! checked up front under the config's own field paths.
+//!
+//! Each block names the builder whose rules it mirrors; the test
+//! `validate_agrees_with_build` in `tests/config.rs` drives edge values of every
+//! field through both and checks they agree.
+
+use heijunka_backpressure::{Gcra, MAX_CAPACITY, MAX_PERMITS};
+use heijunka_core::{ConfigError, PressureLevel, validate};
+use heijunka_memory::{DEFAULT_HYSTERESIS, MIN_INTERVAL};
+use heijunka_pool::WorkerPool;
+
+use super::error::{Collector, ConfigErrors};
+use super::{Config, LimitKind};
+
+/// The most probes half-open and the largest count window: the breaker's
+/// `MAX_COUNT_WINDOW_SIZE`.
+const MAX_BREAKER_CALLS: u32 = heijunka_breaker::MAX_COUNT_WINDOW_SIZE;
+
+/// The most futures a task pool runs at once (its semaphore's bound, in `u32`).
+const MAX_RUNNING: usize = {
+    let max = tokio::sync::Semaphore::MAX_PERMITS;
+    if max < u32::MAX as usize {
+        max
+    } else {
+        u32::MAX as usize
+    }
+};
+
+impl Config {
+    /// Checks every value against the rules of the part it configures; returns
+    /// the config, or every problem at once.
+    ///
+    /// A config that passes builds: [`build`](Self::build) refuses nothing that
+    /// `validate` accepts (short of the OS refusing a thread).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigErrors`], each naming the full path of its field, such as
+    /// `concurrency.breaker.failure_threshold`.
+    pub fn validate(self) -> Result<Self, ConfigErrors> {
+        self.check()?;
+        Ok(self)
+    }
+
+    /// [`validate`](Self::validate) by reference.
+    pub(super) fn check(&self) -> Result<(), ConfigErrors> {
+        let c = &self.concurrency;
+        let mut errors = Collector::default();
+        if let Some(p) = &c.worker_pool {
+            // `WorkerPoolBuilder::build`.
+            let at = "concurrency.worker_pool";
+            errors.at(at, validate::at_least("max_workers", p.max_workers, 1));
+            errors.at(
+                at,
+                validate::at_most("max_workers", p.max_workers, WorkerPool::MAX_WORKERS),
+            );
+            errors.at(at, validate::at_least("queue_size", p.queue_size, 1));
+            errors.at(
+                at,
+                validate::at_most("queue_size", p.queue_size, MAX_CAPACITY),
+            );
+        }
+        if let Some(p) = &c.task_pool {
+            // `TaskPoolBuilder::build`.
+            let at = "concurrency.task_pool";
+            errors.at(at, validate::at_least("max_running", p.max_running, 1));
+            errors.at(
+                at,
+                validate::at_most("max_running", p.max_running, MAX_RUNNING),
+            );
+            errors.at(
+                at,
+                validate::at_most("max_waiting", p.max_waiting, MAX_CAPACITY),
+            );
+        }
+        if let Some(r) = &c.rate_limit {
+            // `GcraBuilder::build` (its `rate` is our `per_second`).
+            let at = "concurrency.rate_limit";
+            errors.at(at, validate::positive("per_second", r.per_second));
+            if let Some(b) = r.burst {
+                errors.at(at, validate::at_least("burst", b, 1));
+            }
+            // The range and overflow rules, once the simple ones hold (each field
+            // reported once).
+            if r.per_second > 0.0 && r.per_second.is_finite() && r.burst != Some(0) {
+                errors.at(
+                    at,
+                    Gcra::builder(r.per_second)
+                        .burst(r.burst())
+                        .build()
+                        .map_err(|e| rename(e, &[("rate", "per_second")])),
+                );
+            }
+        }
+        if let Some(l) = &c.limit {
+            // `ConcurrencyLimit::new`, `check_bounds` of the adaptive algorithms.
+            let at = "concurrency.limit";
+            errors.at(
+                at,
+                validate::at_least("max_concurrent", l.max_concurrent, 1),
+            );
+            if l.algorithm == LimitKind::Static {
+                errors.at(
+                    at,
+                    validate::at_most("max_concurrent", l.max_concurrent, MAX_PERMITS),
+                );
+            }
+            errors.at(
+                at,
+                validate::at_least("min_concurrent", l.min_concurrent, 1),
+            );
+            errors.at(
+                at,
+                validate::ordered(
+                    "min_concurrent",
+                    l.min_concurrent,
+                    "max_concurrent",
+                    l.max_concurrent,
+                ),
+            );
+            if let Some(i) = l.initial {
+                errors.at(at, validate::at_least("initial", i, l.min_concurrent));
+                errors.at(at, validate::at_most("initial", i, l.max_concurrent));
+            }
+        }
+        if let Some(m) = &c.memory {
+            // `MemoryMonitorBuilder::build` (`Thresholds::new`) and
+            // `MemoryGateBuilder::build`.
+            let at = "concurrency.memory";
+            if let Some(mb) = m.threshold_mb {
+                errors.at(at, validate::at_least("threshold_mb", mb, 1));
+            }
+            errors.at(at, validate::ratio("elevated", m.elevated));
+            if m.elevated > 0.0 && m.elevated <= DEFAULT_HYSTERESIS {
+                errors.push(ConfigError::new(
+                    format!("{at}.elevated"),
+                    m.elevated,
+                    format!(
+                        "must be above the hysteresis ({DEFAULT_HYSTERESIS}), \
+                         so that pressure can fall back to normal"
+                    ),
+                ));
+            }
+            errors.at(at, validate::ratio("critical", m.critical));
+            if m.critical < m.elevated {
+                errors.push(ConfigError::new(
+                    format!("{at}.critical"),
+                    m.critical,
+                    format!("must be at least `elevated` ({})", m.elevated),
+                ));
+            }
+            if m.check_interval < MIN_INTERVAL {
+                errors.push(ConfigError::new(
+                    format!("{at}.check_interval"),
+                    m.check_interval,
+                    format!("must be at least {MIN_INTERVAL:?}"),
+                ));
+            }
+            if m.reject_at == PressureLevel::Normal {
+                errors.push(ConfigError::new(
+                    format!("{at}.reject_at"),
+                    m.reject_at,
+                    "must be `elevated` or `critical`",
+                ));
+            }
+        }
+        if let Some(b) = &c.breaker {
+            // `BreakerBuilder::build_config`.
+            let at = "concurrency.breaker";
+            if b.name.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    &b.name,
+                    "must not be empty",
+                ));
+            }
+            errors.at(
+                at,
+                validate::ratio("failure_threshold", b.failure_threshold),
+            );
+            errors.at(at, validate::at_least("window", b.window, 1));
+            errors.at(at, validate::at_most("window", b.window, MAX_BREAKER_CALLS));
+            errors.at(at, validate::at_least("minimum_calls", b.minimum_calls, 1));
+            errors.at(
+                at,
+                validate::non_zero_duration("reset_timeout", b.reset_timeout),
+            );
+            errors.at(at, validate::at_least("half_open_max", b.half_open_max, 1));
+            errors.at(
+                at,
+                validate::at_most("half_open_max", b.half_open_max, MAX_BREAKER_CALLS),
+            );
+        }
+        // `PolicyBuilder::build` (request), `ShutdownBuilder::build` (shutdown).
+        let at = "concurrency.timeouts";
+        errors.at(
+            at,
+            validate::non_zero_duration("request", c.timeouts.request),
+        );
+        errors.at(
+            at,
+            validate::non_zero_duration("shutdown", c.timeouts.shutdown),
+        );
+        if let Some(idle) = c.timeouts.idle {
+            errors.at(at, validate::non_zero_duration("idle", idle));
+        }
+        if let Some(b) = &c.bus {
+            // The event bus's `SubscriberBuilder::build`.
+            let at = "concurrency.bus";
+            errors.at(at, validate::at_least("buffer_size", b.buffer_size, 1));
+            errors.at(
+                at,
+                validate::at_most(
+                    "buffer_size",
+                    b.buffer_size,
+                    heijunka_core::spsc::MAX_CAPACITY,
+                ),
+            );
+            errors.at(
+                at,
+                validate::non_zero_duration("publish_timeout", b.publish_timeout),
+            );
+        }
+        errors.finish()
+    }
+}
+
+/// `e` with its field renamed by `names` (builder name → config name); the rule
+/// and value unchanged.
+fn rename(e: ConfigError, names: &[(&str, &'static str)]) -> ConfigError {
+    let field = names
+        .iter()
+        .find(|(from, _)| *from == e.field())
+        .map_or_else(|| e.field().to_owned(), |(_, to)| (*to).to_owned());
+    ConfigError::new(field, super::error::Raw(e.value()), e.rule().to_owned())
+}
