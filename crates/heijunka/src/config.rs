@@ -329,6 +329,13 @@ pub struct BreakerSettings {
     /// Probes let through half-open (1 to 1 000 000). Default 3, as in the seeds.
     #[serde(default = "default_half_open_max")]
     pub half_open_max: u32,
+    /// Whether the breaker also guards incoming requests (the inbound
+    /// [`Stack::policy`]). Default `false`: the breaker guards calls out to the
+    /// dependency ([`Stack::client_policy`]), because on incoming traffic
+    /// time-outs caused by our own overload would open it and every route would
+    /// answer 503 for the open period.
+    #[serde(default)]
+    pub inbound: bool,
 }
 
 fn default_breaker_name() -> String {

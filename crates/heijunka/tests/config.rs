@@ -35,7 +35,11 @@ async fn the_example_files_build_a_full_stack() {
     assert_eq!(stack.body_idle_timeout, Some(Duration::from_secs(120)));
     assert_eq!(stack.policy.timeout(), Some(Duration::from_secs(30)));
     assert_eq!(stack.policy.concurrency_limit().unwrap().limit(), 512);
-    assert_eq!(stack.policy.breaker().unwrap().name(), "downstream");
+    // The breaker guards calls out, not incoming requests.
+    assert!(stack.policy.breaker().is_none());
+    let client = stack.client_policy.as_ref().unwrap();
+    assert_eq!(client.breaker().unwrap().name(), "downstream");
+    assert_eq!(client.timeout(), Some(Duration::from_secs(30)));
     assert_eq!(stack.limit.as_ref().unwrap().limit(), 512);
     assert_eq!(stack.worker_pool.as_ref().unwrap().stats().workers, 8);
     assert_eq!(stack.task_pool.as_ref().unwrap().stats().workers, 256);
@@ -578,5 +582,41 @@ fn validate_agrees_with_build() {
     assert!(
         accepted > 40 && refused > 40,
         "{accepted} accepted, {refused} refused"
+    );
+}
+
+#[test]
+fn the_breaker_goes_inbound_only_when_asked() {
+    let stack = Config::from_toml_str("[concurrency.breaker]\ninbound = true")
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(stack.policy.breaker().is_some());
+    assert!(stack.client_policy.is_some());
+    let stack = Config::from_toml_str("[concurrency.limit]\nmax_concurrent = 4")
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(
+        stack.client_policy.is_none(),
+        "no breaker, no client policy"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_of_the_request_timeout_reaches_the_client_policy() {
+    let stack =
+        Config::from_toml_str("[concurrency.breaker]\n[concurrency.timeouts]\nrequest = \"2s\"")
+            .unwrap()
+            .build()
+            .unwrap();
+    let new =
+        Config::from_toml_str("[concurrency.breaker]\n[concurrency.timeouts]\nrequest = \"500ms\"")
+            .unwrap();
+    stack.reload(new).unwrap();
+    assert_eq!(stack.policy.timeout(), Some(Duration::from_millis(500)));
+    assert_eq!(
+        stack.client_policy.as_ref().unwrap().timeout(),
+        Some(Duration::from_millis(500))
     );
 }

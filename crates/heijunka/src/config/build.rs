@@ -22,9 +22,15 @@ use crate::policy::Policy;
 /// is shut down (see [`Shutdown`]). [`reload`](Self::reload) changes limits,
 /// rates, breaker thresholds and the request timeout while it runs.
 pub struct Stack {
-    /// The request policy: timeout → rate limit → memory gate → concurrency limit
-    /// → breaker, with each stage present when its table is.
+    /// The inbound request policy: timeout → rate limit → memory gate →
+    /// concurrency limit, each stage present when its table is (and the breaker
+    /// only with `concurrency.breaker.inbound = true`).
     pub policy: Policy,
+    /// The outbound policy for calls to the dependency the breaker guards: the
+    /// request timeout and the breaker. Present when `concurrency.breaker` is;
+    /// wrap a client with [`client_layer`](Self::client_layer) or call through
+    /// [`Policy::call`].
+    pub client_policy: Option<Policy>,
     /// The shutdown coordinator, with the configured grace period.
     pub shutdown: Shutdown,
     /// The worker pool, if configured (already running).
@@ -38,7 +44,8 @@ pub struct Stack {
     pub memory_gate: Option<MemoryGate>,
     /// The rate limiter in the policy, if configured (shared with it).
     pub rate_limiter: Option<Arc<Gcra>>,
-    /// The breaker, if configured (the policy holds a clone).
+    /// The breaker, if configured (the client policy holds a clone, and the
+    /// inbound policy too with `concurrency.breaker.inbound = true`).
     pub breaker: Option<CircuitBreaker>,
     /// The static concurrency limit, if configured (the policy holds a clone).
     pub limit: Option<ConcurrencyLimit>,
@@ -64,6 +71,7 @@ impl fmt::Debug for Stack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stack")
             .field("policy", &self.policy)
+            .field("client_policy", &self.client_policy)
             .field("shutdown", &self.shutdown)
             .field("worker_pool", &self.worker_pool)
             .field("task_pool", &self.task_pool)
@@ -104,7 +112,35 @@ impl Stack {
     #[cfg(feature = "tower")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
     pub fn policy_layer(&self) -> crate::tower::PolicyLayer {
-        crate::tower::PolicyLayer::new(self.policy.clone()).shutdown(self.shutdown.token())
+        let layer =
+            crate::tower::PolicyLayer::new(self.policy.clone()).shutdown(self.shutdown.token());
+        match self.body_idle_timeout {
+            // Validated non-zero by the config: cannot fail.
+            Some(idle) => layer.clone().body_idle_timeout(idle).unwrap_or(layer),
+            None => layer,
+        }
+    }
+
+    /// A client `PolicyLayer` over the [client policy](Self::client_policy)
+    /// (the breaker and the request timeout), wired to the shutdown: wrap the
+    /// client of the dependency the breaker guards with it. `None` without a
+    /// `concurrency.breaker` table.
+    ///
+    /// ```
+    /// use heijunka::config::Config;
+    ///
+    /// let stack = Config::from_toml_str("[concurrency.breaker]\nname = \"payments\"")?.build()?;
+    /// assert!(stack.policy.breaker().is_none(), "no breaker on incoming traffic");
+    /// let client = stack.client_layer().expect("a breaker is configured");
+    /// assert_eq!(client.policy().breaker().map(|b| b.name()), Some("payments"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tower")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+    pub fn client_layer(&self) -> Option<crate::tower::PolicyLayer> {
+        self.client_policy
+            .as_ref()
+            .map(|p| crate::tower::PolicyLayer::client(p.clone()).shutdown(self.shutdown.token()))
     }
 }
 
@@ -282,21 +318,35 @@ impl Config {
         if let Some(l) = &adaptive {
             policy = policy.adaptive_limit(l.clone());
         }
-        if let Some(b) = &breaker {
+        let inbound_breaker = c.breaker.as_ref().is_some_and(|b| b.inbound);
+        if let Some(b) = breaker.as_ref().filter(|_| inbound_breaker) {
             policy = policy.breaker(b.clone());
         }
         let policy = policy
             .build()
             .map_err(|e| rename(e, "concurrency.timeouts.request"))?;
+        let client_policy = breaker
+            .as_ref()
+            .map(|b| {
+                Policy::builder()
+                    .timeout(c.timeouts.request)
+                    .breaker(b.clone())
+                    .build()
+                    .map_err(|e| rename(e, "concurrency.timeouts.request"))
+            })
+            .transpose()?;
         let live = Arc::new(Live::new(
             self.clone(),
-            policy.clone(),
+            std::iter::once(policy.clone())
+                .chain(client_policy.clone())
+                .collect(),
             limit.clone(),
             rate.clone(),
             breaker.clone(),
         ));
         Ok(Stack {
             policy,
+            client_policy,
             shutdown,
             worker_pool,
             task_pool,

@@ -61,6 +61,7 @@ fn template() -> Table {
                 minimum_calls: 1,
                 reset_timeout: Duration::from_secs(1),
                 half_open_max: 1,
+                inbound: false,
             }),
             timeouts: Timeouts {
                 idle: Some(Duration::from_secs(1)),

@@ -54,7 +54,9 @@ pub struct ReloadReport {
 /// The parts of a [`Stack`] a reload changes, and the config in force.
 pub(super) struct Live {
     current: Mutex<Current>,
-    policy: Policy,
+    /// The inbound policy, and the client policy if there is one: both take the
+    /// request timeout.
+    policies: Vec<Policy>,
     limit: Option<ConcurrencyLimit>,
     rate: Option<Arc<Gcra>>,
     breaker: Option<CircuitBreaker>,
@@ -79,14 +81,14 @@ enum Action {
 impl Live {
     pub(super) fn new(
         config: Config,
-        policy: Policy,
+        policies: Vec<Policy>,
         limit: Option<ConcurrencyLimit>,
         rate: Option<Arc<Gcra>>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
         Self {
             current: Mutex::new(Current { config, version: 0 }),
-            policy,
+            policies,
             limit,
             rate,
             breaker,
@@ -113,7 +115,11 @@ impl Live {
             match action {
                 Action::Limit(n) => self.limit.as_ref().map(|l| l.set_limit(n)),
                 Action::Rate(r, b) => self.rate.as_ref().map(|g| g.set_rate(r, b)),
-                Action::Timeout(t) => Some(self.policy.set_timeout(Some(t))),
+                Action::Timeout(t) => self
+                    .policies
+                    .iter()
+                    .map(|p| p.set_timeout(Some(t)))
+                    .find(Result::is_err),
                 Action::Breaker => {
                     breaker = true;
                     None
@@ -257,6 +263,7 @@ impl Live {
             let p = "concurrency.breaker";
             same!(p, o, n, name);
             same!(p, o, n, window);
+            same!(p, o, n, inbound);
             let mut tuned = false;
             for (field, differs) in [
                 (
