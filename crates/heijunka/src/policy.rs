@@ -5,13 +5,15 @@
 //!
 //! 1. **Deadline** — the request's deadline, shortened by the policy's
 //!    [`timeout`](PolicyBuilder::timeout). A request already cancelled or past its
-//!    deadline is refused before it costs anything; a call still running at the
-//!    deadline is stopped ([`PolicyError::TimedOut`]).
+//!    deadline is refused before it costs anything; the call is given a context
+//!    with that deadline (so it can pass on the time it really has), and a call
+//!    still running at the deadline is stopped ([`PolicyError::TimedOut`]).
 //! 2. **Rate limit** — refuses over the configured rate, with a retry-after.
 //! 3. **Load shed** — the memory gate, then each load-shedding signal in the order
 //!    added (queue pressure, a `LoadShedder`, anything returning a [`Rejection`]).
 //! 4. **Concurrency** — a static [`ConcurrencyLimit`] or an adaptive limit; refuses
-//!    at once when no permit is free.
+//!    at once when no permit is free, or with a [`max_wait`](PolicyBuilder::max_wait)
+//!    waits that long for one ([`Policy::call`], [`Policy::admit`]).
 //! 5. **Breaker** — refuses while the dependency's circuit is open.
 //! 6. The call.
 //!
