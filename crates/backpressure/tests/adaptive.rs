@@ -509,3 +509,39 @@ fn acquire_timeout_that_fires_between_polls_leaves_nothing_behind() {
     });
     assert_eq!(covered, 2);
 }
+
+/// A permit held on after the work ended (a response body streaming to a slow
+/// client) takes its sample at the mark: AIMD with a 1 s time-out sees a 5 ms
+/// success and grows, where the 3 s to the release would have been a drop.
+#[test]
+fn a_marked_end_is_the_samples_end() {
+    use heijunka_backpressure::{AdaptiveLimit, Aimd};
+    use heijunka_core::ManualClock;
+    use std::time::Duration;
+
+    let run = |mark: bool| {
+        let manual = ManualClock::new();
+        let limit = AdaptiveLimit::builder(
+            Aimd::builder()
+                .initial_limit(10)
+                .min_limit(1)
+                .max_limit(100)
+                .timeout(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .clock(manual.clock())
+        .build()
+        .unwrap();
+        let mut permit = limit.try_acquire_owned().unwrap();
+        manual.advance(Duration::from_millis(5));
+        if mark {
+            permit.mark_end();
+        }
+        manual.advance(Duration::from_secs(3));
+        permit.success();
+        limit.limit()
+    };
+    assert_eq!(run(false), 9, "3 s is past the time-out: a drop");
+    assert!(run(true) >= 10, "5 ms: a success ({})", run(true));
+}

@@ -202,7 +202,9 @@ impl PolicyBuilder {
     /// as tower's `ConcurrencyLimit` with a timeout would. [`Policy::call`] and
     /// [`Policy::admit`] wait; [`Policy::try_admit`] never does. With
     /// [`PolicyLayer`](crate::tower::PolicyLayer) the wait happens in
-    /// `poll_ready` ([`reserve_in_poll_ready`](crate::tower::PolicyLayer::reserve_in_poll_ready)).
+    /// `poll_ready`, in readiness mode only
+    /// ([`reserve_in_poll_ready`](crate::tower::PolicyLayer::reserve_in_poll_ready));
+    /// the default mode refuses at once.
     /// Must not be zero.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
@@ -491,6 +493,29 @@ impl Admission {
         }
         if let Some(Permit::Adaptive(p)) = self.limit.take() {
             p.dropped();
+        }
+    }
+
+    /// The work's own part ended now (the response headers), though the
+    /// admission is held on while a response body streams: an adaptive limit's
+    /// latency sample ends here, so a slow reader does not count as a slow
+    /// service.
+    pub fn mark_end(&mut self) {
+        if let Some(Permit::Adaptive(p)) = &mut self.limit {
+            p.mark_end();
+        }
+    }
+
+    /// The response body outlived its deadline after the work itself had
+    /// answered: a failure in the breaker (the call did not complete), ignored by
+    /// an adaptive limit (the time went to streaming, which says nothing about
+    /// capacity; its sample was taken at [`mark_end`](Self::mark_end) if at all).
+    pub fn body_timed_out(mut self) {
+        if let Some(p) = self.breaker.take() {
+            p.failure();
+        }
+        if let Some(Permit::Adaptive(p)) = self.limit.take() {
+            p.ignore();
         }
     }
 

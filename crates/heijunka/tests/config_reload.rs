@@ -78,7 +78,16 @@ fn breaker_state_is_kept_across_a_reload_unless_a_reset_is_asked() {
     assert!(!report.breaker_reset);
     assert_eq!(breaker.state(), State::Open, "open stays open");
     assert_eq!(breaker.config().failure_rate_threshold(), 0.9);
-    assert!(stack.client_policy.as_ref().unwrap().breaker().unwrap().try_acquire().is_err());
+    assert!(
+        stack
+            .client_policy
+            .as_ref()
+            .unwrap()
+            .breaker()
+            .unwrap()
+            .try_acquire()
+            .is_err()
+    );
 
     // Asked to, the reload resets it.
     let report = stack

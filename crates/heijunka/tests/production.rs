@@ -475,7 +475,7 @@ async fn no_reservation_outlives_a_refused_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn readiness_mode_waits_up_to_max_wait_then_refuses() {
+async fn readiness_mode_waits_up_to_max_wait_then_refuses_the_call() {
     let limit = ConcurrencyLimit::new(1).unwrap();
     let policy = Policy::builder()
         .concurrency_limit(limit.clone())
@@ -489,13 +489,14 @@ async fn readiness_mode_waits_up_to_max_wait_then_refuses() {
         }));
     let held = limit.try_acquire_owned().unwrap();
     let start = tokio::time::Instant::now();
-    let err = std::future::poll_fn(|cx| svc.poll_ready(cx))
-        .await
-        .unwrap_err();
+    // poll_ready stays Ok (an error there would mean the service failed); the
+    // call after it is refused.
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     assert_eq!(start.elapsed(), ms(50));
+    assert_eq!(limit.waiting(), 0, "the wait gave up its place");
+    let err = svc.call(http::Request::new(())).await.unwrap_err();
     let rejected = err.downcast_ref::<Rejected>().unwrap();
     assert_eq!(rejected.stage(), Stage::Concurrency);
-    assert_eq!(limit.waiting(), 0, "the wait gave up its place");
     // A permit that comes back within the wait is taken.
     let release = tokio::spawn(async move {
         tokio::time::sleep(ms(20)).await;
@@ -504,6 +505,35 @@ async fn readiness_mode_waits_up_to_max_wait_then_refuses() {
     std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     release.await.unwrap();
     assert!(svc.holds_reservation());
+    svc.call(http::Request::new(())).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_refusal_does_not_fail_a_buffer_in_front() {
+    // tower's Buffer treats an error from poll_ready as the service failing
+    // for good; a refusal must fail that one request only.
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .max_wait(ms(50))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .buffer(16)
+        .layer(PolicyLayer::new(policy).reserve_in_poll_ready(true))
+        .service(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        }));
+    let held = limit.try_acquire_owned().unwrap();
+    let err = svc
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<Rejected>().is_some(), "{err}");
+    drop(held);
+    let ok = svc.clone().oneshot(http::Request::new(())).await;
+    assert!(ok.is_ok(), "the buffer still serves: {:?}", ok.err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -788,11 +818,18 @@ fn a_context_linked_to_shutdown_sees_it_without_making_a_token() {
 
 #[test]
 fn cancel_and_token_racing_never_lose_the_cancellation() {
-    // Bounded: 2000 rounds of cancel() on one thread against token() on another.
+    // Bounded: 2000 rounds of cancel() on one thread against token() on
+    // another, lined up by a barrier so the two calls overlap.
+    let barrier = Arc::new(std::sync::Barrier::new(2));
     for _ in 0..2000 {
         let ctx = RequestContext::new();
         let other = ctx.clone();
-        let t = std::thread::spawn(move || other.token().clone());
+        let b = Arc::clone(&barrier);
+        let t = std::thread::spawn(move || {
+            b.wait();
+            other.token().clone()
+        });
+        barrier.wait();
         ctx.cancel();
         let token = t.join().unwrap();
         assert!(token.is_cancelled(), "the token missed a cancel()");
@@ -800,10 +837,236 @@ fn cancel_and_token_racing_never_lose_the_cancellation() {
 }
 
 #[tokio::test]
-async fn shared_arc_classifier_is_a_classifier() {
-    // A classifier shared between layers.
+async fn a_classifier_shared_in_an_arc_decides_for_both_layers() {
     let shared = Arc::new(GrpcClassifier::new());
-    let _a =
-        PolicyLayer::client(Policy::builder().build().unwrap()).classifier(Arc::clone(&shared));
-    let _b = BreakerLayer::new(CircuitBreaker::builder().build().unwrap()).classifier(shared);
+    let b1 = CircuitBreaker::builder().name("a").build().unwrap();
+    let b2 = CircuitBreaker::builder().name("b").build().unwrap();
+    let mut a = PolicyLayer::client(Policy::builder().breaker(b1.clone()).build().unwrap())
+        .classifier(Arc::clone(&shared))
+        .layer(grpc_service("14", false));
+    let mut b = BreakerLayer::new(b2.clone())
+        .classifier(shared)
+        .layer(grpc_service("14", false));
+    let r = a
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let _ = r.into_body().collect().await;
+    let r = b
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let _ = r.into_body().collect().await;
+    assert_eq!(b1.stats().failed_calls, 1);
+    assert_eq!(b2.stats().failed_calls, 1);
+}
+
+/// A body that always has a frame ready and never ends (a fast producer read
+/// by a slow client: the server polls it only when it has room).
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"chunk")))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_body_timeout_cuts_a_body_that_is_always_ready() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let breaker = CircuitBreaker::builder()
+        .name("slow reader")
+        .build()
+        .unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let mut svc = PolicyLayer::new(policy)
+        .body_timeout(Duration::from_secs(1))
+        .unwrap()
+        .layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(Endless))
+        }));
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    let start = tokio::time::Instant::now();
+    // The client reads a chunk every 300 ms.
+    let mut chunks = 0;
+    let err = loop {
+        match body.frame().await.expect("the body does not end by itself") {
+            Ok(_) => chunks += 1,
+            Err(e) => break e,
+        }
+        tokio::time::sleep(ms(300)).await;
+        assert!(start.elapsed() < Duration::from_secs(10), "never cut");
+    };
+    assert!(err.downcast_ref::<Rejected>().is_some(), "{err}");
+    assert_eq!(chunks, 4, "frames at 0, 300, 600 and 900 ms; cut at 1200");
+    assert_eq!(limit.in_use(), 0);
+    assert_eq!(breaker.stats().failed_calls, 1);
+    assert!(http_body::Body::is_end_stream(&body));
+    assert_eq!(http_body::Body::size_hint(&body).exact(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_body_deadline_is_the_request_deadline_and_can_be_lifted() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .timeout(ms(500))
+        .concurrency_limit(limit.clone())
+        .build()
+        .unwrap();
+    let endless = || {
+        service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(Endless))
+        })
+    };
+    let mut svc = PolicyLayer::new(policy.clone()).layer(endless());
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    let start = tokio::time::Instant::now();
+    while body.frame().await.unwrap().is_ok() {
+        tokio::time::sleep(ms(100)).await;
+        assert!(start.elapsed() < Duration::from_secs(10), "never cut");
+    }
+    assert_eq!(start.elapsed(), ms(500), "cut at the request's deadline");
+    assert_eq!(limit.in_use(), 0);
+
+    // unbounded_body: a stream (SSE, a download) runs past it.
+    let mut svc = PolicyLayer::new(policy).unbounded_body().layer(endless());
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    for _ in 0..100 {
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert_eq!(
+        limit.in_use(),
+        1,
+        "10 s later the stream still holds its permit"
+    );
+    drop(body);
+    assert_eq!(limit.in_use(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_layer_stops_waiting_for_trailers_without_cutting_the_stream() {
+    // A long gRPC stream must not keep the breaker's permit (in half-open, its
+    // only probe) until it ends.
+    let breaker = CircuitBreaker::builder().name("stream").build().unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let mut rx = Some(rx);
+    let mut svc = BreakerLayer::new(breaker.clone())
+        .classifier(GrpcClassifier::new())
+        .verdict_timeout(Duration::from_secs(1))
+        .unwrap()
+        .layer(service_fn(move |_: http::Request<()>| {
+            let body = ChannelBody(rx.take().unwrap());
+            async move { Ok::<_, Infallible>(http::Response::new(body)) }
+        }));
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    assert!(body.is_holding());
+    let feeder = tokio::spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(ms(400)).await;
+            tx.send(Frame::data(Bytes::from("m"))).await.unwrap();
+        }
+    });
+    for _ in 0..5 {
+        assert!(body.frame().await.unwrap().is_ok(), "the stream goes on");
+    }
+    assert!(!body.is_holding(), "the permit was let go after 1 s");
+    feeder.await.unwrap();
+    assert!(body.frame().await.is_none());
+    let stats = breaker.stats();
+    assert_eq!(
+        (stats.calls, stats.failed_calls),
+        (0, 0),
+        "nothing recorded"
+    );
+}
+
+#[tokio::test]
+async fn an_adaptive_limit_samples_at_the_headers_not_the_end_of_the_body() {
+    use heijunka::backpressure::{AdaptiveLimit, Aimd};
+    use heijunka::core::ManualClock;
+    // AIMD with a 1 s time-out: a 3 s read of the body after a fast answer must
+    // not count as a slow call. Observed through the limit's own drop count,
+    // on the limit's own (manual) clock.
+    let manual = ManualClock::new();
+    let limit = AdaptiveLimit::builder(
+        Aimd::builder()
+            .initial_limit(2)
+            .min_limit(1)
+            .max_limit(10)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    )
+    .clock(manual.clock())
+    .build()
+    .unwrap();
+    let policy = Policy::builder()
+        .adaptive_limit(limit.clone())
+        .build()
+        .unwrap();
+    let mut svc =
+        PolicyLayer::new(policy)
+            .unbounded_body()
+            .layer(service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(String::from("a slow read")))
+            }));
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    manual.advance(Duration::from_secs(3)); // the client takes 3 s to read
+    while body.frame().await.is_some() {}
+    // AIMD grows on a fast success with half the limit in use (1 * 2 >= 2) and
+    // shrinks on a sample slower than its time-out.
+    assert_eq!(limit.stats().successes, 1);
+    assert_eq!(limit.limit(), 3, "a 3 s read taken for a slow service");
 }

@@ -400,6 +400,7 @@ impl AdaptiveLimit {
             start,
             inflight,
             done: false,
+            ended: None,
         })
     }
 
@@ -474,6 +475,7 @@ impl AdaptiveLimit {
                 start,
                 inflight,
                 done: false,
+                ended: None,
             })
         }
     }
@@ -564,10 +566,22 @@ impl Inner {
     }
 
     fn complete(&self, start: Instant, inflight: usize, outcome: Outcome) {
+        self.complete_at(start, inflight, outcome, None);
+    }
+
+    /// [`complete`](Self::complete) with the sample's end already known (the
+    /// request's work ended then; the permit was held on after it).
+    fn complete_at(
+        &self,
+        start: Instant,
+        inflight: usize,
+        outcome: Outcome,
+        ended: Option<Instant>,
+    ) {
         let inner = self;
         // Read the clock before leaving, so the sample does not include time spent
         // after the request ended; `ignore` needs no reading at all.
-        let end = (outcome != Outcome::Ignore).then(|| inner.clock.now());
+        let end = (outcome != Outcome::Ignore).then(|| ended.unwrap_or_else(|| inner.clock.now()));
         inner.gate.leave();
         // Wakes waiters on the way out, also if the algorithm panics below: the
         // slot this request held is free either way.
@@ -731,6 +745,8 @@ pub struct OwnedAdaptivePermit {
     start: Instant,
     inflight: usize,
     done: bool,
+    /// Set by [`mark_end`](Self::mark_end): the sample ends here.
+    ended: Option<Instant>,
 }
 
 impl OwnedAdaptivePermit {
@@ -757,7 +773,35 @@ impl OwnedAdaptivePermit {
     /// Release with `outcome`.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.inner.complete(self.start, self.inflight, outcome);
+        self.inner
+            .complete_at(self.start, self.inflight, outcome, self.ended);
+    }
+
+    /// Marks the end of the request's own work now, while the permit is held on:
+    /// a later [`success`](Self::success) or [`dropped`](Self::dropped) takes its
+    /// latency sample from admission to this mark, not to the release. For a
+    /// server whose response body streams after the headers: the headers measure
+    /// the service, the rest of the body the client's reading speed, which says
+    /// nothing about the limit. A second mark replaces the first.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{AdaptiveLimit, Aimd};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let manual = ManualClock::new();
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().initial_limit(10).build()?)
+    ///     .clock(manual.clock())
+    ///     .build()?;
+    /// let mut permit = limit.try_acquire_owned()?;
+    /// manual.advance(Duration::from_millis(5)); // the handler's work
+    /// permit.mark_end();
+    /// manual.advance(Duration::from_secs(3)); // a slow client reading the body
+    /// permit.success(); // a 5 ms sample
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mark_end(&mut self) {
+        self.ended = Some(self.inner.clock.now());
     }
 
     /// The limit this permit belongs to (a handle to it).

@@ -72,6 +72,20 @@ pub(crate) struct BodyDeadline {
     pub(crate) total: Instant,
     /// At most this long between two frames.
     pub(crate) idle: Option<Duration>,
+    /// What passing it does.
+    pub(crate) on_expiry: OnExpiry,
+}
+
+/// What a [`BodyDeadline`] that passes does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnExpiry {
+    /// Ends the body with a time-out error; the outcome is a time-out
+    /// ([`PolicyLayer`](crate::tower::PolicyLayer)).
+    Cut,
+    /// Stops waiting for the outcome: the admission is let go with nothing
+    /// recorded and the body streams on unguarded (the breaker layer waiting for
+    /// trailers of a long stream).
+    Release,
 }
 
 /// Records an admission's outcome, and completes the request's context, when
@@ -161,6 +175,21 @@ impl AdmissionGuard {
         timer.as_mut().poll(cx)
     }
 
+    fn on_expiry(&self) -> OnExpiry {
+        self.deadline.map_or(OnExpiry::Cut, |d| d.on_expiry)
+    }
+
+    /// Lets the admission go with nothing recorded (and the context completed
+    /// as a success: the response was delivered, its outcome unknown).
+    fn release(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            admission.ignore();
+            if let Some(ctx) = &self.ctx {
+                ctx.complete(Outcome::Success);
+            }
+        }
+    }
+
     /// A frame arrived: the idle deadline starts again.
     fn frame(&mut self) {
         if let (Some(deadline), Some(timer)) = (self.deadline, self.timer.as_mut())
@@ -180,7 +209,7 @@ impl Drop for AdmissionGuard {
             return;
         };
         let outcome = if self.timed_out {
-            admission.timed_out();
+            admission.body_timed_out();
             Outcome::TimedOut
         } else {
             match (self.verdict, self.ended) {
@@ -288,47 +317,58 @@ where
         };
         let inner = this.inner.as_mut();
         let polled = guard.enter(|| inner.poll_frame(cx));
-        match polled {
+        let expired = match &polled {
             Poll::Ready(None) => {
                 guard.end();
                 drop(this.guard.take());
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                let e: BoxError = e.into();
-                guard.fail(&*e);
-                drop(this.guard.take());
-                Poll::Ready(Some(Err(e)))
-            }
+            Poll::Ready(Some(Err(_))) => false,
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     guard.trailers(trailers);
                 }
-                guard.frame();
-                // A body that knows it is done (a `Full`) may never be polled again.
                 if this.inner.is_end_stream() {
+                    // A body that knows it is done (a `Full`) may never be polled
+                    // again.
                     guard.end();
                     drop(this.guard.take());
+                    return polled.map(|f| f.map(|r| r.map_err(Into::into)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                // More to come: the deadline holds for a body that always has a
+                // frame ready too (a slow reader polls it only when it has room).
+                let expired = guard.poll_deadline(cx).is_ready();
+                guard.frame();
+                expired
             }
-            Poll::Pending => {
-                if guard.poll_deadline(cx).is_ready() {
-                    guard.timed_out = true;
-                    let after = guard
-                        .admission
-                        .as_ref()
-                        .map_or(Duration::ZERO, Admission::elapsed);
-                    drop(this.guard.take());
-                    *this.timed_out = true;
-                    return Poll::Ready(Some(Err(Box::new(Rejected::new(
-                        Stage::Deadline,
-                        Rejection::TimedOut { after },
-                    )))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => guard.poll_deadline(cx).is_ready(),
+        };
+        if let Poll::Ready(Some(Err(e))) = polled {
+            let e: BoxError = e.into();
+            guard.fail(&*e);
+            drop(this.guard.take());
+            return Poll::Ready(Some(Err(e)));
         }
+        if expired {
+            if guard.on_expiry() == OnExpiry::Release {
+                // Stop waiting for the outcome; the body goes on.
+                guard.release();
+                drop(this.guard.take());
+                return polled.map(|f| f.map(|r| r.map_err(Into::into)));
+            }
+            guard.timed_out = true;
+            let after = guard
+                .admission
+                .as_ref()
+                .map_or(Duration::ZERO, Admission::elapsed);
+            drop(this.guard.take());
+            *this.timed_out = true;
+            return Poll::Ready(Some(Err(Box::new(Rejected::new(
+                Stage::Deadline,
+                Rejection::TimedOut { after },
+            )))));
+        }
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -336,6 +376,9 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.timed_out {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

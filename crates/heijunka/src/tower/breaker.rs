@@ -6,15 +6,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use heijunka_breaker::{CircuitBreaker, OwnedPermit};
 use http::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::context::DEFAULT_REQUEST_TIMEOUT;
 use crate::policy::Admission;
-use crate::tower::body::{AdmissionGuard, Guard};
+use crate::tower::body::{AdmissionGuard, BodyDeadline, Guard, OnExpiry};
 use crate::tower::classify::{Classify, SharedClassifier, default_classifier};
+use crate::tower::policy::later;
 use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 
 /// Guards a service with a [`CircuitBreaker`]: each request takes a breaker permit
@@ -62,6 +65,7 @@ use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 pub struct BreakerLayer {
     breaker: CircuitBreaker,
     classifier: SharedClassifier,
+    verdict_timeout: Duration,
 }
 
 impl fmt::Debug for BreakerLayer {
@@ -78,7 +82,28 @@ impl BreakerLayer {
         Self {
             breaker,
             classifier: default_classifier(),
+            verdict_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// How long a response whose outcome waits for its trailers may hold the
+    /// breaker's permit (a half-open probe slot, while the breaker probes)
+    /// before the layer stops waiting: the permit is then let go with nothing
+    /// recorded and the body streams on. Default 30 s
+    /// ([`DEFAULT_REQUEST_TIMEOUT`]). A long gRPC stream thus never keeps a
+    /// half-open breaker from probing.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](heijunka_core::ConfigError) naming `verdict_timeout` for
+    /// zero.
+    pub fn verdict_timeout(
+        mut self,
+        timeout: Duration,
+    ) -> Result<Self, heijunka_core::ConfigError> {
+        heijunka_core::validate::non_zero_duration("verdict_timeout", timeout)?;
+        self.verdict_timeout = timeout;
+        Ok(self)
     }
 
     /// Decides how responses and errors count (default
@@ -120,6 +145,7 @@ impl<S> Layer<S> for BreakerLayer {
             inner,
             breaker: self.breaker.clone(),
             classifier: Arc::clone(&self.classifier),
+            verdict_timeout: self.verdict_timeout,
         }
     }
 }
@@ -142,6 +168,7 @@ pub struct Breaker<S> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: SharedClassifier,
+    verdict_timeout: Duration,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Breaker<S> {
@@ -173,12 +200,14 @@ where
                 future: Some(self.inner.call(req)),
                 permit: Some(permit),
                 classifier: Some(Arc::clone(&self.classifier)),
+                verdict_timeout: self.verdict_timeout,
                 rejected: None,
             },
             Err(e) => BreakerFuture {
                 future: None,
                 permit: None,
                 classifier: None,
+                verdict_timeout: self.verdict_timeout,
                 rejected: Some(Rejected::new(Stage::Breaker, e.reason())),
             },
         }
@@ -210,6 +239,7 @@ pin_project! {
         future: Option<F>,
         permit: Option<OwnedPermit>,
         classifier: Option<SharedClassifier>,
+        verdict_timeout: Duration,
         rejected: Option<Rejected>,
     }
 }
@@ -246,12 +276,17 @@ where
                     // Decided at the end of the body (trailers): the body holds
                     // the probe until then.
                     None => {
+                        let total = later(tokio::time::Instant::now(), *this.verdict_timeout);
                         let mut guard = AdmissionGuard::new(
                             Admission::from_breaker(permit),
                             None,
                             classifier,
                             None,
-                            None,
+                            Some(BodyDeadline {
+                                total,
+                                idle: None,
+                                on_expiry: OnExpiry::Release,
+                            }),
                         );
                         if response.body().is_end_stream() {
                             guard.end();

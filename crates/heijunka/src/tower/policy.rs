@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 
 use crate::context::{DEFAULT_REQUEST_TIMEOUT, Outcome, RequestContext, TraceId};
 use crate::policy::{Admission, Policy};
-use crate::tower::body::{AdmissionGuard, BodyDeadline, Guard};
+use crate::tower::body::{AdmissionGuard, BodyDeadline, Guard, OnExpiry};
 use crate::tower::classify::{Classify, SharedClassifier, default_classifier};
 #[cfg(doc)]
 use crate::tower::classify::{GrpcClassifier, HttpClassifier};
@@ -106,6 +106,17 @@ pub enum DeadlineFormat {
     UnixMillis,
 }
 
+/// How long a response body may stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyTimeout {
+    /// Until the request's deadline (the default).
+    RequestDeadline,
+    /// This long from the headers.
+    After(Duration),
+    /// No total limit (the idle time-out may still apply).
+    Unbounded,
+}
+
 #[derive(Clone)]
 struct LayerConfig {
     policy: Policy,
@@ -114,7 +125,7 @@ struct LayerConfig {
     classifier: SharedClassifier,
     grpc_timeout: bool,
     deadline_header: Option<(HeaderName, DeadlineFormat)>,
-    body_timeout: Option<Duration>,
+    body_timeout: BodyTimeout,
     body_idle_timeout: Option<Duration>,
     reserve: bool,
     /// Path prefixes with their own policy, or none (exempt); first match wins.
@@ -181,7 +192,7 @@ impl PolicyLayer {
                 classifier: default_classifier(),
                 grpc_timeout: true,
                 deadline_header: None,
-                body_timeout: None,
+                body_timeout: BodyTimeout::RequestDeadline,
                 body_idle_timeout: None,
                 reserve: false,
                 routes: Vec::new(),
@@ -261,15 +272,32 @@ impl PolicyLayer {
     /// Default: the body must end by the request's deadline. When it passes, the
     /// body ends with a [`Rejected`] error ([`Stage::Deadline`],
     /// [`Rejection::TimedOut`]), the admission is let go and the outcome recorded
-    /// as a time-out.
+    /// as a time-out (a failure for the breaker; an adaptive limit, which took
+    /// its latency sample at the headers, ignores it).
+    ///
+    /// The deadline is checked whenever the server polls the body. A server that
+    /// stops polling it altogether (hyper, while the client's TCP window or
+    /// HTTP/2 flow-control window stays shut) cannot be cut from inside the body:
+    /// bound that with the server's own settings (hyper's header and keep-alive
+    /// time-outs, HTTP/2 keep-alive pings).
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming `body_timeout` for zero.
     pub fn body_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         heijunka_core::validate::non_zero_duration("body_timeout", timeout)?;
-        self.cfg().body_timeout = Some(timeout);
+        self.cfg().body_timeout = BodyTimeout::After(timeout);
         Ok(self)
+    }
+
+    /// No total limit on the response body (for server-sent events, long polls,
+    /// large downloads): the body holds its admission until it ends, fails or is
+    /// dropped. The [`body_idle_timeout`](Self::body_idle_timeout), if set, still
+    /// applies. Prefer a separate layer (or [`route`](Self::route)) for such
+    /// routes over turning the limit off for all.
+    pub fn unbounded_body(mut self) -> Self {
+        self.cfg().body_timeout = BodyTimeout::Unbounded;
+        self
     }
 
     /// The most time between two frames of the response body (a client reading
@@ -288,14 +316,25 @@ impl PolicyLayer {
     /// Readiness mode: the service reserves a concurrency permit in
     /// `poll_ready` (waiting there, so tower's `load_shed`, `Buffer` and
     /// balancers see saturation) and `call` uses it. With the policy's
-    /// [`max_wait`](crate::policy::PolicyBuilder::max_wait), `poll_ready` gives up
-    /// after that long with a [`Rejected`] error ([`Stage::Concurrency`]).
-    /// Needs a static [`ConcurrencyLimit`](crate::backpressure::ConcurrencyLimit)
-    /// in the policy (an adaptive limit has no poll-based acquire; it then
-    /// refuses in `call`, as without this mode). A permit reserved for a request
-    /// that an earlier stage refuses in `call` is released there.
+    /// [`max_wait`](crate::policy::PolicyBuilder::max_wait), the wait is bounded:
+    /// counted from the first `poll_ready` that found the limit full, once it
+    /// runs out `poll_ready` answers ready and the next `call` is refused with a
+    /// [`Rejected`] ([`Stage::Concurrency`]) — as tower's `load_shed` does, since
+    /// an error from `poll_ready` would mark the service failed. Needs a static
+    /// [`ConcurrencyLimit`](crate::backpressure::ConcurrencyLimit) in the policy
+    /// (an adaptive limit has no poll-based acquire; it then refuses in `call`, as
+    /// without this mode). A permit reserved for a request that an earlier stage
+    /// refuses in `call` is released there.
     ///
-    /// The default (off) refuses in `call` at once, which suits axum.
+    /// `poll_ready` cannot see the request, so in this mode
+    /// [`exempt`](Self::exempt) and [`route`](Self::route) paths wait for the
+    /// layer's own permit too (and give it back in `call`): keep health and
+    /// metrics routes outside such a layer (axum: a separate `Router` merged
+    /// after the layer, or `route_layer` on the routes it guards).
+    ///
+    /// The default (off) refuses in `call` at once, which suits axum; there,
+    /// [`max_wait`](crate::policy::PolicyBuilder::max_wait) does not apply (the
+    /// layer never waits).
     pub fn reserve_in_poll_ready(mut self, on: bool) -> Self {
         self.cfg().reserve = on;
         self
@@ -391,25 +430,19 @@ struct Reservation {
     limit: PollConcurrencyLimit,
     permit: Option<OwnedPermit>,
     wait: Option<Pin<Box<Sleep>>>,
+    /// The wait ran out (or the limit closed): the next call is refused with
+    /// this. `poll_ready` itself stays `Ok`, as tower's `load_shed` does: an
+    /// error there would mean the service has failed (`Buffer` would fail every
+    /// later request, a balancer would evict it).
+    refuse: Option<Rejected>,
 }
 
 impl<S> PolicyService<S> {
     fn new(inner: S, cfg: Arc<LayerConfig>) -> Self {
-        let reserve = if cfg.reserve {
-            cfg.policy.concurrency_limit().map(|l| {
-                Box::new(Mutex::new(Reservation {
-                    limit: PollConcurrencyLimit::new(l.clone()),
-                    permit: None,
-                    wait: None,
-                }))
-            })
-        } else {
-            None
-        };
         Self {
             inner,
             cfg,
-            reserve,
+            reserve: None,
         }
     }
 
@@ -422,6 +455,23 @@ impl<S> PolicyService<S> {
         self.reserve
             .as_deref_mut()
             .map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The reservation, made on first use in readiness mode (clones, which axum
+    /// makes per request, allocate nothing until polled ready).
+    fn reservation_or_new(&mut self) -> Option<&mut Reservation> {
+        if self.reserve.is_none()
+            && self.cfg.reserve
+            && let Some(l) = self.cfg.policy.concurrency_limit()
+        {
+            self.reserve = Some(Box::new(Mutex::new(Reservation {
+                limit: PollConcurrencyLimit::new(l.clone()),
+                permit: None,
+                wait: None,
+                refuse: None,
+            })));
+        }
+        self.reservation()
     }
 
     /// The policy for `path`: `None` when the path is exempt.
@@ -449,7 +499,7 @@ impl<S> PolicyService<S> {
                 .get("grpc-timeout")
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         {
-            earlier(now.checked_add(t).unwrap_or(now + FAR));
+            earlier(later(now, t));
         }
         if let Some((name, format)) = &c.deadline_header
             && let Some(left) = req
@@ -457,7 +507,7 @@ impl<S> PolicyService<S> {
                 .get(name)
                 .and_then(|v| parse_deadline(v, *format))
         {
-            earlier(now.checked_add(left).unwrap_or(now + FAR));
+            earlier(later(now, left));
         }
         deadline
     }
@@ -468,7 +518,7 @@ impl<S> PolicyService<S> {
         policy: &Policy,
         now: Instant,
     ) -> RequestContext {
-        let mut deadline = now + policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let mut deadline = later(now, policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT));
         if let Some(d) = self.incoming_deadline(req, now) {
             deadline = deadline.min(d);
         }
@@ -501,7 +551,7 @@ impl<S> PolicyService<S> {
             .or_else(RequestContext::current);
         let timeout = policy.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         match caller {
-            Some(caller) => caller.until(now.checked_add(timeout).unwrap_or(now + FAR)),
+            Some(caller) => caller.until(later(now, timeout)),
             None => {
                 let mut builder = RequestContext::builder().timeout(timeout);
                 if let Some(token) = &self.cfg.shutdown {
@@ -559,6 +609,13 @@ impl<S: fmt::Debug> fmt::Debug for PolicyService<S> {
 /// About 30 years: a deadline that never comes.
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+/// `now + d`, or about 30 years from now if that does not fit.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -583,7 +640,8 @@ pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
 }
 
 /// Writes `d` as a `grpc-timeout` value: the finest unit whose count fits in 8
-/// digits, rounded up so the callee never gets more time than is left.
+/// digits, rounded up to a whole unit (so the callee may get up to one unit more
+/// than is left, as grpc-go writes it; never zero for time that is left).
 pub(crate) fn format_grpc_timeout(d: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
@@ -631,8 +689,9 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let max_wait = self.cfg.policy.max_wait();
-        if let Some(r) = self.reservation()
+        if let Some(r) = self.reservation_or_new()
             && r.permit.is_none()
+            && r.refuse.is_none()
         {
             match r.limit.poll_acquire(cx) {
                 Poll::Ready(Ok(permit)) => {
@@ -640,32 +699,34 @@ where
                     r.wait = None;
                 }
                 Poll::Ready(Err(e)) => {
+                    // Closed: the next call is refused.
                     let limit = u64::from(r.limit.limit().limit());
-                    return Poll::Ready(Err(Rejected::new(
+                    r.wait = None;
+                    r.refuse = Some(Rejected::new(
                         Stage::Concurrency,
                         e.reason().unwrap_or(Rejection::AtCapacity { limit }),
-                    )
-                    .into()));
+                    ));
                 }
                 Poll::Pending => {
-                    if let Some(max_wait) = max_wait {
-                        let timer = r
-                            .wait
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(max_wait)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            // Give up the place in the queue with the wait.
-                            r.wait = None;
-                            let limit = r.limit.limit().clone();
-                            let capacity = u64::from(limit.limit());
-                            r.limit = PollConcurrencyLimit::new(limit);
-                            return Poll::Ready(Err(Rejected::new(
-                                Stage::Concurrency,
-                                Rejection::AtCapacity { limit: capacity },
-                            )
-                            .into()));
-                        }
+                    let Some(max_wait) = max_wait else {
+                        return Poll::Pending;
+                    };
+                    let timer = r
+                        .wait
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(max_wait)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
+                    // Give up the place in the queue with the wait; the next
+                    // call is refused.
+                    r.wait = None;
+                    let limit = r.limit.limit().clone();
+                    let capacity = u64::from(limit.limit());
+                    r.limit = PollConcurrencyLimit::new(limit);
+                    r.refuse = Some(Rejected::new(
+                        Stage::Concurrency,
+                        Rejection::AtCapacity { limit: capacity },
+                    ));
                 }
             }
         }
@@ -674,7 +735,12 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         // Taken whatever happens next: no reservation outlives a call.
-        let reserved = self.reservation().and_then(|r| r.permit.take());
+        let (reserved, refuse) = self
+            .reservation()
+            .map_or((None, None), |r| (r.permit.take(), r.refuse.take()));
+        if let Some(refused) = refuse {
+            return PolicyFuture::rejected(refused);
+        }
         let Some(policy) = self.policy_for(req.uri().path()) else {
             drop(reserved);
             return PolicyFuture::exempt(self.inner.call(req));
@@ -817,7 +883,7 @@ where
             this.future.set(None);
             this.sleep.set(None);
             let Some(Admitted {
-                admission,
+                mut admission,
                 ctx,
                 cfg,
             }) = this.admitted.take()
@@ -835,20 +901,27 @@ where
                         .classifier
                         .classify_response(response.status(), response.headers());
                     let total = match cfg.body_timeout {
-                        Some(t) => Instant::now()
-                            .checked_add(t)
-                            .unwrap_or(Instant::now() + FAR),
-                        None => admission.deadline(),
+                        BodyTimeout::RequestDeadline => Some(admission.deadline()),
+                        BodyTimeout::After(t) => Some(later(Instant::now(), t)),
+                        BodyTimeout::Unbounded => None,
                     };
+                    let deadline = match (total, cfg.body_idle_timeout) {
+                        (None, None) => None,
+                        (total, idle) => Some(BodyDeadline {
+                            total: total.unwrap_or_else(|| later(Instant::now(), FAR)),
+                            idle,
+                            on_expiry: OnExpiry::Cut,
+                        }),
+                    };
+                    // The work answered: an adaptive limit's sample ends here,
+                    // not when a slow client has read the body.
+                    admission.mark_end();
                     let mut guard = AdmissionGuard::new(
                         admission,
                         Some(ctx),
                         Arc::clone(&cfg.classifier),
                         verdict,
-                        Some(BodyDeadline {
-                            total,
-                            idle: cfg.body_idle_timeout,
-                        }),
+                        deadline,
                     );
                     if response.body().is_end_stream() {
                         // Nothing left to stream: record the outcome now, hold
