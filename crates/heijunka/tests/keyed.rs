@@ -711,3 +711,28 @@ async fn axum_over_tcp_keys_by_peer_ip() {
     let url = serve(app(PeerIp::new(), limiter)).await;
     assert_eq!(get(&url, None).await.0, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[test]
+fn a_clients_non_ascii_entry_does_not_make_the_proxy_the_key() {
+    // nginx appends the real client to the line the client sent: junk bytes in
+    // the client's own entry must stop the walk there, not at the proxy.
+    let key = PeerIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+    for header in ["x-forwarded-for", "forwarded"] {
+        let value: &[u8] = if header == "forwarded" {
+            b"for=\"\xffjunk\", for=203.0.113.7"
+        } else {
+            b"\xffjunk, 203.0.113.7"
+        };
+        let mut req = Request::get("/")
+            .header(header, http::HeaderValue::from_bytes(value).unwrap())
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr("10.0.0.5:443".parse().unwrap()));
+        let mut key = key.clone();
+        if header == "forwarded" {
+            key = key.forwarded_header(ForwardedHeader::Forwarded);
+        }
+        assert_eq!(key.extract(&req), Some(ip("203.0.113.7")), "{header}");
+    }
+}

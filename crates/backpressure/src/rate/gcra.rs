@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use heijunka_core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
-use heijunka_core::sync::{CachePadded, hint};
+use heijunka_core::sync::{CachePadded, hint, thread};
 use heijunka_core::{Clock, ConfigError, validate};
 
 use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
@@ -201,6 +201,7 @@ impl ParamsCell {
     /// One whole parameter set.
     #[inline]
     fn load(&self) -> Params {
+        let mut spins = 0_u32;
         loop {
             // Acquire: pairs with the Release store that ended the last write.
             let s1 = self.seq.load(Ordering::Acquire);
@@ -219,7 +220,15 @@ impl ParamsCell {
                     return p;
                 }
             }
-            hint::spin_loop();
+            // A write takes a few stores; one that is taking longer has had its
+            // thread descheduled mid-write: give the core back rather than spin
+            // through its time slice.
+            spins += 1;
+            if spins < 64 {
+                hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
         }
     }
 

@@ -121,6 +121,32 @@ impl Override {
     }
 }
 
+/// The process's `HEIJUNKA__...` variables. Read with `vars_os`, so an
+/// unrelated variable that is not UTF-8 is skipped (`std::env::vars` would
+/// panic on it); one of ours that is not UTF-8 is an error naming it.
+pub(crate) fn process_env() -> Result<Vec<(String, String)>, ConfigErrors> {
+    let mut vars = Vec::new();
+    let mut errors = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if !name.starts_with(ENV_PREFIX) {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => vars.push((name.into_owned(), value)),
+            Err(raw) => errors.push(ConfigError::new(
+                name.into_owned(),
+                raw.to_string_lossy(),
+                "must be UTF-8",
+            )),
+        }
+    }
+    match ConfigErrors::from_vec(errors) {
+        None => Ok(vars),
+        Some(errors) => Err(errors),
+    }
+}
+
 impl Config {
     /// Reads `path` as [`from_file`](Self::from_file) does, then applies the
     /// process's `HEIJUNKA__...` environment variables on top
@@ -131,7 +157,7 @@ impl Config {
     /// As [`from_file`](Self::from_file) and
     /// [`with_env_overrides`](Self::with_env_overrides).
     pub fn from_file_with_env(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigErrors> {
-        Self::from_file(path)?.with_env_overrides(std::env::vars())
+        Self::from_file(path)?.with_env_overrides(process_env()?)
     }
 
     /// Applies the overrides among `vars` (name, value pairs; those not starting

@@ -250,56 +250,60 @@ impl PeerIp {
     }
 
     /// The client's address given the peer's and the request headers.
+    ///
+    /// Header values are read as UTF-8 with bad bytes replaced (no allocation
+    /// for a clean value): a client's junk in its own entry (nginx appends the
+    /// real address to the same line) then stops the walk at that entry only,
+    /// never at the trusted proxy's.
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        match self.header {
-            ForwardedHeader::XForwardedFor => {
-                let hops = headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .rev()
-                    .flat_map(|v| {
-                        // A value that is not visible ASCII gives one `None`: stop.
-                        let s = v.to_str().ok();
-                        s.into_iter()
-                            .flat_map(|s| s.rsplit(','))
-                            .map(str::trim)
-                            .filter(|e| !e.is_empty())
-                            .map(parse_addr)
-                            .chain(s.is_none().then_some(None))
-                    });
-                self.walk(peer, hops)
-            }
-            ForwardedHeader::Forwarded => {
-                let hops = headers
-                    .get_all(http::header::FORWARDED)
-                    .iter()
-                    .rev()
-                    .flat_map(|v| {
-                        let s = v.to_str().ok();
-                        s.into_iter()
-                            .flat_map(RevElements::new)
-                            .filter(|e| !e.trim().is_empty())
-                            .map(forwarded_for)
-                            .chain(s.is_none().then_some(None))
-                    });
-                self.walk(peer, hops)
-            }
-        }
-    }
-
-    /// The right-most untrusted address of `hops` (right to left; `None` for an
-    /// entry that names no address), `peer` being trusted.
-    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => http::HeaderName::from_static("x-forwarded-for"),
+            ForwardedHeader::Forwarded => http::header::FORWARDED,
+        };
         let mut nearest = peer;
-        for hop in hops {
-            let Some(ip) = hop else { return nearest };
-            let ip = ip.to_canonical();
-            if !self.is_trusted(ip) {
-                return ip;
+        for value in headers.get_all(name).iter().rev() {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let step = match self.header {
+                ForwardedHeader::XForwardedFor => self.walk(
+                    &mut nearest,
+                    text.rsplit(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(parse_addr),
+                ),
+                ForwardedHeader::Forwarded => self.walk(
+                    &mut nearest,
+                    RevElements::new(&text)
+                        .filter(|e| !e.trim().is_empty())
+                        .map(forwarded_for),
+                ),
+            };
+            if let Some(client) = step {
+                return client;
             }
-            nearest = ip;
         }
         nearest
+    }
+
+    /// Walks `hops` (right to left; `None` for an entry that names no address)
+    /// from `nearest`, the nearest trusted hop so far: `Some` with the client
+    /// (the first untrusted address, or the nearest trusted hop when an entry
+    /// names no address), `None` when every hop was trusted (`nearest` is then
+    /// the last of them).
+    fn walk(
+        &self,
+        nearest: &mut IpAddr,
+        hops: impl Iterator<Item = Option<IpAddr>>,
+    ) -> Option<IpAddr> {
+        for hop in hops {
+            let Some(ip) = hop else { return Some(*nearest) };
+            let ip = ip.to_canonical();
+            if !self.is_trusted(ip) {
+                return Some(ip);
+            }
+            *nearest = ip;
+        }
+        None
     }
 }
 
