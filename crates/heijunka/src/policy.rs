@@ -842,6 +842,11 @@ impl Policy {
     /// (and a drop for an adaptive limit), a cancellation is ignored.
     /// [`call_classified`](Self::call_classified) decides with a classifier.
     ///
+    /// Admission takes no lock. A call that has to wait (it returns `Pending`)
+    /// also waits for the request's cancellation, which makes the context's
+    /// token on first use: one registration with its parent (the shutdown's
+    /// token), as any waiter needs; a call that completes at once makes none.
+    ///
     /// # Errors
     ///
     /// [`PolicyError::Rejected`] naming the stage that refused,
