@@ -136,6 +136,12 @@ pin_project! {
     /// the response comes back with its body wrapped in a [`ResponseBody`] that
     /// holds the permit on.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it completes drops the inner call and gives the permit
+    /// back at once; a refused call holds nothing. Once it has returned a
+    /// response, the permit lives in the response's body.
+    ///
     /// ```
     /// use heijunka::backpressure::ConcurrencyLimit;
     /// use heijunka::tower::{ConcurrencyLimitLayer, GuardedFuture};
