@@ -12,12 +12,13 @@
 //! is the cost of one request, set-up excluded.
 //!
 //! Stacks: `bare`, `bare-empty`, `heijunka-limit`, `heijunka-limit-empty`,
-//! `tower-limit`, `bulkhead`, `heijunka-policy`, `tower-resilience`.
+//! `tower-limit`, `bulkhead`, `heijunka-policy`, `heijunka-policy-no-shutdown`,
+//! `tower-resilience`.
 
 use heijunka::shutdown::Shutdown;
 use heijunka_benches::http_stacks::{
-    Handler, drive, heijunka_limit, heijunka_policy, hello, hello_empty, resilience_bulkhead,
-    resilience_stack, tower_limit,
+    Handler, drive, heijunka_limit, heijunka_policy, hello, hello_empty, policy,
+    resilience_bulkhead, resilience_stack, tower_limit,
 };
 use tower::Layer;
 
@@ -46,6 +47,10 @@ fn main() {
                 .await;
             }
             "heijunka-policy" => drive(&mut heijunka_policy(&shutdown, hello), iters).await,
+            "heijunka-policy-no-shutdown" => {
+                let layer = heijunka::tower::PolicyLayer::new(policy());
+                drive(&mut layer.layer(tower::service_fn(hello as Handler)), iters).await;
+            }
             "tower-resilience" => drive(&mut resilience_stack(hello), iters).await,
             other => panic!("unknown stack `{other}`; {usage}"),
         }

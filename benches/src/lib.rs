@@ -111,7 +111,15 @@ pub mod http_stacks {
         shutdown: &Shutdown,
         handler: Handler,
     ) -> heijunka::tower::PolicyService<tower::util::ServiceFn<Handler>> {
-        let policy = Policy::builder()
+        heijunka::tower::PolicyLayer::new(policy())
+            .shutdown(shutdown.token())
+            .layer(tower::service_fn(handler))
+    }
+
+    /// The policy of [`heijunka_policy`]: timeout + GCRA rate + concurrency limit +
+    /// breaker, rates high enough never to refuse.
+    pub fn policy() -> Policy {
+        Policy::builder()
             .timeout(TIMEOUT)
             .rate_limiter(
                 Gcra::builder(f64::from(RATE))
@@ -127,10 +135,7 @@ pub mod http_stacks {
                     .expect("valid"),
             )
             .build()
-            .expect("valid");
-        heijunka::tower::PolicyLayer::new(policy)
-            .shutdown(shutdown.token())
-            .layer(tower::service_fn(handler))
+            .expect("valid")
     }
 
     /// tower-resilience's equivalent of [`heijunka_policy`], in the same order:
