@@ -337,9 +337,7 @@ impl Inner {
 
 /// A timeout in nanoseconds (saturating at about 584 years), 0 for none.
 fn timeout_nanos(timeout: Option<Duration>) -> u64 {
-    timeout.map_or(0, |t| {
-        u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
-    })
+    timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1))
 }
 
 /// Admission control for calls to one kind of work or one dependency: deadline →
