@@ -1,19 +1,28 @@
 //! `policy/*`: the facade's policy pipeline, admitting path, with every stage
 //! configured (rate limit, memory gate, a shed signal, concurrency limit,
-//! breaker), against the same stages called one after another by hand; the
-//! tower layers against tower's own; and the keyed (per-client) rate-limit layer
-//! against tower-governor.
+//! breaker), against the same stages called one after another by hand; and the
+//! tower layers against tower's own; the whole `PolicyLayer` against
+//! tower-resilience's equivalent stack, and the concurrency layer against tower's
+//! and tower-resilience's, each with the bare service in the same group (overhead =
+//! layer - bare); and the keyed (per-client) rate-limit layer against
+//! tower-governor.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use heijunka::backpressure::{ConcurrencyLimit, Gcra, RateLimiter};
 use heijunka::breaker::CircuitBreaker;
 use heijunka::context::RequestContext;
 use heijunka::memory::{ManualProbe, MemoryGate, MemoryMonitor};
 use heijunka::policy::Policy;
+use heijunka::shutdown::Shutdown;
 use heijunka_benches::baselines;
+use heijunka_benches::http_stacks::{
+    Handler, HttpRequest, drive, heijunka_limit, heijunka_policy, hello, hello_empty,
+    resilience_bulkhead, resilience_stack, tower_limit,
+};
 
 fn gate() -> MemoryGate {
     let probe = ManualProbe::new(1 << 40);
@@ -125,7 +134,7 @@ fn tower_layers(c: &mut Criterion) {
     g.bench_function("heijunka", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = std::time::Instant::now();
+                let start = Instant::now();
                 for _ in 0..iters {
                     let svc = ours.ready().await.expect("ready");
                     let resp = svc.call(http::Request::new(String::new())).await;
@@ -145,7 +154,7 @@ fn tower_layers(c: &mut Criterion) {
     g.bench_function("tower", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = std::time::Instant::now();
+                let start = Instant::now();
                 for _ in 0..iters {
                     let svc = theirs.ready().await.expect("ready");
                     let resp = svc.call(http::Request::new(String::new())).await;
@@ -155,6 +164,139 @@ fn tower_layers(c: &mut Criterion) {
             })
         })
     });
+    g.finish();
+}
+
+/// Times `iters` requests on one thread (a current-thread runtime).
+fn one_thread<S, B>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
+where
+    S: tower::Service<HttpRequest, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        drive(svc, iters).await;
+        start.elapsed()
+    })
+}
+
+/// Times `iters` requests on each of `tasks` tasks of a multi-thread runtime, each
+/// task driving its own clone of `svc` (clones share the layers' state: limits,
+/// breaker, rate), from a start barrier to the last task's end. Criterion reports
+/// the time per request per task, as `heijunka_benches::contended` does.
+fn tasks<S, B>(rt: &tokio::runtime::Runtime, tasks: usize, svc: &S, iters: u64) -> Duration
+where
+    S: tower::Service<HttpRequest, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin + Send,
+    B::Data: Send,
+    B::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let start = Arc::clone(&start);
+                tokio::spawn(async move {
+                    start.wait().await;
+                    drive(&mut svc, iters).await;
+                })
+            })
+            .collect();
+        start.wait().await;
+        let began = Instant::now();
+        for h in handles {
+            h.await.expect("benchmark task panicked");
+        }
+        began.elapsed()
+    })
+}
+
+/// `policy/tower_policy_stack/{threads}`: `PolicyLayer` end to end with shutdown
+/// wired (timeout 30 s + GCRA rate + concurrency limit + breaker, rates high
+/// enough never to refuse) against tower-resilience's equivalent stack
+/// (`TimeLimiterLayer` + `RateLimiterLayer` + `BulkheadLayer` +
+/// `CircuitBreakerLayer`, same order, same limits, fail-fast like heijunka), and
+/// the bare service; each reads the response body to its end. At 1 thread
+/// (current-thread runtime) and 2 (two tasks on a 2-worker runtime sharing the
+/// layers). Overhead = function - `bare`.
+fn tower_policy_stack(c: &mut Criterion) {
+    let shutdown = Shutdown::new();
+    let mut g = c.benchmark_group("policy/tower_policy_stack");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut svc = heijunka_policy(&shutdown, hello);
+    g.bench_function(BenchmarkId::new("heijunka", 1), |b| {
+        b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+    });
+    let mut svc = rt.block_on(async { resilience_stack(hello) });
+    g.bench_function(BenchmarkId::new("tower-resilience", 1), |b| {
+        b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+    });
+    let mut svc = tower::service_fn(hello as Handler);
+    g.bench_function(BenchmarkId::new("bare", 1), |b| {
+        b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+    });
+    drop(rt);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let svc = heijunka_policy(&shutdown, hello);
+    g.bench_function(BenchmarkId::new("heijunka", 2), |b| {
+        b.iter_custom(|iters| tasks(&rt, 2, &svc, iters))
+    });
+    let svc = rt.block_on(async { resilience_stack(hello) });
+    g.bench_function(BenchmarkId::new("tower-resilience", 2), |b| {
+        b.iter_custom(|iters| tasks(&rt, 2, &svc, iters))
+    });
+    let svc = tower::service_fn(hello as Handler);
+    g.bench_function(BenchmarkId::new("bare", 2), |b| {
+        b.iter_custom(|iters| tasks(&rt, 2, &svc, iters))
+    });
+    g.finish();
+}
+
+/// `policy/tower_concurrency/{body}`: heijunka's `ConcurrencyLimitLayer` (holds
+/// its permit until the body ends) against tower's `ConcurrencyLimitLayer`
+/// (releases it with the headers) and tower-resilience's `BulkheadLayer`
+/// (fail-fast), and the bare service, at 1 thread, each reading the body to its
+/// end. `one-frame`: a body with one data frame; `empty`: a body complete at the
+/// headers. Overhead = function - `bare`.
+fn tower_concurrency(c: &mut Criterion) {
+    use tower::Layer;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("policy/tower_concurrency");
+    for (param, handler) in [("one-frame", hello as Handler), ("empty", hello_empty)] {
+        let mut svc = heijunka_limit(handler);
+        g.bench_function(BenchmarkId::new("heijunka", param), |b| {
+            b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+        });
+        let mut svc = tower_limit(handler);
+        g.bench_function(BenchmarkId::new("tower", param), |b| {
+            b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+        });
+        let mut svc = resilience_bulkhead().layer(tower::service_fn(handler));
+        g.bench_function(BenchmarkId::new("tower-resilience", param), |b| {
+            b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+        });
+        let mut svc = tower::service_fn(handler);
+        g.bench_function(BenchmarkId::new("bare", param), |b| {
+            b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+        });
+    }
     g.finish();
 }
 
@@ -279,5 +421,13 @@ fn keyed_layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baselines, admit, tower_layers, keyed_layer);
+criterion_group!(
+    benches,
+    baselines,
+    admit,
+    tower_layers,
+    tower_policy_stack,
+    tower_concurrency,
+    keyed_layer
+);
 criterion_main!(benches);

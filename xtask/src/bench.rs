@@ -7,7 +7,9 @@
 //! figure is criterion's median estimate: on a shared, noisy machine the median is
 //! steadier than the mean. The `baseline` group (an uncontended `fetch_add`,
 //! `Instant::now()`, a `Box::new` + drop) is timed in every bench target, and
-//! heijunka's cost is also expressed in `fetch_add`s.
+//! heijunka's cost is also expressed in `fetch_add`s. A group that also times the
+//! bare service a layer wraps (function `bare`) gets a second table: each layer's
+//! overhead (its time minus `bare`'s) and the ratio of the overheads.
 //!
 //! `bench --guard` runs only the headline rows listed in the guard table of
 //! `docs/benchmarks.md` (between the `bench-guard` markers), in criterion's quick
@@ -196,6 +198,7 @@ fn table(results: &Results) -> String {
             ));
         }
     }
+    s.push_str(&overheads(results));
     if let Some(base) = results.get(&("baseline".to_string(), String::new())) {
         s.push_str("\nBaselines in the same run: ");
         let parts: Vec<String> = base
@@ -206,6 +209,46 @@ fn table(results: &Results) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The function a group times to measure the service a layer wraps: with one, a
+/// layer's cost is its time minus this one's (its overhead), and targets stated in
+/// overhead compare those.
+const BARE: &str = "bare";
+
+/// For each group that times a [`BARE`] function: heijunka's overhead over it,
+/// each peer's, and their ratio. Empty when no group has one.
+fn overheads(results: &Results) -> String {
+    let mut s = String::new();
+    for ((group, param), functions) in results {
+        let (Some(&ours), Some(&bare)) = (functions.get("heijunka"), functions.get(BARE)) else {
+            continue;
+        };
+        for (peer, &theirs) in functions
+            .iter()
+            .filter(|(n, _)| *n != "heijunka" && *n != BARE)
+        {
+            let (o, t) = (ours - bare, theirs - bare);
+            let ratio = if t > 0.0 {
+                format!("{:.2}", o / t)
+            } else {
+                "-".to_string()
+            };
+            s.push_str(&format!(
+                "| {group} | {param} | {} | {peer} | {} | {ratio} |\n",
+                fmt_ns(o),
+                fmt_ns(t)
+            ));
+        }
+    }
+    if s.is_empty() {
+        return s;
+    }
+    format!(
+        "\nOverhead over the bare service (time minus `{BARE}`, same run):\n\n\
+         | operation | threads/param | heijunka overhead | peer | peer overhead | ratio (heijunka/peer) |\n\
+         | --- | --- | --- | --- | --- | --- |\n{s}"
+    )
 }
 
 /// How far past its guard a figure may be before `--guard` fails: ratios measured
@@ -405,6 +448,28 @@ mod tests {
         assert!(matches!(rows[0].limit, Limit::Ratio(r) if (r - 0.2).abs() < 1e-9));
         assert!(rows[1].peer.is_none());
         assert!(matches!(rows[1].limit, Limit::Nanos(n) if (n - 10.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn overheads_subtract_the_bare_service() {
+        let mut results = Results::new();
+        let g = results
+            .entry(("policy/x".to_string(), "1".to_string()))
+            .or_default();
+        g.insert("heijunka".to_string(), 60.0);
+        g.insert("tower".to_string(), 50.0);
+        g.insert("bare".to_string(), 40.0);
+        results
+            .entry(("policy/no_bare".to_string(), String::new()))
+            .or_default()
+            .insert("heijunka".to_string(), 1.0);
+        let s = overheads(&results);
+        assert!(
+            s.contains("| policy/x | 1 | 20.00 ns | tower | 10.00 ns | 2.00 |"),
+            "{s}"
+        );
+        assert!(!s.contains("no_bare"), "{s}");
+        assert!(overheads(&Results::new()).is_empty());
     }
 
     #[test]

@@ -136,6 +136,12 @@ pin_project! {
     /// the response comes back with its body wrapped in a [`ResponseBody`] that
     /// holds the permit on.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it completes drops the inner call and gives the permit
+    /// back at once; a refused call holds nothing. Once it has returned a
+    /// response, the permit lives in the response's body.
+    ///
     /// ```
     /// use heijunka::backpressure::ConcurrencyLimit;
     /// use heijunka::tower::{ConcurrencyLimitLayer, GuardedFuture};
@@ -153,26 +159,43 @@ pin_project! {
     /// ```
     pub struct GuardedFuture<F> {
         #[pin]
-        future: Option<F>,
-        permit: Option<OwnedPermit>,
-        rejected: Option<Rejected>,
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    /// One enum rather than three `Option`s: the future is smaller (less to copy
+    /// on every move) and a poll checks one discriminant and one `Option`.
+    #[project = StateProj]
+    enum State<F> {
+        /// Admitted: the inner call and the permit its response body takes on;
+        /// `None` once the output was returned (the call is not polled again).
+        Running {
+            #[pin]
+            future: F,
+            permit: Option<OwnedPermit>,
+        },
+        /// Refused at `call`: nothing held; the refusal is the output (`None`
+        /// once returned).
+        Rejected { rejected: Option<Rejected> },
     }
 }
 
 impl<F> GuardedFuture<F> {
     fn called(future: F, permit: OwnedPermit) -> Self {
         Self {
-            future: Some(future),
-            permit: Some(permit),
-            rejected: None,
+            state: State::Running {
+                future,
+                permit: Some(permit),
+            },
         }
     }
 
     fn rejected(rejected: Rejected) -> Self {
         Self {
-            future: None,
-            permit: None,
-            rejected: Some(rejected),
+            state: State::Rejected {
+                rejected: Some(rejected),
+            },
         }
     }
 }
@@ -185,32 +208,36 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let Some(future) = this.future.as_mut().as_pin_mut() else {
-            return Poll::Ready(Err(this
-                .rejected
-                .take()
-                .map_or_else(|| "polled after completion".into(), Into::into)));
-        };
-        let result = ready!(future.poll(cx));
-        this.future.set(None);
-        // An error drops the permit here; a response's body takes it on.
-        let permit = this.permit.take();
-        Poll::Ready(match (result, permit) {
-            (Ok(response), Some(permit)) => {
-                Ok(response.map(|b| ResponseBody::new(b, Guard::Permit(permit))))
+        match self.project().state.project() {
+            StateProj::Running { future, permit } => {
+                if permit.is_none() {
+                    return Poll::Ready(Err("polled after completion".into()));
+                }
+                let result = ready!(future.poll(cx));
+                // An error drops the permit here; a response's body takes it on.
+                let permit = permit.take();
+                Poll::Ready(match (result, permit) {
+                    (Ok(response), Some(permit)) => {
+                        Ok(response.map(|b| ResponseBody::new(b, Guard::Permit(permit))))
+                    }
+                    (Ok(_), None) => Err("polled after completion".into()),
+                    (Err(e), _) => Err(e.into()),
+                })
             }
-            (Ok(_), None) => Err("polled after completion".into()),
-            (Err(e), _) => Err(e.into()),
-        })
+            StateProj::Rejected { rejected } => Poll::Ready(Err(rejected
+                .take()
+                .map_or_else(|| "polled after completion".into(), Into::into))),
+        }
     }
 }
 
 impl<F> fmt::Debug for GuardedFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GuardedFuture")
-            .field("running", &self.future.is_some())
-            .field("rejected", &self.rejected)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("GuardedFuture");
+        match &self.state {
+            State::Running { permit, .. } => d.field("running", &permit.is_some()),
+            State::Rejected { rejected } => d.field("running", &false).field("rejected", rejected),
+        };
+        d.finish_non_exhaustive()
     }
 }
