@@ -496,7 +496,7 @@ impl<S> PolicyService<S> {
         if c.grpc_timeout
             && let Some(t) = req
                 .headers()
-                .get("grpc-timeout")
+                .get(&GRPC_TIMEOUT)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         {
             earlier(later(now, t));
@@ -525,7 +525,7 @@ impl<S> PolicyService<S> {
         let mut builder = RequestContext::builder().deadline(deadline);
         if let Some(id) = req
             .headers()
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split('-').nth(1))
             .and_then(|id| TraceId::parse(id).ok())
@@ -572,7 +572,7 @@ impl<S> PolicyService<S> {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if c.grpc_timeout && is_grpc {
             req.headers_mut()
-                .insert("grpc-timeout", format_grpc_timeout(left));
+                .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(left));
         }
         if let Some((name, format)) = &c.deadline_header {
             let value = match format {
@@ -605,6 +605,10 @@ impl<S: fmt::Debug> fmt::Debug for PolicyService<S> {
             .finish()
     }
 }
+
+/// Header names made once (a `&str` name is parsed on every lookup).
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// About 30 years: a deadline that never comes.
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
