@@ -20,8 +20,8 @@ use heijunka::policy::Policy;
 use heijunka::shutdown::Shutdown;
 use heijunka_benches::baselines;
 use heijunka_benches::http_stacks::{
-    Handler, HttpRequest, drive, heijunka_limit, heijunka_policy, hello, hello_empty,
-    resilience_bulkhead, resilience_stack, tower_limit,
+    Handler, HttpRequest, drive, heijunka_limit, heijunka_policy, heijunka_policy_lean, hello,
+    hello_empty, resilience_bulkhead, resilience_stack, tower_limit,
 };
 
 fn gate() -> MemoryGate {
@@ -241,6 +241,16 @@ fn tower_policy_stack(c: &mut Criterion) {
     });
     let mut svc = tower::service_fn(hello as Handler);
     g.bench_function(BenchmarkId::new("bare", 1), |b| {
+        b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+    });
+    // `1-lean`: the context not put in the request's extensions (handlers use
+    // `RequestContext::current()`), against the same tower-resilience stack.
+    let mut svc = heijunka_policy_lean(&shutdown, hello);
+    g.bench_function(BenchmarkId::new("heijunka", "1-lean"), |b| {
+        b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
+    });
+    let mut svc = rt.block_on(async { resilience_stack(hello) });
+    g.bench_function(BenchmarkId::new("tower-resilience", "1-lean"), |b| {
         b.iter_custom(|iters| one_thread(&rt, &mut svc, iters))
     });
     drop(rt);

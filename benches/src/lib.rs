@@ -116,6 +116,19 @@ pub mod http_stacks {
             .layer(tower::service_fn(handler))
     }
 
+    /// [`heijunka_policy`] without the context in the request's extensions
+    /// (handlers reach it with `RequestContext::current()`): the request's
+    /// extensions map stays unallocated.
+    pub fn heijunka_policy_lean(
+        shutdown: &Shutdown,
+        handler: Handler,
+    ) -> heijunka::tower::PolicyService<tower::util::ServiceFn<Handler>> {
+        heijunka::tower::PolicyLayer::new(policy())
+            .shutdown(shutdown.token())
+            .context_extension(false)
+            .layer(tower::service_fn(handler))
+    }
+
     /// The policy of [`heijunka_policy`]: timeout + GCRA rate + concurrency limit +
     /// breaker, rates high enough never to refuse.
     pub fn policy() -> Policy {

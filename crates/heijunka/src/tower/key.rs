@@ -184,6 +184,7 @@ impl PeerIp {
     }
 
     /// `ip` as a key: IPv6 masked to the configured prefix.
+    #[inline]
     fn key(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & self.v6_mask)),
@@ -238,6 +239,7 @@ impl PeerIp {
         self
     }
 
+    #[inline]
     fn peer(&self, ext: &Extensions) -> Option<SocketAddr> {
         self.reader
             .and_then(|read| read(ext))
@@ -245,6 +247,7 @@ impl PeerIp {
             .or_else(|| ext.get::<SocketAddr>().copied())
     }
 
+    #[inline]
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
     }
@@ -326,6 +329,7 @@ impl fmt::Debug for PeerIp {
 impl<B> KeyExtractor<B> for PeerIp {
     type Key = IpAddr;
 
+    #[inline]
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = self.peer(req.extensions())?.ip().to_canonical();
         if !self.is_trusted(peer) {

@@ -101,22 +101,13 @@ impl QuotaHeaders {
     /// nothing for [`RateLimitHeaders::Off`].
     pub fn write_to(&self, headers: &mut HeaderMap) {
         let [limit, remaining, reset] = match self.style {
-            RateLimitHeaders::Ietf => IETF,
-            RateLimitHeaders::XRateLimit => X_RATELIMIT,
+            RateLimitHeaders::Ietf => &IETF,
+            RateLimitHeaders::XRateLimit => &X_RATELIMIT,
             RateLimitHeaders::Off => return,
         };
-        headers.insert(
-            HeaderName::from_static(limit),
-            number(u64::from(self.limit)),
-        );
-        headers.insert(
-            HeaderName::from_static(remaining),
-            number(u64::from(self.remaining)),
-        );
-        headers.insert(
-            HeaderName::from_static(reset),
-            number(seconds_up(self.reset_after)),
-        );
+        headers.insert(limit.clone(), number(u64::from(self.limit)));
+        headers.insert(remaining.clone(), number(u64::from(self.remaining)));
+        headers.insert(reset.clone(), number(seconds_up(self.reset_after)));
     }
 }
 
@@ -157,11 +148,16 @@ fn number(n: u64) -> HeaderValue {
     }
 }
 
-const IETF: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
-const X_RATELIMIT: [&str; 3] = [
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
+// Made once: `HeaderName::from_static` checks its text each time it runs.
+static IETF: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
+static X_RATELIMIT: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-ratelimit-reset"),
 ];
 
 /// What the [`KeyedRateLimitLayer`] does with a request its extractor finds no key
@@ -507,26 +503,38 @@ pin_project! {
     /// ```
     pub struct KeyedFuture<F> {
         #[pin]
-        future: Option<F>,
-        quota: Option<QuotaHeaders>,
-        refused: Option<Refusal>,
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    /// What a [`KeyedFuture`] holds: the call, or the refusal (boxed: the slow
+    /// path, and it keeps the future small to move).
+    #[project = StateProj]
+    enum State<F> {
+        Called {
+            #[pin]
+            future: F,
+            quota: Option<QuotaHeaders>,
+        },
+        Refused {
+            refusal: Option<Box<Refusal>>,
+        },
     }
 }
 
 impl<F> KeyedFuture<F> {
     fn called(future: F, quota: Option<QuotaHeaders>) -> Self {
         Self {
-            future: Some(future),
-            quota,
-            refused: None,
+            state: State::Called { future, quota },
         }
     }
 
     fn refused(refusal: Refusal) -> Self {
         Self {
-            future: None,
-            quota: None,
-            refused: Some(refusal),
+            state: State::Refused {
+                refusal: Some(Box::new(refusal)),
+            },
         }
     }
 }
@@ -539,16 +547,15 @@ where
     type Output = Result<Response<R>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.future.as_pin_mut() {
-            Some(future) => {
+        match self.project().state.project() {
+            StateProj::Called { future, quota } => {
                 let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                if let Some(quota) = this.quota.take() {
+                if let Some(quota) = quota.take() {
                     quota.write_to(response.headers_mut());
                 }
                 Poll::Ready(Ok(response))
             }
-            None => Poll::Ready(Err(match this.refused.take() {
+            StateProj::Refused { refusal } => Poll::Ready(Err(match refusal.take().map(|r| *r) {
                 Some(Refusal::Rejected(rejected)) => rejected.into(),
                 Some(Refusal::NoKey) => NoKeyError.into(),
                 None => "polled after completion".into(),
@@ -559,10 +566,12 @@ where
 
 impl<F> fmt::Debug for KeyedFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedFuture")
-            .field("quota", &self.quota)
-            .field("refused", &self.refused)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("KeyedFuture");
+        match &self.state {
+            State::Called { quota, .. } => d.field("quota", quota),
+            State::Refused { refusal } => d.field("refused", refusal),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
