@@ -780,7 +780,9 @@ where
                 } else if self.cfg.extension {
                     req.extensions_mut().insert(ctx.clone());
                 }
-                let future = ctx.enter(|| self.inner.call(req));
+                // The context is current while the future is polled (not while
+                // `call` makes it: most services only build their future there).
+                let future = self.inner.call(req);
                 PolicyFuture {
                     future: Some(future),
                     sleep: None,
