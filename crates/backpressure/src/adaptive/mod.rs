@@ -790,7 +790,7 @@ impl OwnedAdaptivePermit {
     /// use std::time::Duration;
     ///
     /// let manual = ManualClock::new();
-    /// let limit = AdaptiveLimit::builder(Aimd::builder().initial_limit(10).build()?)
+    /// let limit = AdaptiveLimit::builder(Aimd::builder().initial_limit(10).min_limit(1).build()?)
     ///     .clock(manual.clock())
     ///     .build()?;
     /// let mut permit = limit.try_acquire_owned()?;
