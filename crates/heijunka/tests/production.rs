@@ -1068,5 +1068,111 @@ async fn an_adaptive_limit_samples_at_the_headers_not_the_end_of_the_body() {
     // AIMD grows on a fast success with half the limit in use (1 * 2 >= 2) and
     // shrinks on a sample slower than its time-out.
     assert_eq!(limit.stats().successes, 1);
-    assert_eq!(limit.limit(), 3, "a 3 s read taken for a slow service");
+    assert_eq!(
+        limit.limit(),
+        3,
+        "the sample must end at the headers, not after the 3 s read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trailers_that_arrive_at_the_deadline_are_delivered_and_count() {
+    // A stream body that does not say it has ended after its trailers: the
+    // trailers are still the last frame, delivered whole.
+    let breaker = CircuitBreaker::builder().name("late").build().unwrap();
+    let policy = Policy::builder().breaker(breaker.clone()).build().unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let mut rx = Some(rx);
+    let mut svc = PolicyLayer::client(policy)
+        .classifier(GrpcClassifier::new())
+        .body_timeout(Duration::from_secs(1))
+        .unwrap()
+        .layer(service_fn(move |_: http::Request<()>| {
+            let body = ChannelBody(rx.take().unwrap());
+            async move { Ok::<_, Infallible>(http::Response::new(body)) }
+        }));
+    let mut body = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    tx.send(Frame::data(Bytes::from("m"))).await.unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    // Nothing more for now: the body waits, its timer set for 1 s.
+    assert!(
+        tokio::time::timeout(ms(10), body.frame()).await.is_err(),
+        "pending"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    tx.send(Frame::trailers(trailers)).await.unwrap();
+    let frame = body
+        .frame()
+        .await
+        .unwrap()
+        .expect("the trailers, not a time-out");
+    assert!(frame.is_trailers());
+    let stats = breaker.stats();
+    assert_eq!((stats.calls, stats.failed_calls), (1, 0), "a success");
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_refusal_does_not_refuse_an_exempt_path_and_does_not_go_stale() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .max_wait(ms(50))
+        .build()
+        .unwrap();
+    let mut svc = PolicyLayer::new(policy)
+        .reserve_in_poll_ready(true)
+        .exempt("/health")
+        .layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        }));
+    let held = limit.try_acquire_owned().unwrap();
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    // The wait ran out, but the next request is to an exempt path.
+    let health = http::Request::get("/health").body(()).unwrap();
+    assert!(svc.call(health).await.is_ok(), "health is exempt");
+
+    // A refusal waiting for a call does not outlive a freed permit.
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    drop(held);
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert!(svc.holds_reservation());
+    assert!(svc.call(http::Request::new(())).await.is_ok());
+}
+
+#[tokio::test]
+async fn without_the_extension_the_handler_still_finds_its_context() {
+    let mut svc = PolicyLayer::new(Policy::builder().build().unwrap())
+        .context_extension(false)
+        .layer(service_fn(|req: http::Request<()>| {
+            let in_call = RequestContext::current().is_some();
+            async move {
+                tokio::task::yield_now().await;
+                let body = format!(
+                    "{} {} {}",
+                    in_call,
+                    RequestContext::current().is_some(),
+                    req.extensions().get::<RequestContext>().is_some()
+                );
+                Ok::<_, Infallible>(http::Response::new(body))
+            }
+        }));
+    let r = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "true true false");
 }

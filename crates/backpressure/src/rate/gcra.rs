@@ -223,7 +223,7 @@ impl ParamsCell {
             // A write takes a few stores; one that is taking longer has had its
             // thread descheduled mid-write: give the core back rather than spin
             // through its time slice.
-            spins += 1;
+            spins = spins.saturating_add(1);
             if spins < 64 {
                 hint::spin_loop();
             } else {

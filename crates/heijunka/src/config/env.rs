@@ -124,7 +124,7 @@ impl Override {
 /// The process's `HEIJUNKA__...` variables. Read with `vars_os`, so an
 /// unrelated variable that is not UTF-8 is skipped (`std::env::vars` would
 /// panic on it); one of ours that is not UTF-8 is an error naming it.
-pub(crate) fn process_env() -> Result<Vec<(String, String)>, ConfigErrors> {
+pub(crate) fn process_env() -> (Vec<(String, String)>, Vec<ConfigError>) {
     let mut vars = Vec::new();
     let mut errors = Vec::new();
     for (name, value) in std::env::vars_os() {
@@ -141,10 +141,7 @@ pub(crate) fn process_env() -> Result<Vec<(String, String)>, ConfigErrors> {
             )),
         }
     }
-    match ConfigErrors::from_vec(errors) {
-        None => Ok(vars),
-        Some(errors) => Err(errors),
-    }
+    (vars, errors)
 }
 
 impl Config {
@@ -157,13 +154,29 @@ impl Config {
     /// As [`from_file`](Self::from_file) and
     /// [`with_env_overrides`](Self::with_env_overrides).
     pub fn from_file_with_env(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigErrors> {
-        Self::from_file(path)?.with_env_overrides(process_env()?)
+        Self::from_file(path)?.with_process_env()
+    }
+
+    /// [`with_env_overrides`](Self::with_env_overrides) with the process's
+    /// environment ([`process_env`]), every problem at once: the unreadable
+    /// variables with the bad overrides.
+    pub(crate) fn with_process_env(self) -> Result<Self, ConfigErrors> {
+        let (vars, unreadable) = process_env();
+        match self.with_env_overrides(vars) {
+            Ok(config) => ConfigErrors::from_vec(unreadable).map_or(Ok(config), Err),
+            Err(mut errors) => {
+                errors.extend(unreadable);
+                Err(errors)
+            }
+        }
     }
 
     /// Applies the overrides among `vars` (name, value pairs; those not starting
     /// with [`ENV_PREFIX`] are ignored) on top of this config; the
-    /// [module docs](crate::config#environment-overrides) give the convention. Pass `std::env::vars()` for the
-    /// process's environment.
+    /// [module docs](crate::config#environment-overrides) give the convention. For
+    /// the process's environment use [`from_file_with_env`](Self::from_file_with_env)
+    /// (it reads it without panicking on a variable that is not UTF-8, as
+    /// `std::env::vars()` would).
     ///
     /// ```
     /// use heijunka::config::Config;

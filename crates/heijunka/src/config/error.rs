@@ -29,6 +29,11 @@ pub struct ConfigErrors {
 }
 
 impl ConfigErrors {
+    /// Adds `more` after the errors held.
+    pub(crate) fn extend(&mut self, more: impl IntoIterator<Item = ConfigError>) {
+        self.errors.extend(more);
+    }
+
     /// The errors from a list; `None` if it is empty.
     pub fn from_vec(errors: Vec<ConfigError>) -> Option<Self> {
         if errors.is_empty() {

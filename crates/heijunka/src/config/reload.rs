@@ -472,7 +472,7 @@ fn watch(
                     },
                     |t| Config::from_file_text(path, t),
                 )
-                .and_then(|c| c.with_env_overrides(super::env::process_env()?))
+                .and_then(Config::with_process_env)
                 .and_then(|c| live.reload(c, ReloadOptions::default()));
             match result {
                 // Relaxed: counters read on their own.

@@ -325,12 +325,15 @@ where
             }
             Poll::Ready(Some(Err(_))) => false,
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                let trailers = frame.trailers_ref();
+                if let Some(trailers) = trailers {
                     guard.trailers(trailers);
                 }
-                if this.inner.is_end_stream() {
-                    // A body that knows it is done (a `Full`) may never be polled
-                    // again.
+                if trailers.is_some() || this.inner.is_end_stream() {
+                    // Trailers are the last frame (whatever the body says of its
+                    // end), and a body that knows it is done (a `Full`) may never
+                    // be polled again: the response was delivered whole, even
+                    // past the deadline.
                     guard.end();
                     drop(this.guard.take());
                     return polled.map(|f| f.map(|r| r.map_err(Into::into)));

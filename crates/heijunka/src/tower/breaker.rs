@@ -72,6 +72,7 @@ impl fmt::Debug for BreakerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerLayer")
             .field("breaker", &self.breaker)
+            .field("verdict_timeout", &self.verdict_timeout)
             .finish_non_exhaustive()
     }
 }
