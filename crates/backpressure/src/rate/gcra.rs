@@ -340,7 +340,7 @@ impl Gcra {
     ///
     /// # Errors
     ///
-    /// As [`GcraBuilder::build`] (the fields are named `rate` and `burst`); the
+    /// As the builder's `build` (the fields are named `rate` and `burst`); the
     /// old values are kept.
     pub fn set_rate(&self, per_second: f64, burst: u32) -> Result<(), ConfigError> {
         self.params.store(Params::new(per_second, burst)?);
