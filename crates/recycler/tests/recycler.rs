@@ -374,13 +374,21 @@ fn with_no_thread_caches_capacity_bounds_the_idle_values() {
     // The documented bound: `capacity + threads × per_thread`, `capacity` alone
     // with `per_thread(0)`.
     let pool = Arc::new(buffers(4, 0));
+    // Joined explicitly: a scope's implicit join does not wait for thread-local
+    // destructors (miri then finds threads still running when the test binary
+    // ends), an explicit join does.
     std::thread::scope(|s| {
-        for _ in 0..4 {
-            let pool = Arc::clone(&pool);
-            s.spawn(move || {
-                let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
-                drop(held);
-            });
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                s.spawn(move || {
+                    let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
+                    drop(held);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
     });
     assert!(pool.stats().idle <= 4, "{:?}", pool.stats());
@@ -389,17 +397,19 @@ fn with_no_thread_caches_capacity_bounds_the_idle_values() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let go_rx = std::sync::Mutex::new(go_rx);
     std::thread::scope(|s| {
-        for _ in 0..3 {
-            let (pool, done_tx) = (Arc::clone(&cached), done_tx.clone());
-            let go_rx = &go_rx;
-            s.spawn(move || {
-                let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
-                drop(held);
-                done_tx.send(()).unwrap();
-                // Stay alive (caches kept) until every thread has returned.
-                let _ = go_rx.lock().unwrap().recv();
-            });
-        }
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, done_tx) = (Arc::clone(&cached), done_tx.clone());
+                let go_rx = &go_rx;
+                s.spawn(move || {
+                    let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
+                    drop(held);
+                    done_tx.send(()).unwrap();
+                    // Stay alive (caches kept) until every thread has returned.
+                    let _ = go_rx.lock().unwrap().recv();
+                })
+            })
+            .collect();
         for _ in 0..3 {
             done_rx.recv().unwrap();
         }
@@ -407,6 +417,9 @@ fn with_no_thread_caches_capacity_bounds_the_idle_values() {
         assert!(idle > 4 && idle <= 4 + 3 * 2, "idle {idle}");
         for _ in 0..3 {
             go_tx.send(()).unwrap();
+        }
+        for t in threads {
+            t.join().unwrap();
         }
     });
 }
