@@ -5,13 +5,12 @@
 //! permit forever. Paused time throughout.
 #![cfg(feature = "tower")]
 
+mod support;
+
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use bytes_body::ChannelBody;
 use heijunka::backpressure::ConcurrencyLimit;
 use heijunka::breaker::CircuitBreaker;
 use heijunka::context::RequestContext;
@@ -19,29 +18,9 @@ use heijunka::core::Rejection;
 use heijunka::policy::Policy;
 use heijunka::tower::{PolicyLayer, Rejected, Stage};
 use http_body_util::BodyExt;
+use support::ChannelBody;
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceExt, service_fn};
-
-/// A response body fed through a channel: a frame per message, the end when the
-/// sender is dropped, pending in between.
-mod bytes_body {
-    use super::*;
-    use http_body::{Body, Frame};
-
-    pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Frame<Bytes>>);
-
-    impl Body for ChannelBody {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            self.0.poll_recv(cx).map(|f| f.map(Ok))
-        }
-    }
-}
 
 fn seconds(s: u64) -> Duration {
     Duration::from_secs(s)

@@ -4,6 +4,8 @@
 //! tower's `load_shed`, bounded waiting, and each future dropped at every await.
 #![cfg(feature = "tower")]
 
+mod support;
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,35 +29,12 @@ use heijunka::tower::{
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use support::{ChannelBody, paused_runtime};
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
-/// A response body fed through a channel: a frame per message, the end when the
-/// sender is dropped, pending in between.
-struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime")
 }
 
 /// The `remaining()` a handler behind `layer` sees for `req`.
@@ -157,14 +136,7 @@ async fn the_body_idle_timeout_ends_a_body_that_stops_sending() {
         let body = ChannelBody(rx.take().unwrap());
         async move { Ok::<_, Infallible>(http::Response::new(body)) }
     }));
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     let start = tokio::time::Instant::now();
     // Frames 80 ms apart keep it alive past the 100 ms idle limit, four times.
     let sender = tokio::spawn({
@@ -901,14 +873,7 @@ async fn the_body_timeout_cuts_a_body_that_is_always_ready() {
         .layer(service_fn(|_: http::Request<()>| async {
             Ok::<_, Infallible>(http::Response::new(Endless))
         }));
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     let start = tokio::time::Instant::now();
     // The client reads a chunk every 300 ms.
     let mut chunks = 0;
@@ -942,14 +907,7 @@ async fn the_default_body_deadline_is_the_request_deadline_and_can_be_lifted() {
         })
     };
     let mut svc = PolicyLayer::new(policy.clone()).layer(endless());
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     let start = tokio::time::Instant::now();
     while body.frame().await.unwrap().is_ok() {
         tokio::time::sleep(ms(100)).await;
@@ -960,14 +918,7 @@ async fn the_default_body_deadline_is_the_request_deadline_and_can_be_lifted() {
 
     // unbounded_body: a stream (SSE, a download) runs past it.
     let mut svc = PolicyLayer::new(policy).unbounded_body().layer(endless());
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     for _ in 0..100 {
         assert!(body.frame().await.unwrap().is_ok());
         tokio::time::sleep(ms(100)).await;
@@ -996,14 +947,7 @@ async fn the_breaker_layer_stops_waiting_for_trailers_without_cutting_the_stream
             let body = ChannelBody(rx.take().unwrap());
             async move { Ok::<_, Infallible>(http::Response::new(body)) }
         }));
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     assert!(body.is_holding());
     let feeder = tokio::spawn(async move {
         for _ in 0..5 {
@@ -1055,14 +999,7 @@ async fn an_adaptive_limit_samples_at_the_headers_not_the_end_of_the_body() {
             .layer(service_fn(|_: http::Request<()>| async {
                 Ok::<_, Infallible>(http::Response::new(String::from("a slow read")))
             }));
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     manual.advance(Duration::from_secs(3)); // the client takes 3 s to read
     while body.frame().await.is_some() {}
     // AIMD grows on a fast success with half the limit in use (1 * 2 >= 2) and
@@ -1091,14 +1028,7 @@ async fn trailers_that_arrive_at_the_deadline_are_delivered_and_count() {
             let body = ChannelBody(rx.take().unwrap());
             async move { Ok::<_, Infallible>(http::Response::new(body)) }
         }));
-    let mut body = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let mut body = support::body_of(&mut svc, http::Request::new(())).await;
     tx.send(Frame::data(Bytes::from("m"))).await.unwrap();
     assert!(body.frame().await.unwrap().unwrap().is_data());
     // Nothing more for now: the body waits, its timer set for 1 s.
