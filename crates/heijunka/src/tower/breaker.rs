@@ -98,6 +98,17 @@ impl BreakerLayer {
     ///
     /// A [`ConfigError`](heijunka_core::ConfigError) naming `verdict_timeout` for
     /// zero.
+    ///
+    /// ```
+    /// use heijunka::breaker::CircuitBreaker;
+    /// use heijunka::tower::{BreakerLayer, GrpcClassifier};
+    /// use std::time::Duration;
+    ///
+    /// let layer = BreakerLayer::new(CircuitBreaker::builder().name("orders").build()?)
+    ///     .classifier(GrpcClassifier::new())
+    ///     .verdict_timeout(Duration::from_secs(5))?;
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn verdict_timeout(
         mut self,
         timeout: Duration,

@@ -245,6 +245,15 @@ impl PolicyLayer {
     /// Whether an incoming `grpc-timeout` header shortens the request's deadline
     /// (inbound), and whether calls out write one on gRPC requests (outbound).
     /// Default on.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// // Ignore deadlines sent by untrusted clients.
+    /// let layer = PolicyLayer::new(Policy::builder().build()?).grpc_timeout(false);
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn grpc_timeout(mut self, honour: bool) -> Self {
         self.cfg().grpc_timeout = honour;
         self
@@ -298,6 +307,14 @@ impl PolicyLayer {
     /// dropped. The [`body_idle_timeout`](Self::body_idle_timeout), if set, still
     /// applies. Prefer a separate layer (or [`route`](Self::route)) for such
     /// routes over turning the limit off for all.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// let events = PolicyLayer::new(Policy::builder().build()?).unbounded_body();
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn unbounded_body(mut self) -> Self {
         self.cfg().body_timeout = BodyTimeout::Unbounded;
         self
@@ -310,6 +327,17 @@ impl PolicyLayer {
     /// # Errors
     ///
     /// A [`ConfigError`] naming `body_idle_timeout` for zero.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    /// use std::time::Duration;
+    ///
+    /// let layer = PolicyLayer::new(Policy::builder().build()?)
+    ///     .body_idle_timeout(Duration::from_secs(10))?;
+    /// assert!(PolicyLayer::new(Policy::builder().build()?).body_idle_timeout(Duration::ZERO).is_err());
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn body_idle_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         heijunka_core::validate::non_zero_duration("body_idle_timeout", timeout)?;
         self.cfg().body_idle_timeout = Some(timeout);
@@ -338,6 +366,19 @@ impl PolicyLayer {
     /// The default (off) refuses in `call` at once, which suits axum; there,
     /// [`max_wait`](crate::policy::PolicyBuilder::max_wait) does not apply (the
     /// layer never waits).
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let policy = Policy::builder().concurrency_limit(ConcurrencyLimit::new(64)?).build()?;
+    /// let stack = ServiceBuilder::new()
+    ///     .load_shed()
+    ///     .layer(PolicyLayer::new(policy).reserve_in_poll_ready(true));
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn reserve_in_poll_ready(mut self, on: bool) -> Self {
         self.cfg().reserve = on;
         self
@@ -349,6 +390,14 @@ impl PolicyLayer {
     /// and polls them), and a request whose extensions map is empty saves its allocation
     /// (about 100 ns on the 2-core machine the benchmarks run on; axum requests
     /// usually have the map already).
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// let lean = PolicyLayer::new(Policy::builder().build()?).context_extension(false);
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn context_extension(mut self, on: bool) -> Self {
         self.cfg().extension = on;
         self
@@ -357,6 +406,14 @@ impl PolicyLayer {
     /// Lets requests whose path is `prefix` or below it (`/health` matches
     /// `/health` and `/health/live`, not `/healthz`) through without the policy:
     /// health checks and metrics keep answering while the policy sheds.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// let layer = PolicyLayer::new(Policy::builder().build()?).exempt("/health").exempt("/metrics");
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn exempt(mut self, prefix: impl Into<String>) -> Self {
         self.cfg().routes.push((prefix.into(), None));
         self
@@ -365,6 +422,16 @@ impl PolicyLayer {
     /// Runs requests under `prefix` through `policy` instead of the layer's own
     /// (the first matching [`exempt`](Self::exempt) or `route` wins, in the order
     /// added).
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// let uploads = Policy::builder().concurrency_limit(ConcurrencyLimit::new(4)?).build()?;
+    /// let layer = PolicyLayer::new(Policy::builder().build()?).route("/upload", uploads);
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn route(mut self, prefix: impl Into<String>, policy: Policy) -> Self {
         self.cfg().routes.push((prefix.into(), Some(policy)));
         self
