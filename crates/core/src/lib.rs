@@ -57,6 +57,7 @@
 ))]
 
 pub mod cancel;
+pub mod metrics;
 pub mod spsc;
 pub mod sync;
 
