@@ -554,6 +554,7 @@ impl RequestContext {
     /// Runs `f` with this context as the [`current`](Self::current) one (the
     /// task-local [`scope`](Self::scope) sets, for one synchronous call such as
     /// one poll), counting its allocations with the `alloc-tracking` feature.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(self.clone(), || self.measure(f))
     }

@@ -39,6 +39,11 @@ use tokio::time::Instant;
 
 use crate::context::RequestContext;
 
+mod observe;
+
+use self::observe::Observer;
+pub use self::observe::{LatencyStats, PolicyStats, RejectedCount};
+
 /// A load-shedding signal: refuses with a reason when the system should shed.
 type Signal = Arc<dyn Fn() -> Result<(), Rejection> + Send + Sync>;
 
@@ -157,6 +162,7 @@ impl<E: std::error::Error + 'static> std::error::Error for PolicyError<E> {
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build()`"]
 pub struct PolicyBuilder {
+    name: Option<String>,
     timeout: Option<Duration>,
     max_wait: Option<Duration>,
     rate: Option<Arc<dyn RateLimiter>>,
@@ -190,6 +196,15 @@ enum Permit {
 }
 
 impl PolicyBuilder {
+    /// The policy's name: the `name` label of its metrics, the `policy` field of
+    /// its log lines, and [`PolicyStats::name`]. Default `"default"`; name each
+    /// policy when a process runs several, or their metrics add up. Must not be
+    /// empty.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// The most time a call may take (the request's own deadline applies too; the
     /// earlier wins). Must not be zero.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -283,8 +298,20 @@ impl PolicyBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming `timeout` for a zero timeout, `max_wait` for a
-    /// zero wait, or `shed_signal.name` for an empty signal name.
+    /// zero wait, `shed_signal.name` for an empty signal name, or `name` for an
+    /// empty policy name.
+    ///
+    /// With the `metrics` feature, the policy registers its metrics here, with
+    /// the recorder installed now (docs/metrics.md).
     pub fn build(self) -> Result<Policy, ConfigError> {
+        let name = self.name.as_deref().unwrap_or("default");
+        if name.trim().is_empty() {
+            return Err(ConfigError::new(
+                "name",
+                format!("{name:?}"),
+                "must not be empty",
+            ));
+        }
         if let Some(t) = self.timeout {
             validate::non_zero_duration("timeout", t)?;
         }
@@ -307,6 +334,7 @@ impl PolicyBuilder {
                 signals: self.signals.into_boxed_slice(),
                 limit: self.limit,
                 breaker: self.breaker,
+                observer: Arc::new(Observer::new(name)),
             }),
         })
     }
@@ -315,6 +343,7 @@ impl PolicyBuilder {
 impl fmt::Debug for PolicyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyBuilder")
+            .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("max_wait", &self.max_wait)
             .field("rate_limit", &self.rate.is_some())
@@ -346,6 +375,7 @@ struct Inner {
     signals: Box<[(String, Signal)]>,
     limit: Option<Limit>,
     breaker: Option<CircuitBreaker>,
+    observer: Arc<Observer>,
 }
 
 impl Inner {
@@ -424,6 +454,22 @@ pub struct Admission {
     breaker: Option<BreakerPermit>,
     deadline: Instant,
     started: Instant,
+    /// The policy's counts (in flight, latency); `None` for the breaker layer's
+    /// admissions.
+    observer: Option<Arc<Observer>>,
+    /// When the work's own part ended ([`mark_end`](Self::mark_end)), with the
+    /// `metrics` feature.
+    end: Option<Instant>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // Whatever the outcome (each reporting method consumes the admission),
+        // or none: the request is no longer in flight.
+        if let Some(observer) = self.observer.take() {
+            observer.completed(self.started, self.end);
+        }
+    }
 }
 
 /// How an outcome counts, for the breaker and an adaptive limit alike: what a
@@ -444,6 +490,7 @@ pub enum Classification {
 
 impl Admission {
     /// An admission holding only a breaker probe (the tower breaker layer's).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn from_breaker(permit: BreakerPermit) -> Self {
         let now = Instant::now();
         Self {
@@ -451,6 +498,8 @@ impl Admission {
             breaker: Some(permit),
             deadline: now + Duration::from_secs(86_400 * 365 * 30),
             started: now,
+            observer: None,
+            end: None,
         }
     }
 
@@ -488,6 +537,9 @@ impl Admission {
     /// The work ran past its deadline: a failure in the breaker and a drop for an
     /// adaptive limit (which shrinks).
     pub fn timed_out(mut self) {
+        if let Some(o) = &self.observer {
+            o.timed_out();
+        }
         if let Some(p) = self.breaker.take() {
             p.failure();
         }
@@ -504,6 +556,10 @@ impl Admission {
         if let Some(Permit::Adaptive(p)) = &mut self.limit {
             p.mark_end();
         }
+        // The latency histogram's end: read only where it is recorded.
+        if cfg!(feature = "metrics") && self.observer.is_some() && self.end.is_none() {
+            self.end = Some(Instant::now());
+        }
     }
 
     /// The response body outlived its deadline after the work itself had
@@ -511,6 +567,9 @@ impl Admission {
     /// an adaptive limit (the time went to streaming, which says nothing about
     /// capacity; its sample was taken at [`mark_end`](Self::mark_end) if at all).
     pub fn body_timed_out(mut self) {
+        if let Some(o) = &self.observer {
+            o.timed_out();
+        }
         if let Some(p) = self.breaker.take() {
             p.failure();
         }
@@ -645,18 +704,104 @@ impl Policy {
         reserved: Option<LimitPermit>,
         now: Instant,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
-        let (started, deadline) = self.admit_front(ctx, now)?;
-        let limit = match reserved {
-            Some(p) => Some(Permit::Static(p)),
-            None => self.take_limit()?,
-        };
-        let breaker = self.take_breaker()?;
-        Ok(Admission {
+        let admitted = (|| {
+            let (started, deadline) = self.admit_front(ctx, now)?;
+            let limit = match reserved {
+                Some(p) => Some(Permit::Static(p)),
+                None => self.take_limit()?,
+            };
+            let breaker = self.take_breaker()?;
+            Ok(self.admission(limit, breaker, deadline, started))
+        })();
+        if let Err(e) = &admitted {
+            self.refused(e, now);
+        }
+        admitted
+    }
+
+    /// The admission of a request let in at `started`, counted as such.
+    fn admission(
+        &self,
+        limit: Option<Permit>,
+        breaker: Option<BreakerPermit>,
+        deadline: Instant,
+        started: Instant,
+    ) -> Admission {
+        let observer = &self.inner.observer;
+        observer.admitted(started);
+        Admission {
             limit,
             breaker,
             deadline,
             started,
-        })
+            observer: Some(Arc::clone(observer)),
+            end: None,
+        }
+    }
+
+    /// Counts and logs a refusal.
+    #[cold]
+    fn refused<E>(&self, e: &PolicyError<E>, now: Instant) {
+        match e {
+            PolicyError::Rejected { stage, reason } => {
+                self.inner.observer.rejected(*stage, Some(reason), now);
+            }
+            PolicyError::Cancelled => self.inner.observer.rejected(Stage::Deadline, None, now),
+            PolicyError::TimedOut { .. } | PolicyError::Call(_) => {}
+        }
+    }
+
+    /// Counts and logs a refusal decided outside the policy's own stages (a
+    /// tower layer's `poll_ready`).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn record_rejection(&self, stage: Stage, reason: &Rejection) {
+        self.inner
+            .observer
+            .rejected(stage, Some(reason), Instant::now());
+    }
+
+    /// The policy's figures now: admitted, refused by stage and reason, in
+    /// flight, timed out, the limit, the breaker's state, whether it is
+    /// shedding, and (with the `metrics` feature) latency. The same figures the
+    /// `metrics` feature exports, for a service without a metrics stack.
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::policy::{Policy, Stage};
+    ///
+    /// let policy = Policy::builder()
+    ///     .name("inventory")
+    ///     .concurrency_limit(ConcurrencyLimit::new(1)?)
+    ///     .build()?;
+    /// let ctx = RequestContext::new();
+    /// let held = policy.try_admit(&ctx)?;
+    /// assert!(policy.try_admit(&ctx).is_err());
+    ///
+    /// let stats = policy.stats();
+    /// assert_eq!((stats.admitted, stats.in_flight, stats.rejected), (1, 1, 1));
+    /// assert_eq!(stats.rejected_by[0].stage, Stage::Concurrency);
+    /// assert_eq!(stats.rejected_by[0].reason, "at_capacity");
+    /// drop(held);
+    /// assert_eq!(policy.stats().in_flight, 0);
+    /// // Serialize: log it or serve it as JSON.
+    /// let json = serde_json::to_string(&policy.stats())?;
+    /// assert!(json.contains(r#""name":"inventory""#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> PolicyStats {
+        let limit = match &self.inner.limit {
+            Some(Limit::Static(l)) => Some(u64::from(l.limit())),
+            Some(Limit::Adaptive(l)) => Some(l.limit() as u64),
+            None => None,
+        };
+        let breaker = self.inner.breaker.as_ref().map(CircuitBreaker::state);
+        self.inner.observer.stats(limit, breaker)
+    }
+
+    /// The policy's [name](PolicyBuilder::name).
+    pub fn name(&self) -> &str {
+        self.inner.observer.name()
     }
 
     /// [`try_admit`](Self::try_admit), but when the concurrency limit is full and
@@ -702,24 +847,27 @@ impl Policy {
         &self,
         ctx: &RequestContext,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
-        let (started, deadline) = self.admit_front(ctx, Instant::now())?;
-        let limit = match self.take_limit() {
-            Ok(limit) => limit,
-            Err(refused) => match self.inner.max_wait {
-                Some(wait) => Some(
-                    self.wait_for_permit(ctx, started, deadline, wait, refused)
-                        .await?,
-                ),
-                None => return Err(refused),
-            },
-        };
-        let breaker = self.take_breaker()?;
-        Ok(Admission {
-            limit,
-            breaker,
-            deadline,
-            started,
-        })
+        let now = Instant::now();
+        let admitted = async {
+            let (started, deadline) = self.admit_front(ctx, now)?;
+            let limit = match self.take_limit() {
+                Ok(limit) => limit,
+                Err(refused) => match self.inner.max_wait {
+                    Some(wait) => Some(
+                        self.wait_for_permit(ctx, started, deadline, wait, refused)
+                            .await?,
+                    ),
+                    None => return Err(refused),
+                },
+            };
+            let breaker = self.take_breaker()?;
+            Ok(self.admission(limit, breaker, deadline, started))
+        }
+        .await;
+        if let Err(e) = &admitted {
+            self.refused(e, Instant::now());
+        }
+        admitted
     }
 
     async fn wait_for_permit(

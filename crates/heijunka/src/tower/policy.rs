@@ -843,6 +843,7 @@ where
         // policy's: a route with its own policy takes neither.
         let own = std::ptr::eq(policy, &self.cfg.policy);
         if own && let Some(refused) = refuse {
+            policy.record_rejection(refused.stage(), &refused.reason());
             return PolicyFuture::rejected(refused);
         }
         let reserved = reserved.filter(|_| own);
