@@ -103,6 +103,59 @@ fn admit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The `metrics` feature's cost on the policy's path, one request admitted and
+/// reported (`try_admit` + `success`: the admission's counter and in-flight
+/// gauge, the completion's gauge, clock read and latency histogram), with every
+/// stage configured. Built without the feature, the group has one row,
+/// `feature-off`; with it (`--features metrics`), `no-recorder` (the handles are
+/// no-ops) and `prometheus` (a `metrics-exporter-prometheus` recorder installed
+/// when the policy is built, so every update lands in its storage). The
+/// feature's cost with a recorder is `prometheus - no-recorder`; against
+/// `feature-off` from a run without the feature, `no-recorder` shows what the
+/// feature costs while nothing is installed.
+fn metrics_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy/metrics_cost");
+    let build = || {
+        Policy::builder()
+            .name("bench")
+            .timeout(Duration::from_secs(30))
+            .rate_limiter(Gcra::builder(1e9).burst(1_000_000).build().expect("valid"))
+            .memory_gate(gate())
+            .shed_signal("queue", || Ok(()))
+            .concurrency_limit(ConcurrencyLimit::new(1024).expect("valid"))
+            .breaker(
+                CircuitBreaker::builder()
+                    .name("dep")
+                    .build()
+                    .expect("valid"),
+            )
+            .build()
+            .expect("valid")
+    };
+    let ctx = RequestContext::new();
+    let mut run = |id: &str, policy: Policy| {
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                let a = policy.try_admit(black_box(&ctx)).expect("admitted");
+                a.success();
+            })
+        });
+    };
+    #[cfg(not(feature = "metrics"))]
+    run("feature-off", build());
+    #[cfg(feature = "metrics")]
+    {
+        run("no-recorder", build());
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let policy = metrics::with_local_recorder(&recorder, build);
+        run("prometheus", policy);
+        // The series really were recorded.
+        assert!(handle.render().contains("heijunka_policy_admitted_total"));
+    }
+    g.finish();
+}
+
 /// One request through heijunka's rate limit + concurrency limit layers against
 /// tower's own `RateLimitLayer` + `ConcurrencyLimitLayer`, around the same trivial
 /// service: `ready`, `call`, await the response, drop it. Rates are high enough
@@ -433,6 +486,7 @@ fn keyed_layer(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    metrics_cost,
     baselines,
     admit,
     tower_layers,

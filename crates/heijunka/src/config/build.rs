@@ -296,7 +296,8 @@ impl Config {
             .transpose()
             .map_err(at("concurrency.rate_limit"))?;
 
-        let mut policy = Policy::builder().timeout(c.timeouts.request);
+        // Named for the metrics and logs: the inbound policy and the outbound one.
+        let mut policy = Policy::builder().name("server").timeout(c.timeouts.request);
         if let Some(r) = &rate {
             policy = policy.shared_rate_limiter(r.clone());
         }
@@ -329,6 +330,7 @@ impl Config {
             .as_ref()
             .map(|b| {
                 Policy::builder()
+                    .name("client")
                     .timeout(c.timeouts.request)
                     .breaker(b.clone())
                     .build()
