@@ -33,6 +33,18 @@
 //! | `pool` | `heijunka-pool` | thread and task pools, task groups, dispatcher |
 //! | `event_bus` | `heijunka-event-bus` | topics, bounded fan-out, handler runtime |
 //!
+//! # Seeing what it sheds
+//!
+//! - The `metrics` feature (off by default) turns on every crate's `metrics`
+//!   feature: each component emits through the [`metrics`](https://docs.rs/metrics)
+//!   facade, so any exporter works. Install the recorder before building the
+//!   components. The names, types and labels are in one table, `docs/metrics.md`
+//!   (for example `heijunka_policy_rejected_total{name, stage, reason}`).
+//! - `Policy::stats()` returns the policy's figures as a `Serialize` struct, for a
+//!   service without a metrics stack.
+//! - Every refusal is logged at DEBUG with its stage and reason, and a WARN says
+//!   when a policy starts and stops shedding (at most once per 10 s).
+//!
 //! # Wiring parts that cannot see each other
 //!
 //! Crates of one layer do not depend on each other (the recycler and the memory
