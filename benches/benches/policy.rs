@@ -15,44 +15,17 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use heijunka::backpressure::{ConcurrencyLimit, Gcra, RateLimiter};
 use heijunka::breaker::CircuitBreaker;
 use heijunka::context::RequestContext;
-use heijunka::memory::{ManualProbe, MemoryGate, MemoryMonitor};
-use heijunka::policy::Policy;
 use heijunka::shutdown::Shutdown;
-use heijunka_benches::baselines;
 use heijunka_benches::http_stacks::{
     Handler, HttpRequest, drive, heijunka_limit, heijunka_policy, heijunka_policy_lean, hello,
     hello_empty, resilience_bulkhead, resilience_stack, tower_limit,
 };
-
-fn gate() -> MemoryGate {
-    let probe = ManualProbe::new(1 << 40);
-    probe.set_rss(1);
-    let monitor = MemoryMonitor::builder()
-        .limit(1 << 30)
-        .probe(probe)
-        .build()
-        .expect("valid");
-    monitor.sample_now().expect("sample");
-    MemoryGate::builder(&monitor).build().expect("valid")
-}
+use heijunka_benches::{all_stages_gate, all_stages_policy, baselines};
 
 fn admit(c: &mut Criterion) {
     let mut g = c.benchmark_group("policy/admit_all_stages");
     // Rates high enough never to refuse during the run.
-    let policy = Policy::builder()
-        .timeout(Duration::from_secs(30))
-        .rate_limiter(Gcra::builder(1e9).burst(1_000_000).build().expect("valid"))
-        .memory_gate(gate())
-        .shed_signal("queue", || Ok(()))
-        .concurrency_limit(ConcurrencyLimit::new(1024).expect("valid"))
-        .breaker(
-            CircuitBreaker::builder()
-                .name("dep")
-                .build()
-                .expect("valid"),
-        )
-        .build()
-        .expect("valid");
+    let policy = all_stages_policy();
     let ctx = RequestContext::new();
     g.bench_function("heijunka", |b| {
         b.iter(|| {
@@ -63,7 +36,7 @@ fn admit(c: &mut Criterion) {
 
     // The same stages by hand: what composition adds on top of them.
     let rate = Gcra::builder(1e9).burst(1_000_000).build().expect("valid");
-    let memory = gate();
+    let memory = all_stages_gate();
     let limit = ConcurrencyLimit::new(1024).expect("valid");
     let breaker = CircuitBreaker::builder()
         .name("dep")
@@ -100,59 +73,6 @@ fn admit(c: &mut Criterion) {
                 .expect("ok")
         })
     });
-    g.finish();
-}
-
-/// The `metrics` feature's cost on the policy's path, one request admitted and
-/// reported (`try_admit` + `success`: the admission's counter and in-flight
-/// gauge, the completion's gauge, clock read and latency histogram), with every
-/// stage configured. Built without the feature, the group has one row,
-/// `feature-off`; with it (`--features metrics`), `no-recorder` (the handles are
-/// no-ops) and `prometheus` (a `metrics-exporter-prometheus` recorder installed
-/// when the policy is built, so every update lands in its storage). The
-/// feature's cost with a recorder is `prometheus - no-recorder`; against
-/// `feature-off` from a run without the feature, `no-recorder` shows what the
-/// feature costs while nothing is installed.
-fn metrics_cost(c: &mut Criterion) {
-    let mut g = c.benchmark_group("policy/metrics_cost");
-    let build = || {
-        Policy::builder()
-            .name("bench")
-            .timeout(Duration::from_secs(30))
-            .rate_limiter(Gcra::builder(1e9).burst(1_000_000).build().expect("valid"))
-            .memory_gate(gate())
-            .shed_signal("queue", || Ok(()))
-            .concurrency_limit(ConcurrencyLimit::new(1024).expect("valid"))
-            .breaker(
-                CircuitBreaker::builder()
-                    .name("dep")
-                    .build()
-                    .expect("valid"),
-            )
-            .build()
-            .expect("valid")
-    };
-    let ctx = RequestContext::new();
-    let mut run = |id: &str, policy: Policy| {
-        g.bench_function(id, |b| {
-            b.iter(|| {
-                let a = policy.try_admit(black_box(&ctx)).expect("admitted");
-                a.success();
-            })
-        });
-    };
-    #[cfg(not(feature = "metrics"))]
-    run("feature-off", build());
-    #[cfg(feature = "metrics")]
-    {
-        run("no-recorder", build());
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let policy = metrics::with_local_recorder(&recorder, build);
-        run("prometheus", policy);
-        // The series really were recorded.
-        assert!(handle.render().contains("heijunka_policy_admitted_total"));
-    }
     g.finish();
 }
 
@@ -486,7 +406,6 @@ fn keyed_layer(c: &mut Criterion) {
 
 criterion_group!(
     benches,
-    metrics_cost,
     baselines,
     admit,
     tower_layers,

@@ -14,6 +14,43 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 
+/// A memory gate over a manual probe far below its limit: it always admits.
+pub fn all_stages_gate() -> heijunka::memory::MemoryGate {
+    use heijunka::memory::{ManualProbe, MemoryGate, MemoryMonitor};
+    let probe = ManualProbe::new(1 << 40);
+    probe.set_rss(1);
+    let monitor = MemoryMonitor::builder()
+        .limit(1 << 30)
+        .probe(probe)
+        .build()
+        .expect("valid");
+    monitor.sample_now().expect("sample");
+    MemoryGate::builder(&monitor).build().expect("valid")
+}
+
+/// The policy of `policy/admit_all_stages` and `metrics/policy_admit`: every
+/// stage configured (timeout, GCRA rate limit, memory gate, a shed signal,
+/// concurrency limit, breaker), rates high enough never to refuse.
+pub fn all_stages_policy() -> heijunka::policy::Policy {
+    use heijunka::backpressure::{ConcurrencyLimit, Gcra};
+    use heijunka::breaker::CircuitBreaker;
+    heijunka::policy::Policy::builder()
+        .name("bench")
+        .timeout(Duration::from_secs(30))
+        .rate_limiter(Gcra::builder(1e9).burst(1_000_000).build().expect("valid"))
+        .memory_gate(all_stages_gate())
+        .shed_signal("queue", || Ok(()))
+        .concurrency_limit(ConcurrencyLimit::new(1024).expect("valid"))
+        .breaker(
+            CircuitBreaker::builder()
+                .name("dep")
+                .build()
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid")
+}
+
 /// Times the three baselines of `shared/BENCHMARKS.md` in group `baseline`.
 pub fn baselines(c: &mut Criterion) {
     let mut g = c.benchmark_group("baseline");

@@ -279,7 +279,13 @@ enum Limit {
     Ratio(f64),
     /// heijunka's median ≤ this many nanoseconds.
     Nanos(f64),
+    /// heijunka's median - the peer's ≤ this many nanoseconds (`≤ +20 ns`).
+    Extra(f64),
 }
+
+/// The bench targets that need a feature of `heijunka-benches` (their rows run
+/// in a cargo invocation of their own, with it).
+const FEATURED_BENCHES: &[(&str, &str)] = &[("metrics", "metrics")];
 
 /// Parses the table between the markers: `| row | bench | group | param | peer | guard |`,
 /// where `guard` is `≤ 1.1` (a ratio) or `≤ 200 ns` (an absolute median) and a
@@ -304,7 +310,12 @@ fn guard_rows(doc: &str) -> Result<Vec<GuardRow>, String> {
         }
         let strip = |c: &str| c.trim_matches('`').to_string();
         let guard = cells[5].trim_start_matches(['≤', '<', '=', ' ']);
-        let limit = if let Some(ns) = guard.strip_suffix("ns") {
+        let limit = if let Some(extra) = guard.strip_prefix('+') {
+            let ns = extra
+                .strip_suffix("ns")
+                .ok_or_else(|| format!("guard row `{line}`: `+N` takes ns (`≤ +20 ns`)"))?;
+            Limit::Extra(parse_number(ns.trim(), line)?)
+        } else if let Some(ns) = guard.strip_suffix("ns") {
             Limit::Nanos(parse_number(ns.trim(), line)?)
         } else {
             Limit::Ratio(parse_number(guard, line)?)
@@ -312,7 +323,7 @@ fn guard_rows(doc: &str) -> Result<Vec<GuardRow>, String> {
         let peer = (cells[4] != "-").then(|| strip(cells[4]));
         if peer.is_none() != matches!(limit, Limit::Nanos(_)) {
             return Err(format!(
-                "guard row `{line}`: a peer takes a ratio, `-` takes a time in ns"
+                "guard row `{line}`: a peer takes a ratio or `+N ns`, `-` takes a time in ns"
             ));
         }
         rows.push(GuardRow {
@@ -350,21 +361,43 @@ fn guard() -> Result<(), String> {
     groups.dedup();
 
     let started = SystemTime::now();
-    let mut cmd = cargo().args(["bench", "-p", "heijunka-benches"]);
-    for b in &benches {
-        cmd = cmd.args(["--bench", b]);
-    }
     // Criterion's filter is a regex over `group/function[/param]`.
     let filter = format!("^({})/", groups.join("|"));
-    cmd.args([
-        "--",
+    let args = [
         "--quick",
         "--warm-up-time",
         "1",
         "--noplot",
         filter.as_str(),
-    ])
-    .run()?;
+    ];
+    let featured = |b: &str| FEATURED_BENCHES.iter().find(|(t, _)| *t == b);
+    let plain: Vec<&str> = benches
+        .iter()
+        .copied()
+        .filter(|b| featured(b).is_none())
+        .collect();
+    if !plain.is_empty() {
+        let mut cmd = cargo().args(["bench", "-p", "heijunka-benches"]);
+        for b in &plain {
+            cmd = cmd.args(["--bench", b]);
+        }
+        cmd.args(["--"]).args(args).run()?;
+    }
+    for (bench, feature) in benches.iter().filter_map(|b| featured(b)) {
+        cargo()
+            .args([
+                "bench",
+                "-p",
+                "heijunka-benches",
+                "--features",
+                feature,
+                "--bench",
+                bench,
+                "--",
+            ])
+            .args(args)
+            .run()?;
+    }
     let results = collect(&criterion_dir(), started)?;
 
     let mut report = String::from(
@@ -383,6 +416,27 @@ fn guard() -> Result<(), String> {
                 continue;
             }
             (Limit::Nanos(limit), Some(ours)) => (fmt_ns(ours), ours, limit),
+            (Limit::Extra(limit), Some(ours)) => {
+                let peer = row.peer.as_deref().unwrap_or_default();
+                let Some(&theirs) = functions.and_then(|f| f.get(peer)) else {
+                    failed.push(format!(
+                        "{}: no `{peer}` result for {}",
+                        row.name, row.group
+                    ));
+                    continue;
+                };
+                let extra = ours - theirs;
+                (
+                    format!(
+                        "+{} ({} vs {})",
+                        fmt_ns(extra),
+                        fmt_ns(ours),
+                        fmt_ns(theirs)
+                    ),
+                    extra,
+                    limit,
+                )
+            }
             (Limit::Ratio(limit), Some(ours)) => {
                 let peer = row.peer.as_deref().unwrap_or_default();
                 let Some(&theirs) = functions.and_then(|f| f.get(peer)) else {
@@ -403,6 +457,7 @@ fn guard() -> Result<(), String> {
         let ok = value <= limit * TOLERANCE;
         let shown = |v: f64| match row.limit {
             Limit::Nanos(_) => fmt_ns(v),
+            Limit::Extra(_) => format!("+{}", fmt_ns(v)),
             Limit::Ratio(_) => format!("{v:.2}"),
         };
         report.push_str(&format!(
@@ -470,6 +525,15 @@ mod tests {
         );
         assert!(!s.contains("no_bare"), "{s}");
         assert!(overheads(&Results::new()).is_empty());
+    }
+
+    #[test]
+    fn guard_rows_parse_an_extra_time_over_a_peer() {
+        let doc = "<!-- bench-guard:begin -->\n| m | metrics | `metrics/policy_admit` |  | no-recorder | ≤ +20 ns |\n| n | metrics | g |  | no-recorder | ≤ +20 |\n<!-- bench-guard:end -->";
+        assert!(guard_rows(doc).unwrap_err().contains("`+N` takes ns"));
+        let rows = guard_rows(&doc.replace("≤ +20 |", "≤ +5 ns |")).unwrap();
+        assert!(matches!(rows[0].limit, Limit::Extra(n) if (n - 20.0).abs() < 1e-9));
+        assert_eq!(rows[1].peer.as_deref(), Some("no-recorder"));
     }
 
     #[test]
