@@ -94,8 +94,8 @@ pub(super) struct Observer {
     shedding: AtomicBool,
     /// Milliseconds since `epoch` of the last rejection (plus one; 0: none).
     last_rejection: AtomicU64,
-    /// Rejections since shedding started.
-    shed_count: AtomicU64,
+    /// Rejections counted (every stage and reason) when shedding started.
+    shed_base: AtomicU64,
     /// Milliseconds since `epoch` when shedding started (plus one), and of the
     /// last "started" WARN (plus one; 0: none yet).
     shed_since: AtomicU64,
@@ -214,7 +214,7 @@ impl Observer {
             rejected: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             shedding: AtomicBool::new(false),
             last_rejection: AtomicU64::new(0),
-            shed_count: AtomicU64::new(0),
+            shed_base: AtomicU64::new(0),
             shed_since: AtomicU64::new(0),
             last_warn: AtomicU64::new(0),
             warned: AtomicBool::new(false),
@@ -291,7 +291,6 @@ impl Observer {
         if self.last_rejection.load(Ordering::Relaxed) < at {
             self.last_rejection.store(at, Ordering::Relaxed);
         }
-        self.shed_count.fetch_add(1, Ordering::Relaxed);
         if !self.shedding.load(Ordering::Relaxed)
             && self
                 .shedding
@@ -305,8 +304,10 @@ impl Observer {
     #[cold]
     fn start_shedding(&self, stage: Stage, reason: &str, at: u64) {
         self.metrics.shedding.set(1.0);
-        // Relaxed: only the thread that won the flag writes these.
-        self.shed_count.store(1, Ordering::Relaxed);
+        // Relaxed: only the thread that won the flag writes these. This
+        // refusal is already counted: the episode's count starts before it.
+        self.shed_base
+            .store(self.rejected_total().saturating_sub(1), Ordering::Relaxed);
         self.shed_since.store(at, Ordering::Relaxed);
         let last = self.last_warn.load(Ordering::Relaxed);
         let interval = SHED_LOG_INTERVAL.as_millis() as u64;
@@ -343,11 +344,23 @@ impl Observer {
             let last = self.last_rejection.load(Ordering::Relaxed);
             tracing::warn!(
                 policy = %self.name,
-                rejected = self.shed_count.load(Ordering::Relaxed),
+                rejected = self
+                    .rejected_total()
+                    .saturating_sub(self.shed_base.load(Ordering::Relaxed)),
                 lasted_ms = last.saturating_sub(since),
                 "policy stopped shedding load"
             );
         }
+    }
+
+    /// Every refusal so far, `cancelled` ones excluded.
+    fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .flat_map(|s| s.iter().enumerate())
+            .filter(|(r, _)| *r != CANCELLED)
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Whether the policy is shedding at `now`: a rejection within the last
