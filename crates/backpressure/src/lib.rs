@@ -81,6 +81,7 @@ mod block;
 mod fair;
 mod level;
 mod limit;
+mod metrics;
 mod priority;
 mod queue;
 mod rate;
