@@ -147,6 +147,7 @@ mod config;
 mod error;
 mod events;
 mod machine;
+mod metrics;
 mod permit;
 mod registry;
 mod shards;
