@@ -82,6 +82,7 @@ mod drive;
 mod error;
 mod gate;
 mod guard;
+mod metrics;
 mod report;
 mod shutdown;
 // tokio compiles its signal driver out under `--cfg loom`; loom builds only run the
