@@ -10,6 +10,7 @@ use heijunka_core::metrics::{Unit, counter, gauge};
 use crate::State;
 
 /// Every state, in the order of [`code`].
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const STATES: [State; 6] = [
     State::Closed,
     State::Open,

@@ -363,3 +363,39 @@ fn the_state_gauge_ends_at_the_state_after_concurrent_calls() {
         assert_eq!(rec.keys(), documented_keys("racy"));
     }
 }
+
+/// A closed breaker without slow-call detection whose window is full of
+/// successes records a success with one load and no lock (the `FREE` path):
+/// those successes are counted too, from every thread.
+#[test]
+fn successes_on_the_lock_free_path_are_counted() {
+    const THREADS: u64 = 4;
+    const CALLS: u64 = 500;
+    let rec = TestRecorder::new();
+    let breaker = rec
+        .scoped(|| {
+            CircuitBreaker::builder()
+                .name("fast")
+                .sliding_window(SlidingWindowType::CountBased, 4)
+                .build()
+        })
+        .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..CALLS {
+                    breaker.try_acquire().unwrap().success();
+                }
+            });
+        }
+    });
+    assert!(breaker.call(|| Err::<(), _>(())).is_err());
+    let m = Read {
+        rec: &rec,
+        name: "fast",
+    };
+    assert_eq!(m.calls("success"), THREADS * CALLS);
+    assert_eq!(m.calls("failure"), 1);
+    assert_eq!(m.state(), code(breaker.state()));
+    assert_eq!(m.state(), code(State::Closed));
+}
