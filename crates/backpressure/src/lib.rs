@@ -73,13 +73,15 @@
 //! With the `metrics` feature, [`ConcurrencyLimit`] (and so
 //! [`PollConcurrencyLimit`]) and [`AdaptiveLimit`] emit the permits in flight,
 //! the limit and their rejections; [`BoundedQueue`] its depth, rejections and
-//! watermark crossings; [`LoadShedder`] what it sheds; all through the
+//! watermark crossings; [`LoadShedder`] what it sheds; [`Gcra`] and
+//! [`KeyedRateLimiter`] their refusals; all through the
 //! [`metrics`](https://docs.rs/metrics) facade, labelled with the component's
 //! name ([`ConcurrencyLimit::named`], and `.name(..)` on the builders). The table
 //! is in `docs/metrics.md`. The handles are registered when the component is
 //! built (install the recorder first); an acquire and its release then cost one
-//! atomic add each, a push and a pop the same. The rate limiters, the priority,
-//! fair and levelled schedulers and the batcher emit nothing yet.
+//! atomic add each, a push and a pop the same. The window limiters, the leaky
+//! bucket, the priority, fair and levelled schedulers and the batcher emit
+//! nothing yet.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(

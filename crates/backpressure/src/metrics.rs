@@ -114,6 +114,39 @@ impl QueueMetrics {
     }
 }
 
+/// A rate limiter's refusals ([`Gcra`](crate::Gcra) and
+/// [`KeyedRateLimiter`](crate::KeyedRateLimiter)):
+/// `heijunka_ratelimit_rejected_total`.
+pub(crate) fn rate_rejected(name: &str) -> Counter {
+    #[cfg(feature = "metrics")]
+    {
+        counter(
+            "heijunka_ratelimit_rejected_total",
+            Unit::Count,
+            "Requests the rate limiter refused: rate limited, or a new key beyond the key budget.",
+            &[("name", name)],
+        )
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = name;
+        Counter::noop()
+    }
+}
+
+/// Counts `r` on `rejected` if it is a refusal of a request that could pass
+/// later (not one above the burst, which never can).
+#[inline]
+pub(crate) fn count_rate_refusal(rejected: &Counter, r: &Result<(), crate::RateLimitError>) {
+    if let Err(
+        crate::RateLimitError::RateLimited { .. }
+        | crate::RateLimitError::KeyBudgetExhausted { .. },
+    ) = r
+    {
+        rejected.increment(1);
+    }
+}
+
 /// A [`LoadShedder`](crate::LoadShedder)'s handles.
 #[derive(Debug, Default)]
 pub(crate) struct ShedMetrics {

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use heijunka_backpressure::{
-    AcquireTimeoutError, AdaptiveLimit, Aimd, BoundedQueue, ConcurrencyLimit, LoadShedder,
-    PollConcurrencyLimit, from_fn,
+    AcquireTimeoutError, AdaptiveLimit, Aimd, BoundedQueue, ConcurrencyLimit, Gcra,
+    KeyedRateLimiter, LoadShedder, PollConcurrencyLimit, RateLimiter, from_fn,
 };
 use heijunka_core::cancel::{Outcome, Polled, cancel_points};
 use heijunka_core::metrics::TestRecorder;
@@ -521,6 +521,58 @@ fn load_shedder_counts_what_it_sheds() {
         rec.counter("heijunka_shed_total", &[("name", "edge")]),
         Some(rejected)
     );
+}
+
+#[test]
+fn rate_limiters_count_their_refusals() {
+    let clock = ManualClock::new();
+    let rec = TestRecorder::new();
+    let (gcra, keyed) = rec.scoped(|| {
+        let gcra = Gcra::builder(10.0)
+            .burst(2)
+            .name("ingress")
+            .clock(clock.clock())
+            .build()
+            .unwrap();
+        let keyed = KeyedRateLimiter::builder(1.0)
+            .max_keys(1)
+            .name("per-client")
+            .clock(clock.clock())
+            .build::<&str>()
+            .unwrap();
+        (gcra, keyed)
+    });
+    assert_eq!(
+        rec.keys(),
+        vec![
+            key("heijunka_ratelimit_rejected_total", &[("name", "ingress")]),
+            key(
+                "heijunka_ratelimit_rejected_total",
+                &[("name", "per-client")]
+            ),
+        ]
+    );
+    let read = |name: &str| {
+        rec.counter("heijunka_ratelimit_rejected_total", &[("name", name)])
+            .expect("registered")
+    };
+    // Ten checks in one instant with a burst of 2: 8 refused. A request above the
+    // burst (which can never pass) is not counted.
+    let refused = (0..10).filter(|_| gcra.check().is_err()).count() as u64;
+    assert_eq!(refused, 8);
+    assert!(gcra.check_n(3).is_err());
+    assert_eq!(read("ingress"), refused);
+    clock.advance(Duration::from_millis(100));
+    assert!(gcra.check().is_ok());
+    assert_eq!(read("ingress"), refused);
+
+    // Alice's second unit is rate limited; bob is refused by the key budget.
+    assert!(keyed.check_key(&"alice").is_ok());
+    assert!(keyed.check_key(&"alice").is_err());
+    assert!(keyed.check_key_state(&"alice").result.is_err());
+    assert!(keyed.check_key(&"bob").is_err());
+    assert!(keyed.check_key_n(&"alice", 2).is_err(), "above the burst");
+    assert_eq!(read("per-client"), 3);
 }
 
 /// What the cancel checks keep of a case: completed or not, and after how many
