@@ -67,6 +67,21 @@
 //! Every rejection carries a [`heijunka_core::Rejection`] (with a retry-after for
 //! rate limits) and hands the item back ([`Rejected`], [`ClassPushError`]), and
 //! every configuration error names the field and value.
+//!
+//! ## Metrics
+//!
+//! With the `metrics` feature, [`ConcurrencyLimit`] (and so
+//! [`PollConcurrencyLimit`]) and [`AdaptiveLimit`] emit the permits in flight,
+//! the limit and their rejections; [`BoundedQueue`] its depth, rejections and
+//! watermark crossings; [`LoadShedder`] what it sheds; [`Gcra`] and
+//! [`KeyedRateLimiter`] their refusals; all through the
+//! [`metrics`](https://docs.rs/metrics) facade, labelled with the component's
+//! name ([`ConcurrencyLimit::named`], and `.name(..)` on the builders). The table
+//! is in `docs/metrics.md`. The handles are registered when the component is
+//! built (install the recorder first); an acquire and its release then cost one
+//! atomic add each, a push and a pop the same. The window limiters, the leaky
+//! bucket, the priority, fair and levelled schedulers and the batcher emit
+//! nothing yet.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -81,6 +96,7 @@ mod block;
 mod fair;
 mod level;
 mod limit;
+mod metrics;
 mod priority;
 mod queue;
 mod rate;

@@ -77,10 +77,29 @@ impl ConcurrencyLimit {
     ///
     /// A [`ConfigError`] for `permits` of 0 or above [`MAX_PERMITS`].
     pub fn new(permits: u32) -> Result<Self, ConfigError> {
+        Self::named(permits, crate::metrics::DEFAULT_NAME)
+    }
+
+    /// A limit of `permits` named `name`: the `name` label of its metrics (feature
+    /// `metrics`, see `docs/metrics.md`; [`new`](Self::new) uses `"default"`). The
+    /// name is read once, here.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::named(64, "db")?;
+    /// assert_eq!(limit.limit(), 64);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn named(permits: u32, name: &str) -> Result<Self, ConfigError> {
         validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
         Ok(Self {
-            inner: Arc::new(Inner::new(permits)),
+            inner: Arc::new(Inner::new(permits, name)),
         })
     }
 
@@ -276,6 +295,15 @@ impl ConcurrencyLimit {
         })
     }
 
+    /// [`try_acquire_many_owned`](Self::try_acquire_many_owned) that does not count
+    /// a refusal as rejected: for callers that wait after it.
+    pub(super) fn try_grant_owned(&self, n: u32) -> Result<OwnedPermit, TryAcquireError> {
+        self.inner.try_grant(n).map(|()| OwnedPermit {
+            inner: Arc::clone(&self.inner),
+            weight: n,
+        })
+    }
+
     /// Waits (FIFO) for one permit.
     ///
     /// ```
@@ -462,7 +490,10 @@ impl ConcurrencyLimit {
     ) -> Result<Permit<'_>, AcquireTimeoutError> {
         match tokio::time::timeout(timeout, self.acquire_many(n)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(AcquireTimeoutError::TimedOut { after: timeout }),
+            Err(_) => {
+                self.inner.metrics.rejected.increment(1);
+                Err(AcquireTimeoutError::TimedOut { after: timeout })
+            }
         }
     }
 
@@ -553,7 +584,10 @@ impl ConcurrencyLimit {
         let deadline = std::time::Instant::now().checked_add(timeout);
         match block_on(self.acquire_many(n), deadline) {
             Some(r) => Ok(r?),
-            None => Err(AcquireTimeoutError::TimedOut { after: timeout }),
+            None => {
+                self.inner.metrics.rejected.increment(1);
+                Err(AcquireTimeoutError::TimedOut { after: timeout })
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::block::block_on;
+use crate::metrics::{DEFAULT_NAME, QueueMetrics};
 use crate::slots::{MAX_CAPACITY, Reserve, Side, SlotState};
 use crate::watermarks::{DEFAULT_WATERMARK_HYSTERESIS, Watermarks};
 
@@ -84,6 +85,9 @@ struct Shared<T> {
     clear_critical: usize,
     elevated_crossings: AtomicU64,
     critical_crossings: AtomicU64,
+    /// Depth up on a push, down on a pop; crossings and rejections beside the
+    /// counters above.
+    metrics: QueueMetrics,
 }
 
 /// Builds a [`BoundedQueue`]; see [`BoundedQueue::builder`].
@@ -93,6 +97,7 @@ pub struct BoundedQueueBuilder<T> {
     warn_at: f64,
     reject_at: f64,
     hysteresis: f64,
+    name: String,
     item: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -103,6 +108,7 @@ impl<T> fmt::Debug for BoundedQueueBuilder<T> {
             .field("warn_at", &self.warn_at)
             .field("reject_at", &self.reject_at)
             .field("hysteresis", &self.hysteresis)
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -128,6 +134,13 @@ impl<T> BoundedQueueBuilder<T> {
     /// a queue hovering at a mark logs on every item that crosses it.
     pub fn hysteresis(mut self, ratio: f64) -> Self {
         self.hysteresis = ratio;
+        self
+    }
+
+    /// The `name` label of the queue's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -165,6 +178,7 @@ impl<T> BoundedQueueBuilder<T> {
                 clear_critical,
                 elevated_crossings: AtomicU64::new(0),
                 critical_crossings: AtomicU64::new(0),
+                metrics: QueueMetrics::new(&self.name),
             }),
         })
     }
@@ -255,6 +269,7 @@ impl<T> BoundedQueue<T> {
             warn_at: DEFAULT_WARN_AT,
             reject_at: DEFAULT_REJECT_AT,
             hysteresis: DEFAULT_WATERMARK_HYSTERESIS,
+            name: DEFAULT_NAME.to_owned(),
             item: std::marker::PhantomData,
         }
     }
@@ -319,6 +334,7 @@ impl<T> BoundedQueue<T> {
         {
             // Relaxed: a statistic.
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.rejected.increment(1);
         }
         r
     }
@@ -333,6 +349,7 @@ impl<T> BoundedQueue<T> {
                 if s.items.push(item).is_err() {
                     unreachable!("a reserved slot is free");
                 }
+                s.metrics.depth.increment(1.0);
                 s.crossed_up(before + 1);
                 if wake {
                     s.not_empty.notify_one();
@@ -424,6 +441,7 @@ impl<T> BoundedQueue<T> {
             if timed_out {
                 // Relaxed: a statistic.
                 s.rejected.fetch_add(1, Ordering::Relaxed);
+                s.metrics.rejected.increment(1);
                 let after = deadline.map_or(Duration::ZERO, |(_, d)| d);
                 return Err(PushError {
                     item,
@@ -438,6 +456,7 @@ impl<T> BoundedQueue<T> {
     pub fn try_pop(&self) -> Option<T> {
         let s = &*self.shared;
         let item = s.items.pop()?;
+        s.metrics.depth.decrement(1.0);
         let (before, wake) = s.state.release();
         s.crossed_down(before);
         if wake {
@@ -552,6 +571,7 @@ impl<T> Shared<T> {
         if raise(&self.latches, ELEVATED) {
             // Relaxed: a statistic.
             self.elevated_crossings.fetch_add(1, Ordering::Relaxed);
+            self.metrics.warn_up.increment(1);
             tracing::warn!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
@@ -562,6 +582,7 @@ impl<T> Shared<T> {
         if len >= self.marks.reject_slots() && raise(&self.latches, CRITICAL) {
             // Relaxed: a statistic.
             self.critical_crossings.fetch_add(1, Ordering::Relaxed);
+            self.metrics.reject_up.increment(1);
             tracing::warn!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
@@ -586,6 +607,7 @@ impl<T> Shared<T> {
             return;
         }
         if clear(&self.latches, CRITICAL) {
+            self.metrics.reject_down.increment(1);
             tracing::info!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),
@@ -593,6 +615,7 @@ impl<T> Shared<T> {
             );
         }
         if len < self.clear_elevated && clear(&self.latches, ELEVATED) {
+            self.metrics.warn_down.increment(1);
             tracing::debug!(
                 queue.len = len,
                 queue.capacity = self.marks.capacity(),

@@ -213,18 +213,21 @@ where
 pub struct LoadShedder {
     signals: Box<[Box<dyn Signal>]>,
     rejected: AtomicU64,
+    metrics: crate::metrics::ShedMetrics,
 }
 
 /// Builds a [`LoadShedder`]; see [`LoadShedder::builder`].
 #[must_use = "a builder does nothing until `build()`"]
 pub struct LoadShedderBuilder {
     signals: Vec<Box<dyn Signal>>,
+    name: String,
 }
 
 impl fmt::Debug for LoadShedderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadShedderBuilder")
             .field("signals", &self.signals.len())
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -236,11 +239,19 @@ impl LoadShedderBuilder {
         self
     }
 
+    /// The `name` label of the shedder's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Builds (nothing to validate: a shedder with no signal admits everything).
     pub fn build(self) -> LoadShedder {
         LoadShedder {
             signals: self.signals.into_boxed_slice(),
             rejected: AtomicU64::new(0),
+            metrics: crate::metrics::ShedMetrics::new(&self.name),
         }
     }
 }
@@ -259,6 +270,7 @@ impl LoadShedder {
     pub fn builder() -> LoadShedderBuilder {
         LoadShedderBuilder {
             signals: Vec::new(),
+            name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
     }
 
@@ -273,6 +285,7 @@ impl LoadShedder {
             if let Err(reason) = s.check() {
                 // Relaxed: a statistic.
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.shed.increment(1);
                 return Err(reason);
             }
         }

@@ -132,6 +132,18 @@
 //!
 //! A [`BreakerRegistry`] holds one breaker per key, from a default configuration and
 //! per-key overrides, up to a capacity.
+//!
+//! ## Metrics
+//!
+//! With the `metrics` feature, each breaker emits its state (a gauge, one number
+//! per [`State`]), its transitions by `from` and `to`, its calls by outcome
+//! (`success`, `failure`, `slow_success`, `slow_failure`, `ignored`) and its
+//! rejections through the [`metrics`](https://docs.rs/metrics) facade, labelled with
+//! its [`name`](BreakerBuilder::name); the table is in `docs/metrics.md`. The
+//! handles are registered when the breaker is built (install the recorder first),
+//! every transition pair's up front. Each outcome then costs one atomic add on
+//! the recorder's counter, shared by every thread (the one shared write the
+//! closed path otherwise avoids); without the feature, nothing.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -147,6 +159,7 @@ mod config;
 mod error;
 mod events;
 mod machine;
+mod metrics;
 mod permit;
 mod registry;
 mod shards;

@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     rejected: ShardedCounter,
     central: Mutex<Central>,
     pub(crate) listeners: Listeners,
+    /// Updated on outcomes, rejections and transitions.
+    pub(crate) metrics: crate::metrics::BreakerMetrics,
     /// The configuration built with; the settings that can change at run time are
     /// in `Central::tuning`.
     pub(crate) config: BreakerConfig,
@@ -196,6 +198,7 @@ impl Inner {
                 probe_cap: tuning.permitted_in_half_open,
             }),
             listeners: Listeners::new(),
+            metrics: crate::metrics::BreakerMetrics::new(&config.name),
             config,
             #[cfg(not(loom))]
             timer: crate::timer::Registration::default(),
@@ -314,6 +317,7 @@ impl Inner {
 
     fn reject(&self, state: State, retry_after: Option<Duration>) -> crate::Rejected {
         self.rejected.increment();
+        self.metrics.rejected.increment(1);
         crate::Rejected::new(state, retry_after)
     }
 
@@ -339,14 +343,17 @@ impl Inner {
 
     pub(crate) fn on_failure(&self, t: Ticket) {
         if t.kind == Kind::Disabled {
+            self.metrics.outcome(true, false);
             return;
         }
         let (now, slow) = self.finish(&t);
+        self.metrics.outcome(true, slow);
         self.record(t, Outcome { failed: true, slow }, now);
     }
 
     /// Records nothing; a probe's slot goes back to the half-open period it came from.
     pub(crate) fn release(&self, t: Ticket) {
+        self.metrics.ignored.increment(1);
         if t.kind != Kind::Probe {
             return;
         }

@@ -39,6 +39,7 @@ pub struct ShutdownBuilder {
     pub(crate) grace_period: Duration,
     pub(crate) force_after: Option<Duration>,
     pub(crate) hook_timeout: Duration,
+    pub(crate) name: String,
 }
 
 impl Default for ShutdownBuilder {
@@ -47,11 +48,21 @@ impl Default for ShutdownBuilder {
             grace_period: DEFAULT_GRACE_PERIOD,
             force_after: None,
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
     }
 }
 
 impl ShutdownBuilder {
+    /// The `name` label of the coordinator's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`. A [`child`](Shutdown::child)
+    /// scope takes its parent's; give it its own with
+    /// [`child_with`](Shutdown::child_with), or the two share one phase gauge.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// How long in-flight work may take to finish after the trigger before it is
     /// abandoned and the stop hooks run anyway. Default 30 s. Must be longer than
     /// zero.

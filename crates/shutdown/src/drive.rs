@@ -264,7 +264,7 @@ impl Shutdown {
         };
         tracing::error!("the shutdown's runner was lost: the shutdown ends forced");
         if let Some(phase) = report {
-            self.inner.phase.send_replace(phase);
+            self.inner.set_phase(phase);
         }
     }
 
@@ -403,7 +403,7 @@ impl Shutdown {
         // 2. Hooks, last registered first.
         self.inner.state().hooks_started = true;
         if !forced {
-            self.inner.phase.send_replace(Phase::Stopping);
+            self.inner.set_phase(Phase::Stopping);
         }
         loop {
             // Take the next hook and mark it running in one step, so a runner lost
@@ -519,7 +519,7 @@ impl Shutdown {
             ?total_time,
             "shutdown finished"
         );
-        self.inner.phase.send_replace(phase);
+        self.inner.set_phase(phase);
     }
 }
 

@@ -20,6 +20,7 @@ use crate::HOOK_GRACE_MARGIN;
 use crate::config::ShutdownBuilder;
 use crate::drive::RunState;
 use crate::gate::{Enter, Gate};
+use crate::metrics::ShutdownMetrics;
 use crate::{
     InFlight, OwnedInFlight, Phase, ShutdownReport, ShutdownToken, ShuttingDown, SpawnError,
     TriggerReason,
@@ -103,15 +104,25 @@ pub(crate) struct Inner {
     /// Set by the first `install_signal_handlers`: later calls do nothing.
     pub(crate) signals_installed: AtomicBool,
     state: Mutex<State>,
+    /// In flight up on `enter`, down on `exit`; the phase set with each change.
+    pub(crate) metrics: ShutdownMetrics,
 }
 
 impl Inner {
     /// Leaves the gate; the exit that completes a drain wakes the drain waiters.
     #[inline]
     pub(crate) fn exit(&self) {
+        // Before leaving the gate: a drain it completes sees the gauge at 0.
+        self.metrics.in_flight.decrement(1.0);
         if self.gate.exit() {
             self.drained.notify_waiters();
         }
+    }
+
+    /// Moves to `phase`: the gauge first, so whoever sees the phase sees it too.
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.metrics.phase.set(crate::metrics::code(phase));
+        self.phase.send_replace(phase);
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -183,6 +194,7 @@ impl Shutdown {
 
     pub(crate) fn from_builder(config: ShutdownBuilder) -> Shutdown {
         let (phase, _) = watch::channel(Phase::Running);
+        let metrics = ShutdownMetrics::new(&config.name);
         Shutdown {
             inner: Arc::new(Inner {
                 gate: Gate::new(),
@@ -193,6 +205,7 @@ impl Shutdown {
                 report: OnceLock::new(),
                 signals_installed: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
+                metrics,
             }),
         }
     }
@@ -327,7 +340,8 @@ impl Shutdown {
                 .map(|inner| Shutdown { inner })
                 .collect()
         };
-        self.inner.phase.send_replace(Phase::Draining);
+        self.inner.metrics.triggered(&reason);
+        self.inner.set_phase(Phase::Draining);
         tracing::info!(
             shutdown.trigger = %reason,
             shutdown.in_flight = in_flight,
@@ -437,7 +451,10 @@ impl Shutdown {
     #[inline]
     fn enter(&self) -> Result<(), ShuttingDown> {
         match self.inner.gate.try_enter() {
-            Enter::Admitted => Ok(()),
+            Enter::Admitted => {
+                self.inner.metrics.in_flight.increment(1.0);
+                Ok(())
+            }
             Enter::Refused { drained } => {
                 if drained {
                     self.inner.drained.notify_waiters();

@@ -172,6 +172,9 @@ struct Inner {
     rejected: AtomicU64,
     ignored: AtomicU64,
     report_step: usize,
+    /// In flight up on admission (`admit`), down on completion; the limit set
+    /// whenever the algorithm moves it.
+    metrics: crate::metrics::LimitMetrics,
 }
 
 /// Wakes `acquire` waiters when dropped: one for the slot a completing request
@@ -208,6 +211,7 @@ pub struct AdaptiveLimitBuilder {
     algorithm: Box<dyn LimitAlgorithm>,
     clock: Clock,
     report_step: usize,
+    name: String,
 }
 
 impl fmt::Debug for AdaptiveLimitBuilder {
@@ -215,6 +219,7 @@ impl fmt::Debug for AdaptiveLimitBuilder {
         f.debug_struct("AdaptiveLimitBuilder")
             .field("initial_limit", &self.algorithm.initial_limit())
             .field("report_step", &self.report_step)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +239,13 @@ impl AdaptiveLimitBuilder {
         self
     }
 
+    /// The `name` label of the limit's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -243,6 +255,8 @@ impl AdaptiveLimitBuilder {
     pub fn build(self) -> Result<AdaptiveLimit, ConfigError> {
         validate::at_least("report_step", self.report_step, 1)?;
         let initial = validate::at_least("initial_limit", self.algorithm.initial_limit(), 1)?;
+        let metrics = crate::metrics::LimitMetrics::new(&self.name);
+        metrics.limit.set(initial as f64);
         Ok(AdaptiveLimit {
             inner: Arc::new(Inner {
                 gate: Gate::new(initial),
@@ -258,6 +272,7 @@ impl AdaptiveLimitBuilder {
                 rejected: AtomicU64::new(0),
                 ignored: AtomicU64::new(0),
                 report_step: self.report_step,
+                metrics,
             }),
         })
     }
@@ -289,6 +304,7 @@ impl AdaptiveLimit {
             algorithm: Box::new(algorithm),
             clock: Clock::system(),
             report_step: DEFAULT_REPORT_STEP,
+            name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
     }
 
@@ -512,7 +528,10 @@ impl AdaptiveLimit {
     ) -> Result<AdaptivePermit<'_>, AcquireTimeoutError> {
         match tokio::time::timeout(timeout, self.acquire()).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(AcquireTimeoutError::TimedOut { after: timeout }),
+            Err(_) => {
+                self.inner.metrics.rejected.increment(1);
+                Err(AcquireTimeoutError::TimedOut { after: timeout })
+            }
         }
     }
 }
@@ -521,10 +540,21 @@ impl Inner {
     /// Admits one request if the gate lets it: `(start, in flight)`.
     #[inline]
     fn try_enter(&self) -> Result<(Instant, usize), TryAcquireError> {
-        match self.gate.try_enter() {
+        match self.admit() {
             Ok(inflight) => Ok((self.clock.now(), inflight)),
             Err(limit) => Err(self.refused(limit)),
         }
+    }
+
+    /// The gate's `try_enter`, counting an admission in flight (the caller makes
+    /// it a permit at once, with no await in between).
+    #[inline]
+    fn admit(&self) -> Result<usize, usize> {
+        let r = self.gate.try_enter();
+        if r.is_ok() {
+            self.metrics.in_flight.increment(1.0);
+        }
+        r
     }
 
     #[cold]
@@ -536,6 +566,7 @@ impl Inner {
         }
         // Relaxed: a statistic.
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected.increment(1);
         TryAcquireError::AtCapacity {
             // Saturating: a limit above `u32::MAX` permits reads as `u32::MAX`.
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
@@ -544,7 +575,7 @@ impl Inner {
 
     /// Waits until the gate admits one request.
     async fn enter(&self) -> Result<(Instant, usize), AcquireError> {
-        match self.gate.try_enter() {
+        match self.admit() {
             Ok(inflight) => return Ok((self.clock.now(), inflight)),
             Err(gate::CLOSED) => return Err(AcquireError::Closed),
             Err(_) => {}
@@ -556,7 +587,7 @@ impl Inner {
             // Register before re-checking, so a release between the check and the
             // await still wakes this waiter.
             notified.as_mut().enable();
-            match self.gate.try_enter() {
+            match self.admit() {
                 Ok(inflight) => return Ok((self.clock.now(), inflight)),
                 Err(gate::CLOSED) => return Err(AcquireError::Closed),
                 Err(_) => {}
@@ -583,6 +614,7 @@ impl Inner {
         // after the request ended; `ignore` needs no reading at all.
         let end = (outcome != Outcome::Ignore).then(|| ended.unwrap_or_else(|| inner.clock.now()));
         inner.gate.leave();
+        inner.metrics.in_flight.decrement(1.0);
         // Wakes waiters on the way out, also if the algorithm panics below: the
         // slot this request held is free either way.
         let mut wake = WakeWaiters { inner, grew: false };
@@ -613,6 +645,8 @@ impl Inner {
                 if old == gate::CLOSED {
                     return;
                 }
+                // Under the lock, so the gauge ends at the last limit published.
+                inner.metrics.limit.set(new as f64);
                 if new.abs_diff(st.reported) >= inner.report_step {
                     tracing::debug!(
                         adaptive.limit = new,

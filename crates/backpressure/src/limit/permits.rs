@@ -45,6 +45,7 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError as TokioTryAcquireError};
 use heijunka_core::ConfigError;
 
 use crate::acquire::{AcquireError, TryAcquireError};
+use crate::metrics::LimitMetrics;
 
 /// The permits of one limit, shared by its handles and owned permits.
 pub(super) struct Inner {
@@ -59,10 +60,15 @@ pub(super) struct Inner {
     /// Serialises `set_limit` / `add_permits`. The guarded data is `()`, so a
     /// poisoned lock is taken as it is.
     resize: Mutex<()>,
+    /// In flight: up when permits are granted (`grant`), down when released
+    /// (`release`); nothing else on the acquire / release path.
+    pub(super) metrics: LimitMetrics,
 }
 
 impl Inner {
-    pub(super) fn new(permits: u32) -> Self {
+    pub(super) fn new(permits: u32, name: &str) -> Self {
+        let metrics = LimitMetrics::new(name);
+        metrics.limit.set(f64::from(permits));
         Self {
             semaphore: Semaphore::new(permits as usize),
             debt: AtomicU32::new(0),
@@ -70,6 +76,7 @@ impl Inner {
             waiting: AtomicUsize::new(0),
             shrunk: Notify::new(),
             resize: Mutex::new(()),
+            metrics,
         }
     }
 
@@ -112,6 +119,7 @@ impl Inner {
     /// paying the debt first.
     #[inline]
     pub(super) fn release(&self, w: u32) {
+        self.metrics.in_flight.decrement(f64::from(w));
         let rest = w - self.pay_debt(w);
         if rest > 0 {
             self.semaphore.add_permits(rest as usize);
@@ -133,14 +141,29 @@ impl Inner {
         false
     }
 
+    /// [`try_grant`](Self::try_grant), counting a refusal at capacity as rejected
+    /// (the `try_` acquisitions).
     #[inline]
     pub(super) fn try_take(&self, n: u32) -> Result<(), TryAcquireError> {
+        let r = self.try_grant(n);
+        if let Err(TryAcquireError::AtCapacity { .. }) = r {
+            self.metrics.rejected.increment(1);
+        }
+        r
+    }
+
+    /// `n` permits if they are free now; on success they are taken (forgotten in
+    /// the semaphore, counted in flight) and the caller must wrap them in a permit
+    /// at once.
+    #[inline]
+    pub(super) fn try_grant(&self, n: u32) -> Result<(), TryAcquireError> {
         self.check(n)?;
         loop {
             match self.semaphore.try_acquire_many(n) {
                 Ok(permit) => {
                     permit.forget();
                     if self.keep_granted(n) {
+                        self.metrics.in_flight.increment(f64::from(n));
                         return Ok(());
                     }
                 }
@@ -157,7 +180,7 @@ impl Inner {
     /// Waits for `n` permits; on success they are taken (forgotten in the
     /// semaphore) and the caller must wrap them in a permit at once.
     pub(super) async fn take(&self, n: u32) -> Result<(), AcquireError> {
-        match self.try_take(n) {
+        match self.try_grant(n) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 if let Some(e) = AcquireError::from_try(e) {
@@ -193,6 +216,9 @@ impl Inner {
             .await?;
             permit.forget();
             if self.keep_granted(n) {
+                // No await between here and the caller's permit: a cancelled
+                // acquisition never counted, a completed one is released by it.
+                self.metrics.in_flight.increment(f64::from(n));
                 return Ok(());
             }
         }
@@ -213,6 +239,7 @@ impl Inner {
             let d = new - old;
             let rest = d - self.pay_debt(d);
             self.limit.store(new, Ordering::SeqCst);
+            self.metrics.limit.set(f64::from(new));
             drop(guard);
             if rest > 0 {
                 self.semaphore.add_permits(rest as usize);
@@ -221,6 +248,7 @@ impl Inner {
             // Shrink: the difference is owed, paid at once by free permits as far
             // as there are any; waiters re-check their `n` against the new limit.
             self.limit.store(new, Ordering::SeqCst);
+            self.metrics.limit.set(f64::from(new));
             self.debt.fetch_add(old - new, Ordering::SeqCst);
             self.settle();
             drop(guard);

@@ -119,7 +119,7 @@ impl PollConcurrencyLimit {
             self.pending = None;
         }
         if self.pending.is_none() {
-            match self.limit.try_acquire_many_owned(n) {
+            match self.limit.try_grant_owned(n) {
                 Ok(permit) => return Poll::Ready(Ok(permit)),
                 Err(e) => {
                     if let Some(e) = AcquireError::from_try(e) {

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use heijunka_core::metrics::Counter;
 use heijunka_core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use heijunka_core::sync::{CachePadded, hint, thread};
 use heijunka_core::{Clock, ConfigError, validate};
@@ -167,6 +168,8 @@ pub struct Gcra {
     tat: CachePadded<AtomicU64>,
     params: ParamsCell,
     clock: Clock,
+    /// Refusals (feature `metrics`); touched only on a refusal.
+    rejected: Counter,
 }
 
 /// The parameters of a [`Gcra`], changeable while checks read them: a sequence
@@ -270,6 +273,7 @@ pub struct GcraBuilder {
     per_second: f64,
     burst: u32,
     clock: Clock,
+    name: String,
 }
 
 impl GcraBuilder {
@@ -285,6 +289,13 @@ impl GcraBuilder {
         self
     }
 
+    /// The `name` label of the limiter's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -296,6 +307,7 @@ impl GcraBuilder {
             tat: CachePadded::new(AtomicU64::new(0)),
             params: ParamsCell::new(Params::new(self.per_second, self.burst)?),
             clock: self.clock,
+            rejected: crate::metrics::rate_rejected(&self.name),
         })
     }
 }
@@ -307,6 +319,7 @@ impl Gcra {
             per_second,
             burst: 1,
             clock: Clock::system(),
+            name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
     }
 
@@ -351,9 +364,12 @@ impl Gcra {
 impl RateLimiter for Gcra {
     #[inline]
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
-        self.params
+        let r = self
+            .params
             .load()
-            .check(&self.tat, self.clock.now().as_nanos(), n)
+            .check(&self.tat, self.clock.now().as_nanos(), n);
+        crate::metrics::count_rate_refusal(&self.rejected, &r);
+        r
     }
 
     fn clock(&self) -> &Clock {

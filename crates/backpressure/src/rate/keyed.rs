@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crossbeam::queue::SegQueue;
 use dashmap::DashMap;
+use heijunka_core::metrics::Counter;
 use heijunka_core::sync::CachePadded;
 use heijunka_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heijunka_core::{Clock, ConfigError, validate};
@@ -119,6 +120,8 @@ pub struct KeyedRateLimiter<K: Hash + Eq> {
     max_keys: usize,
     policy: OverflowPolicy,
     clock: Clock,
+    /// Refusals (feature `metrics`); touched only on a refusal.
+    rejected: Counter,
 }
 
 /// Keys a new key examines for idleness when it arrives at a full key budget.
@@ -138,6 +141,7 @@ pub struct KeyedRateLimiterBuilder {
     max_keys: usize,
     policy: OverflowPolicy,
     clock: Clock,
+    name: String,
 }
 
 /// The default key budget.
@@ -168,6 +172,13 @@ impl KeyedRateLimiterBuilder {
         self
     }
 
+    /// The `name` label of the limiter's metrics (feature `metrics`, see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -185,6 +196,7 @@ impl KeyedRateLimiterBuilder {
             max_keys: self.max_keys,
             policy: self.policy,
             clock: self.clock,
+            rejected: crate::metrics::rate_rejected(&self.name),
         })
     }
 }
@@ -199,6 +211,7 @@ impl KeyedRateLimiter<()> {
             max_keys: DEFAULT_MAX_KEYS,
             policy: OverflowPolicy::default(),
             clock: Clock::system(),
+            name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
     }
 }
@@ -231,7 +244,9 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
     where
         K: Clone,
     {
-        self.check_with(key, n, |state, now| self.params.check(state, now, n), Err)
+        let r = self.check_with(key, n, |state, now| self.params.check(state, now, n), Err);
+        crate::metrics::count_rate_refusal(&self.rejected, &r);
+        r
     }
 
     /// Admits one unit for `key` and reports the key's bucket as the decision left
@@ -263,7 +278,7 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         K: Clone,
     {
         let fresh = self.params.state(0, 0);
-        self.check_with(
+        let d = self.check_with(
             key,
             1,
             |state, now| self.params.check_state(state, now, 1),
@@ -279,7 +294,9 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
                     _ => fresh,
                 },
             },
-        )
+        );
+        crate::metrics::count_rate_refusal(&self.rejected, &d.result);
+        d
     }
 
     /// The keyed decision: `check` applies it to the key's bucket (or the overflow

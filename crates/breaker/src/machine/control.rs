@@ -149,6 +149,7 @@ impl Inner {
             // Acquire: pairs with the Release store of each flag or state change.
             let c = self.ctrl.load(Ordering::Acquire);
             if c & ctrl::FREE != 0 && ctrl::generation(c) == t.generation {
+                self.metrics.success.increment(1);
                 return; // a window full of successes stays one
             }
         }
@@ -158,9 +159,11 @@ impl Inner {
     #[inline(never)]
     fn on_success_slow(&self, t: Ticket) {
         if t.kind == Kind::Disabled {
+            self.metrics.success.increment(1);
             return;
         }
         let (mut now, slow) = self.finish(&t);
+        self.metrics.outcome(false, slow);
         if t.kind == Kind::MetricsOnly && !slow {
             // Nothing trips in metrics-only state, so a success is only counted on
             // the calling thread's shard, without the lock; `stats()` and the next

@@ -81,6 +81,7 @@ impl Inner {
         // thread that Acquire-loads the control word. A concurrent probe
         // compare-and-swap on the old word fails and retries against this one.
         self.ctrl.store(next, Ordering::Release);
+        self.metrics.transition(from, to);
         central.transitions += 1;
         let event = StateTransition {
             breaker: self.config.name.clone(),
