@@ -157,7 +157,7 @@ fn per_thread_hits_are_published_in_batches_and_in_full_at_thread_exit() {
     }
     let (h, m) = (hits(&rec, "local"), misses(&rec, "local"));
     assert_eq!(h + m, THREADS * GETS, "every get is a hit or a miss");
-    assert!(m >= 1 && m <= THREADS, "misses {m}");
+    assert!((1..=THREADS).contains(&m), "misses {m}");
     let s = pool.stats();
     assert_eq!((s.hits, s.misses), (h, m));
 }
