@@ -48,11 +48,12 @@
 //!
 //! # Metrics
 //!
-//! With the `metrics` feature, [`WorkerPool`] and [`TaskPool`] emit
-//! `heijunka_pool_*` metrics (queued, running, completed, panicked, cancelled,
-//! rejected, task run time) through the `metrics` facade, labelled with the
-//! pool's name ([`WorkerPoolBuilder::name`], [`TaskPoolBuilder::name`]). The
-//! table is in `docs/metrics.md`; install the recorder before building the pool.
+//! With the `metrics` feature, [`WorkerPool`], [`TaskPool`] and [`Dispatcher`]
+//! emit `heijunka_pool_*` metrics (queued, running, completed, panicked,
+//! cancelled, rejected, task run time) through the `metrics` facade, labelled
+//! with the pool's name ([`WorkerPoolBuilder::name`], [`TaskPoolBuilder::name`],
+//! [`DispatcherBuilder::name`]). The table is in `docs/metrics.md`; install the
+//! recorder before building the pool.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(

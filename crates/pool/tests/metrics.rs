@@ -377,3 +377,178 @@ fn task_pool_spawn_cancelled_while_waiting_for_room_counts_nothing() {
     });
     assert!(covered >= 1);
 }
+
+type Disp = heijunka_pool::Dispatcher<u32, u32, String>;
+
+fn dispatcher(rec: &TestRecorder, rt: &tokio::runtime::Runtime, name: &str) -> Disp {
+    rec.scoped(|| {
+        heijunka_pool::Dispatcher::builder()
+            .workers(1)
+            .queue_capacity(2)
+            .runtime(rt.handle().clone())
+            .name(name)
+            .build()
+    })
+    .unwrap()
+}
+
+/// A handler that waits for a permit of `gate`, then panics on 1, fails on 2.
+fn register(d: &Disp, gate: &Arc<tokio::sync::Semaphore>) {
+    let gate = gate.clone();
+    d.register("work", move |req: u32| {
+        let gate = gate.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            assert_ne!(req, 1, "request 1 panics");
+            if req == 2 {
+                Err("two".to_owned())
+            } else {
+                Ok(req)
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// Three messages `from..from + 3` on the one worker: the first running
+/// (blocked on the gate), two queued (the queue full).
+async fn fill(d: &Disp, from: u32) -> Vec<heijunka_pool::Reply<u32, String>> {
+    let mut replies = Vec::new();
+    for i in from..from + 3 {
+        replies.push(d.try_dispatch("work", i).unwrap());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    replies
+}
+
+#[test]
+fn dispatcher_counts_queued_running_and_outcomes() {
+    let rec = TestRecorder::new();
+    let rt = rt();
+    let d = dispatcher(&rec, &rt, "d");
+    assert_eq!(rec.keys(), documented("d"));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    register(&d, &gate);
+    rt.block_on(async {
+        let replies = fill(&d, 0).await;
+        // One running, two queued, the queue full: the next is refused.
+        assert_eq!(val(&rec, "heijunka_pool_running", "d"), 1.0);
+        assert_eq!(val(&rec, "heijunka_pool_queued", "d"), 2.0);
+        assert!(d.try_dispatch("work", 9).is_err());
+        assert_eq!(count(&rec, "heijunka_pool_rejected_total", "d"), 1);
+        gate.add_permits(3);
+        let (mut ok, mut failed, mut panicked) = (0_u64, 0_u64, 0_u64);
+        for r in replies {
+            match r.await {
+                Ok(_) => ok += 1,
+                Err(heijunka_pool::HandlerError::Failed(_)) => failed += 1,
+                Err(heijunka_pool::HandlerError::Panicked { .. }) => panicked += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!((ok, failed, panicked), (1, 1, 1));
+        // A handler that returned, even an error, ran to completion.
+        assert_eq!(
+            count(&rec, "heijunka_pool_completed_total", "d"),
+            ok + failed
+        );
+        assert_eq!(count(&rec, "heijunka_pool_panicked_total", "d"), panicked);
+        assert_eq!(val(&rec, "heijunka_pool_queued", "d"), 0.0);
+        assert_eq!(val(&rec, "heijunka_pool_running", "d"), 0.0);
+        let times = rec
+            .histogram("heijunka_pool_task_seconds", &[("name", "d")])
+            .unwrap();
+        assert_eq!(times.len(), 3);
+
+        // Shut down with no grace while one runs and two wait: all abandoned.
+        let blocked = fill(&d, 10).await;
+        assert_eq!(val(&rec, "heijunka_pool_running", "d"), 1.0);
+        let report = d.shutdown(Duration::ZERO).await;
+        assert_eq!(report.abandoned, 3);
+        for r in blocked {
+            assert!(matches!(
+                r.await,
+                Err(heijunka_pool::HandlerError::Abandoned)
+            ));
+        }
+        assert_eq!(count(&rec, "heijunka_pool_cancelled_total", "d"), 3);
+        assert_eq!(val(&rec, "heijunka_pool_queued", "d"), 0.0);
+        assert_eq!(val(&rec, "heijunka_pool_running", "d"), 0.0);
+    });
+    assert_eq!(rec.keys(), documented("d"));
+}
+
+#[test]
+fn dispatcher_messages_dropped_with_the_runtime_leave_the_gauges_balanced() {
+    let rec = TestRecorder::new();
+    let rt = rt();
+    let d = dispatcher(&rec, &rt, "dr");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    register(&d, &gate);
+    let replies = rt.block_on(fill(&d, 0));
+    assert_eq!(val(&rec, "heijunka_pool_running", "dr"), 1.0);
+    assert_eq!(val(&rec, "heijunka_pool_queued", "dr"), 2.0);
+    drop(rt);
+    assert_eq!(val(&rec, "heijunka_pool_running", "dr"), 0.0);
+    assert_eq!(val(&rec, "heijunka_pool_queued", "dr"), 0.0);
+    assert_eq!(count(&rec, "heijunka_pool_cancelled_total", "dr"), 3);
+    drop((replies, d));
+}
+
+/// `dispatch` dropped while it waits for room in a full queue: nothing is left
+/// counted as queued, and it is not a rejection.
+#[test]
+fn dispatcher_dispatch_cancelled_while_waiting_counts_nothing() {
+    let covered = cancel_points(8, |k| {
+        let rec = TestRecorder::new();
+        let rt = rt();
+        let _g = rt.enter();
+        let d = dispatcher(&rec, &rt, "dc");
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        register(&d, &gate);
+        let first = rt.block_on(fill(&d, 10));
+        let d2 = d.clone();
+        let outcome =
+            Polled::new(async move { d2.dispatch("work", 20).await }).drop_after_with(k, |i| {
+                if i == 1 {
+                    // Room appears after the first poll.
+                    gate.add_permits(1);
+                    rt.block_on(async {
+                        for _ in 0..10 {
+                            tokio::task::yield_now().await;
+                        }
+                    });
+                }
+            });
+        let (reply, polls) = match outcome {
+            Outcome::Completed { output, polls } => (Some(output.unwrap()), polls),
+            Outcome::Cancelled { polls } => (None, polls),
+        };
+        let completed = reply.is_some();
+        gate.add_permits(10);
+        rt.block_on(async {
+            for r in first {
+                r.await.unwrap();
+            }
+            if let Some(r) = reply {
+                assert_eq!(r.await.unwrap(), 20);
+            }
+        });
+        assert_eq!(val(&rec, "heijunka_pool_queued", "dc"), 0.0, "k = {k}");
+        assert_eq!(val(&rec, "heijunka_pool_running", "dc"), 0.0, "k = {k}");
+        assert_eq!(count(&rec, "heijunka_pool_rejected_total", "dc"), 0);
+        assert_eq!(
+            count(&rec, "heijunka_pool_completed_total", "dc"),
+            3 + u64::from(completed),
+            "k = {k}"
+        );
+        if completed {
+            Outcome::Completed { output: (), polls }
+        } else {
+            Outcome::Cancelled { polls }
+        }
+    });
+    assert!(covered >= 1);
+}
