@@ -98,6 +98,14 @@
 //! [`SubscribeError::Config`]; an empty topic name is [`BusError::EmptyName`];
 //! publishing to a closed topic hands the event back in [`PublishError::Closed`];
 //! subscribing to one is [`SubscribeError::Closed`].
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, every topic emits `heijunka_bus_*` counters
+//! through the `metrics` facade, labelled `topic` (the topic's name): publishes,
+//! deliveries into subscriber buffers, and drops by reason (the reasons of
+//! [`DropCounts`]). The table is in `docs/metrics.md`; install the recorder
+//! before creating the topics.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -110,6 +118,7 @@ mod bus;
 mod error;
 mod event;
 mod handler;
+mod metrics;
 mod publish;
 mod stats;
 mod subscriber;

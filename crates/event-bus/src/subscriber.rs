@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buffer::{Buffer, Intake, Kind, Outlet};
 
+use crate::metrics::DropMetrics;
 use crate::stats::{DropCounts, SubscriberStats};
 use crate::topic::TopicInner;
 use crate::{Event, SkipReason, SubscribeError, SubscriberId, Topic};
@@ -184,7 +185,7 @@ impl<E: Send + Sync + 'static> SubscriberBuilder<E> {
             buffer,
             policy: self.policy,
             min_version: self.min_version,
-            drops: Counts::default(),
+            drops: Counts::with_metrics(self.topic.inner.metrics.dropped.clone()),
         });
         Ok((inner, intake, outlet))
     }
@@ -212,10 +213,21 @@ pub(crate) struct Counts {
     pub(crate) discarded: AtomicU64,
     /// Only for a topic's departed subscribers: what they had delivered.
     pub(crate) delivered: AtomicU64,
+    /// The topic's drop metrics: skips and discards are emitted as they are
+    /// counted here (never by `absorb`, which only moves counts).
+    pub(crate) metrics: DropMetrics,
 }
 
 impl Counts {
+    pub(crate) fn with_metrics(metrics: DropMetrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn skip(&self, reason: SkipReason) {
+        self.metrics.skipped(reason);
         let c = match reason {
             SkipReason::Filtered => &self.filtered,
             SkipReason::Full => &self.full,
@@ -387,6 +399,7 @@ impl<E: Send + Sync + 'static> Drop for Subscription<E> {
             .drops
             .discarded
             .fetch_add(discarded, Ordering::Relaxed);
+        inner.drops.metrics.discarded.increment(discarded);
         self.topic
             .departed
             .absorb(&inner.dropped(), inner.delivered());

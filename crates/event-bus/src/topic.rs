@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::buffer::Intake;
 use crate::handler::Handler;
+use crate::metrics::TopicMetrics;
 use crate::stats::TopicStats;
 use crate::subscriber::{Counts, SubscriberInner};
 use crate::{
@@ -81,6 +82,7 @@ pub(crate) struct TopicInner<E: Send + Sync + 'static> {
     undelivered: AtomicU64,
     /// Counts of subscribers that went away.
     pub(crate) departed: Counts,
+    pub(crate) metrics: TopicMetrics,
     pub(crate) handlers: Mutex<Vec<Handler>>,
     /// Which events are critical whatever their flag; read only when a version
     /// filter would skip an event.
@@ -100,6 +102,7 @@ impl<E: Send + Sync + 'static> Topic<E> {
         if name.is_empty() {
             return Err(BusError::EmptyName);
         }
+        let metrics = TopicMetrics::new(&name);
         Ok(Self {
             inner: Arc::new(TopicInner {
                 name,
@@ -112,7 +115,8 @@ impl<E: Send + Sync + 'static> Topic<E> {
                 next_id: AtomicU64::new(1),
                 published: AtomicU64::new(0),
                 undelivered: AtomicU64::new(0),
-                departed: Counts::default(),
+                departed: Counts::with_metrics(metrics.dropped.clone()),
+                metrics,
                 handlers: Mutex::new(Vec::new()),
                 critical_kinds: RwLock::new(None),
             }),
@@ -497,6 +501,7 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             drop(state);
             // Relaxed: a statistic.
             self.undelivered.fetch_add(1, Ordering::Relaxed);
+            self.metrics.undelivered.increment(1);
             return Err(PublishError::NoSubscribers(event));
         }
         let mut pass = Pass {
@@ -558,6 +563,19 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             pass.counted = true;
         }
         drop(state);
+        // One update per publish for the pushes of this pass, not one per
+        // subscriber.
+        if pass.report.delivered > 0 {
+            self.metrics
+                .delivered
+                .increment(pass.report.delivered as u64);
+        }
+        if pass.report.displaced > 0 {
+            self.metrics
+                .dropped
+                .displaced
+                .increment(pass.report.displaced as u64);
+        }
         Ok(pass)
     }
 
@@ -591,6 +609,7 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             match sub.buffer.try_push(intake, event, sub.buffer.capacity()) {
                 Ok(()) => {
                     sub.buffer.wake_consumer();
+                    self.metrics.delivered.increment(1);
                     return Waited::Pushed;
                 }
                 Err(e) if !in_time => {
@@ -608,6 +627,7 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
         if pass.report.delivered == 0 {
             // Relaxed: a statistic.
             self.undelivered.fetch_add(1, Ordering::Relaxed);
+            self.metrics.undelivered.increment(1);
             let event = pass.event.expect("an event no subscriber took comes back");
             return Err(PublishError::Undelivered {
                 event,
@@ -627,6 +647,7 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
         // Relaxed: a statistic, written only under the lock.
         let n = self.published.load(Ordering::Relaxed);
         self.published.store(n + 1, Ordering::Relaxed);
+        self.metrics.published.increment(1);
     }
 
     pub(crate) fn attach(

@@ -8,6 +8,7 @@ use heijunka_core::{Clock, ConfigError, validate};
 use crate::level::{
     DEFAULT_CRITICAL_THRESHOLD, DEFAULT_ELEVATED_THRESHOLD, DEFAULT_HYSTERESIS, Thresholds,
 };
+use crate::metrics::MonitorMetrics;
 use crate::monitor::MemoryMonitor;
 use crate::probe::{MemoryProbe, SystemProbe};
 
@@ -40,6 +41,7 @@ pub struct MemoryMonitorBuilder {
     limit: Option<u64>,
     probe: Option<Box<dyn MemoryProbe>>,
     clock: Clock,
+    name: String,
 }
 
 impl MemoryMonitorBuilder {
@@ -52,6 +54,7 @@ impl MemoryMonitorBuilder {
             limit: None,
             probe: None,
             clock: Clock::system(),
+            name: "default".into(),
         }
     }
 
@@ -109,6 +112,14 @@ impl MemoryMonitorBuilder {
         self
     }
 
+    /// The monitor's name: the `name` label of its metrics (feature `metrics`;
+    /// see `docs/metrics.md`). Default `"default"`.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Checks the settings, builds the monitor and takes its first sample (a failed
     /// first sample is counted in the stats, not returned: sampling failures are
     /// not configuration errors).
@@ -127,7 +138,14 @@ impl MemoryMonitorBuilder {
             .map(|l| validate::at_least("limit", l, 1))
             .transpose()?;
         let probe = self.probe.unwrap_or_else(|| Box::new(SystemProbe::new()));
-        let monitor = MemoryMonitor::from_parts(probe, thresholds, interval, limit, self.clock);
+        let monitor = MemoryMonitor::from_parts(
+            probe,
+            thresholds,
+            interval,
+            limit,
+            self.clock,
+            MonitorMetrics::new(&self.name),
+        );
         // The error is counted in the stats and logged; the monitor starts at Normal.
         let _ = monitor.sample_now();
         Ok(monitor)
@@ -143,6 +161,7 @@ impl fmt::Debug for MemoryMonitorBuilder {
             .field("interval", &self.interval)
             .field("limit", &self.limit)
             .field("custom_probe", &self.probe.is_some())
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }

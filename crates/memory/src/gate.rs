@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use heijunka_core::metrics::Counter;
 use heijunka_core::{ConfigError, PressureLevel, Rejection, ShardedCounter, validate};
 use serde::Serialize;
 
@@ -67,6 +68,9 @@ pub struct MemoryGate {
 }
 
 struct Counts {
+    /// Every rejection, emitted as a metric (a rare path: the admitting path
+    /// emits nothing, so it stays one sharded bump).
+    rejected_metric: Counter,
     admitted: ShardedCounter,
     rejected: ShardedCounter,
     rejected_large: ShardedCounter,
@@ -105,9 +109,18 @@ pub struct MemoryGateBuilder {
     stale_after: Option<Duration>,
     stale_policy: StalePolicy,
     stall_threshold: Option<f64>,
+    name: String,
 }
 
 impl MemoryGateBuilder {
+    /// The gate's name: the `name` label of its metrics (feature `metrics`; see
+    /// `docs/metrics.md`). Default `"default"`.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The level at which every request is rejected (default `Critical`; must not
     /// be `Normal`).
     #[must_use]
@@ -213,6 +226,7 @@ impl MemoryGateBuilder {
             stale_policy: self.stale_policy,
             stall_threshold,
             counts: Arc::new(Counts {
+                rejected_metric: crate::metrics::gate_rejected(&self.name),
                 admitted: ShardedCounter::new(),
                 rejected: ShardedCounter::new(),
                 rejected_large: ShardedCounter::new(),
@@ -234,6 +248,7 @@ impl MemoryGate {
             stale_after: None,
             stale_policy: StalePolicy::FailOpen,
             stall_threshold: None,
+            name: "default".into(),
         }
     }
 
@@ -272,6 +287,7 @@ impl MemoryGate {
 
     #[inline]
     fn reject(&self, level: PressureLevel, stale: bool, large: bool) -> Result<(), Rejection> {
+        self.counts.rejected_metric.increment(1);
         if large {
             self.counts.rejected_large.increment();
         } else {

@@ -123,6 +123,15 @@
 //! unreadable `statm` falls back to `sysinfo`, a missing `auxv` to 4 KiB pages, and
 //! a sample that cannot be taken at all is a [`SampleError`] that keeps the last
 //! level.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, a [`MemoryMonitor`] emits `heijunka_memory_*`
+//! gauges on each sample (level, usage and limit in bytes, usage ratio) and
+//! counts level changes by the level reached and failed samples; a
+//! [`MemoryGate`] counts its rejections. Both are labelled with their name
+//! ([`MemoryMonitorBuilder::name`], [`MemoryGateBuilder::name`]). The table is
+//! in `docs/metrics.md`; install the recorder before building them.
 #![cfg_attr(not(feature = "alloc-tracking"), forbid(unsafe_code))]
 #![cfg_attr(feature = "alloc-tracking", deny(unsafe_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -144,6 +153,7 @@ mod error;
 mod file;
 mod gate;
 mod level;
+mod metrics;
 mod monitor;
 mod probe;
 mod procfs;

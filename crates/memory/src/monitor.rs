@@ -12,6 +12,7 @@ use crate::cell::SeqCell;
 use crate::config::MemoryMonitorBuilder;
 use crate::error::{SampleError, SpawnError};
 use crate::level::Thresholds;
+use crate::metrics::MonitorMetrics;
 use crate::probe::MemoryProbe;
 use crate::sample::{LimitSource, MemorySample, MemoryStatus, ratio, resolve};
 use crate::stats::MemoryStats;
@@ -73,6 +74,7 @@ pub(crate) struct Inner {
     level_changes: AtomicU64,
     to_elevated: AtomicU64,
     to_critical: AtomicU64,
+    metrics: MonitorMetrics,
 }
 
 struct Sampling {
@@ -100,6 +102,7 @@ impl MemoryMonitor {
         interval: Duration,
         limit: Option<u64>,
         clock: Clock,
+        metrics: MonitorMetrics,
     ) -> Self {
         let (watch, _) = watch::channel(PressureLevel::Normal);
         let created = clock.now().as_nanos();
@@ -125,6 +128,7 @@ impl MemoryMonitor {
                 level_changes: AtomicU64::new(0),
                 to_elevated: AtomicU64::new(0),
                 to_critical: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -206,6 +210,7 @@ impl MemoryMonitor {
             Err(e) => {
                 // Relaxed: a statistic.
                 inner.sample_errors.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.sample_failed();
                 if !sampling.failing {
                     sampling.failing = true;
                     tracing::warn!(error = %e, level = %self.pressure(),
@@ -236,6 +241,7 @@ impl MemoryMonitor {
             sampled_at: inner.clock.now(),
         };
         inner.cell.write(encode(&status));
+        inner.metrics.sampled(to, used, limit, ratio);
         // Relaxed: the age stands alone; a gate that reads an older stamp judges a
         // reading older than it is, which only errs by the race's width.
         inner
@@ -269,6 +275,7 @@ impl MemoryMonitor {
             PressureLevel::Critical => inner.to_critical.fetch_add(1, Ordering::Relaxed),
             PressureLevel::Normal => 0,
         };
+        inner.metrics.changed(change.to);
         let s = &change.status;
         let ratio = s.ratio();
         if change.to == PressureLevel::Critical {

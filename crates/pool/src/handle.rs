@@ -86,13 +86,13 @@ where
         let f = self.f.take().expect("a job runs once");
         let result = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => {
-                Counters::bump(&counters.completed);
+                counters.completed();
                 Ok(v)
             }
             Err(payload) => {
                 let msg = panic_message(&*payload);
                 tracing::warn!(task.panic = %msg, "pool task panicked");
-                Counters::bump(&counters.panicked);
+                counters.panicked();
                 Err(TaskError::Panicked(msg))
             }
         };
@@ -122,10 +122,10 @@ where
 {
     fn run(self, counters: &Counters) {
         match catch_unwind(AssertUnwindSafe(self.0)) {
-            Ok(()) => Counters::bump(&counters.completed),
+            Ok(()) => counters.completed(),
             Err(payload) => {
                 tracing::warn!(task.panic = %panic_message(&*payload), "pool task panicked");
-                Counters::bump(&counters.panicked);
+                counters.panicked();
             }
         }
     }

@@ -45,6 +45,15 @@
 //!   name, on N workers with bounded queues, least-loaded or by key affinity,
 //!   with immediate rejection, typed failures, graceful shutdown and
 //!   [`DispatcherStats`].
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, [`WorkerPool`], [`TaskPool`] and [`Dispatcher`]
+//! emit `heijunka_pool_*` metrics (queued, running, completed, panicked,
+//! cancelled, rejected, task run time) through the `metrics` facade, labelled
+//! with the pool's name ([`WorkerPoolBuilder::name`], [`TaskPoolBuilder::name`],
+//! [`DispatcherBuilder::name`]). The table is in `docs/metrics.md`; install the
+//! recorder before building the pool.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -56,6 +65,7 @@ mod dispatch;
 mod error;
 mod group;
 mod handle;
+mod metrics;
 mod park;
 mod stats;
 mod task;

@@ -7,6 +7,8 @@ use hdrhistogram::Histogram;
 use heijunka_core::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
+use crate::metrics::PoolMetrics;
+
 /// A snapshot of a pool's numbers (both [`WorkerPool`](crate::WorkerPool) and
 /// [`TaskPool`](crate::TaskPool)).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -51,9 +53,40 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    /// The same outcomes, emitted as metrics (no-ops without the feature).
+    pub(crate) metrics: PoolMetrics,
 }
 
 impl Counters {
+    pub(crate) fn with_metrics(metrics: PoolMetrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    #[inline]
+    pub(crate) fn completed(&self) {
+        Self::bump(&self.completed);
+        self.metrics.completed.increment(1);
+    }
+
+    #[inline]
+    pub(crate) fn panicked(&self) {
+        Self::bump(&self.panicked);
+        self.metrics.panicked.increment(1);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        Self::bump(&self.cancelled);
+        self.metrics.cancelled.increment(1);
+    }
+
+    pub(crate) fn rejected(&self) {
+        Self::bump(&self.rejected);
+        self.metrics.rejected.increment(1);
+    }
+
     #[inline]
     pub(crate) fn bump(counter: &AtomicU64) {
         // Relaxed: statistics.

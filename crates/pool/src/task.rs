@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::panic_message;
+use crate::metrics::{GaugeGuard, PoolMetrics};
 use crate::stats::{Counters, Timings};
 use crate::{PoolReport, PoolStats, Rejected, SpawnError, TaskError};
 
@@ -94,6 +95,7 @@ struct Inner {
 pub struct TaskPoolBuilder {
     max_running: usize,
     max_waiting: usize,
+    name: String,
 }
 
 impl TaskPoolBuilder {
@@ -107,6 +109,13 @@ impl TaskPoolBuilder {
     /// then `try_spawn` rejects whenever every running slot is taken.
     pub fn max_waiting(mut self, n: usize) -> Self {
         self.max_waiting = n;
+        self
+    }
+
+    /// The pool's name: the `name` label of its metrics (feature `metrics`; see
+    /// `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -140,7 +149,7 @@ impl TaskPoolBuilder {
                 cancel: CancellationToken::new(),
                 cancelled: AtomicBool::new(false),
                 active: AtomicUsize::new(0),
-                counters: Counters::default(),
+                counters: Counters::with_metrics(PoolMetrics::new(&self.name)),
                 timings: (0..TIMING_SHARDS).map(|_| Timings::new()).collect(),
                 token: OnceLock::new(),
                 report: OnceLock::new(),
@@ -195,6 +204,7 @@ impl TaskPool {
         TaskPoolBuilder {
             max_running: 64,
             max_waiting: 1024,
+            name: "default".into(),
         }
     }
 
@@ -212,7 +222,7 @@ impl TaskPool {
         F::Output: Send + 'static,
     {
         let Ok(rt) = Handle::try_current() else {
-            Counters::bump(&self.inner.counters.rejected);
+            self.inner.counters.rejected();
             return Err(SpawnError::NoRuntime(future));
         };
         self.try_spawn_on(&rt, future)
@@ -220,7 +230,7 @@ impl TaskPool {
     }
 
     fn refused<F>(&self, e: Rejected<F>) -> Rejected<F> {
-        Counters::bump(&self.inner.counters.rejected);
+        self.inner.counters.rejected();
         e
     }
 
@@ -289,7 +299,7 @@ impl TaskPool {
     {
         let inner = &self.inner;
         let Ok(rt) = Handle::try_current() else {
-            Counters::bump(&inner.counters.rejected);
+            inner.counters.rejected();
             return Err(SpawnError::NoRuntime(future));
         };
         let mut future = future;
@@ -342,11 +352,15 @@ impl TaskPool {
         F::Output: Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
+        // Counted as queued from here until it has its running slot (or is
+        // dropped unrun, by the runtime too).
+        let queued = (!has_slot).then(|| GaugeGuard::up(&self.inner.counters.metrics.queued));
         let join = rt.spawn(async move {
             let _slot = if has_slot {
                 RunningSlot(&inner)
             } else {
                 let p = inner.running.acquire().await;
+                drop(queued);
                 let (before, wake) = inner.waiting.release();
                 if wake {
                     inner.room.notify_one();
@@ -360,17 +374,18 @@ impl TaskPool {
                         RunningSlot(&inner)
                     }
                     Err(_) => {
-                        Counters::bump(&inner.counters.cancelled);
+                        inner.counters.cancelled();
                         return Err(TaskError::Cancelled);
                     }
                 }
             };
             if inner.cancelled.load(Ordering::Acquire) {
-                Counters::bump(&inner.counters.cancelled);
+                inner.counters.cancelled();
                 return Err(TaskError::Cancelled);
             }
             // Relaxed: statistics.
             inner.active.fetch_add(1, Ordering::Relaxed);
+            let running = GaugeGuard::up(&inner.counters.metrics.running);
             let start = Instant::now();
             let mut future = pin!(future);
             let caught =
@@ -388,16 +403,18 @@ impl TaskPool {
                 r = caught => r.map_err(TaskError::Panicked),
                 () = inner.cancel.cancelled() => Err(TaskError::Cancelled),
             };
-            inner.timings[heijunka_core::sync::thread_index() % TIMING_SHARDS]
-                .record(start.elapsed());
+            let took = start.elapsed();
+            inner.timings[heijunka_core::sync::thread_index() % TIMING_SHARDS].record(took);
             inner.active.fetch_sub(1, Ordering::Relaxed);
+            drop(running);
+            inner.counters.metrics.task_seconds.record_duration(took);
             match &result {
-                Ok(_) => Counters::bump(&inner.counters.completed),
+                Ok(_) => inner.counters.completed(),
                 Err(TaskError::Panicked(msg)) => {
                     tracing::warn!(task.panic = %msg, "task pool task panicked");
-                    Counters::bump(&inner.counters.panicked);
+                    inner.counters.panicked();
                 }
-                Err(_) => Counters::bump(&inner.counters.cancelled),
+                Err(_) => inner.counters.cancelled(),
             }
             result
         });

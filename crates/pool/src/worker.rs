@@ -16,6 +16,7 @@ use heijunka_shutdown::{Shutdown, ShutdownToken};
 use serde::Serialize;
 
 use crate::handle::{DetachedJob, Job, TaskJob};
+use crate::metrics::PoolMetrics;
 use crate::park::{Parker, Started};
 use crate::stats::{Counters, Timings};
 use crate::{PoolStats, Rejected, TaskHandle};
@@ -257,6 +258,7 @@ impl WorkerPool {
 
     fn start(cfg: WorkerPoolBuilder) -> Result<WorkerPool, ConfigError> {
         let locals: Vec<Worker<BoxedJob>> = (0..cfg.workers).map(|_| Worker::new_fifo()).collect();
+        let metrics = PoolMetrics::new(&cfg.name);
         let shared = Arc::new(Shared {
             injector: Injector::new(),
             stealers: locals.iter().map(Worker::stealer).collect(),
@@ -269,11 +271,11 @@ impl WorkerPool {
             cancel_queued: AtomicBool::new(false),
             alive: Mutex::new(cfg.workers),
             all_exited: Condvar::new(),
-            counters: Counters::default(),
+            counters: Counters::with_metrics(metrics.clone()),
             cells: (0..cfg.workers)
                 .map(|_| {
                     CachePadded::new(WorkerCell {
-                        counters: Counters::default(),
+                        counters: Counters::with_metrics(metrics.clone()),
                         active: AtomicUsize::new(0),
                         timings: Timings::new(),
                     })
@@ -404,6 +406,9 @@ impl WorkerPool {
             match s.state.reserve(s.capacity) {
                 Reserve::Reserved { wake, .. } => {
                     let (job, handle) = make(f);
+                    // Before the push: a worker that takes the job at once must not
+                    // take the gauge below zero.
+                    s.counters.metrics.queued.increment(1.0);
                     s.injector.push(job);
                     if wake {
                         s.work.wake_one();
@@ -640,7 +645,7 @@ impl Shared {
     }
 
     fn reject<F>(&self, task: F, reason: Rejection) -> Rejected<F> {
-        Counters::bump(&self.counters.rejected);
+        self.counters.rejected();
         Rejected { task, reason }
     }
 
@@ -666,8 +671,9 @@ impl Shared {
                 .or_else(|| self.stealers.iter().find_map(|st| steal(&|| st.steal())));
             let Some(job) = job else { return };
             self.dequeued();
+            self.counters.metrics.queued.decrement(1.0);
             drop(job);
-            Counters::bump(&self.counters.cancelled);
+            self.counters.cancelled();
         }
     }
 
@@ -711,6 +717,8 @@ impl Shared {
             if let Some(job) = self.find_job(me, &local) {
                 backoff.reset();
                 stale = 0;
+                let m = &self.counters.metrics;
+                m.queued.decrement(1.0);
                 // The job has left the queue: count it in this worker's own cell
                 // (no contended write per task), and give the cell back to the
                 // shared count at the batch size, when no more taken work waits in
@@ -724,16 +732,20 @@ impl Shared {
                 }
                 if self.cancel_queued.load(Ordering::SeqCst) {
                     drop(job);
-                    Counters::bump(&self.counters.cancelled);
+                    self.counters.cancelled();
                     continue;
                 }
                 let cell = &self.cells[me];
                 // Relaxed: statistics; only this worker writes its cell.
                 cell.active.store(1, Ordering::Relaxed);
+                m.running.increment(1.0);
                 let start = self.clock.now();
                 job.call(&cell.counters);
-                cell.timings.record(self.clock.elapsed(start));
+                let took = self.clock.elapsed(start);
+                cell.timings.record(took);
                 cell.active.store(0, Ordering::Relaxed);
+                m.running.decrement(1.0);
+                m.task_seconds.record_duration(took);
                 continue;
             }
             // Nothing found: give back what we took, spin briefly (tiny tasks arrive

@@ -4,6 +4,7 @@ use std::fmt;
 
 use heijunka_core::{ConfigError, validate};
 
+use crate::metrics::RecyclerMetrics;
 use crate::recycler::Hooks;
 use crate::{Poison, Recycler};
 
@@ -45,6 +46,7 @@ pub struct RecyclerBuilder<T: Send + 'static> {
     capacity: usize,
     per_thread: Option<usize>,
     max_value_capacity: Option<usize>,
+    name: String,
 }
 
 impl<T: Send + 'static> RecyclerBuilder<T> {
@@ -65,6 +67,7 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
             capacity: DEFAULT_CAPACITY,
             per_thread: None,
             max_value_capacity: None,
+            name: "default".into(),
         }
     }
 
@@ -140,6 +143,13 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
         self
     }
 
+    /// The recycler's name: the `name` label of its metrics (feature `metrics`;
+    /// see `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Checks the settings and builds the recycler.
     ///
     /// Fails, naming the field and value, when `capacity` is 0 or above
@@ -171,6 +181,7 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
             capacity,
             per_thread,
             self.max_value_capacity,
+            RecyclerMetrics::new(&self.name),
         ))
     }
 }
@@ -182,6 +193,7 @@ impl<T: Send + 'static> fmt::Debug for RecyclerBuilder<T> {
             .field("capacity", &self.capacity)
             .field("per_thread", &self.per_thread)
             .field("max_value_capacity", &self.max_value_capacity)
+            .field("name", &self.name)
             .field("poison", &self.hooks.poison.is_some())
             .finish_non_exhaustive()
     }

@@ -88,6 +88,18 @@
 //! the caller of `get`, and the recycler stays usable. A reset that panics drops
 //! the value and counts it in `reset_panics`; the panic does not escape the drop
 //! that triggered it.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, a recycler emits `heijunka_recycler_*` counters
+//! (hits, misses, discarded values by reason) through the `metrics` facade,
+//! labelled with its [`name`](RecyclerBuilder::name). The common get and return
+//! still use no atomic read-modify-write: a thread's hits are published in
+//! batches of up to 64, at once when a get or return reaches the shared store,
+//! and in full when the thread's cache goes (thread exit, [`Recycler::clear`]);
+//! misses and discards are published as they happen. [`Recycler::stats`] stays
+//! exact. The table is in `docs/metrics.md`; install the recorder before building
+//! the recycler.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
@@ -101,6 +113,7 @@ mod error;
 mod guard;
 #[cfg(not(loom))]
 mod local;
+mod metrics;
 mod poison;
 mod recycle;
 mod recycler;

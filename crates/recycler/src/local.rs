@@ -21,6 +21,7 @@ use heijunka_core::sync::{Arc, Mutex, Weak};
 
 use crate::DEBUG_CHECKS;
 use crate::checks;
+use crate::metrics::PendingHits;
 use crate::recycler::Inner;
 use crate::stats::{Field, Tally};
 
@@ -87,6 +88,8 @@ pub(crate) struct LocalCache<T: Send + 'static> {
     home: Weak<Inner<T>>,
     /// The recycler's identity hook, kept for when the recycler is gone.
     identity: fn(&T) -> Option<usize>,
+    /// Hits not yet published as metrics; published when this cache goes too.
+    pub(crate) pending: PendingHits,
 }
 
 impl<T: Send + 'static> LocalCache<T> {
@@ -119,6 +122,7 @@ impl<T: Send + 'static> Drop for LocalCache<T> {
                     checks::forget(address);
                 }
                 self.tally.bump_owned(Field::Evicted);
+                inner.metrics.emit(&[Field::Evicted]);
                 drop(value);
             }
         }
@@ -184,6 +188,7 @@ impl<T: Send + 'static> Inner<T> {
             tally,
             home: Arc::downgrade(self),
             identity: self.hooks.identity,
+            pending: PendingHits::new(&self.metrics.hits),
         };
         let slot = self.slot.0;
         let stale = CACHES.try_with(move |c| {

@@ -10,6 +10,7 @@ use heijunka_core::sync::Arc;
 use heijunka_core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::checks::{self, Origin};
+use crate::metrics::RecyclerMetrics;
 use crate::returns::Return;
 use crate::shared::SharedSlot;
 use crate::stats::{self, Field, Tally};
@@ -80,6 +81,7 @@ pub(crate) struct Inner<T: Send + 'static> {
     /// Set when a returned value is dropped for want of room; cleared once the
     /// shared store drains below half. Only for the `tracing` event.
     pub(crate) overflowing: AtomicBool,
+    pub(crate) metrics: RecyclerMetrics,
 }
 
 impl<T: Recycle + Send + 'static> Recycler<T> {
@@ -141,6 +143,7 @@ impl<T: Send + 'static> Recycler<T> {
         capacity: usize,
         per_thread: usize,
         max_value_capacity: Option<usize>,
+        metrics: RecyclerMetrics,
     ) -> Self {
         // std atomic, not the shim: a process-wide name for reports, no protocol.
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -168,6 +171,7 @@ impl<T: Send + 'static> Recycler<T> {
                 #[cfg(not(loom))]
                 threads: heijunka_core::sync::Mutex::new(crate::local::Threads::default()),
                 overflowing: AtomicBool::new(false),
+                metrics,
             }),
         }
     }
@@ -384,39 +388,46 @@ impl<T: Send + 'static> Recycler<T> {
         let inner = &self.inner;
         #[cfg(not(loom))]
         let found = inner.with_local(|cache| {
+            let mut shared = false;
             let value = match cache.items.pop() {
                 Some(v) => {
                     cache.note_idle();
                     Some(v)
                 }
-                None => inner.pop_shared(),
+                None => {
+                    shared = true;
+                    inner.pop_shared()
+                }
             };
             if !DEBUG_CHECKS && value.is_some() {
                 cache.tally.bump_owned(Field::Hits);
+                // Published at once when the get touched the shared store.
+                cache.pending.hit(shared);
             }
-            value
+            (value, shared)
         });
         #[cfg(loom)]
-        let found: Option<Option<Box<T>>> = None;
-        let value = match found {
-            Some(v) => v?,
+        let found: Option<(Option<Box<T>>, bool)> = None;
+        let (value, shared) = match found {
+            Some((v, shared)) => (v?, shared),
             None => {
                 let v = inner.pop_shared()?;
                 if !DEBUG_CHECKS {
                     inner.fallback.bump_shared(Field::Hits);
+                    inner.metrics.hits.increment(1);
                 }
-                v
+                (v, true)
             }
         };
         if DEBUG_CHECKS {
-            return self.check_out(value);
+            return self.check_out(value, shared);
         }
         Some(value)
     }
 
     /// Debug checks on a value leaving the pool: forget its record, verify its
     /// poison, reset it again.
-    fn check_out(&self, mut value: Box<T>) -> Option<Box<T>> {
+    fn check_out(&self, mut value: Box<T>, shared: bool) -> Option<Box<T>> {
         self.forget_identity(&value);
         if let Some((_, is_poisoned)) = self.inner.hooks.poison {
             if !is_poisoned(&value) {
@@ -433,8 +444,29 @@ impl<T: Send + 'static> Recycler<T> {
                 return None;
             }
         }
-        self.count(&[Field::Hits]);
+        self.count_hit(shared);
         Some(value)
+    }
+
+    /// Counts a hit (debug checks' path), published as `take_idle` does.
+    fn count_hit(&self, shared: bool) {
+        #[cfg(not(loom))]
+        let done = self
+            .inner
+            .with_local(|cache| {
+                cache.tally.bump_owned(Field::Hits);
+                cache.pending.hit(shared);
+            })
+            .is_some();
+        #[cfg(loom)]
+        let done = {
+            let _ = shared;
+            false
+        };
+        if !done {
+            self.inner.fallback.bump_shared(Field::Hits);
+            self.inner.metrics.hits.increment(1);
+        }
     }
 
     #[cold]
@@ -462,6 +494,7 @@ impl<T: Send + 'static> Recycler<T> {
                 self.inner.fallback.bump_shared(f);
             }
         }
+        self.inner.metrics.emit(fields);
     }
 
     pub(crate) fn count_detach(&self) {

@@ -49,6 +49,7 @@ impl<T: Send + 'static> Recycler<T> {
     /// Drops a value neither this thread's cache nor the shared store had room for.
     #[cold]
     pub(crate) fn drop_rejected(&self, rejected: Box<T>) {
+        self.inner.metrics.emit(&[Field::DroppedFull]);
         self.forget_identity(&rejected);
         // Relaxed: a logging flag, pairs with nothing.
         if !self.inner.overflowing.swap(true, Ordering::Relaxed) {
@@ -139,6 +140,8 @@ impl<T: Send + 'static> Recycler<T> {
                 cache.note_idle();
                 return None;
             }
+            // To the shared store (an atomic operation): publish held-back hits.
+            cache.pending.flush();
             let rejected = inner.shared.push(v).err();
             if rejected.is_some() {
                 cache.tally.bump_owned(Field::DroppedFull);

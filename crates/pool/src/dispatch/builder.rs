@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::load::Loads;
 use super::{Dispatcher, Inner, Shared, worker};
+use crate::metrics::PoolMetrics;
 
 /// Builds a [`Dispatcher`].
 #[derive(Clone, Debug)]
@@ -22,6 +23,7 @@ pub struct DispatcherBuilder {
     queue_capacity: usize,
     global_bound: Option<usize>,
     runtime: Option<tokio::runtime::Handle>,
+    name: String,
 }
 
 /// The most workers a dispatcher may have.
@@ -53,6 +55,13 @@ impl DispatcherBuilder {
     /// runtime `build` is called in.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
+        self
+    }
+
+    /// The dispatcher's name: the `name` label of its metrics (feature
+    /// `metrics`; see `docs/metrics.md`). Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -124,6 +133,7 @@ impl DispatcherBuilder {
             stop: CancellationToken::new(),
             stopping: AtomicBool::new(false),
             abandoned: AtomicU64::new(0),
+            metrics: PoolMetrics::new(&self.name),
         });
         let mut senders = Vec::with_capacity(self.workers);
         let mut joins = Vec::with_capacity(self.workers);
@@ -161,6 +171,7 @@ impl Dispatcher<(), (), ()> {
             queue_capacity: 1024,
             global_bound: None,
             runtime: None,
+            name: "default".into(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub use self::reply::Reply;
 use self::stats::HandlerCounters;
 pub use self::stats::{DispatcherStats, HandlerStats, WorkerStats};
 use self::worker::{Job, Msg};
+use crate::metrics::PoolMetrics;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type HandlerFn<Req, Resp, Err> = dyn Fn(Req) -> BoxFuture<Result<Resp, Err>> + Send + Sync;
@@ -60,6 +61,10 @@ struct Shared {
     stop: CancellationToken,
     stopping: AtomicBool,
     abandoned: AtomicU64,
+    /// `heijunka_pool_*` with the dispatcher's name: a message is queued from
+    /// just before it enters a worker's queue until the worker takes it (or it is
+    /// abandoned), then running until its handler ends.
+    metrics: PoolMetrics,
 }
 
 impl Shared {
@@ -446,9 +451,13 @@ where
             request,
             reply: tx,
         };
+        // Before the send: a worker that takes the message at once must not take
+        // the gauge below zero.
+        inner.shared.metrics.queued.increment(1.0);
         match inner.senders[w].try_send(Msg::Job(job)) {
             Ok(()) => Ok(Reply { rx }),
             Err(e) => {
+                inner.shared.metrics.queued.decrement(1.0);
                 inner.shared.finish(w);
                 match e {
                     mpsc::error::TrySendError::Full(msg) => Err(self.reject(
@@ -468,6 +477,7 @@ where
     fn reject(&self, request: Req, reason: Rejection) -> DispatchError<Req> {
         // Relaxed: a statistic.
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+        self.inner.shared.metrics.rejected.increment(1);
         DispatchError::Rejected { request, reason }
     }
 
@@ -511,6 +521,7 @@ where
             return Err(DispatchError::Closed { request });
         }
         let (tx, rx) = oneshot::channel();
+        inner.shared.metrics.queued.increment(1.0);
         slot.send(Msg::Job(Job {
             entry,
             request,

@@ -41,15 +41,49 @@ impl<Req, Resp, Err> Msg<Req, Resp, Err> {
     }
 }
 
+/// A worker's queue, and whether a message is running: if the worker's task is
+/// dropped (its runtime going away), what was queued or running leaves the
+/// metrics' gauges as cancelled.
+struct Queue<Req, Resp, Err> {
+    rx: mpsc::Receiver<Msg<Req, Resp, Err>>,
+    shared: Arc<Shared>,
+    running: bool,
+}
+
+impl<Req, Resp, Err> Drop for Queue<Req, Resp, Err> {
+    fn drop(&mut self) {
+        let m = &self.shared.metrics;
+        if self.running {
+            m.running.decrement(1.0);
+            m.cancelled.increment(1);
+        }
+        // Empty after a normal end: a stopped worker drains its queue first.
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Job(_) = msg {
+                m.queued.decrement(1.0);
+                m.cancelled.increment(1);
+            }
+        }
+    }
+}
+
 pub(super) async fn run<Req, Resp, Err>(
     index: usize,
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Msg<Req, Resp, Err>>,
+    rx: mpsc::Receiver<Msg<Req, Resp, Err>>,
 ) where
     Req: Send + 'static,
     Resp: Send + 'static,
     Err: Send + 'static,
 {
+    let m = &shared.metrics;
+    let mut queue = Queue {
+        rx,
+        shared: Arc::clone(&shared),
+        running: false,
+    };
+    let rx = &mut queue.rx;
     loop {
         let Some(msg) = rx.recv().await else {
             // Every dispatcher handle is gone and the queue is empty.
@@ -59,6 +93,7 @@ pub(super) async fn run<Req, Resp, Err>(
         // is sent.
         if shared.stopping.load(Ordering::SeqCst) {
             if let Msg::Job(job) = msg {
+                m.queued.decrement(1.0);
                 abandon(index, &shared, job.reply);
             }
             break;
@@ -71,6 +106,9 @@ pub(super) async fn run<Req, Resp, Err>(
         else {
             continue;
         };
+        m.queued.decrement(1.0);
+        m.running.increment(1.0);
+        queue.running = true;
         let start = Instant::now();
         let caught = async {
             let mut future = match catch_unwind(AssertUnwindSafe(|| (entry.call)(request))) {
@@ -96,31 +134,48 @@ pub(super) async fn run<Req, Resp, Err>(
                 biased;
                 r = &mut caught => r,
                 () = shared.stop.cancelled() => {
+                    m.running.decrement(1.0);
+                    queue.running = false;
                     abandon(index, &shared, reply);
                     break;
                 }
             },
         };
         let took = start.elapsed();
+        m.running.decrement(1.0);
+        queue.running = false;
+        m.task_seconds.record_duration(took);
         let (outcome, result) = match result {
-            Ok(Ok(v)) => (Outcome::Ok, Ok(v)),
-            Ok(Err(e)) => (Outcome::Error, Err(HandlerError::Failed(e))),
+            Ok(Ok(v)) => {
+                m.completed.increment(1);
+                (Outcome::Ok, Ok(v))
+            }
+            Ok(Err(e)) => {
+                // The handler ran to its end: its error is its value.
+                m.completed.increment(1);
+                (Outcome::Error, Err(HandlerError::Failed(e)))
+            }
             Err(message) => {
                 tracing::warn!(handler.panic = %message, "dispatcher handler panicked");
+                m.panicked.increment(1);
                 (Outcome::Panic, Err(HandlerError::Panicked { message }))
             }
         };
         entry.counters.record(index, outcome, took);
-        // The caller may have dropped its reply; the message still counts.
-        let _ = reply.send(result);
+        // Counted and finished before the reply goes out, so a caller that has
+        // its reply sees the message done in `stats()` (as a `WorkerPool` task
+        // counts its outcome before publishing its result).
         // Relaxed: statistics.
         shared.processed[index].fetch_add(1, Ordering::Relaxed);
         shared.finish(index);
+        // The caller may have dropped its reply; the message still counts.
+        let _ = reply.send(result);
     }
     // Stopped: what is left in the queue is abandoned.
     rx.close();
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Job(job) = msg {
+            m.queued.decrement(1.0);
             abandon(index, &shared, job.reply);
         }
     }
@@ -130,5 +185,6 @@ fn abandon<Resp, Err>(index: usize, shared: &Shared, reply: ReplySender<Resp, Er
     let _ = reply.send(Err(HandlerError::Abandoned));
     // Relaxed: a statistic.
     shared.abandoned.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.cancelled.increment(1);
     shared.finish(index);
 }
