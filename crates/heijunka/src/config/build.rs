@@ -273,7 +273,7 @@ impl Config {
             .limit
             .as_ref()
             .filter(|l| l.algorithm == LimitKind::Static)
-            .map(|l| ConcurrencyLimit::new(l.max_concurrent))
+            .map(|l| ConcurrencyLimit::named(l.max_concurrent, "server"))
             .transpose()
             .map_err(|e| rename(e, "concurrency.limit.max_concurrent"))?;
         let adaptive = c
@@ -288,6 +288,7 @@ impl Config {
             .as_ref()
             .map(|r| {
                 Gcra::builder(r.per_second)
+                    .name("server")
                     .burst(r.burst())
                     .clock(clock.clone())
                     .build()
@@ -416,5 +417,5 @@ fn adaptive_limit(l: &LimitConfig, clock: &Clock) -> Result<AdaptiveLimit, Confi
                 .build()?,
         ),
     };
-    builder.clock(clock.clone()).build()
+    builder.name("server").clock(clock.clone()).build()
 }
