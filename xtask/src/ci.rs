@@ -89,8 +89,9 @@ pub(crate) fn test_default_features() -> Result<(), String> {
 }
 
 /// The overload demo in its short mode: it exits non-zero unless, in the burst,
-/// heijunka's goodput is at least the unprotected run's and its p99 of all
-/// requests (fast rejections count as answered) is below the unprotected run's.
+/// heijunka's goodput is at least the unprotected run's and tower's, and its p99
+/// of all requests (fast rejections count as answered) is below the unprotected
+/// run's.
 pub(crate) fn demo_quick() -> Result<(), String> {
     cargo()
         .args([

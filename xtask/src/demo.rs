@@ -140,7 +140,10 @@ fn external() -> Result<(), String> {
             "overload",
         ])
         .run()?;
-    let exe = target_dir()?.join("release").join("examples").join("overload");
+    let exe = target_dir()?
+        .join("release")
+        .join("examples")
+        .join("overload");
     println!("$ {} --serve", exe.display());
     let mut child = Command::new(&exe)
         .arg("--serve")
@@ -187,7 +190,9 @@ fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
         println!("\n---- the server's counters (/metrics, heijunka_* and overload_*) ----");
         let metrics = http_get(addr, "/metrics")?;
         if !metrics.contains("# TYPE") {
-            return Err("/metrics has no `# TYPE` line: the Prometheus recorder is not wired".into());
+            return Err(
+                "/metrics has no `# TYPE` line: the Prometheus recorder is not wired".into(),
+            );
         }
         for l in metrics
             .lines()

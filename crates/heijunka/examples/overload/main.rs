@@ -29,10 +29,18 @@
 //!   100 is what a careful user derives from the time-out budget and the traffic
 //!   they expect, not from the dependency: Little's law, 400 requests/s × 0.25 s.
 //! - **heijunka**: one `PolicyLayer` with the same 250 ms time-out, an
-//!   `AdaptiveLimit` driven by `Gradient2` (initial 20, between 1 and 500: it finds
-//!   the concurrency where latency starts to grow) and a circuit breaker on the
-//!   dependency's answers; no rate limit, no static limit. Refusals are 429 / 503
-//!   with `Retry-After`.
+//!   `AdaptiveLimit` driven by `Vegas` with Netflix's defaults (initial 20, between
+//!   1 and 1000: it estimates the queue in front of the dependency from the lowest
+//!   round-trip time seen and keeps it at 3 to 6 requests) and a circuit breaker on
+//!   the dependency's answers; no rate limit, no static limit. Refusals are 429 /
+//!   503 with `Retry-After`. Vegas rather than Gradient2: measured here (quick
+//!   mode, burst), Vegas settles at 8..28 in flight, 360..373 ok/s with a p99 of
+//!   all requests of 75..83 ms, in the storm and in the sweep alike; Gradient2 fed
+//!   every request (its long-term RTT follows the loaded RTT, as its docs warn)
+//!   settles at 20..27, 304..339 ok/s, 150 ms; Gradient2 behind `Windowed` (50 or
+//!   100 ms windows) holds a steadier 15..19 in the storm (365..370 ok/s, 60 ms)
+//!   but only 287..311 ok/s at 125 ms in the sweep's cold starts. The dependency's
+//!   best is 10 in flight, 500 ok/s; above that it thrashes.
 //!
 //! The protection wraps the service route only: `GET /stats` (in flight, the
 //! adaptive limit, the breaker state, as JSON) and `GET /metrics` (Prometheus
@@ -61,9 +69,13 @@
 //! With `--quick` it exits non-zero unless, in the burst, heijunka's goodput
 //! (successes per second) is at least the unprotected run's and heijunka's p99 of
 //! all requests (rejections answered fast count as answered; time-outs and dropped
-//! requests count at the 1 s client time-out) is below the unprotected run's. The
-//! comparison with tower is printed, not enforced. `--out PATH` writes the
-//! report elsewhere.
+//! requests count at the 1 s client time-out) is below the unprotected run's, and
+//! heijunka's goodput is at least tower's. The p99 against tower is printed, not
+//! enforced: both runs are bounded by the same 250 ms time-out, so on a slow
+//! machine the two can meet (measured on a busy 2-core machine, five quick runs:
+//! heijunka 304..339 ok/s and 151..154 ms, tower 44 ok/s and 254..279 ms,
+//! unprotected 149..165 ok/s and 1004..1037 ms). `--out PATH` writes the report
+//! elsewhere.
 //!
 //! `--serve [--port P]` runs the heijunka-mode server alone (the dependency in a
 //! task of the same process) on 127.0.0.1 (port 0: the OS picks), prints
@@ -122,11 +134,10 @@ fn main() -> ExitCode {
     } else {
         match parent::main(has("--quick"), value_of("--out")) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(
-                "--quick: heijunka's burst goodput is below the unprotected \
-                             run's, or its p99 of all requests is not lower"
-                    .into(),
-            ),
+            Ok(false) => Err("--quick: in the burst, heijunka's goodput is below the \
+                             unprotected run's or tower's, or its p99 of all requests is \
+                             not below the unprotected run's"
+                .into()),
             Err(e) => Err(e),
         }
     };

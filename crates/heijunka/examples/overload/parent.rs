@@ -238,14 +238,20 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
          {un_p99:>7.1} ms\n  tower       {tw_good:>6.0} ok/s  {tw_p99:>7.1} ms\n  heijunka    \
          {hj_good:>6.0} ok/s  {hj_p99:>7.1} ms"
     );
-    let pass = hj_good >= un_good && hj_p99 < un_p99;
+    // Enforced: goodput and p99 of all requests against the unprotected run, and
+    // goodput against tower's layers. The p99 against tower is printed only: both
+    // are bounded by the same 250 ms time-out, so on a slow machine they can meet.
+    let vs_unprotected = hj_good >= un_good && hj_p99 < un_p99;
+    let vs_tower = hj_good >= tw_good;
+    let pass = vs_unprotected && vs_tower;
     println!(
-        "check (heijunka vs unprotected: goodput >=, p99 all <): {}",
-        if pass { "pass" } else { "FAIL" }
+        "check: heijunka vs unprotected (goodput >=, p99 all <): {}; heijunka vs tower \
+         (goodput >=): {}",
+        if vs_unprotected { "pass" } else { "FAIL" },
+        if vs_tower { "pass" } else { "FAIL" },
     );
     println!(
-        "vs tower (reported, not enforced): goodput {}, p99 all {}",
-        if hj_good >= tw_good { ">=" } else { "<" },
+        "heijunka vs tower, p99 all (reported, not enforced): {hj_p99:.1} ms {} {tw_p99:.1} ms",
         if hj_p99 < tw_p99 { "<" } else { ">=" },
     );
     println!("wall time: {:.1} s", started.elapsed().as_secs_f64());

@@ -131,7 +131,7 @@ fn chart(
     lines: &[Line],
     y_labels: Option<&[&str]>,
 ) -> String {
-    let (left, right, top, bottom) = (60.0, 20.0, 30.0, 40.0);
+    let (left, right, top, bottom) = (60.0, 20.0, 42.0, 40.0);
     let max = match y_labels {
         Some(labels) => (labels.len().max(2) - 1) as f64 * 1.1,
         None => {
@@ -219,7 +219,7 @@ fn chart(
         }
         flush(&mut segment);
     }
-    let mut lx = W - right - 130.0 * lines.len() as f64;
+    let mut lx = left;
     for line in lines {
         let dash = if line.dashed {
             r#" stroke-dasharray="6 3""#
@@ -228,13 +228,13 @@ fn chart(
         };
         let _ = writeln!(
             svg,
-            r#"<line x1="{lx}" y1="13" x2="{x2}" y2="13" stroke="{}" stroke-width="2"{dash}/><text x="{tx}" y="17">{}</text>"#,
+            r#"<line x1="{lx}" y1="29" x2="{x2}" y2="29" stroke="{}" stroke-width="2"{dash}/><text x="{tx}" y="33">{}</text>"#,
             line.color,
             line.label,
             x2 = lx + 16.0,
             tx = lx + 20.0,
         );
-        lx += 130.0;
+        lx += 150.0;
     }
     svg.push_str("</svg>");
     svg

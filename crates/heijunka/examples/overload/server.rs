@@ -16,7 +16,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{MethodRouter, get};
-use heijunka::backpressure::{AdaptiveLimit, Gradient2};
+use heijunka::backpressure::{AdaptiveLimit, Vegas};
 use heijunka::breaker::{CircuitBreaker, SlidingWindowType, State as BreakerState};
 use heijunka::policy::Policy;
 use heijunka::shutdown::Shutdown;
@@ -39,7 +39,7 @@ pub(crate) enum Mode {
     Unprotected,
     /// tower's own layers: `TimeoutLayer` + `LoadShedLayer` + `ConcurrencyLimitLayer`.
     Tower,
-    /// heijunka's `PolicyLayer`: time-out, adaptive limit (Gradient2), breaker.
+    /// heijunka's `PolicyLayer`: time-out, adaptive limit (Vegas), breaker.
     Heijunka,
 }
 
@@ -157,18 +157,14 @@ async fn tower_error(err: BoxError) -> (StatusCode, &'static str) {
 }
 
 /// heijunka's policy for this service: the same time-out as tower's, an adaptive
-/// limit (Gradient2, which finds the concurrency where latency starts to grow),
-/// and a breaker on the dependency's answers. No figure here comes from the
+/// limit (Vegas, which finds the concurrency where requests start to queue), and a
+/// breaker on the dependency's answers. No figure here comes from the
 /// dependency's capacity.
 fn policy() -> Result<Policy, BoxError> {
-    let limit = AdaptiveLimit::builder(
-        Gradient2::builder()
-            .initial_limit(20)
-            .min_limit(1)
-            .max_limit(500)
-            .build()?,
-    )
-    .build()?;
+    // Vegas with Netflix's defaults (initial 20, between 1 and 1000): it estimates
+    // the queue in front of the dependency from the lowest RTT seen and keeps it
+    // between 3 and 6 requests.
+    let limit = AdaptiveLimit::builder(Vegas::builder().build()?).build()?;
     let breaker = CircuitBreaker::builder()
         .name("dependency")
         .sliding_window(SlidingWindowType::CountBased, 20)
