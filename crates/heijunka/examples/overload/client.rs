@@ -176,6 +176,7 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
 
     let mut phase_start = start;
     let mut rss = Vec::new();
+    let mut server_rss = None;
     for (i, phase) in s.phases.iter().enumerate() {
         let outage: http::Uri =
             format!("{dep}/control?outage={}", u8::from(phase.outage)).parse()?;
@@ -191,6 +192,8 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
             tokio::time::sleep_until(next).await;
             if sigterm_at.is_some_and(|at| at <= next) {
                 sigterm_at = None;
+                // The server's peak so far: it is gone by the end of the phase.
+                server_rss = peak_rss_kib(&pids.server).or(server_rss);
                 let status = std::process::Command::new("kill")
                     .args(["-TERM", &pids.server])
                     .status()?;
@@ -236,9 +239,10 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
             }
         }
         let me = std::process::id().to_string();
+        server_rss = peak_rss_kib(&pids.server).or(server_rss);
         rss.push(json!({
             "client": peak_rss_kib(&me),
-            "server": peak_rss_kib(&pids.server),
+            "server": server_rss,
             "dependency": peak_rss_kib(&pids.dependency),
         }));
         phase_start = end;

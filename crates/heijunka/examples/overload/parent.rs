@@ -189,7 +189,8 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
          p99 all: every request,\nrejections included, time-outs and dropped at the client \
          time-out ({:?}); rejected: fast 429 / 503;\nerrors: 502 / 504 and refused connections \
          (after SIGTERM); dropped: not sent, {} already in flight;\npeak RSS (VmHWM) of the \
-         client / server / dependency processes at the end of the phase.\n",
+         client / server / dependency processes at the end of the phase (the server's at SIGTERM \
+         in the shutdown phase).\n",
         s.client_timeout, s.max_in_flight
     );
     println!("goodput vs offered load ({secs} s per point):\n{sweep_table}");
