@@ -61,7 +61,7 @@
 //!
 //! ```text
 //! cargo xtask demo             # the full run, about 2 minutes
-//! cargo xtask demo --quick     # about a minute, for CI
+//! cargo xtask demo --quick     # about 35 s, for CI
 //! cargo xtask demo --serve     # the heijunka server alone, with /metrics
 //! cargo xtask demo --external  # --serve driven by oha
 //! ```
@@ -72,10 +72,10 @@
 //! requests count at the 1 s client time-out) is below the unprotected run's, and
 //! heijunka's goodput is at least tower's. The p99 against tower is printed, not
 //! enforced: both runs are bounded by the same 250 ms time-out, so on a slow
-//! machine the two can meet (measured on a busy 2-core machine, five quick runs:
-//! heijunka 304..339 ok/s and 151..154 ms, tower 44 ok/s and 254..279 ms,
-//! unprotected 149..165 ok/s and 1004..1037 ms). `--out PATH` writes the report
-//! elsewhere.
+//! machine the two can meet. Measured on a busy 2-core machine, burst phase of
+//! five quick runs: heijunka 358..371 ok/s and 80..86 ms, tower 44 ok/s and
+//! 253..254 ms, unprotected 165..166 ok/s and 1003..1004 ms; the full run: 357,
+//! 12 and 46 ok/s, 80, 254 and 1004 ms. `--out PATH` writes the report elsewhere.
 //!
 //! `--serve [--port P]` runs the heijunka-mode server alone (the dependency in a
 //! task of the same process) on 127.0.0.1 (port 0: the OS picks), prints
