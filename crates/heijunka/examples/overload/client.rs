@@ -2,7 +2,7 @@
 //! whatever the answers), every request bounded by the client time-out, at most
 //! `max_in_flight` in flight. It toggles the dependency's outage at phase changes,
 //! sends SIGTERM to the server in the shutdown phase, samples the server's
-//! `/stats` once per bucket, reads the peak RSS of the three processes at the end
+//! `/stats` every 100 ms, reads the peak RSS of the three processes at the end
 //! of each phase, and prints `RESULT {json}`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,13 +88,9 @@ struct Recorder {
     buckets: Vec<Counts>,
 }
 
-/// What `/stats` said at one bucket.
-#[derive(Clone, Default)]
-struct Sample {
-    in_flight: Option<f64>,
-    limit: Option<f64>,
-    breaker: Option<f64>,
-}
+/// How often the client samples the server's `/stats` (in flight, the adaptive
+/// limit, the breaker state: instantaneous values, so finer than the buckets).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// Peak resident set (VmHWM) of a process, in KiB.
 pub(crate) fn peak_rss_kib(pid: &str) -> Option<u64> {
@@ -147,29 +143,38 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
         phases: s.phases.iter().map(|_| Counts::new()).collect(),
         buckets: (0..buckets).map(|_| Counts::new()).collect(),
     }));
-    let samples = Arc::new(Mutex::new(vec![Sample::default(); buckets]));
+    let samples = Arc::new(Mutex::new(Vec::new()));
     let in_flight = Arc::new(AtomicUsize::new(0));
 
     let start = Instant::now();
-    // The operator's series: /stats once per bucket, on a connection of its own.
+    // The operator's series: /stats every SAMPLE_EVERY, on a connection of its own.
     let sampler = tokio::spawn({
-        let (control, samples, bucket) = (control.clone(), samples.clone(), s.bucket);
+        let (control, samples) = (control.clone(), samples.clone());
+        let total = Duration::from_secs_f64(s.total_secs());
         async move {
-            let mut i = 0;
-            while i < buckets {
-                tokio::time::sleep_until(start + bucket.mul_f64(i as f64 + 0.5)).await;
-                let stats = tokio::time::timeout(bucket / 2, get_json(&control, &stats_uri))
+            let mut at = start;
+            while at < start + total {
+                at += SAMPLE_EVERY;
+                tokio::time::sleep_until(at).await;
+                let stats = tokio::time::timeout(SAMPLE_EVERY, get_json(&control, &stats_uri))
                     .await
                     .ok()
                     .flatten();
-                if let Some(v) = stats {
-                    samples.lock().expect("no panics while sampling")[i] = Sample {
-                        in_flight: v["in_flight"].as_f64(),
-                        limit: v["limit"].as_f64(),
-                        breaker: v["breaker"].as_f64(),
-                    };
-                }
-                i += 1;
+                let t = (at - start).as_secs_f64();
+                let sample = match stats {
+                    Some(v) => json!({
+                        "t": t,
+                        "in_flight": v["in_flight"],
+                        "limit": v["limit"],
+                        "breaker": v["breaker"],
+                    }),
+                    // Not answering (after SIGTERM): a gap in the chart.
+                    None => json!({ "t": t }),
+                };
+                samples
+                    .lock()
+                    .expect("no panics while sampling")
+                    .push(sample);
             }
         }
     });
@@ -279,25 +284,26 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
         })
         .collect();
     let bucket_secs = s.bucket.as_secs_f64();
-    let samples = samples.lock().expect("no panics while sampling");
+    let ops = samples.lock().expect("no panics while sampling").clone();
     let series: Vec<Value> = rec
         .buckets
         .iter()
-        .zip(samples.iter())
-        .map(|(c, sample)| {
+        .map(|c| {
             json!({
                 "ok_per_s": c.ok.len() as f64 / bucket_secs,
                 "p99_ms": Counts::p_ms(&c.ok, 0.99),
                 "p99_all_ms": Counts::p_ms(&c.all, 0.99),
                 "rejected_per_s": c.rejected as f64 / bucket_secs,
                 "failed_per_s": (c.errors + c.timeouts + c.dropped) as f64 / bucket_secs,
-                "in_flight": sample.in_flight,
-                "limit": sample.limit,
-                "breaker": sample.breaker,
             })
         })
         .collect();
-    Ok(json!({ "phases": phases, "series": series, "bucket_secs": bucket_secs }))
+    Ok(json!({
+        "phases": phases,
+        "series": series,
+        "ops": ops,
+        "bucket_secs": bucket_secs,
+    }))
 }
 
 /// `--role client`: runs the scenario against `target`, prints `RESULT {json}`.

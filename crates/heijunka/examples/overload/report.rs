@@ -240,6 +240,9 @@ fn chart(
     svg
 }
 
+/// The keys sampled from the server's `/stats` (the `ops` samples).
+const OPS_KEYS: [&str; 3] = ["in_flight", "limit", "breaker"];
+
 /// A chart of one series key over the storm, one line per run (or the runs
 /// `only` names).
 fn time_chart(
@@ -260,15 +263,23 @@ fn time_chart(
             continue;
         }
         for &(key, suffix, dashed) in keys {
-            let points = run["series"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .enumerate()
-                        .map(|(i, b)| ((i as f64 + 0.5) * bucket, b[key].as_f64()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            // The server's own figures are samples with their time; the client's,
+            // buckets.
+            let points = match run["ops"].as_array() {
+                Some(ops) if OPS_KEYS.contains(&key) => ops
+                    .iter()
+                    .map(|o| (o["t"].as_f64().unwrap_or(0.0), o[key].as_f64()))
+                    .collect(),
+                _ => run["series"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .enumerate()
+                            .map(|(i, b)| ((i as f64 + 0.5) * bucket, b[key].as_f64()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
             lines.push(Line {
                 label: format!("{mode}{suffix}"),
                 color: color(mode),
