@@ -1,10 +1,39 @@
-//! `demo [ARGS]`: runs the facade's overload demo,
-//! `crates/heijunka/examples/overload.rs`, in release mode, passing `ARGS` through
-//! (`cargo xtask demo --quick` is the short run CI uses).
+//! `demo [--quick | --serve [--port P] | --external]`: the facade's overload demo,
+//! `crates/heijunka/examples/overload/`, in release mode with the `tower` and
+//! `metrics` features.
+//!
+//! - no flag: the three runs (unprotected, tower's layers, heijunka), the goodput
+//!   sweep and the report; `--quick` is the short run CI uses (it fails unless
+//!   heijunka beats the unprotected run in the burst).
+//! - `--serve`: the heijunka-mode server alone, with `/metrics` (Prometheus text),
+//!   until Ctrl-C.
+//! - `--external`: the served demo driven by `oha` (installed with
+//!   `cargo install oha --locked` when it is on neither `PATH` nor
+//!   `$CARGO_HOME/bin`): a fixed number of requests at a fixed rate under capacity,
+//!   then a burst above it; oha's own summary is printed beside the server's
+//!   counters scraped from `/metrics` and `/stats`.
 
-use crate::cmd::cargo;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Cmd, cargo};
+
+const FEATURES: &str = "tower,metrics";
+
+/// `(requests, rate per second)` of each oha run: under capacity, then a burst
+/// three times above it (the dependency takes about 500 calls per second).
+const OHA_RUNS: [(u32, u32); 2] = [(3000, 300), (6000, 1500)];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--external") {
+        if args.len() > 1 {
+            return Err("demo --external takes no other argument".into());
+        }
+        return external();
+    }
     cargo()
         .args([
             "run",
@@ -12,11 +41,166 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "-p",
             "heijunka",
             "--features",
-            "tower",
+            FEATURES,
             "--example",
             "overload",
             "--",
         ])
-        .args(args)
+        .args(args.iter().cloned())
         .run()
+}
+
+/// `oha` on `PATH`, else in `$CARGO_HOME/bin`.
+fn find_oha() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("oha"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+        Some(home.join("bin").join("oha")).filter(|p| p.is_file())
+    })
+}
+
+/// The workspace's target directory, as cargo sees it.
+fn target_dir() -> Result<PathBuf, String> {
+    let meta = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .read()
+        .ok_or("cargo metadata failed")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&meta).map_err(|e| format!("cargo metadata: {e}"))?;
+    v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo metadata: no target_directory".to_string())
+}
+
+/// A plain HTTP/1.0 GET of `path` from `addr`; the body.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map_or(response.clone(), |(_, body)| body.to_string()))
+}
+
+/// Sends SIGTERM and waits (up to 10 s, then kills); prints what it printed.
+fn stop(mut child: Child, rest: impl Read) -> Result<(), String> {
+    let pid = child.id().to_string();
+    let _ = Cmd::new("kill").args(["-TERM", &pid]).succeeds_quietly();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = BufReader::new(rest).read_to_string(&mut out);
+    print!("{out}");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the served demo exited with {status}"))
+    }
+}
+
+fn external() -> Result<(), String> {
+    let oha = match find_oha() {
+        Some(p) => p,
+        None => {
+            println!("oha not found on PATH or in $CARGO_HOME/bin: installing it");
+            // Without --locked, a dependency of oha's needs a newer rustc.
+            cargo().args(["install", "oha", "--locked"]).run()?;
+            find_oha().ok_or("oha installed, but not found on PATH or in $CARGO_HOME/bin")?
+        }
+    };
+    cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "heijunka",
+            "--features",
+            FEATURES,
+            "--example",
+            "overload",
+        ])
+        .run()?;
+    let exe = target_dir()?
+        .join("release")
+        .join("examples")
+        .join("overload");
+    println!("$ {} --serve", exe.display());
+    let mut child = Command::new(&exe)
+        .arg("--serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            let _ = child.wait();
+            return Err("the served demo exited before listening".into());
+        }
+        if let Some(url) = line.trim().strip_prefix("listening on ") {
+            break url.to_string();
+        }
+    };
+    println!("served demo: {url}");
+    let addr = url.trim_start_matches("http://").to_string();
+    let result = drive(&oha, &url, &addr);
+    let stopped = stop(child, stdout);
+    result.and(stopped)
+}
+
+fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
+    for (n, rate) in OHA_RUNS {
+        let oha_cmd = Cmd::new(oha.to_string_lossy()).args([
+            "-n".to_string(),
+            n.to_string(),
+            "-q".to_string(),
+            rate.to_string(),
+            "-c".to_string(),
+            "100".to_string(),
+            "--no-tui".to_string(),
+            format!("{url}/"),
+        ]);
+        println!("\n==== oha: {n} requests at {rate}/s ====");
+        // oha exits non-zero on nothing we treat as fatal here (refusals are
+        // answers); its summary is the point.
+        if let Err(e) = oha_cmd.run() {
+            println!("({e})");
+        }
+        println!("\n---- the server's counters (/metrics, heijunka_* and overload_*) ----");
+        let metrics = http_get(addr, "/metrics")?;
+        if !metrics.contains("# TYPE") {
+            return Err(
+                "/metrics has no `# TYPE` line: the Prometheus recorder is not wired".into(),
+            );
+        }
+        for l in metrics
+            .lines()
+            .filter(|l| l.starts_with("heijunka_") || l.starts_with("overload_"))
+        {
+            println!("{l}");
+        }
+        println!("---- /stats ----\n{}", http_get(addr, "/stats")?.trim());
+    }
+    Ok(())
 }

@@ -31,7 +31,12 @@ tasks:
                         criterion benchmarks in benches/, then a table of heijunka/peer ratios
   bench --guard         the headline rows of docs/benchmarks.md's guard table, quick; fails
                         if one is past its guard by more than 30 % (run before any speed claim)
-  demo [--quick]        the overload demo: the same service without and with heijunka
+  demo [--quick]        the overload demo: the same service unprotected, behind tower's layers
+                        and behind heijunka, then a goodput sweep; --quick is CI's short run
+  demo --serve [--port P]
+                        the heijunka-protected demo service alone, with /metrics (Prometheus)
+  demo --external       --serve driven by oha (installed if missing): oha's summary and the
+                        server's counters
 ";
 
 fn main() -> ExitCode {
