@@ -49,7 +49,14 @@
 //!
 //! After the three runs, a sweep runs each mode at a steady rate per offered load
 //! (100 to 4000/s, 3 s each; quick: 250, 1000, 2500/s, 1.5 s each) with fresh
-//! processes, for goodput vs offered load.
+//! processes, for goodput vs offered load. The sweep has a fourth line for
+//! reference, **tower-tuned**: tower's layers with the limit set to 12, the
+//! dependency's 10 workers plus a little, which no server knows up front. It
+//! shows the figure tower needs to do well, next to heijunka finding the level
+//! alone; with the limit a user would guess without that knowledge (100 above),
+//! tower's time-out turns the dependency's queueing into failures while the
+//! abandoned calls keep it busy, and goodput falls below even the unprotected
+//! run's.
 //!
 //! The parent prints the table per phase (goodput, p50 / p99 of successes, p99 of
 //! all requests, rejections, errors, time-outs, dropped, peak RSS of the client,

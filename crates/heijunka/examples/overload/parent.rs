@@ -167,7 +167,7 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
     let (rates, secs) = scenario::sweep(quick);
     let mut sweep = Vec::new();
     for &rate in &rates {
-        for mode in Mode::ALL {
+        for mode in Mode::SWEEP {
             println!("sweep: {} at {rate:.0}/s ...", mode.name());
             let r = run(mode, &format!("steady:{rate}:{secs}"), false)?;
             let p = &r["phases"][0];

@@ -11,9 +11,13 @@ pub(crate) fn color(mode: &str) -> &'static str {
     match mode {
         "unprotected" => "#d62728",
         "tower" => "#1f77b4",
+        "tower-tuned" => "#9aa5b1",
         _ => "#2a9d2a",
     }
 }
+
+/// The sweep's modes, in the order of `Mode::SWEEP`.
+const SWEEP_MODES: [&str; 4] = ["unprotected", "tower", "heijunka", "tower-tuned"];
 
 fn ms(v: &Value) -> String {
     v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"))
@@ -83,7 +87,7 @@ pub(crate) struct SweepPoint {
 }
 
 pub(crate) fn sweep_table(rates: &[f64], points: &[SweepPoint]) -> String {
-    let modes = ["unprotected", "tower", "heijunka"];
+    let modes = SWEEP_MODES;
     let mut out = format!("{:>9}", "offered/s");
     for m in modes {
         let _ = write!(out, " {:>24}", format!("{m} ok/s, p99 all"));
@@ -316,12 +320,16 @@ fn sweep_chart(
         .enumerate()
         .map(|(i, r)| (i as f64 + 0.5, format!("{r:.0}/s")))
         .collect();
-    let lines: Vec<Line> = ["unprotected", "tower", "heijunka"]
+    let lines: Vec<Line> = SWEEP_MODES
         .into_iter()
         .map(|mode| Line {
-            label: mode.to_string(),
+            label: if mode == "tower-tuned" {
+                "tower, limit tuned to the dependency".to_string()
+            } else {
+                mode.to_string()
+            },
             color: color(mode),
-            dashed: false,
+            dashed: mode == "tower-tuned",
             points: rates
                 .iter()
                 .enumerate()

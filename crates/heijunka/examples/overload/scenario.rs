@@ -29,6 +29,11 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_millis(250);
 /// tower's `ConcurrencyLimitLayer`: Little's law on the time-out budget, for a
 /// service expected to take a few hundred requests per second: 400/s × 0.25 s.
 pub(crate) const TOWER_CONCURRENCY: usize = 100;
+/// The sweep's reference `tower-tuned`: tower's layers with the limit set from
+/// knowledge no server has up front, the dependency's 10 workers plus a little
+/// (what the previous demo gave its static limit). It shows what the static
+/// figure must be for tower to do well, next to heijunka finding it alone.
+pub(crate) const TOWER_TUNED_CONCURRENCY: usize = 12;
 /// The server's grace period after SIGTERM.
 pub(crate) const GRACE: Duration = Duration::from_secs(1);
 

@@ -30,7 +30,7 @@ use serde_json::json;
 use tower::ServiceBuilder;
 
 use crate::BoxError;
-use crate::scenario::{GRACE, REQUEST_TIMEOUT, TOWER_CONCURRENCY};
+use crate::scenario::{GRACE, REQUEST_TIMEOUT, TOWER_CONCURRENCY, TOWER_TUNED_CONCURRENCY};
 
 /// The server's protection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,21 +41,33 @@ pub(crate) enum Mode {
     Tower,
     /// heijunka's `PolicyLayer`: time-out, adaptive limit (Vegas), breaker.
     Heijunka,
+    /// The sweep's reference: tower's layers with the limit tuned to the
+    /// dependency ([`TOWER_TUNED_CONCURRENCY`]).
+    TowerTuned,
 }
 
 impl Mode {
+    /// The storm's three runs.
     pub(crate) const ALL: [Mode; 3] = [Mode::Unprotected, Mode::Tower, Mode::Heijunka];
+    /// The sweep's modes: the three, and tower tuned to the dependency.
+    pub(crate) const SWEEP: [Mode; 4] = [
+        Mode::Unprotected,
+        Mode::Tower,
+        Mode::Heijunka,
+        Mode::TowerTuned,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Unprotected => "unprotected",
             Mode::Tower => "tower",
             Mode::Heijunka => "heijunka",
+            Mode::TowerTuned => "tower-tuned",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == s)
+        Self::SWEEP.into_iter().find(|m| m.name() == s)
     }
 }
 
@@ -187,12 +199,16 @@ fn route(mode: Mode, policy: Option<&Policy>, shutdown: &Shutdown) -> MethodRout
                 .layer(HandleErrorLayer::new(handle_error))
                 .layer(PolicyLayer::new(policy.clone()).shutdown(shutdown.token())),
         ),
-        (Mode::Tower, _) => get(handler).layer(
+        (Mode::Tower | Mode::TowerTuned, _) => get(handler).layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(tower_error))
                 .timeout(REQUEST_TIMEOUT)
                 .load_shed()
-                .concurrency_limit(TOWER_CONCURRENCY),
+                .concurrency_limit(if mode == Mode::Tower {
+                    TOWER_CONCURRENCY
+                } else {
+                    TOWER_TUNED_CONCURRENCY
+                }),
         ),
         _ => get(handler),
     }
