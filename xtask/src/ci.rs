@@ -9,6 +9,9 @@ pub(crate) fn ci() -> Result<(), String> {
     test()?;
     test_default_features()?;
     demo_quick()?;
+    // The served demo driven by an external load generator, as a user runs it on
+    // a fresh machine (oha is installed when missing).
+    crate::demo::run(&["--external".to_string()])?;
     doc()?;
     crate::loom::run()?;
     crate::miri::run()?;

@@ -19,7 +19,8 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci                    everything CI runs: fmt, clippy, tests (all features, then default
-                        features), the demo's short run, docs, loom, miri, tsan
+                        features), the demo's short run and its --external run, docs,
+                        loom, miri, tsan
   test                  the tests: nextest (or cargo test) and the doc tests
   lint                  cargo fmt --check, clippy -D warnings, and the layer check
   layers                checks that no crate depends on one above its layer
