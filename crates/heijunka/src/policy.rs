@@ -42,7 +42,7 @@ use crate::context::RequestContext;
 mod observe;
 
 use self::observe::Observer;
-pub use self::observe::{LatencyStats, PolicyStats, RejectedCount};
+pub use self::observe::{PolicyStats, RejectedCount};
 
 /// A load-shedding signal: refuses with a reason when the system should shed.
 type Signal = Arc<dyn Fn() -> Result<(), Rejection> + Send + Sync>;
@@ -762,8 +762,8 @@ impl Policy {
 
     /// The policy's figures now: admitted, refused by stage and reason, in
     /// flight, timed out, the limit, the breaker's state, whether it is
-    /// shedding, and (with the `metrics` feature) latency. The same figures the
-    /// `metrics` feature exports, for a service without a metrics stack.
+    /// shedding: the figures the `metrics` feature exports but latency, for a
+    /// service without a metrics stack (see [`PolicyStats`]).
     ///
     /// ```
     /// use heijunka::backpressure::ConcurrencyLimit;
@@ -796,7 +796,9 @@ impl Policy {
             None => None,
         };
         let breaker = self.inner.breaker.as_ref().map(CircuitBreaker::state);
-        self.inner.observer.stats(limit, breaker)
+        // Every live admission holds a clone of the observer; the policy one.
+        let in_flight = Arc::strong_count(&self.inner.observer).saturating_sub(1) as u64;
+        self.inner.observer.stats(in_flight, limit, breaker)
     }
 
     /// The policy's [name](PolicyBuilder::name).

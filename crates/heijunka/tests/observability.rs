@@ -438,8 +438,12 @@ mod metrics {
         drop(policy.try_admit(&ctx).unwrap());
         assert_eq!(rec.gauge("heijunka_policy_shedding", API), Some(0.0));
         assert_eq!(rec.counter("heijunka_policy_admitted_total", API), Some(4));
-        let stats = policy.stats();
-        assert_eq!(stats.latency.unwrap().count, 4);
+        assert_eq!(
+            rec.histogram("heijunka_policy_latency_seconds", API)
+                .unwrap()
+                .len(),
+            4
+        );
         assert_eq!(in_flight(), 0.0);
     }
 

@@ -88,7 +88,6 @@ pub(super) struct Observer {
     name: Box<str>,
     epoch: Instant,
     admitted: ShardedCounter,
-    completed: ShardedCounter,
     timed_out: AtomicU64,
     rejected: [[AtomicU64; REASONS.len()]; STAGES.len()],
     shedding: AtomicBool,
@@ -114,13 +113,6 @@ struct Metrics {
     timed_out: Counter,
     latency: Histogram,
     shedding: Gauge,
-    /// Latency count and sum (microseconds) for [`PolicyStats::latency`]: only
-    /// kept with the `metrics` feature, which is what reads the clock at the end
-    /// of each request.
-    #[cfg(feature = "metrics")]
-    latency_count: ShardedCounter,
-    #[cfg(feature = "metrics")]
-    latency_sum_us: ShardedCounter,
 }
 
 impl Metrics {
@@ -178,8 +170,6 @@ impl Metrics {
                     "1 while the policy is refusing requests (a rejection in the last second), else 0.",
                     &l,
                 ),
-                latency_count: ShardedCounter::new(),
-                latency_sum_us: ShardedCounter::new(),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -209,7 +199,6 @@ impl Observer {
             name: name.into(),
             epoch: Instant::now(),
             admitted: ShardedCounter::new(),
-            completed: ShardedCounter::new(),
             timed_out: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             shedding: AtomicBool::new(false),
@@ -243,19 +232,13 @@ impl Observer {
     /// admission and `end` when its own work ended, if known.
     #[inline]
     pub(super) fn completed(&self, started: Instant, end: Option<Instant>) {
-        self.completed.increment();
         self.metrics.in_flight.decrement(1.0);
+        // The clock is read for the histogram only.
         #[cfg(feature = "metrics")]
-        {
-            let took = end
-                .unwrap_or_else(Instant::now)
-                .saturating_duration_since(started);
-            self.metrics.latency.record_duration(took);
-            self.metrics.latency_count.increment();
-            self.metrics
-                .latency_sum_us
-                .add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-        }
+        self.metrics.latency.record_duration(
+            end.unwrap_or_else(Instant::now)
+                .saturating_duration_since(started),
+        );
         #[cfg(not(feature = "metrics"))]
         let _ = (started, end, &self.metrics.latency);
     }
@@ -372,8 +355,14 @@ impl Observer {
         self.shedding.load(Ordering::Relaxed)
     }
 
-    pub(super) fn stats(&self, limit: Option<u64>, breaker: Option<BreakerState>) -> PolicyStats {
-        let completed = self.completed.sum();
+    /// The figures now; `in_flight` is the number of live admissions (each
+    /// holds a reference to this observer: the count is the `Arc`'s).
+    pub(super) fn stats(
+        &self,
+        in_flight: u64,
+        limit: Option<u64>,
+        breaker: Option<BreakerState>,
+    ) -> PolicyStats {
         let admitted = self.admitted.sum();
         let mut rejected_by = Vec::new();
         let mut rejected = 0;
@@ -390,42 +379,29 @@ impl Observer {
                 }
             }
         }
-        #[cfg(feature = "metrics")]
-        let latency = {
-            let count = self.metrics.latency_count.sum();
-            Some(LatencyStats {
-                count,
-                mean_seconds: if count == 0 {
-                    0.0
-                } else {
-                    self.metrics.latency_sum_us.sum() as f64 / 1e6 / count as f64
-                },
-            })
-        };
-        #[cfg(not(feature = "metrics"))]
-        let latency = None;
         PolicyStats {
             name: self.name.to_string(),
             admitted,
-            completed,
-            // The shards are read one after another while requests come and go:
-            // a completion counted before its admission reads as none in flight.
-            in_flight: admitted.saturating_sub(completed),
+            // Read one after the other while requests come and go: under load,
+            // off by the requests admitted in between.
+            completed: admitted.saturating_sub(in_flight),
+            in_flight,
             rejected,
             rejected_by,
             timed_out: self.timed_out.load(Ordering::Relaxed),
             limit,
             breaker,
             shedding: self.shedding_at(Instant::now()),
-            latency,
         }
     }
 }
 
 /// A [`Policy`](super::Policy)'s figures at one moment, from
-/// [`Policy::stats`](super::Policy::stats): the same ones the `metrics` feature
-/// exports (docs/metrics.md), for a service without a metrics stack (log it,
-/// serve it as JSON).
+/// [`Policy::stats`](super::Policy::stats): the ones the `metrics` feature
+/// exports (docs/metrics.md) but latency, for a service without a metrics stack
+/// (log it, serve it as JSON). Latency percentiles need a histogram, and timing
+/// every request a clock read at its end (about 20 ns): the `metrics` feature's
+/// `heijunka_policy_latency_seconds` pays for that, only when it is on.
 ///
 /// Counts are since the policy was built; clones of a policy share them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -453,10 +429,6 @@ pub struct PolicyStats {
     pub breaker: Option<BreakerState>,
     /// Whether the policy is shedding: it refused a request in the last second.
     pub shedding: bool,
-    /// Latency from admission to the end of the response, with the `metrics`
-    /// feature (which reads the clock at the end of each request); `None`
-    /// without it.
-    pub latency: Option<LatencyStats>,
 }
 
 /// Refusals by one stage for one reason, in [`PolicyStats::rejected_by`].
@@ -470,15 +442,4 @@ pub struct RejectedCount {
     pub reason: &'static str,
     /// How many.
     pub count: u64,
-}
-
-/// Latency summary in [`PolicyStats::latency`]; percentiles come from the
-/// `heijunka_policy_latency_seconds` histogram of the `metrics` feature.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct LatencyStats {
-    /// Requests measured.
-    pub count: u64,
-    /// Their mean latency, in seconds.
-    pub mean_seconds: f64,
 }
