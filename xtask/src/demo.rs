@@ -189,17 +189,31 @@ fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
         }
         println!("\n---- the server's counters (/metrics, heijunka_* and overload_*) ----");
         let metrics = http_get(addr, "/metrics")?;
-        if !metrics.contains("# TYPE") {
+        if !metrics.contains("# TYPE") || !metrics.contains("heijunka_policy_admitted_total") {
             return Err(
-                "/metrics has no `# TYPE` line: the Prometheus recorder is not wired".into(),
+                "/metrics has no heijunka series: the Prometheus recorder is not wired \
+                 (or was installed after the policy was built)"
+                    .into(),
             );
         }
+        let mut zero = 0;
         for l in metrics
             .lines()
             .filter(|l| l.starts_with("heijunka_") || l.starts_with("overload_"))
         {
+            // Counters registered at zero (every stage and reason, every breaker
+            // transition) make a long list; the ones that moved are the point.
+            if l.split_whitespace()
+                .next()
+                .is_some_and(|n| n.contains("_total"))
+                && l.ends_with(" 0")
+            {
+                zero += 1;
+                continue;
+            }
             println!("{l}");
         }
+        println!("({zero} counters still at 0 not shown)");
         println!("---- /stats ----\n{}", http_get(addr, "/stats")?.trim());
     }
     Ok(())

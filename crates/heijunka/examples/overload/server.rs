@@ -176,7 +176,9 @@ fn policy() -> Result<Policy, BoxError> {
     // Vegas with Netflix's defaults (initial 20, between 1 and 1000): it estimates
     // the queue in front of the dependency from the lowest RTT seen and keeps it
     // between 3 and 6 requests.
-    let limit = AdaptiveLimit::builder(Vegas::builder().build()?).build()?;
+    let limit = AdaptiveLimit::builder(Vegas::builder().build()?)
+        .name("demo")
+        .build()?;
     let breaker = CircuitBreaker::builder()
         .name("dependency")
         .sliding_window(SlidingWindowType::CountBased, 20)
@@ -186,6 +188,7 @@ fn policy() -> Result<Policy, BoxError> {
         .permitted_number_of_calls_in_half_open_state(3)
         .build()?;
     Ok(Policy::builder()
+        .name("demo")
         .timeout(REQUEST_TIMEOUT)
         .adaptive_limit(limit)
         .breaker(breaker)
@@ -240,7 +243,10 @@ async fn run(
         Mode::Heijunka => Some(policy()?),
         _ => None,
     };
-    let shutdown = Shutdown::builder().grace_period(GRACE).build()?;
+    let shutdown = Shutdown::builder()
+        .name("server")
+        .grace_period(GRACE)
+        .build()?;
     shutdown.install_signal_handlers()?;
     let app = App {
         client: Client::builder(TokioExecutor::new())
