@@ -134,6 +134,9 @@ fn stats_json(app: &App) -> serde_json::Value {
         "limit": policy.and_then(|p| p.adaptive_limit()).map(AdaptiveLimit::limit),
         "breaker": policy.and_then(|p| p.breaker()).map(|b| breaker_level(b.state())),
         "breaker_state": policy.and_then(|p| p.breaker()).map(|b| b.state().to_string()),
+        // The policy's own figures (admitted, refused by stage and reason, in
+        // flight, shedding, ...), as a service without a metrics stack serves them.
+        "policy": policy.map(Policy::stats),
     })
 }
 
