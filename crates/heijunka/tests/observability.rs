@@ -499,3 +499,40 @@ async fn the_tower_layer_counts_refusals_made_in_poll_ready_and_open_bodies() {
     let stats = policy.stats();
     assert_eq!((stats.admitted, stats.in_flight), (1, 0));
 }
+
+/// The single-primitive layers log their refusals as the policy does.
+#[cfg(feature = "tower")]
+#[test]
+fn the_primitive_layers_log_their_refusals_at_debug() {
+    use heijunka::tower::ConcurrencyLimitLayer;
+    use std::convert::Infallible;
+    use tower::{Layer, Service, ServiceExt, service_fn};
+
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _sub = tracing::subscriber::set_default(subscriber);
+    let rt = paused_runtime();
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let held = limit.try_acquire_owned().unwrap();
+    let mut svc = ConcurrencyLimitLayer::new(limit).layer(service_fn(|_: ()| async {
+        Ok::<_, Infallible>(http::Response::new(String::new()))
+    }));
+    rt.block_on(async {
+        assert!(svc.ready().await.unwrap().call(()).await.is_err());
+    });
+    drop(held);
+    let seen = lines.take();
+    assert_eq!(count(&seen, "DEBUG", "request rejected"), 1, "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("layer=\"concurrency_limit\"")
+            && l.contains("stage=\"concurrency\"")
+            && l.contains("reason=\"at_capacity\"")),
+        "{seen:#?}"
+    );
+}

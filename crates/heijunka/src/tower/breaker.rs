@@ -220,7 +220,7 @@ where
                 permit: None,
                 classifier: None,
                 verdict_timeout: self.verdict_timeout,
-                rejected: Some(Rejected::new(Stage::Breaker, e.reason())),
+                rejected: Some(Rejected::by_layer("breaker", Stage::Breaker, e.reason())),
             },
         }
     }

@@ -34,6 +34,19 @@ pub struct Rejected {
 }
 
 impl Rejected {
+    /// A refusal by one of the single-primitive layers (`layer` names it),
+    /// logged at DEBUG with its stage and reason as the policy logs its own.
+    #[cold]
+    pub(crate) fn by_layer(layer: &'static str, stage: Stage, reason: Rejection) -> Self {
+        tracing::debug!(
+            layer,
+            stage = stage.as_str(),
+            reason = reason.kind(),
+            "request rejected"
+        );
+        Self::new(stage, reason)
+    }
+
     /// A refusal by `stage` for `reason`.
     pub fn new(stage: Stage, reason: Rejection) -> Self {
         Self {

@@ -462,7 +462,7 @@ fn rejected(e: RateLimitError) -> Rejected {
     let reason = e.reason().unwrap_or(Rejection::RateLimited {
         retry_after: Duration::ZERO,
     });
-    Rejected::new(Stage::RateLimit, reason)
+    Rejected::by_layer("keyed_rate_limit", Stage::RateLimit, reason)
 }
 
 /// Why a [`KeyedFuture`] fails without calling the inner service.

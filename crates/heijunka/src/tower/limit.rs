@@ -125,7 +125,11 @@ where
                 let reason = e.reason().unwrap_or(Rejection::AtCapacity {
                     limit: u64::from(self.limit.limit()),
                 });
-                GuardedFuture::rejected(Rejected::new(Stage::Concurrency, reason))
+                GuardedFuture::rejected(Rejected::by_layer(
+                    "concurrency_limit",
+                    Stage::Concurrency,
+                    reason,
+                ))
             }
         }
     }

@@ -138,7 +138,7 @@ where
                 let reason = e.reason().unwrap_or(Rejection::RateLimited {
                     retry_after: std::time::Duration::ZERO,
                 });
-                ResponseFuture::rejected(Rejected::new(Stage::RateLimit, reason))
+                ResponseFuture::rejected(Rejected::by_layer("rate_limit", Stage::RateLimit, reason))
             }
         }
     }
@@ -293,7 +293,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.signal.check() {
             Ok(()) => ResponseFuture::called(self.inner.call(req)),
-            Err(reason) => ResponseFuture::rejected(Rejected::new(Stage::LoadShed, reason)),
+            Err(reason) => {
+                ResponseFuture::rejected(Rejected::by_layer("load_shed", Stage::LoadShed, reason))
+            }
         }
     }
 }
