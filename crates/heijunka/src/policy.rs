@@ -790,11 +790,7 @@ impl Policy {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> PolicyStats {
-        let limit = match &self.inner.limit {
-            Some(Limit::Static(l)) => Some(u64::from(l.limit())),
-            Some(Limit::Adaptive(l)) => Some(l.limit() as u64),
-            None => None,
-        };
+        let limit = self.limit_now();
         let breaker = self.inner.breaker.as_ref().map(CircuitBreaker::state);
         // Every live admission holds a clone of the observer; the policy one.
         let in_flight = Arc::strong_count(&self.inner.observer).saturating_sub(1) as u64;
@@ -852,15 +848,15 @@ impl Policy {
         let now = Instant::now();
         let admitted = async {
             let (started, deadline) = self.admit_front(ctx, now)?;
-            let limit = match self.take_limit() {
-                Ok(limit) => limit,
-                Err(refused) => match self.inner.max_wait {
-                    Some(wait) => Some(
-                        self.wait_for_permit(ctx, started, deadline, wait, refused)
-                            .await?,
-                    ),
-                    None => return Err(refused),
-                },
+            let limit = match (self.inner.max_wait, &self.inner.limit) {
+                // Straight into the limit's queue (a free permit is granted at
+                // the first poll): a `try_` first would count every request that
+                // then waits as refused in the limit's own metrics.
+                (Some(wait), Some(limit)) => Some(
+                    self.wait_for_permit(ctx, limit, started, deadline, wait)
+                        .await?,
+                ),
+                _ => self.take_limit()?,
             };
             let breaker = self.take_breaker()?;
             Ok(self.admission(limit, breaker, deadline, started))
@@ -872,32 +868,67 @@ impl Policy {
         admitted
     }
 
+    /// A permit from the limit's queue, waiting up to `wait` (never past the
+    /// deadline); a caller that drops the future while it waits is counted as a
+    /// `cancelled` refusal.
     async fn wait_for_permit(
         &self,
         ctx: &RequestContext,
+        limit: &Limit,
         started: Instant,
         deadline: Instant,
         wait: Duration,
-        refused: PolicyError<std::convert::Infallible>,
     ) -> Result<Permit, PolicyError<std::convert::Infallible>> {
         let until = started
             .checked_add(wait)
             .map_or(deadline, |t| t.min(deadline));
+        let closed = |e: heijunka_backpressure::AcquireError| {
+            PolicyError::rejected(
+                Stage::Concurrency,
+                e.reason().unwrap_or(Rejection::ShuttingDown),
+            )
+        };
         let acquire = async {
-            match &self.inner.limit {
-                Some(Limit::Static(l)) => l.acquire_owned().await.map(Permit::Static).ok(),
-                Some(Limit::Adaptive(l)) => l.acquire_owned().await.map(Permit::Adaptive).ok(),
-                None => None,
+            match limit {
+                Limit::Static(l) => l.acquire_owned().await.map(Permit::Static).map_err(closed),
+                Limit::Adaptive(l) => l
+                    .acquire_owned()
+                    .await
+                    .map(Permit::Adaptive)
+                    .map_err(closed),
             }
         };
-        tokio::select! {
+        let mut abandoned = Abandoned {
+            observer: &self.inner.observer,
+            armed: true,
+        };
+        let got = tokio::select! {
             biased;
             () = ctx.cancelled() => Err(PolicyError::Cancelled),
             got = tokio::time::timeout_at(until, acquire) => match got {
-                Ok(Some(permit)) => Ok(permit),
-                // Closed, or the wait ran out: the refusal the first try had.
-                Ok(None) | Err(_) => Err(refused),
+                Ok(got) => got,
+                Err(_elapsed) => Err(PolicyError::rejected(
+                    Stage::Concurrency,
+                    Rejection::AtCapacity {
+                        limit: match limit {
+                            Limit::Static(l) => u64::from(l.limit()),
+                            Limit::Adaptive(l) => l.limit() as u64,
+                        },
+                    },
+                )),
             },
+        };
+        // Finished, one way or the other: `admit` counts the outcome.
+        abandoned.armed = false;
+        got
+    }
+
+    /// The concurrency limit now, if the policy has one.
+    fn limit_now(&self) -> Option<u64> {
+        match &self.inner.limit {
+            Some(Limit::Static(l)) => Some(u64::from(l.limit())),
+            Some(Limit::Adaptive(l)) => Some(l.limit() as u64),
+            None => None,
         }
     }
 
@@ -1103,6 +1134,22 @@ impl Policy {
                 admission.record(classify(&result));
                 result.map_err(PolicyError::Call)
             }
+        }
+    }
+}
+
+/// Counts a wait for a permit abandoned by its caller (the future dropped) as a
+/// `cancelled` refusal.
+struct Abandoned<'a> {
+    observer: &'a Arc<Observer>,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.observer
+                .rejected(Stage::Deadline, None, Instant::now());
         }
     }
 }

@@ -153,6 +153,18 @@ fn a_cancelled_admit_leaves_the_counts_balanced() {
         let completed = outcome.is_completed();
         drop(outcome.output());
         let stats = policy.stats();
+        // A caller that went away while waiting is counted as such; one that
+        // never polled never asked.
+        let cancelled: Vec<_> = stats
+            .rejected_by
+            .iter()
+            .map(|r| (r.stage, r.reason, r.count))
+            .collect();
+        if completed || k == 0 {
+            assert!(cancelled.is_empty(), "k = {k}: {cancelled:?}");
+        } else {
+            assert_eq!(cancelled, [(Stage::Deadline, "cancelled", 1)], "k = {k}");
+        }
         assert_eq!(stats.in_flight, 0, "k = {k}");
         assert_eq!(stats.admitted, stats.completed, "k = {k}");
         assert_eq!(
@@ -303,6 +315,78 @@ fn rejections_log_at_debug_and_shedding_warns_when_it_starts_and_ends() {
     assert_eq!(count(&lines.take(), "WARN", "started shedding"), 1);
 }
 
+/// With no request coming after the last refusal, the episode still ends a
+/// quiet second later (a task on the runtime), with its WARN.
+#[test]
+fn shedding_ends_by_itself_when_traffic_stops() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _sub = tracing::subscriber::set_default(subscriber);
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = policy("quiet", &limit);
+    let ctx = RequestContext::new();
+    let held = policy.try_admit(&ctx).unwrap();
+    assert!(policy.try_admit(&ctx).is_err());
+    drop(held);
+    rt.block_on(tokio::time::sleep(Duration::from_millis(900)));
+    assert_eq!(count(&lines.take(), "WARN", "stopped shedding"), 0);
+    rt.block_on(tokio::time::sleep(Duration::from_millis(200)));
+    let seen = lines.take();
+    assert_eq!(count(&seen, "WARN", "stopped shedding"), 1, "{seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("rejected=1")), "{seen:#?}");
+}
+
+/// An episode that starts inside the WARN rate limit and outlasts it is said
+/// once the limit has passed, and its end is said too.
+#[test]
+fn a_long_episode_started_inside_the_rate_limit_is_still_warned() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _sub = tracing::subscriber::set_default(subscriber);
+    let rt = paused_runtime();
+    let _g = rt.enter();
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = policy("long", &limit);
+    let ctx = RequestContext::new();
+    let advance = |d: Duration| rt.block_on(tokio::time::sleep(d));
+    // A blip: started and stopped, both said.
+    let held = policy.try_admit(&ctx).unwrap();
+    assert!(policy.try_admit(&ctx).is_err());
+    drop(held);
+    advance(Duration::from_millis(1500));
+    let seen = lines.take();
+    assert_eq!(count(&seen, "WARN", "started shedding"), 1, "{seen:#?}");
+    assert_eq!(count(&seen, "WARN", "stopped shedding"), 1, "{seen:#?}");
+    // A long overload starting 2 s in: a refusal every 100 ms for 15 s.
+    advance(Duration::from_millis(500));
+    let held = policy.try_admit(&ctx).unwrap();
+    for _ in 0..150 {
+        assert!(policy.try_admit(&ctx).is_err());
+        advance(Duration::from_millis(100));
+    }
+    drop(held);
+    advance(Duration::from_millis(1500));
+    let seen = lines.take();
+    assert_eq!(count(&seen, "WARN", "started shedding"), 0, "{seen:#?}");
+    assert_eq!(count(&seen, "WARN", "still shedding"), 1, "{seen:#?}");
+    assert_eq!(count(&seen, "WARN", "stopped shedding"), 1, "{seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("rejected=150")), "{seen:#?}");
+}
+
 // ---------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------
@@ -447,6 +531,50 @@ mod metrics {
         assert_eq!(in_flight(), 0.0);
     }
 
+    /// A request that waits for a permit (`max_wait`) and gets one is not a
+    /// refusal anywhere, the limit's metrics included; one whose wait runs out
+    /// is the policy's refusal.
+    #[test]
+    fn a_wait_for_a_permit_is_not_counted_as_a_refusal() {
+        let rt = paused_runtime();
+        let _g = rt.enter();
+        let rec = TestRecorder::new();
+        let (limit, policy) = rec.scoped(|| {
+            let limit = ConcurrencyLimit::named(1, "lim").unwrap();
+            let policy = Policy::builder()
+                .name("api")
+                .concurrency_limit(limit.clone())
+                .max_wait(Duration::from_millis(50))
+                .build()
+                .unwrap();
+            (limit, policy)
+        });
+        let ctx = RequestContext::new();
+        let held = limit.try_acquire_owned().unwrap();
+        rt.block_on(async {
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(held);
+            });
+            let admission = policy.admit(&ctx).await.unwrap();
+            release.await.unwrap();
+            drop(admission);
+        });
+        let lim = [("name", "lim")];
+        assert_eq!(
+            rec.counter("heijunka_limiter_rejected_total", &lim),
+            Some(0)
+        );
+        assert_eq!(policy.stats().rejected, 0);
+        assert_eq!(rec.counter("heijunka_policy_admitted_total", API), Some(1));
+
+        let _held = limit.try_acquire_owned().unwrap();
+        rt.block_on(async {
+            assert!(policy.admit(&ctx).await.is_err());
+        });
+        assert_eq!(rejected(&rec, "concurrency", "at_capacity"), Some(1));
+    }
+
     /// A policy built with no recorder installed emits nothing and works.
     #[test]
     fn without_a_recorder_nothing_is_emitted() {
@@ -530,9 +658,10 @@ fn the_primitive_layers_log_their_refusals_at_debug() {
     let seen = lines.take();
     assert_eq!(count(&seen, "DEBUG", "request rejected"), 1, "{seen:#?}");
     assert!(
-        seen.iter().any(|l| l.contains("layer=\"concurrency_limit\"")
-            && l.contains("stage=\"concurrency\"")
-            && l.contains("reason=\"at_capacity\"")),
+        seen.iter()
+            .any(|l| l.contains("layer=\"concurrency_limit\"")
+                && l.contains("stage=\"concurrency\"")
+                && l.contains("reason=\"at_capacity\"")),
         "{seen:#?}"
     );
 }

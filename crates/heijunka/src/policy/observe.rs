@@ -2,6 +2,7 @@
 //! [`Policy::stats`](super::Policy::stats), the `metrics` feature's handles, and
 //! the rejection logs (DEBUG per rejection, WARN when shedding starts and ends).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -85,12 +86,24 @@ pub(super) const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// rejections (rare in a healthy service, and already the cheap path under
 /// overload) to one atomic per `(stage, reason)`.
 pub(super) struct Observer {
-    name: Box<str>,
-    epoch: Instant,
     admitted: ShardedCounter,
     timed_out: AtomicU64,
+    metrics: Metrics,
+    /// The refusals and the shedding episode: apart, so that the task ending an
+    /// episode holds them and not the observer (whose reference count is the
+    /// number of admissions in flight).
+    shed: Arc<Shed>,
+}
+
+/// A policy's refusals and its shedding episode.
+struct Shed {
+    name: Box<str>,
+    epoch: Instant,
     rejected: [[AtomicU64; REASONS.len()]; STAGES.len()],
     shedding: AtomicBool,
+    /// Whether a task is waiting to end the episode (one at a time).
+    watching: AtomicBool,
+    gauge: Gauge,
     /// Milliseconds since `epoch` of the last rejection (plus one; 0: none).
     last_rejection: AtomicU64,
     /// Rejections counted (every stage and reason) when shedding started.
@@ -102,7 +115,6 @@ pub(super) struct Observer {
     /// Whether the current shedding episode's start was logged (its end is
     /// logged only then).
     warned: AtomicBool,
-    metrics: Metrics,
 }
 
 /// The `metrics` handles, registered when the policy is built.
@@ -112,7 +124,6 @@ struct Metrics {
     in_flight: Gauge,
     timed_out: Counter,
     latency: Histogram,
-    shedding: Gauge,
 }
 
 impl Metrics {
@@ -164,12 +175,6 @@ impl Metrics {
                     "Time from admission to the end of the response (its headers when a body streams on).",
                     &l,
                 ),
-                shedding: gauge(
-                    "heijunka_policy_shedding",
-                    Unit::Count,
-                    "1 while the policy is refusing requests (a rejection in the last second), else 0.",
-                    &l,
-                ),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -181,7 +186,6 @@ impl Metrics {
                 in_flight: Gauge::noop(),
                 timed_out: Counter::noop(),
                 latency: Histogram::noop(),
-                shedding: Gauge::noop(),
             }
         }
     }
@@ -193,26 +197,48 @@ fn millis_since(epoch: Instant, now: Instant) -> u64 {
         .saturating_add(1)
 }
 
+/// The `heijunka_policy_shedding` gauge.
+fn shedding_gauge(name: &str) -> Gauge {
+    #[cfg(feature = "metrics")]
+    {
+        heijunka_core::metrics::gauge(
+            "heijunka_policy_shedding",
+            heijunka_core::metrics::Unit::Count,
+            "1 while the policy is refusing requests (a refusal in the last second), else 0.",
+            &[("name", name)],
+        )
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = name;
+        Gauge::noop()
+    }
+}
+
 impl Observer {
     pub(super) fn new(name: &str) -> Self {
         Self {
-            name: name.into(),
-            epoch: Instant::now(),
             admitted: ShardedCounter::new(),
             timed_out: AtomicU64::new(0),
-            rejected: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            shedding: AtomicBool::new(false),
-            last_rejection: AtomicU64::new(0),
-            shed_base: AtomicU64::new(0),
-            shed_since: AtomicU64::new(0),
-            last_warn: AtomicU64::new(0),
-            warned: AtomicBool::new(false),
             metrics: Metrics::new(name),
+            shed: Arc::new(Shed {
+                name: name.into(),
+                epoch: Instant::now(),
+                rejected: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+                shedding: AtomicBool::new(false),
+                watching: AtomicBool::new(false),
+                gauge: shedding_gauge(name),
+                last_rejection: AtomicU64::new(0),
+                shed_base: AtomicU64::new(0),
+                shed_since: AtomicU64::new(0),
+                last_warn: AtomicU64::new(0),
+                warned: AtomicBool::new(false),
+            }),
         }
     }
 
     pub(super) fn name(&self) -> &str {
-        &self.name
+        &self.shed.name
     }
 
     /// A request was let in at `now`.
@@ -223,8 +249,8 @@ impl Observer {
         self.metrics.in_flight.increment(1.0);
         // Relaxed: a hint read on every admission; `end_shedding` decides with a
         // compare-exchange.
-        if self.shedding.load(Ordering::Relaxed) {
-            self.end_shedding(now);
+        if self.shed.shedding.load(Ordering::Relaxed) {
+            self.shed.end_shedding(now);
         }
     }
 
@@ -255,9 +281,23 @@ impl Observer {
     #[cold]
     pub(super) fn rejected(&self, stage: Stage, reason: Option<&Rejection>, now: Instant) {
         let (s, r) = (stage_index(stage), reason.map_or(CANCELLED, reason_index));
+        self.metrics.rejected[s][r].increment(1);
+        self.shed.rejected(stage, s, r, now);
+    }
+
+    /// Whether the policy is shedding at `now` (see [`Shed::shedding_at`]).
+    fn shedding_at(&self, now: Instant) -> bool {
+        self.shed.shedding_at(now)
+    }
+}
+
+impl Shed {
+    /// Counts a refusal, logs it, and starts a shedding episode (or keeps it
+    /// going).
+    #[cold]
+    fn rejected(self: &Arc<Self>, stage: Stage, s: usize, r: usize, now: Instant) {
         // Relaxed: statistics, each read on its own.
         self.rejected[s][r].fetch_add(1, Ordering::Relaxed);
-        self.metrics.rejected[s][r].increment(1);
         tracing::debug!(
             policy = %self.name,
             stage = stage.as_str(),
@@ -281,12 +321,31 @@ impl Observer {
                 .is_ok()
         {
             self.start_shedding(stage, REASONS[r], at);
+        } else if !self.warned.load(Ordering::Relaxed)
+            && at.saturating_sub(self.last_warn.load(Ordering::Relaxed))
+                >= SHED_LOG_INTERVAL.as_millis() as u64
+            && self.shedding.load(Ordering::Relaxed)
+            && self
+                .warned
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // An episode that started within the rate limit of the last WARN,
+            // and is still going when the limit has passed: said now, once.
+            self.last_warn.store(at, Ordering::Relaxed);
+            tracing::warn!(
+                policy = %self.name,
+                stage = stage.as_str(),
+                reason = REASONS[r],
+                since_ms = at.saturating_sub(self.shed_since.load(Ordering::Relaxed)),
+                "policy still shedding load"
+            );
         }
     }
 
     #[cold]
-    fn start_shedding(&self, stage: Stage, reason: &str, at: u64) {
-        self.metrics.shedding.set(1.0);
+    fn start_shedding(self: &Arc<Self>, stage: Stage, reason: &str, at: u64) {
+        self.gauge.set(1.0);
         // Relaxed: only the thread that won the flag writes these. This
         // refusal is already counted: the episode's count starts before it.
         self.shed_base
@@ -305,6 +364,43 @@ impl Observer {
                 "policy started shedding load"
             );
         }
+        self.watch();
+    }
+
+    /// Ends the episode a quiet second after its last refusal even when no
+    /// request comes to notice (and so the gauge and the "stopped" WARN do not
+    /// wait for traffic): a task on the current tokio runtime, if there is one,
+    /// one at a time. Without a runtime the next admission or
+    /// [`stats`](super::Policy::stats) call ends it.
+    fn watch(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.watching.store(false, Ordering::SeqCst);
+            return;
+        };
+        let shed = Arc::clone(self);
+        drop(runtime.spawn(async move {
+            loop {
+                if !shed.shedding.load(Ordering::SeqCst) {
+                    shed.watching.store(false, Ordering::SeqCst);
+                    // An episode that started after the check found this task
+                    // watching and spawned none: take it on.
+                    if shed.shedding.load(Ordering::SeqCst)
+                        && !shed.watching.swap(true, Ordering::SeqCst)
+                    {
+                        continue;
+                    }
+                    return;
+                }
+                let last = shed.last_rejection.load(Ordering::Relaxed);
+                let quiet_at =
+                    shed.epoch + Duration::from_millis(last.saturating_sub(1)) + SHED_QUIET;
+                tokio::time::sleep_until(quiet_at).await;
+                shed.end_shedding(Instant::now());
+            }
+        }));
     }
 
     #[cold]
@@ -321,7 +417,7 @@ impl Observer {
         {
             return;
         }
-        self.metrics.shedding.set(0.0);
+        self.gauge.set(0.0);
         if self.warned.load(Ordering::Relaxed) {
             let since = self.shed_since.load(Ordering::Relaxed);
             let last = self.last_rejection.load(Ordering::Relaxed);
@@ -354,7 +450,9 @@ impl Observer {
         }
         self.shedding.load(Ordering::Relaxed)
     }
+}
 
+impl Observer {
     /// The figures now; `in_flight` is the number of live admissions (each
     /// holds a reference to this observer: the count is the `Arc`'s).
     pub(super) fn stats(
@@ -364,11 +462,12 @@ impl Observer {
         breaker: Option<BreakerState>,
     ) -> PolicyStats {
         let admitted = self.admitted.sum();
+        let shed = &self.shed;
         let mut rejected_by = Vec::new();
         let mut rejected = 0;
         for (s, stage) in STAGES.iter().enumerate() {
             for (r, reason) in REASONS.iter().enumerate() {
-                let count = self.rejected[s][r].load(Ordering::Relaxed);
+                let count = shed.rejected[s][r].load(Ordering::Relaxed);
                 if count > 0 {
                     rejected += count;
                     rejected_by.push(RejectedCount {
@@ -380,7 +479,7 @@ impl Observer {
             }
         }
         PolicyStats {
-            name: self.name.to_string(),
+            name: shed.name.to_string(),
             admitted,
             // Read one after the other while requests come and go: under load,
             // off by the requests admitted in between.
