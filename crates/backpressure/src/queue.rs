@@ -90,6 +90,14 @@ struct Shared<T> {
     metrics: QueueMetrics,
 }
 
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        // The items still queued leave the depth gauge with the queue (another
+        // queue of the same name goes on from the right figure).
+        self.metrics.depth.decrement(self.items.len() as f64);
+    }
+}
+
 /// Builds a [`BoundedQueue`]; see [`BoundedQueue::builder`].
 #[must_use = "a builder does nothing until `build()`"]
 pub struct BoundedQueueBuilder<T> {

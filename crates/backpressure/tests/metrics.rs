@@ -602,3 +602,23 @@ impl<F: std::future::Future<Output = Result<(), E>>, E: std::fmt::Debug> NowOrNe
         p.take_output().unwrap().unwrap();
     }
 }
+
+/// A queue dropped with items in it takes them out of the depth gauge: the
+/// next queue of the same name starts from the right figure.
+#[test]
+fn a_queue_dropped_with_items_leaves_no_depth_behind() {
+    let rec = TestRecorder::new();
+    let q = rec
+        .scoped(|| BoundedQueue::<u32>::builder(8).name("drop").build())
+        .unwrap();
+    for i in 0..3 {
+        q.try_push(i).unwrap();
+    }
+    let depth = || rec.gauge("heijunka_queue_depth", &[("name", "drop")]);
+    assert_eq!(depth(), Some(3.0));
+    let clone = q.clone();
+    drop(q);
+    assert_eq!(depth(), Some(3.0), "a clone still holds the items");
+    drop(clone);
+    assert_eq!(depth(), Some(0.0));
+}

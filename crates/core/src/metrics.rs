@@ -32,20 +32,45 @@ pub enum Unit {
     Seconds,
     /// Bytes.
     Bytes,
-    /// A ratio in 0..=1.
+    /// A ratio in 0..=1 (described without a unit: the `metrics` crate has
+    /// none for it, and its `Percent` means 0..=100).
     Ratio,
 }
 
 #[cfg(feature = "metrics")]
 impl Unit {
-    fn to_metrics(self) -> metrics::Unit {
+    fn to_metrics(self) -> Option<metrics::Unit> {
         match self {
-            Unit::Count => metrics::Unit::Count,
-            Unit::Seconds => metrics::Unit::Seconds,
-            Unit::Bytes => metrics::Unit::Bytes,
-            Unit::Ratio => metrics::Unit::Percent,
+            Unit::Count => Some(metrics::Unit::Count),
+            Unit::Seconds => Some(metrics::Unit::Seconds),
+            Unit::Bytes => Some(metrics::Unit::Bytes),
+            Unit::Ratio => None,
         }
     }
+}
+
+/// Describes a metric with the recorder installed now, with its unit if it has
+/// one.
+#[cfg(feature = "metrics")]
+fn describe(
+    kind: fn(
+        &dyn metrics::Recorder,
+        metrics::KeyName,
+        Option<metrics::Unit>,
+        metrics::SharedString,
+    ),
+    name: &'static str,
+    unit: Unit,
+    help: &'static str,
+) {
+    metrics::with_recorder(|r| {
+        kind(
+            r,
+            metrics::KeyName::from_const_str(name),
+            unit.to_metrics(),
+            help.into(),
+        )
+    });
 }
 
 /// A monotonic counter (`*_total`).
@@ -201,7 +226,7 @@ fn labels(labels: Labels<'_>) -> Vec<metrics::Label> {
 pub fn counter(name: &'static str, unit: Unit, help: &'static str, l: Labels<'_>) -> Counter {
     #[cfg(feature = "metrics")]
     {
-        metrics::describe_counter!(name, unit.to_metrics(), help);
+        describe(|r, k, u, h| r.describe_counter(k, u, h), name, unit, help);
         Counter {
             inner: metrics::counter!(name, labels(l)),
         }
@@ -218,7 +243,7 @@ pub fn counter(name: &'static str, unit: Unit, help: &'static str, l: Labels<'_>
 pub fn gauge(name: &'static str, unit: Unit, help: &'static str, l: Labels<'_>) -> Gauge {
     #[cfg(feature = "metrics")]
     {
-        metrics::describe_gauge!(name, unit.to_metrics(), help);
+        describe(|r, k, u, h| r.describe_gauge(k, u, h), name, unit, help);
         Gauge {
             inner: metrics::gauge!(name, labels(l)),
         }
@@ -235,7 +260,7 @@ pub fn gauge(name: &'static str, unit: Unit, help: &'static str, l: Labels<'_>) 
 pub fn histogram(name: &'static str, unit: Unit, help: &'static str, l: Labels<'_>) -> Histogram {
     #[cfg(feature = "metrics")]
     {
-        metrics::describe_histogram!(name, unit.to_metrics(), help);
+        describe(|r, k, u, h| r.describe_histogram(k, u, h), name, unit, help);
         Histogram {
             inner: metrics::histogram!(name, labels(l)),
         }
