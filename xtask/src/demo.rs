@@ -8,8 +8,8 @@
 //! - `--serve`: the heijunka-mode server alone, with `/metrics` (Prometheus text),
 //!   until Ctrl-C.
 //! - `--external`: the served demo driven by `oha` (installed with
-//!   `cargo install oha --locked` when it is on neither `PATH` nor
-//!   `$CARGO_HOME/bin`): a fixed number of requests at a fixed rate under capacity,
+//!   `cargo install oha --version 1.16.0 --locked` when it is on neither `PATH` nor
+//!   the cargo install root): a fixed number of requests at a fixed rate under capacity,
 //!   then a burst above it; oha's own summary is printed beside the server's
 //!   counters scraped from `/metrics` and `/stats`.
 
@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{Cmd, cargo};
@@ -50,7 +51,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .run()
 }
 
-/// `oha` on `PATH`, else in `$CARGO_HOME/bin`.
+/// `oha` on `PATH`, else where `cargo install` puts it: `$CARGO_INSTALL_ROOT/bin`,
+/// else `$CARGO_HOME/bin` (`~/.cargo/bin`).
 fn find_oha() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -58,10 +60,11 @@ fn find_oha() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     on_path.or_else(|| {
-        let home = std::env::var_os("CARGO_HOME")
+        let root = std::env::var_os("CARGO_INSTALL_ROOT")
+            .or_else(|| std::env::var_os("CARGO_HOME"))
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
-        Some(home.join("bin").join("oha")).filter(|p| p.is_file())
+        Some(root.join("bin").join("oha")).filter(|p| p.is_file())
     })
 }
 
@@ -95,37 +98,102 @@ fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .map_or(response.clone(), |(_, body)| body.to_string()))
 }
 
-/// Sends SIGTERM and waits (up to 10 s, then kills); prints what it printed.
-fn stop(mut child: Child, rest: impl Read) -> Result<(), String> {
-    let pid = child.id().to_string();
-    let _ = Cmd::new("kill").args(["-TERM", &pid]).succeeds_quietly();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break;
+/// The served demo: killed (and waited for) if still running when dropped, so
+/// no error path leaves it behind; its output after the listening line comes
+/// through a channel, so nothing blocks on it.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Starts `exe --serve` and waits (up to a minute) for its listening line.
+    fn start(exe: &Path) -> Result<(Self, String), String> {
+        println!("$ {} --serve", exe.display());
+        let mut child = Command::new(exe)
+            .arg("--serve")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let served = Self { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match served.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.trim().strip_prefix("listening on ") {
+                        return Ok((served, url.to_string()));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err("the served demo printed no listening line within 60 s".into());
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the served demo exited before listening".into());
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    let _ = BufReader::new(rest).read_to_string(&mut out);
-    print!("{out}");
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the served demo exited with {status}"))
+
+    /// Sends SIGTERM and waits (up to 10 s, then kills); prints what it printed.
+    fn stop(mut self) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        let _ = Cmd::new("kill").args(["-TERM", &pid]).succeeds_quietly();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            println!("{line}");
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the served demo exited with {status}"))
+        }
     }
 }
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The oha release `--external` installs when none is found (it builds with
+/// this workspace's toolchain with `--locked`).
+const OHA_VERSION: &str = "1.16.0";
 
 fn external() -> Result<(), String> {
     let oha = match find_oha() {
         Some(p) => p,
         None => {
-            println!("oha not found on PATH or in $CARGO_HOME/bin: installing it");
-            // Without --locked, a dependency of oha's needs a newer rustc.
-            cargo().args(["install", "oha", "--locked"]).run()?;
-            find_oha().ok_or("oha installed, but not found on PATH or in $CARGO_HOME/bin")?
+            println!(
+                "oha not found on PATH or in the cargo install root: installing oha {OHA_VERSION}"
+            );
+            // --locked: oha's own lockfile (without it, a dependency resolves to
+            // a release that needs a newer rustc).
+            cargo()
+                .args(["install", "oha", "--version", OHA_VERSION, "--locked"])
+                .run()?;
+            find_oha().ok_or("oha installed, but not found on PATH or in the cargo install root")?
         }
     };
     cargo()
@@ -144,29 +212,24 @@ fn external() -> Result<(), String> {
         .join("release")
         .join("examples")
         .join("overload");
-    println!("$ {} --serve", exe.display());
-    let mut child = Command::new(&exe)
-        .arg("--serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
-    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            let _ = child.wait();
-            return Err("the served demo exited before listening".into());
-        }
-        if let Some(url) = line.trim().strip_prefix("listening on ") {
-            break url.to_string();
-        }
-    };
+    let (served, url) = Served::start(&exe)?;
     println!("served demo: {url}");
     let addr = url.trim_start_matches("http://").to_string();
     let result = drive(&oha, &url, &addr);
-    let stopped = stop(child, stdout);
+    let stopped = served.stop();
     result.and(stopped)
+}
+
+/// The policy's decisions so far, from `/metrics`: admitted plus refused.
+fn decisions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("heijunka_policy_admitted_total")
+                || l.starts_with("heijunka_policy_rejected_total")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
@@ -182,11 +245,10 @@ fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
             format!("{url}/"),
         ]);
         println!("\n==== oha: {n} requests at {rate}/s ====");
-        // oha exits non-zero on nothing we treat as fatal here (refusals are
-        // answers); its summary is the point.
-        if let Err(e) = oha_cmd.run() {
-            println!("({e})");
-        }
+        let before = decisions(&http_get(addr, "/metrics")?);
+        // Refusals (503) are answers to oha, not failures: a non-zero exit is
+        // oha itself failing (bad flags, no connection).
+        oha_cmd.run().map_err(|e| format!("oha failed: {e}"))?;
         println!("\n---- the server's counters (/metrics, heijunka_* and overload_*) ----");
         let metrics = http_get(addr, "/metrics")?;
         if !metrics.contains("# TYPE") || !metrics.contains("heijunka_policy_admitted_total") {
@@ -195,6 +257,14 @@ fn drive(oha: &Path, url: &str, addr: &str) -> Result<(), String> {
                  (or was installed after the policy was built)"
                     .into(),
             );
+        }
+        // The load really went through the policy: every request admitted or
+        // refused (a few may fail before it, at the connection).
+        let seen = decisions(&metrics).saturating_sub(before);
+        if seen < u64::from(n) * 9 / 10 {
+            return Err(format!(
+                "oha sent {n} requests but the policy decided on {seen}: the load did not reach it"
+            ));
         }
         let mut zero = 0;
         for l in metrics

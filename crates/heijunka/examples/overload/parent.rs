@@ -65,44 +65,77 @@ impl Role {
     }
 }
 
+impl Drop for Role {
+    /// No error path leaves a dependency or server process behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The longest a client may run (the longest scenario is about 25 s).
+const CLIENT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs the client with `args` to its end (killed past [`CLIENT_LIMIT`]):
+/// its stdout, and whether it exited successfully.
+fn run_client(args: &[&str]) -> Result<(String, std::process::ExitStatus), BoxError> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    // Read on a thread of its own: the result line may exceed a pipe's buffer.
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let deadline = Instant::now() + CLIENT_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok((reader.join().unwrap_or_default(), status))
+}
+
 /// One run: a fresh dependency, a fresh server in `mode`, the client with
 /// `scenario`; returns the client's result with the mode and the server's
 /// shutdown report added.
 fn run(mode: Mode, scenario: &str, sigterm_by_client: bool) -> Result<Value, BoxError> {
     let dep = Role::spawn(&["--role", "dependency"])?;
-    let server = match Role::spawn(&["--role", "server", "--mode", mode.name(), "--dep", &dep.url])
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = dep.finish(Duration::ZERO);
-            return Err(e);
-        }
-    };
-    let output = Command::new(std::env::current_exe()?)
-        .args([
-            "--role",
-            "client",
-            "--scenario",
-            scenario,
-            "--target",
-            &server.url,
-            "--dep",
-            &dep.url,
-            "--server-pid",
-            &server.pid(),
-            "--dep-pid",
-            &dep.pid(),
-        ])
-        .stderr(Stdio::inherit())
-        .output()?;
+    // Dropped on any error below: both are killed (`Role`'s `Drop`).
+    let server = Role::spawn(&["--role", "server", "--mode", mode.name(), "--dep", &dep.url])?;
+    let (server_pid, dep_pid) = (server.pid(), dep.pid());
+    let (stdout, status) = run_client(&[
+        "--role",
+        "client",
+        "--scenario",
+        scenario,
+        "--target",
+        &server.url,
+        "--dep",
+        &dep.url,
+        "--server-pid",
+        &server_pid,
+        "--dep-pid",
+        &dep_pid,
+    ])?;
     if !sigterm_by_client {
         let _ = Command::new("kill").args(["-TERM", &server.pid()]).status();
     }
     let server_out = server.finish(Duration::from_secs(5))?;
     let _ = dep.finish(Duration::ZERO);
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
-        return Err(format!("the {} client failed: {}", mode.name(), output.status).into());
+        return Err(format!("the {} client failed: {status}", mode.name()).into());
     };
     let mut result: Value = serde_json::from_str(line)?;
     result["mode"] = mode.name().into();
