@@ -15,16 +15,9 @@ use heijunka_core::cancel::{Outcome, Polled, cancel_points};
 use heijunka_core::metrics::TestRecorder;
 use heijunka_core::{ManualClock, Rejection};
 
-type Keys = Vec<(String, Vec<(String, String)>)>;
+type Keys = Vec<heijunka_core::metrics::MetricKey>;
 
-fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    labels.sort();
-    (name.to_owned(), labels)
-}
+use heijunka_core::metrics::metric_key as key;
 
 fn sorted(mut keys: Keys) -> Keys {
     keys.sort();

@@ -12,16 +12,9 @@ use heijunka_breaker::{CallError, CircuitBreaker, SlidingWindowType, State};
 use heijunka_core::ManualClock;
 use heijunka_core::metrics::TestRecorder;
 
-type Key = (String, Vec<(String, String)>);
+use heijunka_core::metrics::MetricKey as Key;
 
-fn key(name: &str, labels: &[(&str, &str)]) -> Key {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    labels.sort();
-    (name.to_owned(), labels)
-}
+use heijunka_core::metrics::metric_key as key;
 
 /// The documented numbers of `heijunka_breaker_state`.
 fn code(state: State) -> f64 {

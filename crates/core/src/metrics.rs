@@ -274,7 +274,7 @@ pub fn histogram(name: &'static str, unit: Unit, help: &'static str, l: Labels<'
 
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub use self::testing::TestRecorder;
+pub use self::testing::{MetricKey, TestRecorder, metric_key};
 
 #[cfg(feature = "test-util")]
 mod testing {
@@ -307,6 +307,22 @@ mod testing {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("TestRecorder").finish_non_exhaustive()
         }
+    }
+
+    /// A metric as [`TestRecorder::keys`] lists it: its name and its labels,
+    /// sorted.
+    pub type MetricKey = (String, Vec<(String, String)>);
+
+    /// The [`MetricKey`] of `name` with `labels` (in any order), to compare with
+    /// [`TestRecorder::keys`].
+    #[must_use]
+    pub fn metric_key(name: &str, labels: &[(&str, &str)]) -> MetricKey {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        (name.to_owned(), labels)
     }
 
     impl Default for TestRecorder {
@@ -391,7 +407,7 @@ mod testing {
 
         /// Every registered metric: `(name, sorted labels)`, sorted.
         #[must_use]
-        pub fn keys(&self) -> Vec<(String, Vec<(String, String)>)> {
+        pub fn keys(&self) -> Vec<MetricKey> {
             let mut keys = Vec::new();
             let mut push = |key: &Key| {
                 let mut labels: Vec<(String, String)> = key

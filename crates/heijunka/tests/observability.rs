@@ -236,6 +236,19 @@ impl Lines {
     }
 }
 
+/// Captures this thread's log lines at `level` and above while the guard lives.
+fn capture(level: tracing::Level) -> (Lines, tracing::subscriber::DefaultGuard) {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
 fn count(lines: &[String], level: &str, text: &str) -> usize {
     lines
         .iter()
@@ -245,15 +258,7 @@ fn count(lines: &[String], level: &str, text: &str) -> usize {
 
 #[test]
 fn rejections_log_at_debug_and_shedding_warns_when_it_starts_and_ends() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _sub = tracing::subscriber::set_default(subscriber);
+    let (lines, _sub) = capture(tracing::Level::DEBUG);
     let rt = paused_runtime();
     let _g = rt.enter();
     let limit = ConcurrencyLimit::new(1).unwrap();
@@ -319,15 +324,7 @@ fn rejections_log_at_debug_and_shedding_warns_when_it_starts_and_ends() {
 /// quiet second later (a task on the runtime), with its WARN.
 #[test]
 fn shedding_ends_by_itself_when_traffic_stops() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _sub = tracing::subscriber::set_default(subscriber);
+    let (lines, _sub) = capture(tracing::Level::WARN);
     let rt = paused_runtime();
     let _g = rt.enter();
     let limit = ConcurrencyLimit::new(1).unwrap();
@@ -348,15 +345,7 @@ fn shedding_ends_by_itself_when_traffic_stops() {
 /// once the limit has passed, and its end is said too.
 #[test]
 fn a_long_episode_started_inside_the_rate_limit_is_still_warned() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _sub = tracing::subscriber::set_default(subscriber);
+    let (lines, _sub) = capture(tracing::Level::WARN);
     let rt = paused_runtime();
     let _g = rt.enter();
     let limit = ConcurrencyLimit::new(1).unwrap();
@@ -636,15 +625,7 @@ fn the_primitive_layers_log_their_refusals_at_debug() {
     use std::convert::Infallible;
     use tower::{Layer, Service, ServiceExt, service_fn};
 
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _sub = tracing::subscriber::set_default(subscriber);
+    let (lines, _sub) = capture(tracing::Level::DEBUG);
     let rt = paused_runtime();
     let limit = ConcurrencyLimit::new(1).unwrap();
     let held = limit.try_acquire_owned().unwrap();

@@ -9,14 +9,7 @@ use heijunka_memory::{ManualProbe, MemoryGate, MemoryMonitor, SampleError};
 
 const LIMIT: u64 = 1_000;
 
-fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
-    let mut l: Vec<_> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    l.sort();
-    (name.to_owned(), l)
-}
+use heijunka_core::metrics::metric_key as key;
 
 fn documented_monitor(name: &str) -> Vec<(String, Vec<(String, String)>)> {
     let n = [("name", name)];

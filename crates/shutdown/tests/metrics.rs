@@ -12,16 +12,9 @@ use heijunka_core::cancel::Polled;
 use heijunka_core::metrics::TestRecorder;
 use heijunka_shutdown::{Phase, Shutdown};
 
-type Key = (String, Vec<(String, String)>);
+use heijunka_core::metrics::MetricKey as Key;
 
-fn key(name: &str, labels: &[(&str, &str)]) -> Key {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    labels.sort();
-    (name.to_owned(), labels)
-}
+use heijunka_core::metrics::metric_key as key;
 
 fn documented_keys(name: &str) -> Vec<Key> {
     let mut keys = vec![
