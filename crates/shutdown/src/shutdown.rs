@@ -102,6 +102,8 @@ pub(crate) struct Inner {
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) report: OnceLock<ShutdownReport>,
     /// Set by the first `install_signal_handlers`: later calls do nothing.
+    // Signal handlers are not installed under loom.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) signals_installed: AtomicBool,
     state: Mutex<State>,
     /// In flight up on `enter`, down on `exit`; the phase set with each change.

@@ -153,6 +153,9 @@ impl Inner {
     }
 
     pub(super) fn announce(&self, event: &StateTransition) {
+        // Under loom the timer and the coarse clock are not modelled.
+        #[cfg(loom)]
+        let _ = event;
         #[cfg(not(loom))]
         if self.needs_timer(event.to) {
             self.timer.schedule();
