@@ -282,8 +282,46 @@ mod testing {
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex, PoisonError};
 
-    use metrics::{Key, KeyName, Metadata, Recorder, SharedString, Unit};
-    use metrics_util::registry::{AtomicStorage, Registry};
+    use metrics::atomics::AtomicU64;
+    use metrics::{HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use metrics_util::registry::{Registry, Storage};
+
+    /// Counters and gauges in atomics, histograms as every value in a vector
+    /// (plain, not `metrics_util`'s epoch-based bucket: the tests run under
+    /// miri's strict provenance, which crossbeam-epoch's pointer tagging fails).
+    #[derive(Debug)]
+    struct TestStorage;
+
+    /// Every value recorded into one histogram.
+    #[derive(Debug, Default)]
+    struct Samples(Mutex<Vec<f64>>);
+
+    impl HistogramFn for Samples {
+        fn record(&self, value: f64) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(value);
+        }
+    }
+
+    impl Storage<Key> for TestStorage {
+        type Counter = Arc<AtomicU64>;
+        type Gauge = Arc<AtomicU64>;
+        type Histogram = Arc<Samples>;
+
+        fn counter(&self, _: &Key) -> Self::Counter {
+            Arc::new(AtomicU64::new(0))
+        }
+
+        fn gauge(&self, _: &Key) -> Self::Gauge {
+            Arc::new(AtomicU64::new(0))
+        }
+
+        fn histogram(&self, _: &Key) -> Self::Histogram {
+            Arc::new(Samples::default())
+        }
+    }
 
     /// A recorder for tests: it keeps every value (reading does not reset it, unlike
     /// `metrics_util`'s debugging recorder), so a test can read a gauge, act, and
@@ -299,7 +337,7 @@ mod testing {
     }
 
     struct Inner {
-        registry: Registry<Key, AtomicStorage>,
+        registry: Registry<Key, TestStorage>,
         help: Mutex<HashMap<String, String>>,
     }
 
@@ -345,7 +383,7 @@ mod testing {
         pub fn new() -> Self {
             Self {
                 inner: Arc::new(Inner {
-                    registry: Registry::atomic(),
+                    registry: Registry::new(TestStorage),
                     help: Mutex::new(HashMap::new()),
                 }),
             }
@@ -387,7 +425,7 @@ mod testing {
             let mut found = None;
             self.inner.registry.visit_histograms(|key, h| {
                 if matches(key, name, labels) {
-                    found = Some(h.data());
+                    found = Some(h.0.lock().unwrap_or_else(PoisonError::into_inner).clone());
                 }
             });
             found
