@@ -805,7 +805,9 @@ impl Policy {
     /// [`try_admit`](Self::try_admit), but when the concurrency limit is full and
     /// the policy has a [`max_wait`](PolicyBuilder::max_wait), waits for a permit
     /// up to that long (never past the deadline, and not once the request is
-    /// cancelled) before refusing.
+    /// cancelled) before refusing. With a `max_wait` the request joins the
+    /// limit's queue at once, behind the requests already waiting (first come,
+    /// first served), instead of trying ahead of them.
     ///
     /// ```
     /// use heijunka::backpressure::ConcurrencyLimit;
@@ -840,7 +842,9 @@ impl Policy {
     /// # Cancel safety
     ///
     /// Cancel-safe: dropping the future while it waits gives up its place in the
-    /// limit's queue and holds nothing (no permit, no breaker probe).
+    /// limit's queue and holds nothing (no permit, no breaker probe); the
+    /// request is counted as refused by `deadline` for `cancelled`
+    /// ([`stats`](Self::stats), the `metrics` feature).
     pub async fn admit(
         &self,
         ctx: &RequestContext,
