@@ -147,6 +147,14 @@ impl<T> BoundedQueueBuilder<T> {
 
     /// The `name` label of the queue's metrics (feature `metrics`, see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::BoundedQueue;
+    ///
+    /// let jobs = BoundedQueue::<u64>::builder(64).name("jobs").build()?;
+    /// # let _ = jobs;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

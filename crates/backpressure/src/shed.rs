@@ -241,6 +241,14 @@ impl LoadShedderBuilder {
 
     /// The `name` label of the shedder's metrics (feature `metrics`, see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::LoadShedder;
+    ///
+    /// let shedder = LoadShedder::builder().name("front").build();
+    /// # let _ = shedder;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

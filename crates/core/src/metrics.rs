@@ -14,6 +14,19 @@
 //! is installed (or by a crate whose own `metrics` feature is off) is a no-op: one
 //! branch.
 //!
+//! ```
+//! use heijunka_core::metrics::{Unit, counter, gauge};
+//!
+//! // When the component is built: one registration per series.
+//! let refused = counter("my_refused_total", Unit::Count, "Refusals.", &[("name", "api")]);
+//! let depth = gauge("my_queue_depth", Unit::Count, "Items queued.", &[("name", "api")]);
+//! // On its hot path: one atomic update each (nothing without the feature, or
+//! // when no recorder was installed at registration).
+//! refused.increment(1);
+//! depth.increment(1.0);
+//! depth.decrement(1.0);
+//! ```
+//!
 //! The names follow Prometheus conventions (`heijunka_<component>_<what>`, with
 //! `_total` on counters and the unit as a suffix: `_seconds`, `_bytes`). The
 //! full table of names, types and labels is in `docs/metrics.md`.
@@ -331,6 +344,19 @@ mod testing {
     /// [`TestRecorder::scoped`] installs it on the current thread while the closure
     /// builds the component; the handles registered then keep recording into it
     /// from any thread.
+    ///
+    /// ```
+    /// use heijunka_core::metrics::{TestRecorder, Unit, counter, metric_key};
+    ///
+    /// let rec = TestRecorder::new();
+    /// // Registered while the recorder is installed on this thread...
+    /// let hits = rec.scoped(|| counter("hits_total", Unit::Count, "Hits.", &[("name", "a")]));
+    /// // ...it records into it from anywhere afterwards.
+    /// std::thread::spawn(move || hits.increment(2)).join().unwrap();
+    /// assert_eq!(rec.counter("hits_total", &[("name", "a")]), Some(2));
+    /// assert_eq!(rec.keys(), [metric_key("hits_total", &[("name", "a")])]);
+    /// assert_eq!(rec.help("hits_total").as_deref(), Some("Hits."));
+    /// ```
     #[derive(Clone)]
     pub struct TestRecorder {
         inner: Arc<Inner>,

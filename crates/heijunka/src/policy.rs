@@ -200,6 +200,18 @@ impl PolicyBuilder {
     /// its log lines, and [`PolicyStats::name`]. Default `"default"`; name each
     /// policy when a process runs several, or their metrics add up. Must not be
     /// empty.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    ///
+    /// let policy = Policy::builder().name("checkout").build()?;
+    /// assert_eq!(policy.name(), "checkout");
+    /// assert_eq!(policy.stats().name, "checkout");
+    /// // An empty name is refused, naming the field.
+    /// let err = Policy::builder().name("").build().unwrap_err();
+    /// assert_eq!(err.field(), "name");
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self

@@ -115,6 +115,19 @@ impl MemoryMonitorBuilder {
     /// The monitor's name: the `name` label of its metrics (feature `metrics`;
     /// see `docs/metrics.md`). Default `"default"`.
     #[must_use]
+    ///
+    /// ```
+    /// use heijunka_memory::{ManualProbe, MemoryMonitor};
+    ///
+    /// let probe = ManualProbe::new(1 << 30);
+    /// let monitor = MemoryMonitor::builder()
+    ///     .name("process")
+    ///     .limit(1 << 30)
+    ///     .probe(probe)
+    ///     .build()?;
+    /// # let _ = monitor;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

@@ -116,6 +116,18 @@ impl MemoryGateBuilder {
     /// The gate's name: the `name` label of its metrics (feature `metrics`; see
     /// `docs/metrics.md`). Default `"default"`.
     #[must_use]
+    ///
+    /// ```
+    /// use heijunka_memory::{ManualProbe, MemoryGate, MemoryMonitor};
+    ///
+    /// let monitor = MemoryMonitor::builder()
+    ///     .limit(1 << 30)
+    ///     .probe(ManualProbe::new(1 << 30))
+    ///     .build()?;
+    /// let gate = MemoryGate::builder(&monitor).name("uploads").build()?;
+    /// # let _ = gate;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

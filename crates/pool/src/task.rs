@@ -114,6 +114,14 @@ impl TaskPoolBuilder {
 
     /// The pool's name: the `name` label of its metrics (feature `metrics`; see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_pool::TaskPool;
+    ///
+    /// let pool = TaskPool::builder().name("io").max_running(8).build()?;
+    /// # let _ = pool;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

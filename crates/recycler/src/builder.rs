@@ -145,6 +145,16 @@ impl<T: Send + 'static> RecyclerBuilder<T> {
 
     /// The recycler's name: the `name` label of its metrics (feature `metrics`;
     /// see `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_recycler::Recycler;
+    ///
+    /// let buffers = Recycler::builder(|| Vec::<u8>::with_capacity(4096))
+    ///     .name("buffers")
+    ///     .build()?;
+    /// # let _ = buffers;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

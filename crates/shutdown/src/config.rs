@@ -58,6 +58,14 @@ impl ShutdownBuilder {
     /// `docs/metrics.md`). Default `"default"`. A [`child`](Shutdown::child)
     /// scope takes its parent's; give it its own with
     /// [`child_with`](Shutdown::child_with), or the two share one phase gauge.
+    ///
+    /// ```
+    /// use heijunka_shutdown::Shutdown;
+    ///
+    /// let shutdown = Shutdown::builder().name("server").build()?;
+    /// # let _ = shutdown;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

@@ -241,6 +241,16 @@ impl AdaptiveLimitBuilder {
 
     /// The `name` label of the limit's metrics (feature `metrics`, see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{AdaptiveLimit, Vegas};
+    ///
+    /// let limit = AdaptiveLimit::builder(Vegas::builder().build()?)
+    ///     .name("checkout")
+    ///     .build()?;
+    /// # let _ = limit;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

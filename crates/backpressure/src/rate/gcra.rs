@@ -291,6 +291,14 @@ impl GcraBuilder {
 
     /// The `name` label of the limiter's metrics (feature `metrics`, see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::Gcra;
+    ///
+    /// let api = Gcra::builder(100.0).name("api").build()?;
+    /// # let _ = api;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

@@ -174,6 +174,16 @@ impl KeyedRateLimiterBuilder {
 
     /// The `name` label of the limiter's metrics (feature `metrics`, see
     /// `docs/metrics.md`). Default `"default"`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::KeyedRateLimiter;
+    ///
+    /// let per_client = KeyedRateLimiter::builder(10.0)
+    ///     .name("per-client")
+    ///     .build::<String>()?;
+    /// # let _ = per_client;
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
