@@ -1,6 +1,8 @@
 //! `bus/*`: one publisher fanning small events out to 1, 4 and 16 subscribers,
-//! lossless, against `tokio::sync::broadcast` and `async-broadcast`; and the
-//! publish latency (p50 / p99) with 4 subscribers under load, printed.
+//! lossless, against `tokio::sync::broadcast` and `async-broadcast`; 4
+//! publishers to 4 subscribers against `tokio::sync::broadcast`
+//! (`bus/mpmc_4x4`); and the publish latency (p50 / p99) with 4 subscribers
+//! under load, printed.
 //!
 //! Every side runs on the same 2-worker tokio runtime (this machine has 2
 //! cores), each subscriber on its own task receiving all events; the time is
@@ -37,9 +39,10 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
-async fn heijunka(subscribers: usize, events: u64) -> Duration {
-    let topic = Topic::<u64>::new("bench").expect("name");
-    let readers: Vec<_> = (0..subscribers)
+/// Lossless (`Block`) subscribers of `topic`, each on its own task, counting
+/// what they see until the topic closes.
+fn heijunka_readers(topic: &Topic<u64>, subscribers: usize) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..subscribers)
         .map(|_| {
             let mut sub = topic
                 .subscriber()
@@ -55,7 +58,12 @@ async fn heijunka(subscribers: usize, events: u64) -> Duration {
                 n
             })
         })
-        .collect();
+        .collect()
+}
+
+async fn heijunka(subscribers: usize, events: u64) -> Duration {
+    let topic = Topic::<u64>::new("bench").expect("name");
+    let readers = heijunka_readers(&topic, subscribers);
     let start = Instant::now();
     for i in 0..events {
         topic.publish(Event::inline(i)).await.expect("delivered");
@@ -191,6 +199,73 @@ fn fanout(c: &mut Criterion) {
     }
 }
 
+/// 4 publisher tasks, each publishing a quarter of the events, to 4
+/// subscribers: heijunka's publishers share no lock (a compare-and-swap on the
+/// tail), tokio's broadcast senders take its tail mutex.
+async fn heijunka_mpmc(publishers: u64, subscribers: usize, events: u64) -> Duration {
+    let topic = Topic::<u64>::new("bench").expect("name");
+    let readers = heijunka_readers(&topic, subscribers);
+    let start = Instant::now();
+    let writers: Vec<_> = (0..publishers)
+        .map(|p| {
+            let topic = topic.clone();
+            let share = events / publishers + u64::from(p < events % publishers);
+            tokio::spawn(async move {
+                for i in 0..share {
+                    topic.publish(Event::inline(i)).await.expect("delivered");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("publisher");
+    }
+    topic.close();
+    for r in readers {
+        std::hint::black_box(r.await.expect("reader"));
+    }
+    start.elapsed()
+}
+
+async fn tokio_broadcast_mpmc(publishers: u64, subscribers: usize, events: u64) -> Duration {
+    // As large as the run: never lags, so it stays lossless.
+    let capacity = (events as usize).max(16).next_power_of_two();
+    let (tx, _) = tokio::sync::broadcast::channel::<u64>(capacity);
+    let readers = tokio_readers(&tx, subscribers);
+    let start = Instant::now();
+    let writers: Vec<_> = (0..publishers)
+        .map(|p| {
+            let tx = tx.clone();
+            let share = events / publishers + u64::from(p < events % publishers);
+            tokio::spawn(async move {
+                for i in 0..share {
+                    tx.send(i).expect("receivers");
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in writers {
+        w.await.expect("publisher");
+    }
+    await_tokio_readers(readers, events).await;
+    start.elapsed()
+}
+
+fn mpmc(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("bus/mpmc_4x4");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("heijunka", |b| {
+        b.iter_custom(|iters| rt.block_on(heijunka_mpmc(4, 4, iters)))
+    });
+    g.bench_function("tokio-broadcast", |b| {
+        b.iter_custom(|iters| rt.block_on(tokio_broadcast_mpmc(4, 4, iters)))
+    });
+    g.finish();
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -239,5 +314,5 @@ fn publish_latency(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, baselines, fanout, publish_latency);
+criterion_group!(benches, baselines, fanout, mpmc, publish_latency);
 criterion_main!(benches);

@@ -12,6 +12,8 @@ pub(crate) fn ci() -> Result<(), String> {
     // The served demo driven by an external load generator, as a user runs it on
     // a fresh machine (oha is installed when missing).
     crate::demo::run(&["--external".to_string()])?;
+    // The MCP server example under a burst from the official Python SDK.
+    crate::mcp_demo::run(true)?;
     doc()?;
     crate::loom::run()?;
     crate::miri::run()?;

@@ -12,6 +12,8 @@
 //!   the cargo install root): a fixed number of requests at a fixed rate under capacity,
 //!   then a burst above it; oha's own summary is printed beside the server's
 //!   counters scraped from `/metrics` and `/stats`.
+//! - `--mcp [--quick]`: the MCP server example driven by the official Python SDK
+//!   (`crate::mcp_demo`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,6 +31,13 @@ const FEATURES: &str = "tower,metrics";
 const OHA_RUNS: [(u32, u32); 2] = [(3000, 300), (6000, 1500)];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--mcp") {
+        return match args {
+            [_] => crate::mcp_demo::run(false),
+            [a, b] if [a, b].iter().any(|x| *x == "--quick") => crate::mcp_demo::run(true),
+            _ => Err("demo --mcp takes only --quick".into()),
+        };
+    }
     if args.iter().any(|a| a == "--external") {
         if args.len() > 1 {
             return Err("demo --external takes no other argument".into());
@@ -69,7 +78,7 @@ fn find_oha() -> Option<PathBuf> {
 }
 
 /// The workspace's target directory, as cargo sees it.
-fn target_dir() -> Result<PathBuf, String> {
+pub(crate) fn target_dir() -> Result<PathBuf, String> {
     let meta = cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .read()
@@ -83,7 +92,7 @@ fn target_dir() -> Result<PathBuf, String> {
 }
 
 /// A plain HTTP/1.0 GET of `path` from `addr`; the body.
-fn http_get(addr: &str, path: &str) -> Result<String, String> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -98,20 +107,21 @@ fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .map_or(response.clone(), |(_, body)| body.to_string()))
 }
 
-/// The served demo: killed (and waited for) if still running when dropped, so
+/// A served example: killed (and waited for) if still running when dropped, so
 /// no error path leaves it behind; its output after the listening line comes
 /// through a channel, so nothing blocks on it.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Served {
-    /// Starts `exe --serve` and waits (up to a minute) for its listening line.
-    fn start(exe: &Path) -> Result<(Self, String), String> {
-        println!("$ {} --serve", exe.display());
+    /// Starts `exe args..` and waits (up to a minute) for its listening line;
+    /// the URL on it.
+    pub(crate) fn start(exe: &Path, args: &[&str]) -> Result<(Self, String), String> {
+        println!("$ {} {}", exe.display(), args.join(" "));
         let mut child = Command::new(exe)
-            .arg("--serve")
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
@@ -135,17 +145,17 @@ impl Served {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err("the served demo printed no listening line within 60 s".into());
+                    return Err("the served example printed no listening line within 60 s".into());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the served demo exited before listening".into());
+                    return Err("the served example exited before listening".into());
                 }
             }
         }
     }
 
     /// Sends SIGTERM and waits (up to 10 s, then kills); prints what it printed.
-    fn stop(mut self) -> Result<(), String> {
+    pub(crate) fn stop(mut self) -> Result<(), String> {
         let pid = self.child.id().to_string();
         let _ = Cmd::new("kill").args(["-TERM", &pid]).succeeds_quietly();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -163,7 +173,7 @@ impl Served {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("the served demo exited with {status}"))
+            Err(format!("the served example exited with {status}"))
         }
     }
 }
@@ -212,7 +222,7 @@ fn external() -> Result<(), String> {
         .join("release")
         .join("examples")
         .join("overload");
-    let (served, url) = Served::start(&exe)?;
+    let (served, url) = Served::start(&exe, &["--serve"])?;
     println!("served demo: {url}");
     let addr = url.trim_start_matches("http://").to_string();
     let result = drive(&oha, &url, &addr);

@@ -31,6 +31,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "heijunka-pool",
         ],
     ),
+    // Beside the facade, not on it: nothing may depend on it (no entry lists it).
+    (
+        "heijunka-mcp",
+        &[
+            "heijunka-core",
+            "heijunka-shutdown",
+            "heijunka-backpressure",
+            "heijunka-breaker",
+            "heijunka-memory",
+            "heijunka-pool",
+        ],
+    ),
     (
         "heijunka",
         &[

@@ -9,6 +9,7 @@ mod cmd;
 mod demo;
 mod layers;
 mod loom;
+mod mcp_demo;
 mod miri;
 mod tsan;
 
@@ -19,8 +20,8 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci                    everything CI runs: fmt, clippy, tests (all features, then default
-                        features), the demo's short run and its --external run, docs,
-                        loom, miri, tsan
+                        features), the demo's short run, its --external run and the MCP
+                        demo's short run, docs, loom, miri, tsan
   test                  the tests: nextest (or cargo test) and the doc tests
   lint                  cargo fmt --check, clippy -D warnings, and the layer check
   layers                checks that no crate depends on one above its layer
@@ -38,6 +39,9 @@ tasks:
                         the heijunka-protected demo service alone, with /metrics (Prometheus)
   demo --external       --serve driven by oha (installed if missing): oha's summary and the
                         server's counters
+  demo --mcp [--quick]  the MCP server example (crates/mcp) driven by the official Python
+                        SDK in target/mcp-venv: a burst of tool calls with cancellations,
+                        unprotected then protected; --quick is CI's short protected run
 ";
 
 fn main() -> ExitCode {

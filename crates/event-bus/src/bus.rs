@@ -3,18 +3,23 @@
 use std::any::{Any, type_name};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use heijunka_shutdown::{Shutdown, ShuttingDown};
 use tokio::time::Instant;
 
-use crate::handler::Handler;
+use crate::handler::{Handler, HandlerEntry};
 use crate::stats::TopicStats;
 use crate::topic::TopicInner;
 use crate::{BusError, Topic};
 
 /// A registry of named, typed [`Topic`]s. Clones are handles to the same bus.
+///
+/// The bus does not keep a topic alive: a topic that no [`Topic`] handle,
+/// [`Subscription`](crate::Subscription) or handler holds any more is dropped
+/// (with its ring and counters) and leaves the bus; asking for its name again
+/// creates a new one.
 ///
 /// ```
 /// use heijunka_event_bus::{BusError, EventBus};
@@ -36,8 +41,8 @@ pub struct EventBus {
 }
 
 struct Entry {
-    topic: Arc<dyn Any + Send + Sync>,
-    ops: Arc<dyn TopicOps>,
+    topic: Weak<dyn Any + Send + Sync>,
+    ops: Weak<dyn TopicOps>,
     event_type: &'static str,
 }
 
@@ -61,7 +66,12 @@ impl<E: Send + Sync + 'static> TopicOps for TopicInner<E> {
         self.handlers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .filter_map(|e| match e {
+                HandlerEntry::Live(h) => Some(h.clone()),
+                HandlerEntry::Done { .. } => None,
+            })
+            .collect()
     }
 }
 
@@ -71,19 +81,56 @@ impl EventBus {
         Self::default()
     }
 
-    /// The topic called `name` carrying `E`, created on first use.
+    /// The topic called `name` carrying `E`, created on first use with a ring
+    /// of [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY) events.
     ///
     /// # Errors
     ///
     /// [`BusError::EmptyName`], or [`BusError::TypeMismatch`] if the name is
     /// taken by a topic of another event type.
     pub fn topic<E: Send + Sync + 'static>(&self, name: &str) -> Result<Topic<E>, BusError> {
+        self.topic_with(name, || Topic::<E>::new(name))
+    }
+
+    /// The topic called `name` carrying `E`, created on first use with a ring
+    /// of `capacity` events ([`Topic::with_capacity`]). An existing topic keeps
+    /// the capacity it was created with.
+    ///
+    /// ```
+    /// use heijunka_event_bus::{BusError, EventBus};
+    ///
+    /// let bus = EventBus::new();
+    /// let ticks = bus.topic_with_capacity::<u64>("ticks", 8192)?;
+    /// assert_eq!(ticks.capacity(), 8192);
+    /// let err = bus.topic_with_capacity::<u64>("big", 1 << 30).unwrap_err();
+    /// assert!(matches!(err, BusError::Config(e) if e.field() == "capacity"));
+    /// # Ok::<(), BusError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`topic`](Self::topic), and [`BusError::Config`] for a bad capacity.
+    pub fn topic_with_capacity<E: Send + Sync + 'static>(
+        &self,
+        name: &str,
+        capacity: usize,
+    ) -> Result<Topic<E>, BusError> {
+        self.topic_with(name, || Topic::<E>::with_capacity(name, capacity))
+    }
+
+    fn topic_with<E: Send + Sync + 'static>(
+        &self,
+        name: &str,
+        create: impl FnOnce() -> Result<Topic<E>, BusError>,
+    ) -> Result<Topic<E>, BusError> {
         if name.is_empty() {
             return Err(BusError::EmptyName);
         }
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = topics.get(name) {
-            return Arc::clone(&entry.topic)
+        if let Some(entry) = topics.get(name)
+            && let Some(topic) = entry.topic.upgrade()
+        {
+            return topic
                 .downcast::<TopicInner<E>>()
                 .map(|inner| Topic { inner })
                 .map_err(|_| BusError::TypeMismatch {
@@ -92,12 +139,17 @@ impl EventBus {
                     requested: type_name::<E>(),
                 });
         }
-        let topic = Topic::<E>::new(name)?;
+        let topic = create()?;
+        // Topics nobody holds any more leave the map here (and are skipped
+        // everywhere else).
+        topics.retain(|_, e| e.topic.strong_count() > 0);
+        let any: Arc<dyn Any + Send + Sync> = topic.inner.clone();
+        let ops: Arc<dyn TopicOps> = topic.inner.clone();
         topics.insert(
             name.to_owned(),
             Entry {
-                topic: topic.inner.clone(),
-                ops: topic.inner.clone(),
+                topic: Arc::downgrade(&any),
+                ops: Arc::downgrade(&ops),
                 event_type: type_name::<E>(),
             },
         );
@@ -105,7 +157,7 @@ impl EventBus {
         Ok(topic)
     }
 
-    /// The names of the topics, sorted.
+    /// The names of the live topics, sorted.
     pub fn topic_names(&self) -> Vec<String> {
         let mut names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
         names.sort();
@@ -138,6 +190,12 @@ impl EventBus {
     /// handlers have drained, so failures during the drain are still dead-lettered.
     /// Other topics a handler publishes to close in the first phase: close those
     /// yourself afterwards (or publish with a policy that tolerates `Closed`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Its first poll closes the first phase's topics; dropped after that,
+    /// handlers still drain what they buffered (no grace is enforced then), and
+    /// a second `shutdown` closes the rest and completes (`tests/cancel.rs`).
     pub async fn shutdown(&self, grace: Duration) -> bool {
         let entries = self.entries();
         // Dead-letter topics close last: failures while the other handlers drain
@@ -218,7 +276,7 @@ impl EventBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(n, e)| (n.clone(), Arc::clone(&e.ops)))
+            .filter_map(|(n, e)| Some((n.clone(), e.ops.upgrade()?)))
             .collect()
     }
 }

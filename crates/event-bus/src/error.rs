@@ -14,6 +14,9 @@ pub enum BusError {
     /// The topic name was empty.
     #[error("topic name must not be empty")]
     EmptyName,
+    /// A topic setting is invalid (its capacity).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A topic of that name exists with another event type.
     #[error("topic `{name}` carries `{existing}`, not `{requested}`")]
     TypeMismatch {

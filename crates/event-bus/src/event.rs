@@ -17,8 +17,10 @@ use crate::ReplyError;
 ///
 /// The payload is either a plain value ([`Event::new`], one `Arc` allocation) or a
 /// pooled value from a [`heijunka_recycler::Recycler`] ([`Event::pooled`]), which
-/// goes back to its pool, reset, when the last subscriber drops its clone: a
-/// steady stream of pooled events allocates nothing.
+/// goes back to its pool, reset, when the last clone is dropped (the topic's
+/// ring keeps one until its slot is reused, or until every subscriber has passed
+/// it and one of them reclaims it): a steady stream of pooled events allocates
+/// nothing.
 ///
 /// ```
 /// use heijunka_event_bus::Event;
@@ -99,7 +101,7 @@ impl<E: Send + Sync + 'static> Event<E> {
     }
 
     /// An event holding a small `Copy` value in the envelope itself: no
-    /// allocation and no shared refcount; each subscriber's buffer gets a copy of
+    /// allocation and no shared refcount; each subscriber receives a copy of
     /// the bytes. For values of a few words (ids, prices, counters), copying is
     /// cheaper than sharing; larger payloads belong in [`new`](Self::new) or
     /// [`pooled`](Self::pooled).
@@ -151,6 +153,13 @@ impl<E: Send + Sync + 'static> Event<E> {
         match self.payload {
             Payload::Plain(_, c) | Payload::Pooled(_, c) | Payload::Inline(_, c) => c,
         }
+    }
+
+    /// Whether dropping this handle can release something: a shared payload
+    /// (plain or pooled) or a request's reply slot. Inline events without a
+    /// reply release nothing.
+    pub(crate) fn holds_resources(&self) -> bool {
+        !matches!(self.payload, Payload::Inline(..)) || self.reply.is_some()
     }
 
     /// Whether the payload is a pooled value.

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::AbortHandle;
 
 use crate::stats::HandlerStats;
+use crate::topic::TopicInner;
 use crate::{Event, Policy, SubscribeError, SubscriberBuilder, Topic};
 
 /// How many times a handler is tried on one event when not set: once, and two
@@ -143,17 +144,21 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
         // would make a cycle that keeps the topic alive forever.
         let (intake_topic, intake) = (Arc::downgrade(&sub.topic), Arc::downgrade(&sub.inner));
         let (done, _) = watch::channel(false);
+        let id = HANDLER_IDS.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
+            id,
             topic: topic.name().to_owned(),
             dead_letter_topic: self.dead_letter.as_ref().map(|t| t.name().to_owned()),
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
-            pool,
+            pool: std::sync::Mutex::new(Some(pool.clone())),
+            last: std::sync::OnceLock::new(),
             close_intake: Box::new(move || {
                 if let (Some(topic), Some(sub)) = (intake_topic.upgrade(), intake.upgrade()) {
                     topic.close_subscriber(&sub);
                 }
             }),
+            retire: retire(Arc::downgrade(&topic.inner)),
             counters: Counters::default(),
             done,
             driver: std::sync::Mutex::new(None),
@@ -181,15 +186,16 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
                 );
                 // Refused only once the pool is shut down: the job (and its
                 // event) is dropped here, and the event goes back.
-                if s.pool.spawn(job).await.is_err() {
+                if pool.spawn(job).await.is_err() {
                     break;
                 }
             }
             drop(sub);
             let all = u32::try_from(slots).unwrap_or(u32::MAX);
             let _ = jobs.acquire_many(all).await;
-            s.pool.shutdown(Duration::ZERO).await;
-            s.done.send_replace(true);
+            pool.shutdown(Duration::ZERO).await;
+            drop(pool);
+            s.finish();
         });
         *shared.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver.abort_handle());
         let handler = Handler { shared };
@@ -198,7 +204,7 @@ impl<E: Send + Sync + 'static> HandlerBuilder<E> {
             .handlers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(handler.clone());
+            .push(HandlerEntry::Live(handler.clone()));
         Ok(handler)
     }
 }
@@ -275,6 +281,10 @@ impl<E: Send + Sync + 'static> Topic<E> {
 
 /// A running handler runtime. Clones are handles to the same runtime; dropping
 /// them leaves it running until its topic closes.
+///
+/// Once it has finished (its topic closed and drained, or [`stop`](Handler::stop)),
+/// it releases its task pool; [`stats`](Handler::stats) and the topic's stats
+/// keep its final counters.
 #[derive(Clone)]
 pub struct Handler {
     shared: Arc<Shared>,
@@ -287,14 +297,63 @@ impl Handler {
     }
 }
 
+/// A handler in its topic's list: running, or its final counters.
+pub(crate) enum HandlerEntry {
+    Live(Handler),
+    Done { id: u64, stats: HandlerStats },
+}
+
+impl HandlerEntry {
+    pub(crate) fn stats(&self) -> HandlerStats {
+        match self {
+            Self::Live(h) => h.stats(),
+            Self::Done { stats, .. } => stats.clone(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        match self {
+            Self::Live(h) => h.shared.id,
+            Self::Done { id, .. } => *id,
+        }
+    }
+}
+
+/// What a finished handler does to its topic's list: its entry becomes its
+/// final counters (the topic no longer holds the runtime).
+fn retire<E: Send + Sync + 'static>(
+    home: std::sync::Weak<TopicInner<E>>,
+) -> Box<dyn Fn(u64, HandlerStats) + Send + Sync> {
+    Box::new(move |id, stats| {
+        if let Some(topic) = home.upgrade() {
+            let mut list = topic
+                .handlers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = list.iter_mut().find(|e| e.id() == id) {
+                *entry = HandlerEntry::Done { id, stats };
+            }
+        }
+    })
+}
+
+/// Handler ids, unique in the process.
+static HANDLER_IDS: AtomicU64 = AtomicU64::new(1);
+
 struct Shared {
+    id: u64,
     topic: String,
     /// The dead-letter topic's name: the bus closes it only after this handler
     /// has drained, so failures during the drain still reach it.
     dead_letter_topic: Option<String>,
     concurrency: usize,
     max_attempts: u32,
-    pool: TaskPool,
+    /// The task pool while the runtime runs; taken when it finishes.
+    pool: std::sync::Mutex<Option<TaskPool>>,
+    /// The final counters, once finished.
+    last: std::sync::OnceLock<HandlerStats>,
+    /// Replaces this handler's entry in its topic's list by its final counters.
+    retire: Box<dyn Fn(u64, HandlerStats) + Send + Sync>,
     close_intake: Box<dyn Fn() + Send + Sync>,
     counters: Counters,
     done: watch::Sender<bool>,
@@ -327,6 +386,11 @@ impl Counters {
 impl Handler {
     /// Waits until the topic is closed and every event it buffered for this
     /// handler was handled (or the runtime was [`stop`](Self::stop)ped).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches the runtime, which goes on whether or not
+    /// anyone waits (`tests/cancel.rs`).
     pub async fn join(&self) -> HandlerStats {
         let mut rx = self.shared.done.subscribe();
         let _ = rx.wait_for(|done| *done).await;
@@ -336,6 +400,12 @@ impl Handler {
     /// Stops taking events: the handler finishes what is buffered and running
     /// within `grace`; then whatever is left is cancelled, and its events go
     /// back (pooled ones to their pool). Returns whether it finished in time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Its first poll stops the intake; dropped after that, the runtime still
+    /// finishes what it buffered (no grace is enforced then), and a later
+    /// [`join`](Self::join) or `stop` completes (`tests/cancel.rs`).
     pub async fn stop(&self, grace: Duration) -> bool {
         (self.shared.close_intake)();
         let mut rx = self.shared.done.subscribe();
@@ -352,8 +422,10 @@ impl Handler {
             {
                 driver.abort();
             }
-            self.shared.pool.shutdown(Duration::ZERO).await;
-            self.shared.done.send_replace(true);
+            if let Some(pool) = self.shared.pool() {
+                pool.shutdown(Duration::ZERO).await;
+            }
+            self.shared.finish();
             tracing::warn!(topic = %self.shared.topic, "handler stopped before its events were handled");
         }
         clean
@@ -364,14 +436,47 @@ impl Handler {
         *self.shared.done.borrow()
     }
 
-    /// A snapshot of the runtime's numbers.
+    /// A snapshot of the runtime's numbers (its final ones once it finished).
     pub fn stats(&self) -> HandlerStats {
-        let s = &self.shared;
-        let c = &s.counters;
-        let pool = s.pool.stats();
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    fn pool(&self) -> Option<TaskPool> {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The runtime finished: keeps its final counters, releases its pool, and
+    /// leaves only the counters in its topic's list.
+    fn finish(&self) {
+        let stats = self.stats();
+        let _ = self.last.set(stats.clone());
+        drop(
+            self.pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        (self.retire)(self.id, stats);
+        self.done.send_replace(true);
+    }
+
+    fn stats(&self) -> HandlerStats {
+        if let Some(last) = self.last.get() {
+            return last.clone();
+        }
+        let c = &self.counters;
+        // The pool is there until `finish` (which sets `last` first).
+        let pool = self.pool().map(|p| p.stats());
+        let pool = pool.as_ref();
+        let latency = |f: fn(&heijunka_pool::PoolStats) -> Duration| pool.map_or(Duration::ZERO, f);
         HandlerStats {
-            concurrency: s.concurrency,
-            running: pool.active,
+            concurrency: self.concurrency,
+            running: pool.map_or(0, |p| p.active),
             received: Counters::get(&c.received),
             succeeded: Counters::get(&c.succeeded),
             errors: Counters::get(&c.errors),
@@ -379,10 +484,10 @@ impl Handler {
             retries: Counters::get(&c.retries),
             dead_lettered: Counters::get(&c.dead_lettered),
             abandoned: Counters::get(&c.abandoned),
-            p50: pool.p50,
-            p90: pool.p90,
-            p99: pool.p99,
-            mean: pool.mean,
+            p50: latency(|p| p.p50),
+            p90: latency(|p| p.p90),
+            p99: latency(|p| p.p99),
+            mean: latency(|p| p.mean),
         }
     }
 }

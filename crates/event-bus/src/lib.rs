@@ -1,5 +1,6 @@
-//! An in-process event bus: typed topics, per-subscriber bounded buffers with a
-//! publish policy, zero-copy fan-out of pooled events, and a handler runtime.
+//! An in-process event bus: typed topics, one ring per topic read by every
+//! subscriber through its own cursor, a publish policy per subscriber,
+//! zero-copy fan-out of pooled events, and a handler runtime.
 //!
 //! ```
 //! use heijunka_event_bus::{Event, EventBus, Policy};
@@ -26,7 +27,8 @@
 //! assert_eq!(ledger.recv().await.map(|t| t[0]), Some(41));
 //! assert_eq!(ledger.recv().await.map(|t| t[0]), Some(42));
 //! assert_eq!(ticks.stats().dropped.displaced, 1);
-//! assert_eq!(pool.stats().returns, 2); // both ticks are back in the pool
+//! assert!(ledger.try_recv().is_none()); // every subscriber is past both ticks...
+//! assert_eq!(pool.stats().returns, 2); // ...so both are back in the pool
 //! # Ok(())
 //! # }
 //! ```
@@ -51,13 +53,19 @@
 //!   [`Shared`](heijunka_recycler::Shared), no allocation), a routing version
 //!   and a critical flag. Subscribers get clones of the handle, never of `E`;
 //!   small `Copy` values can instead ride in the envelope ([`Event::inline`]).
-//! - [`Subscription<E>`]: one subscriber's bounded buffer (a single-producer
-//!   single-consumer [`heijunka_core::spsc`] ring with warn and reject
-//!   watermarks, `tracing` on crossing), built by [`SubscriberBuilder`] with a
-//!   [`Policy`]: [`Block`](Policy::Block), [`Timeout`](Policy::Timeout) (the
-//!   default, 5 s), [`Reject`](Policy::Reject) or
-//!   [`DropOldest`](Policy::DropOldest) (counted). Defaults from the seeds:
-//!   [`DEFAULT_BUFFER`] 1000 events, [`DEFAULT_PUBLISH_TIMEOUT`] 5 s. A
+//! - [`Subscription<E>`]: one subscriber: a cursor into its topic's ring, and
+//!   a [`Stream`](futures_core::Stream) of events ([`recv`](Subscription::recv),
+//!   [`try_recv`](Subscription::try_recv),
+//!   [`resubscribe`](Subscription::resubscribe)). Built by [`SubscriberBuilder`]
+//!   with a buffer (how far behind it may fall), warn and reject watermarks,
+//!   and a [`Policy`] for when it is that far behind: [`Block`](Policy::Block)
+//!   (publishers wait), [`Timeout`](Policy::Timeout) (wait up to a bound, the
+//!   default, 5 s), [`Reject`](Policy::Reject) (new events skip it) or
+//!   [`DropOldest`](Policy::DropOldest) (it loses its oldest, counted).
+//!   Defaults from the seeds: [`DEFAULT_BUFFER`] 1000 events,
+//!   [`DEFAULT_PUBLISH_TIMEOUT`] 5 s; a topic's ring holds
+//!   [`DEFAULT_CAPACITY`] events unless set ([`Topic::with_capacity`]), and a
+//!   buffer is at most half of it and at most [`MAX_BUFFER`]. A
 //!   [minimum version](SubscriberBuilder::min_version) filters stale events;
 //!   [critical](Event::critical) ones, and kinds marked with
 //!   [`Topic::critical_kinds`], always pass.
@@ -69,33 +77,44 @@
 //! - Stats: [`TopicStats`], [`SubscriberStats`], [`HandlerStats`],
 //!   [`DropCounts`], all `Serialize`.
 //!
-//! # Correctness
+//! # Design
 //!
-//! A topic has one lock. A publish holds it while it fills the subscribers'
-//! buffers (never while it waits for room), so each buffer has one producer at
-//! a time, and publishes that do not wait reach every subscriber in the same
-//! order (one that waits for a full buffer may land after later publishes in
-//! that buffer only). The buffer is a [`heijunka_core::spsc`] ring (loom-modelled and run under miri in
-//! `heijunka-core`) whose producing end sits in the topic's subscriber list and
-//! whose consuming end sits in the [`Subscription`]. Its push and pop are plain
-//! loads and stores. The two sleep/wake handshakes on top (a consumer waiting
-//! for an event, a publisher waiting for room) have loom models in this crate's
-//! `buffer` module. The shared payload is `std::sync::Arc` or the recycler's
-//! `Shared` (loom-modelled in `heijunka-recycler`). This crate has no `unsafe`.
+//! Each event is written once, into one slot of its topic's ring; every
+//! subscriber reads it from there (a reference-count bump for a shared
+//! payload, a copy for an inline one). Publishers claim a sequence with one
+//! compare-and-swap on the topic's tail and need no lock while no subscriber
+//! is behind by its buffer: a cached bound (the gate) says so. A subscriber at
+//! its bound is handled by its policy on the publisher's slow path, under the
+//! topic's lock: waited for, skipped with a mark in its skip bitmap, or (a
+//! whole ring behind) lapped, its unread events moved aside. A waiting
+//! publisher is woken by the subscriber's next receive; a consumer with
+//! nothing to read sleeps until the next claim. Consumers take up to a small
+//! batch of events per visit to the ring (an eighth of their buffer, at most
+//! 32, one for drop-oldest), so two atomic read-modify-writes serve the batch.
 //!
-//! A publisher waiting for room under [`Policy::Block`] or [`Policy::Timeout`]
-//! is woken in batches, not at each freed slot: after at most `min(capacity / 2,
-//! 512)` receives (the low-water mark), so one wake-up serves many events. The
-//! price: a consumer that receives fewer events than that and then waits for
-//! the blocked publisher's next move deadlocks, exactly as it would with a full
-//! buffer; give such request/acknowledge flows a `Timeout` policy or a buffer
-//! they never fill. A timed-out publish tries once more at its deadline and
-//! takes any free slot.
+//! The protocol is written down in the `topic`, `subscriber` and `ring`
+//! modules, modelled with loom (`cargo xtask loom`: a lap against a read, the
+//! consumer's sleep, the publisher's wait for room, reclaim against a write),
+//! and the ring's `unsafe` runs under miri (`cargo xtask miri`); the stress
+//! tests run under ThreadSanitizer (`cargo xtask tsan`).
+//!
+//! Events stay in their slots after every subscriber read them, until the slot
+//! is reused or a consumer that caught up reclaims them (it takes out what all
+//! subscribers have passed when it finds nothing to read, for topics that ever
+//! carried a shared payload or a request): a pooled event goes back to its
+//! pool then, and a request nobody answered ends with
+//! [`RequestError::NoReply`]. A topic that no handle, subscription or handler
+//! holds is dropped with its ring and leaves its bus; a handler that finished
+//! releases its task pool and leaves its final counters in the topic's stats.
 //!
 //! # Bad input
 //!
-//! A zero buffer, a zero timeout or a watermark outside (0, 1] is a
-//! [`SubscribeError::Config`]; an empty topic name is [`BusError::EmptyName`];
+//! A zero buffer, one above [`MAX_BUFFER`] or half the topic's ring, a zero
+//! timeout or a watermark outside (0, 1] is a [`SubscribeError::Config`]
+//! naming the setting; a topic capacity below 2 or above [`MAX_CAPACITY`] is
+//! a [`BusError::Config`]; an empty topic name is [`BusError::EmptyName`]; a
+//! [critical-kinds](Topic::critical_kinds) predicate that panics is caught and
+//! counted;
 //! publishing to a closed topic hands the event back in [`PublishError::Closed`];
 //! subscribing to one is [`SubscribeError::Closed`].
 //!
@@ -103,26 +122,30 @@
 //!
 //! With the `metrics` feature, every topic emits `heijunka_bus_*` counters
 //! through the `metrics` facade, labelled `topic` (the topic's name): publishes,
-//! deliveries into subscriber buffers, and drops by reason (the reasons of
+//! deliveries (one per subscriber an event was made available to), and drops
+//! by reason (the reasons of
 //! [`DropCounts`]). The table is in `docs/metrics.md`; install the recorder
 //! before creating the topics.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
-mod buffer;
 mod bus;
 mod error;
 mod event;
 mod handler;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod metrics;
 mod publish;
+mod ring;
 mod stats;
 mod subscriber;
 mod topic;
+mod wake;
 
 pub use crate::{
     bus::EventBus,
@@ -134,7 +157,8 @@ pub use crate::{
     publish::{PublishReport, SkipReason, SubscriberId},
     stats::{DropCounts, HandlerStats, SubscriberStats, TopicStats},
     subscriber::{
-        DEFAULT_BUFFER, DEFAULT_PUBLISH_TIMEOUT, Policy, SubscriberBuilder, Subscription,
+        DEFAULT_BUFFER, DEFAULT_PUBLISH_TIMEOUT, MAX_BUFFER, Policy, SubscriberBuilder,
+        Subscription,
     },
-    topic::Topic,
+    topic::{DEFAULT_CAPACITY, MAX_CAPACITY, Topic},
 };

@@ -12,7 +12,7 @@ pub(crate) struct TopicMetrics {
     pub(crate) published: Counter,
     /// Publishes that reached none: the event was handed back.
     pub(crate) undelivered: Counter,
-    /// Events put into subscriber buffers (one per subscriber per event).
+    /// Events made available to subscribers (one per subscriber per event).
     pub(crate) delivered: Counter,
     pub(crate) dropped: DropMetrics,
 }
@@ -31,14 +31,14 @@ pub(crate) struct DropMetrics {
 
 impl DropMetrics {
     #[inline]
-    pub(crate) fn skipped(&self, reason: SkipReason) {
+    pub(crate) fn skipped(&self, reason: SkipReason, n: u64) {
         match reason {
             SkipReason::Filtered => &self.filtered,
             SkipReason::Full => &self.full,
             SkipReason::TimedOut => &self.timed_out,
             SkipReason::Closed => &self.closed,
         }
-        .increment(1);
+        .increment(n);
     }
 }
 
@@ -72,7 +72,7 @@ impl TopicMetrics {
                 delivered: counter(
                     "heijunka_bus_delivered_total",
                     Unit::Count,
-                    "Events put into subscriber buffers (one per subscriber per event).",
+                    "Events made available to subscribers (one per subscriber per event).",
                     l,
                 ),
                 dropped: DropMetrics {

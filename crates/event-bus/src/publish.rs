@@ -33,7 +33,10 @@ pub enum SkipReason {
     Full,
     /// The buffer stayed full for the whole timeout.
     TimedOut,
-    /// The subscriber (or the topic) closed meanwhile.
+    /// The subscriber (or the topic) closed meanwhile. Not produced since the
+    /// bus's second design: a subscriber that stopped taking events is not
+    /// offered new ones, and a closed topic refuses the publish
+    /// ([`PublishError::Closed`](crate::PublishError::Closed)).
     Closed,
 }
 
@@ -48,18 +51,22 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// What one publish did: how many subscribers got the event, which did not and
-/// why, and how many older events drop-oldest subscribers gave up for it.
+/// What one publish did: to how many subscribers the event was made
+/// available, and which were skipped and why.
+///
+/// The skips are known on the publisher's slow path (a subscriber at its
+/// buffer, or an event some subscriber's version filter refuses); a publish
+/// on the fast path reports none, because there are none. What happens to an
+/// event later (a drop-oldest subscriber falling behind, a subscription
+/// dropped unread) is counted in the topic's stats, not here.
 ///
 /// Building a report allocates nothing unless a subscriber is skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PublishReport {
-    /// Subscribers whose buffer took the event.
+    /// Subscribers the event was made available to.
     pub delivered: usize,
-    /// Subscribers that did not, with the reason.
+    /// Subscribers that did not get it, with the reason.
     pub skipped: Vec<(SubscriberId, SkipReason)>,
-    /// Older events that drop-oldest subscribers discarded to make room.
-    pub displaced: usize,
 }
 
 impl PublishReport {
@@ -87,7 +94,6 @@ mod tests {
                 (SubscriberId(2), SkipReason::Filtered),
                 (SubscriberId(3), SkipReason::Full),
             ],
-            displaced: 0,
         };
         assert!(!report.is_complete());
         assert_eq!(report.skipped_for(SkipReason::Full), 2);

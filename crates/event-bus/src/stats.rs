@@ -10,17 +10,26 @@ use crate::{Policy, SubscriberId};
 /// Events that did not reach a subscriber's consumer, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DropCounts {
-    /// Skipped: the buffer was at its reject mark.
+    /// Skipped at publish: the subscriber was at its reject mark (or full,
+    /// under `try_publish`).
     pub full: u64,
-    /// Skipped: the buffer stayed full for the whole publish timeout.
+    /// Skipped at publish: the subscriber stayed full for the whole publish
+    /// timeout, or had timed out before and not received since.
     pub timed_out: u64,
-    /// Skipped: the subscriber or topic closed during the publish.
+    /// Skipped: the subscriber or topic closed during the publish (not
+    /// produced since the second design, see [`SkipReason::Closed`](crate::SkipReason::Closed)).
     pub closed: u64,
-    /// Skipped: below the subscriber's minimum version and not critical.
+    /// Below the subscriber's minimum version and not critical: counted at
+    /// publish (or, for a subscriber that joined during that publish, when its
+    /// consumer passes over the event).
     pub filtered: u64,
-    /// Buffered, then discarded by drop-oldest to make room for a newer event.
+    /// Lost by a drop-oldest subscriber that fell behind by more than its
+    /// buffer: counted when it next receives (or when a publisher laps it).
+    /// An event passed over this way that its version filter would have
+    /// refused counts here too, unless marked filtered at publish (it always
+    /// is, but for a subscriber that joined during that publish).
     pub displaced: u64,
-    /// Buffered, then discarded because the subscriber went away.
+    /// Not read because the subscriber went away.
     pub discarded: u64,
 }
 
@@ -51,25 +60,19 @@ pub struct SubscriberStats {
     pub policy: Policy,
     /// Its minimum accepted version.
     pub min_version: u64,
-    /// Buffer capacity.
+    /// Its buffer: how far behind it may fall before its policy acts.
     pub capacity: usize,
-    /// Events buffered now.
+    /// Events waiting for it now.
     pub len: usize,
-    /// Buffer pressure now.
+    /// Its pressure now: `len` against its watermarks.
     pub level: PressureLevel,
-    /// Events taken out by the consumer.
+    /// Events its consumer received.
     pub received: u64,
-    /// Events put into the buffer.
+    /// Events made available to it (not skipped at publish, not filtered):
+    /// received, waiting, displaced or discarded.
     pub delivered: u64,
-    /// Events skipped or discarded, by reason.
+    /// Events skipped or lost, by reason.
     pub dropped: DropCounts,
-    /// Times a publish found the buffer risen to its warn mark. Levels are
-    /// observed at pushes: a buffer that drains below the mark and refills
-    /// between two pushes counts once.
-    pub elevated_crossings: u64,
-    /// Times a publish found the buffer risen to its reject mark (observed as
-    /// for `elevated_crossings`).
-    pub critical_crossings: u64,
 }
 
 /// A snapshot of a handler runtime ([`Topic::handle`](crate::Topic::handle)).
@@ -113,19 +116,25 @@ pub struct TopicStats {
     pub event_type: &'static str,
     /// Whether it is closed.
     pub closed: bool,
+    /// Events its ring holds.
+    pub capacity: usize,
     /// Publishes that reached at least one subscriber.
     pub published: u64,
     /// Publishes that reached none (the event was handed back).
     pub undelivered: u64,
-    /// Events put into subscriber buffers (one per subscriber per event), past
-    /// subscribers included.
+    /// Events made available to subscribers (one per subscriber per event),
+    /// past subscribers included.
     pub delivered: u64,
     /// Drops over all subscribers, past ones included.
     pub dropped: DropCounts,
+    /// Times the [critical-kinds](crate::Topic::critical_kinds) predicate
+    /// panicked (caught; the event counted as not critical).
+    pub predicate_panics: u64,
     /// The highest pressure among the subscribers' buffers now.
     pub pressure: PressureLevel,
     /// The current subscribers.
     pub subscribers: Vec<SubscriberStats>,
-    /// The topic's handler runtimes.
+    /// The topic's handler runtimes: live ones, and the final counters of
+    /// stopped ones.
     pub handlers: Vec<HandlerStats>,
 }

@@ -1,44 +1,99 @@
-//! [`Topic<E>`]: a named stream of `E` events and its subscribers.
+//! [`Topic<E>`]: a named stream of `E` events, one ring, its subscribers.
+//!
+//! # The publish protocol
+//!
+//! `tail` counts the sequences claimed (its top bit, `CLOSED`, is set once by
+//! `close`). A publisher claims sequence `t` with one compare-and-swap on it,
+//! writes the event into slot `t % capacity` and stores the slot's stamp.
+//!
+//! A claim is allowed when no subscriber is behind by its `limit` at `t`
+//! (`SubscriberInner::limit`: its buffer, its reject mark, or the whole ring).
+//! `gate` caches that bound: the minimum of `position + limit` over the
+//! subscribers at the last rescan. Cursors only move forward, so a claim below
+//! the gate needs nothing else: the fast path is a load of `tail`, a load of
+//! `gate` and the compare-and-swap. At or above the gate, the publisher takes
+//! the topic's lock (`list`) and rescans: each subscriber at its limit is
+//! waited for (`Block`, `Timeout`), skipped with a mark in its skip bitmap
+//! (`Reject`, a timed-out `Timeout`, every policy under `try_publish`), or
+//! lapped (a subscriber a whole ring behind: `SubscriberInner::lap`). It then
+//! claims under the lock and stores the new gate. Every `limit` is at most the
+//! ring's capacity, so no claim reaches a slot a subscriber has not read (a
+//! subscriber whose intake stopped and that read up to its end no longer
+//! counts: it reads no slot again).
+//!
+//! A subscriber joins under the lock: it first stores a gate of 0 (every
+//! publisher rescans), then reads `tail` for its starting position. A fast
+//! path that loaded the old gate loaded `tail` before it (`SeqCst`), so its
+//! claim is at most the joiner's start: it never overruns the new subscriber.
+//!
+//! A publish never waits with a sequence claimed: it waits for room before the
+//! claim, and between the claim and the stamp there is no `.await` and nothing
+//! that can fail. That is why `publish` is cancel safe: dropped while waiting,
+//! it published nothing.
+//!
+//! A consumer that finds nothing registers its waker in `consumers`, then sets
+//! `tail`'s `SLEEPERS` bit with a `fetch_or`, which also returns the sequences
+//! claimed so far. One location, one modification order: a claim after the
+//! `fetch_or` is a compare-and-swap from a value with the bit, and its
+//! publisher clears the bit and wakes the sleepers once its event is written;
+//! a claim before it is in the value returned, and the consumer polls again
+//! instead of sleeping. With nobody asleep a publish pays nothing for it (the
+//! bit is in the `tail` it loads anyway). The slot itself is written with
+//! plain stores, so a publish does not stall on the slot's cache line. A
+//! publisher waiting for room does the same with a flag in the subscriber's
+//! cursor (`subscriber.rs`).
+//!
+//! Reclaim (taking out of the ring events every subscriber has read, so pooled
+//! payloads and request reply slots are released early) runs under the lock:
+//! it closes the gate (0), so new claims wait for the lock, and takes only
+//! events whose slot's next sequence is not claimed.
+// The one `unsafe` call here is `Ring::write`, with its SAFETY argument.
+#![allow(unsafe_code)]
 
 use std::any::type_name;
 use std::fmt;
-use std::sync::PoisonError;
+use std::future::poll_fn;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{OnceLock, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
-use heijunka_core::PressureLevel;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use heijunka_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use heijunka_core::sync::{CachePadded, Mutex, MutexGuard};
+use heijunka_core::{ConfigError, PressureLevel, validate};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::buffer::Intake;
-use crate::handler::Handler;
+use crate::handler::HandlerEntry;
 use crate::metrics::TopicMetrics;
+use crate::ring::Ring;
 use crate::stats::TopicStats;
-use crate::subscriber::{Counts, SubscriberInner};
+use crate::subscriber::{Counts, Lapped, Settings, SubscriberInner};
+use crate::wake::WakeList;
 use crate::{
-    BusError, Event, Policy, PublishError, PublishReport, RequestError, SkipReason, SubscribeError,
-    SubscriberBuilder, SubscriberId, Subscription,
+    BusError, Event, MAX_BUFFER, Policy, PublishError, PublishReport, RequestError, SkipReason,
+    SubscribeError, SubscriberBuilder, SubscriberId, Subscription,
 };
 
-/// What publishers, subscribe, unsubscribe and close share, under one lock.
-///
-/// Publishes hold it while they fill buffers (never while they wait for room):
-/// so each subscriber's buffer has one writer at a time, and every subscriber
-/// sees the events of concurrent publishers in the same order.
-pub(crate) struct State<E: Send + Sync + 'static> {
-    closed: bool,
-    subscribers: Vec<Entry<E>>,
-}
+/// Events a topic's ring holds when no capacity is set: room for the default
+/// buffer ([`DEFAULT_BUFFER`](crate::DEFAULT_BUFFER)) twice over.
+pub const DEFAULT_CAPACITY: usize = 2048;
 
-/// A subscriber in the list, with the producing end of its buffer.
-struct Entry<E: Send + Sync + 'static> {
-    sub: Arc<SubscriberInner<E>>,
-    intake: Intake<Event<E>>,
-}
+/// The largest topic ring: 2^21 events.
+pub const MAX_CAPACITY: usize = 2 * MAX_BUFFER;
 
-/// A named stream of `E` events: publishers fan each event out to every
-/// subscriber's bounded buffer, sharing one payload among them.
+/// `tail`'s "closed" bit.
+const CLOSED: u64 = 1 << 63;
+
+/// `tail`'s "consumers sleep" bit (module docs).
+const SLEEPERS: u64 = 1 << 62;
+
+/// `tail`'s sequence bits.
+const SEQUENCE: u64 = SLEEPERS - 1;
+
+/// A named stream of `E` events: publishers put each event once into the
+/// topic's ring, and every subscriber reads it from there.
 ///
 /// Made by [`EventBus::topic`](crate::EventBus::topic) (named, looked up by name
 /// and type) or [`Topic::new`] (standalone). Clones are handles to the same topic.
@@ -70,54 +125,100 @@ pub struct Topic<E: Send + Sync + 'static> {
 
 pub(crate) struct TopicInner<E: Send + Sync + 'static> {
     pub(crate) name: String,
-    state: Mutex<State<E>>,
-    /// The closed flag, readable without the lock.
-    closed: AtomicBool,
+    /// The ring's capacity when the first subscriber allocates it (at least
+    /// twice that subscriber's buffer).
+    capacity: usize,
+    ring: OnceLock<Ring<E>>,
+    /// Sequences claimed, `CLOSED` and `SLEEPERS`.
+    tail: CachePadded<AtomicU64>,
+    /// Claims below it need no rescan (module docs).
+    gate: CachePadded<AtomicU64>,
+    /// The subscribers; the lock of joins, leaves, rescans and close.
+    list: Mutex<Vec<Arc<SubscriberInner<E>>>>,
+    /// Subscribers still taking events.
+    open: AtomicUsize,
     /// The highest minimum version among the subscribers: an event at or above
-    /// it passes every filter, so the critical-kinds predicate need not run.
+    /// it passes every filter, and takes the fast path.
     max_min_version: AtomicU64,
+    pub(crate) consumers: WakeList,
+    pub(crate) room: WakeList,
     next_id: AtomicU64,
-    /// Written under the lock (a load and a store, no read-modify-write).
-    published: AtomicU64,
+    /// Slots below it were reclaimed (or skipped by it): written under the lock.
+    reclaimed: AtomicU64,
+    /// Whether an event that holds something (a shared payload, a reply slot)
+    /// was ever published: topics of inline events never reclaim.
+    releasable: AtomicBool,
     undelivered: AtomicU64,
+    predicate_panics: AtomicU64,
     /// Counts of subscribers that went away.
     pub(crate) departed: Counts,
     pub(crate) metrics: TopicMetrics,
-    pub(crate) handlers: Mutex<Vec<Handler>>,
-    /// Which events are critical whatever their flag; read only when a version
-    /// filter would skip an event.
+    pub(crate) handlers: std::sync::Mutex<Vec<HandlerEntry>>,
+    /// Which events are critical whatever their flag; asked only when a
+    /// version filter would skip an event.
     critical_kinds: RwLock<Option<CriticalKinds<E>>>,
 }
 
 type CriticalKinds<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
 
 impl<E: Send + Sync + 'static> Topic<E> {
-    /// A standalone topic (not in any bus), for example a dead-letter topic.
+    /// A standalone topic (not in any bus), for example a dead-letter topic,
+    /// with a ring of [`DEFAULT_CAPACITY`].
     ///
     /// # Errors
     ///
     /// [`BusError::EmptyName`] for an empty name.
     pub fn new(name: impl Into<String>) -> Result<Self, BusError> {
+        Self::with_capacity(name, DEFAULT_CAPACITY)
+    }
+
+    /// A standalone topic whose ring holds `capacity` events (rounded up to a
+    /// power of two; at most [`MAX_CAPACITY`]). A subscriber's buffer may be
+    /// at most half of it. The ring is allocated by the first subscriber, and
+    /// larger if that subscriber's buffer needs it.
+    ///
+    /// ```
+    /// use heijunka_event_bus::Topic;
+    ///
+    /// let topic = Topic::<u64>::with_capacity("ticks", 100)?;
+    /// assert_eq!(topic.capacity(), 128);
+    /// let _sub = topic.subscriber().buffer(64).subscribe()?; // allocates the ring
+    /// assert!(topic.subscriber().buffer(100).subscribe().is_err()); // over half
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BusError::EmptyName`], or [`BusError::Config`] for a capacity below 2
+    /// or above [`MAX_CAPACITY`].
+    pub fn with_capacity(name: impl Into<String>, capacity: usize) -> Result<Self, BusError> {
         let name = name.into();
         if name.is_empty() {
             return Err(BusError::EmptyName);
         }
+        validate::at_least("capacity", capacity, 2)?;
+        validate::at_most("capacity", capacity, MAX_CAPACITY)?;
         let metrics = TopicMetrics::new(&name);
         Ok(Self {
             inner: Arc::new(TopicInner {
                 name,
-                state: Mutex::new(State {
-                    closed: false,
-                    subscribers: Vec::new(),
-                }),
-                closed: AtomicBool::new(false),
+                capacity: capacity.next_power_of_two(),
+                ring: OnceLock::new(),
+                tail: CachePadded::new(AtomicU64::new(0)),
+                gate: CachePadded::new(AtomicU64::new(0)),
+                list: Mutex::new(Vec::new()),
+                open: AtomicUsize::new(0),
                 max_min_version: AtomicU64::new(0),
+                consumers: WakeList::default(),
+                room: WakeList::default(),
                 next_id: AtomicU64::new(1),
-                published: AtomicU64::new(0),
+                reclaimed: AtomicU64::new(0),
+                releasable: AtomicBool::new(false),
                 undelivered: AtomicU64::new(0),
+                predicate_panics: AtomicU64::new(0),
                 departed: Counts::with_metrics(metrics.dropped.clone()),
                 metrics,
-                handlers: Mutex::new(Vec::new()),
+                handlers: std::sync::Mutex::new(Vec::new()),
                 critical_kinds: RwLock::new(None),
             }),
         })
@@ -126,6 +227,15 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// The topic's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Events the ring holds: the allocated ring's size, or the size the first
+    /// subscriber will allocate (at least this).
+    pub fn capacity(&self) -> usize {
+        self.inner
+            .ring
+            .get()
+            .map_or(self.inner.capacity, Ring::capacity)
     }
 
     /// Subscribes with the defaults: a buffer of
@@ -139,27 +249,34 @@ impl<E: Send + Sync + 'static> Topic<E> {
         self.subscriber().subscribe()
     }
 
-    /// A builder for a subscriber with its own buffer size, policy, watermarks
-    /// and version filter.
+    /// A builder for a subscriber with its own buffer, policy, watermarks and
+    /// version filter.
     pub fn subscriber(&self) -> SubscriberBuilder<E> {
         SubscriberBuilder::new(self.clone())
     }
 
     /// Publishes `event` to every subscriber, each by its [`Policy`]: waits for
     /// room under [`Policy::Block`] (without bound) and [`Policy::Timeout`] (up to
-    /// its timeout), skips reject subscribers at their reject mark, and makes room
-    /// in drop-oldest ones.
+    /// its timeout), skips reject subscribers at their reject mark, and lets
+    /// drop-oldest ones lose their oldest events.
     ///
     /// # Errors
     ///
     /// The event comes back if no subscriber took it: [`PublishError::Closed`],
     /// [`PublishError::NoSubscribers`], or [`PublishError::Undelivered`] with
     /// the reasons.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the event is published, to every subscriber by its policy,
+    /// in the one poll that returns `Ready`, or not at all. A `publish` dropped
+    /// while it waits for room has published nothing and counted nothing; the
+    /// event is dropped with it (a pooled one goes back to its pool).
     pub async fn publish(
         &self,
         event: impl Into<Event<E>>,
     ) -> Result<PublishReport, PublishError<E>> {
-        self.publish_until(event.into(), None).await
+        self.inner.publish_until(event.into(), None).await
     }
 
     /// [`publish`](Self::publish), waiting for room at most `timeout` in all
@@ -169,6 +286,10 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// # Errors
     ///
     /// As [`publish`](Self::publish).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`publish`](Self::publish).
     pub async fn publish_timeout(
         &self,
         event: impl Into<Event<E>>,
@@ -176,45 +297,11 @@ impl<E: Send + Sync + 'static> Topic<E> {
     ) -> Result<PublishReport, PublishError<E>> {
         // A timeout too long to represent waits without one.
         let deadline = Instant::now().checked_add(timeout);
-        match deadline {
-            Some(d) => self.publish_until(event.into(), Some(d)).await,
-            None => self.publish(event).await,
-        }
+        self.inner.publish_until(event.into(), deadline).await
     }
 
-    async fn publish_until(
-        &self,
-        event: Event<E>,
-        deadline: Option<Instant>,
-    ) -> Result<PublishReport, PublishError<E>> {
-        let mut pass = self.inner.fan_out(event, Wait::Yes)?;
-        drop(std::mem::take(&mut pass.displaced));
-        // Subscribers whose buffers were full: wait for each in turn, without the
-        // lock, and only as long as its policy and the deadline allow.
-        for (sub, copy) in std::mem::take(&mut pass.waiting) {
-            let deadline = match (sub.policy, deadline) {
-                (Policy::Timeout(t), d) => {
-                    let own = Instant::now().checked_add(t);
-                    match (own, d) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    }
-                }
-                (_, d) => d,
-            };
-            // Boxed: the slow path's future (a timer, a `Notified`) would
-            // otherwise make every publish future several times larger.
-            match Box::pin(self.inner.push_waiting(&sub, copy, deadline)).await {
-                Waited::Pushed => pass.record(Ok(()), &sub),
-                Waited::Skipped(event, reason) => pass.counted_skip(event, &sub, reason),
-            }
-        }
-        self.inner.finish(pass)
-    }
-
-    /// Publishes `event` without waiting: a subscriber at its reject mark is
-    /// skipped with [`SkipReason::Full`] whatever its policy, except drop-oldest
-    /// subscribers, which make room.
+    /// Publishes `event` without waiting: a subscriber that `publish` would
+    /// wait for is skipped with [`SkipReason::Full`] instead.
     ///
     /// # Errors
     ///
@@ -223,8 +310,11 @@ impl<E: Send + Sync + 'static> Topic<E> {
         &self,
         event: impl Into<Event<E>>,
     ) -> Result<PublishReport, PublishError<E>> {
-        let pass = self.inner.fan_out(event.into(), Wait::No)?;
-        self.inner.finish(pass)
+        let event = self.inner.prepare(event.into())?;
+        match self.inner.attempt(event, Mode::Try) {
+            Attempt::Done(result) => result,
+            Attempt::Blocked(..) => unreachable!("`Mode::Try` never waits"),
+        }
     }
 
     /// Publishes `event` as a request and waits up to `timeout` (publishing
@@ -257,6 +347,13 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// [`RequestError::TimedOut`], [`RequestError::NoReply`] (every subscriber
     /// dropped the event unanswered), or [`RequestError::NotDelivered`] with the
     /// event.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before the request is published, nothing was published (as
+    /// [`publish`](Self::publish)); dropped after, the request stays with its
+    /// subscribers and a reply to it fails with
+    /// [`ReplyError::RequesterGone`](crate::ReplyError::RequesterGone).
     pub async fn request<R: Send + 'static>(
         &self,
         event: impl Into<Event<E>>,
@@ -266,7 +363,7 @@ impl<E: Send + Sync + 'static> Topic<E> {
         let event = event.into().with_reply_to(tx);
         // A timeout too long to represent waits without one.
         let deadline = Instant::now().checked_add(timeout);
-        if let Err(e) = self.publish_until(event, deadline).await {
+        if let Err(e) = self.inner.publish_until(event, deadline).await {
             return Err(RequestError::NotDelivered(e));
         }
         let reply = match deadline {
@@ -284,7 +381,9 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// `true` passes every subscriber's version filter, as if published with
     /// [`Event::critical`] (the seeds' rule: a topology flip reaches consumers
     /// still on the old routing version). Replaces an earlier predicate. The
-    /// predicate runs only for events a version filter would skip.
+    /// predicate runs once per event, on the publisher, and only for events a
+    /// version filter would skip. A predicate that panics is caught: the event
+    /// counts as not critical and [`TopicStats::predicate_panics`] counts it.
     ///
     /// ```
     /// use heijunka_event_bus::{Event, Topic};
@@ -312,33 +411,33 @@ impl<E: Send + Sync + 'static> Topic<E> {
     }
 
     /// Closes the topic: publishes are refused ([`PublishError::Closed`] hands the
-    /// event back), waiting publishers are released, and subscribers drain their
-    /// buffers, then receive `None`. Returns whether this call closed it.
+    /// event back), waiting publishers are released, and subscribers receive
+    /// what was published before, then `None`. Returns whether this call closed
+    /// it.
     pub fn close(&self) -> bool {
         self.inner.close()
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        // Acquire: pairs with the Release in `close`.
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.is_closed()
     }
 
-    /// The highest pressure among the subscribers' buffers: a front end can
-    /// answer 503 at [`Critical`](PressureLevel::Critical) before buffers fill.
+    /// The highest pressure among the subscribers: a front end can answer 503
+    /// at [`Critical`](PressureLevel::Critical) before buffers fill.
     pub fn pressure(&self) -> PressureLevel {
+        let claimed = self.inner.claimed();
         self.inner
             .lock()
-            .subscribers
             .iter()
-            .map(|e| e.sub.buffer.pressure())
+            .map(|s| s.level(claimed))
             .max()
             .unwrap_or(PressureLevel::Normal)
     }
 
     /// Subscribers now.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.lock().subscribers.len()
+        self.inner.lock().len()
     }
 
     /// A snapshot of the topic's numbers.
@@ -347,115 +446,62 @@ impl<E: Send + Sync + 'static> Topic<E> {
     }
 }
 
-/// Whether a publish may wait for room.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    Yes,
-    No,
+/// How a publish treats a subscriber it would have to wait for.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// Skip it (`try_publish`).
+    Try,
+    /// Wait: since when (`None` before the first wait), and until when in all.
+    Wait {
+        since: Option<Instant>,
+        deadline: Option<Instant>,
+    },
 }
 
-/// How a wait for room ended.
-enum Waited<E: Send + Sync + 'static> {
-    Pushed,
-    /// Skipped, and already counted under the topic's lock: in the
-    /// subscriber's drops, or in the topic's `departed` if it left.
-    Skipped(Event<E>, SkipReason),
+/// What one attempt at publishing did.
+pub(crate) enum Attempt<E: Send + Sync + 'static> {
+    Done(Result<PublishReport, PublishError<E>>),
+    /// A subscriber is behind by its whole buffer: wait until its cursor moves
+    /// from `seen` (or it leaves, or the topic closes), or until `until`.
+    Blocked(Blocked<E>),
 }
 
-/// One publish in progress: its report, the event to hand back if nobody took
-/// it, and the subscribers it still has to wait for.
-struct Pass<E: Send + Sync + 'static> {
-    report: PublishReport,
-    /// The event itself until the last subscriber takes it; a refused copy
-    /// comes back here if it was the last one.
-    event: Option<Event<E>>,
-    waiting: Vec<(Arc<SubscriberInner<E>>, Event<E>)>,
-    /// Whether `published` already counts this publish.
-    counted: bool,
-    /// Events drop-oldest took out, dropped once the lock is released.
-    displaced: Displaced<E>,
-}
-
-/// Events displaced by one publish (at most one per drop-oldest subscriber),
-/// held until the topic's lock is released; the first two without allocating.
-struct Displaced<E: Send + Sync + 'static> {
-    few: [Option<Event<E>>; 2],
-    more: Vec<Event<E>>,
-}
-
-impl<E: Send + Sync + 'static> Default for Displaced<E> {
-    fn default() -> Self {
-        Self {
-            few: [None, None],
-            more: Vec::new(),
-        }
-    }
-}
-
-impl<E: Send + Sync + 'static> Displaced<E> {
-    fn keep(&mut self, event: Event<E>) {
-        match self.few.iter_mut().find(|s| s.is_none()) {
-            Some(slot) => *slot = Some(event),
-            None => self.more.push(event),
-        }
-    }
-}
-
-impl<E: Send + Sync + 'static> Pass<E> {
-    /// Counts one subscriber's push: delivered, or skipped with its reason,
-    /// keeping a refused event to hand back if it was the last copy.
-    fn record(&mut self, pushed: Result<(), (Event<E>, SkipReason)>, sub: &SubscriberInner<E>) {
-        match pushed {
-            Ok(()) => self.report.delivered += 1,
-            Err((event, reason)) => {
-                if self.event.is_none() {
-                    self.event = Some(event);
-                }
-                self.skip(sub, reason);
-            }
-        }
-    }
-
-    /// Reports `sub` skipped for `reason`, a skip its caller already counted.
-    fn counted_skip(&mut self, event: Event<E>, sub: &SubscriberInner<E>, reason: SkipReason) {
-        if self.event.is_none() {
-            self.event = Some(event);
-        }
-        self.report.skipped.push((sub.id, reason));
-    }
-
-    fn skip(&mut self, sub: &SubscriberInner<E>, reason: SkipReason) {
-        sub.drops.skip(reason);
-        self.report.skipped.push((sub.id, reason));
-    }
+pub(crate) struct Blocked<E: Send + Sync + 'static> {
+    event: Event<E>,
+    sub: Arc<SubscriberInner<E>>,
+    seen: u64,
+    until: Option<Instant>,
 }
 
 impl<E: Send + Sync + 'static> TopicInner<E> {
-    /// The topic's lock: publishes, subscription changes, close, and a
-    /// consumer on its way to sleep.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State<E>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The topic's lock: joins, leaves, rescans and close.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Arc<SubscriberInner<E>>>> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The current subscribers (a copy of the list, for reading outside the
-    /// lock).
-    pub(crate) fn snapshot(&self) -> Vec<Arc<SubscriberInner<E>>> {
-        self.lock()
-            .subscribers
-            .iter()
-            .map(|e| Arc::clone(&e.sub))
-            .collect()
+    /// The ring; allocated by the first subscriber, so every subscriber has one.
+    pub(crate) fn ring(&self) -> &Ring<E> {
+        self.ring
+            .get()
+            .expect("the first subscriber allocates the ring")
     }
 
-    /// Whether the topic's [critical kinds](Topic::critical_kinds) include
-    /// `event`. The predicate runs outside every lock.
-    fn is_critical_kind(&self, event: &Event<E>) -> bool {
-        let predicate = self
-            .critical_kinds
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        predicate.is_some_and(|p| p(&**event))
+    /// Sequences claimed so far (publishes that reached a subscriber).
+    pub(crate) fn claimed(&self) -> u64 {
+        // SeqCst: see the module docs (joins).
+        self.tail.load(Ordering::SeqCst) & SEQUENCE
+    }
+
+    /// A consumer about to sleep (its waker registered): flags `tail` and
+    /// returns the sequences claimed so far (module docs).
+    pub(crate) fn want_events(&self) -> u64 {
+        // SeqCst: one location with the claims' compare-and-swap.
+        self.tail.fetch_or(SLEEPERS, Ordering::SeqCst) & SEQUENCE
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        // SeqCst: as in `claimed`.
+        self.tail.load(Ordering::SeqCst) & CLOSED != 0
     }
 
     pub(crate) fn next_id(&self) -> SubscriberId {
@@ -463,259 +509,557 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
         SubscriberId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The pass over every subscriber under the lock: filters, pushes what fits
-    /// without waiting, skips what its policy skips, and leaves the full buffers
-    /// of waiting policies (under `Wait::Yes`) for the caller.
-    #[inline]
-    fn fan_out(&self, event: Event<E>, wait: Wait) -> Result<Pass<E>, PublishError<E>> {
-        // Acquire: pairs with the Release in `close`; the lock re-checks.
-        if self.closed.load(Ordering::Acquire) {
+    /// Refuses a publish on a closed topic, and marks the event critical if a
+    /// version filter would skip it and the critical-kinds predicate says so.
+    fn prepare(&self, event: Event<E>) -> Result<Event<E>, PublishError<E>> {
+        if self.is_closed() {
             return Err(PublishError::Closed(event));
         }
-        // Whether the event passes version filters as critical: decided outside
-        // the lock (the predicate is user code), and only if some filter could
-        // refuse it. `max_min_version` changes only under the lock, so reading
-        // it again there tells whether a subscribe raced this decision.
-        let version = event.version();
-        let mut asked = 0;
-        let mut critical = event.is_critical();
-        let mut state = loop {
-            // Relaxed: re-checked under the lock below.
-            let max_min = self.max_min_version.load(Ordering::Relaxed);
-            if !critical && version < max_min && asked < max_min {
-                critical = self.is_critical_kind(&event);
-                asked = max_min;
-            }
-            let state = self.lock();
-            // Relaxed: written only under the lock, which this holds.
-            let now = self.max_min_version.load(Ordering::Relaxed);
-            if critical || version >= now || asked >= now {
-                break state;
-            }
+        // Relaxed: a hint; a subscriber joining meanwhile filters by itself.
+        if event.is_critical() || event.version() >= self.max_min_version.load(Ordering::Relaxed) {
+            return Ok(event);
+        }
+        let predicate = self
+            .critical_kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(predicate) = predicate else {
+            return Ok(event);
         };
-        if state.closed {
-            return Err(PublishError::Closed(event));
-        }
-        let subs = &mut state.subscribers;
-        if subs.is_empty() {
-            drop(state);
-            // Relaxed: a statistic.
-            self.undelivered.fetch_add(1, Ordering::Relaxed);
-            self.metrics.undelivered.increment(1);
-            return Err(PublishError::NoSubscribers(event));
-        }
-        let mut pass = Pass {
-            report: PublishReport::default(),
-            event: Some(event),
-            waiting: Vec::new(),
-            counted: false,
-            displaced: Displaced::default(),
-        };
-        let last = subs.len() - 1;
-        for (i, Entry { sub, intake }) in subs.iter_mut().enumerate() {
-            if !sub.accepts(version, critical) {
-                pass.skip(sub, SkipReason::Filtered);
-                continue;
+        match catch_unwind(AssertUnwindSafe(|| predicate(&event))) {
+            Ok(true) => Ok(event.critical()),
+            Ok(false) => Ok(event),
+            Err(panic) => {
+                // Relaxed: a statistic.
+                self.predicate_panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    topic = %self.name,
+                    panic = panic_message(&*panic),
+                    "the critical-kinds predicate panicked: the event is not critical"
+                );
+                Ok(event)
             }
-            if sub.buffer.is_closed() {
-                pass.skip(sub, SkipReason::Closed);
-                continue;
-            }
-            // The last subscriber gets the event itself: one refcount bump fewer.
-            let copy = if i == last {
-                pass.event.take()
-            } else {
-                pass.event.clone()
-            }
-            .expect("held until the last subscriber");
-            let pushed = match (sub.policy, wait) {
-                (Policy::DropOldest, _) => {
-                    if let Some(old) = sub.buffer.force_push(intake, copy) {
-                        // Dropped after the lock: it may be the last handle of a
-                        // pooled value, and its reset is user code.
-                        pass.displaced.keep(old);
-                        pass.report.displaced += 1;
-                    }
-                    Ok(())
-                }
-                (Policy::Reject, _) | (_, Wait::No) => sub
-                    .buffer
-                    .try_push(intake, copy, sub.buffer.reject_slots())
-                    .map_err(|e| (e, SkipReason::Full)),
-                (Policy::Block | Policy::Timeout(_), Wait::Yes) => {
-                    match sub.buffer.try_push(intake, copy, sub.buffer.capacity()) {
-                        Ok(()) => Ok(()),
-                        Err(copy) => {
-                            pass.waiting.push((Arc::clone(sub), copy));
-                            continue;
-                        }
-                    }
-                }
-            };
-            if pushed.is_ok() {
-                // Handshake 1 of `buffer`: under the lock.
-                sub.buffer.wake_consumer();
-            }
-            pass.record(pushed, sub);
         }
-        if pass.waiting.is_empty() && pass.report.delivered > 0 {
-            self.count_published();
-            pass.counted = true;
-        }
-        drop(state);
-        // One update per publish for the pushes of this pass, not one per
-        // subscriber.
-        if pass.report.delivered > 0 {
-            self.metrics
-                .delivered
-                .increment(pass.report.delivered as u64);
-        }
-        if pass.report.displaced > 0 {
-            self.metrics
-                .dropped
-                .displaced
-                .increment(pass.report.displaced as u64);
-        }
-        Ok(pass)
     }
 
-    /// Pushes `event` into a buffer that was full, waiting for room until
-    /// `deadline`; at the deadline it tries once more.
-    async fn push_waiting(
+    async fn publish_until(
         &self,
-        sub: &SubscriberInner<E>,
         event: Event<E>,
         deadline: Option<Instant>,
-    ) -> Waited<E> {
-        let mut event = event;
+    ) -> Result<PublishReport, PublishError<E>> {
+        let mut event = self.prepare(event)?;
+        let mut since = None;
         loop {
-            let in_time = sub.buffer.wait_room(deadline).await;
-            let mut state = self.lock();
-            let closed = state.closed;
-            let entry = state.subscribers.iter_mut().find(|e| e.sub.id == sub.id);
-            // Skips are counted here, under the lock: a subscription that drops
-            // detaches under it, then folds its counts into `departed` without
-            // it, so a skip counted after this lock is released could miss the
-            // fold and be lost.
-            let Some(Entry { intake, .. }) = entry else {
-                // Detached: its counts are (or are being) folded into `departed`.
-                self.departed.skip(SkipReason::Closed);
-                return Waited::Skipped(event, SkipReason::Closed);
+            match self.attempt(event, Mode::Wait { since, deadline }) {
+                Attempt::Done(result) => return result,
+                Attempt::Blocked(blocked) => {
+                    since.get_or_insert_with(Instant::now);
+                    // Boxed: the slow path's timer would otherwise make every
+                    // publish future several times larger.
+                    Box::pin(self.wait_room(&blocked)).await;
+                    event = blocked.event;
+                }
+            }
+        }
+    }
+
+    /// Waits until `blocked.sub` moves, leaves or stops, the topic closes, or
+    /// the deadline.
+    async fn wait_room(&self, blocked: &Blocked<E>) {
+        let mut sleep = blocked.until.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        poll_fn(|cx| {
+            self.room.register(cx.waker());
+            let sub = &blocked.sub;
+            if sub.want_room() != blocked.seen
+                || sub.is_gone()
+                || !sub.is_open()
+                || self.is_closed()
+            {
+                return Poll::Ready(());
+            }
+            if let Some(s) = sleep.as_mut()
+                && s.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// One try at publishing `event`: claims a sequence and writes it, or
+    /// reports whom it must wait for. Never waits.
+    pub(crate) fn attempt(&self, event: Event<E>, mode: Mode) -> Attempt<E> {
+        let Some(ring) = self.ring.get() else {
+            return Attempt::Done(Err(self.no_subscribers(event)));
+        };
+        // Relaxed: a count for the report; joins and leaves race publishes.
+        let open = self.open.load(Ordering::Relaxed);
+        if open == 0 {
+            return Attempt::Done(Err(self.no_subscribers(event)));
+        }
+        // Relaxed: as in `prepare`.
+        let filtered =
+            !event.is_critical() && event.version() < self.max_min_version.load(Ordering::Relaxed);
+        if !filtered {
+            loop {
+                // SeqCst: the order of the two loads matters for joins (module
+                // docs).
+                let tail = self.tail.load(Ordering::SeqCst);
+                if tail & CLOSED != 0 {
+                    return Attempt::Done(Err(PublishError::Closed(event)));
+                }
+                let t = tail & SEQUENCE;
+                if t >= self.gate.load(Ordering::SeqCst) {
+                    break;
+                }
+                if self
+                    .tail
+                    .compare_exchange_weak(tail, tail + 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    drop(self.commit(ring, tail, event, open));
+                    return Attempt::Done(Ok(PublishReport {
+                        delivered: open,
+                        ..PublishReport::default()
+                    }));
+                }
+            }
+        }
+        self.attempt_locked(ring, event, mode)
+    }
+
+    /// The slow path: a rescan under the lock (module docs).
+    #[cold]
+    fn attempt_locked(&self, ring: &Ring<E>, event: Event<E>, mode: Mode) -> Attempt<E> {
+        let list = self.lock();
+        let capacity = ring.capacity() as u64;
+        let (version, critical) = (event.version(), event.is_critical());
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
+        loop {
+            // SeqCst: see the module docs.
+            let tail = self.tail.load(Ordering::SeqCst);
+            if tail & CLOSED != 0 {
+                return Attempt::Done(Err(PublishError::Closed(event)));
+            }
+            let t = tail & SEQUENCE;
+            let mut delivered = 0;
+            // Subscribers this event skips: index and reason.
+            let mut skips: Vec<(usize, SkipReason)> = Vec::new();
+            let mut timed_out: Vec<SubscriberId> = Vec::new();
+            let mut blocker = None;
+            for (i, sub) in list.iter().enumerate() {
+                if !sub.is_open() {
+                    continue;
+                }
+                if !sub.accepts(version, critical) {
+                    skips.push((i, SkipReason::Filtered));
+                    continue;
+                }
+                let pos = sub.position();
+                if t - pos.min(t) < sub.limit {
+                    delivered += 1;
+                    continue;
+                }
+                let reason = match (sub.policy(), mode) {
+                    // Lapped below: never waits, never skipped.
+                    (Policy::DropOldest, _) => {
+                        delivered += 1;
+                        continue;
+                    }
+                    (Policy::Reject, _) | (_, Mode::Try) => SkipReason::Full,
+                    // Relaxed: a hint, set under this lock.
+                    (Policy::Timeout(_), _) if sub.timed_out.load(Ordering::Relaxed) => {
+                        SkipReason::TimedOut
+                    }
+                    (policy, Mode::Wait { since, deadline }) => {
+                        let own = match policy {
+                            Policy::Timeout(d) => since.unwrap_or_else(&mut now).checked_add(d),
+                            _ => None,
+                        };
+                        let until = match (own, deadline) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        if until.is_none_or(|u| now() < u) {
+                            blocker = Some((i, pos, until));
+                            break;
+                        }
+                        if own.is_some_and(|o| o <= now()) {
+                            // Relaxed: as above.
+                            sub.timed_out.store(true, Ordering::Relaxed);
+                            // Logged after the lock (a subscriber is user code).
+                            timed_out.push(sub.id);
+                        }
+                        SkipReason::TimedOut
+                    }
+                };
+                skips.push((i, reason));
+            }
+            if let Some((i, seen, until)) = blocker {
+                let sub = Arc::clone(&list[i]);
+                drop(list);
+                tracing::debug!(
+                    topic = %self.name,
+                    subscriber = %sub.id,
+                    "publish waits for a subscriber behind by its whole buffer"
+                );
+                return Attempt::Blocked(Blocked {
+                    event,
+                    sub,
+                    seen,
+                    until,
+                });
+            }
+            let report = PublishReport {
+                delivered,
+                skipped: skips.iter().map(|&(i, r)| (list[i].id, r)).collect(),
             };
-            if closed || sub.buffer.is_closed() {
-                sub.drops.skip(SkipReason::Closed);
-                return Waited::Skipped(event, SkipReason::Closed);
-            }
-            match sub.buffer.try_push(intake, event, sub.buffer.capacity()) {
-                Ok(()) => {
-                    sub.buffer.wake_consumer();
-                    self.metrics.delivered.increment(1);
-                    return Waited::Pushed;
+            if delivered == 0 {
+                // Nobody will read it: every skip counts now (the metrics
+                // after the lock).
+                for &(i, reason) in &skips {
+                    list[i].drops.count(reason, 1);
                 }
-                Err(e) if !in_time => {
-                    sub.drops.skip(SkipReason::TimedOut);
-                    return Waited::Skipped(e, SkipReason::TimedOut);
+                drop(list);
+                for &(_, reason) in &report.skipped {
+                    self.metrics.dropped.skipped(reason, 1);
                 }
-                Err(e) => event = e,
+                self.log_timed_out(&timed_out);
+                return Attempt::Done(Err(self.undelivered(event, report)));
             }
+            if self
+                .tail
+                .compare_exchange(tail, tail + 1, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                // A fast-path claim came first: decide again for the next one.
+                continue;
+            }
+            // Between the claim and the write nothing may fail or wait: laps
+            // and marks count with atomics only; their metrics (user code, a
+            // recorder) are emitted once the event is written.
+            let mut lapped = Lapped::default();
+            // First the laps (whoever is a whole ring behind: at most the slot
+            // `t` reuses), then the marks for `t`.
+            if t >= capacity {
+                for sub in list.iter() {
+                    if sub.position() <= t - capacity {
+                        let l = sub.lap(t - capacity + 1, ring);
+                        lapped.displaced += l.displaced;
+                        lapped.filtered += l.filtered;
+                        lapped.wake |= l.wake;
+                    }
+                }
+            }
+            let mut counts = [0_u64; 3];
+            for &(i, reason) in &skips {
+                list[i].mark_skip(t);
+                list[i].drops.count(reason, 1);
+                counts[match reason {
+                    SkipReason::Full => 0,
+                    SkipReason::TimedOut => 1,
+                    _ => 2,
+                }] += 1;
+            }
+            self.reopen(&list);
+            drop(list);
+            let old = self.commit(ring, tail, event, delivered);
+            if lapped.wake {
+                self.room.wake_all();
+            }
+            let m = &self.metrics.dropped;
+            m.skipped(SkipReason::Full, counts[0]);
+            m.skipped(SkipReason::TimedOut, counts[1]);
+            m.skipped(SkipReason::Filtered, counts[2] + lapped.filtered);
+            m.displaced.increment(lapped.displaced);
+            self.log_timed_out(&timed_out);
+            // Last: it may be the last handle of a pooled value, whose reset
+            // is user code.
+            drop(old);
+            return Attempt::Done(Ok(report));
         }
     }
 
-    /// Ends a publish: the report, or the event back if nobody took it.
+    /// Writes the sequence claimed from `tail` (the value the claim replaced),
+    /// wakes sleeping consumers, counts; returns the event the write replaced,
+    /// for the caller to drop last (it may be the last handle of a pooled
+    /// value, whose reset is user code).
     #[inline]
-    fn finish(&self, pass: Pass<E>) -> Result<PublishReport, PublishError<E>> {
-        if pass.report.delivered == 0 {
-            // Relaxed: a statistic.
-            self.undelivered.fetch_add(1, Ordering::Relaxed);
-            self.metrics.undelivered.increment(1);
-            let event = pass.event.expect("an event no subscriber took comes back");
-            return Err(PublishError::Undelivered {
-                event,
-                report: pass.report,
-            });
+    #[must_use]
+    fn commit(
+        &self,
+        ring: &Ring<E>,
+        tail: u64,
+        event: Event<E>,
+        delivered: usize,
+    ) -> Option<Event<E>> {
+        let t = tail & SEQUENCE;
+        // Relaxed: a hint for `maybe_reclaim`; set once.
+        if event.holds_resources() && !self.releasable.load(Ordering::Relaxed) {
+            self.releasable.store(true, Ordering::Relaxed);
         }
-        if !pass.counted {
-            let _state = self.lock();
-            self.count_published();
+        // SAFETY: `t` was claimed by this publisher's compare-and-swap on
+        // `tail`; the gate (or the lap under the lock) put the cursor of
+        // every subscriber that will still read the ring past `t - capacity`,
+        // none held there (a stopped subscriber that read up to its end reads
+        // no slot again), and reclaim leaves alone the slot of a claimed
+        // sequence (module docs).
+        let old = unsafe { ring.write(t, event) };
+        if tail & SLEEPERS != 0 {
+            // Consumers flagged their sleep before this claim: clear the flag,
+            // then wake them (one flagging after the clear is woken by the
+            // next claim, or sees this one).
+            // SeqCst: one location with `want_events`.
+            self.tail.fetch_and(!SLEEPERS, Ordering::SeqCst);
+            self.consumers.wake_all();
         }
-        Ok(pass.report)
-    }
-
-    /// Counts a publish that reached a subscriber. The caller holds the lock.
-    #[inline]
-    fn count_published(&self) {
-        // Relaxed: a statistic, written only under the lock.
-        let n = self.published.load(Ordering::Relaxed);
-        self.published.store(n + 1, Ordering::Relaxed);
         self.metrics.published.increment(1);
+        self.metrics.delivered.increment(delivered as u64);
+        old
     }
 
+    /// Logs the subscribers a publish gave up waiting for (after the lock).
+    fn log_timed_out(&self, ids: &[SubscriberId]) {
+        for id in ids {
+            tracing::warn!(
+                topic = %self.name,
+                subscriber = %id,
+                "subscriber timed out: skipped until it receives again"
+            );
+        }
+    }
+
+    /// Takes out of the ring the events every subscriber has read, so that
+    /// pooled payloads go back to their pools and requests nobody answered
+    /// end (`RequestError::NoReply`) without waiting for their slots to be
+    /// reused. Called with the lock held; the caller drops what it returns
+    /// after releasing it (a pooled value's reset is user code).
+    pub(crate) fn reclaim(&self, list: &[Arc<SubscriberInner<E>>]) -> Vec<Event<E>> {
+        let Some(ring) = self.ring.get() else {
+            return Vec::new();
+        };
+        // Close the gate: a claim from now on takes the slow path, which waits
+        // for this lock. SeqCst, then `tail` (as a join does): a fast path
+        // that loaded the open gate claimed below the `tail` loaded here.
+        self.gate.store(0, Ordering::SeqCst);
+        let claimed = self.claimed();
+        // A stopped subscriber that read up to its end reads no slot again.
+        let read = list
+            .iter()
+            .filter(|s| s.end().is_none_or(|end| s.position() < end))
+            .map(|s| s.position())
+            .min()
+            .unwrap_or(claimed)
+            .min(claimed);
+        // Slots whose next sequence is claimed may be being written, and one
+        // fast path that loaded the open gate may still claim `claimed` (the
+        // compare-and-swap with the `tail` it loaded): only events from
+        // `claimed + 1 - capacity` on are safe, and their slots' next writers
+        // cannot claim meanwhile.
+        // Relaxed: written only under the lock, which the caller holds.
+        let from = self
+            .reclaimed
+            .load(Ordering::Relaxed)
+            .max((claimed + 1).saturating_sub(ring.capacity() as u64));
+        let mut taken = Vec::new();
+        for seq in from..read {
+            // SAFETY: every subscriber's cursor is past `seq` (`read` is their
+            // minimum, under the lock that joins take: a joiner starts at
+            // `claimed`; cursors never move back), and the slot's next writer
+            // (`seq + capacity > claimed`) cannot claim: the gate is closed.
+            if let Some(e) = unsafe { ring.take(seq) } {
+                taken.push(e);
+            }
+        }
+        // Relaxed: as above.
+        self.reclaimed.store(read.max(from), Ordering::Relaxed);
+        self.reopen(list);
+        taken
+    }
+
+    /// Stores the gate for the subscribers now (the lock is held).
+    fn reopen(&self, list: &[Arc<SubscriberInner<E>>]) {
+        let capacity = self.ring.get().map_or(u64::MAX, |r| r.capacity() as u64);
+        let gate = list
+            .iter()
+            .map(|s| match s.end() {
+                // Stopped: nobody waits for it; it holds back only the slots
+                // it still has to read (lapped at the ring's length).
+                Some(end) if s.position() >= end => u64::MAX,
+                Some(_) => s.position() + capacity,
+                None => s.position() + s.limit,
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        // SeqCst: see the module docs.
+        self.gate.store(gate, Ordering::SeqCst);
+    }
+
+    /// A consumer found nothing to read: reclaims what every subscriber has
+    /// read, if the topic ever held releasable events and the lock is free.
+    pub(crate) fn maybe_reclaim(&self) {
+        // Relaxed: hints; the pass itself runs under the lock.
+        if !self.releasable.load(Ordering::Relaxed)
+            || self.reclaimed.load(Ordering::Relaxed) >= self.claimed()
+        {
+            return;
+        }
+        let Ok(list) = self.list.try_lock() else {
+            return;
+        };
+        let taken = self.reclaim(&list);
+        drop(list);
+        drop(taken);
+    }
+
+    fn no_subscribers(&self, event: Event<E>) -> PublishError<E> {
+        // Relaxed: a statistic.
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.undelivered.increment(1);
+        PublishError::NoSubscribers(event)
+    }
+
+    fn undelivered(&self, event: Event<E>, report: PublishReport) -> PublishError<E> {
+        // Relaxed: a statistic.
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.undelivered.increment(1);
+        PublishError::Undelivered { event, report }
+    }
+
+    /// Adds a subscriber, starting at the next sequence; allocates the ring if
+    /// it is the first.
     pub(crate) fn attach(
         &self,
-        sub: Arc<SubscriberInner<E>>,
-        intake: Intake<Event<E>>,
-    ) -> Result<(), SubscribeError> {
-        let mut state = self.lock();
-        if state.closed {
+        settings: Settings,
+    ) -> Result<Arc<SubscriberInner<E>>, SubscribeError> {
+        let mut list = self.lock();
+        if self.is_closed() {
             return Err(SubscribeError::Closed(self.name.clone()));
         }
-        // Relaxed: see `fan_out`.
+        let buffer = settings.marks.capacity();
+        let ring = match self.ring.get() {
+            Some(ring) => {
+                if buffer > ring.capacity() / 2 {
+                    return Err(SubscribeError::Config(ConfigError::new(
+                        "buffer",
+                        buffer,
+                        format!(
+                            "must be at most {} (half the ring of topic `{}`; give the topic a larger capacity)",
+                            ring.capacity() / 2,
+                            self.name
+                        ),
+                    )));
+                }
+                ring
+            }
+            None => {
+                let capacity = self.capacity.max(2 * buffer.next_power_of_two());
+                self.ring.get_or_init(|| Ring::new(capacity))
+            }
+        };
+        // SeqCst: gate first, then tail (module docs).
+        self.gate.store(0, Ordering::SeqCst);
+        let start = self.claimed();
+        let sub = Arc::new(SubscriberInner::new(
+            self.next_id(),
+            settings,
+            ring.capacity(),
+            start,
+            Counts::with_metrics(self.metrics.dropped.clone()),
+        ));
+        // Relaxed: see `prepare`.
         self.max_min_version
-            .fetch_max(sub.min_version, Ordering::Relaxed);
-        state.subscribers.push(Entry { sub, intake });
-        Ok(())
+            .fetch_max(sub.settings.min_version, Ordering::Relaxed);
+        list.push(Arc::clone(&sub));
+        // Relaxed: see `attempt`.
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(sub)
     }
 
-    /// Closes `sub`'s buffer and removes it from the list, under the lock: no
-    /// publish pushes to it afterwards.
+    /// Removes `sub` (its subscription dropped): what it had not read is
+    /// discarded and counted; publishers waiting for it go on.
     pub(crate) fn detach(&self, sub: &SubscriberInner<E>) {
-        let mut state = self.lock();
-        sub.buffer.close();
-        state.subscribers.retain(|e| e.sub.id != sub.id);
-        let max = state
-            .subscribers
+        let mut list = self.lock();
+        if sub.is_open() {
+            // Relaxed: see `attempt`.
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            // Not open any more (a late `close_subscriber` does nothing).
+            sub.close_at(self.claimed());
+        }
+        list.retain(|s| s.id != sub.id);
+        sub.leave();
+        let max = list
             .iter()
-            .map(|e| e.sub.min_version)
+            .map(|s| s.settings.min_version)
             .max()
             .unwrap_or(0);
-        // Relaxed: see `fan_out`.
+        // Relaxed: see `prepare`.
         self.max_min_version.store(max, Ordering::Relaxed);
+        let claimed = self.claimed();
+        let delivered = sub.delivered(claimed);
+        let (spill, discarded) = sub.discard(claimed);
+        self.departed.absorb(&sub.drops.snapshot(), delivered);
+        let taken = self.reclaim(&list);
+        drop(list);
+        self.room.wake_all();
+        // After the lock: metrics and a pooled value's reset are user code.
+        self.metrics.dropped.discarded.increment(discarded);
+        drop((spill, taken));
     }
 
-    /// Stops intake for `sub` (a handler runtime stopping): its buffer closes
-    /// under the lock, it stays listed until its subscription drops.
+    /// Stops intake for `sub` (a handler runtime stopping): it receives what
+    /// was published before, then `None`; it stays listed (and keeps its
+    /// place in the ring) until its subscription drops.
     pub(crate) fn close_subscriber(&self, sub: &SubscriberInner<E>) {
-        let _state = self.lock();
-        sub.buffer.close();
+        let _list = self.lock();
+        if sub.is_open() && !sub.is_gone() {
+            sub.close_at(self.claimed());
+            // Relaxed: see `attempt`.
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(_list);
+        self.consumers.wake_all();
+        self.room.wake_all();
     }
 
     pub(crate) fn close(&self) -> bool {
-        let mut state = self.lock();
-        if state.closed {
+        let list = self.lock();
+        // SeqCst: see `claimed`. Claims after this fail.
+        let tail = self.tail.fetch_or(CLOSED, Ordering::SeqCst);
+        if tail & CLOSED != 0 {
             return false;
         }
-        state.closed = true;
-        // Release: pairs with the Acquire in `is_closed` and publishes' check.
-        self.closed.store(true, Ordering::Release);
-        for e in &state.subscribers {
-            e.sub.buffer.close();
+        for sub in list.iter() {
+            sub.close_at(tail & SEQUENCE);
         }
-        let subscribers = state.subscribers.len();
-        drop(state);
+        // Relaxed: see `attempt`.
+        self.open.store(0, Ordering::Relaxed);
+        let subscribers = list.len();
+        drop(list);
+        self.consumers.wake_all();
+        self.room.wake_all();
         tracing::info!(
             topic = %self.name,
             subscribers,
-            "topic closed: subscribers drain their buffers"
+            "topic closed: subscribers drain what was published"
         );
         true
     }
 
     pub(crate) fn stats(&self) -> TopicStats {
-        let subs = self.snapshot();
-        let subscribers: Vec<_> = subs.iter().map(|s| s.stats()).collect();
-        let mut dropped = self.departed.snapshot();
-        // Relaxed: a statistic.
-        let mut delivered = self.departed.delivered.load(Ordering::Relaxed);
+        let claimed = self.claimed();
+        // The departed counts under the same lock as the list: a subscriber
+        // leaving meanwhile is in one or the other, not both.
+        let (subscribers, mut dropped, mut delivered) = {
+            let list = self.lock();
+            let subscribers: Vec<_> = list.iter().map(|s| s.stats(claimed)).collect();
+            // Relaxed: a statistic.
+            let delivered = self.departed.delivered.load(Ordering::Relaxed);
+            (subscribers, self.departed.snapshot(), delivered)
+        };
         for s in &subscribers {
             dropped.add(&s.dropped);
             delivered += s.delivered;
@@ -724,26 +1068,40 @@ impl<E: Send + Sync + 'static> TopicInner<E> {
             .handlers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .iter()
+            .map(HandlerEntry::stats)
+            .collect();
         TopicStats {
             name: self.name.clone(),
             event_type: type_name::<E>(),
-            // Acquire: pairs with the Release in `close`.
-            closed: self.closed.load(Ordering::Acquire),
-            // Relaxed: a statistic.
-            published: self.published.load(Ordering::Relaxed),
+            closed: self.is_closed(),
+            capacity: self.ring.get().map_or(self.capacity, Ring::capacity),
+            published: claimed,
             // Relaxed: a statistic.
             undelivered: self.undelivered.load(Ordering::Relaxed),
             delivered,
             dropped,
+            // Relaxed: a statistic.
+            predicate_panics: self.predicate_panics.load(Ordering::Relaxed),
             pressure: subscribers
                 .iter()
                 .map(|s| s.level)
                 .max()
                 .unwrap_or(PressureLevel::Normal),
             subscribers,
-            handlers: handlers.iter().map(Handler::stats).collect(),
+            handlers,
         }
+    }
+}
+
+/// A panic's message, or a placeholder.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
     }
 }
 
@@ -763,5 +1121,39 @@ impl<E: Send + Sync + 'static> fmt::Debug for Topic<E> {
             .field("subscribers", &self.subscriber_count())
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A subscriber whose intake stopped (its handler stopping) receives what
+    /// was published before, and nothing after, even when publishers lap it.
+    #[test]
+    fn a_stopped_subscriber_gets_nothing_published_after_it_stopped() {
+        let topic = Topic::<u32>::with_capacity("t", 4).unwrap();
+        let mut sub = topic
+            .subscriber()
+            .buffer(2)
+            .policy(Policy::Block)
+            .subscribe()
+            .unwrap();
+        let _latest = topic
+            .subscriber()
+            .buffer(1)
+            .policy(Policy::DropOldest)
+            .subscribe()
+            .unwrap();
+        topic.try_publish(0).unwrap();
+        topic.try_publish(1).unwrap();
+        topic.inner.close_subscriber(&sub.inner);
+        for i in 2..20 {
+            topic.try_publish(i).unwrap();
+        }
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv().map(|e| *e)).collect();
+        assert_eq!(got, [0, 1]);
+        assert_eq!(sub.stats().dropped.total(), 0);
+        assert_eq!(sub.stats().delivered, 2);
     }
 }

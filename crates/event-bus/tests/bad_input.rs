@@ -56,7 +56,7 @@ fn empty_names_and_type_mismatches() {
     let bus = EventBus::new();
     assert_eq!(bus.topic::<u8>("").unwrap_err(), BusError::EmptyName);
     assert_eq!(Topic::<u8>::new("").unwrap_err(), BusError::EmptyName);
-    bus.topic::<u8>("x").unwrap();
+    let x = bus.topic::<u8>("x").unwrap();
     let err = bus.topic::<String>("x").unwrap_err();
     assert_eq!(
         err,
@@ -71,6 +71,9 @@ fn empty_names_and_type_mismatches() {
         "topic `x` carries `u8`, not `alloc::string::String`"
     );
     assert_eq!(bus.topic_names(), ["x"]);
+    drop(x);
+    assert!(bus.topic_names().is_empty(), "nobody holds it: gone");
+    assert!(bus.topic::<String>("x").is_ok(), "the name is free again");
 }
 
 #[tokio::test]

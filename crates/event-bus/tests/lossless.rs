@@ -89,23 +89,23 @@ async fn stress(policy: Policy, publishers: u32, subscribers: usize, per_publish
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_policy_many_publishers_many_subscribers() {
+async fn stress_block_policy_many_publishers_many_subscribers() {
     stress(Policy::Block, 4, 4, 400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_policy_is_lossless_while_consumers_keep_up() {
+async fn stress_timeout_policy_is_lossless_while_consumers_keep_up() {
     // Consumers never stall for 5 s, so the default policy loses nothing.
     stress(Policy::default(), 3, 3, 300).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn single_thread_interleaving() {
+async fn stress_single_thread_interleaving() {
     stress(Policy::Block, 2, 5, 200).await;
 }
 
 #[test]
-fn plain_threads_with_try_publish_and_try_recv() {
+fn stress_plain_threads_with_try_publish_and_try_recv() {
     // No runtime at all: `try_publish` and `try_recv` never wait.
     let topic = heijunka_event_bus::Topic::<u64>::new("plain").unwrap();
     let mut sub = topic

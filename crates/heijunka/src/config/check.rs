@@ -206,16 +206,13 @@ impl Config {
             errors.at(at, validate::non_zero_duration("idle", idle));
         }
         if let Some(b) = &c.bus {
-            // The event bus's `SubscriberBuilder::build`.
+            // The event bus's `SubscriberBuilder::subscribe` (a buffer of at
+            // most `MAX_BUFFER`; a topic's ring is twice the largest buffer).
             let at = "concurrency.bus";
             errors.at(at, validate::at_least("buffer_size", b.buffer_size, 1));
             errors.at(
                 at,
-                validate::at_most(
-                    "buffer_size",
-                    b.buffer_size,
-                    heijunka_core::spsc::MAX_CAPACITY,
-                ),
+                validate::at_most("buffer_size", b.buffer_size, heijunka_event_bus::MAX_BUFFER),
             );
             errors.at(
                 at,
