@@ -31,6 +31,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "heijunka-pool",
         ],
     ),
+    (
+        "heijunka-retry",
+        &[
+            "heijunka-core",
+            "heijunka-backpressure",
+            "heijunka-breaker",
+            "heijunka-memory",
+        ],
+    ),
     // Beside the facade, not on it: nothing may depend on it (no entry lists it).
     (
         "heijunka-mcp",

@@ -4,7 +4,7 @@ use crate::config::{BreakerBuilder, BreakerConfig};
 use crate::events::SubscriptionId;
 use crate::machine::Inner;
 use crate::sync::Arc;
-use crate::{BreakerStats, State, StateTransition, TransitionReason};
+use crate::{BreakerStats, State, StateTransition, TransitionReason, Verdict};
 
 /// A circuit breaker: stops calls to a failing dependency, probes it after a wait,
 /// and lets calls through again once it recovers.
@@ -68,6 +68,41 @@ impl CircuitBreaker {
     /// The breaker's name.
     pub fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    /// How this breaker counts an error of type `E`: the verdict of the
+    /// [`classify_errors`](crate::BreakerBuilder::classify_errors) classifier
+    /// registered for exactly `E`, otherwise [`Verdict::Failure`]. Other stages
+    /// share the breaker's judgement through this (a retry retries what the
+    /// breaker counts as a failure).
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, Verdict};
+    /// use std::io::{Error, ErrorKind};
+    ///
+    /// let breaker = CircuitBreaker::builder()
+    ///     .classify_errors(|e: &Error| match e.kind() {
+    ///         ErrorKind::InvalidInput => Verdict::Ignore,
+    ///         _ => Verdict::Failure,
+    ///     })
+    /// #   .clock(heijunka_core::ManualClock::new())
+    ///     .build()?;
+    /// assert_eq!(breaker.classify_error(&Error::from(ErrorKind::InvalidInput)), Verdict::Ignore);
+    /// assert_eq!(breaker.classify_error(&Error::from(ErrorKind::TimedOut)), Verdict::Failure);
+    /// assert_eq!(breaker.classify_error(&"no classifier"), Verdict::Failure);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    #[inline]
+    pub fn classify_error<E: 'static>(&self, error: &E) -> Verdict {
+        self.inner.config.classifiers.error(error)
+    }
+
+    /// How this breaker counts a successful result of type `T`: the verdict of
+    /// the [`classify_results`](crate::BreakerBuilder::classify_results)
+    /// classifier registered for exactly `T`, otherwise [`Verdict::Success`].
+    #[inline]
+    pub fn classify_result<T: 'static>(&self, value: &T) -> Verdict {
+        self.inner.config.classifiers.result(value)
     }
 
     /// Its configuration, with the settings in force now (those

@@ -34,6 +34,11 @@
 //! - [`Rejection`]: the reason an item was not admitted, shared by every crate.
 //! - [`PressureLevel`]: normal / elevated / critical, shared by the memory monitor,
 //!   queues and the load shedder.
+//! - [`Criticality`]: sheddable / default / critical, the one priority tag every
+//!   stage of a stack honours (shed sheddable work first, critical last).
+//! - [`classify`]: per-type classifiers (`classify_errors`), shared by the breaker
+//!   and the retry crate.
+//! - [`rng`]: a seedable lock-free SplitMix64 for jitter and fault injection.
 //! - [`ShardedCounter`]: a statistics counter that many threads bump without sharing
 //!   a cache line, summed on read.
 //! - [`InlineOnce`]: a type-erased `FnOnce(&C)` that stores closures up to
@@ -57,7 +62,9 @@
 ))]
 
 pub mod cancel;
+pub mod classify;
 pub mod metrics;
+pub mod rng;
 pub mod spsc;
 pub mod sync;
 
@@ -65,6 +72,7 @@ mod bitwise;
 mod clock;
 mod config;
 mod counter;
+mod criticality;
 mod once;
 mod pressure;
 mod rejection;
@@ -77,6 +85,7 @@ pub use crate::{
     },
     config::ConfigError,
     counter::ShardedCounter,
+    criticality::Criticality,
     once::{INLINE_BYTES, InlineOnce},
     pressure::PressureLevel,
     rejection::Rejection,

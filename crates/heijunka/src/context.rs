@@ -52,12 +52,9 @@ impl TraceId {
         // SplitMix64 (Steele, Lea and Flood 2014): a Weyl sequence through a
         // bijective mixer, so one thread never repeats within 2^64 draws.
         fn next(state: &Cell<u64>) -> u64 {
-            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            state.set(s);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            let s = state.get();
+            state.set(s.wrapping_add(0x9E37_79B9_7F4A_7C15));
+            heijunka_core::rng::splitmix64(s)
         }
         let id = STATE.with(|s| (u128::from(next(s)) << 64) | u128::from(next(s)));
         Self(id.max(1))

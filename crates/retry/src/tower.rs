@@ -1,0 +1,614 @@
+//! Tower layers: [`RetryLayer`], [`HedgeLayer`], [`FallbackLayer`] and
+//! [`CoalesceLayer`] (with the `chaos` feature, `ChaosLayer` too).
+//!
+//! Each wraps a `Clone` service: every attempt calls a clone of it once it is
+//! ready, so the layers compose with tower's own (put a timeout outside a
+//! retry, a breaker inside it; see the guide's chapter on composing patterns).
+//!
+//! ```
+//! use heijunka_retry::tower::{FallbackLayer, RetryLayer};
+//! use heijunka_retry::{Backoff, Fallback, Retry, RetryError};
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let flaky = service_fn(move |req: u32| {
+//!     let n = seen.fetch_add(1, Ordering::Relaxed);
+//!     async move { if n == 0 { Err("busy") } else { Ok(req * 2) } }
+//! });
+//! let retry = Retry::builder().idempotent(true).backoff(Backoff::None).build()?;
+//! let mut svc = RetryLayer::new(retry).layer(flaky);
+//! assert_eq!(svc.ready().await.unwrap().call(21).await.unwrap(), 42);
+//! assert_eq!(calls.load(Ordering::Relaxed), 2);
+//!
+//! // A fallback outside: a value when every attempt failed.
+//! let down = service_fn(|_: u32| async { Err::<u32, _>("down") });
+//! let retry = Retry::builder().max_attempts(1).build()?;
+//! let fallback = Fallback::value(0);
+//! let mut svc = FallbackLayer::new(fallback).layer(RetryLayer::new(retry).layer(down));
+//! assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{CallOptions, Coalesce, CoalesceError, Fallback, Hedge, Retry, RetryError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How a layer reads a request's [`CallOptions`] (deadline, criticality,
+/// idempotency): from its headers or extensions, say.
+type Options<Req> = Arc<dyn Fn(&Req) -> CallOptions + Send + Sync>;
+
+/// Retries failed calls of the inner service with a [`Retry`] policy.
+/// Requests must be `Clone` (each attempt sends a clone).
+pub struct RetryLayer<Req> {
+    retry: Retry,
+    options: Option<Options<Req>>,
+}
+
+impl<Req> Clone for RetryLayer<Req> {
+    fn clone(&self) -> Self {
+        Self {
+            retry: self.retry.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<Req> fmt::Debug for RetryLayer<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl<Req> RetryLayer<Req> {
+    /// A layer retrying with `retry`; every request gets the default
+    /// [`CallOptions`].
+    pub fn new(retry: Retry) -> Self {
+        Self {
+            retry,
+            options: None,
+        }
+    }
+
+    /// Reads each request's options (its deadline, criticality and whether it
+    /// is idempotent, e.g. from the HTTP method).
+    #[must_use]
+    pub fn options(mut self, f: impl Fn(&Req) -> CallOptions + Send + Sync + 'static) -> Self {
+        self.options = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S, Req> Layer<S> for RetryLayer<Req> {
+    type Service = RetryService<S, Req>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            retry: self.retry.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes.
+pub struct RetryService<S, Req> {
+    inner: S,
+    retry: Retry,
+    options: Option<Options<Req>>,
+}
+
+impl<S: Clone, Req> Clone for RetryService<S, Req> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            retry: self.retry.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for RetryService<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryService")
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for RetryService<S, Req>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Req: Clone + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = RetryError<S::Error>;
+    type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each attempt waits for a clone of the inner service to be ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let opts = self
+            .options
+            .as_ref()
+            .map_or_else(CallOptions::default, |f| f(&req));
+        let retry = self.retry.clone();
+        let svc = self.inner.clone();
+        Box::pin(async move {
+            retry
+                .call_with(opts, move |_| {
+                    let svc = svc.clone();
+                    let req = req.clone();
+                    async move { svc.oneshot(req).await }
+                })
+                .await
+        })
+    }
+}
+
+/// Hedges calls of the inner service with a [`Hedge`] policy. Requests must be
+/// `Clone`.
+pub struct HedgeLayer<Req> {
+    hedge: Hedge,
+    options: Option<Options<Req>>,
+}
+
+impl<Req> Clone for HedgeLayer<Req> {
+    fn clone(&self) -> Self {
+        Self {
+            hedge: self.hedge.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<Req> fmt::Debug for HedgeLayer<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeLayer")
+            .field("hedge", &self.hedge)
+            .finish()
+    }
+}
+
+impl<Req> HedgeLayer<Req> {
+    /// A layer hedging with `hedge`; every request gets the default
+    /// [`CallOptions`].
+    pub fn new(hedge: Hedge) -> Self {
+        Self {
+            hedge,
+            options: None,
+        }
+    }
+
+    /// Reads each request's options.
+    #[must_use]
+    pub fn options(mut self, f: impl Fn(&Req) -> CallOptions + Send + Sync + 'static) -> Self {
+        self.options = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S, Req> Layer<S> for HedgeLayer<Req> {
+    type Service = HedgeService<S, Req>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HedgeService {
+            inner,
+            hedge: self.hedge.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The service [`HedgeLayer`] makes.
+pub struct HedgeService<S, Req> {
+    inner: S,
+    hedge: Hedge,
+    options: Option<Options<Req>>,
+}
+
+impl<S: Clone, Req> Clone for HedgeService<S, Req> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            hedge: self.hedge.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for HedgeService<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeService")
+            .field("hedge", &self.hedge)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for HedgeService<S, Req>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Req: Clone + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = RetryError<S::Error>;
+    type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let opts = self
+            .options
+            .as_ref()
+            .map_or_else(CallOptions::default, |f| f(&req));
+        let hedge = self.hedge.clone();
+        let svc = self.inner.clone();
+        Box::pin(async move {
+            hedge
+                .call_with(opts, move |_| svc.clone().oneshot(req.clone()))
+                .await
+        })
+    }
+}
+
+/// Answers the inner service's failures with a [`Fallback`].
+pub struct FallbackLayer<T, E> {
+    fallback: Fallback<T, E>,
+}
+
+impl<T, E> Clone for FallbackLayer<T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            fallback: self.fallback.clone(),
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for FallbackLayer<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackLayer")
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+impl<T, E> FallbackLayer<T, E> {
+    /// A layer answering failures with `fallback`.
+    pub fn new(fallback: Fallback<T, E>) -> Self {
+        Self { fallback }
+    }
+}
+
+impl<S, T, E> Layer<S> for FallbackLayer<T, E> {
+    type Service = FallbackService<S, T, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FallbackService {
+            inner,
+            fallback: self.fallback.clone(),
+        }
+    }
+}
+
+/// The service [`FallbackLayer`] makes.
+pub struct FallbackService<S, T, E> {
+    inner: S,
+    fallback: Fallback<T, E>,
+}
+
+impl<S: Clone, T, E> Clone for FallbackService<S, T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            fallback: self.fallback.clone(),
+        }
+    }
+}
+
+impl<S, T, E> fmt::Debug for FallbackService<S, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackService")
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+impl<S, Req, T, E> Service<Req> for FallbackService<S, T, E>
+where
+    S: Service<Req, Response = T, Error = E>,
+    S::Future: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = T;
+    type Error = E;
+    type Future = BoxFuture<Result<T, E>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        // A service that is not ready is not a failed call: its readiness
+        // error passes on (poll_ready cannot answer with a value).
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let fallback = self.fallback.clone();
+        Box::pin(async move { fallback.call(fut).await })
+    }
+}
+
+/// Shares one in-flight call among concurrent requests with the same key
+/// ([`Coalesce`]). The response and the error must be `Clone` (each waiting
+/// request gets a clone).
+pub struct CoalesceLayer<K, Req, T, E> {
+    coalesce: Coalesce<K, Result<T, E>>,
+    key: Arc<dyn Fn(&Req) -> K + Send + Sync>,
+}
+
+impl<K, Req, T, E> Clone for CoalesceLayer<K, Req, T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            coalesce: self.coalesce.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K, Req, T, E> fmt::Debug for CoalesceLayer<K, Req, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoalesceLayer")
+            .field("coalesce", &self.coalesce)
+            .finish()
+    }
+}
+
+impl<K, Req, T, E> CoalesceLayer<K, Req, T, E> {
+    /// A layer sharing calls whose requests have the same `key(&req)`.
+    pub fn new(
+        coalesce: Coalesce<K, Result<T, E>>,
+        key: impl Fn(&Req) -> K + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            coalesce,
+            key: Arc::new(key),
+        }
+    }
+}
+
+impl<S, K, Req, T, E> Layer<S> for CoalesceLayer<K, Req, T, E> {
+    type Service = CoalesceService<S, K, Req, T, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CoalesceService {
+            inner,
+            coalesce: self.coalesce.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service [`CoalesceLayer`] makes.
+pub struct CoalesceService<S, K, Req, T, E> {
+    inner: S,
+    coalesce: Coalesce<K, Result<T, E>>,
+    key: Arc<dyn Fn(&Req) -> K + Send + Sync>,
+}
+
+impl<S: Clone, K, Req, T, E> Clone for CoalesceService<S, K, Req, T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            coalesce: self.coalesce.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S, K, Req, T, E> fmt::Debug for CoalesceService<S, K, Req, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoalesceService")
+            .field("coalesce", &self.coalesce)
+            .finish()
+    }
+}
+
+/// Why a coalesced call failed: the inner service's error, or the shared call
+/// panicked in another request's task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoalescedError<E> {
+    /// The inner service's error (shared by every request of the flight).
+    Inner(E),
+    /// The shared call panicked.
+    Coalesce(CoalesceError),
+}
+
+impl<E: fmt::Display> fmt::Display for CoalescedError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoalescedError::Inner(e) => e.fmt(f),
+            CoalescedError::Coalesce(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CoalescedError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CoalescedError::Inner(e) => Some(e),
+            CoalescedError::Coalesce(e) => Some(e),
+        }
+    }
+}
+
+impl<S, K, Req, T, E> Service<Req> for CoalesceService<S, K, Req, T, E>
+where
+    S: Service<Req, Response = T, Error = E> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    Req: Send + 'static,
+    T: Clone + Send + 'static,
+    E: Clone + Send + 'static,
+{
+    type Response = T;
+    type Error = CoalescedError<E>;
+    type Future = BoxFuture<Result<T, CoalescedError<E>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The call that starts a flight waits for a clone to be ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let key = (self.key)(&req);
+        let svc = self.inner.clone();
+        let fut = self.coalesce.call(key, move || svc.oneshot(req));
+        Box::pin(async move {
+            match fut.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(CoalescedError::Inner(e)),
+                Err(e) => Err(CoalescedError::Coalesce(e)),
+            }
+        })
+    }
+}
+
+/// Injects the faults of a [`Chaos`](crate::chaos::Chaos) into the inner
+/// service's calls (the `chaos` feature): a delay before the call, or an error
+/// made by `error()` instead of it.
+#[cfg(feature = "chaos")]
+pub struct ChaosLayer<E> {
+    chaos: crate::chaos::Chaos,
+    error: Arc<dyn Fn() -> E + Send + Sync>,
+}
+
+#[cfg(feature = "chaos")]
+impl<E> Clone for ChaosLayer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            chaos: self.chaos.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl<E> fmt::Debug for ChaosLayer<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChaosLayer")
+            .field("chaos", &self.chaos)
+            .finish()
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl<E> ChaosLayer<E> {
+    /// A layer injecting `chaos`'s faults; an injected error is `error()`.
+    pub fn new(chaos: crate::chaos::Chaos, error: impl Fn() -> E + Send + Sync + 'static) -> Self {
+        Self {
+            chaos,
+            error: Arc::new(error),
+        }
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl<S, E> Layer<S> for ChaosLayer<E> {
+    type Service = ChaosService<S, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ChaosService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`ChaosLayer`] makes.
+#[cfg(feature = "chaos")]
+pub struct ChaosService<S, E> {
+    inner: S,
+    layer: ChaosLayer<E>,
+}
+
+#[cfg(feature = "chaos")]
+impl<S: Clone, E> Clone for ChaosService<S, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl<S, E> fmt::Debug for ChaosService<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChaosService")
+            .field("chaos", &self.layer.chaos)
+            .finish()
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl<S, Req, E> Service<Req> for ChaosService<S, E>
+where
+    S: Service<Req, Error = E>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = E;
+    type Future = BoxFuture<Result<S::Response, E>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fault = self.layer.chaos.next_fault();
+        if fault.error {
+            let e = (self.layer.error)();
+            return Box::pin(async move {
+                if let Some(d) = fault.delay {
+                    tokio::time::sleep(d).await;
+                }
+                Err(e)
+            });
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            if let Some(d) = fault.delay {
+                tokio::time::sleep(d).await;
+            }
+            fut.await
+        })
+    }
+}
