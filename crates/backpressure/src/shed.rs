@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use heijunka_core::{PressureLevel, Rejection};
+use heijunka_core::{Criticality, PressureLevel, Rejection};
 use serde::Serialize;
 
 use crate::{
@@ -40,12 +40,40 @@ pub trait Signal: Send + Sync {
     ///
     /// The [`Rejection`] this signal sheds with.
     fn check(&self) -> Result<(), Rejection>;
+
+    /// `Ok(())` to admit work of `criticality`, or the reason to shed it:
+    /// sheddable work first, critical work last. [`check`](Self::check) is the
+    /// decision for [`Criticality::Default`].
+    ///
+    /// The default asks [`check`](Self::check) whatever the criticality. The
+    /// graded signals shed earlier for sheddable work and later for critical
+    /// work, after the seeds' degradation table:
+    ///
+    /// | signal | sheddable shed at | default shed at | critical shed at |
+    /// | --- | --- | --- | --- |
+    /// | [`BoundedQueue`] | its warn mark | its reject mark | full |
+    /// | [`ConcurrencyLimit`], [`AdaptiveLimit`] | 80 % of the limit in use | every permit in use | every permit in use |
+    /// | [`LoadShedder`] | as its signals | as its signals | as its signals |
+    ///
+    /// # Errors
+    ///
+    /// The [`Rejection`] this signal sheds `criticality` work with.
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        let _ = criticality;
+        self.check()
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for Arc<S> {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
         (**self).check()
+    }
+
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        (**self).check_for(criticality)
     }
 }
 
@@ -54,6 +82,11 @@ impl<S: Signal + ?Sized> Signal for &S {
     fn check(&self) -> Result<(), Rejection> {
         (**self).check()
     }
+
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        (**self).check_for(criticality)
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for Box<S> {
@@ -61,12 +94,29 @@ impl<S: Signal + ?Sized> Signal for Box<S> {
     fn check(&self) -> Result<(), Rejection> {
         (**self).check()
     }
+
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        (**self).check_for(criticality)
+    }
 }
 
 impl<T: Send> Signal for BoundedQueue<T> {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
-        if self.pressure() == PressureLevel::Critical {
+        self.check_for(Criticality::Default)
+    }
+
+    /// Sheddable work is shed from the warn mark, default work from the reject
+    /// mark, critical work only when the queue is full.
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        let shed = match criticality {
+            Criticality::Sheddable => self.pressure() >= PressureLevel::Elevated,
+            Criticality::Default => self.pressure() == PressureLevel::Critical,
+            Criticality::Critical => self.len() >= self.capacity(),
+        };
+        if shed {
             Err(Rejection::QueueFull {
                 capacity: self.capacity(),
             })
@@ -76,15 +126,35 @@ impl<T: Send> Signal for BoundedQueue<T> {
     }
 }
 
+/// Whether sheddable work should be shed with `in_use` of `limit` taken: from
+/// 80 % (the seeds' warn level).
+#[inline]
+fn sheddable_over(in_use: u64, limit: u64) -> bool {
+    in_use.saturating_mul(5) >= limit.saturating_mul(4)
+}
+
 impl Signal for ConcurrencyLimit {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
+        self.check_for(Criticality::Default)
+    }
+
+    /// Sheddable work is shed once 80 % of the permits are in use; default and
+    /// critical work when none is free.
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        let limit = u64::from(self.limit());
+        let available = u64::from(self.available_permits());
+        let full = match criticality {
+            Criticality::Sheddable => {
+                available == 0 || sheddable_over(limit - available.min(limit), limit)
+            }
+            _ => available == 0,
+        };
         if self.is_closed() {
             Err(Rejection::ShuttingDown)
-        } else if self.available_permits() == 0 {
-            Err(Rejection::AtCapacity {
-                limit: u64::from(self.limit()),
-            })
+        } else if full {
+            Err(Rejection::AtCapacity { limit })
         } else {
             Ok(())
         }
@@ -94,10 +164,21 @@ impl Signal for ConcurrencyLimit {
 impl Signal for AdaptiveLimit {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
+        self.check_for(Criticality::Default)
+    }
+
+    /// Sheddable work is shed once 80 % of the current limit is in flight;
+    /// default and critical work when all of it is.
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
         let limit = self.limit();
+        let in_flight = self.in_flight();
+        let full = in_flight >= limit
+            || (criticality == Criticality::Sheddable
+                && sheddable_over(in_flight as u64, limit as u64));
         if self.is_closed() {
             Err(Rejection::ShuttingDown)
-        } else if self.in_flight() >= limit {
+        } else if full {
             Err(Rejection::AtCapacity {
                 limit: limit as u64,
             })
@@ -160,7 +241,7 @@ impl<F> fmt::Debug for FnSignal<F> {
 ///
 /// ```
 /// use heijunka_backpressure::{Signal, from_fn};
-/// use heijunka_core::{PressureLevel, Rejection};
+/// use heijunka_core::{Criticality, PressureLevel, Rejection};
 /// use std::sync::atomic::{AtomicU8, Ordering};
 /// use std::sync::Arc;
 ///
@@ -289,8 +370,34 @@ impl LoadShedder {
     /// The first signal's [`Rejection`].
     #[inline]
     pub fn check(&self) -> Result<(), Rejection> {
+        self.check_for(Criticality::Default)
+    }
+
+    /// Admit work of `criticality` (`Ok`), or the reason of the first signal
+    /// that sheds it (see [`Signal::check_for`]: sheddable work is shed first,
+    /// critical work last).
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_backpressure::{ConcurrencyLimit, LoadShedder};
+    /// use heijunka_core::Criticality;
+    ///
+    /// let limit = ConcurrencyLimit::new(10)?;
+    /// let shedder = LoadShedder::builder().signal(limit.clone()).build();
+    /// let _held = limit.try_acquire_many(8)?; // 80 % in use
+    /// assert!(shedder.check_for(Criticality::Sheddable).is_err());
+    /// assert!(shedder.check_for(Criticality::Default).is_ok());
+    /// assert!(shedder.check_for(Criticality::Critical).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first signal's [`Rejection`].
+    #[inline]
+    pub fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
         for s in self.signals.iter() {
-            if let Err(reason) = s.check() {
+            if let Err(reason) = s.check_for(criticality) {
                 // Relaxed: a statistic.
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.metrics.shed.increment(1);
@@ -314,6 +421,11 @@ impl Signal for LoadShedder {
     #[inline]
     fn check(&self) -> Result<(), Rejection> {
         LoadShedder::check(self)
+    }
+
+    #[inline]
+    fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        LoadShedder::check_for(self, criticality)
     }
 }
 

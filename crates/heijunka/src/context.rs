@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use heijunka_core::{ConfigError, validate};
+use heijunka_core::{ConfigError, Criticality, validate};
 use heijunka_shutdown::ShutdownToken;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,6 +135,7 @@ enum Parent {
 
 struct Inner {
     trace_id: TraceId,
+    criticality: Criticality,
     deadline: Instant,
     start: Instant,
     parent: Parent,
@@ -157,6 +158,7 @@ impl Inner {
     fn new(trace_id: TraceId, deadline: Instant, start: Instant, parent: Parent) -> Self {
         Self {
             trace_id,
+            criticality: Criticality::Default,
             deadline,
             start,
             parent,
@@ -211,6 +213,7 @@ pub struct RequestContext {
 #[must_use = "a builder does nothing until `build()`"]
 pub struct RequestContextBuilder {
     trace_id: Option<TraceId>,
+    criticality: Criticality,
     timeout: Duration,
     deadline: Option<Instant>,
     token: Option<CancellationToken>,
@@ -223,6 +226,26 @@ impl RequestContextBuilder {
     /// header) instead of generating one.
     pub fn trace_id(mut self, id: TraceId) -> Self {
         self.trace_id = Some(id);
+        self
+    }
+
+    /// How much the request matters under overload (default
+    /// [`Criticality::Default`]): every stage reads it — the load-shedding stage
+    /// sheds sheddable work first and critical work last, and retries and
+    /// hedges are not spent on sheddable work while the budget is strained.
+    /// [`PolicyLayer`](crate::tower::PolicyLayer) reads it from the
+    /// `x-request-criticality` header ([`Criticality::HEADER`]).
+    ///
+    /// ```
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::core::Criticality;
+    ///
+    /// let ctx = RequestContext::builder().criticality(Criticality::Critical).build();
+    /// assert_eq!(ctx.criticality(), Criticality::Critical);
+    /// assert_eq!(ctx.child(None).criticality(), Criticality::Critical, "inherited");
+    /// ```
+    pub fn criticality(mut self, criticality: Criticality) -> Self {
+        self.criticality = criticality;
         self
     }
 
@@ -288,6 +311,7 @@ impl RequestContextBuilder {
             parent,
         );
         inner.rss_at_start = self.rss;
+        inner.criticality = self.criticality;
         if let Some(token) = self.token {
             inner.token = OnceLock::from(token);
         }
@@ -318,6 +342,7 @@ impl RequestContext {
     /// A builder.
     pub fn builder() -> RequestContextBuilder {
         RequestContextBuilder {
+            criticality: Criticality::Default,
             trace_id: None,
             timeout: DEFAULT_REQUEST_TIMEOUT,
             deadline: None,
@@ -340,6 +365,12 @@ impl RequestContext {
     /// The trace id.
     pub fn trace_id(&self) -> TraceId {
         self.inner.trace_id
+    }
+
+    /// How much the request matters under overload (see
+    /// [`RequestContextBuilder::criticality`]); children inherit it.
+    pub fn criticality(&self) -> Criticality {
+        self.inner.criticality
     }
 
     /// When the request must be done.
@@ -476,6 +507,7 @@ impl RequestContext {
             Parent::Context(self.clone()),
         );
         inner.rss_at_start = self.inner.rss_at_start;
+        inner.criticality = self.inner.criticality;
         RequestContext {
             inner: Arc::new(inner),
         }

@@ -10,7 +10,9 @@
 //!    still running at the deadline is stopped ([`PolicyError::TimedOut`]).
 //! 2. **Rate limit** — refuses over the configured rate, with a retry-after.
 //! 3. **Load shed** — the memory gate, then each load-shedding signal in the order
-//!    added (queue pressure, a `LoadShedder`, anything returning a [`Rejection`]).
+//!    added (queue pressure, a `LoadShedder`, anything returning a [`Rejection`]),
+//!    each asked for the request's [`Criticality`](heijunka_core::Criticality):
+//!    sheddable work is shed first, critical work last.
 //! 4. **Concurrency** — a static [`ConcurrencyLimit`] or an adaptive limit; refuses
 //!    at once when no permit is free, or with a [`max_wait`](PolicyBuilder::max_wait)
 //!    waits that long for one ([`Policy::call`], [`Policy::admit`]).
@@ -33,7 +35,7 @@ use heijunka_backpressure::{
     Signal as ShedSignal,
 };
 use heijunka_breaker::{CircuitBreaker, OwnedPermit as BreakerPermit};
-use heijunka_core::{ConfigError, Rejection, validate};
+use heijunka_core::{ConfigError, Criticality, Rejection, validate};
 use heijunka_memory::MemoryGate;
 use tokio::time::Instant;
 
@@ -44,8 +46,9 @@ mod observe;
 use self::observe::Observer;
 pub use self::observe::{PolicyStats, RejectedCount};
 
-/// A load-shedding signal: refuses with a reason when the system should shed.
-type Signal = Arc<dyn Fn() -> Result<(), Rejection> + Send + Sync>;
+/// A load-shedding signal: refuses work of a criticality with a reason when the
+/// system should shed it.
+type Signal = Arc<dyn Fn(Criticality) -> Result<(), Rejection> + Send + Sync>;
 
 /// The stage of a [`Policy`] that refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -169,6 +172,7 @@ pub struct PolicyBuilder {
     memory: Option<MemoryGate>,
     signals: Vec<(String, Signal)>,
     limit: Option<Limit>,
+    critical_reserve: f64,
     breaker: Option<CircuitBreaker>,
 }
 
@@ -251,7 +255,9 @@ impl PolicyBuilder {
         self
     }
 
-    /// Refuses under memory pressure (the gate's levels).
+    /// Refuses under memory pressure (the gate's levels); sheddable requests
+    /// ([`RequestContext::criticality`]) from the elevated level on
+    /// ([`MemoryGate::check_for`]).
     pub fn memory_gate(mut self, gate: MemoryGate) -> Self {
         self.memory = Some(gate);
         self
@@ -259,13 +265,15 @@ impl PolicyBuilder {
 
     /// Adds a load-shedding signal, checked in the order added after the memory
     /// gate: a queue's pressure, a `LoadShedder`, any check of yours. `name` shows
-    /// in `Debug` output.
+    /// in `Debug` output. The closure sheds every criticality alike; see
+    /// [`shed_signal_for`](Self::shed_signal_for) for one that grades.
     pub fn shed_signal(
         mut self,
         name: impl Into<String>,
         signal: impl Fn() -> Result<(), Rejection> + Send + Sync + 'static,
     ) -> Self {
-        self.signals.push((name.into(), Arc::new(signal)));
+        self.signals
+            .push((name.into(), Arc::new(move |_: Criticality| signal())));
         self
     }
 
@@ -286,16 +294,85 @@ impl PolicyBuilder {
         self
     }
 
+    /// [`shed_signal`](Self::shed_signal) with a closure given the request's
+    /// [`Criticality`], so it can shed sheddable work first and critical work
+    /// last.
+    ///
+    /// ```
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::core::{Criticality, Rejection};
+    /// use heijunka::policy::Policy;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policy = Policy::builder()
+    ///     .shed_signal_for("batch-off", |c| match c {
+    ///         Criticality::Sheddable => Err(Rejection::ShuttingDown),
+    ///         _ => Ok(()),
+    ///     })
+    ///     .build()?;
+    /// let batch = RequestContext::builder().criticality(Criticality::Sheddable).build();
+    /// assert!(policy.try_admit(&batch).is_err());
+    /// assert!(policy.try_admit(&RequestContext::new()).is_ok());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shed_signal_for(
+        mut self,
+        name: impl Into<String>,
+        signal: impl Fn(Criticality) -> Result<(), Rejection> + Send + Sync + 'static,
+    ) -> Self {
+        self.signals.push((name.into(), Arc::new(signal)));
+        self
+    }
+
     /// Adds a `LoadShedder` (or any other backpressure
     /// [`Signal`](heijunka_backpressure::Signal): a queue's pressure, a limit) as a
     /// load-shedding signal, checked after the memory gate in the order added.
+    /// It is asked for the request's [`Criticality`]
+    /// ([`Signal::check_for`](heijunka_backpressure::Signal::check_for)): a
+    /// limit sheds sheddable work from 80 % in use, a queue from its warn mark.
     pub fn load_shedder(
         mut self,
         name: impl Into<String>,
         signal: impl ShedSignal + 'static,
     ) -> Self {
         self.signals
-            .push((name.into(), Arc::new(move || signal.check())));
+            .push((name.into(), Arc::new(move |c| signal.check_for(c))));
+        self
+    }
+
+    /// Keeps the last `share` of the concurrency limit for critical requests
+    /// ([`RequestContext::criticality`]): default and sheddable requests are
+    /// refused ([`Stage::Concurrency`]) while no more than that share of its
+    /// permits is free, so under overload critical work still finds room
+    /// (Netflix's partitioned limiter does the same with a guaranteed share per
+    /// partition). `0.1` with a limit of 100 refuses other work from 90 in use,
+    /// the seeds' refuse-at-90 % mark. Default 0 (no reserve); in `[0, 1)`.
+    ///
+    /// The reserve is checked when the request is admitted; a permit reserved
+    /// in `poll_ready` by [`PolicyLayer`](crate::tower::PolicyLayer)'s readiness
+    /// mode, before the request is known, is not subject to it.
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::core::Criticality;
+    /// use heijunka::policy::Policy;
+    ///
+    /// let limit = ConcurrencyLimit::new(10)?;
+    /// let policy = Policy::builder()
+    ///     .concurrency_limit(limit.clone())
+    ///     .critical_reserve(0.2)
+    ///     .build()?;
+    /// let _held = limit.try_acquire_many(8)?;
+    /// let critical = RequestContext::builder().criticality(Criticality::Critical).build();
+    /// assert!(policy.try_admit(&RequestContext::new()).is_err(), "2 free: kept for critical");
+    /// assert!(policy.try_admit(&critical).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn critical_reserve(mut self, share: f64) -> Self {
+        self.critical_reserve = share;
         self
     }
 
@@ -330,6 +407,13 @@ impl PolicyBuilder {
         if let Some(t) = self.max_wait {
             validate::non_zero_duration("max_wait", t)?;
         }
+        if !(0.0..1.0).contains(&self.critical_reserve) {
+            return Err(ConfigError::new(
+                "critical_reserve",
+                self.critical_reserve,
+                "must be in [0, 1)",
+            ));
+        }
         if let Some((name, _)) = self.signals.iter().find(|(n, _)| n.trim().is_empty()) {
             return Err(ConfigError::new(
                 "shed_signal.name",
@@ -345,6 +429,7 @@ impl PolicyBuilder {
                 memory: self.memory,
                 signals: self.signals.into_boxed_slice(),
                 limit: self.limit,
+                critical_reserve: self.critical_reserve,
                 breaker: self.breaker,
                 observer: Arc::new(Observer::new(name)),
             }),
@@ -372,6 +457,7 @@ impl fmt::Debug for PolicyBuilder {
                 "concurrency_limit",
                 &self.limit.as_ref().map(Limit::describe),
             )
+            .field("critical_reserve", &self.critical_reserve)
             .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name))
             .finish()
     }
@@ -386,6 +472,7 @@ struct Inner {
     memory: Option<MemoryGate>,
     signals: Box<[(String, Signal)]>,
     limit: Option<Limit>,
+    critical_reserve: f64,
     breaker: Option<CircuitBreaker>,
     observer: Arc<Observer>,
 }
@@ -720,7 +807,7 @@ impl Policy {
             let (started, deadline) = self.admit_front(ctx, now)?;
             let limit = match reserved {
                 Some(p) => Some(Permit::Static(p)),
-                None => self.take_limit()?,
+                None => self.take_limit(ctx.criticality())?,
             };
             let breaker = self.take_breaker()?;
             Ok(self.admission(limit, breaker, deadline, started))
@@ -868,11 +955,14 @@ impl Policy {
                 // Straight into the limit's queue (a free permit is granted at
                 // the first poll): a `try_` first would count every request that
                 // then waits as refused in the limit's own metrics.
-                (Some(wait), Some(limit)) => Some(
-                    self.wait_for_permit(ctx, limit, started, deadline, wait)
-                        .await?,
-                ),
-                _ => self.take_limit()?,
+                (Some(wait), Some(limit)) => {
+                    self.check_reserve(ctx.criticality())?;
+                    Some(
+                        self.wait_for_permit(ctx, limit, started, deadline, wait)
+                            .await?,
+                    )
+                }
+                _ => self.take_limit(ctx.criticality())?,
             };
             let breaker = self.take_breaker()?;
             Ok(self.admission(limit, breaker, deadline, started))
@@ -981,17 +1071,50 @@ impl Policy {
             });
             return Err(PolicyError::rejected(Stage::RateLimit, reason));
         }
+        let criticality = ctx.criticality();
         if let Some(gate) = &s.memory {
-            gate.check()
+            gate.check_for(criticality)
                 .map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
         }
         for (_, signal) in &*s.signals {
-            signal().map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
+            signal(criticality).map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
         }
         Ok((started, deadline))
     }
 
-    fn take_limit(&self) -> Result<Option<Permit>, PolicyError<std::convert::Infallible>> {
+    /// Refuses a request that is not critical while no more than the critical
+    /// reserve of the limit is free.
+    fn check_reserve(
+        &self,
+        criticality: Criticality,
+    ) -> Result<(), PolicyError<std::convert::Infallible>> {
+        let share = self.inner.critical_reserve;
+        if share == 0.0 || criticality == Criticality::Critical {
+            return Ok(());
+        }
+        let (limit, free) = match &self.inner.limit {
+            Some(Limit::Static(l)) => (u64::from(l.limit()), u64::from(l.available_permits())),
+            Some(Limit::Adaptive(l)) => {
+                let limit = l.limit() as u64;
+                (limit, limit.saturating_sub(l.in_flight() as u64))
+            }
+            None => return Ok(()),
+        };
+        let kept = (limit as f64 * share).ceil() as u64;
+        if free <= kept {
+            return Err(PolicyError::rejected(
+                Stage::Concurrency,
+                Rejection::AtCapacity { limit },
+            ));
+        }
+        Ok(())
+    }
+
+    fn take_limit(
+        &self,
+        criticality: Criticality,
+    ) -> Result<Option<Permit>, PolicyError<std::convert::Infallible>> {
+        self.check_reserve(criticality)?;
         Ok(match &self.inner.limit {
             Some(Limit::Static(l)) => Some(Permit::Static(l.try_acquire_owned().map_err(|e| {
                 PolicyError::rejected(

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use heijunka_core::metrics::Counter;
-use heijunka_core::{ConfigError, PressureLevel, Rejection, ShardedCounter, validate};
+use heijunka_core::{ConfigError, Criticality, PressureLevel, Rejection, ShardedCounter, validate};
 use serde::Serialize;
 
 use crate::monitor::MemoryMonitor;
@@ -317,6 +317,36 @@ impl MemoryGate {
     pub fn check(&self) -> Result<(), Rejection> {
         let (level, stale) = self.level();
         if level >= self.reject_at {
+            return self.reject(level, stale, false);
+        }
+        self.admit(stale)
+    }
+
+    /// Admits work of `criticality`: sheddable work is refused from the elevated
+    /// level on (the seeds' band where optional work is shed), default and
+    /// critical work as [`check`](Self::check) does.
+    ///
+    /// ```
+    /// # if heijunka_core::sync::IS_LOOM { return Ok(()); } // loom types work only inside a model
+    /// use heijunka_core::Criticality;
+    /// use heijunka_memory::{ManualProbe, MemoryGate, MemoryMonitor};
+    ///
+    /// let probe = ManualProbe::new(64 << 30);
+    /// let monitor = MemoryMonitor::builder().limit(1_000).probe(probe.clone()).build()?;
+    /// let gate = MemoryGate::builder(&monitor).build()?;
+    /// probe.set_rss(850); // 85 %: elevated
+    /// monitor.sample_now()?;
+    /// assert!(gate.check_for(Criticality::Sheddable).is_err());
+    /// assert!(gate.check_for(Criticality::Default).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+        if criticality != Criticality::Sheddable {
+            return self.check();
+        }
+        let (level, stale) = self.level();
+        if level >= self.reject_at.min(PressureLevel::Elevated) {
             return self.reject(level, stale, false);
         }
         self.admit(stale)

@@ -22,6 +22,7 @@ use crate::tower::classify::{Classify, SharedClassifier, default_classifier};
 #[cfg(doc)]
 use crate::tower::classify::{GrpcClassifier, HttpClassifier};
 use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
+use heijunka_core::Criticality;
 
 /// Runs every request through a [`Policy`]: its stages admit or refuse the request
 /// at once (deadline, rate limit, load shed, concurrency limit, breaker, in the
@@ -35,7 +36,9 @@ use crate::tower::{BoxError, Rejected, ResponseBody, Stage};
 ///
 /// Each request gets a [`RequestContext`], put in the request's extensions for the
 /// handler (axum: `Extension<RequestContext>`); its trace id is taken from a W3C
-/// `traceparent` header when one is present. With [`shutdown`](Self::shutdown),
+/// `traceparent` header when one is present, and its
+/// [`criticality`](RequestContext::criticality) from an `x-request-criticality`
+/// header (`critical`, `default` or `sheddable`; anything else is ignored). With [`shutdown`](Self::shutdown),
 /// contexts are cancelled when shutdown begins, and new requests are refused with
 /// [`Rejection::ShuttingDown`].
 ///
@@ -613,6 +616,16 @@ impl<S> PolicyService<S> {
             .and_then(|id| TraceId::parse(id).ok())
         {
             builder = builder.trace_id(id);
+        }
+        // An unknown value is ignored (default criticality), never an error: a
+        // client cannot make its request fail by sending a bad header.
+        if let Some(c) = req
+            .headers()
+            .get(Criticality::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Criticality::from_header_value(v).ok())
+        {
+            builder = builder.criticality(c);
         }
         if let Some(token) = &self.cfg.shutdown {
             builder = builder.shutdown(token);
