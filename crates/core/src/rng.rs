@@ -80,7 +80,8 @@ impl SplitMix64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
-    /// `true` with probability `p` (clamped to `[0, 1]`).
+    /// `true` with probability `p` (never for `p <= 0` or NaN, always for
+    /// `p >= 1`).
     #[inline]
     pub fn chance(&self, p: f64) -> bool {
         self.next_f64() < p

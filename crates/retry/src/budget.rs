@@ -59,7 +59,8 @@ struct Inner {
     head: AtomicU64,
     /// Serialises moving `head` (clearing expired slots) and withdrawals, so a
     /// withdrawal sees a consistent balance and two withdrawals cannot both
-    /// spend the last unit; holds the floor's bucket. Deposits never take it.
+    /// spend the last unit; holds the floor's bucket. A deposit takes it only
+    /// when its reading starts a new slot (once per tenth of the window).
     lock: Mutex<Floor>,
     /// What an extra attempt costs, in units of `SCALE` per first attempt.
     cost: u64,
@@ -332,6 +333,17 @@ impl Budget {
     /// spend only while less than half of the ratio's share, or less than half
     /// of the floor's second, is spent.
     pub fn try_withdraw(&self, criticality: Criticality) -> bool {
+        self.decide(criticality, true)
+    }
+
+    /// Whether [`try_withdraw`](Self::try_withdraw) would allow an extra
+    /// attempt now, without spending anything (a retry asks before waiting out
+    /// its backoff, so a call does not wait only to be refused).
+    pub fn can_withdraw(&self, criticality: Criticality) -> bool {
+        self.decide(criticality, false)
+    }
+
+    fn decide(&self, criticality: Criticality, spend: bool) -> bool {
         let inner = &*self.inner;
         let mut floor = inner.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let head = inner.advance_locked();
@@ -342,25 +354,27 @@ impl Budget {
         let after = (withdrawn + 1).saturating_mul(inner.cost);
         let sheddable = criticality == Criticality::Sheddable;
         let from_ratio = after <= allowance && (!sheddable || after.saturating_mul(2) <= allowance);
-        let ok = if from_ratio {
+        let tokens = inner.refill(&mut floor);
+        let from_floor = || {
+            let burst = f64::from(inner.floor_per_sec);
+            tokens >= 1.0 && (!sheddable || tokens - 1.0 >= burst / 2.0)
+        };
+        let ok = from_ratio || from_floor();
+        if !spend {
+            return ok;
+        }
+        if from_ratio {
             inner.slots[(head % SLOTS as u64) as usize]
                 .withdrawn
                 .fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            let tokens = inner.refill(&mut floor);
-            let burst = f64::from(inner.floor_per_sec);
-            let from_floor = tokens >= 1.0 && (!sheddable || tokens - 1.0 >= burst / 2.0);
-            if from_floor {
-                floor.tokens -= 1.0;
-            }
-            from_floor
-        };
+        } else if ok {
+            floor.tokens -= 1.0;
+        }
         if ok {
             inner.withdrawn_total.fetch_add(1, Ordering::Relaxed);
         } else {
             inner.refused_total.fetch_add(1, Ordering::Relaxed);
-            if sheddable && (after <= allowance || inner.refill(&mut floor) >= 1.0) {
+            if sheddable && (after <= allowance || tokens >= 1.0) {
                 inner
                     .refused_sheddable_total
                     .fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 /// Whether an outcome may be tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Retryable {
     /// Safe to try again whatever the call does: the request certainly did not
     /// reach the dependency (connection refused, refused by a limit or an open
@@ -199,6 +200,7 @@ impl Attempt {
 /// attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stop {
     /// The outcome is not worth trying again ([`Retryable::Never`]).
     NotRetryable,
@@ -211,6 +213,9 @@ pub enum Stop {
     BudgetExhausted,
     /// The next attempt could not finish before the deadline.
     DeadlineWouldPass,
+    /// The dependency asked for a wait longer than the policy's
+    /// `max_retry_after`.
+    RetryAfterTooLong,
 }
 
 impl Stop {
@@ -222,6 +227,7 @@ impl Stop {
             Stop::AttemptsExhausted => "attempts_exhausted",
             Stop::BudgetExhausted => "budget_exhausted",
             Stop::DeadlineWouldPass => "deadline",
+            Stop::RetryAfterTooLong => "retry_after_too_long",
         }
     }
 }
@@ -234,6 +240,7 @@ impl std::fmt::Display for Stop {
             Stop::AttemptsExhausted => "every attempt allowed was made",
             Stop::BudgetExhausted => "the retry budget is spent",
             Stop::DeadlineWouldPass => "another attempt could not finish before the deadline",
+            Stop::RetryAfterTooLong => "the dependency asked for a longer wait than allowed",
         })
     }
 }

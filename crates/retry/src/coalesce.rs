@@ -46,6 +46,9 @@ struct State<T> {
     fut: Option<BoxFuture<T>>,
     /// Its output, once done.
     result: Option<T>,
+    /// The call that started the flight is still making its future (outside
+    /// every lock); joiners wait for it.
+    starting: bool,
     poisoned: bool,
     /// Every waiter left before it finished: its future was dropped.
     abandoned: bool,
@@ -67,21 +70,13 @@ impl<T> State<T> {
         self.result.is_some() || self.poisoned || self.abandoned
     }
 
-    /// One registered waker, to hand the driving on to.
-    fn any_waker(&self, except: usize) -> Option<Waker> {
-        self.slots.iter().enumerate().find_map(|(i, s)| match s {
-            Slot::Waiting(Some(w)) if i != except => Some(w.clone()),
-            _ => None,
-        })
-    }
-
-    fn all_wakers(&mut self, except: usize) -> Vec<Waker> {
+    /// Takes every registered waker (each waiter registers again when polled).
+    fn take_wakers(&mut self) -> Vec<Waker> {
         self.slots
             .iter_mut()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                Slot::Waiting(w) if i != except => w.take(),
-                _ => None,
+            .filter_map(|s| match s {
+                Slot::Waiting(w) => w.take(),
+                Slot::Free => None,
             })
             .collect()
     }
@@ -115,8 +110,10 @@ impl<K, T> Flight<K, T> {
     }
 }
 
-/// The waker the shared future is polled with: hands the wake to one waiter
-/// (or, while a waiter is polling, asks it to poll again).
+/// The waker the shared future is polled with: wakes every waiter (any of them
+/// may drive the call; one that is not being polled must not stall the
+/// others, as in `futures::future::Shared`), or, while a waiter is polling,
+/// asks it to poll again.
 struct Notify<K, T> {
     flight: Weak<Flight<K, T>>,
 }
@@ -130,7 +127,7 @@ impl<K: Send + Sync + 'static, T: Send + 'static> Wake for Notify<K, T> {
         let Some(flight) = self.flight.upgrade() else {
             return;
         };
-        let waker = {
+        let wakers = {
             let mut s = flight.lock();
             if s.done() {
                 return;
@@ -139,11 +136,9 @@ impl<K: Send + Sync + 'static, T: Send + 'static> Wake for Notify<K, T> {
                 s.repoll = true;
                 return;
             }
-            s.any_waker(usize::MAX)
+            s.take_wakers()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -378,11 +373,14 @@ where
                 kind: Kind::Own(Box::pin(make())),
             };
         }
+        // A placeholder joiners can wait on while `make` runs outside every
+        // lock (it may be slow, or call back into this `Coalesce`).
         let flight = Arc::new(Flight {
             key: key.clone(),
             state: Mutex::new(State {
-                fut: Some(Box::pin(make())),
+                fut: None,
                 result: None,
+                starting: true,
                 poisoned: false,
                 abandoned: false,
                 polling: false,
@@ -399,8 +397,32 @@ where
         map.insert(key, flight.clone());
         drop(map);
         shared.stats.flights.fetch_add(1, Ordering::Relaxed);
-        Coalesced {
-            kind: Kind::Shared { flight, slot },
+        match catch_unwind(AssertUnwindSafe(make)) {
+            Ok(fut) => {
+                let wakers = {
+                    let mut s = flight.lock();
+                    s.fut = Some(Box::pin(fut));
+                    s.starting = false;
+                    // Joiners that polled while it started.
+                    s.take_wakers()
+                };
+                wakers.into_iter().for_each(Waker::wake);
+                Coalesced {
+                    kind: Kind::Shared { flight, slot },
+                }
+            }
+            Err(panic) => {
+                let wakers = {
+                    let mut s = flight.lock();
+                    s.starting = false;
+                    s.poisoned = true;
+                    s.leave(slot);
+                    s.take_wakers()
+                };
+                flight.leave_map();
+                wakers.into_iter().for_each(Waker::wake);
+                resume_unwind(panic)
+            }
         }
     }
 }
@@ -466,13 +488,17 @@ where
         };
         let mut s = flight.lock();
         if let Some(v) = &s.result {
+            // Cloned before leaving: a clone that panics leaves this waiter's
+            // slot to its `Drop`.
             let v = v.clone();
             s.leave(slot);
             drop(s);
             this.kind = Kind::Done;
             return Poll::Ready(Ok(v));
         }
-        if s.poisoned {
+        if s.done() {
+            // Poisoned (a waiter left only by finishing or dropping, so never
+            // abandoned while this one lives).
             s.leave(slot);
             drop(s);
             this.kind = Kind::Done;
@@ -482,16 +508,21 @@ where
             Slot::Waiting(Some(w)) if w.will_wake(cx.waker()) => {}
             other => *other = Slot::Waiting(Some(cx.waker().clone())),
         }
-        if s.polling {
-            // Another caller drives it; it wakes everyone when done, or hands
-            // the driving on if it leaves.
+        if s.polling || s.starting {
+            // Another caller drives it (it wakes everyone when done), or its
+            // future is being made (its maker wakes everyone then).
             return Poll::Pending;
         }
         let Some(mut fut) = s.fut.take() else {
-            // Not done, not polling, no future: cannot happen.
-            return Poll::Pending;
+            // Not done, not starting, not being polled, and no future: only a
+            // panic elsewhere leaves this; never wait on it.
+            s.leave(slot);
+            drop(s);
+            this.kind = Kind::Done;
+            return Poll::Ready(Err(CoalesceError::Panicked));
         };
         s.polling = true;
+        s.repoll = false;
         let notify = s
             .notify
             .get_or_insert_with(|| {
@@ -502,43 +533,48 @@ where
             .clone();
         drop(s);
         let mut ncx = Context::from_waker(&notify);
-        loop {
-            // Polled without the lock held: the future may wake itself from
-            // inside `poll`, and its waker takes the lock.
-            let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut ncx)));
-            let mut s = flight.lock();
-            match polled {
-                Ok(Poll::Pending) if s.repoll => {
-                    s.repoll = false;
+        // Polled without the lock held: the future may wake itself from inside
+        // `poll`, and its waker takes the lock.
+        let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut ncx)));
+        let mut s = flight.lock();
+        match polled {
+            Ok(Poll::Pending) => {
+                s.fut = Some(fut);
+                s.polling = false;
+                let again = std::mem::take(&mut s.repoll);
+                drop(s);
+                if again {
+                    // Woken while it was polled: poll again, but through the
+                    // executor (a future that wakes itself must not spin here).
+                    cx.waker().wake_by_ref();
                 }
-                Ok(Poll::Pending) => {
-                    s.fut = Some(fut);
-                    s.polling = false;
-                    return Poll::Pending;
-                }
-                Ok(Poll::Ready(v)) => {
-                    s.polling = false;
-                    s.result = Some(v.clone());
-                    let wakers = s.all_wakers(slot);
-                    s.leave(slot);
-                    drop(s);
-                    this.kind = Kind::Done;
-                    flight.leave_map();
-                    wakers.into_iter().for_each(Waker::wake);
-                    return Poll::Ready(Ok(v));
-                }
-                Err(panic) => {
-                    s.polling = false;
-                    s.poisoned = true;
-                    let wakers = s.all_wakers(slot);
-                    s.leave(slot);
-                    drop(s);
-                    this.kind = Kind::Done;
-                    drop(fut);
-                    flight.leave_map();
-                    wakers.into_iter().for_each(Waker::wake);
-                    resume_unwind(panic);
-                }
+                Poll::Pending
+            }
+            Ok(Poll::Ready(v)) => {
+                s.polling = false;
+                s.result = Some(v);
+                let wakers = s.take_wakers();
+                drop(s);
+                flight.leave_map();
+                wakers.into_iter().for_each(Waker::wake);
+                let mut s = flight.lock();
+                let out = s.result.clone();
+                s.leave(slot);
+                drop(s);
+                this.kind = Kind::Done;
+                Poll::Ready(out.ok_or(CoalesceError::Panicked))
+            }
+            Err(panic) => {
+                s.polling = false;
+                s.poisoned = true;
+                let wakers = s.take_wakers();
+                s.leave(slot);
+                drop(s);
+                this.kind = Kind::Done;
+                drop(fut);
+                flight.leave_map();
+                wakers.into_iter().for_each(Waker::wake);
+                resume_unwind(panic)
             }
         }
     }
@@ -566,15 +602,19 @@ impl<K, T> Drop for Coalesced<K, T> {
             flight.leave_map();
             return;
         }
-        // Others wait: this caller may have been the one woken to drive the
-        // call, so hand that on.
-        let next = if s.polling { None } else { s.any_waker(slot) };
-        drop(s);
-        if let Some(w) = next {
-            if let Some(owner) = flight.owner.upgrade() {
-                owner.stats.handoffs.fetch_add(1, Ordering::Relaxed);
-            }
-            w.wake();
+        if s.polling {
+            // Another waiter is driving it.
+            return;
         }
+        // This caller may have been woken to drive the call and will never
+        // poll again: hand that on to the others.
+        let wakers = s.take_wakers();
+        drop(s);
+        if !wakers.is_empty()
+            && let Some(owner) = flight.owner.upgrade()
+        {
+            owner.stats.handoffs.fetch_add(1, Ordering::Relaxed);
+        }
+        wakers.into_iter().for_each(Waker::wake);
     }
 }

@@ -159,7 +159,8 @@ impl HedgeBuilder {
     ///
     /// A [`ConfigError`] naming `max_hedges` (0 or above [`MAX_HEDGES`]),
     /// `delay` (zero fixed delay), `delay.quantile` (outside (0, 1]),
-    /// `delay.period` (zero) or `expected_attempt_time` (zero).
+    /// `delay.initial`, `delay.min` or `delay.period` (zero), or
+    /// `expected_attempt_time` (zero).
     pub fn build(self) -> Result<Hedge, ConfigError> {
         validate::at_least("max_hedges", self.max_hedges, 1)?;
         validate::at_most("max_hedges", self.max_hedges, MAX_HEDGES)?;
@@ -171,11 +172,12 @@ impl HedgeBuilder {
             HedgeDelay::Quantile {
                 quantile,
                 initial,
+                min,
                 period,
-                ..
             } => {
                 validate::ratio("delay.quantile", quantile)?;
                 validate::non_zero_duration("delay.initial", initial)?;
+                validate::non_zero_duration("delay.min", min)?;
                 validate::non_zero_duration("delay.period", period)?;
                 Some(LatencyWindow::new(period))
             }
@@ -293,11 +295,10 @@ impl fmt::Debug for Hedge {
     }
 }
 
-/// A running attempt.
+/// A running hedge.
 struct Running<Fut> {
     fut: Pin<Box<Fut>>,
     number: u32,
-    started: Instant,
 }
 
 impl Hedge {
@@ -438,33 +439,35 @@ impl Hedge {
         let mut hedges: Vec<Running<Fut>> = Vec::new();
         let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
         let mut next_number = 2;
-        let mut delay = Duration::ZERO;
+        let mut delay: Option<Duration> = None;
         // The last failure seen: returned if nothing succeeds.
         let mut last: Option<(Result<T, E>, Stop)> = None;
+        // Why the hedges stopped early (budget or deadline), if they did.
+        let mut refused: Option<Stop> = None;
 
         poll_fn(|cx| {
             loop {
                 let mut progressed = false;
                 // Poll the attempts; the first success wins.
-                let mut finished: Option<(Result<T, E>, u32, Instant)> = None;
+                let mut finished: Option<(Result<T, E>, u32)> = None;
                 if let Some(f) = first.as_mut().as_pin_mut()
                     && let Poll::Ready(out) = f.poll(cx)
                 {
                     first.set(None);
-                    finished = Some((out, 1, start));
+                    finished = Some((out, 1));
                 }
                 if finished.is_none() {
                     let mut i = 0;
                     while i < hedges.len() {
                         if let Poll::Ready(out) = hedges[i].fut.as_mut().poll(cx) {
                             let r = hedges.swap_remove(i);
-                            finished = Some((out, r.number, r.started));
+                            finished = Some((out, r.number));
                             break;
                         }
                         i += 1;
                     }
                 }
-                if let Some((out, number, started)) = finished {
+                if let Some((out, number)) = finished {
                     progressed = true;
                     let class = match &out {
                         Ok(v) => inner.classifier.result(v),
@@ -473,8 +476,12 @@ impl Hedge {
                     match (class, out.is_ok()) {
                         (Retryable::Never, true) => {
                             if record && let Some(w) = &inner.window {
+                                // The first attempt's latency: its own when it
+                                // won, else at least the time since it started
+                                // (a hedge's own latency would teach the delay
+                                // to shrink until everything is hedged).
                                 let now = Instant::now();
-                                w.record(now.saturating_duration_since(started), now);
+                                w.record(now.saturating_duration_since(start), now);
                             }
                             if number > 1 {
                                 inner.stats.won_by_hedge.fetch_add(1, Ordering::Relaxed);
@@ -493,10 +500,8 @@ impl Hedge {
                                 stop: Stop::NotRetryable,
                             }));
                         }
-                        (Retryable::IfIdempotent, _) if !idempotent => {
-                            last = Some((out, Stop::NotIdempotent));
-                        }
-                        _ => last = Some((out, Stop::AttemptsExhausted)),
+                        _ if !idempotent => last = Some((out, Stop::NotIdempotent)),
+                        _ => last = Some((out, refused.unwrap_or(Stop::AttemptsExhausted))),
                     }
                     // A failure while nothing else runs: hedge at once.
                     if first.is_none() && hedges.is_empty() && hedges_left > 0 {
@@ -505,11 +510,12 @@ impl Hedge {
                         match self.may_hedge(&opts, now) {
                             Ok(()) => {
                                 hedges_left -= 1;
-                                hedges.push(self.start(&mut op, &opts, next_number, now));
+                                hedges.push(self.start(&mut op, &opts, next_number));
                                 next_number += 1;
                             }
                             Err(stop) => {
                                 hedges_left = 0;
+                                refused = Some(stop);
                                 if let Some((_, s)) = &mut last {
                                     *s = stop;
                                 }
@@ -529,10 +535,8 @@ impl Hedge {
                 // The hedge timer.
                 if hedges_left > 0 {
                     if timer.is_none() {
-                        if delay.is_zero() {
-                            delay = self.delay_at(start);
-                        }
-                        timer.set(Some(tokio::time::sleep(delay)));
+                        let d = *delay.get_or_insert_with(|| self.delay_at(start));
+                        timer.set(Some(tokio::time::sleep(d)));
                     }
                     if let Some(t) = timer.as_mut().as_pin_mut()
                         && t.poll(cx).is_ready()
@@ -543,10 +547,13 @@ impl Hedge {
                         match self.may_hedge(&opts, now) {
                             Ok(()) => {
                                 hedges_left -= 1;
-                                hedges.push(self.start(&mut op, &opts, next_number, now));
+                                hedges.push(self.start(&mut op, &opts, next_number));
                                 next_number += 1;
                             }
-                            Err(_) => hedges_left = 0,
+                            Err(stop) => {
+                                hedges_left = 0;
+                                refused = Some(stop);
+                            }
                         }
                     }
                 }
@@ -582,13 +589,7 @@ impl Hedge {
         Ok(())
     }
 
-    fn start<T, E, F, Fut>(
-        &self,
-        op: &mut F,
-        opts: &CallOptions,
-        number: u32,
-        now: Instant,
-    ) -> Running<Fut>
+    fn start<T, E, F, Fut>(&self, op: &mut F, opts: &CallOptions, number: u32) -> Running<Fut>
     where
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -600,7 +601,6 @@ impl Hedge {
                 hedge: true,
             })),
             number,
-            started: now,
         }
     }
 }

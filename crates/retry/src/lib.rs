@@ -84,6 +84,6 @@ pub use crate::coalesce::{
 pub use crate::fallback::{FailureInfo, Fallback, FallbackStats};
 pub use crate::hedge::{Hedge, HedgeBuilder, HedgeDelay, HedgeStats, MAX_HEDGES, MIN_SAMPLES};
 pub use crate::retry::{
-    DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, Retry, RetryBuilder, RetryError,
-    RetryStats,
+    DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, MAX_ATTEMPTS, Retry,
+    RetryBuilder, RetryError, RetryStats,
 };

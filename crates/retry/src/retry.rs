@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use heijunka_breaker::CircuitBreaker;
+use heijunka_breaker::{CallError, CircuitBreaker};
 use heijunka_core::rng::SplitMix64;
 use heijunka_core::{ConfigError, Rejection, ShardedCounter, validate};
 use serde::Serialize;
@@ -26,8 +26,14 @@ pub const DEFAULT_BACKOFF: Backoff =
 /// The most attempts a retry may be configured with.
 pub const MAX_ATTEMPTS: u32 = 100;
 
-/// Why [`Retry::call`] returned no value.
+/// The longest wait a dependency may ask for (`Retry-After`) and still be
+/// retried, by default: one minute.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why [`Retry::call`] (or [`Hedge::call`](crate::Hedge::call)) returned no
+/// value.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetryError<E> {
     /// The last attempt failed with `error`, and no further attempt was made
     /// for the reason in `stop`.
@@ -39,7 +45,9 @@ pub enum RetryError<E> {
         /// Why no further attempt was made.
         stop: Stop,
     },
-    /// The budget's rate limiter refused the first attempt: nothing was tried.
+    /// No attempt was made: the budget's rate limiter refused the first one
+    /// ([`Rejection::RateLimited`]), or the deadline had passed or left less
+    /// than the expected attempt time ([`Rejection::TimedOut`]).
     Rejected(Rejection),
 }
 
@@ -107,9 +115,14 @@ pub struct RetryBuilder {
     budget: Option<Budget>,
     idempotent: bool,
     expected_attempt: Option<Duration>,
+    max_retry_after: Duration,
     classifier: Classifier,
     seed: Option<u64>,
+    deferred: Vec<Deferred>,
 }
+
+/// A classifier registration made at `build`, once the others are known.
+type Deferred = Box<dyn FnOnce(&mut Classifier) + Send>;
 
 impl Default for RetryBuilder {
     fn default() -> Self {
@@ -119,8 +132,10 @@ impl Default for RetryBuilder {
             budget: None,
             idempotent: false,
             expected_attempt: None,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             classifier: Classifier::default(),
             seed: None,
+            deferred: Vec::new(),
         }
     }
 }
@@ -224,6 +239,64 @@ impl RetryBuilder {
         self
     }
 
+    /// The longest wait a dependency may ask for and still be retried (default
+    /// [`DEFAULT_MAX_RETRY_AFTER`]): a call told to come back later than that
+    /// gives up at once ([`Stop::RetryAfterTooLong`]) rather than hold its
+    /// caller.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Judges the outcomes of a breaker that runs *inside* the retry (each
+    /// attempt goes through `breaker`, as the guide recommends), whose errors
+    /// are `CallError<E>`: a refusal by the open breaker never reached the
+    /// dependency, so it is [`Retryable::Always`] after the breaker's own
+    /// retry-after (and [`Retryable::Never`] when the breaker gives none:
+    /// forced open); a failure `Failed(e)` is judged as an `E` would be (its
+    /// [`classify_errors`](Self::classify_errors) classifier, else the
+    /// breaker's verdict, as with [`breaker`](Self::breaker)).
+    ///
+    /// ```
+    /// use heijunka_breaker::{CallError, CircuitBreaker};
+    /// use heijunka_retry::{Backoff, Retry, Stop};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let breaker = CircuitBreaker::builder().build()?;
+    /// let retry = Retry::builder()
+    ///     .backoff(Backoff::None)
+    ///     .breaker_inside::<std::io::Error>(&breaker)
+    ///     .idempotent(true)
+    ///     .build()?;
+    /// breaker.force_open();
+    /// let err = retry
+    ///     .call(|_| breaker.call_async(async { Ok::<(), std::io::Error>(()) }))
+    ///     .await
+    ///     .unwrap_err();
+    /// // Forced open: no retry-after, so no point retrying.
+    /// assert_eq!(err.stop(), Some(Stop::NotRetryable));
+    /// assert!(matches!(err.into_error(), Some(CallError::Rejected(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn breaker_inside<E: 'static>(mut self, breaker: &CircuitBreaker) -> Self {
+        self.classifier.set_breaker(breaker.clone());
+        self.deferred.push(Box::new(|c: &mut Classifier| {
+            let inner = c.clone();
+            c.add_errors(move |e: &CallError<E>| match e {
+                CallError::Rejected(r) if r.retry_after().is_some() => Retryable::Always,
+                CallError::Rejected(_) => Retryable::Never,
+                CallError::Failed(e) => inner.error(e),
+            });
+            c.add_retry_after(|e: &CallError<E>| match e {
+                CallError::Rejected(r) => r.retry_after(),
+                CallError::Failed(_) => None,
+            });
+        }));
+        self
+    }
+
     /// Seeds the jitter's random source, so tests see the same waits each run
     /// (default: seeded from the process's random keys).
     pub fn seed(mut self, seed: u64) -> Self {
@@ -237,8 +310,11 @@ impl RetryBuilder {
     ///
     /// A [`ConfigError`] naming `max_attempts` (0 or above [`MAX_ATTEMPTS`]),
     /// `backoff.base` or `backoff.cap`, or `expected_attempt_time` (zero).
-    pub fn build(self) -> Result<Retry, ConfigError> {
+    pub fn build(mut self) -> Result<Retry, ConfigError> {
         validate::at_least("max_attempts", self.max_attempts, 1)?;
+        for register in std::mem::take(&mut self.deferred) {
+            register(&mut self.classifier);
+        }
         validate::at_most("max_attempts", self.max_attempts, MAX_ATTEMPTS)?;
         self.backoff.validate()?;
         if let Some(d) = self.expected_attempt {
@@ -251,6 +327,7 @@ impl RetryBuilder {
                 budget: self.budget,
                 idempotent: self.idempotent,
                 expected_attempt: self.expected_attempt,
+                max_retry_after: self.max_retry_after,
                 classifier: self.classifier,
                 rng: self
                     .seed
@@ -269,7 +346,7 @@ struct Counters {
     rejected: AtomicU64,
     /// Calls that ended with a retryable outcome, by [`Stop`] (index
     /// `stop_index`).
-    gave_up: [AtomicU64; 5],
+    gave_up: [AtomicU64; 6],
 }
 
 fn stop_index(stop: Stop) -> usize {
@@ -279,6 +356,7 @@ fn stop_index(stop: Stop) -> usize {
         Stop::AttemptsExhausted => 2,
         Stop::BudgetExhausted => 3,
         Stop::DeadlineWouldPass => 4,
+        Stop::RetryAfterTooLong => 5,
     }
 }
 
@@ -288,6 +366,7 @@ struct Inner {
     budget: Option<Budget>,
     idempotent: bool,
     expected_attempt: Option<Duration>,
+    max_retry_after: Duration,
     classifier: Classifier,
     rng: SplitMix64,
     stats: Counters,
@@ -302,7 +381,9 @@ pub struct RetryStats {
     pub retries: u64,
     /// Calls that succeeded on a retry.
     pub succeeded_after_retry: u64,
-    /// Calls refused by the budget's rate limiter before any attempt.
+    /// Calls refused before any attempt: by the budget's rate limiter, or
+    /// because the deadline had passed (or left less than the expected
+    /// attempt time).
     pub rejected: u64,
     /// Calls whose last outcome was not retried because it is not retryable.
     pub not_retryable: u64,
@@ -314,6 +395,8 @@ pub struct RetryStats {
     pub budget_exhausted: u64,
     /// Calls whose retry could not have finished before the deadline.
     pub deadline: u64,
+    /// Calls whose dependency asked for a wait longer than `max_retry_after`.
+    pub retry_after_too_long: u64,
 }
 
 /// Retries a failed call, with [`Backoff`] between attempts, within a
@@ -325,7 +408,8 @@ pub struct RetryStats {
 ///   Outcomes that may have had their effect are retried only for idempotent
 ///   calls (opt-in: [`idempotent`](RetryBuilder::idempotent)).
 /// - **How many:** at most `max_attempts`, and each retry spends from the
-///   budget: a failing dependency sees at most (1 + ratio) × its traffic.
+///   budget: a failing dependency sees at most (1 + ratio) × its traffic, plus
+///   the budget's floor.
 /// - **When:** after the backoff, or after the wait the dependency asked for
 ///   ([`retry_after`](RetryBuilder::retry_after)) if longer; never when the
 ///   attempt could not finish before the deadline.
@@ -425,6 +509,7 @@ impl Retry {
             attempts_exhausted: gave(Stop::AttemptsExhausted),
             budget_exhausted: gave(Stop::BudgetExhausted),
             deadline: gave(Stop::DeadlineWouldPass),
+            retry_after_too_long: gave(Stop::RetryAfterTooLong),
         }
     }
 
@@ -435,9 +520,14 @@ impl Retry {
     /// # Errors
     ///
     /// [`RetryError::Failed`] with the last error, the number of attempts and
-    /// why no further one was made; [`RetryError::Rejected`] when the budget's
-    /// rate limiter refused the first attempt. When the last outcome is an
-    /// `Ok` classified as retryable, that `Ok` is returned.
+    /// why no further one was made; [`RetryError::Rejected`] when no attempt
+    /// was made: the budget's rate limiter refused ([`Rejection::RateLimited`])
+    /// or the deadline left no time for one ([`Rejection::TimedOut`]). When
+    /// the last outcome is an `Ok` classified as retryable, that `Ok` is
+    /// returned.
+    ///
+    /// `T` and `E` are `'static` because classifiers are found by type
+    /// (`TypeId`).
     ///
     /// # Cancel safety
     ///
@@ -479,6 +569,22 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
     {
         let inner = &*self.inner;
+        // No attempt that could not finish before the deadline: the first one
+        // is refused once the deadline has passed, or when the configured
+        // attempt time no longer fits.
+        if let Some(deadline) = opts.deadline {
+            let now = Instant::now();
+            let late = now >= deadline
+                || inner
+                    .expected_attempt
+                    .is_some_and(|d| now.checked_add(d).is_none_or(|end| end > deadline));
+            if late {
+                inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(RetryError::Rejected(Rejection::TimedOut {
+                    after: Duration::ZERO,
+                }));
+            }
+        }
         if let Some(budget) = &inner.budget
             && !opts.nested
             && let Err(reason) = budget.admit()
@@ -508,28 +614,32 @@ impl Retry {
                 Retryable::Never => Stop::NotRetryable,
                 Retryable::IfIdempotent if !idempotent => Stop::NotIdempotent,
                 _ if number >= inner.max_attempts => Stop::AttemptsExhausted,
+                _ if asked.is_some_and(|a| a > inner.max_retry_after) => Stop::RetryAfterTooLong,
                 _ => {
-                    let mut wait = inner.backoff.delay(number, previous, &inner.rng);
-                    if let Some(asked) = asked {
-                        wait = wait.max(asked);
-                    }
-                    if self.fits(opts.deadline, wait, started) {
+                    let wait = inner
+                        .backoff
+                        .delay(number, previous, &inner.rng)
+                        .max(asked.unwrap_or(Duration::ZERO));
+                    let budget = inner.budget.as_ref();
+                    if !self.fits(opts.deadline, wait, started) {
+                        Stop::DeadlineWouldPass
+                    } else if budget.is_some_and(|b| !b.can_withdraw(opts.criticality)) {
+                        // Refused now: do not wait out the backoff only to be
+                        // refused after it.
+                        Stop::BudgetExhausted
+                    } else {
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
                         }
-                        let allowed = inner
-                            .budget
-                            .as_ref()
-                            .is_none_or(|b| b.try_withdraw(opts.criticality));
-                        if allowed {
+                        // Spent only now, as the retry starts: a call dropped
+                        // during the wait has spent nothing.
+                        if budget.is_none_or(|b| b.try_withdraw(opts.criticality)) {
                             inner.stats.retries.fetch_add(1, Ordering::Relaxed);
                             previous = wait;
                             number += 1;
                             continue;
                         }
                         Stop::BudgetExhausted
-                    } else {
-                        Stop::DeadlineWouldPass
                     }
                 }
             };

@@ -44,7 +44,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{CallOptions, Coalesce, CoalesceError, Fallback, Hedge, Retry, RetryError};
+use crate::{CallOptions, Coalesce, CoalesceError, Fallback, Hedge, Retry, RetryError, Stop};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -144,9 +144,17 @@ where
     type Error = RetryError<S::Error>;
     type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each attempt waits for a clone of the inner service to be ready.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The first attempt goes to the service readied here; each later one
+        // waits for a clone of it to be ready. A readiness error is returned
+        // as a failure of no attempt.
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| RetryError::Failed {
+                error,
+                attempts: 0,
+                stop: Stop::NotRetryable,
+            })
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -154,14 +162,22 @@ where
             .options
             .as_ref()
             .map_or_else(CallOptions::default, |f| f(&req));
-        let retry = self.retry.clone();
-        let svc = self.inner.clone();
+        let policy = self.retry.clone();
+        let template = self.inner.clone();
+        let readied = std::mem::replace(&mut self.inner, template.clone());
         Box::pin(async move {
-            retry
+            let mut readied = Some(readied);
+            policy
                 .call_with(opts, move |_| {
-                    let svc = svc.clone();
+                    let first = readied.take();
+                    let svc = template.clone();
                     let req = req.clone();
-                    async move { svc.oneshot(req).await }
+                    async move {
+                        match first {
+                            Some(mut svc) => svc.call(req).await,
+                            None => svc.oneshot(req).await,
+                        }
+                    }
                 })
                 .await
         })
@@ -259,8 +275,17 @@ where
     type Error = RetryError<S::Error>;
     type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The first attempt goes to the service readied here; each later one
+        // waits for a clone of it to be ready. A readiness error is returned
+        // as a failure of no attempt.
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| RetryError::Failed {
+                error,
+                attempts: 0,
+                stop: Stop::NotRetryable,
+            })
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -268,11 +293,23 @@ where
             .options
             .as_ref()
             .map_or_else(CallOptions::default, |f| f(&req));
-        let hedge = self.hedge.clone();
-        let svc = self.inner.clone();
+        let policy = self.hedge.clone();
+        let template = self.inner.clone();
+        let readied = std::mem::replace(&mut self.inner, template.clone());
         Box::pin(async move {
-            hedge
-                .call_with(opts, move |_| svc.clone().oneshot(req.clone()))
+            let mut readied = Some(readied);
+            policy
+                .call_with(opts, move |_| {
+                    let first = readied.take();
+                    let svc = template.clone();
+                    let req = req.clone();
+                    async move {
+                        match first {
+                            Some(mut svc) => svc.call(req).await,
+                            None => svc.oneshot(req).await,
+                        }
+                    }
+                })
                 .await
         })
     }

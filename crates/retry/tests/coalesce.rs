@@ -35,8 +35,12 @@ async fn concurrent_identical_requests_make_one_call() {
             .await
         }));
     }
-    // Every caller has joined before the call may finish.
-    while c.stats().calls < N as u64 {
+    // Every caller has joined (or started the flight) before it may finish.
+    loop {
+        let s = c.stats();
+        if s.joined + s.flights == N as u64 {
+            break;
+        }
         tokio::task::yield_now().await;
     }
     gate.notify_one();
@@ -177,5 +181,137 @@ async fn a_panicking_call_fails_the_others_and_frees_the_key() {
     assert!(leader.await.is_err(), "the driving caller's task panics");
     assert!(follower.poll());
     assert_eq!(follower.take_output(), Some(Err(CoalesceError::Panicked)));
+    assert_eq!(c.stats().keys_in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_is_not_polled_does_not_stall_the_others() {
+    let c: Coalesce<u8, u8> = Coalesce::new();
+    let make = || {
+        || async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            7
+        }
+    };
+    let mut leader = Polled::new(c.call(1, make()));
+    let mut follower = Polled::new(c.call(1, make()));
+    assert!(
+        !leader.poll(),
+        "the leader drives the call and waits on its timer"
+    );
+    assert!(!follower.poll());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    tokio::task::yield_now().await;
+    // The timer fired: every waiter is woken, not only the leader (which its
+    // task may not poll for a long time).
+    assert!(follower.wakes() > 0, "the follower was not woken");
+    assert!(follower.poll(), "the follower drives the call to its end");
+    assert_eq!(follower.take_output(), Some(Ok(7)));
+    assert!(leader.poll());
+    assert_eq!(leader.take_output(), Some(Ok(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_woken_caller_dropped_unpolled_hands_the_call_on() {
+    let c: Coalesce<u8, u8> = Coalesce::new();
+    let make = || {
+        || async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            7
+        }
+    };
+    let mut leader = Polled::new(c.call(1, make()));
+    assert!(!leader.poll());
+    let mut follower = Polled::new(c.call(1, make()));
+    assert!(!follower.poll());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    tokio::task::yield_now().await;
+    drop(leader);
+    // Woken (by the timer's wake or by the leader's hand-off), so its task
+    // will poll it and drive the call.
+    assert!(follower.wakes() > 0, "nobody would poll the follower");
+    assert!(follower.poll());
+    assert_eq!(follower.take_output(), Some(Ok(7)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_future_that_wakes_itself_does_not_spin_the_driver() {
+    use std::sync::atomic::AtomicBool;
+    let c: Coalesce<u8, u8> = Coalesce::new();
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // Set by another task on this thread: a driver that re-polled in a loop
+    // would never let it run.
+    tokio::spawn(async move {
+        f.store(true, Ordering::Relaxed);
+    });
+    let fut = c.call(1, move || {
+        std::future::poll_fn(move |cx| {
+            if flag.load(Ordering::Relaxed) {
+                std::task::Poll::Ready(3)
+            } else {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+    });
+    let out = tokio::time::timeout(Duration::from_secs(5), fut).await;
+    assert_eq!(out, Ok(Ok(3)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn make_may_call_back_into_the_coalesce() {
+    let c: Coalesce<u8, usize> = Coalesce::new();
+    let inner = c.clone();
+    let out = c
+        .call(1, move || {
+            // With the map locked around `make`, this would deadlock.
+            let keys = inner.stats().keys_in_flight;
+            async move { keys }
+        })
+        .await;
+    assert_eq!(out, Ok(1));
+}
+
+#[derive(Debug, PartialEq)]
+struct CloneOnce(u8);
+static CLONES: AtomicUsize = AtomicUsize::new(0);
+impl Clone for CloneOnce {
+    fn clone(&self) -> Self {
+        if CLONES.fetch_add(1, Ordering::Relaxed) == 0 {
+            panic!("the first clone fails");
+        }
+        CloneOnce(self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_clone_does_not_wedge_the_key() {
+    let c: Coalesce<u8, CloneOnce> = Coalesce::new();
+    let make = || {
+        || async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            CloneOnce(9)
+        }
+    };
+    let mut follower = Polled::new(c.call(1, make()));
+    assert!(!follower.poll());
+    let driver = tokio::spawn({
+        let c = c.clone();
+        async move { c.call(1, make()).await }
+    });
+    tokio::task::yield_now().await;
+    drop(follower);
+    // The spawned caller drives the call; its own clone panics.
+    let mut follower = Polled::new(c.call(1, make()));
+    let _ = follower.poll();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let driven = driver.await;
+    assert!(driven.is_err(), "the driving task panics with the clone");
+    // The other waiter still gets its value, and the key is free.
+    if !follower.is_completed() {
+        assert!(follower.poll());
+    }
+    assert_eq!(follower.take_output(), Some(Ok(CloneOnce(9))));
     assert_eq!(c.stats().keys_in_flight, 0);
 }

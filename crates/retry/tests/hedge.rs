@@ -353,3 +353,31 @@ async fn a_dropped_hedge_drops_every_attempt() {
     }
     assert_eq!(covered, 4, "the cases reach every hedge");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_hedge_says_why() {
+    let budget = Budget::builder()
+        .ratio(0.1)
+        .floor_per_sec(0)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(MS(10)))
+        .budget(budget)
+        .idempotent(true)
+        .build()
+        .unwrap();
+    let err = hedge
+        .call(|_| async {
+            tokio::time::sleep(MS(100)).await;
+            Err::<(), _>("down")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.attempts(), err.stop()),
+        (1, Some(Stop::BudgetExhausted))
+    );
+    assert_eq!(hedge.stats().budget_refused, 1);
+}

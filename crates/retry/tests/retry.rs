@@ -334,3 +334,154 @@ async fn cancelled_calls_leave_nothing_behind() {
     }
     assert_eq!(most, 4, "the cases reach the last attempt");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_gives_up_without_waiting_out_the_backoff() {
+    let clock = ManualClock::new();
+    let budget = Budget::builder()
+        .ratio(0.1)
+        .floor_per_sec(0)
+        .clock(&clock)
+        .build()
+        .unwrap();
+    let r = Retry::builder()
+        .backoff(Backoff::constant(Duration::from_secs(5)))
+        .budget(budget)
+        .idempotent(true)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = r
+        .call(|_| async { Err::<(), _>(Error::Unavailable) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.stop(), Some(Stop::BudgetExhausted));
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "refused before the 5 s wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_cap_gives_up_at_once() {
+    let r = retry()
+        .idempotent(true)
+        .max_retry_after(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (out, starts) = run(&r, CallOptions::new(), vec![Error::SlowDown(Duration::MAX)]).await;
+    assert_eq!(starts.len(), 1);
+    assert_eq!(out.unwrap_err().stop(), Some(Stop::RetryAfterTooLong));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(r.stats().retry_after_too_long, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_first_attempt_after_the_deadline() {
+    let r = retry().idempotent(true).build().unwrap();
+    let n = AtomicU32::new(0);
+    let past = Instant::now();
+    tokio::time::advance(MS(1)).await;
+    let err = r
+        .call_with(CallOptions::new().deadline(past), |_| {
+            n.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Error>(()) }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RetryError::Rejected(Rejection::TimedOut { .. })
+    ));
+    // With an expected attempt time, a deadline too close refuses too.
+    let r = retry().expected_attempt_time(MS(50)).build().unwrap();
+    let soon = Instant::now() + MS(20);
+    let err = r
+        .call_with(CallOptions::new().deadline(soon), |_| {
+            n.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Error>(()) }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RetryError::Rejected(Rejection::TimedOut { .. })
+    ));
+    assert_eq!(n.load(Ordering::Relaxed), 0, "no attempt was made");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_inside_is_retried_after_its_own_wait() {
+    use heijunka_breaker::{CallError, SlidingWindowType};
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindowType::CountBased, 2)
+        .minimum_number_of_calls(2)
+        .failure_rate_threshold(0.5)
+        .wait_duration_in_open_state(MS(200))
+        .clock(&clock)
+        .build()
+        .unwrap();
+    let r = Retry::builder()
+        .max_attempts(4)
+        .backoff(Backoff::constant(MS(1)))
+        .breaker_inside::<Error>(&breaker)
+        .classify_errors(|e: &Error| match e {
+            Error::BadRequest => Retryable::Never,
+            _ => Retryable::IfIdempotent,
+        })
+        .idempotent(true)
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let start = Instant::now();
+    // Keep the breaker's manual clock with tokio's.
+    let ticker = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MS(1)).await;
+                clock.advance(MS(1));
+            }
+        })
+    };
+    let ran = AtomicU32::new(0);
+    let out = r
+        .call(|_| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let ran = &ran;
+            breaker.call_async(async move {
+                ran.fetch_add(1, Ordering::Relaxed);
+                if n < 2 {
+                    Err(Error::Unavailable)
+                } else {
+                    Ok(n)
+                }
+            })
+        })
+        .await;
+    ticker.abort();
+    // Two failures open it; the third attempt is refused by the open breaker
+    // (its call never runs) and retried after the breaker's 200 ms wait; the
+    // fourth is the half-open probe, and succeeds.
+    assert_eq!(out.ok(), Some(3));
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        ran.load(Ordering::Relaxed),
+        3,
+        "the refused attempt never ran"
+    );
+    assert!(start.elapsed() >= MS(200), "{:?}", start.elapsed());
+    // The user's classifier for `Error` still decides a failure inside.
+    let err = r
+        .call(|_| breaker.call_async(async { Err::<u32, _>(Error::BadRequest) }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.stop(), Some(Stop::NotRetryable));
+    assert!(matches!(
+        err.into_error(),
+        Some(CallError::Failed(Error::BadRequest))
+    ));
+}
