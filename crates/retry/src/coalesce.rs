@@ -56,10 +56,14 @@ struct State<T> {
     polling: bool,
     /// The future asked to be polled again while it was being polled.
     repoll: bool,
+    /// Slot 0 (the caller that started the flight), inline: a flight with
+    /// one caller allocates no slot list.
+    lead: Slot,
+    /// Slots 1.. (callers that joined).
     slots: Vec<Slot>,
     free: Vec<usize>,
-    /// The waker the shared future is polled with, made on its first poll.
-    notify: Option<Waker>,
+    /// The only caller left took the output without a clone.
+    taken: bool,
     /// Waiters that have not returned and not been dropped.
     live: usize,
 }
@@ -67,13 +71,20 @@ struct State<T> {
 impl<T> State<T> {
     /// Finished, one way or another: never joined again.
     fn done(&self) -> bool {
-        self.result.is_some() || self.poisoned || self.abandoned
+        self.result.is_some() || self.poisoned || self.abandoned || self.taken
+    }
+
+    fn slot_mut(&mut self, slot: usize) -> &mut Slot {
+        match slot {
+            0 => &mut self.lead,
+            i => &mut self.slots[i - 1],
+        }
     }
 
     /// Takes every registered waker (each waiter registers again when polled).
     fn take_wakers(&mut self) -> Vec<Waker> {
-        self.slots
-            .iter_mut()
+        std::iter::once(&mut self.lead)
+            .chain(self.slots.iter_mut())
             .filter_map(|s| match s {
                 Slot::Waiting(w) => w.take(),
                 Slot::Free => None,
@@ -82,8 +93,10 @@ impl<T> State<T> {
     }
 
     fn leave(&mut self, slot: usize) {
-        self.slots[slot] = Slot::Free;
-        self.free.push(slot);
+        *self.slot_mut(slot) = Slot::Free;
+        if slot > 0 {
+            self.free.push(slot);
+        }
         self.live -= 1;
     }
 }
@@ -110,25 +123,21 @@ impl<K, T> Flight<K, T> {
     }
 }
 
-/// The waker the shared future is polled with: wakes every waiter (any of them
-/// may drive the call; one that is not being polled must not stall the
-/// others, as in `futures::future::Shared`), or, while a waiter is polling,
-/// asks it to poll again.
-struct Notify<K, T> {
-    flight: Weak<Flight<K, T>>,
-}
-
-impl<K: Send + Sync + 'static, T: Send + 'static> Wake for Notify<K, T> {
+/// The flight is the waker its shared future is polled with (no allocation
+/// of its own): it wakes every waiter (any of them may drive the call; one
+/// that is not being polled must not stall the others, as in
+/// `futures::future::Shared`), or, while a waiter is polling, asks it to poll
+/// again. The future holding this waker makes a cycle through the flight,
+/// broken whenever the future ends: finished, panicked or abandoned, it is
+/// dropped.
+impl<K: Send + Sync + 'static, T: Send + 'static> Wake for Flight<K, T> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let Some(flight) = self.flight.upgrade() else {
-            return;
-        };
         let wakers = {
-            let mut s = flight.lock();
+            let mut s = self.lock();
             if s.done() {
                 return;
             }
@@ -385,15 +394,16 @@ where
                 abandoned: false,
                 polling: false,
                 repoll: false,
+                lead: Slot::Waiting(None),
                 slots: Vec::new(),
                 free: Vec::new(),
-                notify: None,
-                live: 0,
+                taken: false,
+                live: 1,
             }),
             owner: Arc::downgrade(&self.shared),
             forget: Shared::forget,
         });
-        let slot = join(&mut flight.lock());
+        let slot = 0;
         map.insert(key, flight.clone());
         drop(map);
         shared.stats.flights.fetch_add(1, Ordering::Relaxed);
@@ -430,14 +440,18 @@ where
 /// Takes a waiter slot.
 fn join<T>(s: &mut State<T>) -> usize {
     s.live += 1;
+    if matches!(s.lead, Slot::Free) {
+        s.lead = Slot::Waiting(None);
+        return 0;
+    }
     match s.free.pop() {
         Some(i) => {
-            s.slots[i] = Slot::Waiting(None);
+            s.slots[i - 1] = Slot::Waiting(None);
             i
         }
         None => {
             s.slots.push(Slot::Waiting(None));
-            s.slots.len() - 1
+            s.slots.len()
         }
     }
 }
@@ -504,7 +518,7 @@ where
             this.kind = Kind::Done;
             return Poll::Ready(Err(CoalesceError::Panicked));
         }
-        match &mut s.slots[slot] {
+        match s.slot_mut(slot) {
             Slot::Waiting(Some(w)) if w.will_wake(cx.waker()) => {}
             other => *other = Slot::Waiting(Some(cx.waker().clone())),
         }
@@ -523,15 +537,8 @@ where
         };
         s.polling = true;
         s.repoll = false;
-        let notify = s
-            .notify
-            .get_or_insert_with(|| {
-                Waker::from(Arc::new(Notify {
-                    flight: Arc::downgrade(&flight),
-                }))
-            })
-            .clone();
         drop(s);
+        let notify = Waker::from(flight.clone());
         let mut ncx = Context::from_waker(&notify);
         // Polled without the lock held: the future may wake itself from inside
         // `poll`, and its waker takes the lock.
@@ -549,6 +556,16 @@ where
                     cx.waker().wake_by_ref();
                 }
                 Poll::Pending
+            }
+            Ok(Poll::Ready(v)) if s.live == 1 => {
+                // The only caller left: it takes the output, no clone.
+                s.polling = false;
+                s.taken = true;
+                s.leave(slot);
+                drop(s);
+                this.kind = Kind::Done;
+                flight.leave_map();
+                Poll::Ready(Ok(v))
             }
             Ok(Poll::Ready(v)) => {
                 s.polling = false;
