@@ -63,6 +63,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "heijunka-memory",
             "heijunka-pool",
             "heijunka-event-bus",
+            "heijunka-retry",
         ],
     ),
 ];

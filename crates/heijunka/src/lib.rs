@@ -137,6 +137,11 @@ pub use heijunka_event_bus as event_bus;
 /// The event bus (`heijunka-event-bus`), under its short name.
 pub use heijunka_event_bus as bus;
 
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+#[doc(inline)]
+pub use heijunka_retry as retry;
+
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod context;

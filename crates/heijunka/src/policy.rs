@@ -174,6 +174,10 @@ pub struct PolicyBuilder {
     limit: Option<Limit>,
     critical_reserve: f64,
     breaker: Option<CircuitBreaker>,
+    #[cfg(feature = "retry")]
+    retry: Option<heijunka_retry::Retry>,
+    #[cfg(feature = "retry")]
+    hedge: Option<heijunka_retry::Hedge>,
 }
 
 /// The concurrency stage: static or adaptive.
@@ -376,6 +380,29 @@ impl PolicyBuilder {
         self
     }
 
+    /// Retries calls made with [`Policy::call_retrying`]: each attempt goes
+    /// through every stage again (the breaker and the limits see each one),
+    /// within the request's deadline and the retry's budget. A refusal by a
+    /// stage never reached the dependency, so it is retried (after its
+    /// retry-after) whatever the idempotency; a time-out or the call's own
+    /// error as the retry classifies it (feature `retry`).
+    #[cfg(feature = "retry")]
+    pub fn retry(mut self, retry: heijunka_retry::Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Hedges calls made with [`Policy::call_retrying`]: each hedge goes through
+    /// every stage (and takes its own concurrency permit); inside a
+    /// [`retry`](Self::retry), each attempt is hedged, and both draw on their
+    /// budgets (give them one [`Budget`](heijunka_retry::Budget) to bound
+    /// them together; feature `retry`).
+    #[cfg(feature = "retry")]
+    pub fn hedge(mut self, hedge: heijunka_retry::Hedge) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
+
     /// Refuses while `breaker` is open, and records each call's outcome in it.
     pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
@@ -431,6 +458,10 @@ impl PolicyBuilder {
                 limit: self.limit,
                 critical_reserve: self.critical_reserve,
                 breaker: self.breaker,
+                #[cfg(feature = "retry")]
+                retry: self.retry,
+                #[cfg(feature = "retry")]
+                hedge: self.hedge,
                 observer: Arc::new(Observer::new(name)),
             }),
         })
@@ -439,8 +470,8 @@ impl PolicyBuilder {
 
 impl fmt::Debug for PolicyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PolicyBuilder")
-            .field("name", &self.name)
+        let mut f = f.debug_struct("PolicyBuilder");
+        f.field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("max_wait", &self.max_wait)
             .field("rate_limit", &self.rate.is_some())
@@ -458,8 +489,10 @@ impl fmt::Debug for PolicyBuilder {
                 &self.limit.as_ref().map(Limit::describe),
             )
             .field("critical_reserve", &self.critical_reserve)
-            .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name))
-            .finish()
+            .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name));
+        #[cfg(feature = "retry")]
+        f.field("retry", &self.retry).field("hedge", &self.hedge);
+        f.finish()
     }
 }
 
@@ -474,6 +507,10 @@ struct Inner {
     limit: Option<Limit>,
     critical_reserve: f64,
     breaker: Option<CircuitBreaker>,
+    #[cfg(feature = "retry")]
+    retry: Option<heijunka_retry::Retry>,
+    #[cfg(feature = "retry")]
+    hedge: Option<heijunka_retry::Hedge>,
     observer: Arc<Observer>,
 }
 
@@ -1195,6 +1232,101 @@ impl Policy {
         .await
     }
 
+    /// [`call`](Self::call) with the policy's [`retry`](PolicyBuilder::retry)
+    /// and [`hedge`](PolicyBuilder::hedge) around it, in the order the guide
+    /// recommends: the request's deadline outside everything, the retry
+    /// outside the hedge, and every attempt through every stage (the breaker
+    /// inside the retry, so each attempt is judged and counted). The retry and
+    /// the hedge get the request's deadline and
+    /// [`criticality`](RequestContext::criticality): no attempt starts that
+    /// could not finish in time, and sheddable requests do not spend the
+    /// budget while it is strained. Without a retry or a hedge it is
+    /// [`call`](Self::call). `f` is called once per attempt (feature `retry`).
+    ///
+    /// ```
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::policy::Policy;
+    /// use heijunka::retry::{Backoff, Retry};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policy = Policy::builder()
+    ///     .retry(Retry::builder().backoff(Backoff::None).idempotent(true).build()?)
+    ///     .build()?;
+    /// let calls = AtomicU32::new(0);
+    /// let v = policy
+    ///     .call_retrying(&RequestContext::new(), |_ctx| {
+    ///         let n = calls.fetch_add(1, Ordering::Relaxed);
+    ///         async move { if n == 0 { Err(std::io::Error::other("flaky")) } else { Ok(n) } }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(v, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call), for the last attempt; a refusal of the retry's
+    /// budget rate limiter as [`Stage::RateLimit`], a deadline that left no
+    /// time for an attempt as [`Stage::Deadline`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call): dropping it drops the attempt (and hedges) in
+    /// flight, whose admissions release their permits.
+    #[cfg(feature = "retry")]
+    pub async fn call_retrying<T, E, F, Fut>(
+        &self,
+        ctx: &RequestContext,
+        f: F,
+    ) -> Result<T, PolicyError<E>>
+    where
+        T: 'static,
+        E: 'static,
+        F: Fn(RequestContext) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        use heijunka_retry::CallOptions;
+        let opts = CallOptions::new()
+            .deadline(ctx.deadline())
+            .criticality(ctx.criticality());
+        let s = &*self.inner;
+        match (&s.retry, &s.hedge) {
+            (None, None) => self.call(ctx, f).await,
+            (None, Some(hedge)) => hedge
+                .call_classified(opts, |r| classify_policy(None, r).0, |_| self.call(ctx, &f))
+                .await
+                .map_err(flatten),
+            (Some(retry), None) => retry
+                .call_classified(
+                    opts,
+                    |r| classify_policy(Some(retry), r),
+                    |_| self.call(ctx, &f),
+                )
+                .await
+                .map_err(flatten),
+            (Some(retry), Some(hedge)) => retry
+                .call_classified(
+                    opts,
+                    |r| classify_policy(Some(retry), r),
+                    |_| async {
+                        hedge
+                            .call_classified(
+                                opts.nested(),
+                                |r| classify_policy(Some(retry), r).0,
+                                |_| self.call(ctx, &f),
+                            )
+                            .await
+                            .map_err(flatten)
+                    },
+                )
+                .await
+                .map_err(flatten),
+        }
+    }
+
     /// [`call`](Self::call) with the outcome decided by `classify`: for example,
     /// an HTTP client's `Ok` response with a 503 status is a
     /// [`Failure`](Classification::Failure), a 404 an
@@ -1311,5 +1443,68 @@ impl fmt::Debug for Policy {
             .field("concurrency_limit", &s.limit.as_ref().map(Limit::describe))
             .field("breaker", &s.breaker.as_ref().map(CircuitBreaker::name))
             .finish()
+    }
+}
+
+/// How a retry or a hedge judges a policy call's outcome: a refusal by a stage
+/// never reached the dependency (retried after its retry-after, except a
+/// shutdown, a passed deadline or a breaker forced open); a time-out may have
+/// had its effect (retried only if idempotent); the call's own outcome as the
+/// retry's classifiers judge it.
+#[cfg(feature = "retry")]
+fn classify_policy<T: 'static, E: 'static>(
+    retry: Option<&heijunka_retry::Retry>,
+    r: &Result<T, PolicyError<E>>,
+) -> (heijunka_retry::Retryable, Option<Duration>) {
+    use heijunka_retry::Retryable;
+    match r {
+        Ok(v) => (
+            retry.map_or(Retryable::Never, |x| x.classify_result(v)),
+            None,
+        ),
+        Err(PolicyError::Call(e)) => match retry {
+            Some(x) => (x.classify_error(e), x.retry_after_of(e)),
+            None => (Retryable::IfIdempotent, None),
+        },
+        Err(PolicyError::Cancelled) => (Retryable::Never, None),
+        Err(PolicyError::Rejected { stage, reason }) => match (stage, reason) {
+            (Stage::Deadline, _)
+            | (_, Rejection::ShuttingDown)
+            | (_, Rejection::CircuitOpen { retry_after: None }) => (Retryable::Never, None),
+            _ => (Retryable::Always, reason.retry_after()),
+        },
+        Err(PolicyError::TimedOut { .. }) => (Retryable::IfIdempotent, None),
+    }
+}
+
+/// A retry's or a hedge's error as the policy's: the last attempt's error, or
+/// the refusal that kept any attempt from starting.
+#[cfg(feature = "retry")]
+fn flatten<E>(e: heijunka_retry::RetryError<PolicyError<E>>) -> PolicyError<E> {
+    use heijunka_retry::{FailureInfo, RetryError};
+    match e {
+        RetryError::Failed { error, .. } => error,
+        other => {
+            let reason = other.rejection().unwrap_or(Rejection::TimedOut {
+                after: Duration::ZERO,
+            });
+            let stage = match reason {
+                Rejection::TimedOut { .. } => Stage::Deadline,
+                _ => Stage::RateLimit,
+            };
+            PolicyError::Rejected { stage, reason }
+        }
+    }
+}
+
+/// A fallback reads the refusing stage and the reason from a policy's error.
+#[cfg(feature = "retry")]
+impl<E> heijunka_retry::FailureInfo for PolicyError<E> {
+    fn stage(&self) -> Option<&'static str> {
+        PolicyError::stage(self).map(Stage::as_str)
+    }
+
+    fn rejection(&self) -> Option<Rejection> {
+        PolicyError::rejection(self)
     }
 }

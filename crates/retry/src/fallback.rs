@@ -30,8 +30,11 @@ pub trait FailureInfo {
 }
 
 impl<E> FailureInfo for RetryError<E> {
+    /// `"deadline"` when no attempt was made for lack of time, `"rate_limit"`
+    /// when the budget's rate limiter refused the first attempt.
     fn stage(&self) -> Option<&'static str> {
         match self {
+            RetryError::Rejected(Rejection::TimedOut { .. }) => Some("deadline"),
             RetryError::Rejected(_) => Some("rate_limit"),
             RetryError::Failed { .. } => None,
         }

@@ -407,11 +407,55 @@ impl Hedge {
     pub async fn call_with<T, E, F, Fut>(
         &self,
         opts: CallOptions,
-        mut op: F,
+        op: F,
     ) -> Result<T, RetryError<E>>
     where
         T: 'static,
         E: 'static,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let c = &self.inner.classifier;
+        let classify = |r: &Result<T, E>| match r {
+            Ok(v) => c.result(v),
+            Err(e) => c.error(e),
+        };
+        self.run(opts, classify, op).await
+    }
+
+    /// [`call_with`](Self::call_with) with each outcome judged by `classify`
+    /// instead of the per-type classifiers (see
+    /// [`Retry::call_classified`](crate::Retry::call_classified)).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_classified<T, E, F, Fut, C>(
+        &self,
+        opts: CallOptions,
+        classify: C,
+        op: F,
+    ) -> Result<T, RetryError<E>>
+    where
+        C: FnMut(&Result<T, E>) -> Retryable,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run(opts, classify, op).await
+    }
+
+    async fn run<T, E, F, Fut, C>(
+        &self,
+        opts: CallOptions,
+        mut classify: C,
+        mut op: F,
+    ) -> Result<T, RetryError<E>>
+    where
+        C: FnMut(&Result<T, E>) -> Retryable,
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -469,10 +513,7 @@ impl Hedge {
                 }
                 if let Some((out, number)) = finished {
                     progressed = true;
-                    let class = match &out {
-                        Ok(v) => inner.classifier.result(v),
-                        Err(e) => inner.classifier.error(e),
-                    };
+                    let class = classify(&out);
                     match (class, out.is_ok()) {
                         (Retryable::Never, true) => {
                             if record && let Some(w) = &inner.window {

@@ -560,11 +560,100 @@ impl Retry {
     pub async fn call_with<T, E, F, Fut>(
         &self,
         opts: CallOptions,
-        mut op: F,
+        op: F,
     ) -> Result<T, RetryError<E>>
     where
         T: 'static,
         E: 'static,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let c = &self.inner.classifier;
+        let classify = |r: &Result<T, E>| match r {
+            Ok(v) => (c.result(v), None),
+            Err(e) => (c.error(e), c.retry_after(e)),
+        };
+        self.run(opts, classify, op).await
+    }
+
+    /// [`call_with`](Self::call_with) with each outcome judged by `classify`
+    /// (whether it may be retried, and the wait the dependency asked for)
+    /// instead of the per-type classifiers; for outcomes of a type that wraps
+    /// the dependency's error, such as the facade's `PolicyError`. `T` and `E`
+    /// need not be `'static`.
+    ///
+    /// ```
+    /// use heijunka_retry::{Backoff, CallOptions, Retry, Retryable};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let retry = Retry::builder().backoff(Backoff::None).build().unwrap();
+    /// let mut n = 0;
+    /// let r = retry
+    ///     .call_classified(
+    ///         CallOptions::new(),
+    ///         |r: &Result<u32, &str>| match r {
+    ///             Err(&"refused") => (Retryable::Always, Some(Duration::from_millis(5))),
+    ///             _ => (Retryable::Never, None),
+    ///         },
+    ///         |_| {
+    ///             n += 1;
+    ///             let out = if n == 1 { Err("refused") } else { Ok(n) };
+    ///             async move { out }
+    ///         },
+    ///     )
+    ///     .await;
+    /// assert_eq!(r.unwrap(), 2);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_classified<T, E, F, Fut, C>(
+        &self,
+        opts: CallOptions,
+        classify: C,
+        op: F,
+    ) -> Result<T, RetryError<E>>
+    where
+        C: FnMut(&Result<T, E>) -> (Retryable, Option<Duration>),
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run(opts, classify, op).await
+    }
+
+    /// How this policy's classifiers judge an error of type `E` (see
+    /// [`RetryBuilder::classify_errors`]).
+    pub fn classify_error<E: 'static>(&self, error: &E) -> Retryable {
+        self.inner.classifier.error(error)
+    }
+
+    /// How this policy's classifiers judge a successful result of type `T`.
+    pub fn classify_result<T: 'static>(&self, value: &T) -> Retryable {
+        self.inner.classifier.result(value)
+    }
+
+    /// The wait the dependency asked for with `error`, as
+    /// [`RetryBuilder::retry_after`] reads it.
+    pub fn retry_after_of<E: 'static>(&self, error: &E) -> Option<Duration> {
+        self.inner.classifier.retry_after(error)
+    }
+
+    async fn run<T, E, F, Fut, C>(
+        &self,
+        opts: CallOptions,
+        mut classify: C,
+        mut op: F,
+    ) -> Result<T, RetryError<E>>
+    where
+        C: FnMut(&Result<T, E>) -> (Retryable, Option<Duration>),
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -606,10 +695,7 @@ impl Retry {
                 hedge: false,
             })
             .await;
-            let (class, asked) = match &outcome {
-                Ok(v) => (inner.classifier.result(v), None),
-                Err(e) => (inner.classifier.error(e), inner.classifier.retry_after(e)),
-            };
+            let (class, asked) = classify(&outcome);
             let stop = match class {
                 Retryable::Never => Stop::NotRetryable,
                 Retryable::IfIdempotent if !idempotent => Stop::NotIdempotent,
