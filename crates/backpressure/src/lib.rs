@@ -128,9 +128,9 @@ pub use crate::{
         QueueStats,
     },
     rate::{
-        DEFAULT_MAX_KEYS, EVICTION_PROBES, FixedWindow, Gcra, KeyedDecision, KeyedRateLimiter,
-        KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError, RateLimitState,
-        RateLimiter, SlidingLog, SlidingWindow, until_ready,
+        DEFAULT_MAX_KEYS, EVICTION_PROBES, FixedWindow, Gcra, GcraBuilder, KeyedDecision,
+        KeyedRateLimiter, KeyedRateLimiterBuilder, LeakyBucket, OverflowPolicy, RateLimitError,
+        RateLimitState, RateLimiter, SlidingLog, SlidingWindow, until_ready,
     },
     rejected::{ClassPushError, Rejected},
     shed::{FnSignal, LoadShedder, LoadShedderBuilder, ShedStats, Signal, from_fn},

@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use heijunka_core::{ConfigError, Rejection, validate};
+use heijunka_core::{ConfigError, Criticality, Rejection, validate};
 use serde::Serialize;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -61,6 +61,8 @@ pub struct PriorityQueue<T> {
     notify: Notify,
     capacity: usize,
     max_skips: Option<u32>,
+    /// Slots only class 0 may fill.
+    reserve: usize,
 }
 
 struct State<T> {
@@ -122,6 +124,7 @@ pub struct PriorityQueueBuilder<T> {
     classes: usize,
     capacity: usize,
     max_skips: Option<u32>,
+    reserve: usize,
     item: PhantomData<fn() -> T>,
 }
 
@@ -139,11 +142,35 @@ impl<T> fmt::Debug for PriorityQueueBuilder<T> {
             .field("classes", &self.classes)
             .field("capacity", &self.capacity)
             .field("max_skips", &self.max_skips)
+            .field("reserve", &self.reserve)
             .finish()
     }
 }
 
 impl<T> PriorityQueueBuilder<T> {
+    /// Keeps the last `slots` of the capacity for class 0 (critical work, see
+    /// [`try_push_for`](PriorityQueue::try_push_for)): a push to any other
+    /// class is refused once `capacity - slots` items are queued, so critical
+    /// work finds room without displacing anything. Default 0; less than the
+    /// capacity.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{PriorityQueue, Pushed};
+    /// use heijunka_core::Criticality;
+    ///
+    /// let q = PriorityQueue::builder(3, 4).reserve_for_top(1).build()?;
+    /// for i in 0..3 {
+    ///     assert_eq!(q.try_push_for(Criticality::Default, i).unwrap(), Pushed::Queued);
+    /// }
+    /// assert!(q.try_push_for(Criticality::Default, 3).is_err(), "the last slot is kept");
+    /// assert!(q.try_push_for(Criticality::Critical, 4).is_ok());
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn reserve_for_top(mut self, slots: usize) -> Self {
+        self.reserve = slots;
+        self
+    }
+
     /// Turn aging on: a class passed over `n` times is served next. Off by default.
     pub fn max_skips(mut self, n: u32) -> Self {
         self.max_skips = Some(n);
@@ -163,6 +190,13 @@ impl<T> PriorityQueueBuilder<T> {
         if let Some(n) = self.max_skips {
             validate::at_least("max_skips", n, 1)?;
         }
+        if self.reserve > 0 && self.reserve >= self.capacity {
+            return Err(ConfigError::new(
+                "reserve_for_top",
+                self.reserve,
+                format!("must be below the capacity ({})", self.capacity),
+            ));
+        }
         Ok(PriorityQueue {
             state: Mutex::new(State {
                 classes: (0..self.classes).map(|_| VecDeque::new()).collect(),
@@ -176,6 +210,7 @@ impl<T> PriorityQueueBuilder<T> {
             notify: Notify::new(),
             capacity: self.capacity,
             max_skips: self.max_skips,
+            reserve: self.reserve,
         })
     }
 }
@@ -202,8 +237,26 @@ impl<T> PriorityQueue<T> {
             classes,
             capacity,
             max_skips: None,
+            reserve: 0,
             item: PhantomData,
         }
+    }
+
+    /// [`try_push`](Self::try_push) into the class of `criticality`: critical
+    /// work in class 0, default work in class 1 and sheddable work in class 2
+    /// (each capped at the last class, so a two-class queue puts default and
+    /// sheddable work together).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_push`](Self::try_push) (never an unknown class).
+    pub fn try_push_for(
+        &self,
+        criticality: Criticality,
+        item: T,
+    ) -> Result<Pushed<T>, ClassPushError<T>> {
+        let class = (Criticality::Critical.index() - criticality.index()).min(self.classes() - 1);
+        self.try_push(class, item)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -225,8 +278,9 @@ impl<T> PriorityQueue<T> {
     /// The item comes back in a [`ClassPushError`]:
     /// [`UnknownClass`](ClassPushError::UnknownClass) naming the class and the
     /// number of classes when `class` is not below it; [`Rejection::QueueFull`]
-    /// when full of items of `class` or higher; [`Rejection::ShuttingDown`] once
-    /// closed.
+    /// when full of items of `class` or higher, or, for a class other than 0,
+    /// when only the [`reserve_for_top`](PriorityQueueBuilder::reserve_for_top)
+    /// slots are left; [`Rejection::ShuttingDown`] once closed.
     pub fn try_push(&self, class: usize, item: T) -> Result<Pushed<T>, ClassPushError<T>> {
         let mut st = self.lock();
         let classes = st.classes.len();
@@ -242,6 +296,16 @@ impl<T> PriorityQueue<T> {
             return Err(Rejected::new(item, Rejection::ShuttingDown).into());
         }
         let mut pushed = Pushed::Queued;
+        if class > 0 && self.reserve > 0 && st.len >= self.capacity - self.reserve {
+            st.rejected += 1;
+            return Err(Rejected::new(
+                item,
+                Rejection::QueueFull {
+                    capacity: self.capacity,
+                },
+            )
+            .into());
+        }
         if st.len >= self.capacity {
             // The lowest class with work, if it is below `class`, gives up its newest.
             let lowest = st.classes.iter().rposition(|c| !c.is_empty());

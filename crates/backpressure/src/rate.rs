@@ -10,9 +10,9 @@ mod window;
 
 use std::time::Duration;
 
-use heijunka_core::{Clock, Rejection};
+use heijunka_core::{Clock, Criticality, Rejection};
 
-pub use self::gcra::Gcra;
+pub use self::gcra::{Gcra, GcraBuilder};
 pub use self::keyed::{
     DEFAULT_MAX_KEYS, EVICTION_PROBES, KeyedDecision, KeyedRateLimiter, KeyedRateLimiterBuilder,
     OverflowPolicy, RateLimitState,
@@ -127,6 +127,20 @@ pub trait RateLimiter: Send + Sync {
     #[inline]
     fn check(&self) -> Result<(), RateLimitError> {
         self.check_n(1)
+    }
+
+    /// Admits `n` units now for work of `criticality`, or says how long until
+    /// they would conform. The default ignores the criticality; a [`Gcra`] with
+    /// a [`critical_reserve`](GcraBuilder::critical_reserve) keeps part of its
+    /// burst for critical work.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_n`](Self::check_n).
+    #[inline]
+    fn check_n_for(&self, n: u32, criticality: Criticality) -> Result<(), RateLimitError> {
+        let _ = criticality;
+        self.check_n(n)
     }
 
     /// The clock the limiter reads.

@@ -193,7 +193,14 @@ macro_rules! rate_signal {
         impl Signal for $t {
             #[inline]
             fn check(&self) -> Result<(), Rejection> {
-                RateLimiter::check(self).map_err(|e| {
+                self.check_for(Criticality::Default)
+            }
+
+            /// Takes a unit as [`RateLimiter::check_n_for`] does (a GCRA keeps
+            /// its critical reserve for critical work).
+            #[inline]
+            fn check_for(&self, criticality: Criticality) -> Result<(), Rejection> {
+                RateLimiter::check_n_for(self, 1, criticality).map_err(|e| {
                     e.reason().unwrap_or(Rejection::RateLimited {
                         retry_after: std::time::Duration::ZERO,
                     })

@@ -91,3 +91,111 @@ fn a_shedder_asks_each_signal_for_the_criticality() {
     let shared: Arc<dyn Signal> = Arc::new(shedder);
     assert_eq!(shed(&shared), [true, true, true]);
 }
+
+#[test]
+fn a_rate_limiter_keeps_its_reserve_for_critical_work_under_overload() {
+    use heijunka_backpressure::{Gcra, RateLimiter};
+    use heijunka_core::ManualClock;
+    use std::time::Duration;
+    let clock = ManualClock::new();
+    let limiter = Gcra::builder(100.0)
+        .burst(10)
+        .critical_reserve(3)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let (mut default_ok, mut critical_ok, mut critical_offered) = (0, 0, 0);
+    // 10 s: default work at 1,000/s (ten times the rate), critical at 20/s.
+    for ms in 0..10_000u64 {
+        if limiter.check_n_for(1, Criticality::Default).is_ok() {
+            default_ok += 1;
+        }
+        if ms % 50 == 0 {
+            critical_offered += 1;
+            if limiter.check_n_for(1, Criticality::Critical).is_ok() {
+                critical_ok += 1;
+            }
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    assert_eq!(
+        critical_ok, critical_offered,
+        "every critical request passed"
+    );
+    // The rate holds for everything together.
+    assert!(
+        default_ok + critical_ok <= 1_000 + 10,
+        "{default_ok} + {critical_ok}"
+    );
+    assert!(
+        default_ok >= 750,
+        "default work keeps the rest: {default_ok}"
+    );
+    // Without the reserve, critical work competes and loses most of the time.
+    let plain = Gcra::builder(100.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let mut lost = 0;
+    for ms in 0..2_000u64 {
+        let _ = plain.check_n_for(1, Criticality::Default);
+        if ms % 50 == 0 && plain.check_n_for(1, Criticality::Critical).is_err() {
+            lost += 1;
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    assert!(lost > 20, "{lost}");
+}
+
+#[test]
+fn a_reserve_not_below_the_burst_is_refused_by_name() {
+    let e = heijunka_backpressure::Gcra::builder(10.0)
+        .burst(2)
+        .critical_reserve(2)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "critical_reserve");
+}
+
+#[test]
+fn a_priority_queue_keeps_room_for_critical_work() {
+    use heijunka_backpressure::{PriorityQueue, Pushed};
+    let q = PriorityQueue::builder(3, 10)
+        .reserve_for_top(2)
+        .build()
+        .unwrap();
+    let mut refused = 0;
+    for i in 0..20 {
+        let c = if i % 2 == 0 {
+            Criticality::Sheddable
+        } else {
+            Criticality::Default
+        };
+        if q.try_push_for(c, i).is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!((q.len(), refused), (8, 12), "eight slots for other work");
+    // Critical work takes the reserve without displacing anything...
+    assert_eq!(
+        q.try_push_for(Criticality::Critical, 100).unwrap(),
+        Pushed::Queued
+    );
+    assert_eq!(
+        q.try_push_for(Criticality::Critical, 101).unwrap(),
+        Pushed::Queued
+    );
+    // ...then displaces the newest sheddable item, handed back.
+    assert!(matches!(
+        q.try_push_for(Criticality::Critical, 102).unwrap(),
+        Pushed::Displaced { class: 2, .. }
+    ));
+    // And is served first.
+    assert_eq!(q.try_pop_with_class(), Some((0, 100)));
+    let e = PriorityQueue::<u8>::builder(3, 4)
+        .reserve_for_top(4)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "reserve_for_top");
+}

@@ -8,7 +8,8 @@
 //!    deadline is refused before it costs anything; the call is given a context
 //!    with that deadline (so it can pass on the time it really has), and a call
 //!    still running at the deadline is stopped ([`PolicyError::TimedOut`]).
-//! 2. **Rate limit** — refuses over the configured rate, with a retry-after.
+//! 2. **Rate limit** — refuses over the configured rate, with a retry-after (a
+//!    GCRA's critical reserve is left to critical requests).
 //! 3. **Load shed** — the memory gate, then each load-shedding signal in the order
 //!    added (queue pressure, a `LoadShedder`, anything returning a [`Rejection`]),
 //!    each asked for the request's [`Criticality`](heijunka_core::Criticality):
@@ -1100,15 +1101,15 @@ impl Policy {
                 },
             ));
         }
+        let criticality = ctx.criticality();
         if let Some(rate) = &s.rate
-            && let Err(e) = rate.check()
+            && let Err(e) = rate.check_n_for(1, criticality)
         {
             let reason = e.reason().unwrap_or(Rejection::RateLimited {
                 retry_after: Duration::ZERO,
             });
             return Err(PolicyError::rejected(Stage::RateLimit, reason));
         }
-        let criticality = ctx.criticality();
         if let Some(gate) = &s.memory {
             gate.check_for(criticality)
                 .map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use heijunka_core::metrics::Counter;
 use heijunka_core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use heijunka_core::sync::{CachePadded, hint, thread};
-use heijunka_core::{Clock, ConfigError, validate};
+use heijunka_core::{Clock, ConfigError, Criticality, validate};
 
 use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
 
@@ -167,6 +167,8 @@ impl Params {
 pub struct Gcra {
     tat: CachePadded<AtomicU64>,
     params: ParamsCell,
+    /// Units of the burst only critical work may take.
+    critical_reserve: u32,
     clock: Clock,
     /// Refusals (feature `metrics`); touched only on a refusal.
     rejected: Counter,
@@ -272,6 +274,7 @@ impl ParamsCell {
 pub struct GcraBuilder {
     per_second: f64,
     burst: u32,
+    critical_reserve: u32,
     clock: Clock,
     name: String,
 }
@@ -280,6 +283,34 @@ impl GcraBuilder {
     /// Units admissible at once from a full bucket. Default 1 (no burst).
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = burst;
+        self
+    }
+
+    /// Keeps `units` of the burst for critical work
+    /// ([`RateLimiter::check_n_for`] with [`Criticality::Critical`]): other
+    /// work conforms only while more than `units` remain, so under a sustained
+    /// overload the last of the bucket goes to critical requests. Default 0;
+    /// less than the burst (a later [`set_rate`](Gcra::set_rate) with a smaller
+    /// burst keeps at least one unit for other work).
+    ///
+    /// ```
+    /// use heijunka_backpressure::{Gcra, RateLimiter};
+    /// use heijunka_core::{Criticality, ManualClock};
+    ///
+    /// let limiter = Gcra::builder(10.0)
+    ///     .burst(4)
+    ///     .critical_reserve(1)
+    ///     .clock(ManualClock::new().clock())
+    ///     .build()?;
+    /// for _ in 0..3 {
+    ///     limiter.check_n_for(1, Criticality::Default).unwrap();
+    /// }
+    /// assert!(limiter.check_n_for(1, Criticality::Default).is_err());
+    /// assert!(limiter.check_n_for(1, Criticality::Critical).is_ok(), "the reserve");
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn critical_reserve(mut self, units: u32) -> Self {
+        self.critical_reserve = units;
         self
     }
 
@@ -309,11 +340,21 @@ impl GcraBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] for a rate that is not a finite number above zero (or is
-    /// beyond 1e9 per second), or a burst of zero.
+    /// beyond 1e9 per second), a burst of zero, or a `critical_reserve` not
+    /// below the burst.
     pub fn build(self) -> Result<Gcra, ConfigError> {
+        let params = Params::new(self.per_second, self.burst)?;
+        if self.critical_reserve > 0 && self.critical_reserve >= self.burst {
+            return Err(ConfigError::new(
+                "critical_reserve",
+                self.critical_reserve,
+                format!("must be below the burst ({})", self.burst),
+            ));
+        }
         Ok(Gcra {
             tat: CachePadded::new(AtomicU64::new(0)),
-            params: ParamsCell::new(Params::new(self.per_second, self.burst)?),
+            params: ParamsCell::new(params),
+            critical_reserve: self.critical_reserve,
             clock: self.clock,
             rejected: crate::metrics::rate_rejected(&self.name),
         })
@@ -326,6 +367,7 @@ impl Gcra {
         GcraBuilder {
             per_second,
             burst: 1,
+            critical_reserve: 0,
             clock: Clock::system(),
             name: crate::metrics::DEFAULT_NAME.to_owned(),
         }
@@ -376,6 +418,24 @@ impl RateLimiter for Gcra {
             .params
             .load()
             .check(&self.tat, self.clock.now().as_nanos(), n);
+        crate::metrics::count_rate_refusal(&self.rejected, &r);
+        r
+    }
+
+    /// Critical work may take the whole burst; other work leaves the
+    /// [`critical_reserve`](GcraBuilder::critical_reserve) untouched.
+    #[inline]
+    fn check_n_for(&self, n: u32, criticality: Criticality) -> Result<(), RateLimitError> {
+        if self.critical_reserve == 0 || criticality == Criticality::Critical {
+            return self.check_n(n);
+        }
+        let mut p = self.params.load();
+        let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
+        p.burst -= reserve;
+        p.tolerance = p
+            .tolerance
+            .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
+        let r = p.check(&self.tat, self.clock.now().as_nanos(), n);
         crate::metrics::count_rate_refusal(&self.rejected, &r);
         r
     }
