@@ -174,6 +174,7 @@ pub struct PolicyBuilder {
     signals: Vec<(String, Signal)>,
     limit: Option<Limit>,
     critical_reserve: f64,
+    sheddable_share: Option<f64>,
     breaker: Option<CircuitBreaker>,
     #[cfg(feature = "retry")]
     retry: Option<heijunka_retry::Retry>,
@@ -381,6 +382,37 @@ impl PolicyBuilder {
         self
     }
 
+    /// The most of the concurrency limit sheddable requests may fill: they
+    /// are refused ([`Stage::Concurrency`]) once that share of its permits is
+    /// in use, so sheddable traffic cannot take all of it (a partition of the
+    /// limit by criticality, as Netflix's partitioned limiter keeps one per
+    /// kind of traffic). With an adaptive limit the share follows the limit as
+    /// it moves. Default 1 (no cap beyond the
+    /// [`critical_reserve`](Self::critical_reserve)); in `(0, 1]`.
+    ///
+    /// ```
+    /// use heijunka::backpressure::ConcurrencyLimit;
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::core::Criticality;
+    /// use heijunka::policy::Policy;
+    ///
+    /// let limit = ConcurrencyLimit::new(10)?;
+    /// let policy = Policy::builder()
+    ///     .concurrency_limit(limit.clone())
+    ///     .sheddable_share(0.5)
+    ///     .build()?;
+    /// let batch = RequestContext::builder().criticality(Criticality::Sheddable).build();
+    /// let held: Vec<_> = (0..5).map(|_| policy.try_admit(&batch).unwrap()).collect();
+    /// assert!(policy.try_admit(&batch).is_err(), "half the limit is the most it gets");
+    /// assert!(policy.try_admit(&RequestContext::new()).is_ok());
+    /// # drop(held);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sheddable_share(mut self, share: f64) -> Self {
+        self.sheddable_share = Some(share);
+        self
+    }
+
     /// Retries calls made with [`Policy::call_retrying`]: each attempt goes
     /// through every stage again (the breaker and the limits see each one),
     /// within the request's deadline and the retry's budget. A refusal by a
@@ -442,6 +474,14 @@ impl PolicyBuilder {
                 "must be in [0, 1)",
             ));
         }
+        let sheddable_share = self.sheddable_share.unwrap_or(1.0);
+        if !(sheddable_share > 0.0 && sheddable_share <= 1.0) {
+            return Err(ConfigError::new(
+                "sheddable_share",
+                sheddable_share,
+                "must be in (0, 1]",
+            ));
+        }
         if let Some((name, _)) = self.signals.iter().find(|(n, _)| n.trim().is_empty()) {
             return Err(ConfigError::new(
                 "shed_signal.name",
@@ -458,6 +498,7 @@ impl PolicyBuilder {
                 signals: self.signals.into_boxed_slice(),
                 limit: self.limit,
                 critical_reserve: self.critical_reserve,
+                sheddable_share,
                 breaker: self.breaker,
                 #[cfg(feature = "retry")]
                 retry: self.retry,
@@ -490,6 +531,7 @@ impl fmt::Debug for PolicyBuilder {
                 &self.limit.as_ref().map(Limit::describe),
             )
             .field("critical_reserve", &self.critical_reserve)
+            .field("sheddable_share", &self.sheddable_share)
             .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name));
         #[cfg(feature = "retry")]
         f.field("retry", &self.retry).field("hedge", &self.hedge);
@@ -507,6 +549,7 @@ struct Inner {
     signals: Box<[(String, Signal)]>,
     limit: Option<Limit>,
     critical_reserve: f64,
+    sheddable_share: f64,
     breaker: Option<CircuitBreaker>,
     #[cfg(feature = "retry")]
     retry: Option<heijunka_retry::Retry>,
@@ -1121,25 +1164,33 @@ impl Policy {
     }
 
     /// Refuses a request that is not critical while no more than the critical
-    /// reserve of the limit is free.
+    /// reserve of the limit is free, and a sheddable one once its share is in
+    /// use.
     fn check_reserve(
         &self,
         criticality: Criticality,
     ) -> Result<(), PolicyError<std::convert::Infallible>> {
-        let share = self.inner.critical_reserve;
-        if share == 0.0 || criticality == Criticality::Critical {
+        let s = &*self.inner;
+        if criticality == Criticality::Critical
+            || (s.critical_reserve == 0.0 && s.sheddable_share >= 1.0)
+        {
             return Ok(());
         }
-        let (limit, free) = match &self.inner.limit {
-            Some(Limit::Static(l)) => (u64::from(l.limit()), u64::from(l.available_permits())),
-            Some(Limit::Adaptive(l)) => {
-                let limit = l.limit() as u64;
-                (limit, limit.saturating_sub(l.in_flight() as u64))
+        let (limit, in_use) = match &s.limit {
+            Some(Limit::Static(l)) => {
+                let limit = u64::from(l.limit());
+                (limit, limit.saturating_sub(u64::from(l.available_permits())))
             }
+            Some(Limit::Adaptive(l)) => (l.limit() as u64, l.in_flight() as u64),
             None => return Ok(()),
         };
-        let kept = (limit as f64 * share).ceil() as u64;
-        if free <= kept {
+        // The most in use at which this criticality is still admitted.
+        let kept = (limit as f64 * s.critical_reserve).ceil() as u64;
+        let mut ceiling = limit.saturating_sub(kept);
+        if criticality == Criticality::Sheddable {
+            ceiling = ceiling.min((limit as f64 * s.sheddable_share).floor() as u64);
+        }
+        if in_use >= ceiling {
             return Err(PolicyError::rejected(
                 Stage::Concurrency,
                 Rejection::AtCapacity { limit },

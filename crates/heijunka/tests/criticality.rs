@@ -146,3 +146,38 @@ async fn the_policy_layer_reads_criticality_from_the_header() {
         assert_eq!(body, expected, "{header:?}");
     }
 }
+
+#[test]
+fn an_adaptive_limit_is_partitioned_by_criticality() {
+    use heijunka::backpressure::{AdaptiveLimit, Aimd};
+    let limit = AdaptiveLimit::builder(Aimd::builder().initial_limit(20).build().unwrap())
+        .build()
+        .unwrap();
+    let policy = Policy::builder()
+        .adaptive_limit(limit.clone())
+        .sheddable_share(0.5)
+        .critical_reserve(0.1)
+        .build()
+        .unwrap();
+    let ctx = |c| RequestContext::builder().criticality(c).build();
+    let mut held = Vec::new();
+    // Sheddable work fills half of the limit at most...
+    while let Ok(a) = policy.try_admit(&ctx(Criticality::Sheddable)) {
+        held.push(a);
+    }
+    assert_eq!(held.len(), 10);
+    // ...default work up to the critical reserve...
+    while let Ok(a) = policy.try_admit(&ctx(Criticality::Default)) {
+        held.push(a);
+    }
+    assert_eq!(held.len(), 18);
+    // ...and critical work the rest.
+    while let Ok(a) = policy.try_admit(&ctx(Criticality::Critical)) {
+        held.push(a);
+    }
+    assert_eq!(held.len(), 20);
+    for e in [0.0, 1.5, f64::NAN] {
+        let err = Policy::builder().sheddable_share(e).build().unwrap_err();
+        assert_eq!(err.field(), "sheddable_share");
+    }
+}
