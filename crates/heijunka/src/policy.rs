@@ -180,7 +180,21 @@ pub struct PolicyBuilder {
     retry: Option<heijunka_retry::Retry>,
     #[cfg(feature = "retry")]
     hedge: Option<heijunka_retry::Hedge>,
+    #[cfg(feature = "chaos")]
+    chaos: Option<ChaosStage>,
 }
+
+/// A fault injector and the errors it makes, by the call's error type.
+#[cfg(feature = "chaos")]
+#[derive(Clone)]
+struct ChaosStage {
+    chaos: heijunka_retry::chaos::Chaos,
+    errors: Vec<(std::any::TypeId, MakeError)>,
+}
+
+/// Makes an injected error (of the type registered with it), boxed.
+#[cfg(feature = "chaos")]
+type MakeError = Arc<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>;
 
 /// The concurrency stage: static or adaptive.
 #[derive(Clone)]
@@ -436,6 +450,76 @@ impl PolicyBuilder {
         self
     }
 
+    /// Injects `chaos`'s faults into the calls made with
+    /// [`Policy::call_retrying`], inside every stage, as if the dependency
+    /// misbehaved: a delay before the call (which counts against the deadline,
+    /// so it can time out), or instead of the call an error made by `error` —
+    /// recorded by the breaker as a failure, retried or handed to a fallback
+    /// like a real one. Register a maker for each error type the policy's
+    /// calls return (calling `chaos` again adds one); an error fault for a
+    /// call whose error type has none injects only its delay. Feature `chaos`,
+    /// for tests that rehearse an outage.
+    ///
+    /// ```
+    /// use heijunka::breaker::{CircuitBreaker, State};
+    /// use heijunka::context::RequestContext;
+    /// use heijunka::core::ManualClock;
+    /// use heijunka::policy::{Policy, PolicyError};
+    /// use heijunka::retry::chaos::Chaos;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder()
+    ///     .minimum_number_of_calls(5)
+    ///     .clock(&clock)
+    ///     .build()?;
+    /// // From 1 s on, every call fails.
+    /// let chaos = Chaos::builder(7)
+    ///     .clock(&clock)
+    ///     .outage(Duration::from_secs(1), Duration::from_secs(60))
+    ///     .build()?;
+    /// let policy = Policy::builder()
+    ///     .breaker(breaker.clone())
+    ///     .chaos(chaos, || std::io::Error::other("injected"))
+    ///     .build()?;
+    /// let ctx = RequestContext::new();
+    /// let call = || policy.call_retrying(&ctx, |_| async { Ok::<_, std::io::Error>(1) });
+    /// assert_eq!(call().await.ok(), Some(1));
+    /// clock.advance(Duration::from_secs(1));
+    /// for _ in 0..4 {
+    ///     assert!(matches!(call().await, Err(PolicyError::Call(_))));
+    /// }
+    /// // 4 failures in 5 calls: the rehearsed outage opened the breaker.
+    /// assert_eq!(breaker.state(), State::Open);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "chaos")]
+    pub fn chaos<E: Send + 'static>(
+        mut self,
+        chaos: heijunka_retry::chaos::Chaos,
+        error: impl Fn() -> E + Send + Sync + 'static,
+    ) -> Self {
+        let make: MakeError = Arc::new(move || Box::new(error()));
+        let id = std::any::TypeId::of::<E>();
+        match &mut self.chaos {
+            Some(c) => {
+                c.chaos = chaos;
+                c.errors.retain(|(t, _)| *t != id);
+                c.errors.push((id, make));
+            }
+            None => {
+                self.chaos = Some(ChaosStage {
+                    chaos,
+                    errors: vec![(id, make)],
+                });
+            }
+        }
+        self
+    }
+
     /// Refuses while `breaker` is open, and records each call's outcome in it.
     pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
@@ -504,6 +588,8 @@ impl PolicyBuilder {
                 retry: self.retry,
                 #[cfg(feature = "retry")]
                 hedge: self.hedge,
+                #[cfg(feature = "chaos")]
+                chaos: self.chaos,
                 observer: Arc::new(Observer::new(name)),
             }),
         })
@@ -535,6 +621,8 @@ impl fmt::Debug for PolicyBuilder {
             .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name));
         #[cfg(feature = "retry")]
         f.field("retry", &self.retry).field("hedge", &self.hedge);
+        #[cfg(feature = "chaos")]
+        f.field("chaos", &self.chaos.as_ref().map(|c| &c.chaos));
         f.finish()
     }
 }
@@ -555,6 +643,8 @@ struct Inner {
     retry: Option<heijunka_retry::Retry>,
     #[cfg(feature = "retry")]
     hedge: Option<heijunka_retry::Hedge>,
+    #[cfg(feature = "chaos")]
+    chaos: Option<ChaosStage>,
     observer: Arc<Observer>,
 }
 
@@ -1179,7 +1269,10 @@ impl Policy {
         let (limit, in_use) = match &s.limit {
             Some(Limit::Static(l)) => {
                 let limit = u64::from(l.limit());
-                (limit, limit.saturating_sub(u64::from(l.available_permits())))
+                (
+                    limit,
+                    limit.saturating_sub(u64::from(l.available_permits())),
+                )
             }
             Some(Limit::Adaptive(l)) => (l.limit() as u64, l.in_flight() as u64),
             None => return Ok(()),
@@ -1344,6 +1437,23 @@ impl Policy {
         let opts = CallOptions::new()
             .deadline(ctx.deadline())
             .criticality(ctx.criticality());
+        // One attempt: the call, with a fault injected first (feature `chaos`).
+        let f = |c: RequestContext| {
+            let (delay, injected) = self.fault::<E>();
+            let plan = match injected {
+                Some(e) => Err(e),
+                None => Ok(f(c)),
+            };
+            async move {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                match plan {
+                    Ok(fut) => fut.await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
         let s = &*self.inner;
         match (&s.retry, &s.hedge) {
             (None, None) => self.call(ctx, f).await,
@@ -1377,6 +1487,28 @@ impl Policy {
                 .await
                 .map_err(flatten),
         }
+    }
+
+    /// The fault the chaos stage injects into one call: a delay, and an error
+    /// of the call's type when one was registered for it (feature `chaos`;
+    /// none without it).
+    #[cfg(feature = "retry")]
+    fn fault<E: 'static>(&self) -> (Option<Duration>, Option<E>) {
+        #[cfg(feature = "chaos")]
+        if let Some(c) = &self.inner.chaos {
+            let fault = c.chaos.next_fault();
+            let error = fault
+                .error
+                .then(|| {
+                    let id = std::any::TypeId::of::<E>();
+                    c.errors.iter().find(|(t, _)| *t == id)
+                })
+                .flatten()
+                .and_then(|(_, make)| make().downcast::<E>().ok())
+                .map(|e| *e);
+            return (fault.delay, error);
+        }
+        (None, None)
     }
 
     /// [`call`](Self::call) with the outcome decided by `classify`: for example,
