@@ -893,6 +893,63 @@ impl Policy {
         PolicyBuilder::default()
     }
 
+    /// A builder starting from a named preset (feature `retry`), to adjust or
+    /// add stages to (a concurrency limit, a rate limit, a shedder: they
+    /// depend on the service's capacity, which no preset knows):
+    ///
+    /// | preset | timeout | breaker | retry (see `heijunka::retry::presets`) |
+    /// | --- | --- | --- | --- |
+    /// | `standard` | 2 s | resilience4j's defaults (50 % of 100 calls, 60 s open) | 3 attempts, full jitter, 10 % budget |
+    /// | `fast_fail` | 500 ms | 50 % of 20 calls, 5 s open | 2 attempts 10 ms apart, 5 % budget |
+    /// | `tolerant` | 30 s | 75 % of 50 calls, 30 s open | 5 attempts, decorrelated jitter, 20 % budget |
+    ///
+    /// Retries are for idempotent calls only, as with any [`Retry`]: mark them
+    /// with `.retry(preset.retry().idempotent(true)...)` or per call.
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::retry::presets::Preset;
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::preset(Preset::FastFail)?.name("pricing").build()?;
+    /// assert_eq!(policy.timeout(), Some(Duration::from_millis(500)));
+    /// assert!(policy.breaker().is_some());
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None for the presets as shipped; the `Result` keeps a preset that
+    /// failed validation from panicking.
+    ///
+    /// [`Retry`]: heijunka_retry::Retry
+    #[cfg(feature = "retry")]
+    pub fn preset(preset: heijunka_retry::presets::Preset) -> Result<PolicyBuilder, ConfigError> {
+        use heijunka_retry::presets::Preset;
+        let (timeout, rate, calls, open) = match preset {
+            Preset::Standard => (Duration::from_secs(2), 0.5, 100, Duration::from_secs(60)),
+            Preset::FastFail => (Duration::from_millis(500), 0.5, 20, Duration::from_secs(5)),
+            Preset::Tolerant => (Duration::from_secs(30), 0.75, 50, Duration::from_secs(30)),
+        };
+        let breaker = CircuitBreaker::builder()
+            .name(preset.as_str())
+            .failure_rate_threshold(rate)
+            .sliding_window(heijunka_breaker::SlidingWindowType::CountBased, calls)
+            .minimum_number_of_calls(calls)
+            .wait_duration_in_open_state(open)
+            .build()?;
+        let retry = preset
+            .retry()
+            .budget(preset.budget().build()?)
+            .breaker(&breaker)
+            .build()?;
+        Ok(Policy::builder()
+            .name(preset.as_str())
+            .timeout(timeout)
+            .breaker(breaker)
+            .retry(retry))
+    }
+
     /// The configured timeout, if any.
     pub fn timeout(&self) -> Option<Duration> {
         self.inner.timeout()
