@@ -174,7 +174,7 @@ fn uniform(lo: Duration, hi: Duration, rng: &SplitMix64) -> Duration {
     lo + Duration::from_nanos(rng.below(span.saturating_add(1)))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

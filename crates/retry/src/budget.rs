@@ -2,8 +2,10 @@
 //! the rate limit.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
+
+use heijunka_core::sync::Mutex;
+use heijunka_core::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use heijunka_backpressure::RateLimiter;
@@ -499,7 +501,7 @@ impl fmt::Debug for Budget {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use heijunka_core::ManualClock;

@@ -318,7 +318,7 @@ impl Chaos {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use heijunka_core::ManualClock;

@@ -7,8 +7,12 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
+
+// The flight is a std `Arc` (it is the shared future's `Waker`); its state
+// sits behind the sync shim's `Mutex`, so the loom models check the protocol.
+use heijunka_core::sync::atomic::{AtomicU64, Ordering};
+use heijunka_core::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
 use heijunka_core::{ConfigError, validate};

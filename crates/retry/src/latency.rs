@@ -121,7 +121,7 @@ impl LatencyWindow {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

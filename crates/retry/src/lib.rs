@@ -67,6 +67,8 @@ mod coalesce;
 mod fallback;
 mod hedge;
 mod latency;
+#[cfg(all(test, loom))]
+mod loom_tests;
 pub mod presets;
 mod retry;
 #[cfg(feature = "tower")]

@@ -30,10 +30,18 @@ async fn the_layer_rehearses_an_outage_with_latency() {
     }));
     let start = tokio::time::Instant::now();
     assert_eq!(svc.ready().await.unwrap().call(1).await, Ok(1));
-    assert_eq!(start.elapsed(), Duration::from_millis(5), "the injected latency");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(5),
+        "the injected latency"
+    );
     clock.advance(Duration::from_secs(10));
     assert_eq!(svc.ready().await.unwrap().call(2).await, Err("injected"));
-    assert_eq!(calls.load(Ordering::Relaxed), 1, "the outage never reaches the service");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "the outage never reaches the service"
+    );
     clock.advance(Duration::from_secs(5));
     assert_eq!(svc.ready().await.unwrap().call(3).await, Ok(3));
     let s = chaos.stats();
@@ -57,13 +65,10 @@ async fn a_dropped_injected_call_drops_the_call() {
     for k in 0..3 {
         dropped.store(0, Ordering::Relaxed);
         let g = Guard(dropped.clone());
-        let out = Polled::new(chaos.call(
-            || (),
-            async move {
-                let _g = g;
-                Ok::<_, ()>(())
-            },
-        ))
+        let out = Polled::new(chaos.call(|| (), async move {
+            let _g = g;
+            Ok::<_, ()>(())
+        }))
         .drop_after(k);
         assert!(!out.is_completed(), "still in the injected delay");
         assert_eq!(dropped.load(Ordering::Relaxed), 1, "k = {k}");
