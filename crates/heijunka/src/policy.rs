@@ -1334,8 +1334,10 @@ impl Policy {
             Some(Limit::Adaptive(l)) => (l.limit() as u64, l.in_flight() as u64),
             None => return Ok(()),
         };
-        // The most in use at which this criticality is still admitted.
-        let kept = (limit as f64 * s.critical_reserve).ceil() as u64;
+        // The most in use at which this criticality is still admitted. The
+        // reserve rounds down, so a limit the adaptive algorithm has cut to one
+        // or two is not kept for critical work alone.
+        let kept = (limit as f64 * s.critical_reserve).floor() as u64;
         let mut ceiling = limit.saturating_sub(kept);
         if criticality == Criticality::Sheddable {
             ceiling = ceiling.min((limit as f64 * s.sheddable_share).floor() as u64);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use heijunka::core::Criticality;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -23,7 +24,7 @@ use crate::BoxError;
 use crate::scenario::Scenario;
 
 /// How one request ended, as the client saw it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     Ok,
     /// A fast refusal: 429 or 503.
@@ -42,6 +43,8 @@ fn histogram() -> Histogram<u64> {
 }
 
 struct Counts {
+    /// Sent and served, per criticality (sheddable, default, critical).
+    by_criticality: [(u64, u64); 3],
     ok: Histogram<u64>,
     /// Every request's latency, as its client saw it (a time-out or a dropped
     /// request at the client time-out).
@@ -55,6 +58,7 @@ struct Counts {
 impl Counts {
     fn new() -> Self {
         Self {
+            by_criticality: [(0, 0); 3],
             ok: histogram(),
             all: histogram(),
             rejected: 0,
@@ -64,11 +68,14 @@ impl Counts {
         }
     }
 
-    fn record(&mut self, outcome: Outcome, latency: Duration) {
+    fn record(&mut self, outcome: Outcome, latency: Duration, criticality: Criticality) {
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         self.all.saturating_record(us);
+        let c = &mut self.by_criticality[criticality.index()];
+        c.0 += 1;
+        c.1 += u64::from(outcome == Outcome::Ok);
         match outcome {
             Outcome::Ok => self.ok.saturating_record(us),
             Outcome::Rejected => self.rejected += 1,
@@ -104,8 +111,25 @@ pub(crate) fn peak_rss_kib(pid: &str) -> Option<u64> {
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-async fn one_request(client: &HttpClient, uri: &http::Uri) -> Outcome {
-    let Ok(response) = client.get(uri.clone()).await else {
+/// The mix of criticalities the client sends (the SRE book's tags, in the
+/// `x-request-criticality` header): a fifth critical, three fifths default, a
+/// fifth sheddable, interleaved.
+fn criticality_of(n: u64) -> Criticality {
+    match n % 5 {
+        0 => Criticality::Critical,
+        4 => Criticality::Sheddable,
+        _ => Criticality::Default,
+    }
+}
+
+async fn one_request(client: &HttpClient, uri: &http::Uri, criticality: Criticality) -> Outcome {
+    let request = http::Request::get(uri.clone())
+        .header(Criticality::HEADER, criticality.as_str())
+        .body(Empty::new());
+    let Ok(request) = request else {
+        return Outcome::Error;
+    };
+    let Ok(response) = client.request(request).await else {
         return Outcome::Error;
     };
     let status = response.status();
@@ -180,6 +204,7 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
     });
 
     let mut phase_start = start;
+    let mut sent = 0_u64;
     let mut rss = Vec::new();
     let mut server_rss = None;
     for (i, phase) in s.phases.iter().enumerate() {
@@ -210,16 +235,18 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
             while next <= now && next < end {
                 let intended = next;
                 next += interval;
+                let criticality = criticality_of(sent);
+                sent += 1;
                 let bucket = ((intended - start).as_secs_f64() / s.bucket.as_secs_f64()) as usize;
                 let record = {
                     let recorder = recorder.clone();
                     move |outcome: Outcome, latency: Duration| {
                         let mut r = recorder.lock().expect("no panics while recording");
                         if let Some(c) = r.phases.get_mut(i) {
-                            c.record(outcome, latency);
+                            c.record(outcome, latency, criticality);
                         }
                         if let Some(c) = r.buckets.get_mut(bucket) {
-                            c.record(outcome, latency);
+                            c.record(outcome, latency, criticality);
                         }
                     }
                 };
@@ -233,7 +260,8 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
                 let (client, uri, in_flight) = (client.clone(), uri.clone(), in_flight.clone());
                 let limit = s.client_timeout;
                 tokio::spawn(async move {
-                    let outcome = tokio::time::timeout(limit, one_request(&client, &uri))
+                    let outcome =
+                        tokio::time::timeout(limit, one_request(&client, &uri, criticality))
                         .await
                         .unwrap_or(Outcome::Timeout);
                     // Latency from the intended send time: no coordinated omission.
@@ -280,6 +308,10 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
                 "timeouts": c.timeouts,
                 "dropped": c.dropped,
                 "rss_kib": rss,
+                "criticality": Criticality::ALL.map(|k| {
+                    let (sent, ok) = c.by_criticality[k.index()];
+                    json!({ "criticality": k.as_str(), "sent": sent, "ok": ok })
+                }),
             })
         })
         .collect();

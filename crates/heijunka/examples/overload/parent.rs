@@ -264,6 +264,26 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
         println!("copied to {}", docs.display());
     }
 
+    // Criticality in the burst: the client sends a 20/60/20
+    // critical/default/sheddable mix; only heijunka reads it.
+    let burst = s.phases.iter().position(|p| p.name == "burst");
+    if let Some(b) = burst {
+        println!("\nburst: share of each criticality served (20/60/20 critical/default/sheddable):");
+        for (mode, run) in ["unprotected", "tower", "heijunka"].iter().zip(&runs) {
+            let shares: Vec<String> = run["phases"][b]["criticality"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .rev()
+                .map(|c| {
+                    let (sent, ok) = (c["sent"].as_f64().unwrap_or(0.0), c["ok"].as_f64().unwrap_or(0.0));
+                    let share = if sent > 0.0 { 100.0 * ok / sent } else { 0.0 };
+                    format!("{} {share:>5.1} %", c["criticality"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!("  {mode:<11} {}", shares.join("  "));
+        }
+    }
     let (un_good, un_p99) = burst_figures(&s, &runs[0]);
     let (tw_good, tw_p99) = burst_figures(&s, &runs[1]);
     let (hj_good, hj_p99) = burst_figures(&s, &runs[2]);

@@ -172,8 +172,8 @@ async fn tower_error(err: BoxError) -> (StatusCode, &'static str) {
 }
 
 /// heijunka's policy for this service: the same time-out as tower's, an adaptive
-/// limit (Vegas, which finds the concurrency where requests start to queue), and a
-/// breaker on the dependency's answers. No figure here comes from the
+/// limit (Vegas, which finds the concurrency where requests start to queue)
+/// partitioned by criticality, and a breaker on the dependency's answers. No figure here comes from the
 /// dependency's capacity.
 fn policy() -> Result<Policy, BoxError> {
     // Vegas with Netflix's defaults (initial 20, between 1 and 1000): it estimates
@@ -190,10 +190,16 @@ fn policy() -> Result<Policy, BoxError> {
         .wait_duration_in_open_state(Duration::from_millis(500))
         .permitted_number_of_calls_in_half_open_state(3)
         .build()?;
+    // Criticality (the client's `x-request-criticality` header, a 20/60/20
+    // critical/default/sheddable mix): sheddable requests may fill 30 % of the
+    // limit at most, and its upper half is kept for critical ones (a fifth of
+    // the traffic, but the part that must get through).
     Ok(Policy::builder()
         .name("demo")
         .timeout(REQUEST_TIMEOUT)
         .adaptive_limit(limit)
+        .sheddable_share(0.3)
+        .critical_reserve(0.5)
         .breaker(breaker)
         .build()?)
 }
