@@ -149,9 +149,10 @@ impl<T> fmt::Debug for PriorityQueueBuilder<T> {
 
 impl<T> PriorityQueueBuilder<T> {
     /// Keeps the last `slots` of the capacity for class 0 (critical work, see
-    /// [`try_push_for`](PriorityQueue::try_push_for)): a push to any other
-    /// class is refused once `capacity - slots` items are queued, so critical
-    /// work finds room without displacing anything. Default 0; less than the
+    /// [`try_push_for`](PriorityQueue::try_push_for)): for any other class the
+    /// queue is full at `capacity - slots` items (it displaces a lower class's
+    /// newest item then, as in a full queue, or is refused), so critical work
+    /// finds room without displacing anything. Default 0; less than the
     /// capacity.
     ///
     /// ```
@@ -278,9 +279,10 @@ impl<T> PriorityQueue<T> {
     /// The item comes back in a [`ClassPushError`]:
     /// [`UnknownClass`](ClassPushError::UnknownClass) naming the class and the
     /// number of classes when `class` is not below it; [`Rejection::QueueFull`]
-    /// when full of items of `class` or higher, or, for a class other than 0,
-    /// when only the [`reserve_for_top`](PriorityQueueBuilder::reserve_for_top)
-    /// slots are left; [`Rejection::ShuttingDown`] once closed.
+    /// when full of items of `class` or higher (for a class other than 0,
+    /// "full" stops short of the
+    /// [`reserve_for_top`](PriorityQueueBuilder::reserve_for_top) slots);
+    /// [`Rejection::ShuttingDown`] once closed.
     pub fn try_push(&self, class: usize, item: T) -> Result<Pushed<T>, ClassPushError<T>> {
         let mut st = self.lock();
         let classes = st.classes.len();
@@ -296,17 +298,14 @@ impl<T> PriorityQueue<T> {
             return Err(Rejected::new(item, Rejection::ShuttingDown).into());
         }
         let mut pushed = Pushed::Queued;
-        if class > 0 && self.reserve > 0 && st.len >= self.capacity - self.reserve {
-            st.rejected += 1;
-            return Err(Rejected::new(
-                item,
-                Rejection::QueueFull {
-                    capacity: self.capacity,
-                },
-            )
-            .into());
-        }
-        if st.len >= self.capacity {
+        // Class 0 may fill the whole capacity; the others stop short of the
+        // reserve (and displace lower classes against that bound).
+        let room = if class == 0 {
+            self.capacity
+        } else {
+            self.capacity - self.reserve
+        };
+        if st.len >= room {
             // The lowest class with work, if it is below `class`, gives up its newest.
             let lowest = st.classes.iter().rposition(|c| !c.is_empty());
             match lowest {

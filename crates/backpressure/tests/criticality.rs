@@ -166,17 +166,24 @@ fn a_priority_queue_keeps_room_for_critical_work() {
         .build()
         .unwrap();
     let mut refused = 0;
+    let mut displaced = 0;
     for i in 0..20 {
         let c = if i % 2 == 0 {
             Criticality::Sheddable
         } else {
             Criticality::Default
         };
-        if q.try_push_for(c, i).is_err() {
-            refused += 1;
+        match q.try_push_for(c, i) {
+            Ok(Pushed::Displaced { .. }) => displaced += 1,
+            Ok(_) => {}
+            Err(_) => refused += 1,
         }
     }
-    assert_eq!((q.len(), refused), (8, 12), "eight slots for other work");
+    // Eight slots for other work; once they are taken default work displaces
+    // sheddable work (four times), and sheddable pushes are refused.
+    assert_eq!(q.len(), 8);
+    assert_eq!((displaced, refused), (4, 8));
+    assert_eq!(q.stats().lens, vec![0, 8, 0]);
     // Critical work takes the reserve without displacing anything...
     assert_eq!(
         q.try_push_for(Criticality::Critical, 100).unwrap(),
@@ -186,10 +193,10 @@ fn a_priority_queue_keeps_room_for_critical_work() {
         q.try_push_for(Criticality::Critical, 101).unwrap(),
         Pushed::Queued
     );
-    // ...then displaces the newest sheddable item, handed back.
+    // ...then displaces the newest default item, handed back.
     assert!(matches!(
         q.try_push_for(Criticality::Critical, 102).unwrap(),
-        Pushed::Displaced { class: 2, .. }
+        Pushed::Displaced { class: 1, .. }
     ));
     // And is served first.
     assert_eq!(q.try_pop_with_class(), Some((0, 100)));

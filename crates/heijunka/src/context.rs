@@ -234,7 +234,9 @@ impl RequestContextBuilder {
     /// sheds sheddable work first and critical work last, and retries and
     /// hedges are not spent on sheddable work while the budget is strained.
     /// [`PolicyLayer`](crate::tower::PolicyLayer) reads it from the
-    /// `x-request-criticality` header ([`Criticality::HEADER`]).
+    /// `x-request-criticality` header ([`Criticality::HEADER`]) where the
+    /// callers are trusted
+    /// ([`criticality_header`](crate::tower::PolicyLayer::criticality_header)).
     ///
     /// ```
     /// use heijunka::context::RequestContext;

@@ -370,9 +370,12 @@ impl PolicyBuilder {
     /// partition). `0.1` with a limit of 100 refuses other work from 90 in use,
     /// the seeds' refuse-at-90 % mark. Default 0 (no reserve); in `[0, 1)`.
     ///
-    /// The reserve is checked when the request is admitted; a permit reserved
-    /// in `poll_ready` by [`PolicyLayer`](crate::tower::PolicyLayer)'s readiness
-    /// mode, before the request is known, is not subject to it.
+    /// The reserve is checked when the request is admitted, just before the
+    /// permit is taken (not atomically with it: requests admitted at the same
+    /// instant may each pass the check, so the reserve can shrink by as many as
+    /// race); a permit reserved in `poll_ready` by
+    /// [`PolicyLayer`](crate::tower::PolicyLayer)'s readiness mode, before the
+    /// request is known, is not subject to it.
     ///
     /// ```
     /// use heijunka::backpressure::ConcurrencyLimit;
@@ -429,10 +432,12 @@ impl PolicyBuilder {
 
     /// Retries calls made with [`Policy::call_retrying`]: each attempt goes
     /// through every stage again (the breaker and the limits see each one),
-    /// within the request's deadline and the retry's budget. A refusal by a
-    /// stage never reached the dependency, so it is retried (after its
-    /// retry-after) whatever the idempotency; a time-out or the call's own
-    /// error as the retry classifies it (feature `retry`).
+    /// within the request's deadline and the retry's budget. A refusal by the
+    /// rate limit or the breaker never reached the dependency, so it is
+    /// retried (after its retry-after) whatever the idempotency; a refusal by
+    /// load shedding or the concurrency limit is the service's own overload and
+    /// is not retried; a time-out or the call's own error is retried as the
+    /// retry classifies it (feature `retry`).
     #[cfg(feature = "retry")]
     pub fn retry(mut self, retry: heijunka_retry::Retry) -> Self {
         self.retry = Some(retry);
@@ -1337,10 +1342,14 @@ impl Policy {
         // The most in use at which this criticality is still admitted. The
         // reserve rounds down, so a limit the adaptive algorithm has cut to one
         // or two is not kept for critical work alone.
-        let kept = (limit as f64 * s.critical_reserve).floor() as u64;
+        // (The epsilon keeps 0.29 × 100 at 29, not 28.999….)
+        let kept = (limit as f64 * s.critical_reserve + 1e-9).floor() as u64;
         let mut ceiling = limit.saturating_sub(kept);
         if criticality == Criticality::Sheddable {
-            ceiling = ceiling.min((limit as f64 * s.sheddable_share).floor() as u64);
+            // At least one, so a small (or adaptively cut) limit never locks
+            // sheddable work out while nothing runs.
+            let share = ((limit as f64 * s.sheddable_share + 1e-9).floor() as u64).max(1);
+            ceiling = ceiling.min(share);
         }
         if in_use >= ceiling {
             return Err(PolicyError::rejected(
@@ -1474,7 +1483,9 @@ impl Policy {
     ///
     /// As [`call`](Self::call), for the last attempt; a refusal of the retry's
     /// budget rate limiter as [`Stage::RateLimit`], a deadline that left no
-    /// time for an attempt as [`Stage::Deadline`].
+    /// time for an attempt as [`Stage::Deadline`] (these two are the retry's,
+    /// not a stage's: [`stats`](Self::stats) does not count them), a shutdown
+    /// or a cancelled context between attempts as [`PolicyError::Cancelled`].
     ///
     /// # Cancel safety
     ///
@@ -1514,37 +1525,59 @@ impl Policy {
             }
         };
         let s = &*self.inner;
-        match (&s.retry, &s.hedge) {
-            (None, None) => self.call(ctx, f).await,
-            (None, Some(hedge)) => hedge
-                .call_classified(opts, |r| classify_policy(None, r).0, |_| self.call(ctx, &f))
-                .await
-                .map_err(flatten),
-            (Some(retry), None) => retry
-                .call_classified(
-                    opts,
-                    |r| classify_policy(Some(retry), r),
-                    |_| self.call(ctx, &f),
-                )
-                .await
-                .map_err(flatten),
-            (Some(retry), Some(hedge)) => retry
-                .call_classified(
-                    opts,
-                    |r| classify_policy(Some(retry), r),
-                    |_| async {
-                        hedge
-                            .call_classified(
-                                opts.nested(),
-                                |r| classify_policy(Some(retry), r).0,
-                                |_| self.call(ctx, &f),
-                            )
-                            .await
-                            .map_err(flatten)
-                    },
-                )
-                .await
-                .map_err(flatten),
+        // Each attempt is judged by the breaker as the breaker's classifiers
+        // say, the same outcomes the retry judges.
+        let attempt = || {
+            self.call_classified(
+                ctx,
+                |r: &Result<T, E>| match (&s.breaker, r) {
+                    (Some(b), Ok(v)) => verdict(b.classify_result(v)),
+                    (Some(b), Err(e)) => verdict(b.classify_error(e)),
+                    (None, Ok(_)) => Classification::Success,
+                    (None, Err(_)) => Classification::Failure,
+                },
+                &f,
+            )
+        };
+        let run = async {
+            match (&s.retry, &s.hedge) {
+                (None, None) => attempt().await,
+                (None, Some(hedge)) => hedge
+                    .call_classified(opts, judged_by_hedge(hedge), |_| attempt())
+                    .await
+                    .map_err(|e| flatten(e, ctx)),
+                (Some(retry), None) => retry
+                    .call_classified(opts, judged_by_retry(retry), |_| attempt())
+                    .await
+                    .map_err(|e| flatten(e, ctx)),
+                (Some(retry), Some(hedge)) => {
+                    // One budget for both: the hedge does not count the retry's
+                    // attempts as new requests. Two budgets: each counts its own.
+                    let shared = matches!(
+                        (retry.budget(), hedge.budget()),
+                        (Some(a), Some(b)) if a.same_as(b)
+                    );
+                    let inner = if shared { opts.nested() } else { opts };
+                    retry
+                        .call_classified(opts, judged_by_retry(retry), |_| async {
+                            hedge
+                                .call_classified(inner, judged_by_hedge(hedge), |_| attempt())
+                                .await
+                                .map_err(|e| flatten(e, ctx))
+                        })
+                        .await
+                        .map_err(|e| flatten(e, ctx))
+                }
+            }
+        };
+        if s.retry.is_none() && s.hedge.is_none() {
+            return run.await;
+        }
+        // A shutdown (or the caller) ends the wait between attempts too.
+        tokio::select! {
+            biased;
+            r = run => r,
+            () = ctx.cancelled() => Err(PolicyError::Cancelled),
         }
     }
 
@@ -1689,31 +1722,32 @@ impl fmt::Debug for Policy {
     }
 }
 
-/// How a retry or a hedge judges a policy call's outcome: a refusal by a stage
-/// never reached the dependency (retried after its retry-after, except a
-/// shutdown, a passed deadline or a breaker forced open); a time-out may have
-/// had its effect (retried only if idempotent); the call's own outcome as the
-/// retry's classifiers judge it.
+/// How a retry (or, with `hedging`, a hedge) judges a policy call's outcome.
+///
+/// - A refusal by the rate limit or the breaker never reached the dependency:
+///   retried after its retry-after (or the backoff) whatever the idempotency.
+/// - A refusal by load shedding or the concurrency limit is the service's own
+///   overload: not retried (retrying it would hold the request and spend the
+///   budget exactly when the stage sheds), but for a hedge it only means that
+///   hedge did not start, so the race goes on.
+/// - A shutdown, a cancellation or a passed deadline ends the call.
+/// - A time-out may have had its effect: retried only if idempotent.
+/// - The call's own outcome as `call_error` / `ok` (the policy's classifiers).
 #[cfg(feature = "retry")]
-fn classify_policy<T: 'static, E: 'static>(
-    retry: Option<&heijunka_retry::Retry>,
+fn classify_policy<T, E>(
     r: &Result<T, PolicyError<E>>,
+    hedging: bool,
+    ok: impl Fn(&T) -> heijunka_retry::Retryable,
+    call_error: impl Fn(&E) -> (heijunka_retry::Retryable, Option<Duration>),
 ) -> (heijunka_retry::Retryable, Option<Duration>) {
     use heijunka_retry::Retryable;
     match r {
-        Ok(v) => (
-            retry.map_or(Retryable::Never, |x| x.classify_result(v)),
-            None,
-        ),
-        Err(PolicyError::Call(e)) => match retry {
-            Some(x) => (x.classify_error(e), x.retry_after_of(e)),
-            None => (Retryable::IfIdempotent, None),
-        },
+        Ok(v) => (ok(v), None),
+        Err(PolicyError::Call(e)) => call_error(e),
         Err(PolicyError::Cancelled) => (Retryable::Never, None),
         Err(PolicyError::Rejected { stage, reason }) => match (stage, reason) {
-            (Stage::Deadline, _)
-            | (_, Rejection::ShuttingDown)
-            | (_, Rejection::CircuitOpen { retry_after: None }) => (Retryable::Never, None),
+            (Stage::Deadline, _) | (_, Rejection::ShuttingDown) => (Retryable::Never, None),
+            (Stage::LoadShed | Stage::Concurrency, _) if !hedging => (Retryable::Never, None),
             _ => (Retryable::Always, reason.retry_after()),
         },
         Err(PolicyError::TimedOut { .. }) => (Retryable::IfIdempotent, None),
@@ -1721,22 +1755,69 @@ fn classify_policy<T: 'static, E: 'static>(
 }
 
 /// A retry's or a hedge's error as the policy's: the last attempt's error, or
-/// the refusal that kept any attempt from starting.
+/// the refusal that kept any attempt from starting (the budget's rate limiter,
+/// or a deadline that left no time: then `after` is the request's age).
 #[cfg(feature = "retry")]
-fn flatten<E>(e: heijunka_retry::RetryError<PolicyError<E>>) -> PolicyError<E> {
+fn flatten<E>(
+    e: heijunka_retry::RetryError<PolicyError<E>>,
+    ctx: &RequestContext,
+) -> PolicyError<E> {
     use heijunka_retry::{FailureInfo, RetryError};
     match e {
         RetryError::Failed { error, .. } => error,
-        other => {
-            let reason = other.rejection().unwrap_or(Rejection::TimedOut {
-                after: Duration::ZERO,
-            });
-            let stage = match reason {
-                Rejection::TimedOut { .. } => Stage::Deadline,
-                _ => Stage::RateLimit,
-            };
-            PolicyError::Rejected { stage, reason }
-        }
+        other => match other.rejection() {
+            Some(Rejection::TimedOut { .. }) | None => PolicyError::Rejected {
+                stage: Stage::Deadline,
+                reason: Rejection::TimedOut {
+                    after: ctx.elapsed(),
+                },
+            },
+            Some(reason) => PolicyError::Rejected {
+                stage: Stage::RateLimit,
+                reason,
+            },
+        },
+    }
+}
+
+/// [`classify_policy`] with a retry's classifiers.
+#[cfg(feature = "retry")]
+fn judged_by_retry<T: 'static, E: 'static>(
+    retry: &heijunka_retry::Retry,
+) -> impl FnMut(&Result<T, PolicyError<E>>) -> (heijunka_retry::Retryable, Option<Duration>) + '_ {
+    move |r| {
+        classify_policy(
+            r,
+            false,
+            |v| retry.classify_result(v),
+            |e| (retry.classify_error(e), retry.retry_after_of(e)),
+        )
+    }
+}
+
+/// [`classify_policy`] with a hedge's classifiers, for a hedge.
+#[cfg(feature = "retry")]
+fn judged_by_hedge<T: 'static, E: 'static>(
+    hedge: &heijunka_retry::Hedge,
+) -> impl FnMut(&Result<T, PolicyError<E>>) -> heijunka_retry::Retryable + '_ {
+    move |r| {
+        classify_policy(
+            r,
+            true,
+            |v| hedge.classify_result(v),
+            |e| (hedge.classify_error(e), None),
+        )
+        .0
+    }
+}
+
+/// A breaker's verdict as a policy classification.
+#[cfg(feature = "retry")]
+fn verdict(v: heijunka_breaker::Verdict) -> Classification {
+    match v {
+        heijunka_breaker::Verdict::Success => Classification::Success,
+        heijunka_breaker::Verdict::Failure => Classification::Failure,
+        heijunka_breaker::Verdict::Ignore => Classification::Ignore,
     }
 }
 

@@ -123,21 +123,29 @@ async fn the_policy_layer_reads_criticality_from_the_header() {
     use tower::{Layer, Service, ServiceExt, service_fn};
 
     let policy = Policy::builder().build().unwrap();
-    let mut svc =
-        PolicyLayer::new(policy).layer(service_fn(|req: http::Request<String>| async move {
-            let ctx = req.extensions().get::<RequestContext>().cloned().unwrap();
-            Ok::<_, std::convert::Infallible>(http::Response::new(ctx.criticality().to_string()))
-        }));
-    for (header, expected) in [
-        (Some("critical"), "critical"),
-        (Some("SHEDDABLE"), "sheddable"),
-        (Some("urgent"), "default"),
-        (None, "default"),
+    let layer = |trusted: bool| {
+        PolicyLayer::new(policy.clone())
+            .criticality_header(trusted)
+            .layer(service_fn(|req: http::Request<String>| async move {
+                let ctx = req.extensions().get::<RequestContext>().cloned().unwrap();
+                Ok::<_, std::convert::Infallible>(http::Response::new(
+                    ctx.criticality().to_string(),
+                ))
+            }))
+    };
+    for (trusted, header, expected) in [
+        (true, Some("critical"), "critical"),
+        (true, Some("SHEDDABLE"), "sheddable"),
+        (true, Some("urgent"), "default"),
+        (true, None, "default"),
+        // Not trusted (the default): a client cannot claim critical.
+        (false, Some("critical"), "default"),
     ] {
         let mut req = http::Request::builder();
         if let Some(h) = header {
             req = req.header(Criticality::HEADER, h);
         }
+        let mut svc = layer(trusted);
         let resp = svc
             .ready()
             .await
@@ -149,7 +157,7 @@ async fn the_policy_layer_reads_criticality_from_the_header() {
             .await
             .unwrap()
             .to_bytes();
-        assert_eq!(body, expected, "{header:?}");
+        assert_eq!(body, expected, "{header:?}, trusted: {trusted}");
     }
 }
 

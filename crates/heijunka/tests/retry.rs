@@ -69,7 +69,7 @@ async fn each_attempt_passes_the_breaker_which_stops_the_retries() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_full_limit_is_retried_and_released() {
+async fn the_services_own_shedding_is_not_retried() {
     let limit = ConcurrencyLimit::new(1).unwrap();
     let policy = Policy::builder()
         .concurrency_limit(limit.clone())
@@ -77,31 +77,81 @@ async fn a_full_limit_is_retried_and_released() {
             Retry::builder()
                 .max_attempts(3)
                 .backoff(Backoff::constant(MS(10)))
+                .idempotent(true)
                 .build()
                 .unwrap(),
         )
         .build()
         .unwrap();
-    // Held by someone else for 15 ms: the first attempt is refused (it never
-    // reached the dependency, so it is retried without idempotency), the
-    // second waits 10 ms and is refused again, the third gets in.
-    let held = limit.try_acquire_owned().unwrap();
-    tokio::spawn(async move {
-        tokio::time::sleep(MS(15)).await;
-        drop(held);
-    });
+    // The limit is full: retrying would hold the request and come back into
+    // the same overload, so the refusal is returned at once.
+    let _held = limit.try_acquire_owned().unwrap();
     let calls = AtomicU32::new(0);
     let start = Instant::now();
-    let v = policy
+    let err = policy
         .call_retrying(&RequestContext::new(), |_| {
             calls.fetch_add(1, Ordering::Relaxed);
             async { Ok::<_, ()>(7) }
         })
         .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        PolicyError::Rejected {
+            stage: Stage::Concurrency,
+            ..
+        }
+    ));
+    assert_eq!(
+        (calls.load(Ordering::Relaxed), start.elapsed()),
+        (0, Duration::ZERO)
+    );
+    assert_eq!(limit.in_use(), 1, "only the permit held outside");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_attempt_is_retried_after_its_wait() {
+    use heijunka::backpressure::Gcra;
+    let clock = ManualClock::new();
+    let policy = Policy::builder()
+        .rate_limiter(Gcra::builder(10.0).clock(clock.clock()).build().unwrap())
+        .retry(
+            Retry::builder()
+                .max_attempts(3)
+                .backoff(Backoff::constant(MS(1)))
+                .build()
+                .unwrap(),
+        )
+        .build()
         .unwrap();
-    assert_eq!((v, calls.load(Ordering::Relaxed)), (7, 1));
-    assert_eq!(start.elapsed(), MS(20));
-    assert_eq!(limit.in_use(), 0);
+    let ctx = RequestContext::new();
+    policy
+        .call_retrying(&ctx, |_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
+    // The next is refused for 100 ms; it never reached the dependency, so it
+    // is retried (not idempotent though it is) after the limiter's wait.
+    let ticker = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MS(1)).await;
+                clock.advance(MS(1));
+            }
+        })
+    };
+    let start = Instant::now();
+    let calls = AtomicU32::new(0);
+    policy
+        .call_retrying(&ctx, |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, ()>(()) }
+        })
+        .await
+        .unwrap();
+    ticker.abort();
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert!(start.elapsed() >= MS(100), "{:?}", start.elapsed());
 }
 
 #[tokio::test(start_paused = true)]

@@ -269,13 +269,21 @@ impl MemoryGate {
     /// (and no clock read).
     #[inline]
     fn level(&self) -> (PressureLevel, bool) {
+        self.level_for(self.rejects_from)
+    }
+
+    /// [`level`](Self::level) for a check that rejects from `rejects_from`: a
+    /// level below it needs no age check under fail-open, one at or above it
+    /// is checked for staleness.
+    #[inline]
+    fn level_for(&self, rejects_from: PressureLevel) -> (PressureLevel, bool) {
         let mut level = self.monitor.pressure();
         if let Some(threshold) = self.stall_threshold
             && self.monitor.stall_percent().is_some_and(|p| p >= threshold)
         {
             level = PressureLevel::Critical;
         }
-        if self.stale_policy == StalePolicy::FailOpen && level < self.rejects_from {
+        if self.stale_policy == StalePolicy::FailOpen && level < rejects_from {
             return (level, false);
         }
         if self.monitor.is_stale(self.stale_after) {
@@ -345,8 +353,10 @@ impl MemoryGate {
         if criticality != Criticality::Sheddable {
             return self.check();
         }
-        let (level, stale) = self.level();
-        if level >= self.reject_at.min(PressureLevel::Elevated) {
+        let from = self.reject_at.min(PressureLevel::Elevated);
+        // A stale reading stands in as the stale policy says, as for `check`.
+        let (level, stale) = self.level_for(from.min(self.rejects_from));
+        if level >= from {
             return self.reject(level, stale, false);
         }
         self.admit(stale)

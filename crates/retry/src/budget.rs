@@ -71,6 +71,9 @@ struct Inner {
     window: Duration,
     rate: Option<Arc<dyn RateLimiter>>,
     withdrawn_total: AtomicU64,
+    /// Whether the last withdrawal was refused: a `tracing` event marks each
+    /// change (spent, then available again), never each call.
+    exhausted: std::sync::atomic::AtomicBool,
     refused_total: AtomicU64,
     refused_sheddable_total: AtomicU64,
     rate_limited_total: AtomicU64,
@@ -257,6 +260,7 @@ impl BudgetBuilder {
                 window: self.window,
                 rate: self.rate,
                 withdrawn_total: AtomicU64::new(0),
+                exhausted: std::sync::atomic::AtomicBool::new(false),
                 refused_total: AtomicU64::new(0),
                 refused_sheddable_total: AtomicU64::new(0),
                 rate_limited_total: AtomicU64::new(0),
@@ -267,6 +271,7 @@ impl BudgetBuilder {
 
 /// A [`Budget`]'s figures now.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct BudgetStats {
     /// Extra attempts per first attempt.
     pub ratio: f64,
@@ -315,8 +320,19 @@ impl Budget {
     /// The limiter's refusal ([`Rejection::RateLimited`] with its retry-after);
     /// nothing is deposited then.
     pub fn admit(&self) -> Result<(), Rejection> {
+        self.admit_for(Criticality::Default)
+    }
+
+    /// [`admit`](Self::admit) for work of `criticality`: the rate limiter is
+    /// asked with it ([`RateLimiter::check_n_for`]: a GCRA's critical reserve
+    /// is left to critical work).
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    pub fn admit_for(&self, criticality: Criticality) -> Result<(), Rejection> {
         if let Some(rate) = &self.inner.rate
-            && let Err(e) = rate.check()
+            && let Err(e) = rate.check_n_for(1, criticality)
         {
             self.inner
                 .rate_limited_total
@@ -327,6 +343,11 @@ impl Budget {
         }
         self.deposit();
         Ok(())
+    }
+
+    /// Whether `other` is this budget (a clone of it).
+    pub fn same_as(&self, other: &Budget) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Spends one extra attempt (a retry or a hedge) if the balance allows it:
@@ -371,6 +392,28 @@ impl Budget {
                 .fetch_add(1, Ordering::Relaxed);
         } else if ok {
             floor.tokens -= 1.0;
+        }
+        // A sheddable refusal says the budget is strained, not spent: only
+        // other refusals (and any success) change the state. Relaxed: the flag
+        // only dedupes log lines, and the lock orders it anyway.
+        let was = if ok || !sheddable {
+            inner
+                .exhausted
+                .swap(!ok, std::sync::atomic::Ordering::Relaxed)
+        } else {
+            !ok
+        };
+        if was == ok {
+            if ok {
+                tracing::info!(ratio = inner.ratio, "retry budget available again");
+            } else {
+                tracing::warn!(
+                    ratio = inner.ratio,
+                    floor_per_sec = inner.floor_per_sec,
+                    deposited_in_window = deposited,
+                    "retry budget spent: extra attempts are refused"
+                );
+            }
         }
         if ok {
             inner.withdrawn_total.fetch_add(1, Ordering::Relaxed);

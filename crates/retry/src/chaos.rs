@@ -183,6 +183,7 @@ struct Inner {
 
 /// What a [`Chaos`] injected so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ChaosStats {
     /// Calls it decided on.
     pub calls: u64,

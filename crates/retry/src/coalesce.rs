@@ -96,12 +96,22 @@ impl<T> State<T> {
             .collect()
     }
 
-    fn leave(&mut self, slot: usize) {
+    /// Frees `slot`. When the last waiter leaves a finished flight, its
+    /// output is handed back to be dropped after the lock is released: a stale
+    /// clone of the flight's waker held elsewhere (the flight is its shared
+    /// future's waker) then keeps only the flight, not its output.
+    #[must_use = "drop the leftover output after releasing the lock"]
+    fn leave(&mut self, slot: usize) -> Option<T> {
         *self.slot_mut(slot) = Slot::Free;
         if slot > 0 {
             self.free.push(slot);
         }
         self.live -= 1;
+        if self.live == 0 {
+            self.result.take()
+        } else {
+            None
+        }
     }
 }
 
@@ -185,6 +195,7 @@ impl<K: Hash + Eq, T> Shared<K, T> {
 
 /// A [`Coalesce`]'s counts since it was built, and its keys in flight now.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CoalesceStats {
     /// Calls made through it.
     pub calls: u64,
@@ -430,7 +441,8 @@ where
                     let mut s = flight.lock();
                     s.starting = false;
                     s.poisoned = true;
-                    s.leave(slot);
+                    // Not finished: nothing is left over.
+                    let _ = s.leave(slot);
                     s.take_wakers()
                 };
                 flight.leave_map();
@@ -509,7 +521,7 @@ where
             // Cloned before leaving: a clone that panics leaves this waiter's
             // slot to its `Drop`.
             let v = v.clone();
-            s.leave(slot);
+            let _left = s.leave(slot);
             drop(s);
             this.kind = Kind::Done;
             return Poll::Ready(Ok(v));
@@ -517,7 +529,7 @@ where
         if s.done() {
             // Poisoned (a waiter left only by finishing or dropping, so never
             // abandoned while this one lives).
-            s.leave(slot);
+            let _left = s.leave(slot);
             drop(s);
             this.kind = Kind::Done;
             return Poll::Ready(Err(CoalesceError::Panicked));
@@ -534,7 +546,7 @@ where
         let Some(mut fut) = s.fut.take() else {
             // Not done, not starting, not being polled, and no future: only a
             // panic elsewhere leaves this; never wait on it.
-            s.leave(slot);
+            let _left = s.leave(slot);
             drop(s);
             this.kind = Kind::Done;
             return Poll::Ready(Err(CoalesceError::Panicked));
@@ -565,7 +577,7 @@ where
                 // The only caller left: it takes the output, no clone.
                 s.polling = false;
                 s.taken = true;
-                s.leave(slot);
+                let _left = s.leave(slot);
                 drop(s);
                 this.kind = Kind::Done;
                 flight.leave_map();
@@ -580,7 +592,7 @@ where
                 wakers.into_iter().for_each(Waker::wake);
                 let mut s = flight.lock();
                 let out = s.result.clone();
-                s.leave(slot);
+                let _left = s.leave(slot);
                 drop(s);
                 this.kind = Kind::Done;
                 Poll::Ready(out.ok_or(CoalesceError::Panicked))
@@ -589,7 +601,7 @@ where
                 s.polling = false;
                 s.poisoned = true;
                 let wakers = s.take_wakers();
-                s.leave(slot);
+                let _left = s.leave(slot);
                 drop(s);
                 this.kind = Kind::Done;
                 drop(fut);
@@ -607,8 +619,11 @@ impl<K, T> Drop for Coalesced<K, T> {
             return;
         };
         let mut s = flight.lock();
-        s.leave(slot);
+        let left = s.leave(slot);
         if s.done() {
+            // The output (if this was the last waiter) drops without the lock.
+            drop(s);
+            drop(left);
             return;
         }
         if s.live == 0 {

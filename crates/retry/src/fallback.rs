@@ -92,6 +92,7 @@ struct Counters {
 
 /// A [`Fallback`]'s counts since it was built.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct FallbackStats {
     /// Failures answered by the fallback.
     pub fallbacks: u64,

@@ -223,6 +223,7 @@ struct Inner {
 
 /// A [`Hedge`]'s counts since it was built.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HedgeStats {
     /// Calls made through it.
     pub calls: u64,
@@ -448,6 +449,17 @@ impl Hedge {
         self.run(opts, classify, op).await
     }
 
+    /// How this policy's classifiers judge an error of type `E` (see
+    /// [`HedgeBuilder::classify_errors`]).
+    pub fn classify_error<E: 'static>(&self, error: &E) -> Retryable {
+        self.inner.classifier.error(error)
+    }
+
+    /// How this policy's classifiers judge a successful result of type `T`.
+    pub fn classify_result<T: 'static>(&self, value: &T) -> Retryable {
+        self.inner.classifier.result(value)
+    }
+
     async fn run<T, E, F, Fut, C>(
         &self,
         opts: CallOptions,
@@ -462,7 +474,7 @@ impl Hedge {
         let inner = &*self.inner;
         if let Some(budget) = &inner.budget
             && !opts.nested
-            && let Err(reason) = budget.admit()
+            && let Err(reason) = budget.admit_for(opts.criticality)
         {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(RetryError::Rejected(reason));

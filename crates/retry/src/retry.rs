@@ -40,7 +40,8 @@ pub enum RetryError<E> {
     Failed {
         /// The last attempt's error.
         error: E,
-        /// How many attempts were made.
+        /// How many attempts were made (0 from a tower layer when the inner
+        /// service failed to become ready: `error` is its readiness error).
         attempts: u32,
         /// Why no further attempt was made.
         stop: Stop,
@@ -250,12 +251,13 @@ impl RetryBuilder {
 
     /// Judges the outcomes of a breaker that runs *inside* the retry (each
     /// attempt goes through `breaker`, as the guide recommends), whose errors
-    /// are `CallError<E>`: a refusal by the open breaker never reached the
-    /// dependency, so it is [`Retryable::Always`] after the breaker's own
-    /// retry-after (and [`Retryable::Never`] when the breaker gives none:
-    /// forced open); a failure `Failed(e)` is judged as an `E` would be (its
-    /// [`classify_errors`](Self::classify_errors) classifier, else the
-    /// breaker's verdict, as with [`breaker`](Self::breaker)).
+    /// are `CallError<E>`: a refusal by the breaker never reached the
+    /// dependency, so it is [`Retryable::Always`], after the breaker's own
+    /// retry-after when it gives one (open) and after the backoff when it does
+    /// not (half-open with every probe out, or forced open: the attempts or
+    /// the budget then run out); a failure `Failed(e)` is judged as an `E`
+    /// would be (its [`classify_errors`](Self::classify_errors) classifier,
+    /// else the breaker's verdict, as with [`breaker`](Self::breaker)).
     ///
     /// ```
     /// use heijunka_breaker::{CallError, CircuitBreaker};
@@ -274,8 +276,8 @@ impl RetryBuilder {
     ///     .call(|_| breaker.call_async(async { Ok::<(), std::io::Error>(()) }))
     ///     .await
     ///     .unwrap_err();
-    /// // Forced open: no retry-after, so no point retrying.
-    /// assert_eq!(err.stop(), Some(Stop::NotRetryable));
+    /// // Forced open: refused each time, retried until the attempts ran out.
+    /// assert_eq!((err.attempts(), err.stop()), (3, Some(Stop::AttemptsExhausted)));
     /// assert!(matches!(err.into_error(), Some(CallError::Rejected(_))));
     /// # Ok(())
     /// # }
@@ -285,8 +287,7 @@ impl RetryBuilder {
         self.deferred.push(Box::new(|c: &mut Classifier| {
             let inner = c.clone();
             c.add_errors(move |e: &CallError<E>| match e {
-                CallError::Rejected(r) if r.retry_after().is_some() => Retryable::Always,
-                CallError::Rejected(_) => Retryable::Never,
+                CallError::Rejected(_) => Retryable::Always,
                 CallError::Failed(e) => inner.error(e),
             });
             c.add_retry_after(|e: &CallError<E>| match e {
@@ -374,6 +375,7 @@ struct Inner {
 
 /// A [`Retry`]'s counts since it was built.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct RetryStats {
     /// Calls made through it (first attempts).
     pub calls: u64,
@@ -676,7 +678,7 @@ impl Retry {
         }
         if let Some(budget) = &inner.budget
             && !opts.nested
-            && let Err(reason) = budget.admit()
+            && let Err(reason) = budget.admit_for(opts.criticality)
         {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(RetryError::Rejected(reason));

@@ -212,7 +212,7 @@ async fn a_waiter_that_is_not_polled_does_not_stall_the_others() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_woken_caller_dropped_unpolled_hands_the_call_on() {
+async fn a_caller_dropped_after_a_wake_leaves_the_others_woken() {
     let c: Coalesce<u8, u8> = Coalesce::new();
     let make = || {
         || async {

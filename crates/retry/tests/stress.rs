@@ -47,7 +47,11 @@ async fn stress_coalesce_with_callers_that_go_away() {
         }
     }
     assert!(answered > 0);
-    assert!(loads.load(Ordering::Relaxed) <= CALLS);
+    // Callers of a key in flight shared its call.
+    assert!(
+        loads.load(Ordering::Relaxed) < CALLS,
+        "nothing was coalesced"
+    );
     assert_eq!(c.stats().keys_in_flight, 0, "a flight was left behind");
 }
 

@@ -288,8 +288,9 @@ impl GcraBuilder {
 
     /// Keeps `units` of the burst for critical work
     /// ([`RateLimiter::check_n_for`] with [`Criticality::Critical`]): other
-    /// work conforms only while more than `units` remain, so under a sustained
-    /// overload the last of the bucket goes to critical requests. Default 0;
+    /// work, and every plain [`check`](RateLimiter::check), conforms only while
+    /// more than `units` remain, so under a sustained overload the last of the
+    /// bucket goes to critical requests. Default 0;
     /// less than the burst (a later [`set_rate`](Gcra::set_rate) with a smaller
     /// burst keeps at least one unit for other work).
     ///
@@ -412,29 +413,26 @@ impl Gcra {
 }
 
 impl RateLimiter for Gcra {
+    /// Admits `n` units of default work: with a
+    /// [`critical_reserve`](GcraBuilder::critical_reserve), the reserve is left
+    /// alone.
     #[inline]
     fn check_n(&self, n: u32) -> Result<(), RateLimitError> {
-        let r = self
-            .params
-            .load()
-            .check(&self.tat, self.clock.now().as_nanos(), n);
-        crate::metrics::count_rate_refusal(&self.rejected, &r);
-        r
+        self.check_n_for(n, Criticality::Default)
     }
 
     /// Critical work may take the whole burst; other work leaves the
     /// [`critical_reserve`](GcraBuilder::critical_reserve) untouched.
     #[inline]
     fn check_n_for(&self, n: u32, criticality: Criticality) -> Result<(), RateLimitError> {
-        if self.critical_reserve == 0 || criticality == Criticality::Critical {
-            return self.check_n(n);
-        }
         let mut p = self.params.load();
-        let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
-        p.burst -= reserve;
-        p.tolerance = p
-            .tolerance
-            .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
+        if self.critical_reserve > 0 && criticality != Criticality::Critical {
+            let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
+            p.burst -= reserve;
+            p.tolerance = p
+                .tolerance
+                .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
+        }
         let r = p.check(&self.tat, self.clock.now().as_nanos(), n);
         crate::metrics::count_rate_refusal(&self.rejected, &r);
         r

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use heijunka::core::Criticality;
 use hdrhistogram::Histogram;
+use heijunka::core::Criticality;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -262,8 +262,8 @@ async fn run(s: Scenario, target: &str, dep: &str, pids: &Pids) -> Result<Value,
                 tokio::spawn(async move {
                     let outcome =
                         tokio::time::timeout(limit, one_request(&client, &uri, criticality))
-                        .await
-                        .unwrap_or(Outcome::Timeout);
+                            .await
+                            .unwrap_or(Outcome::Timeout);
                     // Latency from the intended send time: no coordinated omission.
                     record(outcome, intended.elapsed());
                     // Relaxed: see above.

@@ -268,7 +268,9 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
     // critical/default/sheddable mix; only heijunka reads it.
     let burst = s.phases.iter().position(|p| p.name == "burst");
     if let Some(b) = burst {
-        println!("\nburst: share of each criticality served (20/60/20 critical/default/sheddable):");
+        println!(
+            "\nburst: share of each criticality served (20/60/20 critical/default/sheddable):"
+        );
         for (mode, run) in ["unprotected", "tower", "heijunka"].iter().zip(&runs) {
             let shares: Vec<String> = run["phases"][b]["criticality"]
                 .as_array()
@@ -276,9 +278,15 @@ pub(crate) fn main(quick: bool, out: Option<String>) -> Result<bool, BoxError> {
                 .flatten()
                 .rev()
                 .map(|c| {
-                    let (sent, ok) = (c["sent"].as_f64().unwrap_or(0.0), c["ok"].as_f64().unwrap_or(0.0));
+                    let (sent, ok) = (
+                        c["sent"].as_f64().unwrap_or(0.0),
+                        c["ok"].as_f64().unwrap_or(0.0),
+                    );
                     let share = if sent > 0.0 { 100.0 * ok / sent } else { 0.0 };
-                    format!("{} {share:>5.1} %", c["criticality"].as_str().unwrap_or("?"))
+                    format!(
+                        "{} {share:>5.1} %",
+                        c["criticality"].as_str().unwrap_or("?")
+                    )
                 })
                 .collect();
             println!("  {mode:<11} {}", shares.join("  "));

@@ -209,7 +209,12 @@ fn route(mode: Mode, policy: Option<&Policy>, shutdown: &Shutdown) -> MethodRout
         (Mode::Heijunka, Some(policy)) => get(handler).layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(handle_error))
-                .layer(PolicyLayer::new(policy.clone()).shutdown(shutdown.token())),
+                .layer(
+                    // The demo's client is trusted to tag its requests.
+                    PolicyLayer::new(policy.clone())
+                        .shutdown(shutdown.token())
+                        .criticality_header(true),
+                ),
         ),
         (Mode::Tower | Mode::TowerTuned, _) => get(handler).layer(
             ServiceBuilder::new()

@@ -36,9 +36,10 @@ use heijunka_core::Criticality;
 ///
 /// Each request gets a [`RequestContext`], put in the request's extensions for the
 /// handler (axum: `Extension<RequestContext>`); its trace id is taken from a W3C
-/// `traceparent` header when one is present, and its
+/// `traceparent` header when one is present, and, when trusted
+/// ([`criticality_header`](Self::criticality_header)), its
 /// [`criticality`](RequestContext::criticality) from an `x-request-criticality`
-/// header (`critical`, `default` or `sheddable`; anything else is ignored). With [`shutdown`](Self::shutdown),
+/// header. With [`shutdown`](Self::shutdown),
 /// contexts are cancelled when shutdown begins, and new requests are refused with
 /// [`Rejection::ShuttingDown`].
 ///
@@ -127,6 +128,9 @@ struct LayerConfig {
     direction: Direction,
     classifier: SharedClassifier,
     grpc_timeout: bool,
+    /// Whether an inbound request's `x-request-criticality` header sets its
+    /// criticality.
+    criticality_header: bool,
     deadline_header: Option<(HeaderName, DeadlineFormat)>,
     body_timeout: BodyTimeout,
     body_idle_timeout: Option<Duration>,
@@ -196,6 +200,7 @@ impl PolicyLayer {
                 direction,
                 classifier: default_classifier(),
                 grpc_timeout: true,
+                criticality_header: false,
                 deadline_header: None,
                 body_timeout: BodyTimeout::RequestDeadline,
                 body_idle_timeout: None,
@@ -259,6 +264,28 @@ impl PolicyLayer {
     /// ```
     pub fn grpc_timeout(mut self, honour: bool) -> Self {
         self.cfg().grpc_timeout = honour;
+        self
+    }
+
+    /// Whether an inbound request's `x-request-criticality` header
+    /// ([`Criticality::HEADER`]: `critical`, `default` or `sheddable` in any
+    /// case, and the SRE book's `critical_plus` / `sheddable_plus`; anything
+    /// else is ignored) sets its [`criticality`](RequestContext::criticality),
+    /// which the policy's stages honour. Default **off**: a client that may
+    /// claim `critical` can take the capacity kept for critical work, so turn it
+    /// on only where the header comes from trusted callers (other services, a
+    /// gateway that sets or strips it).
+    ///
+    /// ```
+    /// use heijunka::policy::Policy;
+    /// use heijunka::tower::PolicyLayer;
+    ///
+    /// // Behind a gateway that sets the header for every request.
+    /// let layer = PolicyLayer::new(Policy::builder().build()?).criticality_header(true);
+    /// # Ok::<(), heijunka::core::ConfigError>(())
+    /// ```
+    pub fn criticality_header(mut self, trust: bool) -> Self {
+        self.cfg().criticality_header = trust;
         self
     }
 
@@ -619,11 +646,12 @@ impl<S> PolicyService<S> {
         }
         // An unknown value is ignored (default criticality), never an error: a
         // client cannot make its request fail by sending a bad header.
-        if let Some(c) = req
-            .headers()
-            .get(Criticality::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Criticality::from_header_value(v).ok())
+        if self.cfg.criticality_header
+            && let Some(c) = req
+                .headers()
+                .get(Criticality::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Criticality::from_header_value(v).ok())
         {
             builder = builder.criticality(c);
         }
