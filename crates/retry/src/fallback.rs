@@ -67,7 +67,7 @@ impl<E> FailureInfo for heijunka_breaker::CallError<E> {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Which errors fall back.
-type Predicate<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
+pub(crate) type Predicate<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
 
 enum Handler<T, E> {
     Map(Arc<dyn Fn(E) -> T + Send + Sync>),

@@ -1,4 +1,5 @@
-//! Tower layers: [`RetryLayer`], [`HedgeLayer`], [`FallbackLayer`] and
+//! Tower layers: [`RetryLayer`], [`HedgeLayer`], [`FallbackLayer`] (a value or
+//! a function of the error), [`FallbackToLayer`] (another service) and
 //! [`CoalesceLayer`] (with the `chaos` feature, `ChaosLayer` too).
 //!
 //! Each wraps a `Clone` service: every attempt calls a clone of it once it is
@@ -398,6 +399,133 @@ where
         let fut = self.inner.call(req);
         let fallback = self.fallback.clone();
         Box::pin(async move { fallback.call(fut).await })
+    }
+}
+
+/// Sends a request the inner service failed to a second service (a replica in
+/// another region, a degraded path, a cache in front of the same data): the
+/// request is cloned before the first call, and the second service's answer
+/// (or its error) is returned. With [`when`](Self::when), only the errors it
+/// accepts fall back. A [`FallbackLayer`] answers from a value or a function of
+/// the error instead.
+///
+/// ```
+/// use heijunka_retry::tower::FallbackToLayer;
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let primary = service_fn(|_: &'static str| async { Err::<&str, _>("region down") });
+/// let secondary = service_fn(|req: &'static str| async move { Ok::<_, &str>(req) });
+/// let mut svc = FallbackToLayer::new(secondary)
+///     .when(|e: &&str| *e == "region down")
+///     .layer(primary);
+/// assert_eq!(svc.ready().await.unwrap().call("GET /price").await, Ok("GET /price"));
+/// # }
+/// ```
+pub struct FallbackToLayer<S2, E> {
+    secondary: S2,
+    when: Option<crate::fallback::Predicate<E>>,
+}
+
+impl<S2: Clone, E> Clone for FallbackToLayer<S2, E> {
+    fn clone(&self) -> Self {
+        Self {
+            secondary: self.secondary.clone(),
+            when: self.when.clone(),
+        }
+    }
+}
+
+impl<S2, E> fmt::Debug for FallbackToLayer<S2, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackToLayer")
+            .field("when", &self.when.is_some())
+            .finish()
+    }
+}
+
+impl<S2, E> FallbackToLayer<S2, E> {
+    /// A layer falling back to `secondary` on every error.
+    pub fn new(secondary: S2) -> Self {
+        Self {
+            secondary,
+            when: None,
+        }
+    }
+
+    /// Falls back only for errors where `pred` is true; the others are
+    /// returned as they are.
+    #[must_use]
+    pub fn when(mut self, pred: impl Fn(&E) -> bool + Send + Sync + 'static) -> Self {
+        self.when = Some(Arc::new(pred));
+        self
+    }
+}
+
+impl<S, S2: Clone, E> Layer<S> for FallbackToLayer<S2, E> {
+    type Service = FallbackToService<S, S2, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FallbackToService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`FallbackToLayer`] makes.
+pub struct FallbackToService<S, S2, E> {
+    inner: S,
+    layer: FallbackToLayer<S2, E>,
+}
+
+impl<S: Clone, S2: Clone, E> Clone for FallbackToService<S, S2, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S, S2, E> fmt::Debug for FallbackToService<S, S2, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackToService")
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, S2, Req, T, E> Service<Req> for FallbackToService<S, S2, E>
+where
+    S: Service<Req, Response = T, Error = E>,
+    S::Future: Send + 'static,
+    S2: Service<Req, Response = T, Error = E> + Clone + Send + 'static,
+    S2::Future: Send,
+    Req: Clone + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = T;
+    type Error = E;
+    type Future = BoxFuture<Result<T, E>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req.clone());
+        let secondary = self.layer.secondary.clone();
+        let when = self.layer.when.clone();
+        Box::pin(async move {
+            match fut.await {
+                Ok(v) => Ok(v),
+                Err(e) if when.as_ref().is_some_and(|w| !w(&e)) => Err(e),
+                Err(_) => secondary.oneshot(req).await,
+            }
+        })
     }
 }
 

@@ -110,3 +110,28 @@ async fn coalesce_layer_shares_calls_by_key() {
     assert_eq!(calls.load(Ordering::Relaxed), 2);
     assert_eq!(out.iter().filter(|v| **v == 10).count(), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn fallback_to_another_service_resends_the_request() {
+    use heijunka_retry::tower::FallbackToLayer;
+    let secondary_calls = Arc::new(AtomicU32::new(0));
+    let seen = secondary_calls.clone();
+    let secondary = service_fn(move |req: u32| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        async move { Ok::<_, &'static str>(req + 1000) }
+    });
+    let primary = service_fn(|req: u32| async move {
+        match req {
+            0 => Err("bad request"),
+            1 => Err("unavailable"),
+            n => Ok(n),
+        }
+    });
+    let mut svc = FallbackToLayer::new(secondary)
+        .when(|e: &&str| *e == "unavailable")
+        .layer(primary);
+    assert_eq!(svc.ready().await.unwrap().call(2).await, Ok(2));
+    assert_eq!(svc.ready().await.unwrap().call(1).await, Ok(1001));
+    assert_eq!(svc.ready().await.unwrap().call(0).await, Err("bad request"));
+    assert_eq!(secondary_calls.load(Ordering::Relaxed), 1);
+}
