@@ -53,6 +53,9 @@ struct Slot {
 
 struct Inner {
     clock: Clock,
+    /// Keeps the coarse ticker running for the deposits' clock reads (none
+    /// for a manual clock).
+    _coarse: Option<heijunka_core::CoarseUse>,
     /// The width of one slot in nanoseconds.
     slot_nanos: u64,
     slots: [Slot; SLOTS],
@@ -242,8 +245,10 @@ impl BudgetBuilder {
         };
         let start = self.clock.now();
         let now = start.as_nanos() / slot_nanos;
+        let coarse = self.clock.coarse_use();
         Ok(Budget {
             inner: Arc::new(Inner {
+                _coarse: coarse,
                 clock: self.clock,
                 slot_nanos,
                 slots: Default::default(),
@@ -303,8 +308,9 @@ impl Budget {
         BudgetBuilder::default()
     }
 
-    /// Records one first attempt: no lock, one clock read and one atomic add
-    /// (plus a lock once per tenth of the window to expire old slots).
+    /// Records one first attempt: no lock, a coarse clock read (no system
+    /// call, no counter read: see `Clock::recent`) and one atomic add (plus a
+    /// lock once per tenth of the window to expire old slots).
     #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
@@ -486,7 +492,10 @@ impl Inner {
     /// ahead) writes into `head`'s slot.
     #[inline]
     fn advance(&self) -> usize {
-        let now = self.slot_of_now();
+        // The coarse clock (a sample the ticker refreshes; see `Clock::recent`):
+        // a slot is a tenth of the window, far coarser than its error, and a
+        // reading a little behind lands in the head's slot.
+        let now = self.clock.recent().as_nanos() / self.slot_nanos;
         // Acquire: pairs with the Release store in `advance_to`, so a thread that
         // sees the new head also sees the expired slots cleared before it
         // writes into one.
