@@ -248,7 +248,7 @@ impl<F> fmt::Debug for FnSignal<F> {
 ///
 /// ```
 /// use heijunka_backpressure::{Signal, from_fn};
-/// use heijunka_core::{Criticality, PressureLevel, Rejection};
+/// use heijunka_core::{PressureLevel, Rejection};
 /// use std::sync::atomic::{AtomicU8, Ordering};
 /// use std::sync::Arc;
 ///

@@ -12,7 +12,7 @@
 //!    GCRA's critical reserve is left to critical requests).
 //! 3. **Load shed** — the memory gate, then each load-shedding signal in the order
 //!    added (queue pressure, a `LoadShedder`, anything returning a [`Rejection`]),
-//!    each asked for the request's [`Criticality`](heijunka_core::Criticality):
+//!    each asked for the request's [`Criticality`]:
 //!    sheddable work is shed first, critical work last.
 //! 4. **Concurrency** — a static [`ConcurrencyLimit`] or an adaptive limit; refuses
 //!    at once when no permit is free, or with a [`max_wait`](PolicyBuilder::max_wait)

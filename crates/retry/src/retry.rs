@@ -596,7 +596,7 @@ impl Retry {
     ///     .call_classified(
     ///         CallOptions::new(),
     ///         |r: &Result<u32, &str>| match r {
-    ///             Err(&"refused") => (Retryable::Always, Some(Duration::from_millis(5))),
+    ///             Err(e) if *e == "refused" => (Retryable::Always, Some(Duration::from_millis(5))),
     ///             _ => (Retryable::Never, None),
     ///         },
     ///         |_| {

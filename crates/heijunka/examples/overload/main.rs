@@ -87,10 +87,11 @@
 //! requests count at the 1 s client time-out) is below the unprotected run's, and
 //! heijunka's goodput is at least tower's. The p99 against tower is printed, not
 //! enforced: both runs are bounded by the same 250 ms time-out, so on a slow
-//! machine the two can meet. Measured on a busy 2-core machine, burst phase of
-//! five quick runs: heijunka 358..371 ok/s and 80..86 ms, tower 44 ok/s and
-//! 253..254 ms, unprotected 165..166 ok/s and 1003..1004 ms; the full run: 357,
-//! 12 and 46 ok/s, 80, 254 and 1004 ms. `--out PATH` writes the report elsewhere.
+//! machine the two can meet. Measured on a 2-core VM (2026-12-06, with the
+//! criticality partition), burst phase of two quick runs: heijunka 432..434
+//! ok/s and 40..41 ms, tower 44 ok/s and 253 ms, unprotected 164..165 ok/s and
+//! 1003..1004 ms; the full run: 412,
+//! 12 and 47 ok/s, 47, 253 and 1004 ms. `--out PATH` writes the report elsewhere.
 //!
 //! `--serve [--port P]` runs the heijunka-mode server alone (the dependency in a
 //! task of the same process) on 127.0.0.1 (port 0: the OS picks), prints
