@@ -53,268 +53,168 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// idempotency): from its headers or extensions, say.
 type Options<Req> = Arc<dyn Fn(&Req) -> CallOptions + Send + Sync>;
 
-/// Retries failed calls of the inner service with a [`Retry`] policy.
-/// Requests must be `Clone` (each attempt sends a clone).
-pub struct RetryLayer<Req> {
-    retry: Retry,
-    options: Option<Options<Req>>,
-}
-
-impl<Req> Clone for RetryLayer<Req> {
-    fn clone(&self) -> Self {
-        Self {
-            retry: self.retry.clone(),
-            options: self.options.clone(),
+/// A layer and its service running each request through a policy that makes
+/// attempts ([`Retry`], [`Hedge`]): the two differ only in the policy.
+macro_rules! attempts_layer {
+    (
+        $(#[$layer_doc:meta])* $layer:ident,
+        $(#[$service_doc:meta])* $service:ident,
+        $policy:ty, $new_doc:literal
+    ) => {
+        $(#[$layer_doc])*
+        pub struct $layer<Req> {
+            policy: $policy,
+            options: Option<Options<Req>>,
         }
-    }
-}
 
-impl<Req> fmt::Debug for RetryLayer<Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryLayer")
-            .field("retry", &self.retry)
-            .finish()
-    }
-}
-
-impl<Req> RetryLayer<Req> {
-    /// A layer retrying with `retry`; every request gets the default
-    /// [`CallOptions`].
-    pub fn new(retry: Retry) -> Self {
-        Self {
-            retry,
-            options: None,
+        impl<Req> Clone for $layer<Req> {
+            fn clone(&self) -> Self {
+                Self {
+                    policy: self.policy.clone(),
+                    options: self.options.clone(),
+                }
+            }
         }
-    }
 
-    /// Reads each request's options (its deadline, criticality and whether it
-    /// is idempotent, e.g. from the HTTP method).
-    #[must_use]
-    pub fn options(mut self, f: impl Fn(&Req) -> CallOptions + Send + Sync + 'static) -> Self {
-        self.options = Some(Arc::new(f));
-        self
-    }
-}
-
-impl<S, Req> Layer<S> for RetryLayer<Req> {
-    type Service = RetryService<S, Req>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            retry: self.retry.clone(),
-            options: self.options.clone(),
+        impl<Req> fmt::Debug for $layer<Req> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($layer))
+                    .field("policy", &self.policy)
+                    .finish()
+            }
         }
-    }
-}
 
-/// The service [`RetryLayer`] makes.
-pub struct RetryService<S, Req> {
-    inner: S,
-    retry: Retry,
-    options: Option<Options<Req>>,
-}
+        impl<Req> $layer<Req> {
+            #[doc = $new_doc]
+            pub fn new(policy: $policy) -> Self {
+                Self {
+                    policy,
+                    options: None,
+                }
+            }
 
-impl<S: Clone, Req> Clone for RetryService<S, Req> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            retry: self.retry.clone(),
-            options: self.options.clone(),
+            /// Reads each request's options (its deadline, criticality and
+            /// whether it is idempotent, e.g. from the HTTP method).
+            #[must_use]
+            pub fn options(
+                mut self,
+                f: impl Fn(&Req) -> CallOptions + Send + Sync + 'static,
+            ) -> Self {
+                self.options = Some(Arc::new(f));
+                self
+            }
         }
-    }
-}
 
-impl<S, Req> fmt::Debug for RetryService<S, Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryService")
-            .field("retry", &self.retry)
-            .finish()
-    }
-}
+        impl<S, Req> Layer<S> for $layer<Req> {
+            type Service = $service<S, Req>;
 
-impl<S, Req> Service<Req> for RetryService<S, Req>
-where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
-    Req: Clone + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = RetryError<S::Error>;
-    type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
+            fn layer(&self, inner: S) -> Self::Service {
+                $service {
+                    inner,
+                    policy: self.policy.clone(),
+                    options: self.options.clone(),
+                }
+            }
+        }
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The first attempt goes to the service readied here; each later one
-        // waits for a clone of it to be ready. A readiness error is returned
-        // as a failure of no attempt.
-        self.inner
-            .poll_ready(cx)
-            .map_err(|error| RetryError::Failed {
-                error,
-                attempts: 0,
-                stop: Stop::NotRetryable,
-            })
-    }
+        $(#[$service_doc])*
+        pub struct $service<S, Req> {
+            inner: S,
+            policy: $policy,
+            options: Option<Options<Req>>,
+        }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        let opts = self
-            .options
-            .as_ref()
-            .map_or_else(CallOptions::default, |f| f(&req));
-        let policy = self.retry.clone();
-        let template = self.inner.clone();
-        let readied = std::mem::replace(&mut self.inner, template.clone());
-        Box::pin(async move {
-            let mut readied = Some(readied);
-            policy
-                .call_with(opts, move |_| {
-                    let first = readied.take();
-                    let svc = template.clone();
-                    let req = req.clone();
-                    async move {
-                        match first {
-                            Some(mut svc) => svc.call(req).await,
-                            None => svc.oneshot(req).await,
-                        }
-                    }
+        impl<S: Clone, Req> Clone for $service<S, Req> {
+            fn clone(&self) -> Self {
+                Self {
+                    inner: self.inner.clone(),
+                    policy: self.policy.clone(),
+                    options: self.options.clone(),
+                }
+            }
+        }
+
+        impl<S, Req> fmt::Debug for $service<S, Req> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($service))
+                    .field("policy", &self.policy)
+                    .finish()
+            }
+        }
+
+        impl<S, Req> Service<Req> for $service<S, Req>
+        where
+            S: Service<Req> + Clone + Send + 'static,
+            S::Future: Send,
+            S::Response: Send + 'static,
+            S::Error: Send + 'static,
+            Req: Clone + Send + 'static,
+        {
+            type Response = S::Response;
+            type Error = RetryError<S::Error>;
+            type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                // The first attempt goes to the service readied here; each
+                // later one waits for a clone of it to be ready. A readiness
+                // error is returned as a failure of no attempt.
+                self.inner
+                    .poll_ready(cx)
+                    .map_err(|error| RetryError::Failed {
+                        error,
+                        attempts: 0,
+                        stop: Stop::NotRetryable,
+                    })
+            }
+
+            fn call(&mut self, req: Req) -> Self::Future {
+                let opts = self
+                    .options
+                    .as_ref()
+                    .map_or_else(CallOptions::default, |f| f(&req));
+                let policy = self.policy.clone();
+                let template = self.inner.clone();
+                let readied = std::mem::replace(&mut self.inner, template.clone());
+                Box::pin(async move {
+                    let mut readied = Some(readied);
+                    policy
+                        .call_with(opts, move |_| {
+                            let first = readied.take();
+                            let svc = template.clone();
+                            let req = req.clone();
+                            async move {
+                                match first {
+                                    Some(mut svc) => svc.call(req).await,
+                                    None => svc.oneshot(req).await,
+                                }
+                            }
+                        })
+                        .await
                 })
-                .await
-        })
-    }
-}
-
-/// Hedges calls of the inner service with a [`Hedge`] policy. Requests must be
-/// `Clone`.
-pub struct HedgeLayer<Req> {
-    hedge: Hedge,
-    options: Option<Options<Req>>,
-}
-
-impl<Req> Clone for HedgeLayer<Req> {
-    fn clone(&self) -> Self {
-        Self {
-            hedge: self.hedge.clone(),
-            options: self.options.clone(),
+            }
         }
-    }
+    };
 }
 
-impl<Req> fmt::Debug for HedgeLayer<Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HedgeLayer")
-            .field("hedge", &self.hedge)
-            .finish()
-    }
-}
+attempts_layer!(
+    /// Retries failed calls of the inner service with a [`Retry`] policy.
+    /// Requests must be `Clone` (each attempt sends a clone).
+    RetryLayer,
+    /// The service [`RetryLayer`] makes.
+    RetryService,
+    Retry,
+    "A layer retrying with `policy`; every request gets the default [`CallOptions`]."
+);
 
-impl<Req> HedgeLayer<Req> {
-    /// A layer hedging with `hedge`; every request gets the default
-    /// [`CallOptions`].
-    pub fn new(hedge: Hedge) -> Self {
-        Self {
-            hedge,
-            options: None,
-        }
-    }
-
-    /// Reads each request's options.
-    #[must_use]
-    pub fn options(mut self, f: impl Fn(&Req) -> CallOptions + Send + Sync + 'static) -> Self {
-        self.options = Some(Arc::new(f));
-        self
-    }
-}
-
-impl<S, Req> Layer<S> for HedgeLayer<Req> {
-    type Service = HedgeService<S, Req>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HedgeService {
-            inner,
-            hedge: self.hedge.clone(),
-            options: self.options.clone(),
-        }
-    }
-}
-
-/// The service [`HedgeLayer`] makes.
-pub struct HedgeService<S, Req> {
-    inner: S,
-    hedge: Hedge,
-    options: Option<Options<Req>>,
-}
-
-impl<S: Clone, Req> Clone for HedgeService<S, Req> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            hedge: self.hedge.clone(),
-            options: self.options.clone(),
-        }
-    }
-}
-
-impl<S, Req> fmt::Debug for HedgeService<S, Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HedgeService")
-            .field("hedge", &self.hedge)
-            .finish()
-    }
-}
-
-impl<S, Req> Service<Req> for HedgeService<S, Req>
-where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
-    Req: Clone + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = RetryError<S::Error>;
-    type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The first attempt goes to the service readied here; each later one
-        // waits for a clone of it to be ready. A readiness error is returned
-        // as a failure of no attempt.
-        self.inner
-            .poll_ready(cx)
-            .map_err(|error| RetryError::Failed {
-                error,
-                attempts: 0,
-                stop: Stop::NotRetryable,
-            })
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let opts = self
-            .options
-            .as_ref()
-            .map_or_else(CallOptions::default, |f| f(&req));
-        let policy = self.hedge.clone();
-        let template = self.inner.clone();
-        let readied = std::mem::replace(&mut self.inner, template.clone());
-        Box::pin(async move {
-            let mut readied = Some(readied);
-            policy
-                .call_with(opts, move |_| {
-                    let first = readied.take();
-                    let svc = template.clone();
-                    let req = req.clone();
-                    async move {
-                        match first {
-                            Some(mut svc) => svc.call(req).await,
-                            None => svc.oneshot(req).await,
-                        }
-                    }
-                })
-                .await
-        })
-    }
-}
+attempts_layer!(
+    /// Hedges calls of the inner service with a [`Hedge`] policy. Requests must
+    /// be `Clone`.
+    HedgeLayer,
+    /// The service [`HedgeLayer`] makes.
+    HedgeService,
+    Hedge,
+    "A layer hedging with `policy`; every request gets the default [`CallOptions`]."
+);
 
 /// Answers the inner service's failures with a [`Fallback`].
 pub struct FallbackLayer<T, E> {
