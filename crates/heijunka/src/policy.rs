@@ -1453,8 +1453,11 @@ impl Policy {
     /// the hedge get the request's deadline and
     /// [`criticality`](RequestContext::criticality): no attempt starts that
     /// could not finish in time, and sheddable requests do not spend the
-    /// budget while it is strained. Without a retry or a hedge it is
-    /// [`call`](Self::call). `f` is called once per attempt (feature `retry`).
+    /// budget while it is strained. The breaker judges each attempt with its
+    /// own classifiers ([`classify_errors`](heijunka_breaker::BreakerBuilder::classify_errors),
+    /// `classify_results`), where [`call`](Self::call) counts every `Err` as a
+    /// failure; without a retry or a hedge it is otherwise `call`. `f` is called
+    /// once per attempt (feature `retry`).
     ///
     /// ```
     /// use heijunka::context::RequestContext;
@@ -1543,11 +1546,15 @@ impl Policy {
             match (&s.retry, &s.hedge) {
                 (None, None) => attempt().await,
                 (None, Some(hedge)) => hedge
-                    .call_classified(opts, judged_by_hedge(hedge), |_| attempt())
+                    .call_classified(opts, judged_by_hedge(hedge, s.breaker.as_ref()), |_| {
+                        attempt()
+                    })
                     .await
                     .map_err(|e| flatten(e, ctx)),
                 (Some(retry), None) => retry
-                    .call_classified(opts, judged_by_retry(retry), |_| attempt())
+                    .call_classified(opts, judged_by_retry(retry, s.breaker.as_ref()), |_| {
+                        attempt()
+                    })
                     .await
                     .map_err(|e| flatten(e, ctx)),
                 (Some(retry), Some(hedge)) => {
@@ -1559,12 +1566,20 @@ impl Policy {
                     );
                     let inner = if shared { opts.nested() } else { opts };
                     retry
-                        .call_classified(opts, judged_by_retry(retry), |_| async {
-                            hedge
-                                .call_classified(inner, judged_by_hedge(hedge), |_| attempt())
-                                .await
-                                .map_err(|e| flatten(e, ctx))
-                        })
+                        .call_classified(
+                            opts,
+                            judged_by_retry(retry, s.breaker.as_ref()),
+                            |_| async {
+                                hedge
+                                    .call_classified(
+                                        inner,
+                                        judged_by_hedge(hedge, s.breaker.as_ref()),
+                                        |_| attempt(),
+                                    )
+                                    .await
+                                    .map_err(|e| flatten(e, ctx))
+                            },
+                        )
                         .await
                         .map_err(|e| flatten(e, ctx))
                 }
@@ -1722,21 +1737,22 @@ impl fmt::Debug for Policy {
     }
 }
 
-/// How a retry (or, with `hedging`, a hedge) judges a policy call's outcome.
+/// How a retry or a hedge judges a policy call's outcome.
 ///
 /// - A refusal by the rate limit or the breaker never reached the dependency:
 ///   retried after its retry-after (or the backoff) whatever the idempotency.
 /// - A refusal by load shedding or the concurrency limit is the service's own
 ///   overload: not retried (retrying it would hold the request and spend the
-///   budget exactly when the stage sheds), but for a hedge it only means that
-///   hedge did not start, so the race goes on.
+///   budget exactly when the stage sheds) nor hedged again; a hedge refused so
+///   stops the hedging, and the attempts already running go on.
+/// - A breaker forced open by an operator: not retried.
 /// - A shutdown, a cancellation or a passed deadline ends the call.
 /// - A time-out may have had its effect: retried only if idempotent.
 /// - The call's own outcome as `call_error` / `ok` (the policy's classifiers).
 #[cfg(feature = "retry")]
 fn classify_policy<T, E>(
     r: &Result<T, PolicyError<E>>,
-    hedging: bool,
+    breaker: Option<&CircuitBreaker>,
     ok: impl Fn(&T) -> heijunka_retry::Retryable,
     call_error: impl Fn(&E) -> (heijunka_retry::Retryable, Option<Duration>),
 ) -> (heijunka_retry::Retryable, Option<Duration>) {
@@ -1747,7 +1763,14 @@ fn classify_policy<T, E>(
         Err(PolicyError::Cancelled) => (Retryable::Never, None),
         Err(PolicyError::Rejected { stage, reason }) => match (stage, reason) {
             (Stage::Deadline, _) | (_, Rejection::ShuttingDown) => (Retryable::Never, None),
-            (Stage::LoadShed | Stage::Concurrency, _) if !hedging => (Retryable::Never, None),
+            // The service's own overload: neither retried nor hedged again.
+            (Stage::LoadShed | Stage::Concurrency, _) => (Retryable::Never, None),
+            // Forced open by an operator: a switch, not a wait.
+            (Stage::Breaker, _)
+                if breaker.is_some_and(|b| b.state() == heijunka_breaker::State::ForcedOpen) =>
+            {
+                (Retryable::Never, None)
+            }
             _ => (Retryable::Always, reason.retry_after()),
         },
         Err(PolicyError::TimedOut { .. }) => (Retryable::IfIdempotent, None),
@@ -1782,13 +1805,14 @@ fn flatten<E>(
 
 /// [`classify_policy`] with a retry's classifiers.
 #[cfg(feature = "retry")]
-fn judged_by_retry<T: 'static, E: 'static>(
-    retry: &heijunka_retry::Retry,
-) -> impl FnMut(&Result<T, PolicyError<E>>) -> (heijunka_retry::Retryable, Option<Duration>) + '_ {
+fn judged_by_retry<'a, T: 'static, E: 'static>(
+    retry: &'a heijunka_retry::Retry,
+    breaker: Option<&'a CircuitBreaker>,
+) -> impl FnMut(&Result<T, PolicyError<E>>) -> (heijunka_retry::Retryable, Option<Duration>) + 'a {
     move |r| {
         classify_policy(
             r,
-            false,
+            breaker,
             |v| retry.classify_result(v),
             |e| (retry.classify_error(e), retry.retry_after_of(e)),
         )
@@ -1797,13 +1821,14 @@ fn judged_by_retry<T: 'static, E: 'static>(
 
 /// [`classify_policy`] with a hedge's classifiers, for a hedge.
 #[cfg(feature = "retry")]
-fn judged_by_hedge<T: 'static, E: 'static>(
-    hedge: &heijunka_retry::Hedge,
-) -> impl FnMut(&Result<T, PolicyError<E>>) -> heijunka_retry::Retryable + '_ {
+fn judged_by_hedge<'a, T: 'static, E: 'static>(
+    hedge: &'a heijunka_retry::Hedge,
+    breaker: Option<&'a CircuitBreaker>,
+) -> impl FnMut(&Result<T, PolicyError<E>>) -> heijunka_retry::Retryable + 'a {
     move |r| {
         classify_policy(
             r,
-            true,
+            breaker,
             |v| hedge.classify_result(v),
             |e| (hedge.classify_error(e), None),
         )

@@ -297,3 +297,149 @@ async fn a_dropped_retrying_call_releases_everything() {
     // Every point was covered: the last case ran all four attempts.
     assert!(completed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_request_stops_waiting_between_attempts() {
+    let policy = Policy::builder()
+        .retry(
+            Retry::builder()
+                .max_attempts(3)
+                .backoff(Backoff::constant(Duration::from_secs(10)))
+                .idempotent(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let ctx = RequestContext::builder()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let canceller = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ctx.cancel();
+        })
+    };
+    let start = Instant::now();
+    let err = policy
+        .call_retrying(&ctx, |_| async { Err::<(), _>("down") })
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert!(matches!(err, PolicyError::Cancelled));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "not the 10 s backoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_refused_by_the_limit_leaves_the_first_attempt_running() {
+    let limit = ConcurrencyLimit::new(1).unwrap();
+    let policy = Policy::builder()
+        .concurrency_limit(limit.clone())
+        .hedge(
+            Hedge::builder()
+                .delay(HedgeDelay::Fixed(MS(10)))
+                .max_hedges(3)
+                .idempotent(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let start = Instant::now();
+    let v = policy
+        .call_retrying(&RequestContext::new(), |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async {
+                tokio::time::sleep(MS(50)).await;
+                Ok::<_, ()>("first")
+            }
+        })
+        .await
+        .unwrap();
+    // The hedge at 10 ms found the only permit taken: no further hedge, and
+    // the first attempt's answer at 50 ms is the call's.
+    assert_eq!((v, start.elapsed()), ("first", MS(50)));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert_eq!(policy.stats().rejected, 1, "one hedge refused, not three");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_judges_each_attempt_with_its_classifiers() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindowType::CountBased, 4)
+        .minimum_number_of_calls(4)
+        .classify_errors(|e: &&str| {
+            if *e == "bad request" {
+                heijunka::breaker::Verdict::Ignore
+            } else {
+                heijunka::breaker::Verdict::Failure
+            }
+        })
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let policy = Policy::builder()
+        .breaker(breaker.clone())
+        .retry(
+            Retry::builder()
+                .backoff(Backoff::None)
+                .breaker(&breaker)
+                .idempotent(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let err = policy
+            .call_retrying(&RequestContext::new(), |_| async {
+                Err::<(), _>("bad request")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::Call("bad request")));
+    }
+    // Ignored by the breaker (and so not retried): nothing recorded, still closed.
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.stats().failed_calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_forced_open_is_not_retried() {
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    breaker.force_open();
+    let policy = Policy::builder()
+        .breaker(breaker)
+        .retry(
+            Retry::builder()
+                .max_attempts(5)
+                .backoff(Backoff::constant(MS(10)))
+                .idempotent(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = policy
+        .call_retrying(&RequestContext::new(), |_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        PolicyError::Rejected {
+            stage: Stage::Breaker,
+            ..
+        }
+    ));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}

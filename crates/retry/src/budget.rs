@@ -53,9 +53,6 @@ struct Slot {
 
 struct Inner {
     clock: Clock,
-    /// Keeps the coarse ticker running for the deposits' clock reads (none
-    /// for a manual clock).
-    _coarse: Option<heijunka_core::CoarseUse>,
     /// The width of one slot in nanoseconds.
     slot_nanos: u64,
     slots: [Slot; SLOTS],
@@ -74,8 +71,8 @@ struct Inner {
     window: Duration,
     rate: Option<Arc<dyn RateLimiter>>,
     withdrawn_total: AtomicU64,
-    /// Whether the last withdrawal was refused: a `tracing` event marks each
-    /// change (spent, then available again), never each call.
+    /// Whether the ratio's share was last found spent: a `tracing` event marks
+    /// each change (spent, then available again), never each call.
     exhausted: std::sync::atomic::AtomicBool,
     refused_total: AtomicU64,
     refused_sheddable_total: AtomicU64,
@@ -245,10 +242,8 @@ impl BudgetBuilder {
         };
         let start = self.clock.now();
         let now = start.as_nanos() / slot_nanos;
-        let coarse = self.clock.coarse_use();
         Ok(Budget {
             inner: Arc::new(Inner {
-                _coarse: coarse,
                 clock: self.clock,
                 slot_nanos,
                 slots: Default::default(),
@@ -308,9 +303,8 @@ impl Budget {
         BudgetBuilder::default()
     }
 
-    /// Records one first attempt: no lock, a coarse clock read (no system
-    /// call, no counter read: see `Clock::recent`) and one atomic add (plus a
-    /// lock once per tenth of the window to expire old slots).
+    /// Records one first attempt: no lock, one clock read and one atomic add
+    /// (plus a lock once per tenth of the window to expire old slots).
     #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
@@ -399,28 +393,19 @@ impl Budget {
         } else if ok {
             floor.tokens -= 1.0;
         }
-        // A sheddable refusal says the budget is strained, not spent: only
-        // other refusals (and any success) change the state. Relaxed: the flag
-        // only dedupes log lines, and the lock orders it anyway.
-        let was = if ok || !sheddable {
-            inner
+        // The state logged is the ratio's share (the floor's tokens refill
+        // every second and would make it flap): spent when a default or
+        // critical request finds it spent, available when one is paid from it
+        // again. A sheddable refusal says it is strained, not spent. Relaxed:
+        // the flag only dedupes log lines, and the lock orders it anyway.
+        let change = if from_ratio || !sheddable {
+            let was = inner
                 .exhausted
-                .swap(!ok, std::sync::atomic::Ordering::Relaxed)
+                .swap(!from_ratio, std::sync::atomic::Ordering::Relaxed);
+            (was == from_ratio).then_some(from_ratio)
         } else {
-            !ok
+            None
         };
-        if was == ok {
-            if ok {
-                tracing::info!(ratio = inner.ratio, "retry budget available again");
-            } else {
-                tracing::warn!(
-                    ratio = inner.ratio,
-                    floor_per_sec = inner.floor_per_sec,
-                    deposited_in_window = deposited,
-                    "retry budget spent: extra attempts are refused"
-                );
-            }
-        }
         if ok {
             inner.withdrawn_total.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -430,6 +415,18 @@ impl Budget {
                     .refused_sheddable_total
                     .fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // Logged without the lock held.
+        drop(floor);
+        match change {
+            Some(true) => tracing::info!(ratio = inner.ratio, "retry budget available again"),
+            Some(false) => tracing::warn!(
+                ratio = inner.ratio,
+                floor_per_sec = inner.floor_per_sec,
+                deposited_in_window = deposited,
+                "retry budget's share spent: only the floor's extra attempts remain"
+            ),
+            None => {}
         }
         ok
     }
@@ -492,9 +489,11 @@ impl Inner {
     /// ahead) writes into `head`'s slot.
     #[inline]
     fn advance(&self) -> usize {
-        // The coarse clock (a sample the ticker refreshes; see `Clock::recent`):
-        // a slot is a tenth of the window, far coarser than its error, and a
-        // reading a little behind lands in the head's slot.
+        // The coarse sample while the process's ticker runs (a breaker is
+        // open somewhere; see `Clock::recent`), the precise time otherwise: a
+        // reading a little behind lands in the head's slot. (The budget does
+        // not keep the ticker running: it would wake a thousand times a second
+        // for the life of the process.)
         let now = self.clock.recent().as_nanos() / self.slot_nanos;
         // Acquire: pairs with the Release store in `advance_to`, so a thread that
         // sees the new head also sees the expired slots cleared before it

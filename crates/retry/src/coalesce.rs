@@ -619,8 +619,11 @@ impl<K, T> Drop for Coalesced<K, T> {
             return;
         };
         let mut s = flight.lock();
+        // Whether it had finished, read before `leave` takes a finished
+        // output from its last waiter.
+        let finished = s.done();
         let left = s.leave(slot);
-        if s.done() {
+        if finished {
             // The output (if this was the last waiter) drops without the lock.
             drop(s);
             drop(left);

@@ -126,8 +126,9 @@ impl HedgeBuilder {
     }
 
     /// How errors of type `E` are judged: an error judged
-    /// [`Retryable::Never`] ends the call at once (the other attempts are
-    /// cancelled); others wait for the remaining attempts.
+    /// [`Retryable::Never`] stops further hedges (the call ends with it once
+    /// no other attempt runs); others start the next hedge at once when
+    /// nothing else runs.
     pub fn classify_errors<E: 'static>(
         mut self,
         f: impl Fn(&E) -> Retryable + Send + Sync + 'static,
@@ -246,7 +247,8 @@ pub struct HedgeStats {
 /// with retries; the first success wins and the others are cancelled (their
 /// futures dropped). An attempt that fails while no other runs starts the next
 /// hedge at once (as Polly's hedging does); an error judged
-/// [`Retryable::Never`] ends the call.
+/// [`Retryable::Never`] stops further hedges, and ends the call once no other
+/// attempt runs (an attempt still running may yet succeed).
 ///
 /// Non-idempotent calls are not hedged unless allowed
 /// ([`idempotent`](HedgeBuilder::idempotent)), and no hedge starts that could
@@ -375,7 +377,8 @@ impl Hedge {
     /// # Errors
     ///
     /// [`RetryError::Failed`] with the last error when every attempt failed
-    /// (or one failed with an error judged [`Retryable::Never`]);
+    /// (the last one to fail; an error judged [`Retryable::Never`] stops
+    /// further hedges);
     /// [`RetryError::Rejected`] when the budget's rate limiter refused the
     /// first attempt.
     ///
@@ -546,12 +549,13 @@ impl Hedge {
                             }));
                         }
                         (Retryable::Never, false) => {
-                            let attempts = next_number - 1;
-                            return Poll::Ready(out.map_err(|error| RetryError::Failed {
-                                error,
-                                attempts,
-                                stop: Stop::NotRetryable,
-                            }));
+                            // No further hedge; the attempts still running may
+                            // yet succeed (a refused hedge says nothing of the
+                            // first attempt), so the call ends with this error
+                            // only once none runs.
+                            hedges_left = 0;
+                            timer.set(None);
+                            last = Some((out, Stop::NotRetryable));
                         }
                         _ if !idempotent => last = Some((out, Stop::NotIdempotent)),
                         _ => last = Some((out, refused.unwrap_or(Stop::AttemptsExhausted))),

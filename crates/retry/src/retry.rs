@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use heijunka_breaker::{CallError, CircuitBreaker};
+use heijunka_breaker::{CallError, CircuitBreaker, State};
 use heijunka_core::rng::SplitMix64;
 use heijunka_core::{ConfigError, Rejection, ShardedCounter, validate};
 use serde::Serialize;
@@ -254,13 +254,13 @@ impl RetryBuilder {
     /// are `CallError<E>`: a refusal by the breaker never reached the
     /// dependency, so it is [`Retryable::Always`], after the breaker's own
     /// retry-after when it gives one (open) and after the backoff when it does
-    /// not (half-open with every probe out, or forced open: the attempts or
-    /// the budget then run out); a failure `Failed(e)` is judged as an `E`
+    /// not (half-open with every probe out); forced open by an operator it is
+    /// [`Retryable::Never`]; a failure `Failed(e)` is judged as an `E`
     /// would be (its [`classify_errors`](Self::classify_errors) classifier,
     /// else the breaker's verdict, as with [`breaker`](Self::breaker)).
     ///
     /// ```
-    /// use heijunka_breaker::{CallError, CircuitBreaker};
+    /// use heijunka_breaker::{CallError, CircuitBreaker, State};
     /// use heijunka_retry::{Backoff, Retry, Stop};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -276,8 +276,8 @@ impl RetryBuilder {
     ///     .call(|_| breaker.call_async(async { Ok::<(), std::io::Error>(()) }))
     ///     .await
     ///     .unwrap_err();
-    /// // Forced open: refused each time, retried until the attempts ran out.
-    /// assert_eq!((err.attempts(), err.stop()), (3, Some(Stop::AttemptsExhausted)));
+    /// // Forced open by an operator: not retried.
+    /// assert_eq!((err.attempts(), err.stop()), (1, Some(Stop::NotRetryable)));
     /// assert!(matches!(err.into_error(), Some(CallError::Rejected(_))));
     /// # Ok(())
     /// # }
@@ -287,6 +287,8 @@ impl RetryBuilder {
         self.deferred.push(Box::new(|c: &mut Classifier| {
             let inner = c.clone();
             c.add_errors(move |e: &CallError<E>| match e {
+                // An operator's switch: no point retrying into it.
+                CallError::Rejected(r) if r.state() == State::ForcedOpen => Retryable::Never,
                 CallError::Rejected(_) => Retryable::Always,
                 CallError::Failed(e) => inner.error(e),
             });

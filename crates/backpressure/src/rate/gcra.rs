@@ -294,6 +294,14 @@ impl GcraBuilder {
     /// less than the burst (a later [`set_rate`](Gcra::set_rate) with a smaller
     /// burst keeps at least one unit for other work).
     ///
+    /// Everything that does not pass a criticality is default work and leaves
+    /// the reserve alone: [`check`](RateLimiter::check),
+    /// [`check_n`](RateLimiter::check_n), [`until_ready`](crate::until_ready)
+    /// (which refuses `n` above `burst - units` as
+    /// [`InsufficientCapacity`](crate::RateLimitError::InsufficientCapacity)),
+    /// and the facade's `RateLimitLayer`. The policy's rate stage, the
+    /// load-shed signal and the retry budget pass the request's criticality.
+    ///
     /// ```
     /// use heijunka_backpressure::{Gcra, RateLimiter};
     /// use heijunka_core::{Criticality, ManualClock};
