@@ -206,3 +206,30 @@ fn a_priority_queue_keeps_room_for_critical_work() {
         .unwrap_err();
     assert_eq!(e.field(), "reserve_for_top");
 }
+
+#[test]
+fn a_plain_check_is_default_work_and_leaves_the_reserve() {
+    use heijunka_backpressure::{Gcra, RateLimiter, until_ready};
+    use heijunka_core::ManualClock;
+    let limiter = Gcra::builder(10.0)
+        .burst(3)
+        .critical_reserve(1)
+        .clock(ManualClock::new().clock())
+        .build()
+        .unwrap();
+    assert!(RateLimiter::check(&limiter).is_ok());
+    assert!(RateLimiter::check(&limiter).is_ok());
+    // Only the reserve is left: a plain check is refused, critical work passes.
+    assert!(RateLimiter::check(&limiter).is_err());
+    assert!(limiter.check_n_for(1, Criticality::Critical).is_ok());
+    // Asking for more than the burst less the reserve can never pass at once.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let e = rt.block_on(until_ready(&limiter, 3)).unwrap_err();
+    assert!(matches!(
+        e,
+        heijunka_backpressure::RateLimitError::InsufficientCapacity { .. }
+    ));
+}
