@@ -10,6 +10,9 @@ use heijunka_core::ManualClock;
 use heijunka_core::cancel::Polled;
 use heijunka_retry::chaos::Chaos;
 
+mod support;
+use support::Guard;
+
 #[cfg(feature = "tower")]
 #[tokio::test(start_paused = true)]
 async fn the_layer_rehearses_an_outage_with_latency() {
@@ -50,12 +53,6 @@ async fn the_layer_rehearses_an_outage_with_latency() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_injected_call_drops_the_call() {
-    struct Guard(Arc<AtomicUsize>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     let chaos = Chaos::builder(1)
         .clock(ManualClock::new())
         .latency(1.0, Duration::from_millis(10), Duration::from_millis(10))

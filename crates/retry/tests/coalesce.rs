@@ -10,12 +10,8 @@ use heijunka_core::cancel::Polled;
 use heijunka_retry::{Coalesce, CoalesceError};
 use tokio::sync::Notify;
 
-struct Guard(Arc<AtomicUsize>);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
+mod support;
+use support::Guard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_requests_make_one_call() {

@@ -9,6 +9,9 @@ use heijunka_core::cancel::Polled;
 use heijunka_core::{ManualClock, Rejection};
 use heijunka_retry::{FailureInfo, Fallback};
 
+mod support;
+use support::Guard;
+
 #[tokio::test]
 async fn a_value_a_function_or_another_service() {
     let v = Fallback::value(7);
@@ -76,12 +79,6 @@ async fn the_fallback_sees_the_stage_and_the_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_fallback_drops_what_it_runs() {
-    struct Guard(Arc<AtomicUsize>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     let dropped = Arc::new(AtomicUsize::new(0));
     let f = {
         let dropped = dropped.clone();

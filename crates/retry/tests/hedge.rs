@@ -11,6 +11,9 @@ use heijunka_core::{Criticality, ManualClock};
 use heijunka_retry::{Budget, CallOptions, Hedge, HedgeDelay, Retry, Retryable, Stop};
 use tokio::time::Instant;
 
+mod support;
+use support::Guard;
+
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 /// A dependency whose calls take 8-12 ms, except a share `slow` of them that
@@ -311,12 +314,6 @@ async fn shared_budget_bounds_retries_and_hedges_together() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_dropped_hedge_drops_every_attempt() {
-    struct Guard(Arc<AtomicUsize>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     let hedge = Hedge::builder()
         .delay(HedgeDelay::Fixed(MS(1)))
         .max_hedges(3)

@@ -13,6 +13,9 @@ use heijunka_core::{Criticality, ManualClock, Rejection};
 use heijunka_retry::{Backoff, Budget, CallOptions, Retry, RetryError, Retryable, Stop};
 use tokio::time::Instant;
 
+mod support;
+use support::Guard;
+
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -273,12 +276,6 @@ async fn a_rate_limited_budget_refuses_before_any_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_calls_leave_nothing_behind() {
-    struct Guard(Arc<AtomicUsize>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     let clock = ManualClock::new();
     // Ten retries per call: the budget never stops them, so every point of
     // the call is reached.
