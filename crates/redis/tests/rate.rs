@@ -1,0 +1,310 @@
+//! The global GCRA against a real Redis: the in-process limiter's semantics,
+//! idle keys that cost nothing, `NOSCRIPT` recovery, the local refusal cache,
+//! and a rate shared by independent connection pools.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use heijunka_backpressure::{Gcra, RateLimitError, RateLimiter};
+use heijunka_core::ManualClock;
+use heijunka_redis::{RedisLimitError, RedisRateLimiter, TokenLeasing};
+
+fn limited(e: &RedisLimitError) -> &RateLimitError {
+    match e {
+        RedisLimitError::Limited(l) => l,
+        other => panic!("expected a limit refusal, got {other:?}"),
+    }
+}
+
+/// The same sequence against the in-process `Gcra` (on a manual clock, so its
+/// answers are exact) and the Redis limiter (on Redis's clock): the same
+/// admissions and refusals, and retry-afters that differ by no more than the
+/// time the Redis sequence took (measured with a second clock).
+#[tokio::test]
+async fn the_redis_gcra_decides_as_the_in_process_one() {
+    let server = support::server();
+    let redis = RedisRateLimiter::builder(support::backend(&server, "a"), 10.0)
+        .burst(5)
+        .cache_refusals(false)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let local = Gcra::builder(10.0).burst(5).clock(clock.clock()).build().unwrap();
+    assert_eq!(redis.interval(), local.interval());
+
+    let started = Instant::now();
+    // Burst, then refusal with the wait for one interval.
+    for i in 0..5 {
+        assert!(local.check().is_ok());
+        assert!(redis.check().await.is_ok(), "unit {i} of the burst");
+    }
+    let want = local.check().unwrap_err();
+    let got = redis.check().await.unwrap_err();
+    let took = started.elapsed();
+    let (want, got) = (want.retry_after().unwrap(), limited(&got).retry_after().unwrap());
+    assert_eq!(want, Duration::from_millis(100));
+    assert!(
+        got <= want && got + took >= want,
+        "retry-after {got:?}, in-process {want:?}, sequence took {took:?}"
+    );
+    // More than the burst at once: never possible, and no round trip.
+    assert_eq!(
+        local.check_n(6).unwrap_err(),
+        RateLimitError::InsufficientCapacity { requested: 6, capacity: 5 }
+    );
+    let round_trips = redis.stats().round_trips;
+    assert_eq!(
+        *limited(&redis.check_n(6).await.unwrap_err()),
+        RateLimitError::InsufficientCapacity { requested: 6, capacity: 5 }
+    );
+    assert!(redis.check_n(0).await.is_ok());
+    assert_eq!(redis.stats().round_trips, round_trips, "decided without Redis");
+
+    // Spacing: after the retry-after one unit conforms, the next does not.
+    tokio::time::sleep(got).await;
+    clock.advance(want);
+    assert!(local.check().is_ok());
+    let admitted_at = Instant::now();
+    assert!(redis.check().await.is_ok(), "conforms after the retry-after it was given");
+    assert_eq!(local.check().unwrap_err().retry_after(), Some(want));
+    let again = redis.check().await.unwrap_err();
+    let took = admitted_at.elapsed();
+    let again = limited(&again).retry_after().unwrap();
+    assert!(
+        again <= want && again + took >= want,
+        "one interval again: {again:?}, less at most the {took:?} the two checks took"
+    );
+}
+
+/// A key's state lives only as long as it matters: until its bucket is full
+/// again. An idle key costs nothing.
+#[tokio::test]
+async fn a_key_expires_when_its_bucket_is_full_again() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 1000.0)
+        .burst(10)
+        .name("ttl")
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        limiter.check_key("alice").await.unwrap();
+    }
+    // 4 units ahead at 1 ms each: at most 4 ms to live.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("heijunka:rate:ttl:alice")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((1..=4).contains(&pttl), "PTTL {pttl}");
+    // Keys are separate buckets.
+    let bob: i64 = redis::cmd("EXISTS")
+        .arg("heijunka:rate:ttl:bob")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(bob, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg("heijunka:rate:ttl:alice")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if exists == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key outlived its state");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// After `SCRIPT FLUSH` (or a Redis restart) the script is loaded again: the
+/// `EVALSHA` that finds `NOSCRIPT` falls back to `EVAL`.
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 100.0)
+        .burst(100)
+        .build()
+        .unwrap();
+    limiter.check().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    limiter.check().await.unwrap();
+    limiter.check().await.unwrap();
+    assert_eq!(limiter.stats().fallback_decisions, 0, "every check went to Redis");
+    // The first check and the first after the flush each find NOSCRIPT, load
+    // the script and call it again: 3 checks, 5 EVALSHA, 2 loads.
+    assert_eq!(support::calls(&mut raw, "evalsha").await, 5);
+    assert_eq!(support::calls(&mut raw, "script|load").await, 2);
+}
+
+/// A replica just refused does not ask Redis again until the retry-after it was
+/// given (the local clock is a manual one; Redis counts the calls).
+#[tokio::test]
+async fn a_refused_key_is_refused_locally_until_its_retry_after() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let clock = ManualClock::new();
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 1.0)
+        .burst(1)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    limiter.check_key("k").await.unwrap();
+    let first = limiter.check_key("k").await.unwrap_err();
+    let wait = first.retry_after().unwrap();
+    let before = support::calls(&mut raw, "evalsha").await;
+    for _ in 0..10 {
+        let again = limiter.check_key("k").await.unwrap_err();
+        assert!(again.retry_after().unwrap() <= wait);
+    }
+    assert_eq!(support::calls(&mut raw, "evalsha").await, before, "no round trip while refused");
+    // Another key, or fewer units than were refused, still asks Redis.
+    limiter.check_key("other").await.unwrap();
+    assert_eq!(support::calls(&mut raw, "evalsha").await, before + 1);
+    // Once the retry-after has passed on the local clock, Redis decides again.
+    clock.advance(wait);
+    let _ = limiter.check_key("k").await;
+    assert_eq!(support::calls(&mut raw, "evalsha").await, before + 2);
+    assert_eq!(limiter.stats().refused_locally, 10);
+}
+
+/// Four independent connection pools (four backends, four limiters) sharing one
+/// key admit the configured global rate within ±2 % over 10 s: counted inside
+/// the tasks, timed with the test's own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_pools_share_one_rate_within_two_percent() {
+    const RATE: f64 = 400.0;
+    const BURST: u32 = 20;
+    const SPAN: Duration = Duration::from_secs(10);
+    let server = support::server();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for replica in 0..4 {
+        let limiter = RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
+            .burst(BURST)
+            .name("shared")
+            .build()
+            .unwrap();
+        let admitted = Arc::clone(&admitted);
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < SPAN {
+                match limiter.check().await {
+                    Ok(()) => {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let wait = e.retry_after().expect("a rate refusal");
+                        tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let span = start.elapsed().as_secs_f64();
+    let expected = f64::from(BURST) + RATE * span;
+    let got = admitted.load(Ordering::Relaxed) as f64;
+    let error = (got - expected) / expected;
+    assert!(error.abs() <= 0.02, "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)", error * 100.0);
+}
+
+/// With token leasing, four replicas stay within ±5 % of the global rate while
+/// most admissions need no round trip (at least 10 per round trip below the
+/// limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasing_keeps_the_global_rate_with_few_round_trips() {
+    const RATE: f64 = 2000.0;
+    const BURST: u32 = 200;
+    const SPAN: Duration = Duration::from_secs(5);
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let admitted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut limiters = Vec::new();
+    for replica in 0..4 {
+        let limiter = RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
+            .burst(BURST)
+            .name("leased")
+            .token_leasing(TokenLeasing { max_batch: 32, share: 4, ..TokenLeasing::default() })
+            .build()
+            .unwrap();
+        limiters.push(limiter.clone());
+        let admitted = Arc::clone(&admitted);
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < SPAN {
+                match limiter.check().await {
+                    Ok(()) => {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let wait = e.retry_after().expect("a rate refusal");
+                        tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let span = start.elapsed().as_secs_f64();
+    let expected = f64::from(BURST) + RATE * span;
+    let got = admitted.load(Ordering::Relaxed) as f64;
+    let error = (got - expected) / expected;
+    assert!(error.abs() <= 0.05, "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)", error * 100.0);
+    let scripts = support::calls(&mut raw, "evalsha").await as f64;
+    let per_trip = got / scripts;
+    eprintln!("leasing at the limit: {got} admitted, {scripts} round trips, {per_trip:.1} per round trip");
+
+    // Below the limit (a quarter of the rate, one replica), batches stay large.
+    let limiter = limiters.pop().unwrap();
+    let name_stats = limiter.stats();
+    let before = name_stats.round_trips;
+    let admitted_before = name_stats.admitted;
+    let quiet = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_micros(2000));
+    while quiet.elapsed() < Duration::from_secs(1) {
+        tick.tick().await;
+        let _ = limiter.check_key("quiet").await;
+    }
+    let s = limiter.stats();
+    let per_trip = (s.admitted - admitted_before) as f64 / (s.round_trips - before).max(1) as f64;
+    assert!(per_trip >= 10.0, "{per_trip:.1} admitted per round trip below the limit: {s:?}");
+}
+
+/// A check dropped while its round trip is in flight takes at most the units it
+/// asked for from the global bucket, and leaves no local state behind.
+#[tokio::test]
+async fn a_cancelled_check_takes_at_most_its_units() {
+    let server = support::server();
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 0.001)
+        .burst(3)
+        .build()
+        .unwrap();
+    for polls in 1..=2 {
+        let mut check = Box::pin(limiter.check());
+        for _ in 0..polls {
+            assert!(support::poll_once(&mut check).await.is_none(), "still in flight");
+        }
+        drop(check);
+    }
+    let stats = limiter.stats();
+    assert_eq!((stats.admitted, stats.refused), (0, 0), "cancelled checks are neither");
+    let mut admitted = 0;
+    for _ in 0..3 {
+        if limiter.check().await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert!((1..=3).contains(&admitted), "two cancelled checks took at most 2 of 3 units: {admitted} left");
+}
