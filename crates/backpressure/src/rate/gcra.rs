@@ -14,7 +14,8 @@ use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
 
 /// The GCRA arithmetic, shared by [`Gcra`] and the keyed limiter.
 ///
-/// State is the theoretical arrival time (TAT) in clock nanoseconds. `n` units
+/// State is the theoretical arrival time (TAT) in clock nanoseconds; the interval
+/// `T` is `1e9 / rate` nanoseconds, truncated as governor does. `n` units
 /// conform at `now` iff `max(tat, now) + n·T − now ≤ burst·T`; then the TAT becomes
 /// `max(tat, now) + n·T`. A fresh bucket (TAT 0) admits `burst` at once.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +32,11 @@ impl Params {
     pub(crate) fn new(per_second: f64, burst: u32) -> Result<Self, ConfigError> {
         validate::positive("rate", per_second)?;
         validate::at_least("burst", burst, 1)?;
-        let interval = (1e9 / per_second).round();
+        // Truncated, as governor's `Quota::per_second` (`1 s / n`): the limiter
+        // is never slower than the rate asked for, so `n` per second admits `n`
+        // in exactly one second. A rate above 1e9 per second truncates to 0 ns
+        // and is refused (it cannot be honoured with nanosecond timestamps).
+        let interval = (1e9 / per_second).floor();
         if interval < 1.0 || interval >= u64::MAX as f64 {
             return Err(ConfigError::new(
                 "rate",
@@ -348,9 +353,10 @@ impl GcraBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a rate that is not a finite number above zero (or is
-    /// beyond 1e9 per second), a burst of zero, or a `critical_reserve` not
-    /// below the burst.
+    /// A [`ConfigError`] for a rate that is not a finite number above zero or is
+    /// above 1e9 per second (the interval, `1e9 / rate` nanoseconds truncated as
+    /// governor does, would be below 1 ns), a burst of zero, or a
+    /// `critical_reserve` not below the burst.
     pub fn build(self) -> Result<Gcra, ConfigError> {
         let params = Params::new(self.per_second, self.burst)?;
         if self.critical_reserve > 0 && self.critical_reserve >= self.burst {

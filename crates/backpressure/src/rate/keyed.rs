@@ -193,8 +193,9 @@ impl KeyedRateLimiterBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a rate that is not a finite number above zero, a burst
-    /// of zero, or `max_keys` of zero.
+    /// A [`ConfigError`] for a rate that is not a finite number above zero or is
+    /// above 1e9 per second (as [`Gcra`](crate::Gcra)'s), a burst of zero, or
+    /// `max_keys` of zero.
     pub fn build<K: Hash + Eq>(self) -> Result<KeyedRateLimiter<K>, ConfigError> {
         validate::at_least("max_keys", self.max_keys, 1)?;
         Ok(KeyedRateLimiter {
