@@ -426,6 +426,49 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// The bucket now, taking nothing: the units default work could take one
+    /// after another right now (the `RateLimit-Remaining` header; governor's
+    /// `StateSnapshot::remaining_burst_capacity`), the burst, and the time until
+    /// the bucket is full. With a
+    /// [`critical_reserve`](GcraBuilder::critical_reserve), `limit` and
+    /// `remaining` leave the reserve out, as [`check`](RateLimiter::check) does.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{Gcra, RateLimiter};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let limiter = Gcra::builder(4.0).burst(4).clock(clock.clock()).build()?;
+    /// limiter.check()?;
+    /// let state = limiter.state();
+    /// assert_eq!((state.limit, state.remaining), (4, 3));
+    /// assert_eq!(state.reset_after, Duration::from_millis(250));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn state(&self) -> RateLimitState {
+        let p = self.params_for(Criticality::Default);
+        // Relaxed: as in `Params::check`.
+        p.state(self.tat.load(Ordering::Relaxed), self.clock.now().as_nanos())
+    }
+
+    /// The parameters work of `criticality` is judged by: without the critical
+    /// reserve, except for critical work.
+    #[inline]
+    fn params_for(&self, criticality: Criticality) -> Params {
+        let mut p = self.params.load();
+        if self.critical_reserve > 0 && criticality != Criticality::Critical {
+            let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
+            p.burst -= reserve;
+            p.tolerance = p
+                .tolerance
+                .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
+        }
+        p
+    }
+}
+
 impl RateLimiter for Gcra {
     /// Admits `n` units of default work: with a
     /// [`critical_reserve`](GcraBuilder::critical_reserve), the reserve is left
@@ -439,14 +482,7 @@ impl RateLimiter for Gcra {
     /// [`critical_reserve`](GcraBuilder::critical_reserve) untouched.
     #[inline]
     fn check_n_for(&self, n: u32, criticality: Criticality) -> Result<(), RateLimitError> {
-        let mut p = self.params.load();
-        if self.critical_reserve > 0 && criticality != Criticality::Critical {
-            let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
-            p.burst -= reserve;
-            p.tolerance = p
-                .tolerance
-                .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
-        }
+        let p = self.params_for(criticality);
         let r = p.check(&self.tat, self.clock.now().as_nanos(), n);
         crate::metrics::count_rate_refusal(&self.rejected, &r);
         r
