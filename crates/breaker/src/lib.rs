@@ -178,10 +178,10 @@ pub use crate::{
         DEFAULT_SLOW_CALL_RATE_THRESHOLD, DEFAULT_WAIT_DURATION_IN_OPEN_STATE,
         MAX_COUNT_WINDOW_SIZE, MAX_TIME_WINDOW_SECONDS, PermitDrop, SlidingWindowType,
     },
-    error::{CallError, RegistryFull, Rejected},
-    events::{LISTENER_QUEUE_CAPACITY, SubscriptionId},
+    error::{CallError, IllegalTransition, RegistryFull, Rejected},
+    events::{BreakerEvent, BreakerReset, LISTENER_QUEUE_CAPACITY, SubscriptionId},
     permit::{OwnedPermit, Permit, Verdict},
     registry::{BreakerRegistry, DEFAULT_REGISTRY_CAPACITY, RegistryBuilder},
     state::{State, StateTransition, TransitionReason},
-    stats::BreakerStats,
+    stats::{BreakerStats, RejectedCalls},
 };
