@@ -953,3 +953,19 @@ fn tokio_semaphore_batch_forget_permits_basic() {
     assert_eq!(s.forget_permits(10), 6);
     assert_eq!(s.available_permits(), 0);
 }
+
+/// tokio semaphore_batch.rs: acquire_validates_max_permits (tokio panics; a
+/// request above a limit is refused at once as never possible. On a limit of 0
+/// it would wait for the gate to open, so the port uses a limit of 1).
+#[test]
+fn tokio_semaphore_batch_acquire_validates_max_permits() {
+    let s = ConcurrencyLimit::new(1).unwrap();
+    assert!(is_ready_err(spawn(s.acquire_many(MAX_PERMITS + 1)).poll()));
+}
+
+/// tokio semaphore_batch.rs: acquire_validates_top_bit_permits (as above).
+#[test]
+fn tokio_semaphore_batch_acquire_validates_top_bit_permits() {
+    let s = ConcurrencyLimit::new(1).unwrap();
+    assert!(is_ready_err(spawn(s.acquire_many(1_u32 << 31)).poll()));
+}
