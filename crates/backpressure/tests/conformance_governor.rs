@@ -81,10 +81,14 @@ fn waiting_the_emission_interval_after_a_burst_is_enough() {
 /// instead of running at 1e9 per second.
 #[test]
 fn a_rate_above_one_per_nanosecond_is_refused() {
-    let max = Gcra::builder(1e9).build().expect("1e9 per second is allowed");
+    let max = Gcra::builder(1e9)
+        .build()
+        .expect("1e9 per second is allowed");
     assert_eq!(max.interval(), Duration::from_nanos(1));
     for rate in [1.000_000_001e9, 1.5e9, 1.999_999_999e9, 2e9, 1e12] {
-        let err = Gcra::builder(rate).build().expect_err("faster than 1 per ns");
+        let err = Gcra::builder(rate)
+            .build()
+            .expect_err("faster than 1 per ns");
         assert_eq!(err.field(), "rate", "{err}");
         assert!(err.to_string().contains("1e9"), "{err}");
     }
@@ -652,7 +656,11 @@ async fn drive<T>(clock: &ManualClock, fut: impl Future<Output = T>) -> (T, Dura
 #[tokio::test(start_paused = true)]
 async fn governor_future_pauses() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     // exhaust the limiter:
     while lim.check().is_ok() {}
     let (r, waited) = drive(&clock, until_ready(&lim, 1)).await;
@@ -664,7 +672,11 @@ async fn governor_future_pauses() {
 #[tokio::test(start_paused = true)]
 async fn governor_future_pauses_n() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     for _ in 0..6 {
         lim.check().unwrap();
     }
@@ -677,7 +689,11 @@ async fn governor_future_pauses_n() {
 #[tokio::test(start_paused = true)]
 async fn governor_future_proceeds() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     let (r, waited) = drive(&clock, until_ready(&lim, 1)).await;
     assert_eq!((r, waited), (Ok(()), Duration::ZERO));
 }
@@ -686,7 +702,11 @@ async fn governor_future_proceeds() {
 #[tokio::test(start_paused = true)]
 async fn governor_future_proceeds_n() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     let (r, waited) = drive(&clock, until_ready(&lim, 10)).await;
     assert_eq!((r, waited), (Ok(()), Duration::ZERO));
 }
@@ -696,7 +716,11 @@ async fn governor_future_proceeds_n() {
 #[tokio::test(start_paused = true)]
 async fn governor_future_multiple() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     while lim.check().is_ok() {}
     let all = async {
         for _ in 0..10 {
@@ -711,7 +735,11 @@ async fn governor_future_multiple() {
 #[tokio::test(start_paused = true)]
 async fn governor_future_errors_on_exceeded_capacity() {
     let clock = ManualClock::new();
-    let lim = Gcra::builder(10.0).burst(10).clock(clock.clock()).build().unwrap();
+    let lim = Gcra::builder(10.0)
+        .burst(10)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     let (r, _) = drive(&clock, until_ready(&lim, 11)).await;
     assert_eq!(
         r,

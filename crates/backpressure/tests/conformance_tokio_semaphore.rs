@@ -258,7 +258,10 @@ fn tokio_sync_semaphore_close_wakes_all_waiters() {
     sem.close();
     assert_eq!(wakes.0.load(SeqCst), WAITERS);
     for acquire in &mut acquires {
-        assert!(matches!(acquire.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+        assert!(matches!(
+            acquire.as_mut().poll(&mut cx),
+            Poll::Ready(Err(_))
+        ));
     }
 }
 

@@ -309,10 +309,7 @@ async fn a_waiter_is_not_served_by_releases_that_pay_off_a_shrink() {
 #[test]
 fn bad_resizes_are_config_errors_and_change_nothing() {
     let limit = ConcurrencyLimit::new(4).unwrap();
-    assert_eq!(
-        limit.set_limit(u32::MAX).unwrap_err().field(),
-        "permits"
-    );
+    assert_eq!(limit.set_limit(u32::MAX).unwrap_err().field(), "permits");
     let err = limit.add_permits(u32::MAX).unwrap_err();
     assert_eq!(err.field(), "permits");
     assert_eq!(limit.limit(), 4);
@@ -624,7 +621,10 @@ fn a_forgotten_permit_pays_the_debt_before_lowering_the_limit() {
     assert_eq!((limit.limit(), limit.in_use()), (1, 1));
     assert!(limit.try_acquire().is_err());
     b.forget(); // lowers the limit
-    assert_eq!((limit.limit(), limit.in_use(), limit.available_permits()), (0, 0, 0));
+    assert_eq!(
+        (limit.limit(), limit.in_use(), limit.available_permits()),
+        (0, 0, 0)
+    );
     limit.add_permits(1).unwrap();
     assert!(limit.try_acquire().is_ok());
 }

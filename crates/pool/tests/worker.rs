@@ -546,7 +546,9 @@ fn run_time_statistics_follow_the_pools_clock() {
 /// work on `spawn_blocking`'s threads.
 #[test]
 fn blocking_forms_panic_on_a_runtime_thread_and_work_in_spawn_blocking() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let pool = pool(1, 4, "rt-check");
     let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async { pool.submit(|| 1).map(|h| h.join()) })

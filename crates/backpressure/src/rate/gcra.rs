@@ -450,7 +450,10 @@ impl Gcra {
     pub fn state(&self) -> RateLimitState {
         let p = self.params_for(Criticality::Default);
         // Relaxed: as in `Params::check`.
-        p.state(self.tat.load(Ordering::Relaxed), self.clock.now().as_nanos())
+        p.state(
+            self.tat.load(Ordering::Relaxed),
+            self.clock.now().as_nanos(),
+        )
     }
 
     /// The parameters work of `criticality` is judged by: without the critical
