@@ -22,7 +22,13 @@ impl Wake for ThreadWaker {
 /// Polls `fut` on this thread, parking between wake-ups, until it completes or
 /// `deadline` passes (`None` on timeout). The future must not need a runtime's
 /// timer: ours only wait on tokio's `Semaphore`/`Notify`, which need none.
+///
+/// Every `_blocking` form of this crate goes through here, so here is where they
+/// all refuse, with tokio's panic, to park a thread that drives a runtime's
+/// tasks (before the first poll: whether or not it would wait this time).
+#[track_caller]
 pub(crate) fn block_on<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
+    heijunka_core::blocking::assert_can_block();
     let mut fut = pin!(fut);
     let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
     let mut cx = Context::from_waker(&waker);

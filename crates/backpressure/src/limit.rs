@@ -27,13 +27,25 @@ pub const MAX_PERMITS: u32 = u32::MAX >> 3;
 /// A concurrency (work-in-progress) limit: at most `limit` permits out at once.
 ///
 /// Named as [`tokio::sync::Semaphore`] (`acquire`, `acquire_many`, `try_acquire`,
-/// `try_acquire_many`, the `_owned` forms, `add_permits`, `close`), and built on it,
+/// `try_acquire_many`, the `_owned` and `_blocking` forms, `add_permits`,
+/// `forget_permits`, `close`; permits that `forget`, `merge` and `split`), and
+/// built on it,
 /// which gives what a WIP limit needs: weighted acquisition, FIFO waiters (a large
 /// request is not starved by small ones), and `close()`. This type adds typed
 /// refusals naming the limit, `_timeout` and `_blocking` forms (thread pools), live
 /// in-use and waiting counts, a run-time [`set_limit`](Self::set_limit) that never
 /// revokes a held permit, and it refuses a request that can never be granted (0
-/// permits, more than the limit) instead of waiting forever.
+/// permits, more than a limit above 0) instead of waiting forever.
+///
+/// A limit of 0 is a gate closed until permits are added (as tokio's
+/// `Semaphore::new(0)`): every acquisition waits (or, for `try_`, is refused at
+/// capacity) until [`add_permits`](Self::add_permits) or
+/// [`set_limit`](Self::set_limit) opens it; then a waiter asking for more than
+/// the new limit is refused.
+///
+/// The `_blocking` forms panic on a thread that drives a tokio runtime's tasks,
+/// with tokio's message, as tokio's `Semaphore::blocking_acquire` does (see
+/// [`heijunka_core::blocking`]); inside `spawn_blocking` they may block.
 ///
 /// Permits are RAII guards: dropping one (also while unwinding from a panic)
 /// returns it. Clones are handles to the same limit; owned permits hold such a
@@ -62,7 +74,8 @@ pub struct ConcurrencyLimit {
 pub struct LimitStats {
     /// The limit.
     pub limit: u32,
-    /// Permits held now (above `limit` for a while after the limit shrank).
+    /// Permits held now by permit guards (above `limit` for a while after the
+    /// limit shrank); not those handed to a waiter that has not completed.
     pub in_use: u32,
     /// Callers waiting for permits now.
     pub waiting: usize,
@@ -71,11 +84,21 @@ pub struct LimitStats {
 }
 
 impl ConcurrencyLimit {
-    /// A limit of `permits`.
+    /// A limit of `permits`; 0 is a gate closed until permits are added.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let gate = ConcurrencyLimit::new(0)?;
+    /// assert!(gate.try_acquire().is_err());
+    /// gate.add_permits(1)?;
+    /// assert!(gate.try_acquire().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for `permits` of 0 or above [`MAX_PERMITS`].
+    /// A [`ConfigError`] for `permits` above [`MAX_PERMITS`].
     pub fn new(permits: u32) -> Result<Self, ConfigError> {
         Self::named(permits, crate::metrics::DEFAULT_NAME)
     }
@@ -96,7 +119,6 @@ impl ConcurrencyLimit {
     ///
     /// As [`new`](Self::new).
     pub fn named(permits: u32, name: &str) -> Result<Self, ConfigError> {
-        validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
         Ok(Self {
             inner: Arc::new(Inner::new(permits, name)),
@@ -116,12 +138,18 @@ impl ConcurrencyLimit {
         free.saturating_sub(inner.debt.load(Ordering::SeqCst))
     }
 
-    /// Permits held now. After the limit shrank, this stays above the limit until
-    /// enough holders have released.
+    /// Permits held now by permit guards. After the limit shrank, this stays
+    /// above the limit until enough holders have released.
+    ///
+    /// Permits that tokio's queue has already set aside for the waiter at its
+    /// head (free permits it hands over one release at a time, until it has all
+    /// it asked for) are not counted: nobody holds them until that waiter
+    /// completes, and they go back if it is cancelled. So `in_use` and
+    /// [`available_permits`](Self::available_permits) may add up to less than
+    /// the limit while a large request waits.
     pub fn in_use(&self) -> u32 {
-        let inner = &*self.inner;
-        let total = inner.limit.load(Ordering::SeqCst) + inner.debt.load(Ordering::SeqCst);
-        total.saturating_sub(inner.semaphore.available_permits() as u32)
+        // Relaxed: a statistic.
+        self.inner.held.load(Ordering::Relaxed)
     }
 
     /// Callers waiting now.
@@ -171,7 +199,7 @@ impl ConcurrencyLimit {
     /// # Errors
     ///
     /// A [`ConfigError`] (field `permits`) if the limit would exceed
-    /// [`MAX_PERMITS`]; the limit is then unchanged.
+    /// [`MAX_PERMITS`]; the limit is then unchanged (tokio panics there).
     pub fn add_permits(&self, n: u32) -> Result<(), ConfigError> {
         self.inner.resize(|old| {
             let new = u64::from(old) + u64::from(n);
@@ -181,6 +209,24 @@ impl ConcurrencyLimit {
         })
     }
 
+    /// Removes up to `n` free permits for good, as tokio's
+    /// `Semaphore::forget_permits`: the limit drops by as many as were free (held
+    /// permits are never revoked; see [`set_limit`](Self::set_limit) for that).
+    /// Returns how many were removed.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// let _held = limit.try_acquire()?;
+    /// assert_eq!(limit.forget_permits(5), 2, "only the free ones");
+    /// assert_eq!((limit.limit(), limit.available_permits()), (1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forget_permits(&self, n: u32) -> u32 {
+        self.inner.forget_free(n)
+    }
+
     /// Sets the limit to `permits` at run time, without revoking a held permit.
     ///
     /// Growing adds permits at once (as [`add_permits`](Self::add_permits)).
@@ -188,7 +234,8 @@ impl ConcurrencyLimit {
     /// holders keep their permits, and the excess disappears as they release (a
     /// release pays it off instead of serving a waiter), so [`in_use`](Self::in_use)
     /// may stay above the new limit until then. A waiter asking for more permits
-    /// than the new limit is woken with [`AcquireError::ExceedsLimit`].
+    /// than the new limit is woken with [`AcquireError::ExceedsLimit`]. A limit of
+    /// 0 closes the gate until the limit is raised again.
     ///
     /// ```
     /// use heijunka_backpressure::ConcurrencyLimit;
@@ -208,10 +255,9 @@ impl ConcurrencyLimit {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] (field `permits`) for 0 or above [`MAX_PERMITS`]; the
-    /// limit is then unchanged.
+    /// A [`ConfigError`] (field `permits`) above [`MAX_PERMITS`]; the limit is
+    /// then unchanged.
     pub fn set_limit(&self, permits: u32) -> Result<(), ConfigError> {
-        validate::at_least("permits", permits, 1)?;
         validate::at_most("permits", permits, MAX_PERMITS)?;
         self.inner.resize(|_| Ok(permits))
     }
@@ -498,8 +544,7 @@ impl ConcurrencyLimit {
     }
 
     /// Blocks the calling thread (FIFO with async waiters) until a permit is
-    /// granted, for thread pools. Needs no runtime. Do not call it from an async
-    /// task.
+    /// granted, for thread pools. Needs no runtime.
     ///
     /// ```
     /// use heijunka_backpressure::ConcurrencyLimit;
@@ -514,6 +559,16 @@ impl ConcurrencyLimit {
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire).
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks (inside an async task or
+    /// `block_on`), whether or not a permit is free, with tokio's message
+    /// ("Cannot block the current thread from within a runtime..."), as tokio's
+    /// `Semaphore::blocking_acquire`: there it would stall the runtime's thread,
+    /// or deadlock a current-thread runtime. Use [`acquire`](Self::acquire) in
+    /// async code; on `spawn_blocking`'s threads this form works.
+    #[track_caller]
     pub fn acquire_blocking(&self) -> Result<Permit<'_>, AcquireError> {
         self.acquire_many_blocking(1)
     }
@@ -531,8 +586,64 @@ impl ConcurrencyLimit {
     /// # Errors
     ///
     /// As [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`acquire_blocking`](Self::acquire_blocking).
+    #[track_caller]
     pub fn acquire_many_blocking(&self, n: u32) -> Result<Permit<'_>, AcquireError> {
         block_on(self.acquire_many(n), None).expect("no deadline, so it completes")
+    }
+
+    /// [`acquire_blocking`](Self::acquire_blocking) for an owned permit (tokio's
+    /// `blocking_acquire_owned`).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(1)?;
+    /// let permit = limit.acquire_owned_blocking()?;
+    /// std::thread::spawn(move || drop(permit)).join().unwrap();
+    /// assert_eq!(limit.available_permits(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`acquire_blocking`](Self::acquire_blocking).
+    #[track_caller]
+    pub fn acquire_owned_blocking(&self) -> Result<OwnedPermit, AcquireError> {
+        self.acquire_many_owned_blocking(1)
+    }
+
+    /// [`acquire_many_blocking`](Self::acquire_many_blocking) for an owned permit
+    /// (tokio's `blocking_acquire_many_owned`).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(5)?;
+    /// let permit = limit.acquire_many_owned_blocking(3)?;
+    /// assert_eq!(limit.available_permits(), 2);
+    /// drop(permit);
+    /// assert_eq!(limit.available_permits(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`acquire_blocking`](Self::acquire_blocking).
+    #[track_caller]
+    pub fn acquire_many_owned_blocking(&self, n: u32) -> Result<OwnedPermit, AcquireError> {
+        block_on(self.acquire_many_owned(n), None).expect("no deadline, so it completes")
     }
 
     /// [`acquire_blocking`](Self::acquire_blocking), giving up after `timeout`
@@ -552,6 +663,11 @@ impl ConcurrencyLimit {
     ///
     /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
     /// [`acquire`](Self::acquire).
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`acquire_blocking`](Self::acquire_blocking).
+    #[track_caller]
     pub fn acquire_blocking_timeout(
         &self,
         timeout: Duration,
@@ -576,6 +692,11 @@ impl ConcurrencyLimit {
     ///
     /// [`AcquireTimeoutError::TimedOut`] after `timeout`, otherwise as
     /// [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`acquire_blocking`](Self::acquire_blocking).
+    #[track_caller]
     pub fn acquire_many_blocking_timeout(
         &self,
         n: u32,
@@ -614,11 +735,83 @@ impl Permit<'_> {
     pub fn num_permits(&self) -> u32 {
         self.weight
     }
+
+    /// Keeps the permits out for good, as tokio's `SemaphorePermit::forget`:
+    /// the limit drops by their number (or, after a shrink, the excess still
+    /// owed does).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(2)?;
+    /// limit.try_acquire()?.forget();
+    /// assert_eq!((limit.limit(), limit.in_use(), limit.available_permits()), (1, 0, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forget(mut self) {
+        let w = std::mem::take(&mut self.weight);
+        if w > 0 {
+            self.inner.forget(w);
+        }
+    }
+
+    /// Adds `other`'s permits to this one, as tokio's `SemaphorePermit::merge`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// let mut one = limit.try_acquire()?;
+    /// one.merge(limit.try_acquire_many(2)?);
+    /// assert_eq!(one.num_permits(), 3);
+    /// drop(one);
+    /// assert_eq!(limit.available_permits(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `other` comes from a different limit (a programmer error; tokio
+    /// panics too).
+    #[track_caller]
+    pub fn merge(&mut self, mut other: Self) {
+        assert!(
+            std::ptr::eq(self.inner, other.inner),
+            "merging permits of different ConcurrencyLimits"
+        );
+        self.weight += std::mem::take(&mut other.weight);
+    }
+
+    /// Splits `n` permits off into a new permit, as tokio's
+    /// `SemaphorePermit::split`; `None` (and nothing changed) if this holds
+    /// fewer than `n`.
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(5)?;
+    /// let mut three = limit.try_acquire_many(3)?;
+    /// let one = three.split(1).expect("3 held");
+    /// assert_eq!((three.num_permits(), one.num_permits()), (2, 1));
+    /// assert!(three.split(3).is_none());
+    /// drop(three);
+    /// assert_eq!(limit.available_permits(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn split(&mut self, n: u32) -> Option<Self> {
+        self.weight = self.weight.checked_sub(n)?;
+        Some(Self {
+            inner: self.inner,
+            weight: n,
+        })
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.inner.release(self.weight);
+        if self.weight > 0 {
+            self.inner.release(self.weight);
+        }
     }
 }
 
@@ -643,11 +836,73 @@ impl OwnedPermit {
     pub fn num_permits(&self) -> u32 {
         self.weight
     }
+
+    /// As [`Permit::forget`] (tokio's `OwnedSemaphorePermit::forget`).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(2)?;
+    /// limit.try_acquire_owned()?.forget();
+    /// assert_eq!(limit.limit(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forget(mut self) {
+        let w = std::mem::take(&mut self.weight);
+        if w > 0 {
+            self.inner.forget(w);
+        }
+    }
+
+    /// As [`Permit::merge`] (tokio's `OwnedSemaphorePermit::merge`).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// let mut one = limit.try_acquire_owned()?;
+    /// one.merge(limit.try_acquire_many_owned(2)?);
+    /// assert_eq!(one.num_permits(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `other` comes from a different limit.
+    #[track_caller]
+    pub fn merge(&mut self, mut other: Self) {
+        assert!(
+            Arc::ptr_eq(&self.inner, &other.inner),
+            "merging permits of different ConcurrencyLimits"
+        );
+        self.weight += std::mem::take(&mut other.weight);
+    }
+
+    /// As [`Permit::split`] (tokio's `OwnedSemaphorePermit::split`).
+    ///
+    /// ```
+    /// use heijunka_backpressure::ConcurrencyLimit;
+    ///
+    /// let limit = ConcurrencyLimit::new(3)?;
+    /// let mut three = limit.try_acquire_many_owned(3)?;
+    /// let two = three.split(2).expect("3 held");
+    /// assert_eq!((three.num_permits(), two.num_permits()), (1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn split(&mut self, n: u32) -> Option<Self> {
+        self.weight = self.weight.checked_sub(n)?;
+        Some(Self {
+            inner: Arc::clone(&self.inner),
+            weight: n,
+        })
+    }
 }
 
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
-        self.inner.release(self.weight);
+        if self.weight > 0 {
+            self.inner.release(self.weight);
+        }
     }
 }
 

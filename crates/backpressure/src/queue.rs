@@ -540,6 +540,16 @@ impl<T> BoundedQueue<T> {
 
     /// [`pop`](Self::pop) for threads without a runtime: blocks until an item
     /// arrives or the queue is closed and drained.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks (an async task, `block_on`),
+    /// whether or not an item is there, with tokio's message ("Cannot block the
+    /// current thread from within a runtime..."), as tokio's
+    /// `Receiver::blocking_recv`: there it would stall the runtime's thread, or
+    /// deadlock a current-thread runtime. Use [`pop`](Self::pop) in async code;
+    /// on `spawn_blocking`'s threads this form works.
+    #[track_caller]
     pub fn pop_blocking(&self) -> Option<T> {
         block_on(self.pop(), None).flatten()
     }
@@ -549,6 +559,11 @@ impl<T> BoundedQueue<T> {
     /// # Errors
     ///
     /// [`Rejection::ShuttingDown`] with the item if the queue is closed.
+    ///
+    /// # Panics
+    ///
+    /// On a runtime's thread, as [`pop_blocking`](Self::pop_blocking).
+    #[track_caller]
     pub fn push_blocking(&self, item: T) -> Result<(), PushError<T>> {
         block_on(self.push(item), None).expect("no deadline, so it completes")
     }

@@ -16,13 +16,14 @@ use heijunka_core::cancel::{Outcome, Polled, cancel_points};
 
 #[test]
 fn bad_limits_are_config_errors() {
+    // 0 is a closed gate (issue #26, as tokio's `Semaphore::new(0)`), not an error.
     assert_eq!(
-        ConcurrencyLimit::new(0).unwrap_err().to_string(),
-        "permits must be at least 1, got 0"
-    );
-    assert_eq!(
-        ConcurrencyLimit::new(u32::MAX).unwrap_err().field(),
-        "permits"
+        ConcurrencyLimit::new(u32::MAX).unwrap_err().to_string(),
+        format!(
+            "permits must be at most {}, got {}",
+            heijunka_backpressure::MAX_PERMITS,
+            u32::MAX
+        )
     );
 }
 
@@ -308,7 +309,7 @@ async fn a_waiter_is_not_served_by_releases_that_pay_off_a_shrink() {
 #[test]
 fn bad_resizes_are_config_errors_and_change_nothing() {
     let limit = ConcurrencyLimit::new(4).unwrap();
-    assert_eq!(limit.set_limit(0).unwrap_err().field(), "permits");
+    assert_eq!(limit.set_limit(u32::MAX).unwrap_err().field(), "permits");
     let err = limit.add_permits(u32::MAX).unwrap_err();
     assert_eq!(err.field(), "permits");
     assert_eq!(limit.limit(), 4);
@@ -583,4 +584,47 @@ fn stress_resizing_while_in_use_loses_and_leaks_no_permit() {
         .take(100)
         .collect();
     assert_eq!(all.len() as u32, final_limit);
+}
+
+/// A limit of 0 is a gate closed until permits are added (issue #26): waiters
+/// wait instead of being refused; opening the gate serves those that fit and
+/// refuses, as never possible, one above the new limit.
+#[tokio::test]
+async fn a_zero_limit_is_a_closed_gate_until_opened() {
+    let limit = ConcurrencyLimit::new(2).unwrap();
+    limit.set_limit(0).unwrap();
+    assert_eq!(
+        limit.try_acquire().unwrap_err(),
+        TryAcquireError::AtCapacity { limit: 0 }
+    );
+    let one = tokio::spawn(limit.acquire_owned());
+    let five = tokio::spawn(limit.acquire_many_owned(5));
+    tokio::task::yield_now().await;
+    assert_eq!(limit.waiting(), 2);
+    limit.set_limit(2).unwrap();
+    assert_eq!(one.await.unwrap().unwrap().num_permits(), 1);
+    assert_eq!(
+        five.await.unwrap().unwrap_err(),
+        AcquireError::ExceedsLimit { n: 5, limit: 2 }
+    );
+    assert_eq!((limit.in_use(), limit.available_permits()), (0, 2));
+}
+
+/// `forget` after a shrink pays the debt first: the limit set stays.
+#[test]
+fn a_forgotten_permit_pays_the_debt_before_lowering_the_limit() {
+    let limit = ConcurrencyLimit::new(3).unwrap();
+    let a = limit.try_acquire().unwrap();
+    let b = limit.try_acquire().unwrap();
+    limit.set_limit(1).unwrap(); // 2 held, 1 owed
+    a.forget(); // pays the debt
+    assert_eq!((limit.limit(), limit.in_use()), (1, 1));
+    assert!(limit.try_acquire().is_err());
+    b.forget(); // lowers the limit
+    assert_eq!(
+        (limit.limit(), limit.in_use(), limit.available_permits()),
+        (0, 0, 0)
+    );
+    limit.add_permits(1).unwrap();
+    assert!(limit.try_acquire().is_ok());
 }

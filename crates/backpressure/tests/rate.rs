@@ -32,7 +32,7 @@ proptest! {
     fn gcra_matches_a_token_bucket(steps in steps(), per_second in 1_u32..50, burst in 1_u32..6) {
         let clock = ManualClock::new();
         let limiter = Gcra::builder(f64::from(per_second)).burst(burst).clock(clock.clock()).build().unwrap();
-        let t = (1e9 / f64::from(per_second)).round() as u64; // ns per unit, as documented
+        let t = 1_000_000_000 / u64::from(per_second); // ns per unit, truncated as documented
         let capacity = t * u64::from(burst);
         let mut credit = capacity; // a full bucket, in nanoseconds of credit
         let mut last = 0_u64;

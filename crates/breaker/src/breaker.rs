@@ -1,10 +1,17 @@
 //! The circuit breaker handle: admission, manual overrides, events and stats.
 
+use std::time::Duration;
+
+use heijunka_core::Instant;
+
 use crate::config::{BreakerBuilder, BreakerConfig};
 use crate::events::SubscriptionId;
-use crate::machine::Inner;
+use crate::machine::{Inner, OpenFor};
 use crate::sync::Arc;
-use crate::{BreakerStats, State, StateTransition, TransitionReason, Verdict};
+use crate::{
+    BreakerEvent, BreakerStats, IllegalTransition, State, StateTransition, TransitionReason,
+    Verdict,
+};
 
 /// A circuit breaker: stops calls to a failing dependency, probes it after a wait,
 /// and lets calls through again once it recovers.
@@ -62,6 +69,7 @@ impl CircuitBreaker {
         let inner = Arc::new(Inner::new(config));
         #[cfg(not(loom))]
         inner.timer.bind(Arc::downgrade(&inner));
+        inner.start();
         Self { inner }
     }
 
@@ -128,8 +136,9 @@ impl CircuitBreaker {
     ///
     /// The other settings (name, window type and size, slow-call duration,
     /// consecutive and counted failure thresholds, automatic transition, maximum
-    /// wait in half-open, permit-drop rule) cannot change on a running breaker.
-    /// The clock and the classifiers stay those it was built with.
+    /// wait in half-open and the state it leads to, permit-drop rule) cannot change
+    /// on a running breaker. The clock and the classifiers stay those it was built
+    /// with, and the initial state matters only when a breaker is built.
     ///
     /// ```
     /// use heijunka_breaker::{CircuitBreaker, SlidingWindowType, State};
@@ -187,7 +196,9 @@ impl CircuitBreaker {
         self.inner.stats()
     }
 
-    /// Calls `listener` on every state change, in the order the changes were made
+    /// Calls `listener` on every state change (and only then: never for a
+    /// [`reset`](Self::reset) of a closed breaker, nor for a move to the state the
+    /// breaker is in), in the order the changes were made
     /// (each [`StateTransition`] carries its `sequence` number, strictly increasing
     /// for each listener), with no lock held (the listener may call back into the
     /// breaker). It runs on a thread that made a change, or that called
@@ -204,6 +215,24 @@ impl CircuitBreaker {
     where
         F: Fn(&StateTransition) + Send + Sync + 'static,
     {
+        self.inner
+            .listeners
+            .add(std::sync::Arc::new(move |e: &BreakerEvent| {
+                if let BreakerEvent::Transition(t) = e {
+                    listener(t);
+                }
+            }))
+    }
+
+    /// Calls `listener` on every event of this breaker: every state change, as
+    /// [`subscribe`](Self::subscribe) does, and every [`reset`](Self::reset)
+    /// ([`BreakerEvent::Reset`], after the transition to closed when the breaker
+    /// was not closed), in the order they were made, delivered as `subscribe`
+    /// delivers (same thread rules, same bounded queue).
+    pub fn subscribe_events<F>(&self, listener: F) -> SubscriptionId
+    where
+        F: Fn(&BreakerEvent) + Send + Sync + 'static,
+    {
         self.inner.listeners.add(std::sync::Arc::new(listener))
     }
 
@@ -215,15 +244,13 @@ impl CircuitBreaker {
     /// Manual override: rejects every call until [`reset`](Self::reset). Calls
     /// admitted before still complete; their outcomes are not recorded.
     pub fn force_open(&self) {
-        self.inner
-            .manual(State::ForcedOpen, TransitionReason::ForcedOpen);
+        self.manual_override(State::ForcedOpen, TransitionReason::ForcedOpen);
     }
 
     /// Manual override: admits every call and records nothing until
     /// [`reset`](Self::reset).
     pub fn disable(&self) {
-        self.inner
-            .manual(State::Disabled, TransitionReason::Disabled);
+        self.manual_override(State::Disabled, TransitionReason::Disabled);
     }
 
     /// Manual override: admits every call and records its outcome in the sliding
@@ -232,14 +259,170 @@ impl CircuitBreaker {
     /// rejecting anything (resilience4j's `transitionToMetricsOnlyState`, which starts
     /// from an empty window, as this does).
     pub fn metrics_only(&self) {
-        self.inner
-            .manual(State::MetricsOnly, TransitionReason::MetricsOnly);
+        self.manual_override(State::MetricsOnly, TransitionReason::MetricsOnly);
+    }
+
+    /// The manual overrides are legal from every state.
+    fn manual_override(&self, to: State, reason: TransitionReason) {
+        if let Err(e) = self.inner.manual(to, reason, OpenFor::Configured) {
+            debug_assert!(false, "an override is legal from every state: {e}");
+        }
     }
 
     /// Back to normal: closed, with an empty window and the growing wait back at its
     /// start, whatever the state was (a manual override, open, half-open, closed).
+    ///
+    /// As resilience4j's `reset`: when the breaker was not closed, listeners get
+    /// the transition to closed (reason [`TransitionReason::Reset`]); then
+    /// [`subscribe_events`](Self::subscribe_events) listeners get a
+    /// [`BreakerEvent::Reset`]. A closed breaker that is reset announces no
+    /// transition (it changes no state), only the reset event. Counted in the
+    /// `heijunka_breaker_resets_total` metric.
     pub fn reset(&self) {
-        self.inner.manual(State::Closed, TransitionReason::Reset);
+        self.inner.reset();
+    }
+
+    /// Opens the breaker now, for the configured wait (grown by the trips since it
+    /// last closed, and jittered, as after a trip), keeping the window it was in:
+    /// resilience4j's `transitionToOpenState`. Probes follow when the wait ends,
+    /// as after a trip. Already open: the wait starts again, unannounced (an
+    /// internal transition). Announced as a transition with reason
+    /// [`TransitionReason::Manual`].
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, State};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder()
+    ///     .wait_duration_in_open_state(Duration::from_secs(10))
+    ///     .clock(&clock)
+    ///     .build()?;
+    /// breaker.transition_to_open().expect("closed may open");
+    /// assert!(breaker.try_acquire().is_err());
+    /// clock.advance(Duration::from_secs(10));
+    /// assert!(breaker.try_acquire().is_ok()); // a probe
+    /// assert_eq!(breaker.state(), State::HalfOpen);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from metrics-only (move it to closed first, as
+    /// resilience4j requires); the state is unchanged.
+    pub fn transition_to_open(&self) -> Result<(), IllegalTransition> {
+        self.inner
+            .manual(State::Open, TransitionReason::Manual, OpenFor::Configured)
+    }
+
+    /// As [`transition_to_open`](Self::transition_to_open), for `wait` instead of
+    /// the configured wait (no growth, no jitter): resilience4j's
+    /// `transitionToOpenStateFor`. A zero `wait` admits probes at once.
+    ///
+    /// ```
+    /// use heijunka_breaker::CircuitBreaker;
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder().clock(&clock).build()?;
+    /// breaker.transition_to_open_for(Duration::from_secs(300)).unwrap(); // maintenance
+    /// assert_eq!(breaker.stats().retry_after, Some(Duration::from_secs(300)));
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from metrics-only.
+    pub fn transition_to_open_for(&self, wait: Duration) -> Result<(), IllegalTransition> {
+        self.inner.manual(
+            State::Open,
+            TransitionReason::Manual,
+            OpenFor::Duration(wait),
+        )
+    }
+
+    /// As [`transition_to_open`](Self::transition_to_open), until `until` on the
+    /// breaker's clock (its [`config().clock()`](BreakerConfig::clock); an instant
+    /// already past admits probes at once): resilience4j's
+    /// `transitionToOpenStateUntil`.
+    ///
+    /// ```
+    /// use heijunka_breaker::CircuitBreaker;
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder().clock(&clock).build()?;
+    /// let until = breaker.config().clock().now() + Duration::from_secs(60);
+    /// breaker.transition_to_open_until(until).unwrap();
+    /// assert_eq!(breaker.stats().retry_after, Some(Duration::from_secs(60)));
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from metrics-only.
+    pub fn transition_to_open_until(&self, until: Instant) -> Result<(), IllegalTransition> {
+        self.inner
+            .manual(State::Open, TransitionReason::Manual, OpenFor::Until(until))
+    }
+
+    /// Half-open now: the permitted number of probes, none completed yet (the
+    /// window of the state left is not judged): resilience4j's
+    /// `transitionToHalfOpenState`. Already half-open: the probes start again,
+    /// unannounced (an internal transition; probes in flight record nothing).
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, State};
+    ///
+    /// let breaker = CircuitBreaker::builder()
+    ///     .permitted_number_of_calls_in_half_open_state(1)
+    /// #   .clock(heijunka_core::ManualClock::new())
+    ///     .build()?;
+    /// breaker.force_open();
+    /// breaker.transition_to_half_open().unwrap();
+    /// breaker.call(|| Ok::<_, ()>(())).unwrap(); // the one probe passes
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from closed and from metrics-only (resilience4j's
+    /// table); the state is unchanged.
+    pub fn transition_to_half_open(&self) -> Result<(), IllegalTransition> {
+        self.inner.manual(
+            State::HalfOpen,
+            TransitionReason::Manual,
+            OpenFor::Configured,
+        )
+    }
+
+    /// Closed now, with an empty window and the growing wait back at its start,
+    /// from any state: resilience4j's `transitionToClosedState`. Already closed:
+    /// the window is emptied, unannounced (an internal transition). Unlike
+    /// [`reset`](Self::reset), it publishes no reset event.
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, State};
+    ///
+    /// let breaker = CircuitBreaker::builder()
+    /// #   .clock(heijunka_core::ManualClock::new())
+    ///     .build()?;
+    /// breaker.transition_to_open().unwrap();
+    /// breaker.transition_to_closed();
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn transition_to_closed(&self) {
+        if let Err(e) =
+            self.inner
+                .manual(State::Closed, TransitionReason::Manual, OpenFor::Configured)
+        {
+            debug_assert!(false, "closed is legal from every state: {e}");
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use heijunka_core::{Clock, ConfigError, validate};
 
 use crate::classify::Classifiers;
-use crate::{CircuitBreaker, Verdict};
+use crate::{CircuitBreaker, State, Verdict};
 
 /// Default failure-rate threshold: 50 % (resilience4j `failureRateThreshold`).
 pub const DEFAULT_FAILURE_RATE_THRESHOLD: f64 = 0.5;
@@ -135,6 +135,11 @@ pub struct BreakerConfig {
     pub(crate) automatic_half_open: bool,
     pub(crate) permitted_in_half_open: u32,
     pub(crate) max_wait_in_half_open: Option<Duration>,
+    /// Where a half-open period that reaches `max_wait_in_half_open` goes: open or
+    /// closed.
+    pub(crate) after_half_open_timeout: State,
+    /// The state a new breaker starts in: closed, open or metrics-only.
+    pub(crate) initial_state: State,
     pub(crate) permit_drop: PermitDrop,
     pub(crate) clock: Clock,
     pub(crate) classifiers: Classifiers,
@@ -160,6 +165,8 @@ impl Default for BreakerConfig {
             automatic_half_open: false,
             permitted_in_half_open: DEFAULT_PERMITTED_NUMBER_OF_CALLS_IN_HALF_OPEN_STATE,
             max_wait_in_half_open: None,
+            after_half_open_timeout: State::Open,
+            initial_state: State::Closed,
             permit_drop: PermitDrop::Release,
             clock: Clock::system(),
             classifiers: Classifiers::default(),
@@ -215,6 +222,17 @@ impl BreakerConfig {
     /// The number of probe calls admitted in half-open state.
     pub fn permitted_number_of_calls_in_half_open_state(&self) -> u32 {
         self.permitted_in_half_open
+    }
+
+    /// Where a half-open period that reaches its maximum wait goes:
+    /// [`State::Open`] (the default) or [`State::Closed`].
+    pub fn transition_to_state_after_wait_duration(&self) -> State {
+        self.after_half_open_timeout
+    }
+
+    /// The state a breaker built with this configuration starts in.
+    pub fn initial_state(&self) -> State {
+        self.initial_state
     }
 
     /// The clock the breaker reads.
@@ -395,12 +413,91 @@ impl BreakerBuilder {
     }
 
     /// The longest the breaker stays half-open waiting for its probes to complete;
-    /// then it opens again (when it is next called or read, or by the timer thread
-    /// with automatic transitions), and a probe completing later is not counted. Off
-    /// by default (wait for the probes however long they take, as resilience4j's
-    /// default of zero).
+    /// then it opens again (or closes, see
+    /// [`transition_to_state_after_wait_duration`](Self::transition_to_state_after_wait_duration)),
+    /// when it is next called or read, or by the timer thread with automatic
+    /// transitions, and a probe completing later is not counted. Off by default
+    /// (wait for the probes however long they take, as resilience4j's default of
+    /// zero).
     pub fn max_wait_duration_in_half_open_state(mut self, wait: Duration) -> Self {
         self.config.max_wait_in_half_open = Some(wait);
+        self
+    }
+
+    /// Where a half-open period that reaches the
+    /// [maximum wait](Self::max_wait_duration_in_half_open_state) goes:
+    /// [`State::Open`] (the default: probes that hang count against the dependency)
+    /// or [`State::Closed`] (they do not: back to normal traffic, with an empty
+    /// window). resilience4j's `transitionToStateAfterWaitDuration`; any other state
+    /// is refused by [`build`](Self::build).
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, SlidingWindowType, State};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder()
+    ///     .sliding_window(SlidingWindowType::CountBased, 1)
+    ///     .wait_duration_in_open_state(Duration::from_secs(10))
+    ///     .max_wait_duration_in_half_open_state(Duration::from_secs(2))
+    ///     .transition_to_state_after_wait_duration(State::Closed)
+    ///     .clock(&clock)
+    ///     .build()?;
+    /// let _ = breaker.call(|| Err::<(), _>("down"));
+    /// clock.advance(Duration::from_secs(10));
+    /// let probe = breaker.try_acquire().unwrap(); // half-open; the probe hangs
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// drop(probe);
+    ///
+    /// let err = CircuitBreaker::builder()
+    ///     .transition_to_state_after_wait_duration(State::ForcedOpen)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "transition_to_state_after_wait_duration must be open or closed, got forced_open"
+    /// );
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn transition_to_state_after_wait_duration(mut self, state: State) -> Self {
+        self.config.after_half_open_timeout = state;
+        self
+    }
+
+    /// The state a new breaker starts in (resilience4j's `initialState`):
+    ///
+    /// - [`State::Closed`], the default;
+    /// - [`State::Open`]: it rejects calls for `wait_duration_in_open_state` from
+    ///   when it is built, then probes as after a trip (for a dependency that must
+    ///   prove itself first, or a replica that should not start at full load);
+    /// - [`State::MetricsOnly`]: it records every call and never trips, until an
+    ///   operator moves it (a breaker trialled in production).
+    ///
+    /// Any other state is refused by [`build`](Self::build). Starting in a state is
+    /// not a transition: no event is announced for it.
+    ///
+    /// ```
+    /// use heijunka_breaker::{CircuitBreaker, State};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let breaker = CircuitBreaker::builder()
+    ///     .initial_state(State::Open)
+    ///     .wait_duration_in_open_state(Duration::from_secs(30))
+    ///     .clock(&clock)
+    ///     .build()?;
+    /// assert_eq!(breaker.state(), State::Open);
+    /// assert_eq!(breaker.stats().retry_after, Some(Duration::from_secs(30)));
+    ///
+    /// let err = CircuitBreaker::builder().initial_state(State::HalfOpen).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "initial_state must be closed, open or metrics_only, got half_open");
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn initial_state(mut self, state: State) -> Self {
+        self.config.initial_state = state;
         self
     }
 
@@ -577,6 +674,23 @@ impl BreakerBuilder {
         )?;
         if let Some(w) = c.max_wait_in_half_open {
             validate::non_zero_duration("max_wait_duration_in_half_open_state", w)?;
+        }
+        if !matches!(c.after_half_open_timeout, State::Open | State::Closed) {
+            return Err(ConfigError::new(
+                "transition_to_state_after_wait_duration",
+                format_args!("{}", c.after_half_open_timeout.as_str()),
+                "must be open or closed",
+            ));
+        }
+        if !matches!(
+            c.initial_state,
+            State::Closed | State::Open | State::MetricsOnly
+        ) {
+            return Err(ConfigError::new(
+                "initial_state",
+                format_args!("{}", c.initial_state.as_str()),
+                "must be closed, open or metrics_only",
+            ));
         }
         Ok(c)
     }

@@ -160,6 +160,56 @@ pub struct RegistryFull {
     pub capacity: usize,
 }
 
+/// A manual transition the state machine does not allow (resilience4j's
+/// `IllegalStateTransitionException`): from closed to half-open, and from
+/// metrics-only to open or half-open. Nothing was changed.
+///
+/// ```
+/// use heijunka_breaker::{CircuitBreaker, State};
+///
+/// let breaker = CircuitBreaker::builder()
+///     .name("inventory")
+/// #   .clock(heijunka_core::ManualClock::new())
+///     .build()?;
+/// let err = breaker.transition_to_half_open().unwrap_err();
+/// assert_eq!((err.from(), err.to()), (State::Closed, State::HalfOpen));
+/// assert_eq!(err.to_string(), "circuit breaker `inventory` cannot go from closed to half-open");
+/// assert_eq!(breaker.state(), State::Closed);
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("circuit breaker `{breaker}` cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    breaker: String,
+    from: State,
+    to: State,
+}
+
+impl IllegalTransition {
+    pub(crate) fn new(breaker: &str, from: State, to: State) -> Self {
+        Self {
+            breaker: breaker.to_string(),
+            from,
+            to,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The state the breaker is in (and stays in).
+    pub fn from(&self) -> State {
+        self.from
+    }
+
+    /// The state asked for.
+    pub fn to(&self) -> State {
+        self.to
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

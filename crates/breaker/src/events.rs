@@ -1,13 +1,120 @@
-//! State-change listeners and the `tracing` events.
+//! The breaker's events (state changes and resets), their listeners and the
+//! `tracing` events.
 
+use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use heijunka_core::Instant;
 
 use crate::sync::Mutex;
 use crate::{State, StateTransition};
 
+/// An event of a breaker, as delivered to
+/// [`subscribe_events`](crate::CircuitBreaker::subscribe_events) listeners (resilience4j's
+/// `CircuitBreakerOnStateTransitionEvent` and `CircuitBreakerOnResetEvent`).
+///
+/// Non-exhaustive: match with a `_` arm, as more kinds may come.
+///
+/// ```
+/// use heijunka_breaker::{BreakerEvent, CircuitBreaker};
+/// use std::sync::{Arc, Mutex};
+///
+/// let breaker = CircuitBreaker::builder()
+/// #   .clock(heijunka_core::ManualClock::new())
+///     .build()?;
+/// let log = Arc::new(Mutex::new(Vec::new()));
+/// let sink = log.clone();
+/// breaker.subscribe_events(move |e| {
+///     sink.lock().unwrap().push(match e {
+///         BreakerEvent::Transition(t) => format!("{} -> {}", t.from, t.to),
+///         BreakerEvent::Reset(r) => format!("reset in {}", r.state),
+///         _ => "other".to_string(),
+///     })
+/// });
+/// breaker.reset(); // closed already: a reset, no transition
+/// breaker.force_open();
+/// breaker.reset(); // a transition to closed, then the reset
+/// assert_eq!(
+///     *log.lock().unwrap(),
+///     ["reset in closed", "closed -> forced open", "forced open -> closed", "reset in forced open"]
+/// );
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum BreakerEvent {
+    /// The breaker changed state (only ever from one state to another).
+    Transition(StateTransition),
+    /// [`reset`](crate::CircuitBreaker::reset) was called: the breaker is closed
+    /// with an empty window. When it was not closed, the
+    /// [`Transition`](Self::Transition) to closed comes first.
+    Reset(BreakerReset),
+}
+
+impl BreakerEvent {
+    /// The breaker's name.
+    pub fn breaker(&self) -> &str {
+        match self {
+            Self::Transition(t) => &t.breaker,
+            Self::Reset(r) => &r.breaker,
+        }
+    }
+
+    /// The event's number in the breaker's sequence of events (see
+    /// [`StateTransition::sequence`]).
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Self::Transition(t) => t.sequence,
+            Self::Reset(r) => r.sequence,
+        }
+    }
+
+    /// When, on the breaker's clock.
+    pub fn at(&self) -> Instant {
+        match self {
+            Self::Transition(t) => t.at,
+            Self::Reset(r) => r.at,
+        }
+    }
+}
+
+impl fmt::Display for BreakerEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transition(t) => t.fmt(f),
+            Self::Reset(r) => r.fmt(f),
+        }
+    }
+}
+
+/// A [`reset`](crate::CircuitBreaker::reset): resilience4j's
+/// `CircuitBreakerOnResetEvent`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct BreakerReset {
+    /// The breaker's name.
+    pub breaker: String,
+    /// The state the breaker was in when it was reset (it is closed now).
+    pub state: State,
+    /// When, on the breaker's clock.
+    pub at: Instant,
+    /// The event's number (see [`StateTransition::sequence`]).
+    pub sequence: u64,
+}
+
+impl fmt::Display for BreakerReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "circuit breaker `{}` was reset in {} state: closed, with an empty window",
+            self.breaker, self.state
+        )
+    }
+}
+
 /// A listener. `std::sync::Arc`, not the shim's: loom's `Arc` cannot hold a `dyn Fn`,
 /// and listeners are user callbacks, not part of any atomic protocol.
-type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
+pub(crate) type Listener = std::sync::Arc<dyn Fn(&BreakerEvent) + Send + Sync>;
 
 /// Identifies a listener added with
 /// [`CircuitBreaker::subscribe`](crate::CircuitBreaker::subscribe), to remove it
@@ -15,7 +122,7 @@ type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 
-/// How many state changes may wait for delivery to the listeners of one breaker.
+/// How many events (state changes and resets) may wait for delivery to the listeners of one breaker.
 /// Beyond it a change is not queued: its event is dropped (counted in
 /// [`BreakerStats::dropped_events`](crate::BreakerStats::dropped_events) and logged
 /// at `warn`), so a slow listener never makes a state change block or the queue
@@ -42,7 +149,7 @@ pub(crate) struct Listeners {
 }
 
 struct Queue {
-    events: std::collections::VecDeque<StateTransition>,
+    events: std::collections::VecDeque<BreakerEvent>,
     busy: bool,
     /// Events dropped because the queue was full, since the breaker was built.
     dropped: u64,
@@ -89,7 +196,7 @@ impl Listeners {
     /// Queues `event` for delivery; called under the breaker's lock, in transition
     /// order. Never blocks: with [`LISTENER_QUEUE_CAPACITY`] events waiting, the
     /// event is dropped and counted.
-    pub(crate) fn enqueue(&self, event: StateTransition) {
+    pub(crate) fn enqueue(&self, event: BreakerEvent) {
         let mut queue = lock(&self.queue);
         if queue.events.len() >= LISTENER_QUEUE_CAPACITY {
             queue.dropped += 1;
@@ -145,7 +252,7 @@ impl Listeners {
     /// lock held: a listener may call back into the breaker (a transition it makes
     /// is queued and delivered after this one). A listener that panics is logged
     /// and skipped; the others still run.
-    fn emit(&self, event: &StateTransition) {
+    fn emit(&self, event: &BreakerEvent) {
         trace(event);
         let listeners: Vec<Listener> = lock(&self.inner)
             .listeners
@@ -155,9 +262,9 @@ impl Listeners {
         for listener in listeners {
             if catch_unwind(AssertUnwindSafe(|| listener(event))).is_err() {
                 tracing::error!(
-                    breaker = %event.breaker,
-                    to = event.to.as_str(),
-                    "circuit breaker state listener panicked; the panic was caught"
+                    breaker = event.breaker(),
+                    sequence = event.sequence(),
+                    "circuit breaker event listener panicked; the panic was caught"
                 );
             }
         }
@@ -177,9 +284,21 @@ fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The `tracing` event of a state change: `warn` when the breaker starts rejecting
-/// calls (operator-actionable), `info` when it closes again, `debug` otherwise.
-fn trace(e: &StateTransition) {
+/// The `tracing` event of a breaker event: for a state change, `warn` when the
+/// breaker starts rejecting calls (operator-actionable), `info` when it closes
+/// again, `debug` otherwise; `info` for a reset.
+fn trace(e: &BreakerEvent) {
+    match e {
+        BreakerEvent::Transition(t) => trace_transition(t),
+        BreakerEvent::Reset(r) => tracing::info!(
+            breaker = %r.breaker,
+            state = r.state.as_str(),
+            "circuit breaker reset"
+        ),
+    }
+}
+
+fn trace_transition(e: &StateTransition) {
     let wait_ms = e.wait.map(|w| w.as_millis() as u64);
     match e.to {
         State::Open | State::ForcedOpen => tracing::warn!(

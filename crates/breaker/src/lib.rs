@@ -58,11 +58,19 @@
 //! them have completed, as in resilience4j, the breaker closes if their rates are
 //! below the thresholds and opens again otherwise). Operators override it with
 //! [`force_open`](CircuitBreaker::force_open), [`disable`](CircuitBreaker::disable)
-//! and [`metrics_only`](CircuitBreaker::metrics_only) (record, never trip), and
-//! return it to normal with
-//! [`reset`](CircuitBreaker::reset). Every change goes to
-//! [`subscribe`](CircuitBreaker::subscribe)d listeners as a [`StateTransition`]
-//! (from, to, [`TransitionReason`], time) and to `tracing` (`warn` when it opens).
+//! and [`metrics_only`](CircuitBreaker::metrics_only) (record, never trip), move
+//! it by hand as resilience4j's `transitionTo…State` do
+//! ([`transition_to_open`](CircuitBreaker::transition_to_open), also
+//! [`_for`](CircuitBreaker::transition_to_open_for) a duration or
+//! [`_until`](CircuitBreaker::transition_to_open_until) an instant;
+//! [`transition_to_half_open`](CircuitBreaker::transition_to_half_open);
+//! [`transition_to_closed`](CircuitBreaker::transition_to_closed)), and return it
+//! to normal with [`reset`](CircuitBreaker::reset). A breaker may also start open or
+//! metrics-only ([`initial_state`](BreakerBuilder::initial_state)). Every change of
+//! state, and only a change, goes to [`subscribe`](CircuitBreaker::subscribe)d
+//! listeners as a [`StateTransition`] (from, to, [`TransitionReason`], time) and to
+//! `tracing` (`warn` when it opens); [`subscribe_events`](CircuitBreaker::subscribe_events)
+//! also gets each reset as a [`BreakerEvent::Reset`] (resilience4j's reset event).
 //!
 //! # What trips it
 //!
@@ -91,7 +99,8 @@
 //! with a cap) and be jittered so that replicas that tripped together do not probe
 //! together. The move to half-open happens on the first call after the wait, or by
 //! itself ([`automatic_transition_to_half_open`](BreakerBuilder::automatic_transition_to_half_open)).
-//! A maximum wait in half-open re-opens a breaker whose probes hang.
+//! A maximum wait in half-open re-opens a breaker whose probes hang (or closes it:
+//! [`transition_to_state_after_wait_duration`](BreakerBuilder::transition_to_state_after_wait_duration)).
 //!
 //! While open, calls are rejected by the coarse clock
 //! ([`Clock::recent`](heijunka_core::Clock::recent)): on a manual clock that is the
@@ -178,10 +187,10 @@ pub use crate::{
         DEFAULT_SLOW_CALL_RATE_THRESHOLD, DEFAULT_WAIT_DURATION_IN_OPEN_STATE,
         MAX_COUNT_WINDOW_SIZE, MAX_TIME_WINDOW_SECONDS, PermitDrop, SlidingWindowType,
     },
-    error::{CallError, RegistryFull, Rejected},
-    events::{LISTENER_QUEUE_CAPACITY, SubscriptionId},
+    error::{CallError, IllegalTransition, RegistryFull, Rejected},
+    events::{BreakerEvent, BreakerReset, LISTENER_QUEUE_CAPACITY, SubscriptionId},
     permit::{OwnedPermit, Permit, Verdict},
     registry::{BreakerRegistry, DEFAULT_REGISTRY_CAPACITY, RegistryBuilder},
     state::{State, StateTransition, TransitionReason},
-    stats::BreakerStats,
+    stats::{BreakerStats, RejectedCalls},
 };

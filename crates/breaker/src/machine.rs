@@ -26,6 +26,7 @@ mod control;
 mod transition;
 
 pub(crate) use control::ctrl;
+pub(crate) use transition::OpenFor;
 
 /// What a permit was admitted as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +65,11 @@ struct Central {
     trips: u32,
     half_open_since: Instant,
     rng: u64,
-    /// Transitions made so far: the last one's sequence number.
-    transitions: u64,
+    /// Events (transitions and resets) made so far: the last one's sequence number.
+    events: u64,
+    /// The rejections counter of the current state when the breaker entered it
+    /// (0 in states that reject nothing), for `BreakerStats::not_permitted_calls`.
+    rejected_at_entry: u64,
     /// Open state on the system clock: keeps the coarse ticker behind
     /// `Clock::recent` running (taken in `announce`, with no lock held; dropped by
     /// the transition out of open).
@@ -132,6 +136,40 @@ impl Now<'_> {
     }
 }
 
+/// Rejections since the breaker was built, by the state that made them (on
+/// per-thread shards: a rejection is the open state's hot path).
+#[derive(Debug, Default)]
+pub(crate) struct Rejections {
+    open: ShardedCounter,
+    half_open: ShardedCounter,
+    forced_open: ShardedCounter,
+}
+
+impl Rejections {
+    /// The counter of `state`; `None` for the states that reject nothing.
+    pub(crate) fn of(&self, state: State) -> Option<&ShardedCounter> {
+        match state {
+            State::Open => Some(&self.open),
+            State::HalfOpen => Some(&self.half_open),
+            State::ForcedOpen => Some(&self.forced_open),
+            _ => None,
+        }
+    }
+
+    /// Rejections in `state` since the breaker was built.
+    pub(crate) fn in_state(&self, state: State) -> u64 {
+        self.of(state).map_or(0, ShardedCounter::sum)
+    }
+
+    pub(crate) fn by_state(&self) -> crate::RejectedCalls {
+        crate::RejectedCalls {
+            open: self.open.sum(),
+            half_open: self.half_open.sum(),
+            forced_open: self.forced_open.sum(),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     ctrl: CachePadded<AtomicU64>,
     /// When slow-call detection is on, the duration at which a call is slow.
@@ -146,7 +184,7 @@ pub(crate) struct Inner {
     /// Half-open state: when it times out (`u64::MAX` without a maximum wait).
     half_open_deadline: AtomicU64,
     shards: Shards,
-    rejected: ShardedCounter,
+    rejected: Rejections,
     central: Mutex<Central>,
     pub(crate) listeners: Listeners,
     /// Updated on outcomes, rejections and transitions.
@@ -181,7 +219,7 @@ impl Inner {
             open_until: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(u64::MAX),
             shards: Shards::new(),
-            rejected: ShardedCounter::new(),
+            rejected: Rejections::default(),
             central: Mutex::new(Central {
                 window,
                 probes: CountWindow::new(config.permitted_in_half_open),
@@ -190,7 +228,8 @@ impl Inner {
                 failure_times: config.failure_count.map(FailureTimes::new),
                 trips: 0,
                 half_open_since: Instant::ZERO,
-                transitions: 0,
+                events: 0,
+                rejected_at_entry: 0,
                 coarse: None,
                 rng: std::collections::hash_map::RandomState::new().hash_one(&config.name),
                 tuning,
@@ -316,7 +355,9 @@ impl Inner {
     }
 
     fn reject(&self, state: State, retry_after: Option<Duration>) -> crate::Rejected {
-        self.rejected.increment();
+        if let Some(counter) = self.rejected.of(state) {
+            counter.increment();
+        }
         self.metrics.rejected.increment(1);
         crate::Rejected::new(state, retry_after)
     }
@@ -445,7 +486,8 @@ impl Inner {
         if self.config.max_wait_in_half_open.is_some() && self.half_open_expired(now.get()) {
             let waited = now.get().duration_since(central.half_open_since);
             let reason = TransitionReason::HalfOpenTimeout { waited };
-            return Some(self.transition(central, c, State::Open, reason, now.get()));
+            let to = self.config.after_half_open_timeout;
+            return Some(self.transition(central, c, to, reason, now.get()));
         }
         central.probes.push(o);
         let counts = central.probes.counts();
@@ -573,6 +615,13 @@ impl Inner {
                 "max_wait_duration_in_half_open_state",
                 &old.max_wait_in_half_open,
                 &new.max_wait_in_half_open,
+            ));
+        }
+        if new.after_half_open_timeout != old.after_half_open_timeout {
+            return Err(fixed(
+                "transition_to_state_after_wait_duration",
+                &old.after_half_open_timeout,
+                &new.after_half_open_timeout,
             ));
         }
         if new.permit_drop != old.permit_drop {

@@ -36,16 +36,22 @@ pub(crate) fn code(state: State) -> usize {
 /// Whether the breaker can move from `from` to `to`: the pairs whose transition
 /// counters are registered.
 pub(crate) fn can_transition(from: State, to: State) -> bool {
-    match to {
-        // Probes passed (from half-open), or `reset` (from any state, closed too).
-        State::Closed => true,
-        // The manual overrides, from any other state.
-        State::ForcedOpen | State::Disabled | State::MetricsOnly => from != to,
-        // Tripped while closed, or by the probes or their timeout.
-        State::Open => matches!(from, State::Closed | State::HalfOpen),
-        // The wait in open state elapsed.
-        State::HalfOpen => from == State::Open,
-    }
+    // A transition changes the state (a move to the state the breaker is in is
+    // internal: not counted, not announced).
+    from != to
+        && match to {
+            // Probes passed or timed out (from half-open), `reset` or
+            // `transition_to_closed` (from any state).
+            State::Closed => true,
+            // The manual overrides, from any other state.
+            State::ForcedOpen | State::Disabled | State::MetricsOnly => true,
+            // Tripped while closed, by the probes or their timeout, or
+            // `transition_to_open` (from any state but metrics-only).
+            State::Open => from != State::MetricsOnly,
+            // The wait in open state elapsed, or `transition_to_half_open` (from
+            // open, forced open or disabled).
+            State::HalfOpen => matches!(from, State::Open | State::ForcedOpen | State::Disabled),
+        }
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +69,8 @@ pub(crate) struct BreakerMetrics {
     pub(crate) ignored: Counter,
     /// `heijunka_breaker_rejected_total`.
     pub(crate) rejected: Counter,
+    /// `heijunka_breaker_resets_total`.
+    pub(crate) resets: Counter,
 }
 
 impl BreakerMetrics {
@@ -113,6 +121,12 @@ impl BreakerMetrics {
                     "Calls the breaker refused: open, forced open, or half-open with every probe taken.",
                     &[("name", name)],
                 ),
+                resets: counter(
+                    "heijunka_breaker_resets_total",
+                    Unit::Count,
+                    "Calls of reset: back to closed with an empty window, whatever the state.",
+                    &[("name", name)],
+                ),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -128,6 +142,11 @@ impl BreakerMetrics {
         debug_assert!(can_transition(from, to), "{from:?} -> {to:?} unregistered");
         self.transitions[code(from)][code(to)].increment(1);
         self.state.set(code(to) as f64);
+    }
+
+    /// The state a breaker starts in (no transition).
+    pub(crate) fn set_state(&self, state: State) {
+        self.state.set(code(state) as f64);
     }
 
     /// An outcome reported: success or failure, slow or not.

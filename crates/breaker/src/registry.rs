@@ -7,13 +7,14 @@ use std::hash::Hash;
 
 use heijunka_core::{Clock, ConfigError, validate};
 
+use crate::events::Listener;
 use crate::sync::RwLock;
-use crate::{BreakerConfig, BreakerStats, CircuitBreaker, RegistryFull, StateTransition};
+use crate::{
+    BreakerConfig, BreakerEvent, BreakerStats, CircuitBreaker, RegistryFull, StateTransition,
+};
 
 /// The number of breakers a registry holds unless told otherwise.
 pub const DEFAULT_REGISTRY_CAPACITY: usize = 1024;
-
-type Listener = std::sync::Arc<dyn Fn(&StateTransition) + Send + Sync>;
 
 /// Breakers per dependency key (a host, a service, a route), created on first use
 /// from a default configuration or a per-key override, like resilience4j's
@@ -199,6 +200,22 @@ where
     pub fn on_state_change<F>(mut self, listener: F) -> Self
     where
         F: Fn(&StateTransition) + Send + Sync + 'static,
+    {
+        self.listeners
+            .push(std::sync::Arc::new(move |e: &BreakerEvent| {
+                if let BreakerEvent::Transition(t) = e {
+                    listener(t);
+                }
+            }));
+        self
+    }
+
+    /// Calls `listener` on every event (state changes and resets) of every breaker
+    /// the registry creates (see [`CircuitBreaker::subscribe_events`]);
+    /// [`BreakerEvent::breaker`] names the key.
+    pub fn on_event<F>(mut self, listener: F) -> Self
+    where
+        F: Fn(&BreakerEvent) + Send + Sync + 'static,
     {
         self.listeners.push(std::sync::Arc::new(listener));
         self

@@ -121,6 +121,13 @@ pub enum TransitionReason {
     MetricsOnly,
     /// [`reset`](crate::CircuitBreaker::reset) was called.
     Reset,
+    /// An operator asked for this state:
+    /// [`transition_to_open`](crate::CircuitBreaker::transition_to_open) (and its
+    /// `_for` and `_until` forms),
+    /// [`transition_to_half_open`](crate::CircuitBreaker::transition_to_half_open) or
+    /// [`transition_to_closed`](crate::CircuitBreaker::transition_to_closed)
+    /// (resilience4j's `transitionTo…State`).
+    Manual,
 }
 
 impl fmt::Display for TransitionReason {
@@ -155,6 +162,7 @@ impl fmt::Display for TransitionReason {
             Self::Disabled => f.write_str("disabled by an operator"),
             Self::MetricsOnly => f.write_str("set to record metrics only by an operator"),
             Self::Reset => f.write_str("reset by an operator"),
+            Self::Manual => f.write_str("moved by an operator"),
         }
     }
 }
@@ -177,9 +185,13 @@ pub struct StateTransition {
     /// Entering [`State::Open`]: how long until the breaker admits probes (the
     /// grown and jittered wait). `None` for other states.
     pub wait: Option<Duration>,
-    /// The transition's number, from 1, in the order the breaker made them:
-    /// listeners receive transitions in this order, so it increases by one from each
-    /// event a listener sees to the next (unless it subscribed in between).
+    /// The event's number, from 1, in the order the breaker made its events
+    /// (transitions and [resets](crate::BreakerReset) share one sequence):
+    /// listeners receive them in this order, so it increases by one from each event
+    /// a [`subscribe_events`](crate::CircuitBreaker::subscribe_events) listener sees
+    /// to the next (unless it subscribed in between, or events were dropped); a
+    /// [`subscribe`](crate::CircuitBreaker::subscribe) listener, which sees only
+    /// transitions, also skips the numbers of resets.
     pub sequence: u64,
 }
 

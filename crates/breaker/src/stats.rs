@@ -12,7 +12,10 @@ use crate::State;
 ///
 /// The call counts are those of the window the current state judges: the sliding
 /// window when closed, the probes when half-open, and in open state the window that
-/// tripped the breaker. A manual override empties them.
+/// tripped the breaker (a time-based window keeps sliding: reading the stats moves
+/// it to the current second, in every state, as resilience4j's snapshots do, so the
+/// calls that tripped the breaker leave it with time). A manual override empties
+/// them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct BreakerStats {
@@ -42,9 +45,18 @@ pub struct BreakerStats {
     pub consecutive_trips: u32,
     /// Half-open: probe calls that may still be admitted.
     pub available_probes: Option<u32>,
-    /// Calls rejected since the breaker was built, in every state (resilience4j's
-    /// "not permitted calls", which it counts per state).
+    /// Calls rejected in the current state, since the breaker entered it
+    /// (resilience4j's `getNumberOfNotPermittedCalls`, which each state counts
+    /// afresh): open, forced open, or half-open with every probe taken; always 0 in
+    /// the states that admit every call. A manual transition to the state the
+    /// breaker is already in starts the count again. A rejection that races a state
+    /// change may be counted in the next period of the state that made it.
+    pub not_permitted_calls: u64,
+    /// Calls rejected since the breaker was built, in every state: the sum of
+    /// [`rejected_calls_by_state`](Self::rejected_calls_by_state).
     pub rejected_calls: u64,
+    /// Calls rejected since the breaker was built, by the state that rejected them.
+    pub rejected_calls_by_state: RejectedCalls,
     /// Open: time until the breaker admits probes.
     pub retry_after: Option<Duration>,
     /// State-change events not delivered to the listeners because
@@ -52,4 +64,24 @@ pub struct BreakerStats {
     /// already waiting (a listener too slow for the rate of changes), since the
     /// breaker was built.
     pub dropped_events: u64,
+}
+
+/// Calls rejected since a breaker was built, by the state that rejected them (the
+/// only states that reject), in [`BreakerStats::rejected_calls_by_state`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RejectedCalls {
+    /// Rejected while open, before the wait ended.
+    pub open: u64,
+    /// Rejected while half-open, with every probe taken.
+    pub half_open: u64,
+    /// Rejected while forced open.
+    pub forced_open: u64,
+}
+
+impl RejectedCalls {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.open + self.half_open + self.forced_open
+    }
 }

@@ -264,6 +264,14 @@ impl Window {
         }
     }
 
+    /// Moves a time window to the second of `now` (read only by a time window),
+    /// dropping the seconds that leave it; a count window does not move.
+    pub(crate) fn slide(&mut self, now: impl FnOnce() -> Instant) {
+        if let Self::Time(w) = self {
+            w.advance(epoch_of(now()));
+        }
+    }
+
     /// Records one outcome; `now` is read only by a time window.
     pub(crate) fn push(&mut self, o: Outcome, now: impl FnOnce() -> Instant) {
         match self {

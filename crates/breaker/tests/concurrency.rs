@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use heijunka_breaker::{CircuitBreaker, SlidingWindowType, State};
+use heijunka_breaker::{BreakerEvent, CircuitBreaker, SlidingWindowType, State};
 use heijunka_core::ManualClock;
 
 const THREADS: usize = 8;
@@ -354,7 +354,8 @@ fn stress_listeners_see_transitions_in_order() {
         .map(|_| {
             let log = Arc::new(std::sync::Mutex::new(Vec::new()));
             let sink = log.clone();
-            breaker.subscribe(move |t| sink.lock().unwrap().push(t.clone()));
+            // Every event: resets share the sequence with the transitions.
+            breaker.subscribe_events(move |e| sink.lock().unwrap().push(e.clone()));
             log
         })
         .collect();
@@ -387,22 +388,39 @@ fn stress_listeners_see_transitions_in_order() {
         let log = log.lock().unwrap();
         assert!(!log.is_empty());
         let mut missing = 0;
+        // The state each event leaves the breaker in.
+        let entered = |e: &BreakerEvent| match e {
+            BreakerEvent::Transition(t) => t.to,
+            _ => State::Closed, // a reset
+        };
         for pair in log.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
             assert!(
-                pair[1].sequence > pair[0].sequence,
+                b.sequence() > a.sequence(),
                 "sequence numbers must increase: {} then {}",
-                pair[0].sequence,
-                pair[1].sequence
+                a.sequence(),
+                b.sequence()
             );
-            missing += pair[1].sequence - pair[0].sequence - 1;
-            if pair[1].sequence == pair[0].sequence + 1 {
-                assert_eq!(
-                    pair[1].from,
-                    pair[0].to,
-                    "delivered out of order: {:?} then {:?}",
-                    (pair[0].from, pair[0].to),
-                    (pair[1].from, pair[1].to)
-                );
+            missing += b.sequence() - a.sequence() - 1;
+            if b.sequence() == a.sequence() + 1 {
+                // Each event starts from the state the previous one entered.
+                let left = match b {
+                    BreakerEvent::Transition(t) => t.from,
+                    BreakerEvent::Reset(r) => {
+                        // A reset of a breaker that was not closed follows its
+                        // own transition to closed, at once.
+                        if r.state != State::Closed {
+                            assert!(
+                                matches!(a, BreakerEvent::Transition(t)
+                                    if (t.from, t.to) == (r.state, State::Closed)),
+                                "{a:?} then {b:?}"
+                            );
+                        }
+                        State::Closed
+                    }
+                    other => panic!("unexpected event {other:?}"),
+                };
+                assert_eq!(left, entered(a), "delivered out of order: {a:?} then {b:?}");
             }
         }
         assert!(
@@ -411,7 +429,7 @@ fn stress_listeners_see_transitions_in_order() {
         );
         if dropped == 0 {
             assert_eq!(
-                log.last().unwrap().to,
+                entered(log.last().unwrap()),
                 end,
                 "the last event matches the state"
             );

@@ -52,8 +52,10 @@ async fn every_registered_component_drains_within_the_grace_it_was_given() {
         .build()
         .unwrap();
     let (release, blocked) = std::sync::mpsc::channel::<()>();
+    // `try_submit` and a join on the blocking pool: the waiting forms panic on
+    // a runtime's thread (issue #26).
     let worker_job = workers
-        .submit(move || blocked.recv().map(|()| 1_u64).unwrap_or(0))
+        .try_submit(move || blocked.recv().map(|()| 1_u64).unwrap_or(0))
         .unwrap();
     tokio::spawn(async move {
         sleep(TASK).await;
@@ -174,5 +176,6 @@ async fn every_registered_component_drains_within_the_grace_it_was_given() {
     assert_eq!(reply.await, Ok(2));
     assert_eq!(pool_task.join().await, Ok(3));
     assert_eq!(second_pool_task.join().await, Ok(4));
-    assert_eq!(worker_job.join(), Ok(1));
+    let joined = tokio::task::spawn_blocking(move || worker_job.join());
+    assert_eq!(joined.await.unwrap(), Ok(1));
 }

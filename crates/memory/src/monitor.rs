@@ -337,8 +337,18 @@ impl MemoryMonitor {
     }
 
     /// Waits up to `timeout` until every level change so far has run its callbacks;
-    /// `false` on timeout.
+    /// `false` on timeout. Blocks the calling thread (the callbacks run on their
+    /// own thread).
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, with tokio's message, as
+    /// every blocking form in heijunka (see `heijunka_core::blocking`): it would
+    /// stall the runtime for up to `timeout`. Call it from a plain thread or
+    /// `spawn_blocking`.
+    #[track_caller]
     pub fn flush_callbacks(&self, timeout: Duration) -> bool {
+        heijunka_core::blocking::assert_can_block();
         self.inner.callbacks.flush(timeout)
     }
 

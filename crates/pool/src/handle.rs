@@ -25,7 +25,16 @@ impl<T> TaskHandle<T> {
     ///
     /// [`TaskError::Panicked`] with the panic message, or [`TaskError::Cancelled`]
     /// if the pool shut down before the task ran.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, finished or not, with
+    /// tokio's message (see `heijunka_core::blocking`): blocking there stalls
+    /// the runtime. Poll [`is_finished`](Self::is_finished) or wait on
+    /// `spawn_blocking` from async code.
+    #[track_caller]
     pub fn join(self) -> Result<T, TaskError> {
+        heijunka_core::blocking::assert_can_block();
         self.rx.recv().unwrap_or(Err(TaskError::Cancelled))
     }
 
@@ -35,7 +44,16 @@ impl<T> TaskHandle<T> {
     /// # Errors
     ///
     /// `Err(Ok(error))` as for `join`; `Err(Err(handle))` on timeout.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, finished or not, with
+    /// tokio's message (see `heijunka_core::blocking`): blocking there stalls
+    /// the runtime. Poll [`is_finished`](Self::is_finished) or wait on
+    /// `spawn_blocking` from async code.
+    #[track_caller]
     pub fn join_timeout(self, timeout: Duration) -> Result<T, Result<TaskError, Self>> {
+        heijunka_core::blocking::assert_can_block();
         match self.rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Ok(e)),

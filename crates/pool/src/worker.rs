@@ -344,6 +344,15 @@ impl WorkerPool {
     /// # Errors
     ///
     /// [`Rejection::ShuttingDown`] with the closure if the pool is (or gets) closed.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, whether or not the queue
+    /// is full, with tokio's message ("Cannot block the current thread from
+    /// within a runtime...", see `heijunka_core::blocking`): blocking there
+    /// stalls the runtime. Use [`try_submit`](Self::try_submit) (or
+    /// `spawn_blocking`, where this form works) from async code.
+    #[track_caller]
     pub fn execute<F>(&self, f: F) -> Result<(), Rejected<F>>
     where
         F: FnOnce() + Send + 'static,
@@ -356,6 +365,15 @@ impl WorkerPool {
     /// # Errors
     ///
     /// [`Rejection::ShuttingDown`] with the closure if the pool is (or gets) closed.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, whether or not the queue
+    /// is full, with tokio's message ("Cannot block the current thread from
+    /// within a runtime...", see `heijunka_core::blocking`): blocking there
+    /// stalls the runtime. Use [`try_submit`](Self::try_submit) (or
+    /// `spawn_blocking`, where this form works) from async code.
+    #[track_caller]
     pub fn submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, Rejected<F>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -370,6 +388,15 @@ impl WorkerPool {
     /// # Errors
     ///
     /// [`Rejection::TimedOut`] or [`Rejection::ShuttingDown`], with the closure.
+    ///
+    /// # Panics
+    ///
+    /// On a thread that drives a tokio runtime's tasks, whether or not the queue
+    /// is full, with tokio's message ("Cannot block the current thread from
+    /// within a runtime...", see `heijunka_core::blocking`): blocking there
+    /// stalls the runtime. Use [`try_submit`](Self::try_submit) (or
+    /// `spawn_blocking`, where this form works) from async code.
+    #[track_caller]
     pub fn submit_timeout<F, T>(
         &self,
         f: F,
@@ -389,12 +416,17 @@ impl WorkerPool {
 
     /// `deadline`: `None` waits forever, `Some(None)` never waits, `Some(Some(..))`
     /// waits until then.
+    #[track_caller]
     fn submit_until<F, R>(
         &self,
         f: F,
         deadline: Option<Option<(Instant, Duration)>>,
         make: fn(F) -> (BoxedJob, R),
     ) -> Result<R, Rejected<F>> {
+        if deadline != Some(None) {
+            // A waiting form (a `try_` one passes `Some(None)`).
+            heijunka_core::blocking::assert_can_block();
+        }
         let s = &*self.shared;
         let backoff = Backoff::new();
         loop {

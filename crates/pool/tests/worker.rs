@@ -367,7 +367,7 @@ async fn a_registered_pool_refuses_work_once_draining_and_stops_with_the_hooks()
     let p = pool(1, 8, "hooked");
     p.register_with(&shutdown, "worker pool", Duration::from_secs(5))
         .unwrap();
-    let h = p.submit(|| 7).unwrap();
+    let h = p.try_submit(|| 7).unwrap(); // the waiting forms may not run on a runtime thread
     shutdown.trigger();
     assert_eq!(
         p.try_submit(|| 8).unwrap_err().reason(),
@@ -375,7 +375,7 @@ async fn a_registered_pool_refuses_work_once_draining_and_stops_with_the_hooks()
     );
     let report = shutdown.wait().await;
     assert!(report.is_clean(), "{report}");
-    assert_eq!(h.join(), Ok(7));
+    assert_eq!(tokio::task::block_in_place(|| h.join()), Ok(7));
     assert_eq!(threads_named("hooked"), 0);
 }
 
@@ -457,9 +457,10 @@ async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
     p.register_with(&shutdown, "worker pool", Duration::from_secs(10))
         .unwrap();
     let gate = Gate::default();
-    let running = p.submit(gate.task()).unwrap();
+    // `try_submit`: the waiting forms may not run on a runtime thread.
+    let running = p.try_submit(gate.task()).unwrap();
     gate.wait_started(1);
-    let queued = p.submit(gate.task()).unwrap();
+    let queued = p.try_submit(gate.task()).unwrap();
     let blocked = {
         let p = p.clone();
         std::thread::Builder::new()
@@ -479,8 +480,10 @@ async fn a_submit_blocked_before_the_trigger_is_refused_when_it_wakes() {
         Err((Rejection::ShuttingDown, "late")),
         "admitted after the trigger"
     );
-    running.join().unwrap();
-    queued.join().unwrap();
+    tokio::task::block_in_place(|| {
+        running.join().unwrap();
+        queued.join().unwrap();
+    });
     assert!(shutdown.wait().await.is_clean());
 }
 
@@ -536,4 +539,39 @@ fn run_time_statistics_follow_the_pools_clock() {
     assert!(near(s.p99, Duration::from_millis(100)), "{s:?}");
     assert!(near(s.mean, Duration::from_micros(10_900)), "{s:?}");
     assert!(p.shutdown(Duration::from_secs(5)).clean);
+}
+
+/// Issue #26: the blocking forms refuse a runtime's thread as tokio's blocking
+/// forms do (a panic with tokio's message, even with room in the queue), and
+/// work on `spawn_blocking`'s threads.
+#[test]
+fn blocking_forms_panic_on_a_runtime_thread_and_work_in_spawn_blocking() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let pool = pool(1, 4, "rt-check");
+    let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async { pool.submit(|| 1).map(|h| h.join()) })
+    }));
+    let message = inside.expect_err("a task must not block");
+    let message = message
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| message.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(heijunka_core::blocking::PANIC_MESSAGE),
+        "{message}"
+    );
+    let pool = Arc::new(pool);
+    let p = Arc::clone(&pool);
+    let out = rt.block_on(async move {
+        tokio::task::spawn_blocking(move || p.submit(|| 7).ok().map(|h| h.join()))
+            .await
+            .unwrap()
+    });
+    assert!(matches!(out, Some(Ok(7))));
+    // `try_submit` never waits, so it is allowed anywhere.
+    let handle = rt.block_on(async { pool.try_submit(|| 8).ok() }).unwrap();
+    assert!(matches!(handle.join(), Ok(8)));
 }

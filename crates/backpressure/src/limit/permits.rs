@@ -53,8 +53,13 @@ pub(super) struct Inner {
     /// Permits the semaphore holds beyond `limit` (see the module docs).
     pub(super) debt: AtomicU32,
     pub(super) limit: AtomicU32,
+    /// Permits held by live permit guards: up when a grant is kept, down when a
+    /// guard releases or forgets them. Not the semaphore's count, which also
+    /// lacks the free permits tokio has already handed to the waiter at the head
+    /// of its queue (not held by anyone until that waiter completes).
+    pub(super) held: AtomicU32,
     pub(super) waiting: AtomicUsize,
-    /// Wakes waiters when the limit shrinks, so one asking for more than the new
+    /// Wakes waiters when the limit changes, so one asking for more than the new
     /// limit is refused instead of waiting forever.
     shrunk: Notify,
     /// Serialises `set_limit` / `add_permits`. The guarded data is `()`, so a
@@ -73,6 +78,7 @@ impl Inner {
             semaphore: Semaphore::new(permits as usize),
             debt: AtomicU32::new(0),
             limit: AtomicU32::new(permits),
+            held: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
             shrunk: Notify::new(),
             resize: Mutex::new(()),
@@ -86,10 +92,12 @@ impl Inner {
         if n == 0 {
             return Err(AcquireError::ZeroPermits);
         }
-        // The limit is at least 1, so a single permit needs no load.
+        // A single permit never exceeds a limit of 1 or more, and a limit of 0 is
+        // a closed gate, where every request waits for permits to be added
+        // (tokio's `Semaphore::new(0)`): so it needs no load.
         if n > 1 {
             let limit = self.limit.load(Ordering::SeqCst);
-            if n > limit {
+            if limit > 0 && n > limit {
                 return Err(AcquireError::ExceedsLimit { n, limit });
             }
         }
@@ -119,7 +127,7 @@ impl Inner {
     /// paying the debt first.
     #[inline]
     pub(super) fn release(&self, w: u32) {
-        self.metrics.in_flight.decrement(f64::from(w));
+        self.unhold(w);
         let rest = w - self.pay_debt(w);
         if rest > 0 {
             self.semaphore.add_permits(rest as usize);
@@ -163,7 +171,7 @@ impl Inner {
                 Ok(permit) => {
                     permit.forget();
                     if self.keep_granted(n) {
-                        self.metrics.in_flight.increment(f64::from(n));
+                        self.hold(n);
                         return Ok(());
                     }
                 }
@@ -218,10 +226,65 @@ impl Inner {
             if self.keep_granted(n) {
                 // No await between here and the caller's permit: a cancelled
                 // acquisition never counted, a completed one is released by it.
-                self.metrics.in_flight.increment(f64::from(n));
+                self.hold(n);
                 return Ok(());
             }
         }
+    }
+
+    /// Counts `n` permits as held by a guard (kept grants only).
+    #[inline]
+    fn hold(&self, n: u32) {
+        // Relaxed: a statistic (`in_use`), ordered with nothing else.
+        self.held.fetch_add(n, Ordering::Relaxed);
+        self.metrics.in_flight.increment(f64::from(n));
+    }
+
+    /// Counts `w` permits as no longer held (released or forgotten).
+    #[inline]
+    fn unhold(&self, w: u32) {
+        // Relaxed: as in `hold`.
+        self.held.fetch_sub(w, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(f64::from(w));
+    }
+
+    /// Removes `w` held permits for good (tokio's `SemaphorePermit::forget`): they
+    /// pay the debt first, and what is left lowers the limit.
+    pub(super) fn forget(&self, w: u32) {
+        let guard = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        self.unhold(w);
+        let rest = w - self.pay_debt(w);
+        if rest > 0 {
+            let new = self.limit.load(Ordering::SeqCst).saturating_sub(rest);
+            self.limit.store(new, Ordering::SeqCst);
+            self.metrics.limit.set(f64::from(new));
+        }
+        drop(guard);
+        if rest > 0 {
+            self.shrunk.notify_waiters();
+        }
+    }
+
+    /// Removes up to `n` free permits for good (tokio's
+    /// `Semaphore::forget_permits`), lowering the limit by as many; returns how
+    /// many.
+    pub(super) fn forget_free(&self, n: u32) -> u32 {
+        let guard = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        // Free permits pay a debt first: they are the limit's only above it.
+        self.settle();
+        // At most the limit: permits beyond it are owed (and paid by `settle`).
+        let n = n.min(self.limit.load(Ordering::SeqCst));
+        let forgotten = self.semaphore.forget_permits(n as usize) as u32;
+        if forgotten > 0 {
+            let new = self.limit.load(Ordering::SeqCst).saturating_sub(forgotten);
+            self.limit.store(new, Ordering::SeqCst);
+            self.metrics.limit.set(f64::from(new));
+        }
+        drop(guard);
+        if forgotten > 0 {
+            self.shrunk.notify_waiters();
+        }
+        forgotten
     }
 
     /// Moves the limit to `to(old)`, serialised with other resizes. Waiters are
@@ -243,6 +306,12 @@ impl Inner {
             drop(guard);
             if rest > 0 {
                 self.semaphore.add_permits(rest as usize);
+            }
+            if old == 0 && !self.semaphore.is_closed() {
+                // Waiters at a closed gate (limit 0) waited whatever they asked
+                // for: one above the new limit is refused now. (Once closed,
+                // every waiter has been woken with the closed error already.)
+                self.shrunk.notify_waiters();
             }
         } else if new < old {
             // Shrink: the difference is owed, paid at once by free permits as far

@@ -14,7 +14,8 @@ use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
 
 /// The GCRA arithmetic, shared by [`Gcra`] and the keyed limiter.
 ///
-/// State is the theoretical arrival time (TAT) in clock nanoseconds. `n` units
+/// State is the theoretical arrival time (TAT) in clock nanoseconds; the interval
+/// `T` is `1e9 / rate` nanoseconds, truncated as governor does. `n` units
 /// conform at `now` iff `max(tat, now) + n·T − now ≤ burst·T`; then the TAT becomes
 /// `max(tat, now) + n·T`. A fresh bucket (TAT 0) admits `burst` at once.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +32,11 @@ impl Params {
     pub(crate) fn new(per_second: f64, burst: u32) -> Result<Self, ConfigError> {
         validate::positive("rate", per_second)?;
         validate::at_least("burst", burst, 1)?;
-        let interval = (1e9 / per_second).round();
+        // Truncated, as governor's `Quota::per_second` (`1 s / n`): the limiter
+        // is never slower than the rate asked for, so `n` per second admits `n`
+        // in exactly one second. A rate above 1e9 per second truncates to 0 ns
+        // and is refused (it cannot be honoured with nanosecond timestamps).
+        let interval = (1e9 / per_second).floor();
         if interval < 1.0 || interval >= u64::MAX as f64 {
             return Err(ConfigError::new(
                 "rate",
@@ -348,9 +353,10 @@ impl GcraBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a rate that is not a finite number above zero (or is
-    /// beyond 1e9 per second), a burst of zero, or a `critical_reserve` not
-    /// below the burst.
+    /// A [`ConfigError`] for a rate that is not a finite number above zero or is
+    /// above 1e9 per second (the interval, `1e9 / rate` nanoseconds truncated as
+    /// governor does, would be below 1 ns), a burst of zero, or a
+    /// `critical_reserve` not below the burst.
     pub fn build(self) -> Result<Gcra, ConfigError> {
         let params = Params::new(self.per_second, self.burst)?;
         if self.critical_reserve > 0 && self.critical_reserve >= self.burst {
@@ -420,6 +426,52 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// The bucket now, taking nothing: the units default work could take one
+    /// after another right now (the `RateLimit-Remaining` header; governor's
+    /// `StateSnapshot::remaining_burst_capacity`), the burst, and the time until
+    /// the bucket is full. With a
+    /// [`critical_reserve`](GcraBuilder::critical_reserve), `limit` and
+    /// `remaining` leave the reserve out, as [`check`](RateLimiter::check) does.
+    ///
+    /// ```
+    /// use heijunka_backpressure::{Gcra, RateLimiter};
+    /// use heijunka_core::ManualClock;
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let limiter = Gcra::builder(4.0).burst(4).clock(clock.clock()).build()?;
+    /// limiter.check()?;
+    /// let state = limiter.state();
+    /// assert_eq!((state.limit, state.remaining), (4, 3));
+    /// assert_eq!(state.reset_after, Duration::from_millis(250));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn state(&self) -> RateLimitState {
+        let p = self.params_for(Criticality::Default);
+        // Relaxed: as in `Params::check`.
+        p.state(
+            self.tat.load(Ordering::Relaxed),
+            self.clock.now().as_nanos(),
+        )
+    }
+
+    /// The parameters work of `criticality` is judged by: without the critical
+    /// reserve, except for critical work.
+    #[inline]
+    fn params_for(&self, criticality: Criticality) -> Params {
+        let mut p = self.params.load();
+        if self.critical_reserve > 0 && criticality != Criticality::Critical {
+            let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
+            p.burst -= reserve;
+            p.tolerance = p
+                .tolerance
+                .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
+        }
+        p
+    }
+}
+
 impl RateLimiter for Gcra {
     /// Admits `n` units of default work: with a
     /// [`critical_reserve`](GcraBuilder::critical_reserve), the reserve is left
@@ -433,14 +485,7 @@ impl RateLimiter for Gcra {
     /// [`critical_reserve`](GcraBuilder::critical_reserve) untouched.
     #[inline]
     fn check_n_for(&self, n: u32, criticality: Criticality) -> Result<(), RateLimitError> {
-        let mut p = self.params.load();
-        if self.critical_reserve > 0 && criticality != Criticality::Critical {
-            let reserve = self.critical_reserve.min(p.burst.saturating_sub(1));
-            p.burst -= reserve;
-            p.tolerance = p
-                .tolerance
-                .saturating_sub(u64::from(reserve).saturating_mul(p.interval));
-        }
+        let p = self.params_for(criticality);
         let r = p.check(&self.tat, self.clock.now().as_nanos(), n);
         crate::metrics::count_rate_refusal(&self.rejected, &r);
         r

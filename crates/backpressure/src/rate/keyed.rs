@@ -1,7 +1,8 @@
 //! A GCRA per client key, with a bounded key set.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use crossbeam::queue::SegQueue;
@@ -108,8 +109,13 @@ pub struct KeyedDecision {
 /// assert!(limiter.check_key(&"bob").is_ok(), "bob has his own bucket");
 /// # Ok::<(), heijunka_core::ConfigError>(())
 /// ```
-pub struct KeyedRateLimiter<K: Hash + Eq> {
-    map: DashMap<K, AtomicU64>,
+///
+/// The key map hashes with `S`, std's `RandomState` (SipHash, randomly seeded:
+/// safe against keys chosen to collide) unless
+/// [`build_with_hasher`](KeyedRateLimiterBuilder::build_with_hasher) chooses
+/// another, as governor's `dashmap_with_hasher`.
+pub struct KeyedRateLimiter<K: Hash + Eq, S = RandomState> {
+    map: DashMap<K, AtomicU64, S>,
     /// Every key in `map` exactly once (but transiently, while a probe holds it),
     /// in the order eviction probes them.
     ring: SegQueue<K>,
@@ -193,12 +199,38 @@ impl KeyedRateLimiterBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a rate that is not a finite number above zero, a burst
-    /// of zero, or `max_keys` of zero.
+    /// A [`ConfigError`] for a rate that is not a finite number above zero or is
+    /// above 1e9 per second (as [`Gcra`](crate::Gcra)'s), a burst of zero, or
+    /// `max_keys` of zero.
     pub fn build<K: Hash + Eq>(self) -> Result<KeyedRateLimiter<K>, ConfigError> {
+        self.build_with_hasher(RandomState::new())
+    }
+
+    /// Validates and builds a limiter whose key map hashes with `hasher` (as
+    /// governor's `dashmap_with_hasher`): a faster hasher for keys an attacker
+    /// cannot choose, or a fixed one for reproducible tests.
+    ///
+    /// ```
+    /// use heijunka_backpressure::KeyedRateLimiter;
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// let limiter = KeyedRateLimiter::builder(10.0)
+    ///     .build_with_hasher::<u64, _>(BuildHasherDefault::<DefaultHasher>::default())?;
+    /// assert!(limiter.check_key(&7).is_ok());
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_with_hasher<K: Hash + Eq, S: BuildHasher + Clone>(
+        self,
+        hasher: S,
+    ) -> Result<KeyedRateLimiter<K, S>, ConfigError> {
         validate::at_least("max_keys", self.max_keys, 1)?;
         Ok(KeyedRateLimiter {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(hasher),
             ring: SegQueue::new(),
             count: CachePadded::new(AtomicUsize::new(0)),
             overflow_bucket: AtomicU64::new(0),
@@ -226,7 +258,7 @@ impl KeyedRateLimiter<()> {
     }
 }
 
-impl<K: Hash + Eq> KeyedRateLimiter<K> {
+impl<K: Hash + Eq, S: BuildHasher + Clone> KeyedRateLimiter<K, S> {
     /// Admits one unit for `key`.
     ///
     /// # Errors
@@ -474,6 +506,42 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         }
     }
 
+    /// The state of `key`'s bucket now, taking nothing: what the
+    /// `RateLimit-Remaining` header reports (governor's
+    /// `StateSnapshot::remaining_burst_capacity`). A key not held has a full
+    /// bucket.
+    ///
+    /// ```
+    /// use heijunka_backpressure::KeyedRateLimiter;
+    /// use heijunka_core::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let limiter = KeyedRateLimiter::builder(1.0).burst(3).clock(clock.clock()).build()?;
+    /// limiter.check_key(&"alice").unwrap();
+    /// assert_eq!(limiter.state_of(&"alice").remaining, 2);
+    /// assert_eq!(limiter.state_of(&"bob").remaining, 3);
+    /// # Ok::<(), heijunka_core::ConfigError>(())
+    /// ```
+    pub fn state_of(&self, key: &K) -> RateLimitState {
+        let now = self.clock.now().as_nanos();
+        // Relaxed: as in `Params::check`.
+        let tat = self.map.get(key).map_or(0, |t| t.load(Ordering::Relaxed));
+        self.params.state(tat, now)
+    }
+
+    /// Whether `key` holds a bucket now (governor's state store
+    /// `contains_key`).
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Gives the key map's spare memory back after keys were removed (by
+    /// [`retain_recent`](Self::retain_recent) or eviction), as governor's
+    /// `shrink_to_fit`. Takes each shard's write lock once.
+    pub fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
     /// Keys held now, counting one whose insertion is under way: never above
     /// `max_keys`. (A sum of the map's shard sizes is no snapshot while keys come
     /// and go in other shards; this count is the budget itself.)
@@ -494,15 +562,15 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
 }
 
 /// One unit of a key budget, given back when dropped (see `check_key_n`).
-struct Reservation<'a, K: Hash + Eq>(&'a KeyedRateLimiter<K>);
+struct Reservation<'a, K: Hash + Eq, S: BuildHasher + Clone>(&'a KeyedRateLimiter<K, S>);
 
-impl<K: Hash + Eq> Drop for Reservation<'_, K> {
+impl<K: Hash + Eq, S: BuildHasher + Clone> Drop for Reservation<'_, K, S> {
     fn drop(&mut self) {
         self.0.release();
     }
 }
 
-impl<K: Hash + Eq> fmt::Debug for KeyedRateLimiter<K> {
+impl<K: Hash + Eq, S: BuildHasher + Clone> fmt::Debug for KeyedRateLimiter<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimiter")
             .field("keys", &self.len())

@@ -119,7 +119,7 @@ impl LeakyBucket {
     /// # Errors
     ///
     /// A [`ConfigError`] for a zero `capacity` (or one above 16,777,216), or a
-    /// `per_second` that is not a finite number above zero (or is beyond 1e9 per
+    /// `per_second` that is not a finite number above zero (or is above 1e9 per
     /// second).
     pub fn new(capacity: usize, per_second: f64, clock: Clock) -> Result<Self, ConfigError> {
         validate::at_least("capacity", capacity, 1)?;
