@@ -1,6 +1,6 @@
 //! `ci`, `test`, `lint`, `doc`: the checks CI runs.
 
-use crate::cmd::{cargo, env_with};
+use crate::cmd::{Cmd, cargo, env_with};
 
 /// Everything CI runs, in order, stopping at the first failure.
 pub(crate) fn ci() -> Result<(), String> {
@@ -42,8 +42,49 @@ pub(crate) fn lint() -> Result<(), String> {
         .run()
 }
 
+/// `redis-server` on `PATH` for heijunka-redis's tests (each test binary starts
+/// its own on a free loopback port): installed with `apt-get` where it is
+/// missing and the machine has it, else a clear error. The tests never skip.
+pub(crate) fn ensure_redis_server() -> Result<(), String> {
+    let present = || {
+        Cmd::new("redis-server")
+            .args(["--version"])
+            .succeeds_quietly()
+    };
+    if present() {
+        return Ok(());
+    }
+    println!("redis-server not found: installing it with apt-get (heijunka-redis's tests need it)");
+    let root = Cmd::new("id")
+        .args(["-u"])
+        .read()
+        .is_some_and(|u| u.trim() == "0");
+    let apt = |args: &[&str]| {
+        let cmd = if root {
+            Cmd::new("apt-get").args(args.iter().copied())
+        } else {
+            Cmd::new("sudo")
+                .args(["-n", "apt-get"])
+                .args(args.iter().copied())
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").run()
+    };
+    let installed =
+        apt(&["update", "-qq"]).and_then(|()| apt(&["install", "-y", "-qq", "redis-server"]));
+    if installed.is_ok() && present() {
+        return Ok(());
+    }
+    Err(
+        "redis-server is not installed and could not be installed with apt-get: install it \
+         (Debian/Ubuntu: `apt-get install -y redis-server`, macOS: `brew install redis`); \
+         heijunka-redis's tests start their own server and do not skip"
+            .to_owned(),
+    )
+}
+
 /// The unit, integration and example tests (nextest where installed), then doc tests.
 pub(crate) fn test() -> Result<(), String> {
+    ensure_redis_server()?;
     if cargo().args(["nextest", "--version"]).succeeds_quietly() {
         cargo()
             .args([

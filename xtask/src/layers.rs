@@ -40,6 +40,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "heijunka-memory",
         ],
     ),
+    // Shared state in Redis: the rate limit, concurrency leases, breaker trips,
+    // and (feature `bus`) the event bus bridge.
+    (
+        "heijunka-redis",
+        &[
+            "heijunka-core",
+            "heijunka-backpressure",
+            "heijunka-breaker",
+            "heijunka-event-bus",
+        ],
+    ),
     // Beside the facade, not on it: nothing may depend on it (no entry lists it).
     (
         "heijunka-mcp",
@@ -64,6 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "heijunka-pool",
             "heijunka-event-bus",
             "heijunka-retry",
+            "heijunka-redis",
         ],
     ),
 ];

@@ -167,6 +167,8 @@ pub struct Concurrency {
     pub timeouts: Timeouts,
     /// Event bus buffers.
     pub bus: Option<BusConfig>,
+    /// The Redis that limits with `backend = "redis"` share (feature `redis`).
+    pub redis: Option<RedisSettings>,
 }
 
 /// `concurrency.worker_pool`.
@@ -206,6 +208,86 @@ pub struct RateLimitConfig {
     /// second's worth, `ceil(per_second)` (see [`burst`](Self::burst)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// Where the limit's state lives: `local` (default, this process) or
+    /// `redis` (shared by every replica through `concurrency.redis`).
+    #[serde(default, skip_serializing_if = "Backend::is_local")]
+    pub backend: Backend,
+    /// With `backend = "redis"`, token leasing: the most tokens one round trip
+    /// to Redis takes (see `heijunka_redis::TokenLeasing`). Default: none, one
+    /// round trip per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_batch: Option<u32>,
+}
+
+/// Where a limit's state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// In this process: each replica enforces the limit by itself.
+    #[default]
+    Local,
+    /// In Redis (`concurrency.redis`): one limit shared by every replica.
+    Redis,
+}
+
+impl Backend {
+    fn is_local(&self) -> bool {
+        *self == Backend::Local
+    }
+}
+
+/// `concurrency.redis`: the Redis shared by the limits with
+/// `backend = "redis"` (feature `redis`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// The server, `redis://host:port/db`.
+    pub url: String,
+    /// The time-out of each Redis call. Default 50 ms.
+    #[serde(with = "duration", default = "default_redis_timeout")]
+    pub call_timeout: Duration,
+    /// This replica's id (lease holders, shared breaker events). Default: the
+    /// process id and a random suffix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// `fail_open` (default: each replica enforces its share of the limits
+    /// while Redis is unavailable) or `fail_closed` (refuse meanwhile).
+    #[serde(default)]
+    pub failure_policy: RedisFailure,
+    /// Replicas sharing the limits (at least 1): failing open, each enforces
+    /// the limit divided by this. Default 1.
+    #[serde(default = "one")]
+    pub expected_replicas: u32,
+    /// The concurrency lease (at least 30 ms): a crashed replica's permits
+    /// come back after it. Default 10 s.
+    #[serde(with = "duration", default = "default_lease")]
+    pub lease: Duration,
+    /// The prefix of the limits' Redis names (`heijunka:rate:<name>:*`,
+    /// `heijunka:limit:<name>`): replicas sharing limits use the same one.
+    /// Default `"server"`.
+    #[serde(default = "default_redis_name")]
+    pub name: String,
+}
+
+/// What the Redis limits do while Redis is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    /// Enforce the limit divided by `expected_replicas`, locally.
+    #[default]
+    FailOpen,
+    /// Refuse.
+    FailClosed,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_redis_name() -> String {
+    "server".into()
 }
 
 impl RateLimitConfig {
@@ -254,6 +336,11 @@ pub struct LimitConfig {
     /// The adaptive limit's start. Default: `min(20, max_concurrent)` (Netflix's
     /// initial limit), and at least `min_concurrent`.
     pub initial: Option<u32>,
+    /// Where the limit's state lives: `local` (default) or `redis` (a static
+    /// limit shared by every replica through `concurrency.redis`, its permits
+    /// leases).
+    #[serde(default, skip_serializing_if = "Backend::is_local")]
+    pub backend: Backend,
 }
 
 /// The kind of concurrency limit.

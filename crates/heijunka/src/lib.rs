@@ -142,6 +142,12 @@ pub use heijunka_event_bus as bus;
 #[doc(inline)]
 pub use heijunka_retry as retry;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+/// Limits shared across replicas through Redis (`heijunka-redis`).
+pub use heijunka_redis as redis;
+
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod context;

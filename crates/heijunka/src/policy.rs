@@ -182,6 +182,25 @@ pub struct PolicyBuilder {
     hedge: Option<heijunka_retry::Hedge>,
     #[cfg(feature = "chaos")]
     chaos: Option<ChaosStage>,
+    #[cfg(feature = "redis")]
+    remote: Remote,
+}
+
+/// The stages whose state is in Redis (feature `redis`).
+#[cfg(feature = "redis")]
+#[derive(Clone, Default)]
+struct Remote {
+    rate: Option<heijunka_redis::RedisRateLimiter>,
+    limit: Option<heijunka_redis::RedisConcurrencyLimit>,
+}
+
+/// How an admission treats the Redis stages.
+pub(crate) enum RemoteStages {
+    /// Decided without a round trip (a synchronous admission).
+    Local,
+    /// Already passed, holding this lease.
+    #[cfg(feature = "redis")]
+    Passed(Option<heijunka_redis::RedisPermit>),
 }
 
 /// A fault injector and the errors it makes, by the call's error type.
@@ -525,6 +544,37 @@ impl PolicyBuilder {
         self
     }
 
+    /// A rate limit shared by every replica, decided in Redis (feature
+    /// `redis`): checked before the in-process stages, one unit of its global
+    /// bucket per request. [`admit`](Policy::admit), the `call` forms and the
+    /// tower [`PolicyLayer`](crate::tower::PolicyLayer) wait for Redis's answer
+    /// (within the request's deadline); [`try_admit`](Policy::try_admit),
+    /// which cannot wait, decides without a round trip (a lease, a cached
+    /// refusal, else the limiter's failure policy: see
+    /// [`RedisRateLimiter::check_local_n`](heijunka_redis::RedisRateLimiter::check_local_n)).
+    /// A refusal is [`Stage::RateLimit`] (or, failing closed while Redis is
+    /// down, [`Rejection::CircuitOpen`]).
+    #[cfg(feature = "redis")]
+    pub fn redis_rate_limiter(mut self, limiter: heijunka_redis::RedisRateLimiter) -> Self {
+        self.remote.rate = Some(limiter);
+        self
+    }
+
+    /// A concurrency limit shared by every replica, its permits leases in Redis
+    /// (feature `redis`): a lease is taken after the shared rate limit and
+    /// before the in-process stages, held as long as the admission, and
+    /// released when it ends. It waits for a lease up to the
+    /// [`max_wait`](Self::max_wait) (never past the deadline), else takes one
+    /// only if one is free; [`try_admit`](Policy::try_admit) takes a permit of
+    /// the limit's failure policy instead
+    /// ([`try_acquire_local`](heijunka_redis::RedisConcurrencyLimit::try_acquire_local)).
+    /// A refusal is [`Stage::Concurrency`].
+    #[cfg(feature = "redis")]
+    pub fn redis_concurrency_limit(mut self, limit: heijunka_redis::RedisConcurrencyLimit) -> Self {
+        self.remote.limit = Some(limit);
+        self
+    }
+
     /// Refuses while `breaker` is open, and records each call's outcome in it.
     pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
@@ -595,6 +645,8 @@ impl PolicyBuilder {
                 hedge: self.hedge,
                 #[cfg(feature = "chaos")]
                 chaos: self.chaos,
+                #[cfg(feature = "redis")]
+                remote: self.remote,
                 observer: Arc::new(Observer::new(name)),
             }),
         })
@@ -650,6 +702,8 @@ struct Inner {
     hedge: Option<heijunka_retry::Hedge>,
     #[cfg(feature = "chaos")]
     chaos: Option<ChaosStage>,
+    #[cfg(feature = "redis")]
+    remote: Remote,
     observer: Arc<Observer>,
 }
 
@@ -661,6 +715,14 @@ impl Inner {
             n => Some(Duration::from_nanos(n)),
         }
     }
+}
+
+/// The rejection of a Redis rate limit refusal.
+#[cfg(feature = "redis")]
+fn remote_reason(e: &heijunka_redis::RedisLimitError) -> Rejection {
+    e.reason().unwrap_or(Rejection::RateLimited {
+        retry_after: Duration::ZERO,
+    })
 }
 
 /// A timeout in nanoseconds (saturating at about 584 years), 0 for none.
@@ -735,6 +797,9 @@ pub struct Admission {
     /// When the work's own part ended ([`mark_end`](Self::mark_end)), with the
     /// `metrics` feature.
     end: Option<Instant>,
+    /// The Redis concurrency lease, released with the admission.
+    #[cfg(feature = "redis")]
+    remote: Option<heijunka_redis::RedisPermit>,
 }
 
 impl Drop for Admission {
@@ -775,6 +840,8 @@ impl Admission {
             started: now,
             observer: None,
             end: None,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
     }
 
@@ -1036,14 +1103,40 @@ impl Policy {
         reserved: Option<LimitPermit>,
         now: Instant,
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
+        self.try_admit_with(ctx, reserved, now, RemoteStages::Local)
+    }
+
+    /// [`try_admit_reserved`](Self::try_admit_reserved), the Redis stages
+    /// decided as `remote` says.
+    pub(crate) fn try_admit_with(
+        &self,
+        ctx: &RequestContext,
+        reserved: Option<LimitPermit>,
+        now: Instant,
+        remote: RemoteStages,
+    ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
         let admitted = (|| {
+            self.front_deadline(ctx, now)?;
+            #[cfg(feature = "redis")]
+            let lease = match remote {
+                RemoteStages::Local => self.admit_remote_local()?,
+                RemoteStages::Passed(lease) => lease,
+            };
+            #[cfg(not(feature = "redis"))]
+            let RemoteStages::Local = remote;
             let (started, deadline) = self.admit_front(ctx, now)?;
             let limit = match reserved {
                 Some(p) => Some(Permit::Static(p)),
                 None => self.take_limit(ctx.criticality())?,
             };
             let breaker = self.take_breaker()?;
-            Ok(self.admission(limit, breaker, deadline, started))
+            #[allow(unused_mut)]
+            let mut admission = self.admission(limit, breaker, deadline, started);
+            #[cfg(feature = "redis")]
+            {
+                admission.remote = lease;
+            }
+            Ok(admission)
         })();
         if let Err(e) = &admitted {
             self.refused(e, now);
@@ -1068,7 +1161,25 @@ impl Policy {
             started,
             observer: Some(Arc::clone(observer)),
             end: None,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
+    }
+
+    /// Counts and logs a refusal made by the Redis stages outside
+    /// [`admit`](Self::admit) (the tower layer's).
+    #[cfg(all(feature = "redis", feature = "tower"))]
+    pub(crate) fn record_refusal<E>(&self, e: &PolicyError<E>) {
+        self.refused(e, Instant::now());
+    }
+
+    /// Counts a request dropped while the Redis stages decided (the tower
+    /// layer's), as `admit` counts one dropped while it waits.
+    #[cfg(all(feature = "redis", feature = "tower"))]
+    pub(crate) fn record_cancelled(&self) {
+        self.inner
+            .observer
+            .rejected(Stage::Deadline, None, Instant::now());
     }
 
     /// Counts and logs a refusal.
@@ -1183,6 +1294,11 @@ impl Policy {
     ) -> Result<Admission, PolicyError<std::convert::Infallible>> {
         let now = Instant::now();
         let admitted = async {
+            #[cfg(feature = "redis")]
+            let lease = {
+                let deadline = self.front_deadline(ctx, now)?;
+                self.admit_remote(ctx, deadline).await?
+            };
             let (started, deadline) = self.admit_front(ctx, now)?;
             let limit = match (self.inner.max_wait, &self.inner.limit) {
                 // Straight into the limit's queue (a free permit is granted at
@@ -1198,7 +1314,13 @@ impl Policy {
                 _ => self.take_limit(ctx.criticality())?,
             };
             let breaker = self.take_breaker()?;
-            Ok(self.admission(limit, breaker, deadline, started))
+            #[allow(unused_mut)]
+            let mut admission = self.admission(limit, breaker, deadline, started);
+            #[cfg(feature = "redis")]
+            {
+                admission.remote = lease;
+            }
+            Ok(admission)
         }
         .await;
         if let Err(e) = &admitted {
@@ -1279,23 +1401,7 @@ impl Policy {
         started: Instant,
     ) -> Result<(Instant, Instant), PolicyError<std::convert::Infallible>> {
         let s = &*self.inner;
-        if ctx.is_cancelled() {
-            return Err(PolicyError::Cancelled);
-        }
-        let deadline = match s.timeout() {
-            Some(t) => started
-                .checked_add(t)
-                .map_or(ctx.deadline(), |d| d.min(ctx.deadline())),
-            None => ctx.deadline(),
-        };
-        if started >= deadline {
-            return Err(PolicyError::rejected(
-                Stage::Deadline,
-                Rejection::TimedOut {
-                    after: ctx.elapsed(),
-                },
-            ));
-        }
+        let deadline = self.front_deadline(ctx, started)?;
         let criticality = ctx.criticality();
         if let Some(rate) = &s.rate
             && let Err(e) = rate.check_n_for(1, criticality)
@@ -1313,6 +1419,122 @@ impl Policy {
             signal(criticality).map_err(|r| PolicyError::rejected(Stage::LoadShed, r))?;
         }
         Ok((started, deadline))
+    }
+
+    /// Cancellation and the deadline: the admission's deadline, or the refusal.
+    pub(crate) fn front_deadline(
+        &self,
+        ctx: &RequestContext,
+        started: Instant,
+    ) -> Result<Instant, PolicyError<std::convert::Infallible>> {
+        if ctx.is_cancelled() {
+            return Err(PolicyError::Cancelled);
+        }
+        let deadline = match self.inner.timeout() {
+            Some(t) => started
+                .checked_add(t)
+                .map_or(ctx.deadline(), |d| d.min(ctx.deadline())),
+            None => ctx.deadline(),
+        };
+        if started >= deadline {
+            return Err(PolicyError::rejected(
+                Stage::Deadline,
+                Rejection::TimedOut {
+                    after: ctx.elapsed(),
+                },
+            ));
+        }
+        Ok(deadline)
+    }
+
+    /// Whether the policy has stages whose state is in Redis (an admission
+    /// that can wait asks Redis first).
+    pub fn has_remote_stages(&self) -> bool {
+        #[cfg(feature = "redis")]
+        {
+            self.inner.remote.rate.is_some() || self.inner.remote.limit.is_some()
+        }
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// The Redis stages, waiting for Redis's answers within `deadline`: the
+    /// shared rate limit, then the shared concurrency lease. Refusals are not
+    /// counted here (the caller counts them).
+    ///
+    /// Cancel safety: dropped while it waits, no unit is admitted twice and
+    /// no lease is left held (see the `heijunka-redis` primitives).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn admit_remote(
+        &self,
+        ctx: &RequestContext,
+        deadline: Instant,
+    ) -> Result<Option<heijunka_redis::RedisPermit>, PolicyError<std::convert::Infallible>> {
+        let remote = &self.inner.remote;
+        let timed_out = || {
+            PolicyError::rejected(
+                Stage::Deadline,
+                Rejection::TimedOut {
+                    after: ctx.elapsed(),
+                },
+            )
+        };
+        if let Some(rate) = &remote.rate {
+            let checked = tokio::select! {
+                biased;
+                () = ctx.cancelled() => return Err(PolicyError::Cancelled),
+                checked = tokio::time::timeout_at(deadline, rate.check()) => checked,
+            };
+            match checked {
+                Err(_elapsed) => return Err(timed_out()),
+                Ok(Err(e)) => {
+                    return Err(PolicyError::rejected(Stage::RateLimit, remote_reason(&e)));
+                }
+                Ok(Ok(())) => {}
+            }
+        }
+        let Some(limit) = &remote.limit else {
+            return Ok(None);
+        };
+        let wait = self.inner.max_wait.unwrap_or(Duration::ZERO);
+        let acquire = async {
+            if wait.is_zero() {
+                limit.try_acquire().await
+            } else {
+                limit.acquire_timeout(wait).await
+            }
+        };
+        let acquired = tokio::select! {
+            biased;
+            () = ctx.cancelled() => return Err(PolicyError::Cancelled),
+            acquired = tokio::time::timeout_at(deadline, acquire) => acquired,
+        };
+        match acquired {
+            Err(_elapsed) => Err(timed_out()),
+            Ok(Err(e)) => Err(PolicyError::rejected(Stage::Concurrency, e.reason())),
+            Ok(Ok(permit)) => Ok(Some(permit)),
+        }
+    }
+
+    /// The Redis stages decided without a round trip (a synchronous
+    /// admission): see [`PolicyBuilder::redis_rate_limiter`].
+    #[cfg(feature = "redis")]
+    fn admit_remote_local(
+        &self,
+    ) -> Result<Option<heijunka_redis::RedisPermit>, PolicyError<std::convert::Infallible>> {
+        let remote = &self.inner.remote;
+        if let Some(rate) = &remote.rate {
+            rate.check_local()
+                .map_err(|e| PolicyError::rejected(Stage::RateLimit, remote_reason(&e)))?;
+        }
+        remote
+            .limit
+            .as_ref()
+            .map(|l| {
+                l.try_acquire_local()
+                    .map_err(|e| PolicyError::rejected(Stage::Concurrency, e.reason()))
+            })
+            .transpose()
     }
 
     /// Refuses a request that is not critical while no more than the critical

@@ -190,26 +190,41 @@ impl RedisBackendBuilder {
     /// `call_timeout` or `breaker_wait`, `failures_to_open` of zero, an empty
     /// or non-ASCII-graphic `replica_id`.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
+        self.check()?;
+        self.build_checked()
+    }
+
+    /// Checks every setting as [`build`](Self::build) does, without building
+    /// (no runtime needed).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn check(&self) -> Result<(), ConfigError> {
         validate::non_zero_duration("call_timeout", self.timeout)?;
         validate::non_zero_duration("breaker_wait", self.breaker_wait)?;
         validate::at_least("failures_to_open", self.failures_to_open, 1)?;
-        let replica_id = match self.replica_id {
-            Some(id) => {
-                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(ConfigError::new(
-                        "replica_id",
-                        &id,
-                        "must be non-empty printable ASCII without spaces",
-                    ));
-                }
-                id
-            }
-            None => default_replica_id(),
-        };
+        if let Some(id) = &self.replica_id
+            && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                "replica_id",
+                id,
+                "must be non-empty printable ASCII without spaces",
+            ));
+        }
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| ConfigError::new("url", &self.url, e.to_string()))?;
+        Ok(())
+    }
+
+    fn build_checked(self) -> Result<RedisBackend, ConfigError> {
+        let replica_id = self.replica_id.unwrap_or_else(default_replica_id);
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| ConfigError::new("url", &self.url, e.to_string()))?;
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(self.timeout))
-            .map_err(|e| ConfigError::new("url", &self.url, e.to_string()))?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(self.timeout))
+                .map_err(|e| ConfigError::new("url", &self.url, e.to_string()))?;
         let breaker = CircuitBreaker::builder()
             .name(format!("redis {}", self.url))
             .consecutive_failure_threshold(self.failures_to_open)
@@ -318,7 +333,8 @@ impl RedisBackend {
     /// `response_timeout`.
     #[cfg(feature = "bus")]
     pub(crate) fn dedicated(&self, response_timeout: Duration) -> ConnectionManager {
-        let config = manager_config(self.inner.timeout).set_response_timeout(Some(response_timeout));
+        let config =
+            manager_config(self.inner.timeout).set_response_timeout(Some(response_timeout));
         // Only fails for a config that already built the shared manager.
         ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
             .unwrap_or_else(|_| self.inner.conn.clone())

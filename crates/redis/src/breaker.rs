@@ -255,8 +255,10 @@ async fn subscriber(
         backoff = Duration::from_millis(50);
         counters.subscribed.store(true, Ordering::Release);
         let mut messages = pubsub.into_on_message();
-        while let Some(msg) =
-            std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut messages), cx)).await
+        while let Some(msg) = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut messages), cx)
+        })
+        .await
         {
             let Ok(trip) = serde_json::from_slice::<SharedOpen>(msg.get_payload_bytes()) else {
                 tracing::debug!(channel = %channel, "ignored a malformed breaker announcement");

@@ -200,7 +200,11 @@ impl RedisConcurrencyLimitBuilder {
     pub fn build(self) -> Result<RedisConcurrencyLimit, ConfigError> {
         validate::at_least("limit", self.limit, 1)?;
         if self.lease < Duration::from_millis(30) {
-            return Err(ConfigError::new("lease", self.lease, "must be at least 30ms"));
+            return Err(ConfigError::new(
+                "lease",
+                self.lease,
+                "must be at least 30ms",
+            ));
         }
         if self.name.is_empty() {
             return Err(ConfigError::new("name", &self.name, "must not be empty"));
@@ -282,6 +286,27 @@ impl RedisConcurrencyLimit {
         r
     }
 
+    /// Takes a permit without a round trip, for callers that cannot wait (a
+    /// synchronous admission path): as if Redis were unavailable, a permit of
+    /// the failure policy's local limit, or [`LeaseError::Unavailable`] when
+    /// failing closed.
+    ///
+    /// # Errors
+    ///
+    /// [`LeaseError::AtCapacity`] (the local limit) or
+    /// [`LeaseError::Unavailable`].
+    pub fn try_acquire_local(&self) -> Result<RedisPermit, LeaseError> {
+        let r = self.degraded(Unavailable::Failed {
+            message: "decided without a round trip".to_owned(),
+        });
+        let c = &self.inner.shared.counters;
+        match &r {
+            Ok(_) => c.acquired.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.refused.fetch_add(1, Ordering::Relaxed),
+        };
+        r
+    }
+
     /// Waits up to `timeout` for a permit, asking Redis again when the earliest
     /// lease ends and at least every 20 ms (a release elsewhere is seen within
     /// that).
@@ -301,20 +326,32 @@ impl RedisConcurrencyLimit {
         loop {
             match self.attempt().await {
                 Ok(p) => {
-                    self.inner.shared.counters.acquired.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .shared
+                        .counters
+                        .acquired
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(p);
                 }
                 Err(LeaseError::AtCapacity { retry_after, .. }) => {
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
-                        self.inner.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .shared
+                            .counters
+                            .refused
+                            .fetch_add(1, Ordering::Relaxed);
                         return Err(LeaseError::TimedOut { after: timeout });
                     }
                     let pause = retry_after.map_or(POLL_INTERVAL, |r| r.min(POLL_INTERVAL));
                     tokio::time::sleep_until((now + pause).min(deadline)).await;
                 }
                 Err(e) => {
-                    self.inner.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .shared
+                        .counters
+                        .refused
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(e);
                 }
             }
@@ -378,7 +415,10 @@ impl RedisConcurrencyLimit {
         match i.policy {
             FailurePolicy::FailOpen { .. } => match i.fallback.try_acquire_owned() {
                 Ok(p) => {
-                    i.shared.counters.held_locally.fetch_add(1, Ordering::Relaxed);
+                    i.shared
+                        .counters
+                        .held_locally
+                        .fetch_add(1, Ordering::Relaxed);
                     Ok(RedisPermit {
                         inner: Arc::clone(&self.inner),
                         kind: Kind::Local(p),
@@ -585,7 +625,8 @@ async fn refresh_held(inner: &Shared) {
         let Ok(lost) = lost else { return };
         inner.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         for index in lost {
-            if let Some((member, flag)) = usize::try_from(index - 1).ok().and_then(|i| chunk.get(i)) {
+            if let Some((member, flag)) = usize::try_from(index - 1).ok().and_then(|i| chunk.get(i))
+            {
                 flag.store(true, Ordering::Relaxed);
                 inner.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(limit = %inner.name, holder = %member, "a distributed concurrency lease expired while held (redis was unreachable for longer than the lease)");

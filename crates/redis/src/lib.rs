@@ -42,8 +42,8 @@ pub use crate::backend::{
 };
 pub use crate::breaker::{SharedBreaker, SharedBreakerStats, SharedOpen};
 pub use crate::concurrency::{
-    ConcurrencyStats, DEFAULT_LEASE, LeaseError, RedisConcurrencyLimit, RedisConcurrencyLimitBuilder,
-    RedisPermit,
+    ConcurrencyStats, DEFAULT_LEASE, LeaseError, RedisConcurrencyLimit,
+    RedisConcurrencyLimitBuilder, RedisPermit,
 };
 pub use crate::policy::FailurePolicy;
 pub use crate::rate::{

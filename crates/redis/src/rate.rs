@@ -435,16 +435,25 @@ impl RedisRateLimiter {
     }
 
     async fn decide(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        if let Some(decided) = self.local(key, n) {
+            return decided;
+        }
+        self.remote(key, n).await
+    }
+
+    /// The decision local state makes alone: the burst, a cached refusal, a
+    /// lease; `None` when Redis must decide.
+    fn local(&self, key: &str, n: u32) -> Option<Result<(), RedisLimitError>> {
         let i = &*self.inner;
         if n > i.burst {
-            return Err(RateLimitError::InsufficientCapacity {
+            return Some(Err(RateLimitError::InsufficientCapacity {
                 requested: n,
                 capacity: i.burst,
             }
-            .into());
+            .into()));
         }
         if n == 0 {
-            return Ok(());
+            return Some(Ok(()));
         }
         let now = i.clock.now();
         if i.cache_refusals
@@ -453,10 +462,10 @@ impl RedisRateLimiter {
             && n >= r.n
         {
             i.counters.refused_locally.fetch_add(1, Ordering::Relaxed);
-            return Err(RateLimitError::RateLimited {
+            return Some(Err(RateLimitError::RateLimited {
                 retry_after: r.until.saturating_duration_since(now),
             }
-            .into());
+            .into()));
         }
         if i.leasing.is_some()
             && let Some(mut lease) = i.leases.get_mut(key)
@@ -465,7 +474,7 @@ impl RedisRateLimiter {
                 if lease.tokens >= n {
                     lease.tokens -= n;
                     i.counters.admitted_locally.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Some(Ok(()));
                 }
             } else if lease.tokens > 0 {
                 i.counters
@@ -474,6 +483,12 @@ impl RedisRateLimiter {
                 lease.tokens = 0;
             }
         }
+        None
+    }
+
+    /// The round trip: Redis decides.
+    async fn remote(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        let i = &*self.inner;
         let (max_batch, share) = match i.leasing {
             Some(l) => (l.max_batch.max(n), l.share),
             None => (0, 1),
@@ -523,10 +538,13 @@ impl RedisRateLimiter {
         } else {
             let retry_after = Duration::from_nanos(u64::try_from(reply[2]).unwrap_or(1).max(1));
             if i.cache_refusals {
-                self.store_refusal(key, Refusal {
-                    until: now + retry_after,
-                    n,
-                });
+                self.store_refusal(
+                    key,
+                    Refusal {
+                        until: now + retry_after,
+                        n,
+                    },
+                );
             }
             Err(RateLimitError::RateLimited { retry_after }.into())
         }
@@ -537,7 +555,9 @@ impl RedisRateLimiter {
         let i = &*self.inner;
         match i.policy {
             FailurePolicy::FailOpen { .. } => {
-                i.counters.fallback_decisions.fetch_add(1, Ordering::Relaxed);
+                i.counters
+                    .fallback_decisions
+                    .fetch_add(1, Ordering::Relaxed);
                 i.fallback
                     .check_key_n(&key.to_owned(), n)
                     .map_err(RedisLimitError::Limited)
@@ -586,6 +606,44 @@ impl RedisRateLimiter {
             }
         }
         i.refusals.insert(key.to_owned(), refusal);
+    }
+
+    /// [`check_local_n`](Self::check_local_n) of one unit of the global bucket.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_key_n`](Self::check_key_n).
+    pub fn check_local(&self) -> Result<(), RedisLimitError> {
+        self.check_local_n(GLOBAL_KEY, 1)
+    }
+
+    /// Decides without a round trip, for callers that cannot wait (a
+    /// synchronous admission path): from a lease or a cached refusal where
+    /// there is one, else as if Redis were unavailable (the failure policy's
+    /// local limit, or [`RedisLimitError::Unavailable`] when failing closed).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_key_n`](Self::check_key_n).
+    pub fn check_local_n(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        let i = &*self.inner;
+        let decided = match self.local(key, n) {
+            Some(d) => d,
+            None => self.degraded(
+                key,
+                n,
+                Unavailable::Failed {
+                    message: "decided without a round trip".to_owned(),
+                },
+            ),
+        };
+        let counter = if decided.is_ok() {
+            &i.counters.admitted
+        } else {
+            &i.counters.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        decided
     }
 
     /// Waits until `n` units for `key` are admitted, sleeping (tokio's timer)

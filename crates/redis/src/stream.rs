@@ -92,7 +92,7 @@ pub struct BridgeStats {
     pub retries: u64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     moved: AtomicU64,
     reclaimed: AtomicU64,
@@ -392,7 +392,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
         config: ConsumerConfig,
     ) -> Result<Self, BridgeError>
     where
-        E: DeserializeOwned,
+        E: Serialize + DeserializeOwned,
     {
         Self::start_with(backend, stream, topic, config, Json)
     }
@@ -468,8 +468,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
     }
 }
 
-
-struct Consume<E, C> {
+struct Consume<E: Send + Sync + 'static, C> {
     conn: ConnectionManager,
     stream: String,
     group: String,

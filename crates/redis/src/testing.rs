@@ -179,8 +179,8 @@ impl Drop for RedisServer {
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> Result<u16, StartError> {
-    let listener =
-        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(StartError::NoPort)?;
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .map_err(StartError::NoPort)?;
     Ok(listener.local_addr().map_err(StartError::NoPort)?.port())
 }
 

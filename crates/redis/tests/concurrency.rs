@@ -34,14 +34,23 @@ async fn holders_become(raw: &mut redis::aio::MultiplexedConnection, name: &str,
 async fn two_replicas_share_the_limit_and_a_drop_releases() {
     let server = support::server();
     let mut raw = support::raw(&server).await;
-    let a = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 3).name("db").build().unwrap();
-    let b = RedisConcurrencyLimit::builder(support::backend(&server, "b"), 3).name("db").build().unwrap();
+    let a = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 3)
+        .name("db")
+        .build()
+        .unwrap();
+    let b = RedisConcurrencyLimit::builder(support::backend(&server, "b"), 3)
+        .name("db")
+        .build()
+        .unwrap();
     let p1 = a.try_acquire().await.unwrap();
     let p2 = b.try_acquire().await.unwrap();
     let p3 = a.try_acquire().await.unwrap();
     assert_eq!(holders(&mut raw, "db").await, 3);
     let refused = b.try_acquire().await.unwrap_err();
-    assert!(matches!(refused, LeaseError::AtCapacity { limit: 3, .. }), "{refused:?}");
+    assert!(
+        matches!(refused, LeaseError::AtCapacity { limit: 3, .. }),
+        "{refused:?}"
+    );
     assert_eq!(a.stats().held, 2);
     assert_eq!(b.stats().held, 1);
 
@@ -56,10 +65,17 @@ async fn two_replicas_share_the_limit_and_a_drop_releases() {
 #[tokio::test]
 async fn a_waiter_gets_the_permit_released_elsewhere() {
     let server = support::server();
-    let a = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 1).name("one").build().unwrap();
-    let b = RedisConcurrencyLimit::builder(support::backend(&server, "b"), 1).name("one").build().unwrap();
+    let a = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 1)
+        .name("one")
+        .build()
+        .unwrap();
+    let b = RedisConcurrencyLimit::builder(support::backend(&server, "b"), 1)
+        .name("one")
+        .build()
+        .unwrap();
     let held = a.try_acquire().await.unwrap();
-    let waiter = tokio::spawn(async move { b.acquire_timeout(Duration::from_secs(2)).await.map(|_| ()) });
+    let waiter =
+        tokio::spawn(async move { b.acquire_timeout(Duration::from_secs(2)).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiter.is_finished());
     drop(held);
@@ -74,11 +90,21 @@ async fn a_waiter_gets_the_permit_released_elsewhere() {
 fn a_crashed_holders_permits_come_back_after_the_lease() {
     const LEASE: Duration = Duration::from_millis(600);
     let server = support::server();
-    let crashed = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let crashed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let url = server.url();
     crashed.block_on(async {
-        let backend = heijunka_redis::RedisBackend::builder(url).replica_id("doomed").build().unwrap();
-        let limit = RedisConcurrencyLimit::builder(backend, 2).name("lease").lease(LEASE).build().unwrap();
+        let backend = heijunka_redis::RedisBackend::builder(url)
+            .replica_id("doomed")
+            .build()
+            .unwrap();
+        let limit = RedisConcurrencyLimit::builder(backend, 2)
+            .name("lease")
+            .lease(LEASE)
+            .build()
+            .unwrap();
         let a = limit.try_acquire().await.unwrap();
         let b = limit.try_acquire().await.unwrap();
         // Never dropped: the process "crashes" with them held.
@@ -87,18 +113,30 @@ fn a_crashed_holders_permits_come_back_after_the_lease() {
     let crashed_at = Instant::now();
     drop(crashed);
 
-    let live = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let live = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     live.block_on(async {
         let other = RedisConcurrencyLimit::builder(support::backend(&server, "survivor"), 2)
             .name("lease")
             .lease(LEASE)
             .build()
             .unwrap();
-        assert!(matches!(other.try_acquire().await, Err(LeaseError::AtCapacity { .. })));
+        assert!(matches!(
+            other.try_acquire().await,
+            Err(LeaseError::AtCapacity { .. })
+        ));
         let p = other.acquire_timeout(Duration::from_secs(3)).await.unwrap();
         let waited = crashed_at.elapsed();
-        assert!(waited >= LEASE - Duration::from_millis(50), "back after {waited:?}, before the lease ended");
-        assert!(waited <= LEASE + Duration::from_millis(500), "back only after {waited:?}");
+        assert!(
+            waited >= LEASE - Duration::from_millis(50),
+            "back after {waited:?}, before the lease ended"
+        );
+        assert!(
+            waited <= LEASE + Duration::from_millis(500),
+            "back only after {waited:?}"
+        );
         drop(p);
     });
 }
@@ -115,7 +153,11 @@ async fn a_held_permit_is_refreshed_past_its_lease() {
         .unwrap();
     let held = limit.try_acquire().await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(holders(&mut raw, "refresh").await, 1, "still held after 4 leases");
+    assert_eq!(
+        holders(&mut raw, "refresh").await,
+        1,
+        "still held after 4 leases"
+    );
     assert!(!held.is_lost());
     assert!(limit.stats().refreshes >= 3);
     drop(held);
@@ -128,7 +170,10 @@ async fn a_held_permit_is_refreshed_past_its_lease() {
 async fn a_cancelled_acquire_leaves_no_lease() {
     let server = support::server();
     let mut raw = support::raw(&server).await;
-    let limit = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 2).name("cancel").build().unwrap();
+    let limit = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 2)
+        .name("cancel")
+        .build()
+        .unwrap();
     for polls in 1..=3 {
         let mut f = Box::pin(limit.try_acquire());
         for _ in 0..polls {
@@ -152,10 +197,18 @@ async fn a_cancelled_acquire_leaves_no_lease() {
 async fn bad_configuration_is_refused_with_the_field() {
     let server = support::server();
     let backend = support::backend(&server, "a");
-    let e = RedisConcurrencyLimit::builder(backend.clone(), 0).build().unwrap_err();
+    let e = RedisConcurrencyLimit::builder(backend.clone(), 0)
+        .build()
+        .unwrap_err();
     assert_eq!(e.field(), "limit");
-    let e = RedisConcurrencyLimit::builder(backend.clone(), 1).lease(Duration::from_millis(1)).build().unwrap_err();
+    let e = RedisConcurrencyLimit::builder(backend.clone(), 1)
+        .lease(Duration::from_millis(1))
+        .build()
+        .unwrap_err();
     assert_eq!(e.field(), "lease");
-    let e = RedisConcurrencyLimit::builder(backend, 1).name("").build().unwrap_err();
+    let e = RedisConcurrencyLimit::builder(backend, 1)
+        .name("")
+        .build()
+        .unwrap_err();
     assert_eq!(e.field(), "name");
 }

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use heijunka_redis::{FailurePolicy, LeaseError, RedisConcurrencyLimit, RedisLimitError, RedisRateLimiter};
+use heijunka_redis::{
+    FailurePolicy, LeaseError, RedisConcurrencyLimit, RedisLimitError, RedisRateLimiter,
+};
 
 /// How long one check may take while Redis is down: the call time-out (100 ms
 /// in these tests), plus scheduling slack on a loaded CI machine.
@@ -46,13 +48,23 @@ async fn failing_open_the_rate_falls_back_to_its_share_and_recovers() {
         if limiter.check().await.is_ok() {
             admitted += 1;
         }
-        assert!(t.elapsed() < BOUND, "a check took {:?} with Redis down", t.elapsed());
+        assert!(
+            t.elapsed() < BOUND,
+            "a check took {:?} with Redis down",
+            t.elapsed()
+        );
     }
     let allowed = 10.0 + 250.0 * start.elapsed().as_secs_f64();
-    assert!(admitted >= 10 && f64::from(admitted) <= allowed.ceil(), "{admitted} admitted, the local share allows {allowed:.1}");
+    assert!(
+        admitted >= 10 && f64::from(admitted) <= allowed.ceil(),
+        "{admitted} admitted, the local share allows {allowed:.1}"
+    );
     assert!(backend.is_degraded(), "the breaker around Redis opened");
     assert!(limiter.stats().fallback_decisions >= 40);
-    assert!(backend.stats().short_circuited > 0, "once open, checks skip Redis");
+    assert!(
+        backend.stats().short_circuited > 0,
+        "once open, checks skip Redis"
+    );
 
     server.restart().unwrap();
     let back = within(Duration::from_secs(3), async || {
@@ -61,7 +73,10 @@ async fn failing_open_the_rate_falls_back_to_its_share_and_recovers() {
         limiter.stats().round_trips > before
     })
     .await;
-    assert!(back <= Duration::from_secs(1), "back on Redis {back:?} after it returned");
+    assert!(
+        back <= Duration::from_secs(1),
+        "back on Redis {back:?} after it returned"
+    );
     assert!(!backend.is_degraded());
     let s = backend.stats();
     assert_eq!((s.degradations, s.recoveries), (1, 1), "{s:?}");
@@ -82,12 +97,21 @@ async fn failing_closed_the_rate_refuses_and_recovers() {
         let e = limiter.check().await.unwrap_err();
         assert!(matches!(e, RedisLimitError::Unavailable(_)), "{e:?}");
         assert!(t.elapsed() < BOUND);
-        assert!(matches!(e.reason(), Some(heijunka_core::Rejection::CircuitOpen { .. })));
+        assert!(matches!(
+            e.reason(),
+            Some(heijunka_core::Rejection::CircuitOpen { .. })
+        ));
     }
     assert_eq!(limiter.stats().admitted, 1);
     server.restart().unwrap();
-    let back = within(Duration::from_secs(3), async || limiter.check().await.is_ok()).await;
-    assert!(back <= Duration::from_secs(1), "admitting {back:?} after Redis returned");
+    let back = within(Duration::from_secs(3), async || {
+        limiter.check().await.is_ok()
+    })
+    .await;
+    assert!(
+        back <= Duration::from_secs(1),
+        "admitting {back:?} after Redis returned"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +137,17 @@ async fn the_concurrency_limit_follows_its_policy_while_redis_is_down() {
     let b = open.try_acquire().await.unwrap();
     assert!(a.is_local() && b.is_local());
     let third = open.try_acquire().await.unwrap_err();
-    assert!(matches!(third, LeaseError::AtCapacity { limit: 2, .. }), "{third:?}");
+    assert!(
+        matches!(third, LeaseError::AtCapacity { limit: 2, .. }),
+        "{third:?}"
+    );
     assert!(t.elapsed() < 3 * BOUND);
     // Failing closed: refused.
     let t = Instant::now();
-    assert!(matches!(closed.try_acquire().await.unwrap_err(), LeaseError::Unavailable(_)));
+    assert!(matches!(
+        closed.try_acquire().await.unwrap_err(),
+        LeaseError::Unavailable(_)
+    ));
     assert!(t.elapsed() < BOUND);
     drop((a, b, held));
     assert_eq!(open.stats().held_locally, 0);
@@ -127,7 +157,13 @@ async fn the_concurrency_limit_follows_its_policy_while_redis_is_down() {
         closed.try_acquire().await.is_ok_and(|p| !p.is_local())
     })
     .await;
-    assert!(back <= Duration::from_secs(1), "leasing again {back:?} after Redis returned");
-    let p = within(Duration::from_secs(3), async || open.try_acquire().await.is_ok_and(|p| !p.is_local())).await;
+    assert!(
+        back <= Duration::from_secs(1),
+        "leasing again {back:?} after Redis returned"
+    );
+    let p = within(Duration::from_secs(3), async || {
+        open.try_acquire().await.is_ok_and(|p| !p.is_local())
+    })
+    .await;
     assert!(p <= Duration::from_secs(1));
 }

@@ -32,7 +32,11 @@ async fn the_redis_gcra_decides_as_the_in_process_one() {
         .build()
         .unwrap();
     let clock = ManualClock::new();
-    let local = Gcra::builder(10.0).burst(5).clock(clock.clock()).build().unwrap();
+    let local = Gcra::builder(10.0)
+        .burst(5)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
     assert_eq!(redis.interval(), local.interval());
 
     let started = Instant::now();
@@ -44,7 +48,10 @@ async fn the_redis_gcra_decides_as_the_in_process_one() {
     let want = local.check().unwrap_err();
     let got = redis.check().await.unwrap_err();
     let took = started.elapsed();
-    let (want, got) = (want.retry_after().unwrap(), limited(&got).retry_after().unwrap());
+    let (want, got) = (
+        want.retry_after().unwrap(),
+        limited(&got).retry_after().unwrap(),
+    );
     assert_eq!(want, Duration::from_millis(100));
     assert!(
         got <= want && got + took >= want,
@@ -53,22 +60,35 @@ async fn the_redis_gcra_decides_as_the_in_process_one() {
     // More than the burst at once: never possible, and no round trip.
     assert_eq!(
         local.check_n(6).unwrap_err(),
-        RateLimitError::InsufficientCapacity { requested: 6, capacity: 5 }
+        RateLimitError::InsufficientCapacity {
+            requested: 6,
+            capacity: 5
+        }
     );
     let round_trips = redis.stats().round_trips;
     assert_eq!(
         *limited(&redis.check_n(6).await.unwrap_err()),
-        RateLimitError::InsufficientCapacity { requested: 6, capacity: 5 }
+        RateLimitError::InsufficientCapacity {
+            requested: 6,
+            capacity: 5
+        }
     );
     assert!(redis.check_n(0).await.is_ok());
-    assert_eq!(redis.stats().round_trips, round_trips, "decided without Redis");
+    assert_eq!(
+        redis.stats().round_trips,
+        round_trips,
+        "decided without Redis"
+    );
 
     // Spacing: after the retry-after one unit conforms, the next does not.
     tokio::time::sleep(got).await;
     clock.advance(want);
     assert!(local.check().is_ok());
     let admitted_at = Instant::now();
-    assert!(redis.check().await.is_ok(), "conforms after the retry-after it was given");
+    assert!(
+        redis.check().await.is_ok(),
+        "conforms after the retry-after it was given"
+    );
     assert_eq!(local.check().unwrap_err().retry_after(), Some(want));
     let again = redis.check().await.unwrap_err();
     let took = admitted_at.elapsed();
@@ -133,10 +153,18 @@ async fn a_flushed_script_is_loaded_again() {
         .build()
         .unwrap();
     limiter.check().await.unwrap();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     limiter.check().await.unwrap();
     limiter.check().await.unwrap();
-    assert_eq!(limiter.stats().fallback_decisions, 0, "every check went to Redis");
+    assert_eq!(
+        limiter.stats().fallback_decisions,
+        0,
+        "every check went to Redis"
+    );
     // The first check and the first after the flush each find NOSCRIPT, load
     // the script and call it again: 3 checks, 5 EVALSHA, 2 loads.
     assert_eq!(support::calls(&mut raw, "evalsha").await, 5);
@@ -163,7 +191,11 @@ async fn a_refused_key_is_refused_locally_until_its_retry_after() {
         let again = limiter.check_key("k").await.unwrap_err();
         assert!(again.retry_after().unwrap() <= wait);
     }
-    assert_eq!(support::calls(&mut raw, "evalsha").await, before, "no round trip while refused");
+    assert_eq!(
+        support::calls(&mut raw, "evalsha").await,
+        before,
+        "no round trip while refused"
+    );
     // Another key, or fewer units than were refused, still asks Redis.
     limiter.check_key("other").await.unwrap();
     assert_eq!(support::calls(&mut raw, "evalsha").await, before + 1);
@@ -187,11 +219,12 @@ async fn four_pools_share_one_rate_within_two_percent() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for replica in 0..4 {
-        let limiter = RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
-            .burst(BURST)
-            .name("shared")
-            .build()
-            .unwrap();
+        let limiter =
+            RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
+                .burst(BURST)
+                .name("shared")
+                .build()
+                .unwrap();
         let admitted = Arc::clone(&admitted);
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < SPAN {
@@ -214,7 +247,11 @@ async fn four_pools_share_one_rate_within_two_percent() {
     let expected = f64::from(BURST) + RATE * span;
     let got = admitted.load(Ordering::Relaxed) as f64;
     let error = (got - expected) / expected;
-    assert!(error.abs() <= 0.02, "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)", error * 100.0);
+    assert!(
+        error.abs() <= 0.02,
+        "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)",
+        error * 100.0
+    );
 }
 
 /// With token leasing, four replicas stay within ±5 % of the global rate while
@@ -232,12 +269,17 @@ async fn leasing_keeps_the_global_rate_with_few_round_trips() {
     let mut tasks = Vec::new();
     let mut limiters = Vec::new();
     for replica in 0..4 {
-        let limiter = RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
-            .burst(BURST)
-            .name("leased")
-            .token_leasing(TokenLeasing { max_batch: 32, share: 4, ..TokenLeasing::default() })
-            .build()
-            .unwrap();
+        let limiter =
+            RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
+                .burst(BURST)
+                .name("leased")
+                .token_leasing(TokenLeasing {
+                    max_batch: 32,
+                    share: 4,
+                    ..TokenLeasing::default()
+                })
+                .build()
+                .unwrap();
         limiters.push(limiter.clone());
         let admitted = Arc::clone(&admitted);
         tasks.push(tokio::spawn(async move {
@@ -261,10 +303,16 @@ async fn leasing_keeps_the_global_rate_with_few_round_trips() {
     let expected = f64::from(BURST) + RATE * span;
     let got = admitted.load(Ordering::Relaxed) as f64;
     let error = (got - expected) / expected;
-    assert!(error.abs() <= 0.05, "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)", error * 100.0);
+    assert!(
+        error.abs() <= 0.05,
+        "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)",
+        error * 100.0
+    );
     let scripts = support::calls(&mut raw, "evalsha").await as f64;
     let per_trip = got / scripts;
-    eprintln!("leasing at the limit: {got} admitted, {scripts} round trips, {per_trip:.1} per round trip");
+    eprintln!(
+        "leasing at the limit: {got} admitted, {scripts} round trips, {per_trip:.1} per round trip"
+    );
 
     // Below the limit (a quarter of the rate, one replica), batches stay large.
     let limiter = limiters.pop().unwrap();
@@ -279,7 +327,10 @@ async fn leasing_keeps_the_global_rate_with_few_round_trips() {
     }
     let s = limiter.stats();
     let per_trip = (s.admitted - admitted_before) as f64 / (s.round_trips - before).max(1) as f64;
-    assert!(per_trip >= 10.0, "{per_trip:.1} admitted per round trip below the limit: {s:?}");
+    assert!(
+        per_trip >= 10.0,
+        "{per_trip:.1} admitted per round trip below the limit: {s:?}"
+    );
 }
 
 /// A check dropped while its round trip is in flight takes at most the units it
@@ -294,17 +345,27 @@ async fn a_cancelled_check_takes_at_most_its_units() {
     for polls in 1..=2 {
         let mut check = Box::pin(limiter.check());
         for _ in 0..polls {
-            assert!(support::poll_once(&mut check).await.is_none(), "still in flight");
+            assert!(
+                support::poll_once(&mut check).await.is_none(),
+                "still in flight"
+            );
         }
         drop(check);
     }
     let stats = limiter.stats();
-    assert_eq!((stats.admitted, stats.refused), (0, 0), "cancelled checks are neither");
+    assert_eq!(
+        (stats.admitted, stats.refused),
+        (0, 0),
+        "cancelled checks are neither"
+    );
     let mut admitted = 0;
     for _ in 0..3 {
         if limiter.check().await.is_ok() {
             admitted += 1;
         }
     }
-    assert!((1..=3).contains(&admitted), "two cancelled checks took at most 2 of 3 units: {admitted} left");
+    assert!(
+        (1..=3).contains(&admitted),
+        "two cancelled checks took at most 2 of 3 units: {admitted} left"
+    );
 }

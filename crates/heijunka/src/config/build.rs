@@ -13,7 +13,7 @@ use heijunka_shutdown::Shutdown;
 
 use super::error::ConfigErrors;
 use super::reload::Live;
-use super::{BreakerSettings, BusConfig, Config, LimitConfig, LimitKind};
+use super::{Backend, BreakerSettings, BusConfig, Config, LimitConfig, LimitKind};
 use crate::policy::Policy;
 
 /// The live primitives built from a [`Config`] by [`Config::build`].
@@ -42,8 +42,20 @@ pub struct Stack {
     pub memory: Option<MemoryMonitor>,
     /// The memory gate in the policy, if configured (a clone; for its stats).
     pub memory_gate: Option<MemoryGate>,
-    /// The rate limiter in the policy, if configured (shared with it).
+    /// The rate limiter in the policy, if configured with the local backend
+    /// (shared with it).
     pub rate_limiter: Option<Arc<Gcra>>,
+    /// The Redis backend, if a limit has `backend = "redis"` (feature `redis`):
+    /// its [`stats`](heijunka_redis::RedisBackend::stats) say whether the
+    /// shared limits run on their failure policy.
+    #[cfg(feature = "redis")]
+    pub redis: Option<heijunka_redis::RedisBackend>,
+    /// The shared rate limiter in the policy (`rate_limit.backend = "redis"`).
+    #[cfg(feature = "redis")]
+    pub redis_rate_limiter: Option<heijunka_redis::RedisRateLimiter>,
+    /// The shared concurrency limit in the policy (`limit.backend = "redis"`).
+    #[cfg(feature = "redis")]
+    pub redis_limit: Option<heijunka_redis::RedisConcurrencyLimit>,
     /// The breaker, if configured (the client policy holds a clone, and the
     /// inbound policy too with `concurrency.breaker.inbound = true`).
     pub breaker: Option<CircuitBreaker>,
@@ -69,8 +81,12 @@ pub struct Stack {
 
 impl fmt::Debug for Stack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stack")
-            .field("policy", &self.policy)
+        let mut f = f.debug_struct("Stack");
+        #[cfg(feature = "redis")]
+        f.field("redis", &self.redis)
+            .field("redis_rate_limiter", &self.redis_rate_limiter)
+            .field("redis_limit", &self.redis_limit);
+        f.field("policy", &self.policy)
             .field("client_policy", &self.client_policy)
             .field("shutdown", &self.shutdown)
             .field("worker_pool", &self.worker_pool)
@@ -272,7 +288,7 @@ impl Config {
         let limit = c
             .limit
             .as_ref()
-            .filter(|l| l.algorithm == LimitKind::Static)
+            .filter(|l| l.algorithm == LimitKind::Static && l.backend == Backend::Local)
             .map(|l| ConcurrencyLimit::named(l.max_concurrent, "server"))
             .transpose()
             .map_err(|e| rename(e, "concurrency.limit.max_concurrent"))?;
@@ -286,6 +302,7 @@ impl Config {
         let rate = c
             .rate_limit
             .as_ref()
+            .filter(|r| r.backend == Backend::Local)
             .map(|r| {
                 Gcra::builder(r.per_second)
                     .name("server")
@@ -319,6 +336,17 @@ impl Config {
         }
         if let Some(l) = &adaptive {
             policy = policy.adaptive_limit(l.clone());
+        }
+        #[cfg(feature = "redis")]
+        let redis = self.build_redis(&clock)?;
+        #[cfg(feature = "redis")]
+        {
+            if let Some(r) = &redis.rate {
+                policy = policy.redis_rate_limiter(r.clone());
+            }
+            if let Some(l) = &redis.limit {
+                policy = policy.redis_concurrency_limit(l.clone());
+            }
         }
         let inbound_breaker = c.breaker.as_ref().is_some_and(|b| b.inbound);
         if let Some(b) = breaker.as_ref().filter(|_| inbound_breaker) {
@@ -356,6 +384,12 @@ impl Config {
             memory,
             memory_gate: gate,
             rate_limiter: rate,
+            #[cfg(feature = "redis")]
+            redis: redis.backend,
+            #[cfg(feature = "redis")]
+            redis_rate_limiter: redis.rate,
+            #[cfg(feature = "redis")]
+            redis_limit: redis.limit,
             breaker,
             limit,
             adaptive_limit: adaptive,
@@ -364,6 +398,91 @@ impl Config {
             bus: c.bus.clone(),
             sampler,
             live,
+        })
+    }
+}
+
+/// The Redis parts of a [`Stack`].
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct RedisParts {
+    backend: Option<heijunka_redis::RedisBackend>,
+    rate: Option<heijunka_redis::RedisRateLimiter>,
+    limit: Option<heijunka_redis::RedisConcurrencyLimit>,
+}
+
+#[cfg(feature = "redis")]
+impl Config {
+    /// The backend and the shared limits, where a limit has
+    /// `backend = "redis"` (`check` made sure `concurrency.redis` is there).
+    fn build_redis(&self, clock: &Clock) -> Result<RedisParts, ConfigError> {
+        use heijunka_redis::{
+            FailurePolicy, RedisBackend, RedisConcurrencyLimit, RedisRateLimiter, TokenLeasing,
+        };
+        let c = &self.concurrency;
+        let rate = c
+            .rate_limit
+            .as_ref()
+            .filter(|r| r.backend == Backend::Redis);
+        let limit = c.limit.as_ref().filter(|l| l.backend == Backend::Redis);
+        let Some(r) = c
+            .redis
+            .as_ref()
+            .filter(|_| rate.is_some() || limit.is_some())
+        else {
+            return Ok(RedisParts::default());
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::new(
+                "concurrency.redis",
+                super::error::Raw(&r.url),
+                "the Redis limits need a tokio runtime: build the stack inside one",
+            ));
+        }
+        let at = |e: ConfigError| e.within("concurrency.redis");
+        let mut b = RedisBackend::builder(r.url.clone()).call_timeout(r.call_timeout);
+        if let Some(id) = &r.replica_id {
+            b = b.replica_id(id.clone());
+        }
+        let backend = b.build().map_err(at)?;
+        let policy = match r.failure_policy {
+            super::RedisFailure::FailOpen => {
+                FailurePolicy::fail_open(r.expected_replicas).map_err(at)?
+            }
+            super::RedisFailure::FailClosed => FailurePolicy::FailClosed,
+        };
+        let rate = rate
+            .map(|rl| {
+                let mut b = RedisRateLimiter::builder(backend.clone(), rl.per_second)
+                    .burst(rl.burst())
+                    .name(r.name.clone())
+                    .failure_policy(policy)
+                    .clock(clock.clone());
+                if let Some(batch) = rl.lease_batch {
+                    b = b.token_leasing(TokenLeasing {
+                        max_batch: batch,
+                        share: r.expected_replicas.max(1),
+                        ..TokenLeasing::default()
+                    });
+                }
+                b.build()
+            })
+            .transpose()
+            .map_err(|e| e.within("concurrency.rate_limit"))?;
+        let limit = limit
+            .map(|l| {
+                RedisConcurrencyLimit::builder(backend.clone(), l.max_concurrent)
+                    .name(r.name.clone())
+                    .lease(r.lease)
+                    .failure_policy(policy)
+                    .build()
+            })
+            .transpose()
+            .map_err(|e| e.within("concurrency.limit"))?;
+        Ok(RedisParts {
+            backend: Some(backend),
+            rate,
+            limit,
         })
     }
 }

@@ -11,7 +11,7 @@ use heijunka_memory::{DEFAULT_HYSTERESIS, MIN_INTERVAL};
 use heijunka_pool::WorkerPool;
 
 use super::error::{Collector, ConfigErrors};
-use super::{Config, LimitKind};
+use super::{Backend, Config, LimitKind};
 
 /// The most probes half-open and the largest count window: the breaker's
 /// `MAX_COUNT_WINDOW_SIZE`.
@@ -124,6 +124,7 @@ impl Config {
                 errors.at(at, validate::at_most("initial", i, l.max_concurrent));
             }
         }
+        self.check_redis(&mut errors);
         if let Some(m) = &c.memory {
             // `MemoryMonitorBuilder::build` (`Thresholds::new`) and
             // `MemoryGateBuilder::build`.
@@ -225,6 +226,111 @@ impl Config {
 
 /// `e` with its field renamed by `names` (builder name → config name); the rule
 /// and value unchanged.
+impl Config {
+    /// `concurrency.redis` and the limits with `backend = "redis"`:
+    /// `RedisBackendBuilder::check`, `RedisRateLimiterBuilder::build` and
+    /// `RedisConcurrencyLimitBuilder::build`.
+    fn check_redis(&self, errors: &mut Collector) {
+        let c = &self.concurrency;
+        let rate = c
+            .rate_limit
+            .as_ref()
+            .filter(|r| r.backend == Backend::Redis);
+        let limit = c.limit.as_ref().filter(|l| l.backend == Backend::Redis);
+        for (at, used) in [
+            ("concurrency.rate_limit", rate.is_some()),
+            ("concurrency.limit", limit.is_some()),
+        ] {
+            if !used {
+                continue;
+            }
+            if !cfg!(feature = "redis") {
+                errors.at(
+                    at,
+                    Err::<(), _>(ConfigError::new(
+                        "backend",
+                        "redis",
+                        "needs heijunka's `redis` feature",
+                    )),
+                );
+            }
+            if c.redis.is_none() {
+                errors.at(
+                    at,
+                    Err::<(), _>(ConfigError::new(
+                        "backend",
+                        "redis",
+                        "needs a `concurrency.redis` table (the server's url)",
+                    )),
+                );
+            }
+        }
+        if let Some(l) = limit
+            && l.algorithm != LimitKind::Static
+        {
+            errors.at(
+                "concurrency.limit",
+                Err::<(), _>(ConfigError::new(
+                    "backend",
+                    "redis",
+                    "shares a static limit only: set `algorithm = \"static\"`",
+                )),
+            );
+        }
+        if let Some(r) = rate {
+            let at = "concurrency.rate_limit";
+            if let Some(b) = r.lease_batch {
+                errors.at(at, validate::at_least("lease_batch", b, 1));
+            }
+            // Lua computes in doubles: `RedisRateLimiterBuilder::build`.
+            let tolerance = f64::from(r.burst()) / r.per_second;
+            if r.per_second > 0.0 && tolerance * 1e9 >= 9_007_199_254_740_992.0 {
+                errors.at(
+                    at,
+                    Err::<(), _>(ConfigError::new(
+                        "burst",
+                        r.burst(),
+                        "burst / per_second must be under 104 days for the Redis limiter",
+                    )),
+                );
+            }
+        }
+        if let Some(r) = &c.redis {
+            let at = "concurrency.redis";
+            errors.at(
+                at,
+                validate::non_zero_duration("call_timeout", r.call_timeout),
+            );
+            errors.at(
+                at,
+                validate::at_least("expected_replicas", r.expected_replicas, 1),
+            );
+            if r.lease < std::time::Duration::from_millis(30) {
+                errors.at(
+                    at,
+                    Err::<(), _>(ConfigError::new("lease", r.lease, "must be at least 30ms")),
+                );
+            }
+            if r.name.is_empty() {
+                errors.at(
+                    at,
+                    Err::<(), _>(ConfigError::new("name", &r.name, "must not be empty")),
+                );
+            }
+            #[cfg(feature = "redis")]
+            {
+                let mut b = heijunka_redis::RedisBackend::builder(r.url.clone());
+                if let Some(id) = &r.replica_id {
+                    b = b.replica_id(id.clone());
+                }
+                if !r.call_timeout.is_zero() {
+                    errors.at(at, b.check());
+                }
+            }
+        }
+    }
+}
+
 fn rename(e: ConfigError, names: &[(&str, &'static str)]) -> ConfigError {
     let field = names
         .iter()

@@ -17,8 +17,8 @@ use toml::{Table, Value};
 
 use super::error::{Collector, ConfigErrors, Raw};
 use super::{
-    BreakerSettings, BusConfig, Concurrency, Config, LimitConfig, LimitKind, MemoryConfig,
-    RateLimitConfig, TaskPoolConfig, Timeouts, WorkerPoolConfig,
+    Backend, BreakerSettings, BusConfig, Concurrency, Config, LimitConfig, LimitKind, MemoryConfig,
+    RateLimitConfig, RedisFailure, RedisSettings, TaskPoolConfig, Timeouts, WorkerPoolConfig,
 };
 
 /// The prefix of the variables that override configuration fields:
@@ -40,12 +40,15 @@ fn template() -> Table {
             rate_limit: Some(RateLimitConfig {
                 per_second: 1.0,
                 burst: Some(1),
+                backend: Backend::Redis,
+                lease_batch: Some(1),
             }),
             limit: Some(LimitConfig {
                 max_concurrent: 1,
                 algorithm: LimitKind::Static,
                 min_concurrent: 1,
                 initial: Some(1),
+                backend: Backend::Redis,
             }),
             memory: Some(MemoryConfig {
                 threshold_mb: Some(1),
@@ -70,6 +73,15 @@ fn template() -> Table {
             bus: Some(BusConfig {
                 buffer_size: 1,
                 publish_timeout: Duration::from_secs(1),
+            }),
+            redis: Some(RedisSettings {
+                url: "redis://h/".into(),
+                call_timeout: Duration::from_secs(1),
+                replica_id: Some("r".into()),
+                failure_policy: RedisFailure::FailOpen,
+                expected_replicas: 1,
+                lease: Duration::from_secs(1),
+                name: "n".into(),
             }),
         },
     };

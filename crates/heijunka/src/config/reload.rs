@@ -14,7 +14,7 @@ use heijunka_core::ConfigError;
 
 use super::build::Stack;
 use super::error::{Collector, ConfigErrors};
-use super::{Config, LimitKind};
+use super::{Backend, Config, LimitKind};
 use crate::policy::Policy;
 
 /// How [`Stack::reload_with`] treats what it keeps.
@@ -223,7 +223,17 @@ impl Live {
             same!(p, o, n, max_running);
             same!(p, o, n, max_waiting);
         }
-        if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit) {
+        if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit)
+            && (o.backend == Backend::Redis || n.backend == Backend::Redis)
+        {
+            // The shared limit's rate is every replica's: changed by a restart
+            // of all of them, not by one replica's reload.
+            let p = "concurrency.rate_limit";
+            same!(p, o, n, backend);
+            same!(p, o, n, per_second);
+            same!(p, o, n, burst);
+            same!(p, o, n, lease_batch);
+        } else if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit) {
             if o.per_second != n.per_second {
                 changed.push("concurrency.rate_limit.per_second".to_owned());
             }
@@ -237,7 +247,10 @@ impl Live {
         if let Some((o, n)) = section!("limit", o.limit, n.limit) {
             let p = "concurrency.limit";
             same!(p, o, n, algorithm);
-            if o.algorithm == n.algorithm && n.algorithm == LimitKind::Static {
+            same!(p, o, n, backend);
+            if n.backend == Backend::Redis {
+                same!(p, o, n, max_concurrent);
+            } else if o.algorithm == n.algorithm && n.algorithm == LimitKind::Static {
                 // A static limit has only its size; the adaptive bounds are unused.
                 if o.max_concurrent != n.max_concurrent {
                     changed.push(format!("{p}.max_concurrent"));
@@ -312,6 +325,13 @@ impl Live {
             &o.bus,
             &n.bus,
             o.bus != n.bus,
+        );
+        fixed(
+            &mut errors,
+            "concurrency.redis",
+            &o.redis,
+            &n.redis,
+            o.redis != n.redis,
         );
         errors.finish()?;
         Ok((actions, changed))

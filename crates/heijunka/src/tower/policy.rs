@@ -895,6 +895,10 @@ where
         } else {
             self.inbound_context(&req, policy, now)
         };
+        #[cfg(feature = "redis")]
+        if policy.has_remote_stages() {
+            return self.call_remote(req, policy.clone(), ctx, reserved, now);
+        }
         match policy.try_admit_reserved(&ctx, reserved, now) {
             Ok(admission) => {
                 if outbound {
@@ -914,6 +918,7 @@ where
                         cfg: Arc::clone(&self.cfg),
                     }),
                     rejected: None,
+                    remote: None,
                 }
             }
             Err(e) => PolicyFuture::rejected(Rejected::new(
@@ -923,6 +928,81 @@ where
         }
     }
 }
+
+#[cfg(feature = "redis")]
+impl<S> PolicyService<S> {
+    /// A request for a policy with Redis stages: the deadline now, then (in the
+    /// future) Redis's answers, then the in-process stages. The inner service's
+    /// `call` makes its future now; it is polled only once every stage admitted
+    /// the request, and dropped unpolled if one refuses.
+    fn call_remote<ReqB, B>(
+        &mut self,
+        mut req: Request<ReqB>,
+        policy: Policy,
+        ctx: RequestContext,
+        reserved: Option<OwnedPermit>,
+        now: Instant,
+    ) -> PolicyFuture<S::Future>
+    where
+        S: Service<Request<ReqB>, Response = Response<B>>,
+    {
+        let deadline = match policy.front_deadline(&ctx, now) {
+            Ok(d) => d,
+            Err(e) => {
+                let refused = Rejected::new(
+                    e.stage().unwrap_or(Stage::Deadline),
+                    e.rejection().unwrap_or(Rejection::ShuttingDown),
+                );
+                policy.record_rejection(refused.stage(), &refused.reason());
+                return PolicyFuture::rejected(refused);
+            }
+        };
+        if self.cfg.direction == Direction::Outbound {
+            self.write_deadline(&mut req, deadline);
+        } else if self.cfg.extension {
+            req.extensions_mut().insert(ctx.clone());
+        }
+        let future = ctx.enter(|| self.inner.call(req));
+        let (p, c) = (policy.clone(), ctx.clone());
+        let remote = Box::pin(async move { p.admit_remote(&c, deadline).await });
+        PolicyFuture {
+            future: Some(future),
+            sleep: None,
+            admitted: None,
+            rejected: None,
+            remote: Some(Box::new(Remote {
+                future: remote,
+                policy,
+                ctx,
+                reserved,
+                cfg: Arc::clone(&self.cfg),
+            })),
+        }
+    }
+}
+
+/// The Redis stages of a request in flight, and what the in-process stages
+/// need after them.
+#[cfg(feature = "redis")]
+struct Remote {
+    future: Pin<Box<RemoteFuture>>,
+    policy: Policy,
+    ctx: RequestContext,
+    reserved: Option<OwnedPermit>,
+    cfg: Arc<LayerConfig>,
+}
+
+#[cfg(feature = "redis")]
+type RemoteFuture = dyn Future<
+        Output = Result<
+            Option<heijunka_redis::RedisPermit>,
+            crate::policy::PolicyError<std::convert::Infallible>,
+        >,
+    > + Send;
+
+/// No Redis stages without the `redis` feature.
+#[cfg(not(feature = "redis"))]
+enum Remote {}
 
 /// What an admitted request's future holds.
 struct Admitted {
@@ -969,13 +1049,24 @@ pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         admitted: Option<Admitted>,
         rejected: Option<Rejected>,
+        // The Redis stages, while Redis has not answered (feature `redis`;
+        // without it the type is empty and this is always `None`).
+        remote: Option<Box<Remote>>,
     }
 
     impl<F> PinnedDrop for PolicyFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(a) = this.project().admitted.take() {
+            let this = this.project();
+            if let Some(a) = this.admitted.take() {
                 a.admission.ignore();
                 a.ctx.complete(Outcome::Cancelled);
+            }
+            // Dropped while Redis decides: counted as a refusal for
+            // `cancelled`, as a waiting `Policy::admit` is.
+            #[cfg(feature = "redis")]
+            if let Some(r) = this.remote.take() {
+                r.policy.record_cancelled();
+                r.ctx.complete(Outcome::Cancelled);
             }
         }
     }
@@ -988,6 +1079,7 @@ impl<F> PolicyFuture<F> {
             sleep: None,
             admitted: None,
             rejected: Some(rejected),
+            remote: None,
         }
     }
 
@@ -997,6 +1089,7 @@ impl<F> PolicyFuture<F> {
             sleep: None,
             admitted: None,
             rejected: None,
+            remote: None,
         }
     }
 }
@@ -1011,6 +1104,42 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        #[cfg(feature = "redis")]
+        if let Some(remote) = this.remote.as_mut() {
+            let passed = ready!(remote.future.as_mut().poll(cx));
+            let Some(r) = this.remote.take() else {
+                unreachable!("just polled")
+            };
+            let admitted = match passed {
+                Ok(lease) => r.policy.try_admit_with(
+                    &r.ctx,
+                    r.reserved,
+                    Instant::now(),
+                    crate::policy::RemoteStages::Passed(lease),
+                ),
+                Err(e) => {
+                    r.policy.record_refusal(&e);
+                    Err(e)
+                }
+            };
+            match admitted {
+                Ok(admission) => {
+                    *this.admitted = Some(Admitted {
+                        admission,
+                        ctx: r.ctx,
+                        cfg: r.cfg,
+                    });
+                }
+                Err(e) => {
+                    this.future.set(None);
+                    return Poll::Ready(Err(Rejected::new(
+                        e.stage().unwrap_or(Stage::Deadline),
+                        e.rejection().unwrap_or(Rejection::ShuttingDown),
+                    )
+                    .into()));
+                }
+            }
+        }
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             return Poll::Ready(Err(this
                 .rejected
