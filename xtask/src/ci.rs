@@ -14,6 +14,8 @@ pub(crate) fn ci() -> Result<(), String> {
     crate::demo::run(&["--external".to_string()])?;
     // The MCP server example under a burst from the official Python SDK.
     crate::mcp_demo::run(true)?;
+    // Two replicas sharing one Redis: the fleet's rate, Redis killed and back.
+    crate::demo::redis(&["--redis".to_string(), "--quick".to_string()])?;
     doc()?;
     crate::loom::run()?;
     crate::miri::run()?;

@@ -38,6 +38,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             _ => Err("demo --mcp takes only --quick".into()),
         };
     }
+    if args.iter().any(|a| a == "--redis") {
+        return redis(args);
+    }
     if args.iter().any(|a| a == "--external") {
         if args.len() > 1 {
             return Err("demo --external takes no other argument".into());
@@ -58,6 +61,32 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         ])
         .args(args.iter().cloned())
         .run()
+}
+
+/// `--redis [--quick]`: two replicas sharing one Redis (the `replicas`
+/// example), Redis up, killed, back; fails when the fleet's admissions are off
+/// the shared rate by more than 10 % in a phase.
+pub(crate) fn redis(args: &[String]) -> Result<(), String> {
+    let quick = match args {
+        [_] => false,
+        [a, b] if [a, b].iter().any(|x| *x == "--quick") => true,
+        _ => return Err("demo --redis takes only --quick".into()),
+    };
+    crate::ci::ensure_redis_server()?;
+    let mut cmd = cargo().args([
+        "run",
+        "-p",
+        "heijunka",
+        "--features",
+        "redis,tower,config",
+        "--example",
+        "replicas",
+        "--",
+    ]);
+    if quick {
+        cmd = cmd.args(["--quick"]);
+    }
+    cmd.run()
 }
 
 /// `oha` on `PATH`, else where `cargo install` puts it: `$CARGO_INSTALL_ROOT/bin`,

@@ -20,8 +20,8 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci                    everything CI runs: fmt, clippy, tests (all features, then default
-                        features), the demo's short run, its --external run and the MCP
-                        demo's short run, docs, loom, miri, tsan
+                        features), the demo's short run, its --external run, the MCP
+                        and Redis demos' short runs, docs, loom, miri, tsan
   test                  the tests: nextest (or cargo test) and the doc tests
   lint                  cargo fmt --check, clippy -D warnings, and the layer check
   layers                checks that no crate depends on one above its layer
@@ -42,6 +42,9 @@ tasks:
   demo --mcp [--quick]  the MCP server example (crates/mcp) driven by the official Python
                         SDK in target/mcp-venv: a burst of tool calls with cancellations,
                         unprotected then protected; --quick is CI's short protected run
+  demo --redis [--quick]
+                        two replicas sharing one rate limit through a private redis-server
+                        (installed with apt-get if missing): Redis up, killed, back
 ";
 
 fn main() -> ExitCode {

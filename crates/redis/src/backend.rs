@@ -350,16 +350,34 @@ impl RedisBackend {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        let permit = self.permit()?;
+        self.call(permit, f).await
+    }
+
+    /// The breaker's leave to call Redis, or why not (counted): checked before
+    /// a call's arguments are built, so a Redis that is down costs no
+    /// allocation.
+    pub(crate) fn permit(&self) -> Result<heijunka_breaker::Permit<'_>, Unavailable> {
         let i = &*self.inner;
-        let permit = match i.breaker.try_acquire() {
-            Ok(p) => p,
-            Err(refused) => {
-                i.short_circuited.fetch_add(1, Ordering::Relaxed);
-                return Err(Unavailable::BreakerOpen {
-                    retry_after: refused.retry_after(),
-                });
+        i.breaker.try_acquire().map_err(|refused| {
+            i.short_circuited.fetch_add(1, Ordering::Relaxed);
+            Unavailable::BreakerOpen {
+                retry_after: refused.retry_after(),
             }
-        };
+        })
+    }
+
+    /// Runs one Redis operation under `permit`, with the call time-out.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        permit: heijunka_breaker::Permit<'_>,
+        f: F,
+    ) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let i = &*self.inner;
         i.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(i.timeout, f(i.conn.clone())).await {
             Ok(Ok(value)) => {
@@ -396,6 +414,8 @@ impl std::fmt::Debug for RedisBackend {
 /// every call, and our breaker decides when Redis is worth asking again.
 fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
+        // Every call is bounded by our own time-out (one timer, not two).
+        .set_response_timeout(None)
         .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(5))

@@ -187,7 +187,11 @@ struct Inner {
     burst: u32,
     tolerance: u64,
     policy: FailurePolicy,
+    /// The fail-open limiters: the global bucket's, and the keyed one.
+    fallback_global: Gcra,
     fallback: KeyedRateLimiter<String>,
+    /// The global bucket's Redis key, made once.
+    global_key: String,
     clock: Clock,
     cache_refusals: bool,
     max_cached_keys: usize,
@@ -291,14 +295,23 @@ impl RedisRateLimiterBuilder {
             validate::non_zero_duration("ttl", l.ttl)?;
         }
         let replicas = policy.replicas();
-        let fallback = KeyedRateLimiter::builder(self.per_second / f64::from(replicas))
-            .burst((self.burst / replicas).max(1))
+        let share = self.per_second / f64::from(replicas);
+        let share_burst = (self.burst / replicas).max(1);
+        let fallback_global = Gcra::builder(share)
+            .burst(share_burst)
+            .clock(self.clock.clone())
+            .name(format!("{} (redis fallback)", self.name))
+            .build()?;
+        let fallback = KeyedRateLimiter::builder(share)
+            .burst(share_burst)
             .max_keys(self.max_cached_keys.max(1))
             .clock(self.clock.clone())
             .name(format!("{} (redis fallback)", self.name))
             .build()?;
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
+                global_key: format!("heijunka:rate:{}:{GLOBAL_KEY}", self.name),
+                fallback_global,
                 key_prefix: format!("heijunka:rate:{}:", self.name),
                 name: self.name,
                 backend: self.backend,
@@ -493,11 +506,20 @@ impl RedisRateLimiter {
             Some(l) => (l.max_batch.max(n), l.share),
             None => (0, 1),
         };
-        let redis_key = format!("{}{key}", i.key_prefix);
+        // A Redis known to be down costs no allocation.
+        let permit = match i.backend.permit() {
+            Ok(p) => p,
+            Err(cause) => return self.degraded(key, n, cause),
+        };
+        let redis_key = if key == GLOBAL_KEY {
+            i.global_key.clone()
+        } else {
+            format!("{}{key}", i.key_prefix)
+        };
         let (interval, tolerance) = (i.interval, i.tolerance);
         let reply = i
             .backend
-            .run(|mut conn| async move {
+            .call(permit, |mut conn| async move {
                 scripts::GCRA
                     .key(redis_key)
                     .arg(interval)
@@ -510,7 +532,7 @@ impl RedisRateLimiter {
             })
             .await;
         let reply = match reply {
-            Ok(r) if r.len() == 5 => r,
+            Ok(r) if r.len() == 4 => r,
             Ok(r) => {
                 return self.degraded(
                     key,
@@ -558,9 +580,20 @@ impl RedisRateLimiter {
                 i.counters
                     .fallback_decisions
                     .fetch_add(1, Ordering::Relaxed);
-                i.fallback
-                    .check_key_n(&key.to_owned(), n)
-                    .map_err(RedisLimitError::Limited)
+                let decided = if key == GLOBAL_KEY {
+                    heijunka_backpressure::RateLimiter::check_n(&i.fallback_global, n)
+                } else {
+                    // The keyed store takes a `&String`: one buffer per thread,
+                    // so the local path allocates nothing once warm.
+                    thread_local!(static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+                    KEY.with(|k| {
+                        let mut k = k.borrow_mut();
+                        k.clear();
+                        k.push_str(key);
+                        i.fallback.check_key_n(&k, n)
+                    })
+                };
+                decided.map_err(RedisLimitError::Limited)
             }
             FailurePolicy::FailClosed => {
                 i.counters.unavailable.fetch_add(1, Ordering::Relaxed);

@@ -23,11 +23,10 @@ use redis::Script;
 /// KEYS[1] the key; ARGV: interval T (ns), tolerance burst·T (ns), n,
 /// max_batch (0: exactly n), share (≥ 1).
 ///
-/// Returns `{admitted (0/1), granted, retry_after_ns, remaining, ahead_ns}`:
-/// `granted` the units taken (n, or the lease), `retry_after_ns` the wait until
-/// `n` units conform (refusals), `remaining` the units that would conform one
-/// after another after this decision, `ahead_ns` how far the TAT is ahead of now
-/// after it.
+/// Returns `{admitted (0/1), granted, retry_after_ns, remaining}`: `granted`
+/// the units taken (n, or the lease), `retry_after_ns` the wait until `n` units
+/// conform (refusals), `remaining` the units that would conform one after
+/// another after this decision.
 pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -37,38 +36,38 @@ local now_ns = tonumber(t[2]) * 1000
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local max_batch = tonumber(ARGV[4])
-local share = tonumber(ARGV[5])
 
 local ahead = 0
 local stored = redis.call('GET', KEYS[1])
 if stored then
-  local s, ns = string.match(stored, '^(%d+):(%d+)$')
-  if s then
-    ahead = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
+  local sep = string.find(stored, ':', 1, true)
+  if sep then
+    ahead = (tonumber(string.sub(stored, 1, sep - 1)) - now_s) * 1000000000
+      + (tonumber(string.sub(stored, sep + 1)) - now_ns)
     if ahead < 0 then ahead = 0 end
   end
 end
 
 local available = math.floor((tolerance - ahead) / interval)
 if available < n then
-  local retry = ahead + n * interval - tolerance
   if available < 0 then available = 0 end
-  return {0, 0, retry, available, ahead}
+  return {0, 0, ahead + n * interval - tolerance, available}
 end
 
 local take = n
+local max_batch = tonumber(ARGV[4])
 if max_batch > 0 then
-  take = math.floor(available / share)
+  take = math.floor(available / tonumber(ARGV[5]))
   if take > max_batch then take = max_batch end
   if take < n then take = n end
 end
 local new_ahead = ahead + take * interval
 local total = now_ns + new_ahead
 local carry = math.floor(total / 1000000000)
-redis.call('SET', KEYS[1], string.format('%d:%09d', now_s + carry, total - carry * 1000000000),
+-- Integers below 1e14 print exactly (Lua's %.14g).
+redis.call('SET', KEYS[1], (now_s + carry) .. ':' .. (total - carry * 1000000000),
   'PX', math.max(1, math.ceil(new_ahead / 1000000)))
-return {1, take, 0, math.floor((tolerance - new_ahead) / interval), new_ahead}
+return {1, take, 0, math.floor((tolerance - new_ahead) / interval)}
 ",
     )
 });
