@@ -395,9 +395,11 @@ async fn readiness_mode_lets_load_shed_see_saturation() {
     );
     let _ = first.into_body().collect().await;
     // The shed poll_ready kept its place in the limit's queue (as tower's own
-    // ConcurrencyLimit does), so the freed permit went to it: the next call
-    // uses it.
-    assert_eq!(limit.in_use(), 1);
+    // ConcurrencyLimit does), so the freed permit went to it: set aside for that
+    // waiter, not held by anyone yet (`in_use` counts held permits, as issue
+    // #26 asked), and not free for another caller; the next call uses it.
+    assert_eq!(limit.in_use(), 0);
+    assert!(limit.try_acquire().is_err(), "set aside for the queued poll_ready");
     let again = svc
         .ready()
         .await

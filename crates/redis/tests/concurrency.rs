@@ -193,6 +193,30 @@ async fn a_cancelled_acquire_leaves_no_lease() {
     let _b = limit.try_acquire().await.unwrap();
 }
 
+/// The hard case: Redis has granted the lease, the answer is on its way, and
+/// the caller drops the future before reading it. The lease it never saw is
+/// released.
+#[tokio::test]
+async fn a_lease_granted_to_a_dropped_acquire_is_released() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let limit = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 2)
+        .name("granted")
+        .build()
+        .unwrap();
+    // Connected first: the connection's own task then carries the request
+    // while the future is not polled.
+    drop(limit.try_acquire().await.unwrap());
+    holders_become(&mut raw, "granted", 0).await;
+    let mut f = Box::pin(limit.try_acquire());
+    assert!(support::poll_once(&mut f).await.is_none(), "in flight");
+    // Redis runs the script while the future waits, unpolled, for the answer.
+    holders_become(&mut raw, "granted", 1).await;
+    drop(f);
+    holders_become(&mut raw, "granted", 0).await;
+    assert_eq!(limit.stats().held, 0);
+}
+
 #[tokio::test]
 async fn bad_configuration_is_refused_with_the_field() {
     let server = support::server();
