@@ -1,5 +1,6 @@
-//! The rule heijunka's blocking forms follow: they refuse to park a thread that
-//! drives asynchronous tasks, as tokio's own blocking forms do.
+//! The rule heijunka's blocking forms follow (all but `Shutdown::wait_blocking`,
+//! see [`assert_can_block`]): they refuse to park a thread that drives
+//! asynchronous tasks, as tokio's own blocking forms do.
 //!
 //! Behind the `blocking` feature (it pulls in tokio's `sync` and `rt`), which the
 //! crates that block turn on: heijunka-backpressure, heijunka-pool and
@@ -42,11 +43,13 @@ pub const PANIC_MESSAGE: &str = "Cannot block the current thread from within a r
 /// thread, or deadlock a current-thread runtime. Returns at once elsewhere.
 ///
 /// Called first by heijunka's blocking forms (whether or not they would wait this
-/// time, so a misuse shows in the first test, not under load): the backpressure
-/// `_blocking` forms, the worker pool's waiting `submit` forms and
-/// `TaskHandle::join`, and the memory monitor's `flush_callbacks`. Two blocking
-/// calls do not make it, by design: `Shutdown::wait_blocking` and
-/// `WorkerPool::shutdown` (see their docs).
+/// time, so a misuse shows in the first test, not under load):
+/// `ConcurrencyLimit`'s `acquire*_blocking*`, `BoundedQueue::push_blocking` /
+/// `pop_blocking`, `WorkerPool::execute` / `submit` / `submit_timeout` /
+/// `shutdown` (with a non-zero grace), `TaskHandle::join` / `join_timeout` and
+/// `MemoryMonitor::flush_callbacks`. One blocking call does not make it, by
+/// design: `Shutdown::wait_blocking`, which detects a runtime itself and waits on
+/// a private runtime on another thread, so it neither panics nor deadlocks there.
 ///
 /// # Panics
 ///
