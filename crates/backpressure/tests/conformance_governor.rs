@@ -76,6 +76,30 @@ fn waiting_the_emission_interval_after_a_burst_is_enough() {
     }
 }
 
+/// governor `Quota::per_minute(n)` / `per_hour(n)`: the interval is `1 min / n`
+/// (`1 h / n`) in integer nanoseconds. Given as `n / 60.0` (`n / 3600.0`) per
+/// second, the float quotient lands a hair below the integer (125 / 60 per
+/// second gave 479_999_999 ns, not 480_000_000): within float noise (16 ulps)
+/// it is that integer; otherwise it is truncated, never slower than asked.
+#[test]
+fn a_rate_per_minute_or_per_hour_has_governors_exact_interval() {
+    let check = |per_second: f64, want_ns: u64, what: &str| {
+        let g = Gcra::builder(per_second).build().expect("a valid rate");
+        assert_eq!(g.interval(), Duration::from_nanos(want_ns), "{what}");
+    };
+    check(125.0 / 60.0, 480_000_000, "125 per minute");
+    for n in 1..=5_000_u64 {
+        #[allow(clippy::cast_precision_loss)]
+        let n_f = n as f64;
+        check(n_f / 60.0, 60_000_000_000 / n, &format!("{n} per minute"));
+        check(
+            n_f / 3_600.0,
+            3_600_000_000_000 / n,
+            &format!("{n} per hour"),
+        );
+    }
+}
+
 /// The documented maximum is enforced: 1e9 per second (an interval of 1 ns) is
 /// the fastest rate; anything faster is refused, naming the field and value,
 /// instead of running at 1e9 per second.
