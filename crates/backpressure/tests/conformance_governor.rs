@@ -428,7 +428,10 @@ fn governor_keyed_dashmap_dashmap_length() {
     assert!(!lim.is_empty());
 }
 
-/// governor tests/keyed_dashmap.rs: dashmap_shrink_to_fit.
+/// governor tests/keyed_dashmap.rs: dashmap_shrink_to_fit. The peer only checks
+/// `len() == 1`, which `retain_recent` alone makes true; the port also checks
+/// what `shrink_to_fit` changes: the key map's capacity, which stays up after
+/// `retain_recent` and falls once it runs.
 #[test]
 fn governor_keyed_dashmap_dashmap_shrink_to_fit() {
     let clock = ManualClock::new();
@@ -440,11 +443,25 @@ fn governor_keyed_dashmap_dashmap_shrink_to_fit() {
         .unwrap();
     assert_eq!(lim.check_key_n(&"long-lived".to_string(), 10), Ok(()));
     assert_eq!(lim.check_key(&"short-lived".to_string()), Ok(()));
+    // More short-lived keys, so the map has grown well beyond one key.
+    for i in 0..1_000 {
+        assert_eq!(lim.check_key(&format!("short-lived-{i}")), Ok(()));
+    }
     // Move the clock forward far enough that the short-lived key gets dropped:
     clock.advance(ms(300));
     lim.retain_recent();
+    assert_eq!(lim.len(), 1);
+    let grown = lim.capacity();
+    assert!(grown >= 1_000, "capacity {grown} after 1,002 keys");
     lim.shrink_to_fit();
     assert_eq!(lim.len(), 1);
+    let shrunk = lim.capacity();
+    assert!(
+        shrunk >= 1 && shrunk < grown / 10,
+        "capacity {grown} -> {shrunk} after shrink_to_fit"
+    );
+    // The kept key kept its state.
+    assert!(lim.contains_key(&"long-lived".to_string()));
 }
 
 /// governor tests/keyed.rs: default_keyed.

@@ -565,6 +565,14 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> KeyedRateLimiter<K, S> {
         self.map.shrink_to_fit();
     }
 
+    /// Keys the key map can hold without reallocating (summed over its shards;
+    /// dashmap's `capacity`): at least [`len`](Self::len), and it stays up after
+    /// keys are removed until [`shrink_to_fit`](Self::shrink_to_fit). Takes each
+    /// shard's read lock once.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
     /// Keys held now, counting one whose insertion is under way: never above
     /// `max_keys`. (A sum of the map's shard sizes is no snapshot while keys come
     /// and go in other shards; this count is the budget itself.)
