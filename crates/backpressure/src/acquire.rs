@@ -48,11 +48,15 @@ pub enum TryAcquireError {
     #[error("n must be at least 1, got 0")]
     ZeroPermits,
     /// More permits were asked for than the limit: they can never all be free.
+    /// At a limit of 0 (a closed gate, where a request up to
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS) waits), a request above
+    /// `MAX_PERMITS`, which no limit can reach.
     #[error("n must be at most the limit {limit}, got {n}: it can never be granted")]
     ExceedsLimit {
         /// The permits asked for.
         n: u32,
-        /// The limit.
+        /// The limit; [`MAX_PERMITS`](crate::MAX_PERMITS) for a request above it
+        /// at a limit of 0.
         limit: u32,
     },
 }
@@ -98,12 +102,16 @@ pub enum AcquireError {
     #[error("n must be at least 1, got 0")]
     ZeroPermits,
     /// More permits were asked for than the limit (when asked, or after the limit
-    /// shrank below them while waiting): they can never all be free.
+    /// shrank below them while waiting): they can never all be free. At a limit
+    /// of 0 (a closed gate, where a request up to
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS) waits), a request above
+    /// `MAX_PERMITS`, which no limit can reach.
     #[error("n must be at most the limit {limit}, got {n}: it can never be granted")]
     ExceedsLimit {
         /// The permits asked for.
         n: u32,
-        /// The limit.
+        /// The limit; [`MAX_PERMITS`](crate::MAX_PERMITS) for a request above it
+        /// at a limit of 0.
         limit: u32,
     },
 }
@@ -176,11 +184,15 @@ pub enum AcquireTimeoutError {
     #[error("n must be at least 1, got 0")]
     ZeroPermits,
     /// More permits were asked for than the limit: they can never all be free.
+    /// At a limit of 0 (a closed gate, where a request up to
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS) waits), a request above
+    /// `MAX_PERMITS`, which no limit can reach.
     #[error("n must be at most the limit {limit}, got {n}: it can never be granted")]
     ExceedsLimit {
         /// The permits asked for.
         n: u32,
-        /// The limit.
+        /// The limit; [`MAX_PERMITS`](crate::MAX_PERMITS) for a request above it
+        /// at a limit of 0.
         limit: u32,
     },
 }

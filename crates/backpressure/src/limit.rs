@@ -38,10 +38,16 @@ pub const MAX_PERMITS: u32 = u32::MAX >> 3;
 /// permits, more than a limit above 0) instead of waiting forever.
 ///
 /// A limit of 0 is a gate closed until permits are added (as tokio's
-/// `Semaphore::new(0)`): every acquisition waits (or, for `try_`, is refused at
-/// capacity) until [`add_permits`](Self::add_permits) or
-/// [`set_limit`](Self::set_limit) opens it; then a waiter asking for more than
-/// the new limit is refused.
+/// `Semaphore::new(0)`): every acquisition of up to [`MAX_PERMITS`] waits (or,
+/// for `try_`, is refused at capacity) until [`add_permits`](Self::add_permits)
+/// or [`set_limit`](Self::set_limit) opens it; then a waiter asking for more than
+/// the new limit is refused ([`AcquireError::ExceedsLimit`]). So a request above
+/// a limit above 0 is refused at once, while at a limit of 0 it waits, as the
+/// limit may yet grow to it; a request above [`MAX_PERMITS`], which no limit can
+/// reach, is refused at once whatever the limit (`ExceedsLimit` naming
+/// `MAX_PERMITS` at a limit of 0). A limit brought to 0 by
+/// [`forget_permits`](Self::forget_permits) or a permit's `forget` is the same
+/// closed gate.
 ///
 /// The `_blocking` forms panic on a thread that drives a tokio runtime's tasks,
 /// with tokio's message, as tokio's `Semaphore::blocking_acquire` does (see

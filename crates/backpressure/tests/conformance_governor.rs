@@ -76,6 +76,30 @@ fn waiting_the_emission_interval_after_a_burst_is_enough() {
     }
 }
 
+/// governor `Quota::per_minute(n)` / `per_hour(n)`: the interval is `1 min / n`
+/// (`1 h / n`) in integer nanoseconds. Given as `n / 60.0` (`n / 3600.0`) per
+/// second, the float quotient lands a hair below the integer (125 / 60 per
+/// second gave 479_999_999 ns, not 480_000_000): within float noise (16 ulps)
+/// it is that integer; otherwise it is truncated, never slower than asked.
+#[test]
+fn a_rate_per_minute_or_per_hour_has_governors_exact_interval() {
+    let check = |per_second: f64, want_ns: u64, what: &str| {
+        let g = Gcra::builder(per_second).build().expect("a valid rate");
+        assert_eq!(g.interval(), Duration::from_nanos(want_ns), "{what}");
+    };
+    check(125.0 / 60.0, 480_000_000, "125 per minute");
+    for n in 1..=5_000_u64 {
+        #[allow(clippy::cast_precision_loss)]
+        let n_f = n as f64;
+        check(n_f / 60.0, 60_000_000_000 / n, &format!("{n} per minute"));
+        check(
+            n_f / 3_600.0,
+            3_600_000_000_000 / n,
+            &format!("{n} per hour"),
+        );
+    }
+}
+
 /// The documented maximum is enforced: 1e9 per second (an interval of 1 ns) is
 /// the fastest rate; anything faster is refused, naming the field and value,
 /// instead of running at 1e9 per second.
@@ -404,7 +428,10 @@ fn governor_keyed_dashmap_dashmap_length() {
     assert!(!lim.is_empty());
 }
 
-/// governor tests/keyed_dashmap.rs: dashmap_shrink_to_fit.
+/// governor tests/keyed_dashmap.rs: dashmap_shrink_to_fit. The peer only checks
+/// `len() == 1`, which `retain_recent` alone makes true; the port also checks
+/// what `shrink_to_fit` changes: the key map's capacity, which stays up after
+/// `retain_recent` and falls once it runs.
 #[test]
 fn governor_keyed_dashmap_dashmap_shrink_to_fit() {
     let clock = ManualClock::new();
@@ -416,11 +443,25 @@ fn governor_keyed_dashmap_dashmap_shrink_to_fit() {
         .unwrap();
     assert_eq!(lim.check_key_n(&"long-lived".to_string(), 10), Ok(()));
     assert_eq!(lim.check_key(&"short-lived".to_string()), Ok(()));
+    // More short-lived keys, so the map has grown well beyond one key.
+    for i in 0..1_000 {
+        assert_eq!(lim.check_key(&format!("short-lived-{i}")), Ok(()));
+    }
     // Move the clock forward far enough that the short-lived key gets dropped:
     clock.advance(ms(300));
     lim.retain_recent();
+    assert_eq!(lim.len(), 1);
+    let grown = lim.capacity();
+    assert!(grown >= 1_000, "capacity {grown} after 1,002 keys");
     lim.shrink_to_fit();
     assert_eq!(lim.len(), 1);
+    let shrunk = lim.capacity();
+    assert!(
+        shrunk >= 1 && shrunk < grown / 10,
+        "capacity {grown} -> {shrunk} after shrink_to_fit"
+    );
+    // The kept key kept its state.
+    assert!(lim.contains_key(&"long-lived".to_string()));
 }
 
 /// governor tests/keyed.rs: default_keyed.

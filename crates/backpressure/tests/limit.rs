@@ -628,3 +628,55 @@ fn a_forgotten_permit_pays_the_debt_before_lowering_the_limit() {
     limit.add_permits(1).unwrap();
     assert!(limit.try_acquire().is_ok());
 }
+
+/// A request above `MAX_PERMITS` can never be granted, whatever the limit: at a
+/// limit of 0 (a closed gate, where a request up to `MAX_PERMITS` waits) it is
+/// refused at once too, and never reaches tokio's semaphore (whose
+/// `n <= usize::MAX >> 3` assertion fails for it on 32-bit targets).
+#[test]
+fn a_request_above_max_permits_is_refused_even_at_limit_zero() {
+    use heijunka_backpressure::MAX_PERMITS;
+    let gate = ConcurrencyLimit::new(0).unwrap();
+    let too_many = TryAcquireError::ExceedsLimit {
+        n: u32::MAX,
+        limit: MAX_PERMITS,
+    };
+    assert_eq!(gate.try_acquire_many(u32::MAX).unwrap_err(), too_many);
+    assert_eq!(
+        gate.try_acquire_many(MAX_PERMITS + 1).unwrap_err(),
+        TryAcquireError::ExceedsLimit {
+            n: MAX_PERMITS + 1,
+            limit: MAX_PERMITS,
+        }
+    );
+    // Up to MAX_PERMITS, the closed gate is only at capacity.
+    assert_eq!(
+        gate.try_acquire_many(MAX_PERMITS).unwrap_err(),
+        TryAcquireError::AtCapacity { limit: 0 }
+    );
+    // The waiting form: refused on its first poll, not left waiting.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut waiting = std::pin::pin!(gate.acquire_many(u32::MAX));
+    match waiting.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(e)) => assert_eq!(
+            e,
+            AcquireError::ExceedsLimit {
+                n: u32::MAX,
+                limit: MAX_PERMITS,
+            }
+        ),
+        other => panic!("expected a refusal, got {:?}", other.map(|r| r.is_ok())),
+    }
+    // A request within MAX_PERMITS waits at the closed gate.
+    let mut within = std::pin::pin!(gate.acquire_many(MAX_PERMITS));
+    assert!(within.as_mut().poll(&mut cx).is_pending());
+    // A limit above 0 refuses the same request naming that limit.
+    let limit = ConcurrencyLimit::new(3).unwrap();
+    assert_eq!(
+        limit.try_acquire_many(u32::MAX).unwrap_err(),
+        TryAcquireError::ExceedsLimit {
+            n: u32::MAX,
+            limit: 3
+        }
+    );
+}

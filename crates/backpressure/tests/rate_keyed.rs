@@ -401,3 +401,41 @@ fn an_inconsistent_key_hash_neither_panics_nor_leaks_a_unit_of_the_budget() {
         "the lost key's unit of the budget is given back"
     );
 }
+
+/// `state_of` a key not held, at a full key budget whose keys are busy, reports
+/// what `check_key` would use: the shared overflow bucket's state, or (under
+/// `Reject`) nothing remaining. Not a full bucket the key could never get.
+#[test]
+fn state_of_a_new_key_at_a_full_budget_is_what_check_key_would_use() {
+    let clock = ManualClock::new();
+    let build = |policy| {
+        KeyedRateLimiter::builder(1.0)
+            .burst(3)
+            .max_keys(1)
+            .overflow(policy)
+            .clock(clock.clock())
+            .build::<&str>()
+            .unwrap()
+    };
+
+    let reject = build(OverflowPolicy::Reject);
+    assert_eq!(reject.state_of(&"b").remaining, 3, "room in the budget");
+    reject.check_key(&"a").unwrap(); // `a` is busy now: nothing to evict.
+    let state = reject.state_of(&"b");
+    assert_eq!(state.remaining, 0, "{state:?}");
+    assert!(state.reset_after > Duration::ZERO, "{state:?}");
+    assert!(matches!(
+        reject.check_key(&"b"),
+        Err(RateLimitError::KeyBudgetExhausted { .. })
+    ));
+
+    let shared = build(OverflowPolicy::SharedBucket);
+    shared.check_key(&"a").unwrap();
+    shared.check_key(&"b").unwrap(); // served by the overflow bucket
+    let state = shared.state_of(&"c");
+    assert_eq!(state.remaining, 2, "{state:?}");
+    assert_eq!(state, shared.state_of(&"b"));
+    assert_eq!(shared.check_key_state(&"c").state.remaining, 1);
+    // The held key still reports its own bucket.
+    assert_eq!(shared.state_of(&"a").remaining, 2);
+}

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use heijunka_core::{Clock, ConfigError, Instant, ShardedCounter};
+use heijunka_core::{Clock, ConfigError, Instant};
 
 use crate::config::{BreakerConfig, OpenWait};
 use crate::events::Listeners;
@@ -137,35 +137,85 @@ impl Now<'_> {
 }
 
 /// Rejections since the breaker was built, by the state that made them (on
-/// per-thread shards: a rejection is the open state's hot path).
-#[derive(Debug, Default)]
+/// per-thread shards: a rejection is the open state's hot path). One padded slot
+/// per shard holds the three states' counts side by side (24 bytes of a cache
+/// line), a third of the memory of one `ShardedCounter` per state; the three
+/// states never count at once (a breaker is in one state), so sharing a line
+/// between them costs no contention.
+#[derive(Debug)]
 pub(crate) struct Rejections {
-    open: ShardedCounter,
-    half_open: ShardedCounter,
-    forced_open: ShardedCounter,
+    /// Power-of-two length; slot `thread_index() & (len - 1)`.
+    shards: Box<[CachePadded<[AtomicU64; 3]>]>,
+}
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Self::with_shards(rejection_shards())
+    }
+}
+
+/// As `ShardedCounter::new`: one shard per available CPU, at most 64, rounded up
+/// to a power of two (two under loom).
+#[cfg(not(loom))]
+fn rejection_shards() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, std::num::NonZero::get)
+        .clamp(1, 64)
+}
+
+#[cfg(loom)]
+fn rejection_shards() -> usize {
+    2
 }
 
 impl Rejections {
-    /// The counter of `state`; `None` for the states that reject nothing.
-    pub(crate) fn of(&self, state: State) -> Option<&ShardedCounter> {
+    fn with_shards(shards: usize) -> Self {
+        let n = shards.clamp(1, 1024).next_power_of_two();
+        Self {
+            shards: (0..n)
+                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    /// The slot of `state`; `None` for the states that reject nothing.
+    fn slot(state: State) -> Option<usize> {
         match state {
-            State::Open => Some(&self.open),
-            State::HalfOpen => Some(&self.half_open),
-            State::ForcedOpen => Some(&self.forced_open),
+            State::Open => Some(0),
+            State::HalfOpen => Some(1),
+            State::ForcedOpen => Some(2),
             _ => None,
         }
     }
 
+    /// Counts one rejection in `state` (nothing for a state that rejects nothing).
+    #[inline]
+    pub(crate) fn increment(&self, state: State) {
+        if let Some(slot) = Self::slot(state) {
+            let shard = &self.shards[heijunka_core::sync::thread_index() & (self.shards.len() - 1)];
+            // Relaxed: a statistic, as `ShardedCounter::add`.
+            shard[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self, slot: usize) -> u64 {
+        // Relaxed: as in `increment`.
+        self.shards
+            .iter()
+            .map(|s| s[slot].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Rejections in `state` since the breaker was built.
     pub(crate) fn in_state(&self, state: State) -> u64 {
-        self.of(state).map_or(0, ShardedCounter::sum)
+        Self::slot(state).map_or(0, |slot| self.sum(slot))
     }
 
     pub(crate) fn by_state(&self) -> crate::RejectedCalls {
         crate::RejectedCalls {
-            open: self.open.sum(),
-            half_open: self.half_open.sum(),
-            forced_open: self.forced_open.sum(),
+            open: self.sum(0),
+            half_open: self.sum(1),
+            forced_open: self.sum(2),
         }
     }
 }
@@ -355,9 +405,7 @@ impl Inner {
     }
 
     fn reject(&self, state: State, retry_after: Option<Duration>) -> crate::Rejected {
-        if let Some(counter) = self.rejected.of(state) {
-            counter.increment();
-        }
+        self.rejected.increment(state);
         self.metrics.rejected.increment(1);
         crate::Rejected::new(state, retry_after)
     }
@@ -660,5 +708,49 @@ impl std::fmt::Debug for Inner {
             .field("state", &ctrl::state(c))
             .field("generation", &ctrl::generation(c))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod rejection_tests {
+    use super::{AtomicU64, CachePadded, Rejections};
+    use crate::State;
+
+    /// Each state's rejections are counted apart, from many threads, and the
+    /// states that reject nothing count nothing.
+    #[test]
+    fn rejections_are_counted_by_state_across_threads() {
+        let r = Rejections::with_shards(4);
+        std::thread::scope(|s| {
+            for t in 0..8_u64 {
+                let r = &r;
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        r.increment(State::Open);
+                        r.increment(State::Closed);
+                    }
+                    for _ in 0..t {
+                        r.increment(State::HalfOpen);
+                    }
+                    r.increment(State::ForcedOpen);
+                });
+            }
+        });
+        let by = r.by_state();
+        assert_eq!((by.open, by.half_open, by.forced_open), (800, 28, 8));
+        assert_eq!(r.in_state(State::Open), 800);
+        assert_eq!(r.in_state(State::Closed), 0);
+        assert_eq!(r.in_state(State::Disabled), 0);
+    }
+
+    /// One padded slot per shard for the three states (not three counters).
+    #[test]
+    fn one_padded_slot_per_shard_holds_the_three_states() {
+        let r = Rejections::with_shards(64);
+        assert_eq!(r.shards.len(), 64);
+        assert_eq!(
+            std::mem::size_of::<CachePadded<[AtomicU64; 3]>>(),
+            std::mem::size_of::<CachePadded<AtomicU64>>()
+        );
     }
 }

@@ -1,5 +1,10 @@
-//! The rule every `_blocking` form in heijunka follows: it refuses to park a
-//! thread that drives asynchronous tasks, as tokio's own blocking forms do.
+//! The rule heijunka's blocking forms follow (all but `Shutdown::wait_blocking`,
+//! see [`assert_can_block`]): they refuse to park a thread that drives
+//! asynchronous tasks, as tokio's own blocking forms do.
+//!
+//! Behind the `blocking` feature (it pulls in tokio's `sync` and `rt`), which the
+//! crates that block turn on: heijunka-backpressure, heijunka-pool and
+//! heijunka-memory.
 //!
 //! A thread that runs a tokio runtime's tasks (a worker of a multi-threaded
 //! runtime, the thread inside `Runtime::block_on` or a current-thread runtime)
@@ -10,10 +15,13 @@
 //! a clear message; [`assert_can_block`] gives heijunka's blocking forms the same
 //! check, with the same message.
 //!
-//! The check is tokio's own (it asks tokio whether this thread has entered a
-//! runtime), not `Handle::try_current()`: a thread of tokio's blocking pool
-//! (`spawn_blocking`, `block_in_place`) has a runtime handle too, yet may block,
-//! and tokio allows it there; so does this.
+//! A thread with no runtime handle (`Handle::try_current()` fails) drives no
+//! runtime, so the check returns at once there: that is the common case, and it
+//! costs one thread-local read. A thread with a handle takes tokio's own check (it
+//! asks tokio whether this thread has entered a runtime), not the handle alone: a
+//! thread of tokio's blocking pool (`spawn_blocking`, `block_in_place`) or one
+//! inside `Runtime::enter` has a runtime handle too, yet may block, and tokio
+//! allows it there; so does this.
 //!
 //! ```
 //! // A plain thread may block.
@@ -34,8 +42,14 @@ pub const PANIC_MESSAGE: &str = "Cannot block the current thread from within a r
 /// a tokio runtime's tasks: a blocking call there would stall every task of that
 /// thread, or deadlock a current-thread runtime. Returns at once elsewhere.
 ///
-/// Called first by every `_blocking` form of heijunka (whether or not it would
-/// wait this time, so a misuse shows in the first test, not under load).
+/// Called first by heijunka's blocking forms (whether or not they would wait this
+/// time, so a misuse shows in the first test, not under load):
+/// `ConcurrencyLimit`'s `acquire*_blocking*`, `BoundedQueue::push_blocking` /
+/// `pop_blocking`, `WorkerPool::execute` / `submit` / `submit_timeout` /
+/// `shutdown` (with a non-zero grace), `TaskHandle::join` / `join_timeout` and
+/// `MemoryMonitor::flush_callbacks`. One blocking call does not make it, by
+/// design: `Shutdown::wait_blocking`, which detects a runtime itself and waits on
+/// a private runtime on another thread, so it neither panics nor deadlocks there.
 ///
 /// # Panics
 ///
@@ -43,6 +57,12 @@ pub const PANIC_MESSAGE: &str = "Cannot block the current thread from within a r
 /// Inside `tokio::task::spawn_blocking` it does not panic.
 #[track_caller]
 pub fn assert_can_block() {
+    // A thread that drives a runtime always has its handle; one without a
+    // handle (or whose thread-locals are being destroyed, as it exits) may
+    // block, and tokio's check would build a semaphore to say so.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
     probe();
 }
 
@@ -80,6 +100,47 @@ mod tests {
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or_default();
         assert!(message.starts_with(PANIC_MESSAGE), "{message}");
+    }
+
+    #[test]
+    fn a_thread_with_no_runtime_may_block() {
+        std::thread::spawn(|| {
+            assert!(tokio::runtime::Handle::try_current().is_err());
+            assert_can_block();
+        })
+        .join()
+        .expect("no panic on a plain thread");
+    }
+
+    #[test]
+    fn a_thread_that_entered_but_does_not_drive_a_runtime_may_block() {
+        let rt = runtime();
+        let _entered = rt.enter();
+        // It has a handle, so it takes tokio's full check, which allows it.
+        assert!(tokio::runtime::Handle::try_current().is_ok());
+        assert_can_block();
+    }
+
+    #[test]
+    fn a_plain_thread_may_block_while_its_thread_locals_are_destroyed() {
+        struct AtExit;
+        impl Drop for AtExit {
+            fn drop(&mut self) {
+                assert_can_block();
+            }
+        }
+        std::thread_local! {
+            static AT_EXIT: AtExit = const { AtExit };
+        }
+        std::thread::spawn(|| {
+            // Registered first, so destroyed after tokio's own thread-locals
+            // (registered by the call below): a panic in its destructor
+            // would abort the process.
+            AT_EXIT.with(|_| {});
+            assert_can_block();
+        })
+        .join()
+        .expect("no panic as the thread exits");
     }
 
     #[test]

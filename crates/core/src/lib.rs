@@ -45,8 +45,9 @@
 //!   [`INLINE_BYTES`] without a heap allocation (the worker pool's task slot).
 //! - [`Bitwise`]: a value of a `Copy` type that generic code clones without a
 //!   `T: Clone` bound (the event bus's inline payloads).
-//! - [`blocking`]: the check every `_blocking` form makes first, refusing (as
-//!   tokio does) to park a thread that drives a runtime's tasks.
+//! - `blocking` (feature `blocking`, which pulls in tokio): the check heijunka's
+//!   blocking forms make first, refusing (as tokio does) to park a thread that
+//!   drives a runtime's tasks.
 //! - [`cancel`]: a harness that drives a future for k polls, drops it and lets a
 //!   test check what it left behind (every public `async fn` is tested with it).
 //! - [`spsc`]: a bounded single-producer single-consumer ring whose push and pop
@@ -63,6 +64,8 @@
     attr(deny(warnings), allow(dead_code, unused_variables))
 ))]
 
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub mod blocking;
 pub mod cancel;
 pub mod classify;

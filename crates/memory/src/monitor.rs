@@ -343,7 +343,7 @@ impl MemoryMonitor {
     /// # Panics
     ///
     /// On a thread that drives a tokio runtime's tasks, with tokio's message, as
-    /// every blocking form in heijunka (see `heijunka_core::blocking`): it would
+    /// heijunka's other blocking forms (see `heijunka_core::blocking`): it would
     /// stall the runtime for up to `timeout`. Call it from a plain thread or
     /// `spawn_blocking`.
     #[track_caller]

@@ -383,7 +383,9 @@ impl WorkerPool {
     }
 
     /// [`submit`](Self::submit), giving up after `timeout` (measured on the OS
-    /// clock, not the pool's [`clock`](WorkerPoolBuilder::clock)).
+    /// clock, not the pool's [`clock`](WorkerPoolBuilder::clock)). A `timeout`
+    /// too long to represent as a deadline (such as `Duration::MAX`) waits
+    /// without one, as [`submit`](Self::submit).
     ///
     /// # Errors
     ///
@@ -406,12 +408,13 @@ impl WorkerPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_until(
-            f,
-            // A timeout too long to represent waits without one.
-            Some(Instant::now().checked_add(timeout).map(|at| (at, timeout))),
-            with_handle,
-        )
+        // A timeout too long to represent waits without one (`None`), as
+        // `submit` does; never `Some(None)`, which is the `try_` forms' "never
+        // wait" (and would skip the blocking check).
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .map(|at| Some((at, timeout)));
+        self.submit_until(f, deadline, with_handle)
     }
 
     /// `deadline`: `None` waits forever, `Some(None)` never waits, `Some(Some(..))`
@@ -494,7 +497,21 @@ impl WorkerPool {
     /// their threads exit once they finish. If everything finished in time, every
     /// worker thread has exited (and been joined) when this returns. Calling it again
     /// returns a report of the remaining state.
+    ///
+    /// # Panics
+    ///
+    /// With a non-zero `grace`, on a thread that drives a tokio runtime's tasks,
+    /// with tokio's message (see `heijunka_core::blocking`): it blocks for up to
+    /// `grace`, stalling the runtime, and a task that waits on that runtime
+    /// (a value sent by one of its tasks, say) could never finish, so the call
+    /// would hang for the whole grace period. Call it from `spawn_blocking` (as
+    /// [`register_with`](Self::register_with)'s hook does) or a plain thread. A
+    /// zero `grace` never waits, so it is allowed anywhere.
+    #[track_caller]
     pub fn shutdown(&self, grace: Duration) -> PoolReport {
+        if !grace.is_zero() {
+            heijunka_core::blocking::assert_can_block();
+        }
         let s = &*self.shared;
         let start = Instant::now();
         s.close();

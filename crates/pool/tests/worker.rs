@@ -575,3 +575,97 @@ fn blocking_forms_panic_on_a_runtime_thread_and_work_in_spawn_blocking() {
     let handle = rt.block_on(async { pool.try_submit(|| 8).ok() }).unwrap();
     assert!(matches!(handle.join(), Ok(8)));
 }
+
+/// A timeout too long to represent (`Duration::MAX`) waits without a deadline, as
+/// `submit` does: on a full pool it waits for room rather than refusing at once
+/// as a `try_` form would.
+#[test]
+fn submit_timeout_with_a_huge_timeout_waits_for_room() {
+    let p = pool(1, 1, "huge-wait");
+    let gate = Gate::default();
+    let running = p.submit(gate.task()).unwrap();
+    gate.wait_started(1);
+    let queued = p.submit(gate.task()).unwrap();
+    let blocked = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            p.submit_timeout(|| 3, Duration::MAX)
+                .map_err(|e| e.reason())
+                .map(|h| h.join())
+        })
+    };
+    // Bounded: until it is seen waiting, or has returned (the bug).
+    let until = Instant::now() + Duration::from_secs(10);
+    while p.stats().blocked_submitters < 1 && !blocked.is_finished() {
+        assert!(Instant::now() < until, "never blocked: {:?}", p.stats());
+        std::thread::yield_now();
+    }
+    assert!(
+        !blocked.is_finished(),
+        "returned on a full pool: {:?}",
+        blocked.join().unwrap().err()
+    );
+    gate.release(2);
+    assert!(matches!(blocked.join().unwrap(), Ok(Ok(3))));
+    running.join().unwrap();
+    queued.join().unwrap();
+    assert!(p.shutdown(Duration::from_secs(10)).clean);
+}
+
+/// `submit_timeout(.., Duration::MAX)` is a blocking form: on a runtime thread it
+/// panics with tokio's message, even with room in the queue.
+#[test]
+fn submit_timeout_with_a_huge_timeout_panics_on_a_runtime_thread() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let pool = pool(1, 4, "huge-rt");
+    let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async { pool.submit_timeout(|| 1, Duration::MAX).is_ok() })
+    }));
+    let message = inside.expect_err("a task must not block");
+    let message = message
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| message.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(heijunka_core::blocking::PANIC_MESSAGE),
+        "{message}"
+    );
+    assert!(pool.shutdown(Duration::from_secs(10)).clean);
+}
+
+/// `shutdown` with a grace period blocks the caller until the workers exit: a
+/// task that waits on the runtime the caller drives could never finish, so on a
+/// runtime thread it panics with tokio's message, as the other blocking forms.
+/// A zero grace never waits, so it is allowed there; `spawn_blocking` may wait.
+#[test]
+fn shutdown_with_a_grace_period_panics_on_a_runtime_thread() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let zero = pool(1, 4, "shut-zero");
+    let pool = Arc::new(pool(1, 4, "shut-rt"));
+    let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async { pool.shutdown(Duration::from_secs(10)) })
+    }));
+    let message = inside.expect_err("a task must not block");
+    let message = message
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| message.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(heijunka_core::blocking::PANIC_MESSAGE),
+        "{message}"
+    );
+    let p = Arc::clone(&pool);
+    let report = rt.block_on(async move {
+        tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(10)))
+            .await
+            .unwrap()
+    });
+    assert!(report.clean);
+    let _ = rt.block_on(async { zero.shutdown(Duration::ZERO) });
+}

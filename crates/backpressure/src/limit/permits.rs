@@ -44,6 +44,7 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError as TokioTryAcquireError};
 
 use heijunka_core::ConfigError;
 
+use super::MAX_PERMITS;
 use crate::acquire::{AcquireError, TryAcquireError};
 use crate::metrics::LimitMetrics;
 
@@ -93,12 +94,20 @@ impl Inner {
             return Err(AcquireError::ZeroPermits);
         }
         // A single permit never exceeds a limit of 1 or more, and a limit of 0 is
-        // a closed gate, where every request waits for permits to be added
-        // (tokio's `Semaphore::new(0)`): so it needs no load.
+        // a closed gate, where every request up to `MAX_PERMITS` waits for
+        // permits to be added (tokio's `Semaphore::new(0)`): so it needs no load.
         if n > 1 {
             let limit = self.limit.load(Ordering::SeqCst);
             if limit > 0 && n > limit {
                 return Err(AcquireError::ExceedsLimit { n, limit });
+            }
+            // At a limit of 0: no limit can ever reach `n`, and tokio's semaphore
+            // asserts `n <= usize::MAX >> 3` (below `u32::MAX` on 32-bit).
+            if n > MAX_PERMITS {
+                return Err(AcquireError::ExceedsLimit {
+                    n,
+                    limit: MAX_PERMITS,
+                });
             }
         }
         Ok(())

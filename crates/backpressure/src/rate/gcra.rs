@@ -15,7 +15,8 @@ use super::{KeyedDecision, RateLimitError, RateLimitState, RateLimiter};
 /// The GCRA arithmetic, shared by [`Gcra`] and the keyed limiter.
 ///
 /// State is the theoretical arrival time (TAT) in clock nanoseconds; the interval
-/// `T` is `1e9 / rate` nanoseconds, truncated as governor does. `n` units
+/// `T` is `1e9 / rate` nanoseconds, truncated as governor does (a quotient within
+/// float noise of an integer is that integer: 125/60 per second is 480 ms). `n` units
 /// conform at `now` iff `max(tat, now) + n·T − now ≤ burst·T`; then the TAT becomes
 /// `max(tat, now) + n·T`. A fresh bucket (TAT 0) admits `burst` at once.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,24 @@ impl Params {
         // is never slower than the rate asked for, so `n` per second admits `n`
         // in exactly one second. A rate above 1e9 per second truncates to 0 ns
         // and is refused (it cannot be honoured with nanosecond timestamps).
-        let interval = (1e9 / per_second).floor();
+        //
+        // But a quotient within float noise of an integer is that integer:
+        // `125.0 / 60.0` per second is 479_999_999.99999994 ns as floats go,
+        // where governor's `per_minute(125)` is exactly 480_000_000 ns. The
+        // noise of the two divisions (the caller's and this one) is a few ulps,
+        // so "near" is within 16 ulps of the quotient (relative, so it holds for
+        // an hour's interval too: 1e-6 ns is below one ulp of 3.6e12): far below
+        // a nanosecond up to intervals of days, so a rate truly between two
+        // integer intervals is still truncated (and 1.000000001e9 per second
+        // still truncates to 0 ns and is refused).
+        let quotient = 1e9 / per_second;
+        let nearest = quotient.round();
+        let noise = quotient * 16.0 * f64::EPSILON;
+        let interval = if (quotient - nearest).abs() <= noise {
+            nearest
+        } else {
+            quotient.floor()
+        };
         if interval < 1.0 || interval >= u64::MAX as f64 {
             return Err(ConfigError::new(
                 "rate",

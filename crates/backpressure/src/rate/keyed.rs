@@ -508,8 +508,14 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> KeyedRateLimiter<K, S> {
 
     /// The state of `key`'s bucket now, taking nothing: what the
     /// `RateLimit-Remaining` header reports (governor's
-    /// `StateSnapshot::remaining_burst_capacity`). A key not held has a full
-    /// bucket.
+    /// `StateSnapshot::remaining_burst_capacity`). A key not held gets what
+    /// [`check_key`](Self::check_key) would give it: a full bucket while the key
+    /// budget has room; at a full budget, the shared overflow bucket's state
+    /// ([`OverflowPolicy::SharedBucket`]) or, under [`OverflowPolicy::Reject`],
+    /// `remaining` 0 with `reset_after` one emission interval (when a bucket
+    /// next moves). Taking nothing, it examines no held key for idleness (that
+    /// would evict it), so at a full budget it reports the case where
+    /// `check_key` finds no idle key to evict.
     ///
     /// ```
     /// use heijunka_backpressure::KeyedRateLimiter;
@@ -525,8 +531,25 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> KeyedRateLimiter<K, S> {
     pub fn state_of(&self, key: &K) -> RateLimitState {
         let now = self.clock.now().as_nanos();
         // Relaxed: as in `Params::check`.
-        let tat = self.map.get(key).map_or(0, |t| t.load(Ordering::Relaxed));
-        self.params.state(tat, now)
+        if let Some(tat) = self.map.get(key) {
+            return self.params.state(tat.load(Ordering::Relaxed), now);
+        }
+        // Relaxed: as in `try_reserve`.
+        if self.count.load(Ordering::Relaxed) < self.max_keys {
+            return self.params.state(0, now);
+        }
+        match self.policy {
+            OverflowPolicy::SharedBucket => {
+                // Relaxed: as in `Params::check`.
+                self.params
+                    .state(self.overflow_bucket.load(Ordering::Relaxed), now)
+            }
+            OverflowPolicy::Reject => RateLimitState {
+                remaining: 0,
+                reset_after: Duration::from_nanos(self.params.interval.max(1)),
+                ..self.params.state(0, now)
+            },
+        }
     }
 
     /// Whether `key` holds a bucket now (governor's state store
@@ -540,6 +563,14 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> KeyedRateLimiter<K, S> {
     /// `shrink_to_fit`. Takes each shard's write lock once.
     pub fn shrink_to_fit(&self) {
         self.map.shrink_to_fit();
+    }
+
+    /// Keys the key map can hold without reallocating (summed over its shards;
+    /// dashmap's `capacity`): at least [`len`](Self::len), and it stays up after
+    /// keys are removed until [`shrink_to_fit`](Self::shrink_to_fit). Takes each
+    /// shard's read lock once.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
     }
 
     /// Keys held now, counting one whose insertion is under way: never above

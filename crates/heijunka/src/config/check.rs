@@ -94,7 +94,10 @@ impl Config {
             }
         }
         if let Some(l) = &c.limit {
-            // `ConcurrencyLimit::new`, `check_bounds` of the adaptive algorithms.
+            // At least 1 is the config's own rule (`ConcurrencyLimit::new(0)` is
+            // a closed gate, but a server configured with no concurrency is a
+            // mistake); at most `MAX_PERMITS` is `ConcurrencyLimit::new`'s; the
+            // rest is `check_bounds` of the adaptive algorithms.
             let at = "concurrency.limit";
             errors.at(
                 at,
