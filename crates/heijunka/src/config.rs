@@ -258,7 +258,7 @@ pub struct RedisSettings {
     /// the limit divided by this. Default 1.
     #[serde(default = "one")]
     pub expected_replicas: u32,
-    /// The concurrency lease (at least 30 ms): a crashed replica's permits
+    /// The concurrency lease (at least 30 ms and three `call_timeout`s): a crashed replica's permits
     /// come back after it. Default 10 s.
     #[serde(with = "duration", default = "default_lease")]
     pub lease: Duration,

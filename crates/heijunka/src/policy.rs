@@ -1297,7 +1297,15 @@ impl Policy {
             #[cfg(feature = "redis")]
             let lease = {
                 let deadline = self.front_deadline(ctx, now)?;
-                self.admit_remote(ctx, deadline).await?
+                // Dropped while Redis decides: counted as a `cancelled`
+                // refusal, as a drop while waiting for a permit is.
+                let mut abandoned = Abandoned {
+                    observer: &self.inner.observer,
+                    armed: true,
+                };
+                let lease = self.admit_remote(ctx, deadline).await;
+                abandoned.armed = false;
+                lease?
             };
             let (started, deadline) = self.admit_front(ctx, now)?;
             let limit = match (self.inner.max_wait, &self.inner.limit) {
@@ -1471,32 +1479,42 @@ impl Policy {
         deadline: Instant,
     ) -> Result<Option<heijunka_redis::RedisPermit>, PolicyError<std::convert::Infallible>> {
         let remote = &self.inner.remote;
-        let timed_out = || {
-            PolicyError::rejected(
-                Stage::Deadline,
-                Rejection::TimedOut {
-                    after: ctx.elapsed(),
-                },
-            )
+        // Each Redis call is bounded by the backend's call time-out, so the
+        // calls are not raced against the deadline: one dropped midway would
+        // leave the breaker around Redis unjudged, and a Redis that hangs
+        // would never open it. The deadline is checked after each.
+        let past_deadline = || {
+            (Instant::now() >= deadline).then(|| {
+                PolicyError::rejected(
+                    Stage::Deadline,
+                    Rejection::TimedOut {
+                        after: ctx.elapsed(),
+                    },
+                )
+            })
         };
         if let Some(rate) = &remote.rate {
             let checked = tokio::select! {
                 biased;
                 () = ctx.cancelled() => return Err(PolicyError::Cancelled),
-                checked = tokio::time::timeout_at(deadline, rate.check()) => checked,
+                checked = rate.check() => checked,
             };
-            match checked {
-                Err(_elapsed) => return Err(timed_out()),
-                Ok(Err(e)) => {
-                    return Err(PolicyError::rejected(Stage::RateLimit, remote_reason(&e)));
-                }
-                Ok(Ok(())) => {}
+            if let Err(e) = checked {
+                return Err(PolicyError::rejected(Stage::RateLimit, remote_reason(&e)));
+            }
+            if let Some(e) = past_deadline() {
+                return Err(e);
             }
         }
         let Some(limit) = &remote.limit else {
             return Ok(None);
         };
-        let wait = self.inner.max_wait.unwrap_or(Duration::ZERO);
+        // Waiting for a lease ends by the deadline.
+        let wait = self
+            .inner
+            .max_wait
+            .unwrap_or(Duration::ZERO)
+            .min(deadline.saturating_duration_since(Instant::now()));
         let acquire = async {
             if wait.is_zero() {
                 limit.try_acquire().await
@@ -1507,12 +1525,12 @@ impl Policy {
         let acquired = tokio::select! {
             biased;
             () = ctx.cancelled() => return Err(PolicyError::Cancelled),
-            acquired = tokio::time::timeout_at(deadline, acquire) => acquired,
+            acquired = acquire => acquired,
         };
-        match acquired {
-            Err(_elapsed) => Err(timed_out()),
-            Ok(Err(e)) => Err(PolicyError::rejected(Stage::Concurrency, e.reason())),
-            Ok(Ok(permit)) => Ok(Some(permit)),
+        let permit = acquired.map_err(|e| PolicyError::rejected(Stage::Concurrency, e.reason()))?;
+        match past_deadline() {
+            Some(e) => Err(e),
+            None => Ok(Some(permit)),
         }
     }
 

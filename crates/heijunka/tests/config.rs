@@ -44,7 +44,11 @@ async fn the_example_files_build_a_full_stack() {
     assert_eq!(stack.worker_pool.as_ref().unwrap().stats().workers, 8);
     assert_eq!(stack.task_pool.as_ref().unwrap().stats().workers, 256);
     assert!(stack.memory.is_some());
-    let report = stack.worker_pool.unwrap().shutdown(Duration::from_secs(5));
+    // A pool's shutdown with a grace period blocks: off the runtime thread.
+    let pool = stack.worker_pool.unwrap();
+    let report = tokio::task::spawn_blocking(move || pool.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert!(report.clean);
 
     // The policy built from the file admits a request.

@@ -399,7 +399,10 @@ async fn readiness_mode_lets_load_shed_see_saturation() {
     // waiter, not held by anyone yet (`in_use` counts held permits, as issue
     // #26 asked), and not free for another caller; the next call uses it.
     assert_eq!(limit.in_use(), 0);
-    assert!(limit.try_acquire().is_err(), "set aside for the queued poll_ready");
+    assert!(
+        limit.try_acquire().is_err(),
+        "set aside for the queued poll_ready"
+    );
     let again = svc
         .ready()
         .await

@@ -118,13 +118,21 @@ async fn a_cancelled_admission_leaves_no_lease() {
     .build()
     .unwrap();
     let ctx = RequestContext::new();
+    let mut cancelled = 0;
     for polls in 1..=3 {
         let mut admit = Box::pin(stack.policy.admit(&ctx));
+        let mut done = false;
         for _ in 0..polls {
-            let _ = std::future::poll_fn(|cx| {
+            done = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(std::future::Future::poll(admit.as_mut(), cx).is_ready())
             })
             .await;
+            if done {
+                break;
+            }
+        }
+        if !done {
+            cancelled += 1;
         }
         drop(admit);
     }
@@ -137,7 +145,13 @@ async fn a_cancelled_admission_leaves_no_lease() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(stack.policy.admit(&ctx).await.unwrap());
-    assert_eq!(stack.policy.stats().in_flight, 0);
+    let stats = stack.policy.stats();
+    assert_eq!(stats.in_flight, 0);
+    assert!(cancelled > 0, "some admission was still waiting on Redis");
+    assert_eq!(
+        stats.rejected, cancelled,
+        "each dropped admission counted as cancelled"
+    );
 }
 
 /// The tower layer waits for Redis's answer; a refused request never reaches

@@ -171,8 +171,11 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// This replica's id, in shared breaker events and lease holder ids
-    /// (default: the process id and a random suffix).
+    /// This replica's id, in shared breaker events, lease holder ids and the
+    /// default stream consumer name (default: the process id and a random
+    /// suffix). Give each replica its own: two live replicas with one id share
+    /// a stream consumer name (lease holders and breaker announcements also
+    /// carry a random per-process part, so they stay apart).
     pub fn replica_id(mut self, id: impl Into<String>) -> Self {
         self.replica_id = Some(id.into());
         self
@@ -385,7 +388,15 @@ impl RedisBackend {
                 Ok(value)
             }
             Ok(Err(e)) => {
-                permit.failure();
+                // An error about this request (a script error on a malformed
+                // value, a key of another type) says nothing about Redis's
+                // health: only errors of the connection or the server's state
+                // count toward opening the breaker.
+                if is_outage(&e) {
+                    permit.failure();
+                } else {
+                    permit.ignore();
+                }
                 i.errors.fetch_add(1, Ordering::Relaxed);
                 Err(Unavailable::Failed {
                     message: e.to_string(),
@@ -408,6 +419,28 @@ impl std::fmt::Debug for RedisBackend {
             .field("breaker", &self.inner.breaker.state())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `e` says Redis (or the way to it) is unavailable, rather than that
+/// this one request was wrong.
+fn is_outage(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
 }
 
 /// The connection manager's own retries are kept short: our time-out bounds

@@ -17,6 +17,10 @@ use crate::backend::RedisBackend;
 pub struct SharedOpen {
     /// The replica whose breaker tripped.
     pub replica: String,
+    /// Random, per `SharedBreaker`: tells a replica its own announcements
+    /// apart even where two replicas were given one id.
+    #[serde(default)]
+    pub instance: u64,
     /// The breaker's name.
     pub breaker: String,
     /// Why it tripped, as its transition reason reads.
@@ -104,11 +108,13 @@ impl SharedBreaker {
         let (tx, rx) = mpsc::unbounded_channel();
         let replica = backend.replica_id().to_owned();
         let name = breaker.name().to_owned();
+        let instance = heijunka_core::rng::SplitMix64::from_entropy().next_u64();
         let subscription = breaker.subscribe(move |t| {
             if t.to == State::Open && is_trip(&t.reason) {
                 // Unbounded: a listener must not block. Fails only once the
                 // publisher ended with the `SharedBreaker`.
                 let _ = tx.send(SharedOpen {
+                    instance,
                     replica: replica.clone(),
                     breaker: name.clone(),
                     reason: t.reason.to_string(),
@@ -126,6 +132,7 @@ impl SharedBreaker {
             channel.clone(),
             breaker.clone(),
             Arc::clone(&counters),
+            instance,
         ));
         Self {
             breaker,
@@ -236,6 +243,7 @@ async fn subscriber(
     channel: String,
     breaker: CircuitBreaker,
     counters: Arc<Counters>,
+    instance: u64,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -264,7 +272,7 @@ async fn subscriber(
                 tracing::debug!(channel = %channel, "ignored a malformed breaker announcement");
                 continue;
             };
-            if trip.replica == backend.replica_id() {
+            if trip.instance == instance {
                 continue;
             }
             counters.received.fetch_add(1, Ordering::Relaxed);

@@ -23,9 +23,12 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// asks Redis again, at most (sooner when the earliest lease ends sooner).
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Members released while Redis did not answer are retried for this long (then
-/// their leases have expired anyway).
+/// Holder ids per `ZREM` (release) or per refresh script call.
 const RELEASE_BATCH: usize = 256;
+
+/// Releases kept for a retry while Redis does not take them, at most (the
+/// oldest go first: their leases expire anyway).
+const MAX_UNSENT: usize = 10_000;
 
 /// Why a permit was not granted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +140,8 @@ struct Inner {
     policy: FailurePolicy,
     fallback: ConcurrencyLimit,
     next_id: AtomicU64,
+    /// Random, per limit: part of every holder id.
+    nonce: u32,
     /// To the background task; it ends when this is dropped (with the limit
     /// and its last permit).
     releases: mpsc::UnboundedSender<String>,
@@ -172,7 +177,8 @@ impl RedisConcurrencyLimitBuilder {
         self
     }
 
-    /// The lease (default [`DEFAULT_LEASE`], at least 30 ms): how long a crashed
+    /// The lease (default [`DEFAULT_LEASE`], at least 30 ms and three of the
+    /// backend's call time-outs): how long a crashed
     /// holder's permit stays taken. Shorter returns permits sooner and refreshes
     /// more often (every third of it).
     pub fn lease(mut self, lease: Duration) -> Self {
@@ -199,11 +205,14 @@ impl RedisConcurrencyLimitBuilder {
     /// Outside a tokio runtime (the background task needs one).
     pub fn build(self) -> Result<RedisConcurrencyLimit, ConfigError> {
         validate::at_least("limit", self.limit, 1)?;
-        if self.lease < Duration::from_millis(30) {
+        let floor = (self.backend.call_timeout() * 3).max(Duration::from_millis(30));
+        if self.lease < floor {
             return Err(ConfigError::new(
                 "lease",
                 self.lease,
-                "must be at least 30ms",
+                format!(
+                    "must be at least 30ms and three call time-outs ({floor:?}): it is refreshed every third of it"
+                ),
             ));
         }
         if self.name.is_empty() {
@@ -229,6 +238,7 @@ impl RedisConcurrencyLimitBuilder {
                 policy,
                 fallback,
                 next_id: AtomicU64::new(0),
+                nonce: heijunka_core::rng::SplitMix64::from_entropy().next_u64() as u32,
                 releases: tx,
             }),
         })
@@ -362,7 +372,8 @@ impl RedisConcurrencyLimit {
         let i = &*self.inner;
         let s = &*i.shared;
         let id = i.next_id.fetch_add(1, Ordering::Relaxed);
-        let member = format!("{}:{id}", s.backend.replica_id());
+        // The per-limit nonce keeps two replicas given one id apart.
+        let member = format!("{}:{:08x}:{id}", s.backend.replica_id(), i.nonce);
         // Released on drop unless the round trip settles the member's fate.
         let mut pending = Pending {
             inner: &self.inner,
@@ -406,7 +417,13 @@ impl RedisConcurrencyLimit {
             Ok(r) => self.degraded(Unavailable::Failed {
                 message: format!("the lease script answered {r:?}"),
             }),
-            Err(cause) => self.degraded(cause),
+            Err(cause) => {
+                if matches!(cause, Unavailable::BreakerOpen { .. }) {
+                    // Nothing was sent: nothing to release.
+                    pending.member = None;
+                }
+                self.degraded(cause)
+            }
         }
     }
 
@@ -573,28 +590,34 @@ async fn background(shared: Arc<Shared>, mut releases: mpsc::UnboundedReceiver<S
 }
 
 async fn send_releases(inner: &Shared, unsent: &mut Vec<(String, tokio::time::Instant)>) {
-    let members: Vec<String> = unsent.iter().map(|(m, _)| m.clone()).collect();
-    let key = inner.key.clone();
-    let sent = inner
-        .backend
-        .run(|mut conn| async move {
-            redis::cmd("ZREM")
-                .arg(key)
-                .arg(&members)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await;
-    if sent.is_ok() {
+    while !unsent.is_empty() {
+        let n = unsent.len().min(RELEASE_BATCH);
+        let members: Vec<String> = unsent[..n].iter().map(|(m, _)| m.clone()).collect();
+        let key = inner.key.clone();
+        let sent = inner
+            .backend
+            .run(|mut conn| async move {
+                redis::cmd("ZREM")
+                    .arg(key)
+                    .arg(&members)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        if sent.is_err() {
+            // Kept for the next round, until their leases have expired anyway,
+            // and at most `MAX_UNSENT` of them.
+            let now = tokio::time::Instant::now();
+            unsent.retain(|(_, since)| now.duration_since(*since) < inner.lease);
+            let excess = unsent.len().saturating_sub(MAX_UNSENT);
+            unsent.drain(..excess);
+            return;
+        }
         inner
             .counters
             .released
-            .fetch_add(unsent.len() as u64, Ordering::Relaxed);
-        unsent.clear();
-    } else {
-        // Kept for the next round, until their leases have expired anyway.
-        let now = tokio::time::Instant::now();
-        unsent.retain(|(_, since)| now.duration_since(*since) < inner.lease);
+            .fetch_add(n as u64, Ordering::Relaxed);
+        unsent.drain(..n);
     }
 }
 

@@ -223,8 +223,9 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// The limiter's name: its Redis keys are `heijunka:rate:<name>:<key>`,
-    /// so replicas sharing a limit use the same name. Default `default`.
+    /// The limiter's name: its Redis keys are `heijunka:rate:<name>:k:<key>`
+    /// (and `heijunka:rate:<name>:*` for the global bucket), so replicas
+    /// sharing a limit use the same name. Default `default`; no `:`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -285,8 +286,12 @@ impl RedisRateLimiterBuilder {
                 ),
             ));
         }
-        if self.name.is_empty() {
-            return Err(ConfigError::new("name", &self.name, "must not be empty"));
+        if self.name.is_empty() || self.name.contains(':') {
+            return Err(ConfigError::new(
+                "name",
+                &self.name,
+                "must be non-empty and without `:` (it is part of the Redis keys)",
+            ));
         }
         let policy = self.policy.validate()?;
         if let Some(l) = self.leasing {
@@ -312,7 +317,8 @@ impl RedisRateLimiterBuilder {
             inner: Arc::new(Inner {
                 global_key: format!("heijunka:rate:{}:{GLOBAL_KEY}", self.name),
                 fallback_global,
-                key_prefix: format!("heijunka:rate:{}:", self.name),
+                // `k:` keeps every client key apart from the global bucket.
+                key_prefix: format!("heijunka:rate:{}:k:", self.name),
                 name: self.name,
                 backend: self.backend,
                 interval,
@@ -580,6 +586,20 @@ impl RedisRateLimiter {
                 i.counters
                     .fallback_decisions
                     .fetch_add(1, Ordering::Relaxed);
+            }
+            FailurePolicy::FailClosed => {
+                i.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.fallback(key, n, cause)
+    }
+
+    /// The failure policy's answer, uncounted: the local limiter's (failing
+    /// open), or the refusal (failing closed).
+    fn fallback(&self, key: &str, n: u32, cause: Unavailable) -> Result<(), RedisLimitError> {
+        let i = &*self.inner;
+        match i.policy {
+            FailurePolicy::FailOpen { .. } => {
                 let decided = if key == GLOBAL_KEY {
                     heijunka_backpressure::RateLimiter::check_n(&i.fallback_global, n)
                 } else {
@@ -593,12 +613,26 @@ impl RedisRateLimiter {
                         i.fallback.check_key_n(&k, n)
                     })
                 };
-                decided.map_err(RedisLimitError::Limited)
+                decided
+                    .map_err(|e| match e {
+                        // More than the local share's burst (but within the
+                        // global one): possible again once Redis answers, so a
+                        // wait, not "never".
+                        RateLimitError::InsufficientCapacity { .. } => {
+                            RateLimitError::RateLimited {
+                                retry_after: cause
+                                    .retry_after()
+                                    .unwrap_or(crate::backend::DEFAULT_BREAKER_WAIT)
+                                    .max(Duration::from_nanos(
+                                        i.interval.saturating_mul(u64::from(n)),
+                                    )),
+                            }
+                        }
+                        other => other,
+                    })
+                    .map_err(RedisLimitError::Limited)
             }
-            FailurePolicy::FailClosed => {
-                i.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                Err(RedisLimitError::Unavailable(cause))
-            }
+            FailurePolicy::FailClosed => Err(RedisLimitError::Unavailable(cause)),
         }
     }
 
@@ -662,7 +696,7 @@ impl RedisRateLimiter {
         let i = &*self.inner;
         let decided = match self.local(key, n) {
             Some(d) => d,
-            None => self.degraded(
+            None => self.fallback(
                 key,
                 n,
                 Unavailable::Failed {

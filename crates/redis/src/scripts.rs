@@ -40,10 +40,12 @@ local n = tonumber(ARGV[3])
 local ahead = 0
 local stored = redis.call('GET', KEYS[1])
 if stored then
+  -- A value this script did not write counts as an empty bucket.
   local sep = string.find(stored, ':', 1, true)
-  if sep then
-    ahead = (tonumber(string.sub(stored, 1, sep - 1)) - now_s) * 1000000000
-      + (tonumber(string.sub(stored, sep + 1)) - now_ns)
+  local s = sep and tonumber(string.sub(stored, 1, sep - 1))
+  local ns = sep and tonumber(string.sub(stored, sep + 1))
+  if s and ns then
+    ahead = (s - now_s) * 1000000000 + (ns - now_ns)
     if ahead < 0 then ahead = 0 end
   end
 end

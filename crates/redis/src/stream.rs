@@ -2,8 +2,11 @@
 //!
 //! - [`StreamPublisher`]: every event of a [`Topic`] appended to a stream
 //!   (`XADD ... MAXLEN ~ n`, so the stream stays bounded). It reads the topic as
-//!   a [`Policy::Block`] subscriber: while Redis is slow or down, its buffer
-//!   fills and the topic's publishers wait, and nothing is dropped.
+//!   a [`Policy::Block`] subscriber by default: while Redis is slow or down, its
+//!   buffer fills and then the topic's publishers wait, and nothing is dropped.
+//!   Where publishers must never wait on Redis, give it another policy
+//!   ([`PublisherConfig::policy`]: a `Timeout` or `DropOldest` subscriber loses
+//!   events instead, counted in the topic's stats).
 //! - [`StreamConsumer`]: a stream consumed into a topic through a consumer group
 //!   (`XREADGROUP`), each entry acknowledged (`XACK`) only after the topic took
 //!   it, so an entry is acknowledged once per delivery into the topic and never
@@ -15,10 +18,12 @@
 //! Events travel as the field `e` of each entry, serialised by a [`Codec`]
 //! ([`Json`] unless another is given).
 //!
-//! Delivery across a crash is at least once: a consumer that crashes after the
-//! topic took an entry and before its `XACK` reached Redis leaves the entry
-//! pending, and whoever reclaims it delivers it again. Without a crash every
-//! entry is delivered once.
+//! Delivery is at least once: an entry is acknowledged once the topic took it,
+//! but a consumer that crashes between the two leaves it pending, and whoever
+//! reclaims it delivers it again; so does a consumer held up (by a full topic)
+//! for longer than [`claim_idle`](ConsumerConfig::claim_idle), whose entries
+//! another consumer takes over; and an `XADD` whose answer was lost is retried.
+//! Keep an idempotency key in events that must not be handled twice.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use heijunka_core::{ConfigError, validate};
-use heijunka_event_bus::{Event, Policy, PublishError, SubscribeError, Topic};
+use heijunka_event_bus::{Event, Policy, PublishError, SkipReason, SubscribeError, Topic};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::Serialize;
@@ -90,6 +95,9 @@ pub struct BridgeStats {
     pub codec_errors: u64,
     /// Redis calls that failed and were retried.
     pub retries: u64,
+    /// Consumer: entries every subscriber filtered out by version,
+    /// acknowledged without delivery.
+    pub filtered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +106,7 @@ struct Counters {
     reclaimed: AtomicU64,
     codec_errors: AtomicU64,
     retries: AtomicU64,
+    filtered: AtomicU64,
 }
 
 impl Counters {
@@ -107,6 +116,7 @@ impl Counters {
             reclaimed: self.reclaimed.load(Ordering::Relaxed),
             codec_errors: self.codec_errors.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
         }
     }
 }
@@ -132,6 +142,45 @@ impl Backoff {
     }
 }
 
+/// A [`StreamPublisher`]'s settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PublisherConfig {
+    /// The stream's length bound, about (`MAXLEN ~`; at least 1).
+    pub max_len: usize,
+    /// Events the topic holds for the publisher while Redis is slow or down
+    /// (its subscription's buffer). Default 1024.
+    pub buffer: usize,
+    /// The subscription's policy once that buffer is full: [`Policy::Block`]
+    /// (default: lossless, the topic's publishers wait), or a lossy one.
+    pub policy: Policy,
+}
+
+impl PublisherConfig {
+    /// The defaults for a stream of about `max_len` entries.
+    pub fn new(max_len: usize) -> Self {
+        Self {
+            max_len,
+            buffer: 1024,
+            policy: Policy::Block,
+        }
+    }
+
+    /// Sets the buffer.
+    #[must_use]
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.buffer = events;
+        self
+    }
+
+    /// Sets the subscription's policy.
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
 /// Appends a topic's events to a Redis stream; see the [module](self).
 ///
 /// Runs until the topic closes (it appends what its subscription still holds,
@@ -139,7 +188,7 @@ impl Backoff {
 /// the handle leaves it running, like a task's `JoinHandle`.
 #[derive(Debug)]
 pub struct StreamPublisher {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
 }
 
@@ -164,11 +213,10 @@ impl StreamPublisher {
     where
         E: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        Self::start_with(backend, topic, stream, max_len, 1024, Json)
+        Self::start_with(backend, topic, stream, PublisherConfig::new(max_len), Json)
     }
 
-    /// [`start`](Self::start) with the subscription's `buffer` (events the
-    /// topic holds for the publisher while Redis is slow or down) and a codec.
+    /// [`start`](Self::start) with its settings and a codec.
     ///
     /// # Errors
     ///
@@ -181,8 +229,7 @@ impl StreamPublisher {
         backend: &RedisBackend,
         topic: &Topic<E>,
         stream: impl Into<String>,
-        max_len: usize,
-        buffer: usize,
+        config: PublisherConfig,
         codec: C,
     ) -> Result<Self, BridgeError>
     where
@@ -193,10 +240,15 @@ impl StreamPublisher {
         if stream.is_empty() {
             return Err(ConfigError::new("stream", &stream, "must not be empty").into());
         }
+        let PublisherConfig {
+            max_len,
+            buffer,
+            policy,
+        } = config;
         validate::at_least("max_len", max_len, 1)?;
         let mut events = topic
             .subscriber()
-            .policy(Policy::Block)
+            .policy(policy)
             .buffer(buffer)
             .name(format!("redis stream {stream}"))
             .subscribe()?;
@@ -243,7 +295,10 @@ impl StreamPublisher {
                 }
             }
         });
-        Ok(Self { task, counters })
+        Ok(Self {
+            task: Some(task),
+            counters,
+        })
     }
 
     /// The figures.
@@ -253,17 +308,23 @@ impl StreamPublisher {
 
     /// Stops at once; events the subscription holds are dropped with it.
     pub fn abort(&self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 
-    /// Waits until the publisher ends (after the topic closed and what it
-    /// held was appended).
+    /// Waits until the publisher ends: after the topic closed and what it held
+    /// was appended (while Redis is down that waits for Redis: bound it with a
+    /// time-out, then [`abort`](Self::abort)). At once if it already ended.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future leaves the publisher running.
     pub async fn join(&mut self) {
-        let _ = (&mut self.task).await;
+        if let Some(t) = self.task.as_mut() {
+            let _ = t.await;
+            self.task = None;
+        }
     }
 }
 
@@ -369,7 +430,7 @@ pub enum BridgeError {
 /// [`abort`](Self::abort)ed. Dropping the handle leaves it running.
 #[derive(Debug)]
 pub struct StreamConsumer<E> {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
     _event: PhantomData<fn() -> E>,
 }
@@ -441,7 +502,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
             counters: Arc::clone(&counters),
         };
         Ok(Self {
-            task: tokio::spawn(run.run()),
+            task: Some(tokio::spawn(run.run())),
             counters,
             _event: PhantomData,
         })
@@ -455,16 +516,23 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
     /// Stops at once. Entries read and not yet acknowledged stay pending and
     /// are reclaimed by another consumer after `claim_idle`.
     pub fn abort(&self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 
-    /// Waits until the consumer ends (the topic closed).
+    /// Waits until the consumer ends: soon after the topic closes (within one
+    /// read's `block` wait, or one retry while Redis is down). At once if it
+    /// already ended.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future leaves the consumer running.
     pub async fn join(&mut self) {
-        let _ = (&mut self.task).await;
+        if let Some(t) = self.task.as_mut() {
+            let _ = t.await;
+            self.task = None;
+        }
     }
 }
 
@@ -479,6 +547,14 @@ struct Consume<E: Send + Sync + 'static, C> {
     counters: Arc<Counters>,
 }
 
+/// Why a consumer stopped reading.
+enum Lost {
+    /// The consumer group is gone: make it again.
+    Group,
+    /// The topic closed: stop.
+    Topic,
+}
+
 /// What became of one entry.
 enum Delivered {
     /// The topic took it (or it could never be decoded): acknowledge it.
@@ -490,70 +566,104 @@ enum Delivered {
 impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
     async fn run(mut self) {
         let mut backoff = Backoff::new();
-        // The group, created where missing.
-        loop {
-            let start = match self.config.start {
-                StartFrom::Beginning => "0",
-                StartFrom::Latest => "$",
-            };
-            let created = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&self.stream)
-                .arg(&self.group)
-                .arg(start)
-                .arg("MKSTREAM")
-                .query_async::<()>(&mut self.conn)
-                .await;
-            match created {
-                Ok(()) => break,
-                Err(e) if e.code() == Some("BUSYGROUP") => break,
-                Err(e) => {
-                    tracing::debug!(stream = %self.stream, error = %e, "XGROUP CREATE failed; retrying");
-                    backoff.wait(&self.counters).await;
-                }
+        // Until the topic closes: make sure of the group, then read; a group
+        // that disappeared (a Redis restarted empty, a deleted stream) is made
+        // again.
+        while !self.topic.is_closed() {
+            if let Err(e) = self.create_group().await {
+                self.failed("XGROUP CREATE", &e, &mut backoff).await;
+                continue;
+            }
+            backoff.reset();
+            match self.consume(&mut backoff).await {
+                Lost::Group => continue,
+                Lost::Topic => return,
             }
         }
-        backoff.reset();
-        // This consumer's own pending entries first (a restart), then new ones,
-        // taking over others' idle entries every `claim_idle`.
+    }
+
+    async fn create_group(&mut self) -> redis::RedisResult<()> {
+        let start = match self.config.start {
+            StartFrom::Beginning => "0",
+            StartFrom::Latest => "$",
+        };
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut self.conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Logs a failed call (`warn` the first time in a row, then `debug`) and
+    /// waits before the retry.
+    async fn failed(&self, what: &str, e: &redis::RedisError, backoff: &mut Backoff) {
+        if backoff.0 == Backoff::FIRST {
+            tracing::warn!(stream = %self.stream, group = %self.group, error = %e, "{what} failed; retrying until redis answers");
+        } else {
+            tracing::debug!(stream = %self.stream, error = %e, "{what} failed again");
+        }
+        backoff.wait(&self.counters).await;
+    }
+
+    /// Reads and delivers until the topic closes or the group is gone: this
+    /// consumer's own pending entries first (a restart), then new ones, taking
+    /// over others' idle entries every `claim_idle` (at most every 5 s), all of
+    /// them when there are more than a batch.
+    async fn consume(&mut self, backoff: &mut Backoff) -> Lost {
         let mut own_pending = true;
-        let mut last_claim = tokio::time::Instant::now();
+        let mut last_claim: Option<tokio::time::Instant> = None;
         loop {
-            if last_claim.elapsed() >= self.config.claim_idle.min(Duration::from_secs(5)) {
-                last_claim = tokio::time::Instant::now();
+            if self.topic.is_closed() {
+                return Lost::Topic;
+            }
+            let claim_due = last_claim.is_none_or(|at| {
+                at.elapsed() >= self.config.claim_idle.min(Duration::from_secs(5))
+            });
+            if claim_due {
                 match self.claim().await {
-                    Ok(entries) => {
+                    Ok((entries, more)) => {
+                        backoff.reset();
+                        // More to take over: again at once.
+                        last_claim = if more {
+                            None
+                        } else {
+                            Some(tokio::time::Instant::now())
+                        };
                         let n = entries.len() as u64;
                         self.counters.reclaimed.fetch_add(n, Ordering::Relaxed);
                         if n > 0 {
-                            tracing::info!(stream = %self.stream, group = %self.group, entries = n, "reclaimed entries left pending by an idle consumer");
+                            tracing::info!(stream = %self.stream, group = %self.group, entries = n, "took over entries left pending by an idle consumer");
                         }
                         if !self.deliver_all(entries).await {
-                            return;
+                            return Lost::Topic;
                         }
                     }
+                    Err(e) if e.code() == Some("NOGROUP") => return Lost::Group,
                     Err(e) => {
-                        tracing::debug!(stream = %self.stream, error = %e, "XAUTOCLAIM failed");
-                        backoff.wait(&self.counters).await;
+                        self.failed("XAUTOCLAIM", &e, backoff).await;
                         continue;
                     }
                 }
             }
-            let read = self.read(if own_pending { "0" } else { ">" }).await;
-            match read {
+            match self.read(if own_pending { "0" } else { ">" }).await {
                 Ok(entries) => {
                     backoff.reset();
                     if own_pending && entries.is_empty() {
                         own_pending = false;
                     }
                     if !self.deliver_all(entries).await {
-                        return;
+                        return Lost::Topic;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(stream = %self.stream, error = %e, "XREADGROUP failed; retrying");
-                    backoff.wait(&self.counters).await;
-                }
+                Err(e) if e.code() == Some("NOGROUP") => return Lost::Group,
+                Err(e) => self.failed("XREADGROUP", &e, backoff).await,
             }
         }
     }
@@ -576,7 +686,9 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
             .unwrap_or_default())
     }
 
-    async fn claim(&mut self) -> redis::RedisResult<Vec<StreamId>> {
+    /// Entries idle past `claim_idle` with any consumer, taken over; and
+    /// whether more remain.
+    async fn claim(&mut self) -> redis::RedisResult<(Vec<StreamId>, bool)> {
         let mut all = Vec::new();
         let mut start = "0-0".to_owned();
         loop {
@@ -593,8 +705,11 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
             // Entries deleted meanwhile (trimmed) are dropped from the pending
             // list by XAUTOCLAIM itself.
             all.extend(reply.claimed);
-            if reply.next_stream_id == "0-0" || all.len() >= self.config.batch {
-                return Ok(all);
+            if reply.next_stream_id == "0-0" {
+                return Ok((all, false));
+            }
+            if all.len() >= self.config.batch {
+                return Ok((all, true));
             }
             start = reply.next_stream_id;
         }
@@ -635,9 +750,23 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
                     return Delivered::Ack;
                 }
                 Err(PublishError::Closed(_)) => return Delivered::Closed,
-                // No subscriber took it (none yet, or every one refused): keep
-                // it, unacknowledged, and try again.
+                // Every subscriber filtered it out by version: they chose not
+                // to take it, and they never will.
+                Err(PublishError::Undelivered { report, .. })
+                    if report
+                        .skipped
+                        .iter()
+                        .all(|(_, r)| *r == SkipReason::Filtered) =>
+                {
+                    self.counters.filtered.fetch_add(1, Ordering::Relaxed);
+                    return Delivered::Ack;
+                }
+                // No subscriber took it (none yet, or every one full): keep it,
+                // unacknowledged, and try again.
                 Err(e) => {
+                    if self.topic.is_closed() {
+                        return Delivered::Closed;
+                    }
                     event = e.into_inner();
                     backoff.wait(&self.counters).await;
                 }
@@ -658,7 +787,12 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
                 Ok(_) => return,
                 // Retried until Redis takes it: the event is in the topic, and an
                 // entry left pending would be delivered again by a reclaim.
+                // Once the topic has closed, given up after a few tries (the
+                // entry is then delivered again: at least once).
                 Err(e) => {
+                    if self.topic.is_closed() && backoff.0 >= Duration::from_millis(80) {
+                        return;
+                    }
                     tracing::debug!(stream = %self.stream, id, error = %e, "XACK failed; retrying");
                     backoff.wait(&self.counters).await;
                 }

@@ -96,7 +96,9 @@ fn a_crashed_holders_permits_come_back_after_the_lease() {
         .unwrap();
     let url = server.url();
     crashed.block_on(async {
+        // A generous time-out: its first call connects and loads the script.
         let backend = heijunka_redis::RedisBackend::builder(url)
+            .call_timeout(Duration::from_millis(200))
             .replica_id("doomed")
             .build()
             .unwrap();
@@ -148,11 +150,11 @@ async fn a_held_permit_is_refreshed_past_its_lease() {
     let mut raw = support::raw(&server).await;
     let limit = RedisConcurrencyLimit::builder(support::backend(&server, "a"), 1)
         .name("refresh")
-        .lease(Duration::from_millis(90))
+        .lease(Duration::from_millis(300))
         .build()
         .unwrap();
     let held = limit.try_acquire().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         holders(&mut raw, "refresh").await,
         1,
@@ -226,7 +228,7 @@ async fn bad_configuration_is_refused_with_the_field() {
         .unwrap_err();
     assert_eq!(e.field(), "limit");
     let e = RedisConcurrencyLimit::builder(backend.clone(), 1)
-        .lease(Duration::from_millis(1))
+        .lease(Duration::from_millis(299))
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "lease");
@@ -235,4 +237,27 @@ async fn bad_configuration_is_refused_with_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "name");
+}
+
+/// Two replicas given the same id still hold separate leases.
+#[tokio::test]
+async fn replicas_sharing_an_id_hold_separate_leases() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let a = RedisConcurrencyLimit::builder(support::backend(&server, "same"), 2)
+        .name("twins")
+        .build()
+        .unwrap();
+    let b = RedisConcurrencyLimit::builder(support::backend(&server, "same"), 2)
+        .name("twins")
+        .build()
+        .unwrap();
+    let pa = a.try_acquire().await.unwrap();
+    let pb = b.try_acquire().await.unwrap();
+    assert_eq!(holders(&mut raw, "twins").await, 2);
+    assert!(a.try_acquire().await.is_err(), "the limit is full");
+    drop(pa);
+    holders_become(&mut raw, "twins", 1).await;
+    drop(pb);
+    holders_become(&mut raw, "twins", 0).await;
 }

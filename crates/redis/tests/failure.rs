@@ -79,7 +79,11 @@ async fn failing_open_the_rate_falls_back_to_its_share_and_recovers() {
     );
     assert!(!backend.is_degraded());
     let s = backend.stats();
-    assert_eq!((s.degradations, s.recoveries), (1, 1), "{s:?}");
+    // At least once (the breaker may flap while Redis restarts), and back.
+    assert!(
+        s.degradations >= 1 && s.recoveries == s.degradations,
+        "{s:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,4 +170,42 @@ async fn the_concurrency_limit_follows_its_policy_while_redis_is_down() {
     })
     .await;
     assert!(p <= Duration::from_secs(1));
+}
+
+/// A key holding something the script did not write (another format, another
+/// type) is one request's problem, not an outage: the breaker around Redis
+/// stays closed and other keys go on.
+#[tokio::test]
+async fn a_malformed_key_is_not_an_outage() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let backend = support::backend(&server, "a");
+    let limiter = RedisRateLimiter::builder(backend.clone(), 10.0)
+        .burst(2)
+        .name("odd")
+        .build()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("heijunka:rate:odd:k:text")
+        .arg("not a time")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("heijunka:rate:odd:k:hash")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // An unparsable value counts as an empty bucket.
+    limiter.check_key("text").await.unwrap();
+    // A key of another type: Redis errors, the failure policy answers for it.
+    for _ in 0..5 {
+        let _ = limiter.check_key("hash").await;
+    }
+    assert!(!backend.is_degraded(), "{:?}", backend.stats());
+    let before = limiter.stats().round_trips;
+    limiter.check_key("fine").await.unwrap();
+    assert_eq!(limiter.stats().round_trips, before + 1);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use heijunka_backpressure::{Gcra, RateLimitError, RateLimiter};
 use heijunka_core::ManualClock;
-use heijunka_redis::{RedisLimitError, RedisRateLimiter, TokenLeasing};
+use heijunka_redis::{FailurePolicy, RedisLimitError, RedisRateLimiter, TokenLeasing};
 
 fn limited(e: &RedisLimitError) -> &RateLimitError {
     match e {
@@ -117,14 +117,14 @@ async fn a_key_expires_when_its_bucket_is_full_again() {
     }
     // 4 units ahead at 1 ms each: at most 4 ms to live.
     let pttl: i64 = redis::cmd("PTTL")
-        .arg("heijunka:rate:ttl:alice")
+        .arg("heijunka:rate:ttl:k:alice")
         .query_async(&mut raw)
         .await
         .unwrap();
     assert!((1..=4).contains(&pttl), "PTTL {pttl}");
     // Keys are separate buckets.
     let bob: i64 = redis::cmd("EXISTS")
-        .arg("heijunka:rate:ttl:bob")
+        .arg("heijunka:rate:ttl:k:bob")
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -132,7 +132,7 @@ async fn a_key_expires_when_its_bucket_is_full_again() {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let exists: i64 = redis::cmd("EXISTS")
-            .arg("heijunka:rate:ttl:alice")
+            .arg("heijunka:rate:ttl:k:alice")
             .query_async(&mut raw)
             .await
             .unwrap();
@@ -221,12 +221,16 @@ async fn four_pools_share_one_rate_within_two_percent() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for replica in 0..4 {
-        let limiter =
-            RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
-                .burst(BURST)
-                .name("shared")
-                .build()
-                .unwrap();
+        // Failing closed with a generous time-out: a slow answer on a loaded
+        // machine is a refusal, never an admission by a local limiter.
+        let backend =
+            support::backend_with(&server, &format!("r{replica}"), Duration::from_secs(1));
+        let limiter = RedisRateLimiter::builder(backend, RATE)
+            .burst(BURST)
+            .failure_policy(FailurePolicy::FailClosed)
+            .name("shared")
+            .build()
+            .unwrap();
         let admitted = Arc::clone(&admitted);
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < SPAN {
@@ -235,7 +239,9 @@ async fn four_pools_share_one_rate_within_two_percent() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        let wait = e.retry_after().expect("a rate refusal");
+                        // A rate refusal's wait, or a short pause after an
+                        // unanswered call.
+                        let wait = e.retry_after().unwrap_or(Duration::from_millis(1));
                         tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
                     }
                 }
@@ -271,17 +277,21 @@ async fn leasing_keeps_the_global_rate_with_few_round_trips() {
     let mut tasks = Vec::new();
     let mut limiters = Vec::new();
     for replica in 0..4 {
-        let limiter =
-            RedisRateLimiter::builder(support::backend(&server, &format!("r{replica}")), RATE)
-                .burst(BURST)
-                .name("leased")
-                .token_leasing(TokenLeasing {
-                    max_batch: 32,
-                    share: 4,
-                    ..TokenLeasing::default()
-                })
-                .build()
-                .unwrap();
+        // Failing closed with a generous time-out: a slow answer on a loaded
+        // machine is a refusal, never an admission by a local limiter.
+        let backend =
+            support::backend_with(&server, &format!("r{replica}"), Duration::from_secs(1));
+        let limiter = RedisRateLimiter::builder(backend, RATE)
+            .burst(BURST)
+            .failure_policy(FailurePolicy::FailClosed)
+            .name("leased")
+            .token_leasing(TokenLeasing {
+                max_batch: 32,
+                share: 4,
+                ..TokenLeasing::default()
+            })
+            .build()
+            .unwrap();
         limiters.push(limiter.clone());
         let admitted = Arc::clone(&admitted);
         tasks.push(tokio::spawn(async move {
@@ -291,7 +301,9 @@ async fn leasing_keeps_the_global_rate_with_few_round_trips() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        let wait = e.retry_after().expect("a rate refusal");
+                        // A rate refusal's wait, or a short pause after an
+                        // unanswered call.
+                        let wait = e.retry_after().unwrap_or(Duration::from_millis(1));
                         tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
                     }
                 }

@@ -327,3 +327,93 @@ async fn bad_bridge_settings_name_the_field() {
         StreamConsumer::start(&backend, "s", topic, ConsumerConfig::new("g").batch(0)).unwrap_err();
     assert!(e.to_string().contains("batch"), "{e}");
 }
+
+/// A consumer ends soon after its topic closes, even on an idle stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_ends_when_its_topic_closes() {
+    let server = support::server();
+    let bus = EventBus::new();
+    let topic = bus.topic::<u32>("idle").unwrap();
+    let _sub = topic.subscribe().unwrap();
+    let config = ConsumerConfig::new("g").block(Duration::from_millis(100));
+    let mut consumer = StreamConsumer::start(
+        &support::backend(&server, "a"),
+        "idle",
+        topic.clone(),
+        config,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    topic.close();
+    tokio::time::timeout(Duration::from_secs(2), consumer.join())
+        .await
+        .expect("the consumer ended after the topic closed");
+    consumer.join().await; // again: at once
+}
+
+/// A group that disappears (Redis restarted empty) is made again, and new
+/// entries flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_group_is_made_again() {
+    let mut server = support::server();
+    let bus = EventBus::new();
+    let topic = bus.topic::<u32>("again").unwrap();
+    let mut sub = topic
+        .subscriber()
+        .policy(Policy::Block)
+        .buffer(16)
+        .subscribe()
+        .unwrap();
+    let config = ConsumerConfig::new("g").block(Duration::from_millis(50));
+    let _consumer = StreamConsumer::start(
+        &support::backend(&server, "a"),
+        "again",
+        topic.clone(),
+        config,
+    )
+    .unwrap();
+    let mut raw = support::raw(&server).await;
+    add(&mut raw, "again", [1]).await;
+    let first = tokio::time::timeout(Duration::from_secs(3), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*first, 1);
+    server.restart().unwrap();
+    let mut raw = support::raw(&server).await;
+    // The stream and group are gone; entries added now reach the topic once
+    // the consumer has made the group again (it starts from the beginning).
+    add(&mut raw, "again", [2, 3]).await;
+    for want in [2, 3] {
+        let e = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .expect("delivered after the group was made again")
+            .unwrap();
+        assert_eq!(*e, want);
+    }
+}
+
+/// Entries every subscriber filters out by version are acknowledged, not
+/// retried forever: later entries are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_entries_do_not_block_the_group() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    add(&mut raw, "versions", 0..5).await;
+    let bus = EventBus::new();
+    let topic = bus.topic::<u32>("versions").unwrap();
+    // Wants version 1 and up; the bridge publishes version 0.
+    let _picky = topic.subscriber().min_version(1).subscribe().unwrap();
+    let consumer = StreamConsumer::start(
+        &support::backend(&server, "a"),
+        "versions",
+        topic.clone(),
+        ConsumerConfig::new("g"),
+    )
+    .unwrap();
+    until("all acknowledged", Duration::from_secs(3), async || {
+        // (The group exists once the consumer has handled an entry.)
+        consumer.stats().filtered == 5 && pending(&mut raw, "versions", "g").await == 0
+    })
+    .await;
+}

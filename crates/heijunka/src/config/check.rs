@@ -308,16 +308,26 @@ impl Config {
                 at,
                 validate::at_least("expected_replicas", r.expected_replicas, 1),
             );
-            if r.lease < std::time::Duration::from_millis(30) {
+            // `RedisConcurrencyLimitBuilder::build`: refreshed every third.
+            let floor = (r.call_timeout * 3).max(std::time::Duration::from_millis(30));
+            if r.lease < floor {
                 errors.at(
                     at,
-                    Err::<(), _>(ConfigError::new("lease", r.lease, "must be at least 30ms")),
+                    Err::<(), _>(ConfigError::new(
+                        "lease",
+                        r.lease,
+                        format!("must be at least 30ms and three call_timeouts ({floor:?})"),
+                    )),
                 );
             }
-            if r.name.is_empty() {
+            if r.name.is_empty() || r.name.contains(':') {
                 errors.at(
                     at,
-                    Err::<(), _>(ConfigError::new("name", &r.name, "must not be empty")),
+                    Err::<(), _>(ConfigError::new(
+                        "name",
+                        &r.name,
+                        "must be non-empty and without `:` (it is part of the Redis keys)",
+                    )),
                 );
             }
             #[cfg(feature = "redis")]
@@ -326,9 +336,8 @@ impl Config {
                 if let Some(id) = &r.replica_id {
                     b = b.replica_id(id.clone());
                 }
-                if !r.call_timeout.is_zero() {
-                    errors.at(at, b.check());
-                }
+                // The url and the replica id (`call_timeout` is checked above).
+                errors.at(at, b.check());
             }
         }
     }

@@ -223,8 +223,9 @@ impl Live {
             same!(p, o, n, max_running);
             same!(p, o, n, max_waiting);
         }
-        if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit)
-            && (o.backend == Backend::Redis || n.backend == Backend::Redis)
+        let rate = section!("rate_limit", o.rate_limit, n.rate_limit);
+        if let Some((o, n)) =
+            rate.filter(|(o, n)| o.backend == Backend::Redis || n.backend == Backend::Redis)
         {
             // The shared limit's rate is every replica's: changed by a restart
             // of all of them, not by one replica's reload.
@@ -233,7 +234,7 @@ impl Live {
             same!(p, o, n, per_second);
             same!(p, o, n, burst);
             same!(p, o, n, lease_batch);
-        } else if let Some((o, n)) = section!("rate_limit", o.rate_limit, n.rate_limit) {
+        } else if let Some((o, n)) = rate {
             if o.per_second != n.per_second {
                 changed.push("concurrency.rate_limit.per_second".to_owned());
             }

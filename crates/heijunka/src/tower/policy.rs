@@ -949,12 +949,13 @@ impl<S> PolicyService<S> {
         let deadline = match policy.front_deadline(&ctx, now) {
             Ok(d) => d,
             Err(e) => {
-                let refused = Rejected::new(
+                // Counted as the other path counts it (a cancellation as
+                // `cancelled`, not as a shutdown).
+                policy.record_refusal(&e);
+                return PolicyFuture::rejected(Rejected::new(
                     e.stage().unwrap_or(Stage::Deadline),
                     e.rejection().unwrap_or(Rejection::ShuttingDown),
-                );
-                policy.record_rejection(refused.stage(), &refused.reason());
-                return PolicyFuture::rejected(refused);
+                ));
             }
         };
         if self.cfg.direction == Direction::Outbound {

@@ -23,6 +23,17 @@ pub fn backend(server: &RedisServer, replica: &str) -> RedisBackend {
         .expect("backend")
 }
 
+/// A backend with its own call time-out (tests that count admissions over a
+/// span give Redis a generous one, so a slow answer on a loaded machine is not
+/// taken for an outage).
+pub fn backend_with(server: &RedisServer, replica: &str, timeout: Duration) -> RedisBackend {
+    RedisBackend::builder(server.url())
+        .call_timeout(timeout)
+        .replica_id(replica)
+        .build()
+        .expect("backend")
+}
+
 /// A plain connection for looking at Redis directly.
 pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
