@@ -551,7 +551,7 @@ impl PolicyBuilder {
     /// (within the request's deadline); [`try_admit`](Policy::try_admit),
     /// which cannot wait, decides without a round trip (a lease, a cached
     /// refusal, else the limiter's failure policy: see
-    /// [`RedisRateLimiter::check_local_n`](heijunka_redis::RedisRateLimiter::check_local_n)).
+    /// [`RedisRateLimiter::check_local`](heijunka_redis::RedisRateLimiter::check_local)).
     /// A refusal is [`Stage::RateLimit`] (or, failing closed while Redis is
     /// down, [`Rejection::CircuitOpen`]).
     #[cfg(feature = "redis")]

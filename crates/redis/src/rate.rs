@@ -1,8 +1,8 @@
 //! [`RedisRateLimiter`]: a GCRA rate limit shared by every replica, decided in
 //! Redis.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -196,8 +196,10 @@ struct Inner {
     cache_refusals: bool,
     max_cached_keys: usize,
     refusals: DashMap<String, Refusal>,
+    global_refusal: Mutex<Option<Refusal>>,
     leasing: Option<TokenLeasing>,
     leases: DashMap<String, Lease>,
+    global_lease: Mutex<Option<Lease>>,
     counters: Counters,
 }
 
@@ -330,16 +332,28 @@ impl RedisRateLimiterBuilder {
                 cache_refusals: self.cache_refusals,
                 max_cached_keys: self.max_cached_keys,
                 refusals: DashMap::new(),
+                global_refusal: Mutex::new(None),
                 leasing: self.leasing,
                 leases: DashMap::new(),
+                global_lease: Mutex::new(None),
                 counters: Counters::default(),
             }),
         })
     }
 }
 
-/// The key of the unkeyed forms ([`check`](RedisRateLimiter::check)).
+/// The Redis key suffix of the global bucket ([`check`](RedisRateLimiter::check));
+/// client keys live under `k:`, so none can reach it.
 const GLOBAL_KEY: &str = "*";
+
+/// Which bucket a check is for.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    /// The limiter's one global bucket.
+    Global,
+    /// A client's bucket.
+    Client(&'a str),
+}
 
 impl RedisRateLimiter {
     /// A builder for `per_second` units per second across every replica using
@@ -394,7 +408,7 @@ impl RedisRateLimiter {
     ///
     /// As [`check_key_n`](Self::check_key_n).
     pub async fn check(&self) -> Result<(), RedisLimitError> {
-        self.check_key_n(GLOBAL_KEY, 1).await
+        self.checked(Key::Global, 1).await
     }
 
     /// Admits `n` units of the global bucket.
@@ -407,7 +421,7 @@ impl RedisRateLimiter {
     ///
     /// As [`check_key_n`](Self::check_key_n).
     pub async fn check_n(&self, n: u32) -> Result<(), RedisLimitError> {
-        self.check_key_n(GLOBAL_KEY, n).await
+        self.checked(Key::Global, n).await
     }
 
     /// Admits one unit for `key`.
@@ -442,6 +456,11 @@ impl RedisRateLimiter {
     /// state is left half-changed: leases and cached refusals change only after
     /// the reply.
     pub async fn check_key_n(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        self.checked(Key::Client(key), n).await
+    }
+
+    /// A decision, counted.
+    async fn checked(&self, key: Key<'_>, n: u32) -> Result<(), RedisLimitError> {
         let i = &*self.inner;
         let decided = self.decide(key, n).await;
         let counter = if decided.is_ok() {
@@ -453,7 +472,7 @@ impl RedisRateLimiter {
         decided
     }
 
-    async fn decide(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+    async fn decide(&self, key: Key<'_>, n: u32) -> Result<(), RedisLimitError> {
         if let Some(decided) = self.local(key, n) {
             return decided;
         }
@@ -462,7 +481,7 @@ impl RedisRateLimiter {
 
     /// The decision local state makes alone: the burst, a cached refusal, a
     /// lease; `None` when Redis must decide.
-    fn local(&self, key: &str, n: u32) -> Option<Result<(), RedisLimitError>> {
+    fn local(&self, key: Key<'_>, n: u32) -> Option<Result<(), RedisLimitError>> {
         let i = &*self.inner;
         if n > i.burst {
             return Some(Err(RateLimitError::InsufficientCapacity {
@@ -476,7 +495,7 @@ impl RedisRateLimiter {
         }
         let now = i.clock.now();
         if i.cache_refusals
-            && let Some(r) = i.refusals.get(key).map(|r| *r)
+            && let Some(r) = self.refusal(key)
             && r.until > now
             && n >= r.n
         {
@@ -486,27 +505,44 @@ impl RedisRateLimiter {
             }
             .into()));
         }
-        if i.leasing.is_some()
-            && let Some(mut lease) = i.leases.get_mut(key)
-        {
-            if lease.until > now {
-                if lease.tokens >= n {
-                    lease.tokens -= n;
-                    i.counters.admitted_locally.fetch_add(1, Ordering::Relaxed);
-                    return Some(Ok(()));
+        if i.leasing.is_some() {
+            let spend = |lease: &mut Lease| {
+                if lease.until > now {
+                    if lease.tokens >= n {
+                        lease.tokens -= n;
+                        i.counters.admitted_locally.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
+                } else if lease.tokens > 0 {
+                    i.counters
+                        .lease_tokens_expired
+                        .fetch_add(u64::from(lease.tokens), Ordering::Relaxed);
+                    lease.tokens = 0;
                 }
-            } else if lease.tokens > 0 {
-                i.counters
-                    .lease_tokens_expired
-                    .fetch_add(u64::from(lease.tokens), Ordering::Relaxed);
-                lease.tokens = 0;
+                false
+            };
+            let spent = match key {
+                Key::Global => lock(&i.global_lease).as_mut().is_some_and(spend),
+                Key::Client(k) => i.leases.get_mut(k).is_some_and(|mut l| spend(&mut l)),
+            };
+            if spent {
+                return Some(Ok(()));
             }
         }
         None
     }
 
+    /// The cached refusal of `key`, if any.
+    fn refusal(&self, key: Key<'_>) -> Option<Refusal> {
+        let i = &*self.inner;
+        match key {
+            Key::Global => *lock(&i.global_refusal),
+            Key::Client(k) => i.refusals.get(k).map(|r| *r),
+        }
+    }
+
     /// The round trip: Redis decides.
-    async fn remote(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+    async fn remote(&self, key: Key<'_>, n: u32) -> Result<(), RedisLimitError> {
         let i = &*self.inner;
         let (max_batch, share) = match i.leasing {
             Some(l) => (l.max_batch.max(n), l.share),
@@ -517,10 +553,9 @@ impl RedisRateLimiter {
             Ok(p) => p,
             Err(cause) => return self.degraded(key, n, cause),
         };
-        let redis_key = if key == GLOBAL_KEY {
-            i.global_key.clone()
-        } else {
-            format!("{}{key}", i.key_prefix)
+        let redis_key = match key {
+            Key::Global => i.global_key.clone(),
+            Key::Client(k) => format!("{}{k}", i.key_prefix),
         };
         let (interval, tolerance) = (i.interval, i.tolerance);
         let reply = i
@@ -559,8 +594,13 @@ impl RedisRateLimiter {
             {
                 self.store_lease(key, granted - n, now, now + l.ttl);
             }
-            if i.cache_refusals && !i.refusals.is_empty() {
-                i.refusals.remove(key);
+            if i.cache_refusals {
+                match key {
+                    Key::Global => *lock(&i.global_refusal) = None,
+                    Key::Client(k) => {
+                        i.refusals.remove(k);
+                    }
+                }
             }
             Ok(())
         } else {
@@ -579,7 +619,7 @@ impl RedisRateLimiter {
     }
 
     /// The failure policy's answer while Redis does not give one.
-    fn degraded(&self, key: &str, n: u32, cause: Unavailable) -> Result<(), RedisLimitError> {
+    fn degraded(&self, key: Key<'_>, n: u32, cause: Unavailable) -> Result<(), RedisLimitError> {
         let i = &*self.inner;
         match i.policy {
             FailurePolicy::FailOpen { .. } => {
@@ -596,13 +636,11 @@ impl RedisRateLimiter {
 
     /// The failure policy's answer, uncounted: the local limiter's (failing
     /// open), or the refusal (failing closed).
-    fn fallback(&self, key: &str, n: u32, cause: Unavailable) -> Result<(), RedisLimitError> {
+    fn fallback(&self, key: Key<'_>, n: u32, cause: Unavailable) -> Result<(), RedisLimitError> {
         let i = &*self.inner;
         match i.policy {
             FailurePolicy::FailOpen { .. } => {
-                let decided = if key == GLOBAL_KEY {
-                    heijunka_backpressure::RateLimiter::check_n(&i.fallback_global, n)
-                } else {
+                let decided = if let Key::Client(key) = key {
                     // The keyed store takes a `&String`: one buffer per thread,
                     // so the local path allocates nothing once warm.
                     thread_local!(static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
@@ -612,6 +650,8 @@ impl RedisRateLimiter {
                         k.push_str(key);
                         i.fallback.check_key_n(&k, n)
                     })
+                } else {
+                    heijunka_backpressure::RateLimiter::check_n(&i.fallback_global, n)
                 };
                 decided
                     .map_err(|e| match e {
@@ -636,8 +676,21 @@ impl RedisRateLimiter {
         }
     }
 
-    fn store_lease(&self, key: &str, tokens: u32, now: Instant, until: Instant) {
+    fn store_lease(&self, key: Key<'_>, tokens: u32, now: Instant, until: Instant) {
         let i = &*self.inner;
+        let key = match key {
+            Key::Global => {
+                let mut lease = lock(&i.global_lease);
+                if let Some(old) = lease.as_ref().filter(|l| l.until > now) {
+                    i.counters
+                        .lease_tokens_expired
+                        .fetch_add(u64::from(old.tokens), Ordering::Relaxed);
+                }
+                *lease = Some(Lease { tokens, until });
+                return;
+            }
+            Key::Client(k) => k,
+        };
         if let Some(mut lease) = i.leases.get_mut(key) {
             // Fewer than asked for were left (or they had run out): they go, so
             // that every token is spent within `ttl` of being taken.
@@ -659,8 +712,15 @@ impl RedisRateLimiter {
         i.leases.insert(key.to_owned(), Lease { tokens, until });
     }
 
-    fn store_refusal(&self, key: &str, refusal: Refusal) {
+    fn store_refusal(&self, key: Key<'_>, refusal: Refusal) {
         let i = &*self.inner;
+        let key = match key {
+            Key::Global => {
+                *lock(&i.global_refusal) = Some(refusal);
+                return;
+            }
+            Key::Client(k) => k,
+        };
         if let Some(mut r) = i.refusals.get_mut(key) {
             *r = refusal;
             return;
@@ -675,13 +735,14 @@ impl RedisRateLimiter {
         i.refusals.insert(key.to_owned(), refusal);
     }
 
-    /// [`check_local_n`](Self::check_local_n) of one unit of the global bucket.
+    /// [`check_key_local_n`](Self::check_key_local_n) of one unit of the
+    /// global bucket.
     ///
     /// # Errors
     ///
     /// As [`check_key_n`](Self::check_key_n).
     pub fn check_local(&self) -> Result<(), RedisLimitError> {
-        self.check_local_n(GLOBAL_KEY, 1)
+        self.decided_locally(Key::Global, 1)
     }
 
     /// Decides without a round trip, for callers that cannot wait (a
@@ -692,7 +753,11 @@ impl RedisRateLimiter {
     /// # Errors
     ///
     /// As [`check_key_n`](Self::check_key_n).
-    pub fn check_local_n(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+    pub fn check_key_local_n(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        self.decided_locally(Key::Client(key), n)
+    }
+
+    fn decided_locally(&self, key: Key<'_>, n: u32) -> Result<(), RedisLimitError> {
         let i = &*self.inner;
         let decided = match self.local(key, n) {
             Some(d) => d,
@@ -713,6 +778,20 @@ impl RedisRateLimiter {
         decided
     }
 
+    /// Waits until `n` units of the global bucket are admitted, sleeping
+    /// (tokio's timer) for each retry-after.
+    ///
+    /// # Errors
+    ///
+    /// As [`until_key_ready`](Self::until_key_ready).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`until_key_ready`](Self::until_key_ready).
+    pub async fn until_ready(&self, n: u32) -> Result<(), RedisLimitError> {
+        self.wait_until_ready(Key::Global, n).await
+    }
+
     /// Waits until `n` units for `key` are admitted, sleeping (tokio's timer)
     /// for each retry-after.
     ///
@@ -726,9 +805,13 @@ impl RedisRateLimiter {
     ///
     /// As [`check_key_n`](Self::check_key_n): a future dropped while it sleeps
     /// has taken nothing.
-    pub async fn until_ready(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+    pub async fn until_key_ready(&self, key: &str, n: u32) -> Result<(), RedisLimitError> {
+        self.wait_until_ready(Key::Client(key), n).await
+    }
+
+    async fn wait_until_ready(&self, key: Key<'_>, n: u32) -> Result<(), RedisLimitError> {
         loop {
-            match self.check_key_n(key, n).await {
+            match self.checked(key, n).await {
                 Err(RedisLimitError::Limited(RateLimitError::RateLimited { retry_after })) => {
                     tokio::time::sleep(retry_after.max(Duration::from_nanos(1))).await;
                 }
@@ -766,4 +849,8 @@ impl std::fmt::Debug for RedisRateLimiter {
             .field("leasing", &self.inner.leasing)
             .finish_non_exhaustive()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

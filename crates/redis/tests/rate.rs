@@ -383,3 +383,49 @@ async fn a_cancelled_check_takes_at_most_its_units() {
         "two cancelled checks took at most 2 of 3 units: {admitted} left"
     );
 }
+
+/// `until_ready` dropped while it sleeps out a retry-after has taken nothing:
+/// the next unit still goes to the next caller once it conforms.
+#[tokio::test]
+async fn a_cancelled_until_ready_takes_nothing() {
+    let server = support::server();
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 20.0)
+        .burst(1)
+        .cache_refusals(false)
+        .build()
+        .unwrap();
+    limiter.check().await.unwrap();
+    for polls in 1..=4 {
+        let mut wait = Box::pin(limiter.until_ready(1));
+        for _ in 0..polls {
+            if support::poll_once(&mut wait).await.is_some() {
+                break;
+            }
+        }
+        drop(wait);
+    }
+    let s = limiter.stats();
+    // Each drop happened before the unit conformed (50 ms away): refused
+    // checks only, nothing admitted beyond the first.
+    assert_eq!(s.admitted, 1, "{s:?}");
+    // The unit that conforms next goes to the next caller.
+    tokio::time::timeout(Duration::from_secs(2), limiter.until_ready(1))
+        .await
+        .expect("admitted once the interval passed")
+        .unwrap();
+}
+
+/// A client key is never the global bucket, whatever its spelling.
+#[tokio::test]
+async fn a_client_key_never_aliases_the_global_bucket() {
+    let server = support::server();
+    let limiter = RedisRateLimiter::builder(support::backend(&server, "a"), 0.001)
+        .burst(1)
+        .build()
+        .unwrap();
+    limiter.check().await.unwrap();
+    assert!(limiter.check().await.is_err());
+    for key in ["*", "", "k:*"] {
+        limiter.check_key(key).await.unwrap();
+    }
+}

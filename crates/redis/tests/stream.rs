@@ -417,3 +417,36 @@ async fn filtered_entries_do_not_block_the_group() {
     })
     .await;
 }
+
+/// Dropping `join` leaves the consumer running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_join_leaves_the_consumer_running() {
+    let server = support::server();
+    let mut raw = support::raw(&server).await;
+    let bus = EventBus::new();
+    let topic = bus.topic::<u32>("joined").unwrap();
+    let mut sub = topic
+        .subscriber()
+        .policy(Policy::Block)
+        .buffer(8)
+        .subscribe()
+        .unwrap();
+    let mut consumer = StreamConsumer::start(
+        &support::backend(&server, "a"),
+        "joined",
+        topic.clone(),
+        ConsumerConfig::new("g").block(Duration::from_millis(50)),
+    )
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), consumer.join())
+            .await
+            .is_err()
+    );
+    add(&mut raw, "joined", [7]).await;
+    let e = tokio::time::timeout(Duration::from_secs(3), sub.recv())
+        .await
+        .expect("still consuming")
+        .unwrap();
+    assert_eq!(*e, 7);
+}
