@@ -167,11 +167,7 @@ impl SharedBreaker {
             publish_failed: c.publish_failed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
-            last_from: c
-                .last_from
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            last_from: crate::lock(&c.last_from).clone(),
             subscribed: c.subscribed.load(Ordering::Acquire),
         }
     }
@@ -280,10 +276,7 @@ async fn subscriber(
                 counters.applied.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(breaker = %trip.breaker, from = %trip.replica, reason = %trip.reason, "breaker opened: another replica's breaker tripped");
             }
-            *counters
-                .last_from
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(trip);
+            *crate::lock(&counters.last_from) = Some(trip);
         }
         counters.subscribed.store(false, Ordering::Release);
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::backend::{RedisBackend, Unavailable};
+use crate::lock;
 use crate::policy::FailurePolicy;
 use crate::scripts;
 
@@ -660,8 +661,4 @@ async fn refresh_held(inner: &Shared) {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -46,6 +46,12 @@ pub use crate::concurrency::{
     RedisConcurrencyLimitBuilder, RedisPermit,
 };
 pub use crate::policy::FailurePolicy;
+/// Locks `m`, taking a poisoned lock as it is (every lock here guards plain
+/// data that a panic cannot leave half-written).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use crate::rate::{
     DEFAULT_MAX_CACHED_KEYS, MAX_TOLERANCE, RateStats, RedisLimitError, RedisRateLimiter,
     RedisRateLimiterBuilder, TokenLeasing,

@@ -11,6 +11,7 @@ use heijunka_core::{Clock, ConfigError, Instant, Rejection, validate};
 use serde::Serialize;
 
 use crate::backend::{RedisBackend, Unavailable};
+use crate::lock;
 use crate::policy::FailurePolicy;
 use crate::scripts;
 
@@ -849,8 +850,4 @@ impl std::fmt::Debug for RedisRateLimiter {
             .field("leasing", &self.inner.leasing)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -121,6 +121,26 @@ impl Counters {
     }
 }
 
+/// A bridge's task: aborted on demand, joined once (a second join returns at
+/// once).
+#[derive(Debug)]
+struct Task(Option<JoinHandle<()>>);
+
+impl Task {
+    fn abort(&self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+
+    async fn join(&mut self) {
+        if let Some(t) = self.0.as_mut() {
+            let _ = t.await;
+            self.0 = None;
+        }
+    }
+}
+
 /// The wait between retries of a failed Redis call: doubling from 10 ms to 1 s.
 struct Backoff(Duration);
 
@@ -188,7 +208,7 @@ impl PublisherConfig {
 /// the handle leaves it running, like a task's `JoinHandle`.
 #[derive(Debug)]
 pub struct StreamPublisher {
-    task: Option<JoinHandle<()>>,
+    task: Task,
     counters: Arc<Counters>,
 }
 
@@ -296,7 +316,7 @@ impl StreamPublisher {
             }
         });
         Ok(Self {
-            task: Some(task),
+            task: Task(Some(task)),
             counters,
         })
     }
@@ -308,9 +328,7 @@ impl StreamPublisher {
 
     /// Stops at once; events the subscription holds are dropped with it.
     pub fn abort(&self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
+        self.task.abort();
     }
 
     /// Waits until the publisher ends: after the topic closed and what it held
@@ -321,10 +339,7 @@ impl StreamPublisher {
     ///
     /// Cancel safe: dropping the future leaves the publisher running.
     pub async fn join(&mut self) {
-        if let Some(t) = self.task.as_mut() {
-            let _ = t.await;
-            self.task = None;
-        }
+        self.task.join().await;
     }
 }
 
@@ -430,7 +445,7 @@ pub enum BridgeError {
 /// [`abort`](Self::abort)ed. Dropping the handle leaves it running.
 #[derive(Debug)]
 pub struct StreamConsumer<E> {
-    task: Option<JoinHandle<()>>,
+    task: Task,
     counters: Arc<Counters>,
     _event: PhantomData<fn() -> E>,
 }
@@ -502,7 +517,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
             counters: Arc::clone(&counters),
         };
         Ok(Self {
-            task: Some(tokio::spawn(run.run())),
+            task: Task(Some(tokio::spawn(run.run()))),
             counters,
             _event: PhantomData,
         })
@@ -516,9 +531,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
     /// Stops at once. Entries read and not yet acknowledged stay pending and
     /// are reclaimed by another consumer after `claim_idle`.
     pub fn abort(&self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
+        self.task.abort();
     }
 
     /// Waits until the consumer ends: soon after the topic closes (within one
@@ -529,10 +542,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
     ///
     /// Cancel safe: dropping the future leaves the consumer running.
     pub async fn join(&mut self) {
-        if let Some(t) = self.task.as_mut() {
-            let _ = t.await;
-            self.task = None;
-        }
+        self.task.join().await;
     }
 }
 

@@ -208,32 +208,37 @@ async fn a_refused_key_is_refused_locally_until_its_retry_after() {
     assert_eq!(limiter.stats().refused_locally, 10);
 }
 
-/// Four independent connection pools (four backends, four limiters) sharing one
-/// key admit the configured global rate within ±2 % over 10 s: counted inside
-/// the tasks, timed with the test's own clock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_pools_share_one_rate_within_two_percent() {
-    const RATE: f64 = 400.0;
-    const BURST: u32 = 20;
-    const SPAN: Duration = Duration::from_secs(10);
-    let server = support::server();
+/// Four replicas (independent backends and limiters, failing closed with a
+/// generous time-out: a slow answer on a loaded machine is a refusal, never an
+/// admission by a local limiter) hammer one key for `span`, each sleeping out
+/// its refusals; returns the limiters and the admissions counted inside the
+/// tasks, checked against `rate` within `tolerance`, timed by the test's clock.
+async fn four_replicas_within(
+    server: &heijunka_redis::testing::RedisServer,
+    rate: f64,
+    burst: u32,
+    span: Duration,
+    leasing: Option<TokenLeasing>,
+    tolerance: f64,
+) -> (Vec<RedisRateLimiter>, f64) {
     let admitted = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let mut limiters = Vec::new();
     for replica in 0..4 {
-        // Failing closed with a generous time-out: a slow answer on a loaded
-        // machine is a refusal, never an admission by a local limiter.
-        let backend =
-            support::backend_with(&server, &format!("r{replica}"), Duration::from_secs(1));
-        let limiter = RedisRateLimiter::builder(backend, RATE)
-            .burst(BURST)
+        let backend = support::backend_with(server, &format!("r{replica}"), Duration::from_secs(1));
+        let mut b = RedisRateLimiter::builder(backend, rate)
+            .burst(burst)
             .failure_policy(FailurePolicy::FailClosed)
-            .name("shared")
-            .build()
-            .unwrap();
+            .name("shared");
+        if let Some(l) = leasing {
+            b = b.token_leasing(l);
+        }
+        let limiter = b.build().unwrap();
+        limiters.push(limiter.clone());
         let admitted = Arc::clone(&admitted);
         tasks.push(tokio::spawn(async move {
-            while start.elapsed() < SPAN {
+            while start.elapsed() < span {
                 match limiter.check().await {
                     Ok(()) => {
                         admitted.fetch_add(1, Ordering::Relaxed);
@@ -242,7 +247,7 @@ async fn four_pools_share_one_rate_within_two_percent() {
                         // A rate refusal's wait, or a short pause after an
                         // unanswered call.
                         let wait = e.retry_after().unwrap_or(Duration::from_millis(1));
-                        tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
+                        tokio::time::sleep(wait.min(span.saturating_sub(start.elapsed()))).await;
                     }
                 }
             }
@@ -251,15 +256,24 @@ async fn four_pools_share_one_rate_within_two_percent() {
     for t in tasks {
         t.await.unwrap();
     }
-    let span = start.elapsed().as_secs_f64();
-    let expected = f64::from(BURST) + RATE * span;
+    let secs = start.elapsed().as_secs_f64();
+    let expected = f64::from(burst) + rate * secs;
     let got = admitted.load(Ordering::Relaxed) as f64;
     let error = (got - expected) / expected;
     assert!(
-        error.abs() <= 0.02,
-        "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)",
+        error.abs() <= tolerance,
+        "admitted {got} in {secs:.3} s, expected {expected:.0} ({:+.2} %)",
         error * 100.0
     );
+    (limiters, got)
+}
+
+/// Four independent connection pools sharing one key admit the configured
+/// global rate within ±2 % over 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_pools_share_one_rate_within_two_percent() {
+    let server = support::server();
+    four_replicas_within(&server, 400.0, 20, Duration::from_secs(10), None, 0.02).await;
 }
 
 /// With token leasing, four replicas stay within ±5 % of the global rate while
@@ -267,61 +281,22 @@ async fn four_pools_share_one_rate_within_two_percent() {
 /// limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leasing_keeps_the_global_rate_with_few_round_trips() {
-    const RATE: f64 = 2000.0;
-    const BURST: u32 = 200;
-    const SPAN: Duration = Duration::from_secs(5);
     let server = support::server();
     let mut raw = support::raw(&server).await;
-    let admitted = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    let mut limiters = Vec::new();
-    for replica in 0..4 {
-        // Failing closed with a generous time-out: a slow answer on a loaded
-        // machine is a refusal, never an admission by a local limiter.
-        let backend =
-            support::backend_with(&server, &format!("r{replica}"), Duration::from_secs(1));
-        let limiter = RedisRateLimiter::builder(backend, RATE)
-            .burst(BURST)
-            .failure_policy(FailurePolicy::FailClosed)
-            .name("leased")
-            .token_leasing(TokenLeasing {
-                max_batch: 32,
-                share: 4,
-                ..TokenLeasing::default()
-            })
-            .build()
-            .unwrap();
-        limiters.push(limiter.clone());
-        let admitted = Arc::clone(&admitted);
-        tasks.push(tokio::spawn(async move {
-            while start.elapsed() < SPAN {
-                match limiter.check().await {
-                    Ok(()) => {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        // A rate refusal's wait, or a short pause after an
-                        // unanswered call.
-                        let wait = e.retry_after().unwrap_or(Duration::from_millis(1));
-                        tokio::time::sleep(wait.min(SPAN.saturating_sub(start.elapsed()))).await;
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let span = start.elapsed().as_secs_f64();
-    let expected = f64::from(BURST) + RATE * span;
-    let got = admitted.load(Ordering::Relaxed) as f64;
-    let error = (got - expected) / expected;
-    assert!(
-        error.abs() <= 0.05,
-        "admitted {got} in {span:.3} s, expected {expected:.0} ({:+.2} %)",
-        error * 100.0
-    );
+    let leasing = TokenLeasing {
+        max_batch: 32,
+        share: 4,
+        ..TokenLeasing::default()
+    };
+    let (mut limiters, got) = four_replicas_within(
+        &server,
+        2000.0,
+        200,
+        Duration::from_secs(5),
+        Some(leasing),
+        0.05,
+    )
+    .await;
     let scripts = support::calls(&mut raw, "evalsha").await as f64;
     let per_trip = got / scripts;
     eprintln!(
