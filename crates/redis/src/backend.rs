@@ -2,8 +2,8 @@
 //! per call and a circuit breaker around Redis itself.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heijunka_breaker::{CircuitBreaker, State};
@@ -83,6 +83,8 @@ pub struct BackendStats {
     pub degradations: u64,
     /// Times it recovered.
     pub recoveries: u64,
+    /// Times the shared connection was replaced after a call timed out.
+    pub reconnects: u64,
 }
 
 /// One Redis shared by heijunka's distributed primitives: a connection manager
@@ -117,7 +119,10 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The shared connection and its generation: replaced after a call times
+    /// out (see [`RedisBackend::call`]).
+    conn: Mutex<(u64, ConnectionManager)>,
+    reconnects: AtomicU64,
     client: redis::Client,
     timeout: Duration,
     breaker: CircuitBreaker,
@@ -252,7 +257,8 @@ impl RedisBackendBuilder {
         });
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                conn,
+                conn: Mutex::new((0, conn)),
+                reconnects: AtomicU64::new(0),
                 client,
                 timeout: self.timeout,
                 breaker,
@@ -323,6 +329,7 @@ impl RedisBackend {
             short_circuited: i.short_circuited.load(Ordering::Relaxed),
             degradations: i.health.degradations.load(Ordering::Relaxed),
             recoveries: i.health.recoveries.load(Ordering::Relaxed),
+            reconnects: i.reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -340,7 +347,7 @@ impl RedisBackend {
             manager_config(self.inner.timeout).set_response_timeout(Some(response_timeout));
         // Only fails for a config that already built the shared manager.
         ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
-            .unwrap_or_else(|_| self.inner.conn.clone())
+            .unwrap_or_else(|_| crate::lock(&self.inner.conn).1.clone())
     }
 
     /// Runs one Redis operation through the breaker, with the call time-out.
@@ -382,7 +389,8 @@ impl RedisBackend {
     {
         let i = &*self.inner;
         i.calls.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(i.timeout, f(i.conn.clone())).await {
+        let (generation, conn) = crate::lock(&i.conn).clone();
+        match tokio::time::timeout(i.timeout, f(conn)).await {
             Ok(Ok(value)) => {
                 permit.success();
                 Ok(value)
@@ -405,8 +413,31 @@ impl RedisBackend {
             Err(_elapsed) => {
                 permit.failure();
                 i.timeouts.fetch_add(1, Ordering::Relaxed);
+                // A connection that stopped answering without closing (a
+                // failover, lost NAT state) is never noticed by the
+                // connection manager, which reconnects on errors only: TCP
+                // would take minutes to give up. The next call connects
+                // afresh (once per generation, however many calls time out).
+                self.reconnect(generation);
                 Err(Unavailable::TimedOut { after: i.timeout })
             }
+        }
+    }
+}
+
+impl RedisBackend {
+    /// Replaces the shared connection of `generation` with a new, lazy one.
+    fn reconnect(&self, generation: u64) {
+        let i = &*self.inner;
+        let mut conn = crate::lock(&i.conn);
+        if conn.0 != generation {
+            return;
+        }
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(i.client.clone(), manager_config(i.timeout))
+        {
+            *conn = (generation + 1, fresh);
+            i.reconnects.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -275,7 +275,9 @@ impl StreamPublisher {
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
         // Its own connection: a slow XADD does not hold up the limits' calls.
-        let conn = backend.dedicated(Duration::from_secs(5));
+        const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+        let conn = backend.dedicated(ANSWER_WITHIN);
+        let backend = backend.clone();
         let task = tokio::spawn(async move {
             let mut conn = conn;
             let mut backoff = Backoff::new();
@@ -309,6 +311,10 @@ impl StreamPublisher {
                         }
                         Err(e) => {
                             tracing::debug!(stream = %stream, error = %e, "XADD failed; retrying");
+                            if e.is_timeout() {
+                                // A silent connection: start a new one.
+                                conn = backend.dedicated(ANSWER_WITHIN);
+                            }
                             backoff.wait(&c).await;
                         }
                     }
@@ -508,6 +514,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
             // Its own connection: blocking reads must not hold up the
             // limits' calls on the shared one.
             conn: backend.dedicated(config.block + Duration::from_secs(5)),
+            backend: backend.clone(),
             stream,
             group: config.group.clone(),
             consumer,
@@ -548,6 +555,7 @@ impl<E: Send + Sync + 'static> StreamConsumer<E> {
 
 struct Consume<E: Send + Sync + 'static, C> {
     conn: ConnectionManager,
+    backend: RedisBackend,
     stream: String,
     group: String,
     consumer: String,
@@ -613,7 +621,13 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
 
     /// Logs a failed call (`warn` the first time in a row, then `debug`) and
     /// waits before the retry.
-    async fn failed(&self, what: &str, e: &redis::RedisError, backoff: &mut Backoff) {
+    async fn failed(&mut self, what: &str, e: &redis::RedisError, backoff: &mut Backoff) {
+        if e.is_timeout() {
+            // A silent connection: start a new one.
+            self.conn = self
+                .backend
+                .dedicated(self.config.block + Duration::from_secs(5));
+        }
         if backoff.0 == Backoff::FIRST {
             tracing::warn!(stream = %self.stream, group = %self.group, error = %e, "{what} failed; retrying until redis answers");
         } else {
@@ -804,6 +818,11 @@ impl<E: Send + Sync + 'static, C: Codec<E>> Consume<E, C> {
                         return;
                     }
                     tracing::debug!(stream = %self.stream, id, error = %e, "XACK failed; retrying");
+                    if e.is_timeout() {
+                        self.conn = self
+                            .backend
+                            .dedicated(self.config.block + Duration::from_secs(5));
+                    }
                     backoff.wait(&self.counters).await;
                 }
             }

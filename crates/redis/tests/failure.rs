@@ -209,3 +209,38 @@ async fn a_malformed_key_is_not_an_outage() {
     limiter.check_key("fine").await.unwrap();
     assert_eq!(limiter.stats().round_trips, before + 1);
 }
+
+/// A connection that goes silent without closing (a failover behind a load
+/// balancer, lost NAT state) is abandoned after a time-out: the next call
+/// connects afresh, and the backend recovers within about a second instead of
+/// waiting for TCP to give up (minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_replaced() {
+    let server = support::server();
+    let proxy = support::Proxy::start(server.port()).await;
+    let backend = heijunka_redis::RedisBackend::builder(proxy.url())
+        .call_timeout(Duration::from_millis(100))
+        .replica_id("a")
+        .build()
+        .unwrap();
+    let limiter = RedisRateLimiter::builder(backend.clone(), 1000.0)
+        .burst(100)
+        .build()
+        .unwrap();
+    limiter.check().await.unwrap();
+    let trips = limiter.stats().round_trips;
+    proxy.stall_existing();
+    let stalled = Instant::now();
+    let back = within(Duration::from_secs(5), async || {
+        let before = limiter.stats().round_trips;
+        let _ = limiter.check().await;
+        limiter.stats().round_trips > before
+    })
+    .await;
+    assert!(limiter.stats().round_trips > trips);
+    assert!(
+        back <= Duration::from_secs(2),
+        "answered again {back:?} after the connection went silent ({:?} in all)",
+        stalled.elapsed()
+    );
+}
