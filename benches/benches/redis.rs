@@ -13,6 +13,7 @@
 //!   the fail-open local limiter, against the in-process keyed GCRA it uses (the
 //!   failure policy's local path at in-process speed).
 
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,42 @@ fn ours(
     b.build().expect("limiter")
 }
 
+/// Times `iters` awaits of `check()`, one at a time.
+fn one_at_a_time<Fut: Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    mut check: impl FnMut() -> Fut,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            check().await;
+        }
+        start.elapsed()
+    })
+}
+
+/// Times `iters` checks run by [`IN_FLIGHT`] tasks at once (each made by
+/// `task(n)`, doing `n` checks); the time per `iters` checks.
+fn in_flight<Fut: Future<Output = ()> + Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    task: impl Fn(u64) -> Fut,
+) -> Duration {
+    rt.block_on(async {
+        let per = iters.div_ceil(IN_FLIGHT);
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            tasks.spawn(task(per));
+        }
+        while tasks.join_next().await.is_some() {}
+        start
+            .elapsed()
+            .mul_f64(iters as f64 / (per * IN_FLIGHT) as f64)
+    })
+}
+
 fn quota() -> Quota {
     Quota::per_second(1000).allow_burst(1_000_000_000)
 }
@@ -78,24 +115,16 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis/check");
     g.bench_function("heijunka", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    limiter.check_key(black_box("k")).await.expect("admitted");
-                }
-                start.elapsed()
+            one_at_a_time(&rt, iters, || async {
+                limiter.check_key(black_box("k")).await.expect("admitted");
             })
         });
     });
     g.bench_function("throttle-kit", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let r = throttle.check(black_box("throttle:k"), &q).await;
-                    assert!(r.allowed);
-                }
-                start.elapsed()
+            one_at_a_time(&rt, iters, || async {
+                let r = throttle.check(black_box("throttle:k"), &q).await;
+                assert!(r.allowed);
             })
         });
     });
@@ -104,43 +133,25 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis/pipelined");
     g.bench_function("heijunka", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let per = iters.div_ceil(IN_FLIGHT);
-                let start = Instant::now();
-                let mut tasks = tokio::task::JoinSet::new();
-                for _ in 0..IN_FLIGHT {
-                    let l = limiter.clone();
-                    tasks.spawn(async move {
-                        for _ in 0..per {
-                            l.check_key(black_box("p")).await.expect("admitted");
-                        }
-                    });
+            in_flight(&rt, iters, |n| {
+                let l = limiter.clone();
+                async move {
+                    for _ in 0..n {
+                        l.check_key(black_box("p")).await.expect("admitted");
+                    }
                 }
-                while tasks.join_next().await.is_some() {}
-                start
-                    .elapsed()
-                    .mul_f64(iters as f64 / (per * IN_FLIGHT) as f64)
             })
         });
     });
     g.bench_function("throttle-kit", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let per = iters.div_ceil(IN_FLIGHT);
-                let start = Instant::now();
-                let mut tasks = tokio::task::JoinSet::new();
-                for _ in 0..IN_FLIGHT {
-                    let t = Arc::clone(&throttle);
-                    tasks.spawn(async move {
-                        for _ in 0..per {
-                            assert!(t.check("throttle:p", &q).await.allowed);
-                        }
-                    });
+            in_flight(&rt, iters, |n| {
+                let t = Arc::clone(&throttle);
+                async move {
+                    for _ in 0..n {
+                        assert!(t.check("throttle:p", &q).await.allowed);
+                    }
                 }
-                while tasks.join_next().await.is_some() {}
-                start
-                    .elapsed()
-                    .mul_f64(iters as f64 / (per * IN_FLIGHT) as f64)
             })
         });
     });
@@ -150,23 +161,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis/leasing");
     g.bench_function("heijunka", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    leased.check_key(black_box("k")).await.expect("admitted");
-                }
-                start.elapsed()
+            one_at_a_time(&rt, iters, || async {
+                leased.check_key(black_box("k")).await.expect("admitted");
             })
         });
     });
     g.bench_function("throttle-kit", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    assert!(throttle.check(black_box("throttle:l"), &q).await.allowed);
-                }
-                start.elapsed()
+            one_at_a_time(&rt, iters, || async {
+                assert!(throttle.check(black_box("throttle:l"), &q).await.allowed);
             })
         });
     });
@@ -196,14 +199,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis/down");
     g.bench_function("heijunka", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    down.check_key(black_box("d"))
-                        .await
-                        .expect("admitted locally");
-                }
-                start.elapsed()
+            one_at_a_time(&rt, iters, || async {
+                down.check_key(black_box("d"))
+                    .await
+                    .expect("admitted locally");
             })
         });
     });

@@ -16,6 +16,7 @@ use heijunka::core::Rejection;
 use heijunka::policy::{PolicyError, Stage};
 use heijunka::redis::testing::RedisServer;
 use heijunka::tower::PolicyLayer;
+use heijunka_core::cancel::{Outcome, Polled};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn server() -> RedisServer {
@@ -123,26 +124,10 @@ async fn a_cancelled_admission_leaves_no_lease() {
     // (a lease an earlier dropped one took is not released yet).
     let (mut cancelled, mut refused) = (0, 0);
     for polls in 1..=3 {
-        let mut admit = Box::pin(stack.policy.admit(&ctx));
-        let mut done = None;
-        for _ in 0..polls {
-            done = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(match std::future::Future::poll(admit.as_mut(), cx) {
-                    std::task::Poll::Ready(r) => Some(r.is_err()),
-                    std::task::Poll::Pending => None,
-                })
-            })
-            .await;
-            if done.is_some() {
-                break;
-            }
+        match Polled::new(stack.policy.admit(&ctx)).drop_after(polls) {
+            Outcome::Cancelled { .. } => cancelled += 1,
+            Outcome::Completed { output, .. } => refused += u64::from(output.is_err()),
         }
-        match done {
-            None => cancelled += 1,
-            Some(true) => refused += 1,
-            Some(false) => {}
-        }
-        drop(admit);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     while holders(&server, "api").await != 0 {

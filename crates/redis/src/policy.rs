@@ -18,6 +18,18 @@ use heijunka_core::{ConfigError, validate};
 /// The default is [`FailOpen`](Self::FailOpen) with one expected replica: a
 /// single replica keeps its full limit. With more replicas, say how many, or
 /// the fleet allows that many times the limit during an outage.
+///
+/// ```
+/// use heijunka_redis::FailurePolicy;
+///
+/// // Three replicas: each keeps a third of the limit while Redis is down.
+/// let open = FailurePolicy::fail_open(3)?;
+/// assert_eq!(open, FailurePolicy::FailOpen { expected_replicas: 3 });
+/// assert_eq!(FailurePolicy::default(), FailurePolicy::FailOpen { expected_replicas: 1 });
+/// // No replicas is a configuration error naming the field.
+/// assert_eq!(FailurePolicy::fail_open(0).unwrap_err().field(), "expected_replicas");
+/// # Ok::<(), heijunka_core::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailurePolicy {

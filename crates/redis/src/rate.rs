@@ -70,6 +70,16 @@ impl RedisLimitError {
 /// admitted count over any span `W` is at most `burst + rate × (W + ttl)`: over
 /// `W` the global rate is exceeded by at most `ttl / W` (2.5 % over 10 s with the
 /// default 250 ms), and a token taken is never admitted twice.
+///
+/// ```
+/// use heijunka_redis::TokenLeasing;
+/// use std::time::Duration;
+///
+/// // Four replicas, up to 16 tokens per round trip, spent within 100 ms.
+/// let leasing = TokenLeasing { max_batch: 16, share: 4, ttl: Duration::from_millis(100) };
+/// assert_eq!(TokenLeasing::default().max_batch, 32);
+/// # let _ = leasing;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenLeasing {
     /// The most tokens one round trip takes (at least 1). Default 32.

@@ -15,6 +15,29 @@
 //!   Entries left pending by a consumer that crashed are reclaimed
 //!   (`XAUTOCLAIM`) after [`claim_idle`](ConsumerConfig::claim_idle).
 //!
+//! ```no_run
+//! use heijunka_event_bus::{EventBus, Policy};
+//! use heijunka_redis::RedisBackend;
+//! use heijunka_redis::stream::{ConsumerConfig, StreamConsumer, StreamPublisher};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisBackend::new("redis://127.0.0.1:6379/")?;
+//! let bus = EventBus::new();
+//! // Out: every order event also goes to the `orders` stream (about 100k kept).
+//! let orders = bus.topic::<String>("orders")?;
+//! let _out = StreamPublisher::start(&redis, &orders, "orders", 100_000)?;
+//! // In: the `payments` stream into a topic, as one consumer of group `billing`.
+//! let payments = bus.topic::<String>("payments")?;
+//! let mut handled = payments.subscriber().policy(Policy::Block).subscribe()?;
+//! let _in = StreamConsumer::start(&redis, "payments", payments.clone(), ConsumerConfig::new("billing"))?;
+//! while let Some(payment) = handled.recv().await {
+//!     println!("{}", *payment); // acknowledged in Redis once the topic took it
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Events travel as the field `e` of each entry, serialised by a [`Codec`]
 //! ([`Json`] unless another is given).
 //!

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use heijunka_core::cancel::Polled;
 use heijunka_redis::{LeaseError, RedisConcurrencyLimit};
 
 async fn holders(raw: &mut redis::aio::MultiplexedConnection, name: &str) -> i64 {
@@ -177,16 +178,8 @@ async fn a_cancelled_acquire_leaves_no_lease() {
         .build()
         .unwrap();
     for polls in 1..=3 {
-        let mut f = Box::pin(limit.try_acquire());
-        for _ in 0..polls {
-            let _ = support::poll_once(&mut f).await;
-        }
-        drop(f);
-        let mut g = Box::pin(limit.acquire_timeout(Duration::from_secs(1)));
-        for _ in 0..polls {
-            let _ = support::poll_once(&mut g).await;
-        }
-        drop(g);
+        let _ = Polled::new(limit.try_acquire()).drop_after(polls);
+        let _ = Polled::new(limit.acquire_timeout(Duration::from_secs(1))).drop_after(polls);
     }
     holders_become(&mut raw, "cancel", 0).await;
     assert_eq!(limit.stats().held, 0);
@@ -210,8 +203,8 @@ async fn a_lease_granted_to_a_dropped_acquire_is_released() {
     // while the future is not polled.
     drop(limit.try_acquire().await.unwrap());
     holders_become(&mut raw, "granted", 0).await;
-    let mut f = Box::pin(limit.try_acquire());
-    assert!(support::poll_once(&mut f).await.is_none(), "in flight");
+    let mut f = Polled::new(limit.try_acquire());
+    assert!(!f.poll(), "in flight");
     // Redis runs the script while the future waits, unpolled, for the answer.
     holders_become(&mut raw, "granted", 1).await;
     drop(f);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use heijunka_backpressure::{Gcra, RateLimitError, RateLimiter};
 use heijunka_core::ManualClock;
+use heijunka_core::cancel::Polled;
 use heijunka_redis::{FailurePolicy, RedisLimitError, RedisRateLimiter, TokenLeasing};
 
 fn limited(e: &RedisLimitError) -> &RateLimitError {
@@ -332,14 +333,8 @@ async fn a_cancelled_check_takes_at_most_its_units() {
         .build()
         .unwrap();
     for polls in 1..=2 {
-        let mut check = Box::pin(limiter.check());
-        for _ in 0..polls {
-            assert!(
-                support::poll_once(&mut check).await.is_none(),
-                "still in flight"
-            );
-        }
-        drop(check);
+        let outcome = Polled::new(limiter.check()).drop_after(polls);
+        assert!(!outcome.is_completed(), "still in flight");
     }
     let stats = limiter.stats();
     assert_eq!(
@@ -371,13 +366,7 @@ async fn a_cancelled_until_ready_takes_nothing() {
         .unwrap();
     limiter.check().await.unwrap();
     for polls in 1..=4 {
-        let mut wait = Box::pin(limiter.until_ready(1));
-        for _ in 0..polls {
-            if support::poll_once(&mut wait).await.is_some() {
-                break;
-            }
-        }
-        drop(wait);
+        let _ = Polled::new(limiter.until_ready(1)).drop_after(polls);
     }
     let s = limiter.stats();
     // Each drop happened before the unit conformed (50 ms away): refused

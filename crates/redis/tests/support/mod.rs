@@ -58,15 +58,6 @@ pub async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) 
         .map_or(0, |n| n.parse().expect("a count"))
 }
 
-/// Polls `f` once: `Some` with its output if it finished, `None` if pending.
-pub async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
-    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *f).poll(cx) {
-        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
-}
-
 /// A TCP proxy in front of a server that can stall the connections it has
 /// (keep them open, forward nothing: a half-open connection after a failover,
 /// as a client sees it) while forwarding new ones.
